@@ -1,0 +1,159 @@
+"""The archive of every version's targetfiles.zip (FAQ 6.1: today's target is tomorrow's source).
+
+Layout: `<archive>/<key>/targetfiles.zip` and `<archive>/<key>/manifest.json`, one folder per
+version, plus `<archive>/index.json`, rebuilt from the folders after every change. A version
+folder appears by one rename of a complete staging folder, so a kill never leaves a partial
+version; an archived version is never overwritten: the same content again is a no-op, other
+content under the same key is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import atomic
+from tasks.errors import DfotaError
+
+ZIP_NAME = "targetfiles.zip"
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.json"
+_STAGING_PREFIX = ".staging-"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedVersion:
+    key: str
+    folder: Path
+    manifest: Mapping[str, object]
+
+    @property
+    def zip_path(self) -> Path:
+        return self.folder / ZIP_NAME
+
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["sha256"])
+
+    @property
+    def package_time(self) -> str:
+        version = self.manifest.get("version")
+        return str(version.get("package_time", "")) if isinstance(version, dict) else ""
+
+    def check_intact(self) -> None:
+        """The zip is still the one archived (archives live for years)."""
+        if sha256_file(self.zip_path) != self.sha256:
+            raise DfotaError(f"archived version {self.key} does not match its manifest's "
+                             "sha256: the archive was altered", self.zip_path)
+
+
+class Archive:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def versions(self) -> list[ArchivedVersion]:
+        """Every archived version, oldest package time first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            manifest_path = folder / MANIFEST_NAME
+            try:
+                manifest = json.loads(manifest_path.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DfotaError(f"archived version has no readable manifest ({exc})",
+                                 manifest_path) from exc
+            found.append(ArchivedVersion(folder.name, folder, manifest))
+        return sorted(found, key=lambda v: (v.package_time, v.key))
+
+    def get(self, key: str) -> ArchivedVersion | None:
+        return next((v for v in self.versions() if v.key == key), None)
+
+    def find(self, wanted: str) -> ArchivedVersion:
+        """A version by its key or a unique prefix of one."""
+        versions = self.versions()
+        exact = [v for v in versions if v.key == wanted]
+        matches = exact or [v for v in versions if v.key.startswith(wanted)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise DfotaError(f"no archived version matches {wanted!r} "
+                             "(`doit versions` lists them)", self.root)
+        raise DfotaError(f"{wanted!r} matches several archived versions: "
+                         + ", ".join(v.key for v in matches), self.root)
+
+    def admit(self, key: str, sha256: str) -> bool:
+        """True when `key` is new; False when it holds these very bytes; refuses a conflict."""
+        existing = self.get(key)
+        if existing is None:
+            return True
+        if existing.sha256 == sha256:
+            return False
+        raise DfotaError(
+            f"version {key} is already archived with other content; bump 'Package Time' or "
+            "'Project Rev' in etc/quectel-project-version of the new build", existing.zip_path)
+
+    def add(self, key: str, zip_path: Path, manifest: Mapping[str, object]) -> ArchivedVersion:
+        """Copy `zip_path` into the archive under `key` (checked with `admit` first)."""
+        sha256 = sha256_file(zip_path)
+        if not self.admit(key, sha256):
+            existing = self.get(key)
+            assert existing is not None
+            return existing
+        full = {**manifest, "key": key, "sha256": sha256, "size": zip_path.stat().st_size}
+        with self._staging(key) as staging:
+            shutil.copyfile(zip_path, staging / ZIP_NAME)
+            atomic.write_text(staging / MANIFEST_NAME,
+                              json.dumps(full, indent=1, sort_keys=True) + "\n")
+            for name in (ZIP_NAME, MANIFEST_NAME):
+                os.chmod(staging / name, 0o444)
+            os.rename(staging, self.root / key)
+        self.write_index()
+        return ArchivedVersion(key, self.root / key, full)
+
+    @contextlib.contextmanager
+    def _staging(self, key: str) -> Iterator[Path]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{key}.", dir=self.root))
+        except OSError as exc:
+            raise DfotaError(f"cannot write the archive ({exc.strerror})", self.root) from exc
+        try:
+            yield staging
+        except OSError as exc:
+            raise DfotaError(f"cannot write the archive ({exc.strerror})", self.root) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def write_index(self) -> None:
+        index = {"versions": [
+            {"key": v.key, "sha256": v.sha256, "package_time": v.package_time,
+             "source": v.manifest.get("source"), "origin": v.manifest.get("origin")}
+            for v in self.versions()]}
+        atomic.write_text(self.root / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+
+    def clean_staging(self) -> None:
+        """Remove what a killed run left in staging folders (never a version folder)."""
+        if self.root.is_dir():
+            for leftover in self.root.glob(_STAGING_PREFIX + "*"):
+                shutil.rmtree(leftover, ignore_errors=True)

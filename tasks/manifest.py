@@ -1,0 +1,83 @@
+"""Manifests of input folders, so doit can track a rootfs tree through one file.
+
+doit cannot take a folder as a `file_dep` (and rootfs trees hold dangling symlinks, which it
+refuses). The `sdk_manifest` step writes one JSON file describing every input of the target;
+it is rewritten only when something in it changed, and `targetfiles` depends on that file.
+Hashes are kept in a stat cache (size, mtime, ctime, inode) so an unchanged file is hashed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tasks import atomic
+from tasks.errors import DfotaError
+from tasks.targetfiles import KEPT_FROM_SOURCE
+from tasks.tree import FolderScan, scan_folder, sha1_file
+
+# a file changed within this window of the scan may change again unseen: never cache it
+_RACY_NS = 2_000_000_000
+
+
+class HashCache:
+    """sha1 by path, valid while the file's size, mtime, ctime and inode stay the same."""
+
+    def __init__(self, path: Path | None, racy_ns: int = _RACY_NS) -> None:
+        self.path = path
+        self._racy_ns = racy_ns
+        self._old: dict[str, list[object]] = {}
+        self._new: dict[str, list[object]] = {}
+        self._started = time.time_ns()
+        if path is not None:
+            try:
+                self._old = json.loads(path.read_text("utf-8"))["files"]
+            except (OSError, ValueError, KeyError, TypeError):
+                self._old = {}
+
+    def sha1_of(self, path: Path) -> str:
+        try:
+            return self.sha1(path, path.stat())
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+
+    def sha1(self, path: Path, st: os.stat_result) -> str:
+        key = os.fsdecode(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        cached = self._old.get(key)
+        if isinstance(cached, list) and cached[:4] == stamp:
+            sha1 = str(cached[4])
+        else:
+            sha1 = sha1_file(path)
+        if self._started - max(st.st_mtime_ns, st.st_ctime_ns) > self._racy_ns:
+            self._new[key] = [*stamp, sha1]
+        return sha1
+
+    def save(self) -> None:
+        if self.path is not None and self._new != self._old:
+            atomic.write_text(self.path, json.dumps({"files": self._new}, sort_keys=True))
+
+
+def scan_rootfs(rootfs: Path, cache: HashCache | None = None) -> FolderScan:
+    """The rootfs as the target's SYSTEM: `firmware/` and `dev/` left out, owners decided.
+
+    Entries owned by the owner of the rootfs folder itself (the build user who unpacked the
+    SDK) are recorded as root; any other owner is kept as it is.
+    """
+    st = rootfs.stat()
+    return scan_folder(rootfs, skip_top=KEPT_FROM_SOURCE, build_owner=(st.st_uid, st.st_gid),
+                       hash_file=cache.sha1 if cache else None)
+
+
+def write_if_changed(path: Path, data: dict[str, object]) -> bool:
+    """Write `data` as JSON unless the file already says exactly that."""
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    try:
+        if path.read_text("utf-8") == text:
+            return False
+    except OSError:
+        pass
+    atomic.write_text(path, text)
+    return True

@@ -1,0 +1,217 @@
+"""The layout of targetfiles.zip, and the target's contents planned from the SDK output.
+
+Section 2.2.2 of the note: the target is the source with `BOOTABLE_IMAGES/boot.img` and
+`MULTIFOTA/abl.elf` replaced by the SDK's images, and `SYSTEM/` replaced by the SDK rootfs except
+`SYSTEM/firmware/` and `SYSTEM/dev/`, which stay as they are in the source. Everything else is
+carried over. `META/` gets the owner/mode sidecars of SYSTEM (see `system_meta_items`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import DfotaError
+from tasks.tree import DIR, FILE, SYMLINK, Entry, FolderScan, Tree
+from tasks.version import VERSION_FILE, ProjectVersion, parse_version
+from tasks.zipio import (
+    ZipItem,
+    ZipSource,
+    bytes_item,
+    dir_item,
+    link_item,
+    member_item,
+    path_item,
+)
+
+BOOT_IMAGE = "BOOTABLE_IMAGES/boot.img"
+ABL = "MULTIFOTA/abl.elf"
+UPDATER = "OTA/bin/updater"
+SYSTEM = "SYSTEM"
+KEPT_FROM_SOURCE = ("firmware", "dev")  # SYSTEM sub-folders the target takes from the source
+SYSTEM_MANIFEST = "META/system_manifest.json"
+FS_CONFIG = "META/filesystem_config.txt"
+REQUIRED = (BOOT_IMAGE, ABL, UPDATER, SYSTEM, f"{SYSTEM}/firmware")
+EXPECTED_FOLDERS = ("RADIO", "RECOVERY")
+MANIFEST_FORMAT = 1
+
+
+def system_path(rel: str) -> str:
+    return f"{SYSTEM}/{rel}"
+
+
+def check_source(src: ZipSource) -> list[str]:
+    """Refuse a source that lacks what the target needs; warn about the folders it may lack."""
+    for name in REQUIRED:
+        if name not in src.members:
+            raise DfotaError(f"has no {name}{'/' if '.' not in name else ''}; "
+                             "is it a targetfiles.zip?", src.path)
+    for name in (BOOT_IMAGE, ABL, UPDATER):
+        if src.members[name].kind != FILE:
+            raise DfotaError(f"{name} is not a regular file", src.path)
+    return [f"{src.path}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
+            if not any(src.names(folder + "/")) and folder not in src.members]
+
+
+def zip_version(src: ZipSource) -> ProjectVersion:
+    name = system_path(VERSION_FILE)
+    if name not in src.members or src.members[name].kind != FILE:
+        raise DfotaError(f"has no {name}", src.path)
+    return parse_version(src.read(name), f"{src.path}:{name}")
+
+
+def _recorded_owners(src: ZipSource) -> dict[str, tuple[int, int]]:
+    """SYSTEM owners from the sidecars, when the zip has them (vendor zips often do not)."""
+    if SYSTEM_MANIFEST in src.members:
+        try:
+            data = json.loads(src.read(SYSTEM_MANIFEST))
+            return {e["path"]: (int(e["uid"]), int(e["gid"])) for e in data["entries"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DfotaError(f"{SYSTEM_MANIFEST} is not a valid manifest ({exc})",
+                             src.path) from exc
+    owners: dict[str, tuple[int, int]] = {}
+    if FS_CONFIG in src.members:
+        for line in src.read(FS_CONFIG).decode("utf-8", "replace").splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[0].startswith("system/"):
+                try:
+                    owners[fields[0][len("system/"):]] = (int(fields[1]), int(fields[2]))
+                except ValueError:
+                    continue
+    return owners
+
+
+def system_tree(src: ZipSource, *, under: str = "") -> Tree:
+    """The SYSTEM entries of a targetfiles zip (optionally only those under `under`)."""
+    owners = _recorded_owners(src)
+    top = system_path(under) if under else SYSTEM
+    tree: Tree = {}
+    for name in src.names(top):
+        if not (name.startswith(top + "/") or (under and name == top)):
+            continue
+        member = src.members[name]
+        rel = name[len(SYSTEM) + 1:]
+        uid, gid = owners.get(rel, (0, 0))
+        if member.kind == FILE:
+            tree[rel] = Entry(rel, FILE, member.mode, uid, gid, member.size, src.sha1(name))
+        elif member.kind == SYMLINK:
+            target = src.link_target(name)
+            tree[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, member.size, "", target)
+        else:
+            tree[rel] = Entry(rel, DIR, member.mode, uid, gid)
+    return tree
+
+
+@dataclass(frozen=True, slots=True)
+class SdkOutput:
+    """The files of a QuecOpen SDK build that make a target (note section 2.2.2)."""
+
+    folder: Path
+    boot_image: Path
+    abl: Path
+    rootfs: Path
+    sysfs_ubi: Path | None
+
+
+def locate_sdk(folder: Path) -> SdkOutput:
+    if not folder.is_dir():
+        raise DfotaError("SDK folder not found (expected the ql-ol-extsdk folder)", folder)
+    target = folder / "target"
+    boot, abl, rootfs = target / "sdxlemur-boot.img", target / "abl.elf", folder / "ql-ol-rootfs"
+    for path in (boot, abl):
+        if not path.is_file():
+            raise DfotaError("missing from the SDK output", path)
+    if not rootfs.is_dir():
+        raise DfotaError("rootfs folder missing from the SDK", rootfs)
+    ubi = target / "sdxlemur-sysfs.ubi"
+    return SdkOutput(folder, boot, abl, rootfs, ubi if ubi.is_file() else None)
+
+
+def rootfs_version(rootfs: Path, scan: FolderScan | None = None) -> ProjectVersion:
+    path = rootfs / VERSION_FILE
+    entry = scan.entries.get(VERSION_FILE) if scan else None
+    if (scan and (entry is None or entry.kind != FILE)) or not path.is_file():
+        raise DfotaError("version file missing from the rootfs", path)
+    try:
+        return parse_version(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPlan:
+    items: tuple[ZipItem, ...]
+    system: Tree
+    version: ProjectVersion
+
+
+def plan_target(sdk: SdkOutput, src: ZipSource, rootfs: FolderScan) -> TargetPlan:
+    """Every entry of the target targetfiles.zip, and the SYSTEM tree it describes."""
+    kept = [system_path(k) for k in KEPT_FROM_SOURCE]
+    replaced = {BOOT_IMAGE, ABL, SYSTEM_MANIFEST, FS_CONFIG}
+
+    def from_rootfs(name: str) -> bool:
+        return (name == SYSTEM or name.startswith(SYSTEM + "/")) and not any(
+            name == k or name.startswith(k + "/") for k in kept)
+
+    items: list[ZipItem] = []
+    for name, member in src.members.items():
+        if name in replaced or from_rootfs(name):
+            continue
+        link = src.link_target(name) if member.kind == SYMLINK else ""
+        items.append(member_item(name, src.path, member.info.filename, member.kind,
+                                 member.mode, link))
+    items.append(path_item(BOOT_IMAGE, sdk.boot_image, src.members[BOOT_IMAGE].mode))
+    items.append(path_item(ABL, sdk.abl, src.members[ABL].mode))
+    system_dir = src.members.get(SYSTEM)
+    items.append(dir_item(SYSTEM, system_dir.mode if system_dir else 0o755))
+
+    rootfs_dir = sdk.rootfs.resolve()
+    system: Tree = {}
+    for kept_dir in KEPT_FROM_SOURCE:
+        system.update(system_tree(src, under=kept_dir))
+    for rel, entry in rootfs.entries.items():
+        system[rel] = entry
+        name = system_path(rel)
+        if entry.kind == DIR:
+            items.append(dir_item(name, entry.mode))
+        elif entry.kind == SYMLINK:
+            items.append(link_item(name, entry.link))
+        else:
+            items.append(path_item(name, rootfs_dir / rel, entry.mode))
+    items.extend(system_meta_items(system))
+    items.extend(_missing_parents(items))
+    return TargetPlan(tuple(items), system, rootfs_version(sdk.rootfs, rootfs))
+
+
+def _missing_parents(items: Iterable[ZipItem]) -> list[ZipItem]:
+    """Directory entries for parents that have none (zip -r always writes them)."""
+    names = {i.name for i in items}
+    missing: set[str] = set()
+    for name in names:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in names:
+                missing.add(parent)
+    return [dir_item(p, 0o755) for p in sorted(missing)]
+
+
+def system_meta_items(system: Mapping[str, Entry]) -> list[ZipItem]:
+    """`META/system_manifest.json` (the whole truth) and Android's `filesystem_config.txt`.
+
+    The Android format splits on whitespace, so names holding whitespace are left out of it;
+    the JSON manifest carries every name exactly.
+    """
+    ordered = [system[p] for p in sorted(system)]
+    manifest = {"format": MANIFEST_FORMAT, "entries": [e.to_json() for e in ordered]}
+    lines = ["system 0 0 755"]
+    lines += [f"system/{e.path} {e.uid} {e.gid} {e.mode:o}" for e in ordered
+              if not any(c.isspace() for c in e.path)]
+    return [
+        bytes_item(SYSTEM_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                   .encode("utf-8")),
+        bytes_item(FS_CONFIG, ("\n".join(lines) + "\n").encode("utf-8")),
+    ]

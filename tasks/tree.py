@@ -1,0 +1,185 @@
+"""One model for a file tree, whether it comes from a folder, a zip or a UBI volume.
+
+Every comparison in the project speaks in `Entry` values: path, type, mode, owner, size, sha1,
+link target. A tree is a mapping from relative path to entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tasks.errors import DfotaError
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+KINDS = (FILE, DIR, SYMLINK)
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a tree. `path` is relative, '/'-separated, without leading or trailing '/'."""
+
+    path: str
+    kind: str
+    mode: int  # permission bits, setuid/setgid/sticky included (mask 0o7777)
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    sha1: str = ""  # regular files only
+    link: str = ""  # symlinks only: the link text
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: Mapping[str, object]) -> Entry:
+        return Entry(**data)  # type: ignore[arg-type]
+
+    def same_content(self, other: Entry) -> bool:
+        """Type and content agree (sha1 for files, link text for symlinks)."""
+        return self.kind == other.kind and self.sha1 == other.sha1 and self.link == other.link
+
+    def same_metadata(self, other: Entry) -> bool:
+        return (self.mode, self.uid, self.gid) == (other.mode, other.uid, other.gid)
+
+
+Tree = dict[str, Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderScan:
+    """What a folder walk found: the entries, and the warnings to show the user."""
+
+    entries: Tree
+    empty_dirs: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    return digest.hexdigest()
+
+
+def sha1_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def checked_name(name: str, where: Path) -> str:
+    """A name as the project carries it: valid UTF-8 without NUL (decisions: names)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DfotaError("file name is not valid UTF-8; rename it", where) from None
+    return name
+
+
+def scan_folder(
+    root: Path,
+    *,
+    skip_top: Iterable[str] = (),
+    build_owner: tuple[int, int] | None = None,
+    hash_file: Callable[[Path, os.stat_result], str] | None = None,
+) -> FolderScan:
+    """Walk `root` without following symlinks and describe every entry below it.
+
+    `skip_top` names top-level entries left out (with everything under them). Entries owned by
+    the `build_owner` uid (or gid) are recorded as owned by root (0), others as they are.
+    `hash_file` may serve hashes from a cache (hash each file once).
+    Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
+    """
+    if not root.is_dir():
+        raise DfotaError("is not a folder", root)
+    root = root.resolve()  # the folder itself may be a link; nothing below it is followed
+    skipped = set(skip_top)
+    hasher = hash_file or (lambda path, _st: sha1_file(path))
+    entries: Tree = {}
+    warnings: list[str] = []
+
+    def owner(st: os.stat_result) -> tuple[int, int]:
+        if build_owner is None:
+            return st.st_uid, st.st_gid
+        return (0 if st.st_uid == build_owner[0] else st.st_uid,
+                0 if st.st_gid == build_owner[1] else st.st_gid)
+
+    for rel, st in _walk(root, skipped):
+        checked_name(rel, root / rel)
+        uid, gid = owner(st)
+        perm = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            entries[rel] = Entry(rel, DIR, perm, uid, gid)
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.readlink(root / rel)
+            checked_name(target, root / rel)
+            entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
+                                 target)
+        elif stat.S_ISREG(st.st_mode):
+            sha1 = hasher(root / rel, st)
+            entries[rel] = Entry(rel, FILE, perm, uid, gid, st.st_size, sha1)
+        else:
+            warnings.append(f"{root / rel}: {_special_kind(st.st_mode)} cannot be packed; left out")
+    entries = dict(sorted(entries.items()))
+    return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
+
+
+def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every entry, in sorted order, never following links."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        folder = root / rel_dir if rel_dir else root
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            raise DfotaError(f"cannot list folder ({exc.strerror})", folder) from exc
+        subdirs = []
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if not rel_dir and name in skipped:
+                continue
+            st = os.lstat(root / rel)
+            yield rel, st
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append(rel)
+        stack.extend(reversed(subdirs))
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def empty_dirs(entries: Mapping[str, Entry]) -> list[str]:
+    """Directories with nothing under them, in sorted order."""
+    with_children = {p.rsplit("/", 1)[0] for p in entries if "/" in p}
+    return sorted(p for p, e in entries.items() if e.kind == DIR and p not in with_children)
+
+
+def digest_tree(entries: Mapping[str, Entry]) -> str:
+    """A short fingerprint of a whole tree (names, types, modes, owners, content, links)."""
+    digest = hashlib.sha1()
+    for path in sorted(entries):
+        e = entries[path]
+        digest.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{e.uid}\0{e.gid}\0{e.sha1}\0{e.link}\n"
+                      .encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

@@ -1,0 +1,248 @@
+"""Read and write the zips of the project: targetfiles.zip and update.zip.
+
+Conventions (those of Info-ZIP `zip -qry0` and of Android's releasetools):
+- the Unix mode lives in the high 16 bits of `external_attr`, with `create_system = 3`;
+- a symlink is an entry whose mode has S_IFLNK and whose data is the link text, stored;
+- a directory is an entry whose name ends in '/';
+- entries are written in byte-sorted name order with one fixed timestamp and no extra fields,
+  so the same items always give the same bytes.
+Reading refuses what could escape the extraction folder or mislead a reader: absolute names,
+`..` components, duplicate names, and sizes the file cannot hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tasks.atomic import atomic_path
+from tasks.errors import DfotaError
+from tasks.tree import DIR, FILE, SYMLINK
+
+FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
+_UNIX = 3
+_MSDOS_DIR_ATTR = 0x10
+_COPY_CHUNK = 1 << 20
+# deflate cannot expand data more than about 1032:1; anything beyond is a lie in the header
+_MAX_DEFLATE_RATIO = 1032
+
+
+@dataclass(frozen=True, slots=True)
+class ZipItem:
+    """One entry to write. Exactly one data source is set for a file; none for a dir or link."""
+
+    name: str  # without a trailing '/'
+    kind: str
+    mode: int  # permission bits (0o7777)
+    data: bytes | None = None
+    source_path: Path | None = None
+    source_zip: Path | None = None  # copy member `source_member` of this zip
+    source_member: str | None = None
+    link: str = ""
+
+    @property
+    def arcname(self) -> str:
+        return self.name + "/" if self.kind == DIR else self.name
+
+
+def dir_item(name: str, mode: int) -> ZipItem:
+    return ZipItem(name, DIR, mode)
+
+
+def bytes_item(name: str, data: bytes, mode: int = 0o644) -> ZipItem:
+    return ZipItem(name, FILE, mode, data=data)
+
+
+def path_item(name: str, path: Path, mode: int) -> ZipItem:
+    return ZipItem(name, FILE, mode, source_path=path)
+
+
+def link_item(name: str, target: str) -> ZipItem:
+    return ZipItem(name, SYMLINK, 0o777, link=target)
+
+
+def member_item(name: str, zip_path: Path, member: str, kind: str, mode: int,
+                link: str = "") -> ZipItem:
+    """An entry copied from another zip (files), or re-made from its metadata (dirs, links)."""
+    if kind == FILE:
+        return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
+    return ZipItem(name, kind, mode, link=link)
+
+
+def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(item.arcname, FIXED_DATE_TIME)
+    info.create_system = _UNIX
+    type_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}[item.kind]
+    info.external_attr = ((type_bits | (item.mode & 0o7777)) << 16) | (
+        _MSDOS_DIR_ATTR if item.kind == DIR else 0
+    )
+    info.compress_type = (
+        zipfile.ZIP_DEFLATED if compress and item.kind == FILE else zipfile.ZIP_STORED
+    )
+    info.file_size = size
+    return info
+
+
+def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False) -> None:
+    """Write `items` to `dest` atomically, sorted by name, stored unless `compress`."""
+    ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
+    seen: set[str] = set()
+    for item in ordered:
+        if item.name in seen:
+            raise DfotaError(f"two entries named {item.name!r} would be written", dest)
+        seen.add(item.name)
+    sources: dict[Path, zipfile.ZipFile] = {}
+    try:
+        with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+            for item in ordered:
+                _write_item(out, item, compress, sources)
+    finally:
+        for zf in sources.values():
+            zf.close()
+
+
+def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
+                sources: dict[Path, zipfile.ZipFile]) -> None:
+    if item.kind == DIR:
+        out.writestr(_zipinfo(item, 0, compress), b"")
+    elif item.kind == SYMLINK:
+        out.writestr(_zipinfo(item, 0, compress), item.link.encode("utf-8"))
+    elif item.data is not None:
+        out.writestr(_zipinfo(item, len(item.data), compress), item.data)
+    elif item.source_path is not None:
+        try:
+            with open(item.source_path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                _stream(out, _zipinfo(item, size, compress), src)
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", item.source_path) from exc
+    elif item.source_zip is not None and item.source_member is not None:
+        zf = sources.get(item.source_zip)
+        if zf is None:
+            zf = sources[item.source_zip] = zipfile.ZipFile(item.source_zip)
+        info = zf.getinfo(item.source_member)
+        with zf.open(info) as src:
+            _stream(out, _zipinfo(item, info.file_size, compress), src)
+    else:
+        raise ValueError(f"zip item {item.name!r} has no data")
+
+
+def _stream(out: zipfile.ZipFile, info: zipfile.ZipInfo, src: IO[bytes]) -> None:
+    with out.open(info, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One entry of a zip being read."""
+
+    name: str  # without a trailing '/'
+    kind: str
+    mode: int
+    size: int
+    info: zipfile.ZipInfo
+
+
+def member_kind_and_mode(info: zipfile.ZipInfo) -> tuple[str, int]:
+    unix = info.external_attr >> 16 if info.create_system == _UNIX else 0
+    if info.filename.endswith("/") or stat.S_ISDIR(unix):
+        return DIR, stat.S_IMODE(unix) if unix else 0o755
+    if stat.S_ISLNK(unix):
+        return SYMLINK, 0o777
+    return FILE, stat.S_IMODE(unix) if unix else 0o644
+
+
+def _check_name(raw: str, path: Path) -> str:
+    name = raw[:-1] if raw.endswith("/") else raw
+    parts = name.split("/")
+    if not name or raw.startswith("/") or "\0" in raw:
+        raise DfotaError(f"entry {raw!r} has an absolute or empty name", path)
+    if any(p in ("..", ".", "") for p in parts):
+        raise DfotaError(f"entry {raw!r} would escape its folder ('..', '.' or '//' in name)",
+                         path)
+    return name
+
+
+class ZipSource:
+    """A zip opened once for reading, checked as a whole before any entry is used."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zf = zipfile.ZipFile(path)
+        except FileNotFoundError as exc:
+            raise DfotaError("file not found", path) from exc
+        except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+            raise DfotaError(f"not a usable zip file ({exc})", path) from exc
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+        try:
+            self.members = self._check()
+        except BaseException:
+            self._zf.close()
+            raise
+
+    def _check(self) -> dict[str, Member]:
+        members: dict[str, Member] = {}
+        file_size = self.path.stat().st_size
+        declared = 0
+        for info in self._zf.infolist():
+            name = _check_name(info.filename, self.path)
+            if name in members:
+                raise DfotaError(f"entry {name!r} appears twice", self.path)
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise DfotaError(f"entry {name!r} uses an unsupported compression method "
+                                 f"{info.compress_type}", self.path)
+            limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                     else info.compress_size * _MAX_DEFLATE_RATIO + 1024)
+            if info.file_size > limit:
+                raise DfotaError(f"entry {name!r} declares {info.file_size} bytes that its "
+                                 f"{info.compress_size} stored bytes cannot hold", self.path)
+            declared += info.compress_size
+            kind, mode = member_kind_and_mode(info)
+            members[name] = Member(name, kind, mode, info.file_size, info)
+        if declared > file_size:
+            raise DfotaError(f"entries declare {declared} bytes of data but the file holds "
+                             f"{file_size}; it is truncated or forged", self.path)
+        return members
+
+    def __enter__(self) -> ZipSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zf.close()
+
+    def names(self, prefix: str = "") -> Iterator[str]:
+        return (n for n in self.members if n.startswith(prefix))
+
+    def open(self, name: str) -> IO[bytes]:
+        return self._zf.open(self.members[name].info)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._zf.read(self.members[name].info)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
+
+    def link_target(self, name: str) -> str:
+        return self.read(name).decode("utf-8", "surrogateescape")
+
+    def sha1(self, name: str) -> str:
+        digest = hashlib.sha1()
+        try:
+            with self.open(name) as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    digest.update(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
+        return digest.hexdigest()

@@ -1,0 +1,74 @@
+"""The version archive: never overwritten, never partial, index agrees with its folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.archive import Archive, sha256_file
+from tasks.errors import DfotaError
+
+
+def zip_file(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+def manifest(time: str) -> dict[str, object]:
+    return {"version": {"package_time": time}, "origin": "test", "source": None}
+
+
+def test_add_then_same_content_is_a_noop_and_other_content_is_refused(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    first = zip_file(tmp_path, "a.zip", b"one")
+    added = archive.add("R1@20220101T0000", first, manifest("2022-01-01,00:00"))
+    assert added.zip_path.read_bytes() == b"one"
+    assert added.sha256 == sha256_file(first)
+    assert os.stat(added.zip_path).st_mode & 0o222 == 0  # archived files are read-only
+    assert archive.admit("R1@20220101T0000", sha256_file(first)) is False
+    other = zip_file(tmp_path, "b.zip", b"two")
+    with pytest.raises(DfotaError, match="already archived with other content; bump"):
+        archive.add("R1@20220101T0000", other, manifest("2022-01-01,00:00"))
+    assert added.zip_path.read_bytes() == b"one"
+
+
+def test_versions_are_ordered_by_package_time_and_found_by_prefix(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    archive.add("B@20220301T0000", zip_file(tmp_path, "b", b"b"), manifest("2022-03-01,00:00"))
+    archive.add("A@20220101T0000", zip_file(tmp_path, "a", b"a"), manifest("2022-01-01,00:00"))
+    archive.add("AB@20220201T0000", zip_file(tmp_path, "c", b"c"), manifest("2022-02-01,00:00"))
+    assert [v.key for v in archive.versions()] == [
+        "A@20220101T0000", "AB@20220201T0000", "B@20220301T0000"]
+    assert archive.find("B").key == "B@20220301T0000"
+    assert archive.find("A@").key == "A@20220101T0000"
+    with pytest.raises(DfotaError, match="matches several"):
+        archive.find("A")
+    with pytest.raises(DfotaError, match="no archived version matches 'Z'"):
+        archive.find("Z")
+    index = json.loads((tmp_path / "archive/index.json").read_text())
+    assert [v["key"] for v in index["versions"]] == [v.key for v in archive.versions()]
+
+
+def test_an_altered_archived_zip_is_noticed(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    added = archive.add("A@20220101T0000", zip_file(tmp_path, "a", b"a"),
+                        manifest("2022-01-01,00:00"))
+    added.check_intact()
+    os.chmod(added.zip_path, 0o644)
+    added.zip_path.write_bytes(b"tampered")
+    with pytest.raises(DfotaError, match="the archive was altered"):
+        added.check_intact()
+
+
+def test_leftover_staging_from_a_killed_run_is_ignored_and_cleaned(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    staging = tmp_path / "archive/.staging-A@20220101T0000.x1"
+    staging.mkdir(parents=True)
+    (staging / "targetfiles.zip").write_bytes(b"half")
+    assert archive.versions() == []
+    archive.clean_staging()
+    assert not staging.exists()

@@ -1,0 +1,186 @@
+"""The zip module against Info-ZIP: modes, symlinks, directories, timestamps, hostile zips."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import DfotaError
+from tasks.tree import DIR, FILE, SYMLINK
+from tasks.zipio import (
+    ZipSource,
+    bytes_item,
+    dir_item,
+    link_item,
+    member_item,
+    path_item,
+    write_zip,
+)
+
+NAMES_WITH_TROUBLE = ['a b', 'quo"te', "back\\slash", "new\nline", "-dash", "ünï"]
+
+
+def sample_items(tmp: Path) -> list:
+    payload = tmp / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 40)
+    items = [
+        dir_item("SYSTEM", 0o755),
+        dir_item("SYSTEM/bin", 0o755),
+        path_item("SYSTEM/bin/tool", payload, 0o755),
+        bytes_item("SYSTEM/bin/su", b"\x7fELF setuid", 0o4755),
+        bytes_item("SYSTEM/etc/secret", b"key", 0o600),
+        link_item("SYSTEM/bin/sh", "busybox"),
+        link_item("SYSTEM/etc/mtab", "/proc/self/mounts"),
+        dir_item("SYSTEM/empty", 0o700),
+        dir_item("SYSTEM/etc", 0o755),
+    ]
+    items += [bytes_item(f"SYSTEM/odd/{n}", n.encode(), 0o644) for n in NAMES_WITH_TROUBLE]
+    items.append(dir_item("SYSTEM/odd", 0o755))
+    return items
+
+
+def test_same_items_give_same_bytes_whatever_the_clock_zone_and_umask(tmp_path: Path) -> None:
+    first = tmp_path / "a.zip"
+    write_zip(first, sample_items(tmp_path))
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
+        "from tests.test_zipio import sample_items; from tasks.zipio import write_zip;"
+        "write_zip(Path(sys.argv[1]), sample_items(Path(sys.argv[2])))"
+    )
+    second = tmp_path / "b.zip"
+    other = tmp_path / "other"
+    other.mkdir()
+    env = {**os.environ, "TZ": "Asia/Kathmandu", "LC_ALL": "C", "TMPDIR": str(other)}
+    subprocess.run(["sh", "-c", 'umask 077; exec "$@"', "sh", sys.executable, "-c", script,
+                    str(second), str(other), str(Path(__file__).parent.parent)],
+                   env=env, check=True)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_entries_are_stored_sorted_with_unix_modes_and_fixed_time(tmp_path: Path) -> None:
+    dest = tmp_path / "t.zip"
+    write_zip(dest, sample_items(tmp_path))
+    with zipfile.ZipFile(dest) as zf:
+        infos = zf.infolist()
+    names = [i.filename for i in infos]
+    assert names == sorted(names, key=lambda n: n.encode())
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+    assert all(i.create_system == 3 and i.date_time == (2009, 1, 1, 0, 0, 0) for i in infos)
+    assert all(i.extra == b"" for i in infos)
+    modes = {i.filename: i.external_attr >> 16 for i in infos}
+    assert modes["SYSTEM/bin/su"] == stat.S_IFREG | 0o4755
+    assert modes["SYSTEM/bin/sh"] == stat.S_IFLNK | 0o777
+    assert modes["SYSTEM/empty/"] == stat.S_IFDIR | 0o700
+
+
+def test_info_zip_tests_and_restores_links_modes_and_dirs(tmp_path: Path) -> None:
+    dest = tmp_path / "t.zip"
+    write_zip(dest, sample_items(tmp_path))
+    test = subprocess.run(["unzip", "-tq", dest], capture_output=True, text=True)
+    assert test.returncode == 0 and "No errors" in test.stdout
+    listing = subprocess.run(["zipinfo", dest], capture_output=True, text=True, check=True).stdout
+    assert "lrwxrwxrwx" in listing and " stor " in listing and " defN " not in listing
+    out = tmp_path / "x"
+    out.mkdir()
+    # -^ keeps control characters (the newline) in extracted names
+    subprocess.run(["unzip", "-qK^", dest, "-d", out], check=True)
+    system = out / "SYSTEM"
+    assert os.readlink(system / "bin/sh") == "busybox"
+    assert os.readlink(system / "etc/mtab") == "/proc/self/mounts"
+    assert stat.S_IMODE(os.lstat(system / "bin/su").st_mode) == 0o4755
+    assert stat.S_IMODE(os.lstat(system / "etc/secret").st_mode) == 0o600
+    assert stat.S_IMODE(os.lstat(system / "empty").st_mode) == 0o700
+    assert list((system / "empty").iterdir()) == []
+    for name in NAMES_WITH_TROUBLE:
+        assert (system / "odd" / name).read_bytes() == name.encode()
+    assert (system / "bin/tool").read_bytes() == (tmp_path / "payload.bin").read_bytes()
+
+
+def test_reading_back_gives_kinds_modes_links_and_hashes(tmp_path: Path) -> None:
+    dest = tmp_path / "t.zip"
+    write_zip(dest, sample_items(tmp_path))
+    with ZipSource(dest) as src:
+        members = src.members
+        assert members["SYSTEM/bin/sh"].kind == SYMLINK
+        assert src.link_target("SYSTEM/bin/sh") == "busybox"
+        assert members["SYSTEM/empty"].kind == DIR and members["SYSTEM/empty"].mode == 0o700
+        assert members["SYSTEM/bin/su"].kind == FILE and members["SYSTEM/bin/su"].mode == 0o4755
+        assert src.sha1("SYSTEM/etc/secret") == "a62f2225bf70bfaccbc7f1ef2a397836717377de"
+
+
+def test_members_are_copied_from_another_zip_byte_for_byte(tmp_path: Path) -> None:
+    first = tmp_path / "a.zip"
+    write_zip(first, sample_items(tmp_path))
+    second = tmp_path / "b.zip"
+    write_zip(second, [member_item("X/tool", first, "SYSTEM/bin/tool", FILE, 0o750),
+                       member_item("X/sh", first, "SYSTEM/bin/sh", SYMLINK, 0o777, "busybox")])
+    with ZipSource(second) as src:
+        assert src.read("X/tool") == (tmp_path / "payload.bin").read_bytes()
+        assert src.members["X/tool"].mode == 0o750
+        assert src.link_target("X/sh") == "busybox"
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    dest = tmp_path / "t.zip"
+    dest.write_bytes(b"old")
+    with pytest.raises(DfotaError, match="cannot read file"):
+        write_zip(dest, [path_item("SYSTEM/x", tmp_path / "missing", 0o644)])
+    assert dest.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zip"]
+
+
+def test_duplicate_items_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DfotaError, match="two entries named 'a'"):
+        write_zip(tmp_path / "t.zip", [bytes_item("a", b"1"), dir_item("a", 0o755)])
+
+
+def _zip_with(path: Path, *names: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(zipfile.ZipInfo(name), b"data")
+    return path
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (("SYSTEM/../../etc/passwd",), "would escape its folder"),
+    (("/etc/passwd",), "absolute or empty name"),
+    (("SYSTEM//x",), "would escape its folder"),
+])
+def test_escaping_names_are_refused(tmp_path: Path, names: tuple[str, ...], message: str) -> None:
+    with pytest.raises(DfotaError, match=message):
+        ZipSource(_zip_with(tmp_path / "bad.zip", *names))
+
+
+def test_duplicate_names_are_refused(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning), pytest.raises(DfotaError, match="appears twice"):
+        ZipSource(_zip_with(tmp_path / "dup.zip", "SYSTEM/a", "SYSTEM/a"))
+
+
+def test_not_a_zip_and_truncated_zip_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.zip"
+    text.write_text("hello")
+    with pytest.raises(DfotaError, match=r"notes.zip: not a usable zip file"):
+        ZipSource(text)
+    good = tmp_path / "good.zip"
+    write_zip(good, sample_items(tmp_path))
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DfotaError, match=r"cut.zip: not a usable zip file"):
+        ZipSource(cut)
+
+
+def test_declared_sizes_beyond_the_file_are_refused(tmp_path: Path) -> None:
+    bomb = _zip_with(tmp_path / "bomb.zip", "SYSTEM/a")
+    data = bytearray(bomb.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<II", data, central + 20, 3_000_000_000, 3_000_000_000)
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(DfotaError, match="truncated or forged"):
+        ZipSource(bomb)
