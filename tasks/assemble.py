@@ -1,0 +1,171 @@
+"""`doit targetfiles`: check the inputs, assemble the target targetfiles.zip, archive both versions.
+
+Nothing is written until every input has been read and checked; the zip is staged, admitted by
+the archive (a version is never replaced by other content), archived, and only then copied to
+`out/targetfiles.zip` by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks import __version__, atomic
+from tasks.archive import Archive, sha256_file
+from tasks.bootimg import read_boot_image
+from tasks.config import SAMPLE_BASE, Settings, resolve_path
+from tasks.elf import read_abl_elf
+from tasks.errors import DfotaError
+from tasks.manifest import HashCache, scan_rootfs, write_if_changed
+from tasks.targetfiles import (
+    check_source,
+    locate_sdk,
+    plan_target,
+    rootfs_version,
+    zip_version,
+)
+from tasks.tree import digest_tree
+from tasks.version import VERSION_FILE
+from tasks.zipio import ZipSource, write_zip
+
+Say = Callable[[str], None]
+TOOL = f"quecopen-dfota {__version__}"
+
+
+def resolve_source(settings: Settings, archive: Archive, target_key: str | None) -> Path:
+    """The source targetfiles.zip: the one asked for, else the newest other archived version.
+
+    With an empty archive only the sample SDK falls back to the sample's base; a user's SDK
+    never does (its versions must not be built on the sample's).
+    """
+    wanted = settings.source
+    if wanted:
+        path = resolve_path(wanted)
+        if path.suffix == ".zip" or "/" in wanted or path.exists():
+            if not path.is_file():
+                raise DfotaError("source targetfiles.zip not found", path)
+            return path
+        version = archive.find(wanted)
+        version.check_intact()
+        return version.zip_path
+    candidates = [v for v in archive.versions() if v.key != target_key]
+    if candidates:
+        candidates[-1].check_intact()
+        return candidates[-1].zip_path
+    if settings.sdk_is_sample:
+        return SAMPLE_BASE
+    raise DfotaError("the archive holds no version to build on: run `doit import_base "
+                     "--firmware DIR` once, or pass `--source` a targetfiles.zip",
+                     settings.archive_dir)
+
+
+def inputs_manifest(settings: Settings) -> dict[str, object]:
+    """Everything the target is made from, by content: what `doit targetfiles` depends on."""
+    sdk = locate_sdk(settings.sdk)
+    cache = HashCache(settings.hash_cache)
+    scan = scan_rootfs(sdk.rootfs, cache)
+    target = rootfs_version(sdk.rootfs, scan)
+    source = resolve_source(settings, Archive(settings.archive_dir), target.key)
+    manifest = {
+        "boot_image": {"path": str(sdk.boot_image), "sha1": cache.sha1_of(sdk.boot_image)},
+        "abl": {"path": str(sdk.abl), "sha1": cache.sha1_of(sdk.abl)},
+        "rootfs": {"path": str(sdk.rootfs), "tree_sha1": digest_tree(scan.entries),
+                   "entries": len(scan.entries)},
+        # by content only: the sample's base and its archived copy are the same source
+        "source_sha1": cache.sha1_of(source),
+        "target_version": target.key,
+    }
+    cache.save()
+    return manifest
+
+
+def write_inputs_manifest(settings: Settings) -> bool:
+    return write_if_changed(settings.inputs_manifest, inputs_manifest(settings))
+
+
+@dataclass(frozen=True, slots=True)
+class TargetfilesResult:
+    zip_path: Path
+    target_key: str
+    source_key: str
+    sha256: str
+    entries: int
+    archived_target: bool
+    archived_source: bool
+    warnings: tuple[str, ...]
+
+
+def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
+    sdk = locate_sdk(settings.sdk)
+    read_boot_image(sdk.boot_image)
+    read_abl_elf(sdk.abl)
+    cache = HashCache(settings.hash_cache)
+    scan = scan_rootfs(sdk.rootfs, cache)
+    target_version = rootfs_version(sdk.rootfs, scan)
+    archive = Archive(settings.archive_dir)
+    archive.clean_staging()
+    source_path = resolve_source(settings, archive, target_version.key)
+
+    with ZipSource(source_path) as src:
+        warnings = [*check_source(src), *scan.warnings]
+        warnings += [f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
+                     "directories unless the package carries them; note 2.2.2.4)"
+                     for d in scan.empty_dirs]
+        source_version = zip_version(src)
+        if source_version.key == target_version.key:
+            raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
+                             "Time' or 'Project Rev' for the new build",
+                             sdk.rootfs / VERSION_FILE)
+        for warning in warnings:
+            say(f"warning: {warning}")
+        if settings.strict and warnings:
+            raise DfotaError(f"{len(warnings)} warning(s) and --strict is set", sdk.folder)
+        plan = plan_target(sdk, src, scan)
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="targetfiles.", dir=settings.state_dir) as tmp:
+            staged = Path(tmp) / "targetfiles.zip"
+            write_zip(staged, plan.items)
+            source_sha256 = sha256_file(source_path)
+            target_sha256 = sha256_file(staged)
+            source_new = archive.admit(source_version.key, source_sha256)
+            target_new = archive.admit(target_version.key, target_sha256)
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if source_new:
+                archive.add(source_version.key, source_path, {
+                    "origin": "source", "imported_from": str(source_path),
+                    "version": source_version.to_json(), "created": created, "tool": TOOL,
+                    "source": None})
+            if target_new:
+                archive.add(target_version.key, staged, {
+                    "origin": "targetfiles", "version": target_version.to_json(),
+                    "source": source_version.key, "created": created, "tool": TOOL,
+                    "inputs": {
+                        "sdk": str(sdk.folder),
+                        "boot_image_sha1": cache.sha1_of(sdk.boot_image),
+                        "abl_sha1": cache.sha1_of(sdk.abl),
+                        "rootfs_tree_sha1": digest_tree(scan.entries),
+                        "source_sha256": source_sha256,
+                    }})
+            with atomic.atomic_path(settings.target_zip) as out:
+                shutil.copyfile(staged, out)
+    cache.save()
+    return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
+                             target_sha256, len(plan.items), target_new, source_new,
+                             tuple(warnings))
+
+
+def describe(result: TargetfilesResult) -> str:
+    archived = "archived" if result.archived_target else "already archived, same content"
+    return (f"targetfiles: {result.zip_path} ({result.entries} entries), version "
+            f"{result.target_key} built on {result.source_key}; {archived}")
+
+
+def result_json(result: TargetfilesResult) -> str:
+    return json.dumps({"zip": str(result.zip_path), "target": result.target_key,
+                       "source": result.source_key, "sha256": result.sha256})

@@ -1,0 +1,157 @@
+"""doit task creators: names, parameters, dependencies. The work is done elsewhere in `tasks`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from doit import task_params
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+from doit.tools import config_changed
+
+from tasks import __version__
+from tasks.archive import Archive
+from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
+from tasks.config import SAMPLE_DIR, Settings, make_settings
+from tasks.errors import DfotaError
+from tasks.sample import generate_sample, sample_is_current
+
+TaskDict = dict[str, Any]
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+class ReportedFailure(TaskFailed):
+    """A failure whose one-line message was already printed."""
+
+
+class Reporter(ConsoleReporter):
+    """doit's console reporter, without repeating a message the task already printed."""
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        if isinstance(fail, ReportedFailure):
+            self.failures.append({"task": task, "exception": fail})
+            return
+        super().add_failure(task, fail)
+
+    def complete_run(self) -> None:
+        self.failures = [f for f in self.failures
+                         if not isinstance(f["exception"], ReportedFailure)]
+        super().complete_run()
+
+
+def guarded(step: Callable[..., object]) -> Callable[..., object]:
+    """Turn the project's error into one line on stderr and a failed task (non-zero exit)."""
+
+    def action(*args: object) -> object:
+        try:
+            result = step(*args)
+        except DfotaError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return ReportedFailure(str(exc))
+        return result if isinstance(result, dict) else None
+
+    action.__name__ = step.__name__
+    return action
+
+
+COMMON_PARAMS: list[dict[str, Any]] = [
+    {"name": "out", "long": "out", "type": str, "default": "out",
+     "help": "folder for the outputs [default: %(default)s]"},
+    {"name": "archive", "long": "archive", "type": str, "default": "archive",
+     "help": "folder holding every version's targetfiles.zip [default: %(default)s]"},
+    {"name": "state", "long": "state", "type": str, "default": "build",
+     "help": "folder for bookkeeping between runs [default: %(default)s]"},
+]
+
+TARGETFILES_PARAMS: list[dict[str, Any]] = [
+    {"name": "sdk", "long": "sdk", "type": str, "default": "",
+     "help": "the ql-ol-extsdk folder of the SDK build [default: the sample SDK]"},
+    {"name": "source", "long": "source", "type": str, "default": "",
+     "help": "source version: an archived version key (or unique prefix) or a targetfiles.zip "
+             "[default: the newest archived version other than the target's]"},
+    {"name": "strict", "long": "strict", "type": bool, "default": False,
+     "help": "treat warnings (empty directories, special files) as errors"},
+    *COMMON_PARAMS,
+]
+
+
+def task_sample() -> TaskDict:
+    """generate the sample SDK (sample_sdk/): a base firmware package and the next SDK build"""
+    return {
+        "actions": [guarded(lambda: generate_sample(SAMPLE_DIR))],
+        "uptodate": [lambda: sample_is_current(SAMPLE_DIR)],
+        "verbosity": 1,
+    }
+
+
+@task_params(TARGETFILES_PARAMS)
+def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str,
+                     state: str) -> Iterator[TaskDict]:
+    """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
+    settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
+                             state=state)
+    yield {
+        "basename": "targetfiles_inputs",
+        "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
+        "actions": [guarded(lambda: write_inputs_manifest(settings) and None)],
+        "task_dep": ["sample"] if settings.sdk_is_sample else [],
+        "targets": [settings.inputs_manifest],
+        "uptodate": [False],
+        "verbosity": 1,
+    }
+    yield {
+        "basename": "targetfiles",
+        "doc": task_targetfiles.__doc__,
+        "actions": [guarded(lambda: _targetfiles(settings))],
+        "file_dep": [settings.inputs_manifest],
+        "targets": [settings.target_zip],
+        "uptodate": [config_changed({"tool": __version__, "strict": strict,
+                                     "archive": str(settings.archive_dir)}),
+                     lambda task, values: _still_archived(settings, values)],
+        "verbosity": 2,
+    }
+
+
+def _targetfiles(settings: Settings) -> dict[str, str]:
+    result = build_targetfiles(settings, say)
+    say(describe(result))
+    return {"target_key": result.target_key, "sha256": result.sha256}
+
+
+def _still_archived(settings: Settings, values: dict[str, Any]) -> bool:
+    """The last build's target is still in the archive (else rebuild and re-archive it)."""
+    key = values.get("target_key")
+    if not key:
+        return False
+    try:
+        version = Archive(settings.archive_dir).get(key)
+    except DfotaError:
+        return False
+    return version is not None and version.sha256 == values.get("sha256")
+
+
+@task_params(COMMON_PARAMS)
+def task_versions(out: str, archive: str, state: str) -> TaskDict:
+    """list the archived versions, oldest first, with the source each was built on"""
+    settings = make_settings(out=out, archive=archive, state=state)
+    return {
+        "actions": [guarded(lambda: _list_versions(settings))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _list_versions(settings: Settings) -> None:
+    archive = Archive(settings.archive_dir)
+    versions = archive.versions()
+    if not versions:
+        say(f"{settings.archive_dir}: no archived version yet")
+    for v in versions:
+        source = v.manifest.get("source") or "-"
+        say(f"{v.key}  {v.manifest.get('origin', '?'):<11}  built on {source}  "
+            f"sha256 {v.sha256[:12]}  {v.manifest.get('size', '?')} bytes")

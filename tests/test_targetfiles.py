@@ -1,0 +1,340 @@
+"""`doit targetfiles` end to end on the sample SDK, run through doit as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tasks.bootimg import build_boot_image
+from tasks.tree import scan_folder
+from tasks.zipio import ZipSource
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Workspace:
+    """A copy of the sample's inputs and private out/archive/state folders."""
+
+    root: Path
+    sdk: Path
+    source: Path
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.sdk / "ql-ol-rootfs"
+
+    def doit(self, *args: str, env: dict[str, str] | None = None, default_source: bool = False,
+             without_dac_override: bool = False) -> Run:
+        """`doit targetfiles` on the workspace; the source is the sample's base unless
+        `default_source` leaves the choice to the tool."""
+        source = [] if default_source else ["--source", str(self.source)]
+        command = [sys.executable, "-m", "doit", "--db-file", str(self.root / "doit.db"),
+                   "targetfiles", "--sdk", str(self.sdk), *source,
+                   "--out", str(self.out), "--archive", str(self.archive),
+                   "--state", str(self.root / "state"), *args]
+        if without_dac_override:  # root that cannot read past file modes, like any user
+            command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+        done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, check=False)
+        return Run(done.returncode, done.stdout, done.stderr)
+
+    def build(self, *args: str, env: dict[str, str] | None = None,
+              default_source: bool = False) -> Run:
+        run = self.doit(*args, env=env, default_source=default_source)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run
+
+
+@pytest.fixture
+def ws(sample_sdk: Path) -> Iterator[Workspace]:
+    root = Path(tempfile.mkdtemp(prefix="targetfiles-"))
+    shutil.copytree(sample_sdk / "ql-ol-extsdk", root / "sdk", symlinks=True)
+    source = root / "source.zip"
+    shutil.copyfile(sample_sdk / "firmware/upgrade/targetfiles.zip", source)
+    yield Workspace(root, root / "sdk", source)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """Every file under the folders with its content hash (the state that must not change)."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            if path.is_file() and not path.is_symlink():
+                seen[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
+            else:
+                seen[str(path)] = "dir" if path.is_dir() else "other"
+    return seen
+
+
+def versions(ws: Workspace) -> list[str]:
+    index = json.loads((ws.archive / "index.json").read_text())
+    return [v["key"] for v in index["versions"]]
+
+
+BASE_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220622B_01.001@20220622T1550"
+NEXT_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220715A_01.002@20220715T0930"
+
+
+def test_builds_checks_with_info_zip_and_archives_both_versions(ws: Workspace) -> None:
+    run = ws.build()
+    target = ws.out / "targetfiles.zip"
+    test = subprocess.run(["unzip", "-tq", target], capture_output=True, text=True)
+    assert test.returncode == 0 and "No errors" in test.stdout
+    assert versions(ws) == [BASE_KEY, NEXT_KEY]
+    manifest = json.loads((ws.archive / NEXT_KEY / "manifest.json").read_text())
+    assert manifest["source"] == BASE_KEY
+    assert manifest["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert manifest["inputs"]["rootfs_tree_sha1"]
+    assert (ws.archive / NEXT_KEY / "targetfiles.zip").read_bytes() == target.read_bytes()
+    assert (ws.archive / BASE_KEY / "targetfiles.zip").read_bytes() == ws.source.read_bytes()
+    assert f"version {NEXT_KEY} built on {BASE_KEY}" in run.stdout
+
+
+def test_target_has_the_sdk_images_the_rootfs_and_the_source_firmware(ws: Workspace) -> None:
+    ws.build()
+    with ZipSource(ws.out / "targetfiles.zip") as tgt, ZipSource(ws.source) as src:
+        assert tgt.read("BOOTABLE_IMAGES/boot.img") == (
+            ws.sdk / "target/sdxlemur-boot.img").read_bytes()
+        assert tgt.read("MULTIFOTA/abl.elf") == (ws.sdk / "target/abl.elf").read_bytes()
+        for name in src.names():
+            if name.startswith(("SYSTEM/firmware", "SYSTEM/dev", "OTA/", "RADIO/", "RECOVERY/")):
+                assert name in tgt.members, name
+                assert tgt.members[name].kind == src.members[name].kind
+                if tgt.members[name].kind == "file":
+                    assert tgt.sha1(name) == src.sha1(name)
+        rootfs = scan_folder(ws.rootfs, skip_top=("firmware", "dev")).entries
+        system = {n[len("SYSTEM/"):]: m for n, m in tgt.members.items()
+                  if n.startswith("SYSTEM/") and not n.startswith(("SYSTEM/firmware",
+                                                                   "SYSTEM/dev"))}
+        assert set(system) == set(rootfs)
+        for rel, entry in rootfs.items():
+            assert system[rel].kind == entry.kind and system[rel].mode == entry.mode, rel
+        stale = [n for n in tgt.names("SYSTEM/firmware") if n not in src.members]
+        assert stale == []  # the rootfs's own firmware/ never reaches the target
+        meta = json.loads(tgt.read("META/system_manifest.json"))
+        owners = {e["path"]: (e["uid"], e["gid"]) for e in meta["entries"]}
+        assert set(owners.values()) == {(0, 0)}  # the build user's files are root's
+        assert set(owners) == {n[len("SYSTEM/"):] for n in tgt.names("SYSTEM/")}
+
+
+def test_info_zip_extraction_equals_the_notes_shell_procedure(ws: Workspace, tmp_path: Path
+                                                              ) -> None:
+    """Section 2.2.2 run with the real commands, compared entry for entry with the tool's zip."""
+    ws.build()
+    shell = tmp_path / "v2"
+    script = r"""
+set -e
+mkdir -p targetfiles && cd targetfiles
+unzip -qK "$SOURCE"
+cp -rf "$SDK/target/sdxlemur-boot.img" ./BOOTABLE_IMAGES/boot.img
+cp -rf "$SDK/target/abl.elf" ./MULTIFOTA/abl.elf
+cd SYSTEM
+mv firmware dev ../
+rm -rf *
+cp -prafR "$SDK/ql-ol-rootfs/"* ./
+rm -rf firmware dev
+mv ../firmware ../dev ./
+cd ..
+zip -qry0 ../targetfiles.zip ./*
+"""
+    shell.mkdir()
+    subprocess.run(["bash", "-c", script], cwd=shell, check=True,
+                   env={**os.environ, "SOURCE": str(ws.source), "SDK": str(ws.sdk)})
+    trees = {}
+    for label, archive in (("shell", shell / "targetfiles.zip"),
+                           ("tool", ws.out / "targetfiles.zip")):
+        dest = tmp_path / label
+        dest.mkdir()
+        subprocess.run(["unzip", "-qK", archive, "-d", dest], check=True)
+        shutil.rmtree(dest / "META", ignore_errors=True)  # the tool's own sidecars
+        trees[label] = scan_folder(dest).entries
+    assert trees["tool"].keys() == trees["shell"].keys()
+    for path, entry in trees["shell"].items():
+        mine = trees["tool"][path]
+        assert (mine.kind, mine.mode, mine.link, mine.sha1) == (
+            entry.kind, entry.mode, entry.link, entry.sha1), path
+
+
+def test_two_builds_are_byte_identical_whatever_clock_zone_umask_and_temp(
+        ws: Workspace, tmp_path: Path) -> None:
+    ws.build()
+    first = (ws.out / "targetfiles.zip").read_bytes()
+    other = tmp_path / "tmp"
+    other.mkdir()
+    shutil.rmtree(ws.out)
+    shutil.rmtree(ws.root / "state")
+    (ws.root / "doit.db").unlink()
+    ws.build(env={"TZ": "America/St_Johns", "LC_ALL": "C.UTF-8", "TMPDIR": str(other)})
+    assert (ws.out / "targetfiles.zip").read_bytes() == first
+    # the archive took the second build as the same version: nothing new
+    assert versions(ws) == [BASE_KEY, NEXT_KEY]
+
+
+def test_second_run_does_nothing_and_any_change_rebuilds(ws: Workspace) -> None:
+    ws.build()
+    for again in (ws.build(), ws.build(default_source=True)):  # the archived copy: same source
+        assert "-- targetfiles\n" in again.stdout and ".  targetfiles\n" not in again.stdout
+    # a mode change without a version bump: rebuilt, and refused by the archive
+    os.chmod(ws.rootfs / "etc/webui/test.cfg", 0o600)
+    before = snapshot(ws.out, ws.archive)
+    refused = ws.doit()
+    assert refused.returncode != 0
+    assert "already archived with other content; bump 'Package Time'" in refused.stderr
+    assert snapshot(ws.out, ws.archive) == before
+    # bump the version: rebuilt and archived as a third version, built on the newest other one
+    version_file = ws.rootfs / "etc/quectel-project-version"
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-07-16,10:00"))
+    ws.build(default_source=True)
+    assert len(versions(ws)) == 3
+    manifest = json.loads((ws.archive / versions(ws)[-1] / "manifest.json").read_text())
+    assert manifest["source"] == NEXT_KEY
+    # a symlink retargeted: rebuilt (and refused again, same version)
+    link = next(p for p in ws.rootfs.rglob("*") if p.is_symlink())
+    target = os.readlink(link)
+    link.unlink()
+    link.symlink_to(target + ".new")
+    assert "already archived with other content" in ws.doit(default_source=True).stderr
+
+
+def test_empty_directories_are_warned_one_by_one_and_strict_fails(ws: Workspace) -> None:
+    empty = sorted(p for p in ws.rootfs.rglob("*")
+                   if p.is_dir() and not p.is_symlink() and not any(p.iterdir())
+                   and p.relative_to(ws.rootfs).parts[0] not in ("firmware", "dev"))
+    assert empty, "the sample has empty directories"
+    run = ws.build()
+    warned = [line for line in run.stdout.splitlines() if "empty directory" in line]
+    assert len(warned) == len(empty)
+    for folder in empty:
+        assert any(line.startswith(f"warning: {folder}: empty directory") for line in warned)
+    shutil.rmtree(ws.out)
+    strict = ws.doit("--strict")
+    assert strict.returncode != 0 and "--strict is set" in strict.stderr
+    assert not (ws.out / "targetfiles.zip").exists()
+
+
+def error_line(run: Run) -> str:
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert run.returncode != 0
+    assert len(lines) == 1, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    return lines[0]
+
+
+def _write_zip(path: Path, names: list[str]) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(zipfile.ZipInfo(name), b"x")
+
+
+def _break(ws: Workspace, case: str) -> str:
+    """Damage one input; return the text the error line must hold."""
+    target = ws.sdk / "target"
+    if case == "missing abl.elf":
+        (target / "abl.elf").unlink()
+        return f"{target / 'abl.elf'}: missing from the SDK output"
+    if case == "abl.elf not ELF":
+        (target / "abl.elf").write_text("not an elf\n")
+        return f"{target / 'abl.elf'}: not an ELF file"
+    if case == "abl.elf truncated":
+        data = (target / "abl.elf").read_bytes()
+        (target / "abl.elf").write_bytes(data[: len(data) - 100])
+        return "beyond the file"
+    if case == "boot image bad magic":
+        data = bytearray((target / "sdxlemur-boot.img").read_bytes())
+        data[:8] = b"NOTANDRD"
+        (target / "sdxlemur-boot.img").write_bytes(bytes(data))
+        return f"{target / 'sdxlemur-boot.img'}: not an Android boot image"
+    if case == "boot image v3":
+        data = bytearray(build_boot_image(b"k" * 5000, cmdline="x"))
+        data[40:44] = (3).to_bytes(4, "little")
+        (target / "sdxlemur-boot.img").write_bytes(bytes(data))
+        return "unsupported boot image header version 3"
+    if case == "source not a zip":
+        ws.source.write_text("hello")
+        return f"{ws.source}: not a usable zip file"
+    if case == "source truncated":
+        ws.source.write_bytes(ws.source.read_bytes()[:5000])
+        return f"{ws.source}: not a usable zip file"
+    if case == "source entry with ..":
+        _write_zip(ws.source, ["SYSTEM/", "SYSTEM/../../evil"])
+        return "would escape its folder"
+    if case == "source absolute entry":
+        _write_zip(ws.source, ["/etc/passwd"])
+        return "absolute or empty name"
+    if case == "source without SYSTEM/firmware":
+        with zipfile.ZipFile(ws.source) as zf, zipfile.ZipFile(ws.root / "cut.zip", "w") as out:
+            for info in zf.infolist():
+                if not info.filename.startswith("SYSTEM/firmware"):
+                    out.writestr(info, zf.read(info))
+        shutil.move(ws.root / "cut.zip", ws.source)
+        return "has no SYSTEM/firmware/"
+    if case == "rootfs version file missing":
+        (ws.rootfs / "etc/quectel-project-version").unlink()
+        return "version file missing from the rootfs"
+    raise AssertionError(case)
+
+
+BAD_INPUTS = ["missing abl.elf", "abl.elf not ELF", "abl.elf truncated", "boot image bad magic",
+              "boot image v3", "source not a zip", "source truncated", "source entry with ..",
+              "source absolute entry", "source without SYSTEM/firmware",
+              "rootfs version file missing"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_changes_nothing(ws: Workspace, case: str) -> None:
+    ws.build()  # out/ and archive/ hold a good earlier result that must survive
+    before = snapshot(ws.out, ws.archive)
+    expected = _break(ws, case)
+    line = error_line(ws.doit())
+    assert expected in line
+    assert snapshot(ws.out, ws.archive) == before
+
+
+def test_unreadable_rootfs_file_is_named(ws: Workspace) -> None:
+    secret = ws.rootfs / "etc/webui/test.cfg"
+    secret.chmod(0o000)
+    line = error_line(ws.doit(without_dac_override=os.getuid() == 0))
+    assert f"{secret}: cannot read file (Permission denied)" in line
+    assert not (ws.out / "targetfiles.zip").exists()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0
+
+
+def test_default_source_is_the_newest_other_archived_version(ws: Workspace) -> None:
+    ws.build()
+    version_file = ws.rootfs / "etc/quectel-project-version"
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-08-01,08:00"))
+    run = ws.build(default_source=True)
+    assert f"built on {NEXT_KEY}" in run.stdout
+    run = ws.build("--source", BASE_KEY[:50], default_source=True)  # a unique key prefix
+    assert "already archived" not in run.stderr
