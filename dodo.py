@@ -1,14 +1,22 @@
 """doit entry point: `doit` runs the default chain on the SDK named in pyproject.toml
 (the sample SDK unless configured); `doit list` shows every task."""
 
-from tasks.dodo_tasks import Reporter, task_sample, task_targetfiles, task_versions
+from tasks.dodo_tasks import (
+    Reporter,
+    task_delta,
+    task_sample,
+    task_targetfiles,
+    task_versions,
+)
 
 DOIT_CONFIG = {
-    "default_tasks": ["targetfiles"],
+    "default_tasks": ["targetfiles", "delta"],
     "backend": "sqlite3",
     "dep_file": ".doit.db",
     "action_string_formatting": "new",
     "reporter": Reporter,
 }
 
-__all__ = ["DOIT_CONFIG", "task_sample", "task_targetfiles", "task_versions"]
+__all__ = [
+    "DOIT_CONFIG", "task_delta", "task_sample", "task_targetfiles", "task_versions",
+]

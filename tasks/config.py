@@ -23,6 +23,12 @@ class Settings:
     archive_dir: Path
     state_dir: Path  # bookkeeping between runs (hash cache, input manifests); safe to delete
     strict: bool = False
+    base: str = ""  # delta: a version key, a unique prefix, a zip, or "" for the target's source
+    mode: str = "all"  # delta: all, rootfs, modem, kernel (or a, l, m, o), alone or combined
+    config_dir: Path = SAMPLE_DIR / "config"  # the vendor's config lists
+    size_budget: int = 70 * 1024 * 1024  # bytes; a larger package is warned about (note 2.4)
+    diff_timeout: float = 300.0  # seconds per diff; past it the file is shipped whole
+    workers: int = 0  # diff processes; 0 = one per core
 
     @property
     def sdk_is_sample(self) -> bool:
@@ -31,6 +37,18 @@ class Settings:
     @property
     def target_zip(self) -> Path:
         return self.out_dir / "targetfiles.zip"
+
+    @property
+    def update_zip(self) -> Path:
+        return self.out_dir / "update.zip"
+
+    @property
+    def update_summary(self) -> Path:
+        return self.out_dir / "update.json"
+
+    @property
+    def patch_cache(self) -> Path:
+        return self.state_dir / "patch-cache"
 
     @property
     def inputs_manifest(self) -> Path:
@@ -47,8 +65,10 @@ def resolve_path(value: str | Path, base: Path = PROJECT_DIR) -> Path:
 
 
 def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
-                  archive: str = "archive", state: str = "build",
-                  strict: bool = False) -> Settings:
+                  archive: str = "archive", state: str = "build", strict: bool = False,
+                  base: str = "", mode: str = "all", config: str = "",
+                  size_budget_mb: float = 70, diff_timeout: float = 300.0,
+                  workers: int = 0) -> Settings:
     return Settings(
         sdk=resolve_path(sdk) if sdk else SAMPLE_SDK,
         source=source,
@@ -56,4 +76,10 @@ def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
         archive_dir=resolve_path(archive),
         state_dir=resolve_path(state),
         strict=strict,
+        base=base,
+        mode=mode,
+        config_dir=resolve_path(config) if config else SAMPLE_DIR / "config",
+        size_budget=int(size_budget_mb * 1024 * 1024),
+        diff_timeout=diff_timeout,
+        workers=workers,
     )

@@ -15,7 +15,10 @@ from tasks import __version__
 from tasks.archive import Archive
 from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
 from tasks.config import SAMPLE_DIR, Settings, make_settings
+from tasks.delta import build_delta
+from tasks.delta import describe as delta_describe
 from tasks.errors import DfotaError
+from tasks.package import TEMPLATES
 from tasks.sample import generate_sample, sample_is_current
 
 TaskDict = dict[str, Any]
@@ -133,6 +136,53 @@ def _still_archived(settings: Settings, values: dict[str, Any]) -> bool:
     except DfotaError:
         return False
     return version is not None and version.sha256 == values.get("sha256")
+
+
+DELTA_PARAMS: list[dict[str, Any]] = [
+    {"name": "base", "long": "base", "type": str, "default": "",
+     "help": "base version: an archived version key (or unique prefix) or a targetfiles.zip "
+             "[default: the version the newest target was built on]"},
+    {"name": "mode", "long": "mode", "type": str, "default": "all",
+     "help": "what the package updates: all, rootfs, modem, kernel (or the vendor letters "
+             "a, l, m, o), alone or combined as l,m [default: %(default)s]"},
+    {"name": "config", "long": "config", "type": str, "default": "",
+     "help": "folder of the vendor config lists (quectel_*_filelist.txt) "
+             "[default: sample_sdk/config]"},
+    {"name": "size_budget_mb", "long": "size-budget-mb", "type": float, "default": 70,
+     "help": "warn when the package is larger [default: %(default)s]"},
+    {"name": "diff_timeout", "long": "diff-timeout", "type": float, "default": 300.0,
+     "help": "seconds per diff before the file is shipped whole [default: %(default)s]"},
+    {"name": "workers", "long": "workers", "type": int, "default": 0,
+     "help": "diff processes [default: one per core]"},
+    *COMMON_PARAMS,
+]
+
+
+@task_params(DELTA_PARAMS)
+def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_timeout: float,
+               workers: int, out: str, archive: str, state: str) -> TaskDict:
+    """make out/update.zip (DFOTA package) from the base version to the newest target"""
+    settings = make_settings(base=base, mode=mode, config=config, size_budget_mb=size_budget_mb,
+                             diff_timeout=diff_timeout, workers=workers, out=out,
+                             archive=archive, state=state)
+    lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt"))
+    return {
+        "actions": [guarded(lambda: _delta(settings))],
+        "task_dep": ["targetfiles"],
+        "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
+        "targets": [settings.update_zip, settings.update_summary],
+        "uptodate": [config_changed({"tool": __version__, "base": base, "mode": mode,
+                                     "config": str(settings.config_dir),
+                                     "budget": size_budget_mb})],
+        "verbosity": 2,
+    }
+
+
+def _delta(settings: Settings) -> None:
+    result = build_delta(settings, say)
+    for warning in result.warnings:
+        say(f"warning: {warning}")
+    say(delta_describe(result))
 
 
 @task_params(COMMON_PARAMS)

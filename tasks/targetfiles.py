@@ -55,6 +55,29 @@ def check_source(src: ZipSource) -> list[str]:
             if not any(src.names(folder + "/")) and folder not in src.members]
 
 
+def partition_map(src: ZipSource) -> dict[str, str]:
+    """Image file name -> partition, from Qualcomm's `RADIO/filesmap` (`abl.elf  abl`)."""
+    mapping: dict[str, str] = {}
+    if "RADIO/filesmap" in src.members:
+        for line in src.read("RADIO/filesmap").decode("utf-8", "replace").splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and not fields[0].startswith("#"):
+                mapping[fields[0]] = fields[1]
+    return mapping
+
+
+def boot_partition(src: ZipSource) -> str:
+    """The kernel's partition: the `/boot` line of recovery.fstab, else RADIO/filesmap."""
+    for name in src.names("RECOVERY/"):
+        if name.endswith("recovery.fstab") and src.members[name].kind == FILE:
+            for line in src.read(name).decode("utf-8", "replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[0] == "/boot":
+                    return fields[2].rsplit("/", 1)[-1]
+    mapping = partition_map(src)
+    return mapping.get("sdxlemur-boot.img") or mapping.get("boot.img") or "boot"
+
+
 def zip_version(src: ZipSource) -> ProjectVersion:
     name = system_path(VERSION_FILE)
     if name not in src.members or src.members[name].kind != FILE:

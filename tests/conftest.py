@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tasks.sample import generate_sample
+from tests.workspace import Workspace
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +22,14 @@ def sample_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample_sdk")
     generate_sample(root)
     return root
+
+
+@pytest.fixture
+def ws(sample_sdk: Path) -> Iterator[Workspace]:
+    """The sample's next SDK build and base targetfiles.zip in a private folder."""
+    root = Path(tempfile.mkdtemp(prefix="dfota-ws-"))
+    shutil.copytree(sample_sdk / "ql-ol-extsdk", root / "sdk", symlinks=True)
+    source = root / "source.zip"
+    shutil.copyfile(sample_sdk / "firmware/upgrade/targetfiles.zip", source)
+    yield Workspace(root, root / "sdk", source)
+    shutil.rmtree(root, ignore_errors=True)

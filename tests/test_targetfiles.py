@@ -8,11 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import tempfile
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,79 +16,7 @@ import pytest
 from tasks.bootimg import build_boot_image
 from tasks.tree import scan_folder
 from tasks.zipio import ZipSource
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@dataclass
-class Workspace:
-    """A copy of the sample's inputs and private out/archive/state folders."""
-
-    root: Path
-    sdk: Path
-    source: Path
-
-    @property
-    def out(self) -> Path:
-        return self.root / "out"
-
-    @property
-    def archive(self) -> Path:
-        return self.root / "archive"
-
-    @property
-    def rootfs(self) -> Path:
-        return self.sdk / "ql-ol-rootfs"
-
-    def doit(self, *args: str, env: dict[str, str] | None = None, default_source: bool = False,
-             without_dac_override: bool = False) -> Run:
-        """`doit targetfiles` on the workspace; the source is the sample's base unless
-        `default_source` leaves the choice to the tool."""
-        source = [] if default_source else ["--source", str(self.source)]
-        command = [sys.executable, "-m", "doit", "--db-file", str(self.root / "doit.db"),
-                   "targetfiles", "--sdk", str(self.sdk), *source,
-                   "--out", str(self.out), "--archive", str(self.archive),
-                   "--state", str(self.root / "state"), *args]
-        if without_dac_override:  # root that cannot read past file modes, like any user
-            command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-        done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True,
-                              env={**os.environ, **(env or {})}, check=False)
-        return Run(done.returncode, done.stdout, done.stderr)
-
-    def build(self, *args: str, env: dict[str, str] | None = None,
-              default_source: bool = False) -> Run:
-        run = self.doit(*args, env=env, default_source=default_source)
-        assert run.returncode == 0, run.stdout + run.stderr
-        return run
-
-
-@pytest.fixture
-def ws(sample_sdk: Path) -> Iterator[Workspace]:
-    root = Path(tempfile.mkdtemp(prefix="targetfiles-"))
-    shutil.copytree(sample_sdk / "ql-ol-extsdk", root / "sdk", symlinks=True)
-    source = root / "source.zip"
-    shutil.copyfile(sample_sdk / "firmware/upgrade/targetfiles.zip", source)
-    yield Workspace(root, root / "sdk", source)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def snapshot(*folders: Path) -> dict[str, str]:
-    """Every file under the folders with its content hash (the state that must not change)."""
-    seen: dict[str, str] = {}
-    for folder in folders:
-        for path in sorted(folder.rglob("*")) if folder.exists() else []:
-            if path.is_file() and not path.is_symlink():
-                seen[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
-            else:
-                seen[str(path)] = "dir" if path.is_dir() else "other"
-    return seen
+from tests.workspace import Run, Workspace, snapshot
 
 
 def versions(ws: Workspace) -> list[str]:

@@ -1,0 +1,312 @@
+"""`doit delta`: the DFOTA update.zip from a base version to the newest target.
+
+What `update_gen.sh a|l|m|o` does, checked on the host before anything is written: versions
+differ, noota files unchanged, every patch applied once and compared with the target's sha1,
+the script parsed with the device's grammar, the package small enough for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import __version__, atomic
+from tasks.archive import Archive
+from tasks.config import Settings, resolve_path
+from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
+from tasks.errors import DfotaError
+from tasks.filelists import (
+    FileLists,
+    changed_noota_files,
+    check_file_lists,
+    noota_changed_error,
+    read_file_lists,
+)
+from tasks.package import (
+    BINARY_ENTRY,
+    MAX_ENTRIES,
+    PLACEHOLDER,
+    SCRIPT_ENTRY,
+    VERSION_ENTRY,
+    PartitionWrite,
+    empty_new_dirs,
+    patch_entry,
+    render_script,
+    script_steps,
+    whole_entry,
+)
+from tasks.patches import Blob, PatchJob, PatchOutcome, make_patches
+from tasks.plan import Change, Kind, Part, parse_mode, plan_changes
+from tasks.targetfiles import (
+    BOOT_IMAGE,
+    SYSTEM,
+    UPDATER,
+    boot_partition,
+    partition_map,
+    system_path,
+    system_tree,
+    zip_version,
+)
+from tasks.tree import FILE, Tree
+from tasks.version import VERSION_FILE
+from tasks.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
+
+Say = Callable[[str], None]
+BOOT_PATCH_ENTRY = "patch/boot.img.p"
+BOOT_WHOLE_ENTRY = "boot.img"
+MINOR_PREFIX = "MULTIFOTA/"
+USRDATA_NEED = 60 * 1024 * 1024  # free usrdata the note asks for within a baseline (4.1)
+USRDATA_NEED_CROSS = 110 * 1024 * 1024
+
+
+def resolve_target(settings: Settings) -> Path:
+    if not settings.target_zip.is_file():
+        raise DfotaError("no target targetfiles.zip: run `doit targetfiles` first",
+                         settings.target_zip)
+    return settings.target_zip
+
+
+def resolve_base(settings: Settings, archive: Archive, target_key: str) -> Path:
+    """The base: the one asked for, else the source the target was built on (its manifest)."""
+    if settings.base:
+        path = resolve_path(settings.base)
+        if path.suffix == ".zip" or "/" in settings.base or path.exists():
+            if not path.is_file():
+                raise DfotaError("base targetfiles.zip not found", path)
+            return path
+        version = archive.find(settings.base)
+    else:
+        archived = archive.get(target_key)
+        source = archived.manifest.get("source") if archived else None
+        if not source:
+            raise DfotaError(f"the archive does not say which version {target_key} was built "
+                             "on; pass --base VERSION", settings.archive_dir)
+        version = archive.find(str(source))
+    version.check_intact()
+    return version.zip_path
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaResult:
+    package: Path | None  # None when nothing changed
+    summary: Mapping[str, object]
+    warnings: tuple[str, ...]
+
+
+def _file_paths(tree: Tree) -> dict[str, str]:
+    return {system_path(p): e.sha1 for p, e in tree.items() if e.kind == FILE}
+
+
+def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str | None],
+                  ) -> tuple[list[PartitionWrite], list[ZipItem]]:
+    writes, items = [], []
+    for name in sorted(target.names(MINOR_PREFIX)):
+        if target.members[name].kind != FILE:
+            continue
+        image = name[len(MINOR_PREFIX):]
+        old = base.sha1(name) if name in base.members else ""
+        new = target.sha1(name)
+        if old == new:
+            continue
+        partition = mapping.get(image)
+        if not partition:
+            raise DfotaError(f"{name} changed but no partition is known for it: map it in "
+                             "quectel_multifota_filelist.txt (`IMAGE PARTITION`) or "
+                             "RADIO/filesmap; a guess could brick the module", target.path)
+        entry = f"multifota/{image}"
+        size = target.members[name].size
+        writes.append(PartitionWrite(partition, entry, False,
+                                     base.members[name].size if old else 0, old, size, new))
+        items.append(member_item(entry, target.path, name, FILE, 0o644))
+    return writes, items
+
+
+def build_delta(settings: Settings, say: Say) -> DeltaResult:
+    started = time.monotonic()
+    parts = parse_mode(settings.mode)
+    lists = read_file_lists(settings.config_dir)
+    archive = Archive(settings.archive_dir)
+    target_path = resolve_target(settings)
+    with ZipSource(target_path) as target:
+        target_version = zip_version(target)
+        base_path = resolve_base(settings, archive, target_version.key)
+        with ZipSource(base_path) as base:
+            return _build(settings, say, parts, lists, base, target, started)
+
+
+def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileLists, base: ZipSource,
+           target: ZipSource, started: float) -> DeltaResult:
+    source_version, target_version = zip_version(base), zip_version(target)
+    if source_version.key == target_version.key:
+        raise DfotaError(f"base and target have the same version {target_version.key}: a module "
+                         "could not tell them apart", target.path)
+    if UPDATER not in target.members:
+        raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
+    source_tree, target_tree = system_tree(base), system_tree(target)
+
+    changed_noota = changed_noota_files(lists, _file_paths(source_tree), _file_paths(target_tree))
+    if changed_noota:
+        raise noota_changed_error(lists, changed_noota)
+    warnings = check_file_lists(lists, [*target.members, *(n + "/" for n, m in
+                                                           target.members.items()
+                                                           if m.kind == "dir")])
+    rel = SYSTEM + "/"
+    changes = plan_changes(
+        source_tree, target_tree, parts=parts,
+        fullota=[p.removeprefix(rel) for p in lists.fullota],
+        noota=[p.removeprefix(rel) for p in lists.noota])
+
+    jobs = [PatchJob(c.path,
+                     Blob.in_zip(base.path, system_path(c.path), c.source.sha1, c.source.size),
+                     Blob.in_zip(target.path, system_path(c.path), c.target.sha1, c.target.size))
+            for c in changes if c.kind is Kind.PATCHED and c.source and c.target]
+    boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
+    if boot_changed:
+        jobs.append(PatchJob(BOOT_IMAGE,
+                             Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
+                                         base.members[BOOT_IMAGE].size),
+                             Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
+                                         target.members[BOOT_IMAGE].size)))
+    diff_started = time.monotonic()
+    outcomes = make_patches(jobs, cache_dir=settings.patch_cache,
+                            workers=settings.workers or None, timeout=settings.diff_timeout,
+                            progress=say)
+    diff_seconds = time.monotonic() - diff_started
+    warnings += [f"{system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE}: shipped whole "
+                 f"({o.whole_reason})" for o in outcomes.values() if o.is_fallback]
+    changes = [Change(c.path, Kind.WHOLE, c.source, c.target, outcomes[c.path].whole_reason)
+               if c.kind is Kind.PATCHED and outcomes[c.path].patch is None else c
+               for c in changes]
+
+    items: list[ZipItem] = []
+    boot = None
+    if boot_changed:
+        outcome = outcomes[BOOT_IMAGE]
+        patched = outcome.patch is not None
+        boot = PartitionWrite(boot_partition(target),
+                              BOOT_PATCH_ENTRY if patched else BOOT_WHOLE_ENTRY, patched,
+                              base.members[BOOT_IMAGE].size, base.sha1(BOOT_IMAGE),
+                              target.members[BOOT_IMAGE].size, target.sha1(BOOT_IMAGE))
+        items.append(path_item(BOOT_PATCH_ENTRY, outcome.patch, 0o644) if outcome.patch
+                     else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, FILE, 0o644))
+    minor: list[PartitionWrite] = []
+    if Part.MINOR in parts:
+        mapping: dict[str, str | None] = dict(partition_map(target))
+        mapping.update({image: part for image, part in lists.multifota if part})
+        minor, minor_items = _minor_writes(base, target, mapping)
+        items += minor_items
+
+    nothing = (all(c.kind is Kind.UNCHANGED for c in changes) and boot is None and not minor)
+    if nothing:
+        for stale in (settings.update_zip, settings.update_summary):
+            stale.unlink(missing_ok=True)
+        say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
+            f"{settings.mode}; no package written")
+        return DeltaResult(None, {"changed": False}, tuple(warnings))
+
+    version_sha1s = [source_tree[VERSION_FILE].sha1] if VERSION_FILE in source_tree else []
+    version_change = next((c for c in changes if c.path == VERSION_FILE), None)
+    if version_change is not None and version_change.target is not None and \
+            version_change.kind is not Kind.UNCHANGED:
+        version_sha1s.append(version_change.target.sha1)
+    script = script_steps(source_key=source_version.key, target_key=target_version.key,
+                          parts=parts, changes=changes, target=target_tree,
+                          version_sha1s=version_sha1s, boot=boot, minor=minor,
+                          chmod=lists.chmod)
+    script_bytes = render_script(script)
+    try:
+        parse(script_bytes, DEVICE_FUNCTIONS)
+    except EdifySyntaxError as exc:  # the writer's own fault, never the user's
+        raise RuntimeError(f"the updater-script does not parse: {exc}") from exc
+
+    items += [
+        bytes_item(SCRIPT_ENTRY, script_bytes),
+        member_item(BINARY_ENTRY, target.path, UPDATER, FILE, 0o755),
+        bytes_item(VERSION_ENTRY, source_version.text.encode("utf-8")),
+    ]
+    for c in changes:
+        if c.kind is Kind.PATCHED:
+            items.append(path_item(patch_entry(c.path), outcomes[c.path].patch, 0o644))
+        elif c.shipped_whole:
+            items.append(member_item(whole_entry(c.path), target.path, system_path(c.path),
+                                     FILE, c.target.mode))
+    items += [bytes_item(whole_entry(f"{d}/{PLACEHOLDER}"), b"")
+              for d in empty_new_dirs(changes, target_tree)]
+    if len(items) > MAX_ENTRIES:
+        raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
+                         f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
+                         target.path)
+    write_zip(settings.update_zip, items, compress=True)
+    size = settings.update_zip.stat().st_size
+
+    summary = _summary(settings, source_version.key, target_version.key, parts, changes,
+                       outcomes, boot, minor, size, script_bytes, diff_seconds,
+                       time.monotonic() - started)
+    warnings += _budget_warnings(settings, size, changes)
+    summary["warnings"] = warnings
+    atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
+                      + "\n")
+    return DeltaResult(settings.update_zip, summary, tuple(warnings))
+
+
+def _budget_warnings(settings: Settings, size: int, changes: Sequence[Change]) -> list[str]:
+    mb = 1024 * 1024
+    warnings = []
+    if size > settings.size_budget:
+        warnings.append(f"{settings.update_zip}: {size / mb:.1f} MB, over the "
+                        f"{settings.size_budget / mb:.0f} MB budget (note 2.4)")
+    largest = max((c.target.size for c in changes if c.target is not None
+                   and c.target.kind == FILE and c.kind is not Kind.UNCHANGED), default=0)
+    need = size + largest
+    if need > USRDATA_NEED:
+        warnings.append(f"{settings.update_zip}: the module needs about {need / mb:.1f} MB free "
+                        f"in usrdata (package + largest file); the note asks for more than "
+                        f"{USRDATA_NEED / mb:.0f} MB within a baseline and "
+                        f"{USRDATA_NEED_CROSS / mb:.0f} MB across baselines (4.1)")
+    return warnings
+
+
+def _summary(settings: Settings, source_key: str, target_key: str, parts: frozenset[Part],
+             changes: Sequence[Change], outcomes: Mapping[str, PatchOutcome],
+             boot: PartitionWrite | None,
+             minor: Sequence[PartitionWrite], size: int, script: bytes, diff_seconds: float,
+             seconds: float) -> dict[str, object]:
+    counts = Counter(c.kind.value for c in changes if c.kind is not Kind.UNCHANGED)
+    patch_bytes = sum(outcomes[c.path].patch_size for c in changes if c.kind is Kind.PATCHED)
+    whole_bytes = sum(c.target.size for c in changes if c.shipped_whole and c.target)
+    whole_reasons = Counter(c.reason or "new file" for c in changes if c.shipped_whole)
+    return {
+        "tool": f"quecopen-dfota {__version__}",
+        "changed": True,
+        "package": str(settings.update_zip),
+        "package_size": size,
+        "source": source_key,
+        "target": target_key,
+        "mode": sorted(p.value for p in parts),
+        "counts": dict(sorted(counts.items())),
+        "unchanged": sum(1 for c in changes if c.kind is Kind.UNCHANGED),
+        "bytes": {"patches": patch_bytes, "whole_files": whole_bytes,
+                  "script": len(script)},
+        "whole_reasons": dict(sorted(whole_reasons.items())),
+        "boot": None if boot is None else {
+            "partition": boot.partition, "as": "patch" if boot.entry_is_patch else "image",
+            "size": (outcomes[BOOT_IMAGE].patch_size if boot.entry_is_patch
+                     else boot.target_size)},
+        "minor": [{"partition": m.partition, "image": m.entry, "size": m.target_size}
+                  for m in minor],
+        "timings": {"diff_seconds": round(diff_seconds, 3), "total_seconds": round(seconds, 3)},
+    }
+
+
+def describe(result: DeltaResult) -> str:
+    s = result.summary
+    if not s.get("changed"):
+        return "delta: nothing to update"
+    counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items())  # type: ignore[union-attr]
+    return (f"delta: {s['package']} ({s['package_size']} bytes) {s['source']} -> {s['target']}"
+            f" [{','.join(s['mode'])}]: {counts or 'partitions only'}")
+

@@ -1,0 +1,552 @@
+"""BSDIFF40 patches for the files of an update package, made by bsdiff4 in worker processes.
+
+Which files are patched is decided by size and kind, so the same inputs give the same package:
+- a target whose content is compressed (gzip, xz, bzip2, zstd, zip, lzma, lz4 magic at offset 0)
+  is shipped whole without diffing: a patch of compressed data is about as large as the data;
+- a target too small for any patch to stay within 95 % of it is shipped whole without diffing;
+- a diff whose estimated memory (bsdiff4 needs ~17x the source) exceeds the bound is not tried;
+- a patch larger than 95 % of its target is dropped and the file shipped whole.
+A diff that raises, kills its worker or runs past the time-out falls back to the whole file;
+that is a safety net (`PatchOutcome.is_fallback`), never cached.
+
+Every patch is applied to its source and checked against the target's sha1 before it is used,
+and again whenever it is taken from the cache. The cache holds `<source sha1>-<target sha1>-
+<engine>.p` (a verified patch) or `.big` (the size of a patch that was too large).
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import IO, Any
+
+import bsdiff4
+
+from tasks.errors import DfotaError
+
+ENGINE = f"bsdiff4-{bsdiff4.__version__}"
+MAGIC = b"BSDIFF40"
+MAX_PATCH_PERCENT = 95
+# header + three bzip2 streams, each at least as long as the stream of no data
+MIN_PATCH_SIZE = len(MAGIC) + 24 + 3 * len(bz2.compress(b""))
+# bsdiff4 holds the source, two 8-byte suffix arrays per source byte, the target, the diff and
+# extra blocks and their copies; applying the patch for the check needs ~3x the target again
+MEMORY_PER_SOURCE_BYTE = 17
+MEMORY_PER_TARGET_BYTE = 5
+_RLIMIT_SLACK = 128 << 20
+_HEAD = 8
+_CHUNK = 1 << 20
+_REASON_MAX = 300
+_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+_COMPRESSED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"PK\x07\x08", "zip"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+
+Engine = Callable[[bytes, bytes], bytes]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Where a file's bytes are: member `member` of the zip `zip_path`, or the file `path`."""
+
+    zip_path: Path | None
+    member: str | None
+    path: Path | None
+    sha1: str
+    size: int
+
+    def __post_init__(self) -> None:
+        in_zip = self.zip_path is not None and self.member is not None
+        on_disk = self.path is not None
+        if in_zip == on_disk or (self.zip_path is None) != (self.member is None):
+            raise ValueError("a blob is either a zip member or a file on disk")
+
+    @classmethod
+    def in_zip(cls, zip_path: Path, member: str, sha1: str, size: int) -> Blob:
+        return cls(zip_path, member, None, sha1, size)
+
+    @classmethod
+    def on_disk(cls, path: Path, sha1: str, size: int) -> Blob:
+        return cls(None, None, path, sha1, size)
+
+    @property
+    def where(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.zip_path}:{self.member}"
+
+
+@dataclass(frozen=True)
+class PatchJob:
+    name: str  # the target path, e.g. "system/usr/bin/foo"
+    source: Blob
+    target: Blob
+
+
+@dataclass(frozen=True)
+class PatchOutcome:
+    name: str
+    patch: Path | None  # the patch file in the cache when the file is to be patched
+    whole_reason: str  # "" when patched, else why the file is shipped whole
+    patch_size: int  # 0 when no patch was made
+    seconds: float  # time spent diffing this file in this run
+    cached: bool  # the decision came from the cache, no diff ran
+
+    @property
+    def is_fallback(self) -> bool:
+        """Shipped whole because a diff failed or timed out (worth a warning), not by rule."""
+        return self.whole_reason.startswith(("diff failed", "diff timed out"))
+
+
+def apply_patch_bytes(source: bytes, patch: bytes) -> bytes:
+    """Apply a BSDIFF40 patch; ValueError if it is not one or does not fit the source."""
+    if patch[: len(MAGIC)] != MAGIC:
+        raise ValueError("not a BSDIFF40 patch")
+    return bsdiff4.patch(source, patch)
+
+
+def compressed_kind(head: bytes) -> str:
+    """The compression format whose magic `head` starts with, or ""."""
+    if head[:3] == b"BZh" and len(head) > 3 and head[3] in b"123456789":
+        return "bzip2"
+    for magic, kind in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return ""
+
+
+def diff_memory(source_size: int, target_size: int) -> int:
+    """Estimated bytes one diff (and its check) needs, beyond the interpreter."""
+    return MEMORY_PER_SOURCE_BYTE * source_size + MEMORY_PER_TARGET_BYTE * target_size
+
+
+def too_big_reason(patch_size: int, target_size: int) -> str:
+    """The whole-file reason when a patch of `patch_size` is too large for its target, or ""."""
+    if patch_size * 100 <= target_size * MAX_PATCH_PERCENT:
+        return ""
+    if target_size == 0:
+        return "patch is larger than the (empty) file"
+    percent = -(-patch_size * 100 // target_size)
+    return f"patch is {percent}% of the file"
+
+
+def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | None = None,
+                 timeout: float = 300.0, memory_limit: int = 1 << 30,
+                 progress: Callable[[str], None] | None = None,
+                 engine: Engine | None = None) -> dict[str, PatchOutcome]:
+    """Decide for each job whether its target ships as a patch or whole, and make the patches.
+
+    Diffs run in up to `workers` processes (default: the number of cores), largest target
+    first, as long as their estimated memory fits `memory_limit` together; a diff that alone
+    would need more is not tried. `timeout` (seconds) bounds each diff. `engine` replaces
+    bsdiff4.diff (for tests): a module-level function, cached under its own name.
+    Returns the outcomes by job name, in the order of `jobs`.
+    """
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError("two patch jobs have the same name")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1 or timeout <= 0 or memory_limit <= 0:
+        raise ValueError("workers, timeout and memory_limit must be positive")
+    say = progress or (lambda _line: None)
+    tag = ENGINE if engine is None else (
+        f"{ENGINE}+{engine.__module__}.{getattr(engine, '__qualname__', type(engine).__name__)}")
+
+    groups: dict[str, list[PatchJob]] = {}
+    for job in jobs:
+        groups.setdefault(f"{job.source.sha1}-{job.target.sha1}-{tag}", []).append(job)
+
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DfotaError(f"cannot create the patch cache ({exc.strerror})", cache_dir) from exc
+    _remove_stale_runs(cache_dir)
+
+    decided: dict[str, PatchOutcome] = {}
+    work: list[_Work] = []
+    by_rule = from_cache = 0
+    with _Reader() as reader:
+        for key, group in groups.items():
+            job = group[0]
+            reason = _rule_reason(job, memory_limit, reader)
+            if reason:
+                by_rule += len(group)
+                for member in group:
+                    decided[member.name] = PatchOutcome(member.name, None, reason, 0, 0.0, False)
+                continue
+            hit = _from_cache(cache_dir, key, job, reader)
+            if hit is not None:
+                from_cache += len(group)
+                for member in group:
+                    decided[member.name] = PatchOutcome(member.name, *hit, 0.0, True)
+                continue
+            work.append(_Work(key, tuple(group), diff_memory(job.source.size, job.target.size)))
+
+    work.sort(key=lambda w: (-w.jobs[0].target.size, w.jobs[0].name))
+    pool = min(workers, len(work))
+    say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole by rule, "
+        f"{sum(len(w.jobs) for w in work)} to diff"
+        + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
+    if work:
+        decided.update(_run_diffs(work, cache_dir, pool, timeout, memory_limit, engine, say))
+    return {name: decided[name] for name in names}
+
+
+def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
+    target = job.target
+    kind = compressed_kind(reader.head(target))
+    if kind:
+        return f"compressed content ({kind})"
+    if target.size * MAX_PATCH_PERCENT < MIN_PATCH_SIZE * 100:
+        return f"file too small to patch ({target.size} bytes)"
+    need = diff_memory(job.source.size, target.size)
+    if need > memory_limit:
+        return (f"diff would need ~{math.ceil(need / (1 << 20))} MB of memory "
+                f"(limit {memory_limit >> 20} MB)")
+    return ""
+
+
+def _from_cache(cache_dir: Path, key: str, job: PatchJob,
+                reader: _Reader) -> tuple[Path | None, str, int] | None:
+    """(patch, whole reason, patch size) from a checked cache entry; a bad entry is deleted."""
+    patch_path = cache_dir / f"{key}.p"
+    big_path = cache_dir / f"{key}.big"
+    with contextlib.suppress(FileNotFoundError):
+        patch = patch_path.read_bytes()
+        if _cached_patch_fits(patch, job, reader):
+            return patch_path, "", len(patch)
+        patch_path.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        text = big_path.read_text("ascii", "replace")
+        size = _parse_big(text)
+        reason = too_big_reason(size, job.target.size) if size is not None else ""
+        if reason:
+            return None, reason, size or 0
+        big_path.unlink(missing_ok=True)
+    return None
+
+
+def _cached_patch_fits(patch: bytes, job: PatchJob, reader: _Reader) -> bool:
+    if too_big_reason(len(patch), job.target.size):
+        return False
+    try:
+        source = reader.read(job.source)
+    except _READ_ERRORS:
+        return False  # the worker will report it
+    _check_blob(source, job.source, "source", job.name)
+    try:
+        out = apply_patch_bytes(source, patch)
+    except (ValueError, MemoryError, OSError, EOFError):
+        return False
+    return len(out) == job.target.size and hashlib.sha1(out).hexdigest() == job.target.sha1
+
+
+def _parse_big(text: str) -> int | None:
+    word, _, number = text.strip().partition(" ")
+    if word != "patch-size" or not number.isdigit():
+        return None
+    return int(number)
+
+
+def _check_blob(data: bytes, blob: Blob, role: str, name: str) -> None:
+    if len(data) != blob.size or hashlib.sha1(data).hexdigest() != blob.sha1:
+        raise DfotaError(f"{role} of {name!r} does not match its recorded size and sha1 "
+                         f"({blob.size} bytes, {blob.sha1})", blob.zip_path or blob.path)
+
+
+class _Reader:
+    """Reads blobs, keeping each zip open once."""
+
+    def __init__(self) -> None:
+        self._zips: dict[Path, zipfile.ZipFile] = {}
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for zf in self._zips.values():
+            zf.close()
+
+    def open(self, blob: Blob) -> IO[bytes]:
+        if blob.path is not None:
+            return open(blob.path, "rb")
+        assert blob.zip_path is not None and blob.member is not None
+        zf = self._zips.get(blob.zip_path)
+        if zf is None:
+            zf = self._zips[blob.zip_path] = zipfile.ZipFile(blob.zip_path)
+        return zf.open(blob.member)
+
+    def read(self, blob: Blob) -> bytes:
+        with self.open(blob) as f:
+            return f.read()
+
+    def head(self, blob: Blob) -> bytes:
+        try:
+            with self.open(blob) as f:
+                return f.read(_HEAD)
+        except _READ_ERRORS as exc:
+            raise DfotaError(f"cannot read {blob.member or 'the file'} ({_describe(exc)})",
+                             blob.zip_path or blob.path) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, MemoryError):
+        text = "out of memory"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Work:
+    key: str
+    jobs: tuple[PatchJob, ...]  # same source and target; the first is read
+    memory: int
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What one worker process gets: where to read, where to write."""
+
+    source: Blob
+    target: Blob
+    patch_tmp: Path
+    result: Path
+    memory: int
+    engine: Engine | None
+
+
+def _worker(task: _Task) -> None:
+    """Diff one pair, check the patch, leave it in `patch_tmp` and a JSON result in `result`."""
+    _limit_memory(task.memory)
+    result: dict[str, Any]
+    try:
+        result = _diff_and_check(task)
+    except Exception as exc:  # MemoryError included: report it, the parent decides
+        result = {"status": "failed", "message": _describe(exc)}
+    tmp = task.result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result), "utf-8")
+    os.replace(tmp, task.result)
+
+
+def _diff_and_check(task: _Task) -> dict[str, Any]:
+    data: dict[str, bytes] = {}
+    with _Reader() as reader:
+        for role, blob in (("source", task.source), ("target", task.target)):
+            try:
+                data[role] = reader.read(blob)
+            except _READ_ERRORS as exc:
+                return {"status": "failed", "message": f"cannot read the {role} {blob.where} "
+                                                      f"({_describe(exc)})"}
+            blob_sha1 = hashlib.sha1(data[role]).hexdigest()
+            if len(data[role]) != blob.size or blob_sha1 != blob.sha1:
+                return {"status": "input", "role": role}
+    source, target = data["source"], data["target"]
+    patch = (task.engine or bsdiff4.diff)(source, target)
+    try:
+        out = apply_patch_bytes(source, patch)
+        good = len(out) == len(target) and hashlib.sha1(out).hexdigest() == task.target.sha1
+        problem = "" if good else "gives other bytes than the target"
+    except ValueError as exc:
+        problem = f"does not apply ({exc})"
+    if problem:
+        return {"status": "mismatch", "message": problem}
+    if not too_big_reason(len(patch), len(target)):
+        task.patch_tmp.write_bytes(patch)
+    return {"status": "ok", "patch_size": len(patch)}
+
+
+def _limit_memory(need: int) -> None:
+    """Cap the address space at what the process uses now plus the estimate and some slack."""
+    try:
+        import resource
+
+        with open("/proc/self/statm", "rb") as f:
+            now = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = now + need + _RLIMIT_SLACK
+        for limit in (soft, hard):
+            if limit != resource.RLIM_INFINITY:
+                cap = min(cap, limit)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # no /proc or no RLIMIT_AS: the estimate alone bounds the memory
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """fork when it is safe (one thread): cheap, nothing to pickle or re-import; else a
+    fork server, which needs the engine importable by name."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Running:
+    process: multiprocessing.process.BaseProcess
+    work: _Work
+    task: _Task
+    started: float
+
+
+def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
+               memory_limit: int, engine: Engine | None,
+               say: Callable[[str], None]) -> dict[str, PatchOutcome]:
+    ctx = _mp_context()
+    try:
+        run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-", dir=cache_dir))
+    except OSError as exc:
+        raise DfotaError(f"cannot write to the patch cache ({exc.strerror})", cache_dir) from exc
+    queue = deque(enumerate(work))
+    running: dict[Any, _Running] = {}
+    outcomes: dict[str, PatchOutcome] = {}
+    done = 0
+    try:
+        while queue or running:
+            while queue and len(running) < workers and (
+                    not running or sum(r.work.memory for r in running.values())
+                    + queue[0][1].memory <= memory_limit):
+                index, item = queue.popleft()
+                first = item.jobs[0]
+                task = _Task(first.source, first.target, run_dir / f"{index}.p",
+                             run_dir / f"{index}.json", item.memory, engine)
+                process = ctx.Process(target=_worker, args=(task,), daemon=True,
+                                      name=f"diff {first.name}")
+                process.start()
+                running[process.sentinel] = _Running(process, item, task, time.monotonic())
+            deadline = min(r.started for r in running.values()) + timeout
+            ready = set(wait(list(running), max(0.0, deadline - time.monotonic())))
+            now = time.monotonic()
+            for sentinel in list(running):
+                entry = running[sentinel]
+                if sentinel in ready:
+                    entry.process.join()
+                    patch, reason, size = _collect(entry, cache_dir, run_dir)
+                elif now - entry.started >= timeout:
+                    entry.process.kill()
+                    entry.process.join()
+                    patch, reason, size = None, f"diff timed out after {timeout:g} s", 0
+                else:
+                    continue
+                del running[sentinel]
+                seconds = now - entry.started
+                for job in entry.work.jobs:
+                    outcomes[job.name] = PatchOutcome(job.name, patch, reason, size, seconds,
+                                                      False)
+                done += 1
+                say(_progress_line(done, len(work), entry.work, patch, reason, size))
+    finally:
+        for entry in running.values():
+            entry.process.kill()
+            entry.process.join()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return outcomes
+
+
+def _collect(entry: _Running, cache_dir: Path,
+             run_dir: Path) -> tuple[Path | None, str, int]:
+    """Read a finished worker's result; move a good patch into the cache."""
+    job = entry.work.jobs[0]
+    try:
+        result = json.loads(entry.task.result.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None, f"diff failed: {_exit_text(entry.process.exitcode)}", 0
+    status = result.get("status")
+    if status == "input":
+        blob = job.source if result["role"] == "source" else job.target
+        raise DfotaError(f"{result['role']} of {job.name!r} does not match its recorded size "
+                         f"and sha1 ({blob.size} bytes, {blob.sha1})",
+                         blob.zip_path or blob.path)
+    if status == "mismatch":
+        raise RuntimeError(f"internal error: the patch made for {job.name!r} "
+                           f"{result['message']}")
+    if status != "ok":
+        return None, f"diff failed: {result.get('message', 'unknown error')}", 0
+    size = int(result["patch_size"])
+    reason = too_big_reason(size, job.target.size)
+    if reason:
+        marker = run_dir / f"{entry.work.key}.big"
+        marker.write_text(f"patch-size {size}\n", "ascii")
+        os.replace(marker, cache_dir / f"{entry.work.key}.big")
+        return None, reason, size
+    # no fsync: a cache entry lost or torn by a crash fails its check and is rebuilt
+    dest = cache_dir / f"{entry.work.key}.p"
+    os.replace(entry.task.patch_tmp, dest)
+    return dest, "", size
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"worker killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code} without a result"
+
+
+def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reason: str,
+                   size: int) -> str:
+    first = work.jobs[0]
+    extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""
+    result = _human(size) if patch is not None else f"whole: {reason}"
+    return (f"diff {done}/{total}: {first.name}{extra} ({_human(first.target.size)}) "
+            f"-> {result}")
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("GB", 30), ("MB", 20), ("KB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit}"
+    return f"{size} B"
+
+
+def _remove_stale_runs(cache_dir: Path) -> None:
+    """Remove the scratch folders of runs whose process is gone (killed mid-run)."""
+    for run in cache_dir.glob(".run-*-*"):
+        pid_text = run.name.split("-")[1]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(run, ignore_errors=True)
+        except OSError:
+            pass

@@ -1,0 +1,319 @@
+"""The delta package: every change kind, each mode, hostile names, Debian's bspatch, the grammar."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tasks.config import Settings, make_settings
+from tasks.delta import build_delta
+from tasks.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
+from tasks.elf import build_abl_elf
+from tasks.errors import DfotaError
+from tasks.package import PLACEHOLDER, SCRIPT_ENTRY
+from tests.builders import (
+    EXPECTED_KINDS,
+    HOSTILE,
+    base_system,
+    binary,
+    boot_image,
+    f,
+    next_system,
+    write_targetfiles,
+)
+from tests.workspace import Workspace
+
+LISTS = {
+    "quectel_fullota_filelist.txt": "SYSTEM/usr/bin/ql_fullota_demo\n",
+    "quectel_noota_filelist.txt": "SYSTEM/etc/webui/test.cfg\n",
+    "quectel_chmod_filelist.txt": "/usr/bin/ql_secret_tool 0700 0 0\n"
+                                  "/etc/ql_secret/ 0600 0 0 0700\n",
+    "quectel_multifota_filelist.txt": "abl.elf abl\n",
+}
+MUTATING = {"delete", "delete_recursive", "apply_patch", "package_extract_dir", "symlink",
+            "set_perm", "set_perm_recursive", "write_raw_image"}
+
+
+def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
+         boot_changed: bool = True,
+         abl_changed: bool = True, lists: dict[str, str] | None = None, **options: object
+         ) -> Settings:
+    base = write_targetfiles(tmp / "base.zip", source or base_system(), boot=boot_image(1),
+                             abl=build_abl_elf(b"a" * 900), meta=False)
+    (tmp / "out").mkdir(exist_ok=True)
+    write_targetfiles(tmp / "out/targetfiles.zip", target or next_system(),
+                      boot=boot_image(2 if boot_changed else 1),
+                      abl=build_abl_elf(b"b" * 900 if abl_changed else b"a" * 900))
+    config = tmp / "config"
+    config.mkdir(exist_ok=True)
+    for name, text in (LISTS if lists is None else lists).items():
+        (config / name).write_text(text)
+    settings = make_settings(base=str(base), out=str(tmp / "out"), archive=str(tmp / "archive"),
+                             state=str(tmp / "state"), config=str(config))
+    return dataclasses.replace(settings, **options) if options else settings
+
+
+def say_nothing(_line: str) -> None:
+    pass
+
+
+def script_calls(package: Path) -> tuple[bytes, list[Call]]:
+    with zipfile.ZipFile(package) as zf:
+        script = zf.read(SCRIPT_ENTRY)
+    return script, list(calls(parse(script, DEVICE_FUNCTIONS)))
+
+
+def args(call: Call) -> list[str]:
+    return [a.value.decode() if isinstance(a, Literal) else "" for a in call.args]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
+    tmp = tmp_path_factory.mktemp("delta")
+    settings = pair(tmp)
+    result = build_delta(settings, say_nothing)
+    assert result.package == settings.update_zip
+    return settings, dict(result.summary)
+
+
+def test_every_change_kind_is_classified_and_counted(full: tuple[Settings, dict]) -> None:
+    settings, summary = full
+    expected: dict[str, int] = {}
+    for kind in EXPECTED_KINDS.values():
+        expected[kind] = expected.get(kind, 0) + 1
+    assert summary["counts"] == dict(sorted(expected.items()))
+    on_disk = json.loads(settings.update_summary.read_text())
+    assert on_disk["counts"] == summary["counts"]
+    assert on_disk["package_size"] == settings.update_zip.stat().st_size
+
+
+def test_package_layout_binary_version_and_no_bootable_images(full: tuple[Settings, dict]
+                                                              ) -> None:
+    settings, _ = full
+    with zipfile.ZipFile(settings.update_zip) as zf, \
+            zipfile.ZipFile(settings.target_zip) as tgt, \
+            zipfile.ZipFile(settings.base) as src:
+        names = zf.namelist()
+        assert not any(n.startswith("BOOTABLE_IMAGES/") for n in names)
+        assert zf.read("META-INF/com/google/android/update-binary") == tgt.read(
+            "OTA/bin/updater")
+        assert zf.read("quectel-project-version") == src.read(
+            "SYSTEM/etc/quectel-project-version")
+        assert zf.read("multifota/abl.elf") == tgt.read("MULTIFOTA/abl.elf")
+        # whole files are the target's bytes; no symlink and no directory is an entry
+        for name in names:
+            info = zf.getinfo(name)
+            assert not name.endswith("/")
+            assert (info.external_attr >> 16) & 0o170000 != 0o120000
+            if name.startswith("system/") and not name.endswith(PLACEHOLDER):
+                assert zf.read(name) == tgt.read("SYSTEM/" + name[len("system/"):])
+        assert "system/etc/webui/test.cfg" not in names  # noota: left alone
+        assert "system/usr/bin/ql_fullota_demo" in names  # fullota: whole though unchanged
+    test = subprocess.run(["unzip", "-tq", settings.update_zip], capture_output=True, text=True)
+    assert test.returncode == 0 and "No errors" in test.stdout
+
+
+def test_every_patch_applied_by_debian_bspatch_gives_the_target(
+        full: tuple[Settings, dict], tmp_path: Path) -> None:
+    settings, summary = full
+    checked = 0
+    with zipfile.ZipFile(settings.update_zip) as zf, \
+            zipfile.ZipFile(settings.target_zip) as tgt, \
+            zipfile.ZipFile(settings.base) as src:
+        for name in zf.namelist():
+            if not name.startswith("patch/"):
+                continue
+            member = ("BOOTABLE_IMAGES/boot.img" if name == "patch/boot.img.p"
+                      else "SYSTEM/" + name[len("patch/system/"):-len(".p")])
+            old, new, patch = tmp_path / "old", tmp_path / "new", tmp_path / "p"
+            old.write_bytes(src.read(member))
+            patch.write_bytes(zf.read(name))
+            subprocess.run(["bspatch", old, new, patch], check=True)
+            assert new.read_bytes() == tgt.read(member), name
+            checked += 1
+    assert checked == summary["counts"]["patched"] + 1  # and the boot image
+
+
+def test_script_parses_verifies_first_and_quotes_every_name(full: tuple[Settings, dict]) -> None:
+    settings, _ = full
+    script, found = script_calls(settings.update_zip)
+    assert b"\r" not in script and script.endswith(b"\n")
+    names = [c.name for c in found]
+    first_write = min(i for i, n in enumerate(names) if n in MUTATING)
+    checks = [i for i, n in enumerate(names) if n == "apply_patch_check"]
+    assert checks and max(checks) < first_write
+    patched = {args(c)[0] for c in found if c.name == "apply_patch"}
+    checked = {args(c)[0] for c in found if c.name == "apply_patch_check"}
+    assert patched == checked
+    for name in HOSTILE:  # each hostile name reaches the script exactly, as one argument
+        assert f"/system/odd/{name}" in patched
+    # no name added a call: every abort is one of the writer's own
+    assert all(args(c)[0].startswith(("E505: ", "E510: ", "E511: ", "E502: "))
+               for c in found if c.name == "abort")
+    # modes are written octal with a leading 0
+    for c in found:
+        if c.name in ("set_perm", "set_perm_recursive"):
+            modes = args(c)[2:4] if c.name == "set_perm_recursive" else args(c)[2:3]
+            assert all(m.startswith("0") for m in modes), c
+
+
+def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: tuple[Settings, dict]) -> None:
+    settings, _ = full
+    _, found = script_calls(settings.update_zip)
+    made = {a for c in found if c.name == "symlink" for a in args(c)[1:]}
+    assert made == {"/system/bin/retarget", "/system/bin/file_to_link"}
+    order = [(c.name, args(c)) for c in found]
+    extract = next(i for i, (n, _) in enumerate(order) if n == "package_extract_dir")
+    stale = next(i for i, (n, a) in enumerate(order)
+                 if n == "delete" and a == ["/system/bin/link_to_file"])
+    assert stale < extract  # else extraction would write through the old link
+    assert ("delete_recursive", ["/system/usr/share"]) in order  # outermost only
+    assert ("delete_recursive", ["/system/bin/dir_to_file"]) in order
+
+
+def test_empty_new_dirs_travel_as_placeholders_and_get_their_modes(
+        full: tuple[Settings, dict]) -> None:
+    settings, _ = full
+    with zipfile.ZipFile(settings.update_zip) as zf:
+        holders = sorted(n for n in zf.namelist() if n.endswith(PLACEHOLDER))
+    assert holders == [f"system/new_empty/{PLACEHOLDER}",
+                       f"system/usr/lib/newdir/empty/{PLACEHOLDER}"]
+    _, found = script_calls(settings.update_zip)
+    deleted = {args(c)[0] for c in found if c.name == "delete"}
+    assert {"/system/new_empty/" + PLACEHOLDER,
+            "/system/usr/lib/newdir/empty/" + PLACEHOLDER} <= deleted
+    perms = {args(c)[-1]: args(c) for c in found if c.name.startswith("set_perm")}
+    assert perms["/system/new_empty"][:3] == ["0", "0", "0711"]
+    assert perms["/system/usr/lib/newdir/empty"][:3] == ["0", "0", "0700"]
+
+
+def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
+        full: tuple[Settings, dict]) -> None:
+    settings, _ = full
+    _, found = script_calls(settings.update_zip)
+    perms = [args(c) for c in found if c.name in ("set_perm", "set_perm_recursive")]
+    by_path = {a[-1]: a for a in perms}
+    assert by_path["/system/etc/mode_only.sh"] == ["0", "0", "0755", "/system/etc/mode_only.sh"]
+    assert by_path["/system/etc/owner_only"][:3] == ["1000", "1000", "0644"]
+    assert by_path["/system/bin/busybox"][2] == "0755"  # patched: the source's mode otherwise
+    assert by_path["/system/etc/new.conf"][2] == "0600"  # extracted: 0644 otherwise
+    assert perms[-2:] == [["0", "0", "0700", "/system/usr/bin/ql_secret_tool"],
+                          ["0", "0", "0700", "0600", "/system/etc/ql_secret"]]
+
+
+def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path: Path) -> None:
+    settings, _ = full
+    first = settings.update_zip.read_bytes()
+    again = dataclasses.replace(settings, out_dir=tmp_path / "out", state_dir=tmp_path / "state")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/targetfiles.zip").write_bytes(settings.target_zip.read_bytes())
+    build_delta(again, say_nothing)
+    assert again.update_zip.read_bytes() == first
+
+
+@pytest.mark.parametrize(("mode", "prefixes"), [
+    ("rootfs", {"system/", "patch/system/"}),
+    ("m", {"patch/system/firmware/"}),
+    ("kernel", {"patch/boot.img.p"}),
+    ("l,o", {"system/", "patch/system/", "patch/boot.img.p"}),
+])
+def test_each_mode_covers_only_its_part(tmp_path: Path, mode: str, prefixes: set[str]) -> None:
+    settings = pair(tmp_path, mode=mode)
+    build_delta(settings, say_nothing)
+    with zipfile.ZipFile(settings.update_zip) as zf:
+        payload = [n for n in zf.namelist()
+                   if not n.startswith("META-INF/") and n != "quectel-project-version"]
+    assert payload
+    for name in payload:
+        assert any(name.startswith(p) for p in prefixes), name
+        in_modem = name.startswith(("system/firmware/", "patch/system/firmware/"))
+        assert in_modem == (mode == "m") or not name.startswith(("system/", "patch/system/"))
+
+
+def test_unknown_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DfotaError, match="unknown --mode 'x'"):
+        build_delta(pair(tmp_path, mode="x"), say_nothing)
+
+
+def test_same_version_is_refused(tmp_path: Path) -> None:
+    target = next_system()
+    target["etc/quectel-project-version"] = base_system()["etc/quectel-project-version"]
+    with pytest.raises(DfotaError, match="same version"):
+        build_delta(pair(tmp_path, target=target), say_nothing)
+
+
+def test_changed_noota_file_tells_to_move_it_to_fullota(tmp_path: Path) -> None:
+    target = next_system()
+    target["etc/webui/test.cfg"] = f("changed settings\n")
+    with pytest.raises(DfotaError, match="move it from the noota list to the fullota list"):
+        build_delta(pair(tmp_path, target=target), say_nothing)
+
+
+def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
+    source = base_system()
+    target = dict(source)
+    target["etc/quectel-project-version"] = next_system()["etc/quectel-project-version"]
+    settings = pair(tmp_path, source=source, target=target, boot_changed=False,
+                    abl_changed=False, lists={}, mode="kernel")
+    settings.update_zip.write_bytes(b"stale package of another pair")
+    lines: list[str] = []
+    result = build_delta(settings, lines.append)
+    assert result.package is None and not settings.update_zip.exists()
+    assert any("nothing changed" in line for line in lines)
+
+
+def test_size_budget_and_usrdata_needs_are_warned_with_figures(tmp_path: Path) -> None:
+    target = next_system()
+    target["usr/lib/huge.bin"] = f(binary(9, 1_500_000))
+    result = build_delta(pair(tmp_path, target=target, size_budget=1_000_000), say_nothing)
+    assert any("MB, over the 1 MB budget" in w for w in result.warnings)
+
+
+def test_changed_minor_image_without_a_partition_is_refused(tmp_path: Path) -> None:
+    settings = pair(tmp_path, lists={})
+    with zipfile.ZipFile(settings.target_zip) as zf:
+        items = {i.filename: (i, zf.read(i)) for i in zf.infolist()}
+    with zipfile.ZipFile(settings.target_zip, "w") as out:
+        for name, (info, data) in items.items():
+            out.writestr(info, b"" if name == "RADIO/filesmap" else data)
+    with pytest.raises(DfotaError, match="no partition is known for it"):
+        build_delta(settings, say_nothing)
+
+
+def test_summary_bytes_match_the_package(full: tuple[Settings, dict]) -> None:
+    settings, summary = full
+    with zipfile.ZipFile(settings.update_zip) as zf:
+        patches = sum(i.file_size for i in zf.infolist()
+                      if i.filename.startswith("patch/system/"))
+        whole = sum(i.file_size for i in zf.infolist() if i.filename.startswith("system/"))
+        script = zf.getinfo(SCRIPT_ENTRY).file_size
+    assert summary["bytes"] == {"patches": patches, "whole_files": whole, "script": script}
+    digest = hashlib.sha256(settings.update_zip.read_bytes()).hexdigest()
+    assert len(digest) == 64
+
+
+def test_doit_targetfiles_then_delta_on_the_sample(ws: Workspace) -> None:
+    chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+             "delta", *ws.folders]
+    first = ws.run(*chain)
+    assert first.returncode == 0, first.stdout + first.stderr
+    package = ws.out / "update.zip"
+    summary = json.loads((ws.out / "update.json").read_text())
+    assert summary["package_size"] == package.stat().st_size
+    assert summary["source"].startswith("RG520NNADAR01A01M4G_OCPU_BETA_20220622B")
+    assert "delta: " in first.stdout and summary["counts"]["patched"] > 0
+    with zipfile.ZipFile(package) as zf:
+        parse(zf.read(SCRIPT_ENTRY), DEVICE_FUNCTIONS)
+    again = ws.run(*chain)
+    assert "-- delta\n" in again.stdout
+    rootfs_only = ws.run(*chain, "--mode", "l")
+    assert rootfs_only.returncode == 0 and ".  delta\n" in rootfs_only.stdout
+    assert json.loads((ws.out / "update.json").read_text())["mode"] == ["rootfs"]
+    bad = ws.run(*chain, "--mode", "q")
+    assert bad.returncode != 0 and "error: unknown --mode 'q'" in bad.stderr
