@@ -47,6 +47,7 @@ from tasks.targetfiles import (
     UPDATER,
     boot_partition,
     partition_map,
+    system_mount,
     system_path,
     system_tree,
     zip_version,
@@ -216,7 +217,7 @@ def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileList
     script = script_steps(source_key=source_version.key, target_key=target_version.key,
                           parts=parts, changes=changes, target=target_tree,
                           version_sha1s=version_sha1s, boot=boot, minor=minor,
-                          chmod=lists.chmod)
+                          chmod=lists.chmod, system_mount=system_mount(target))
     script_bytes = render_script(script)
     try:
         parse(script_bytes, DEVICE_FUNCTIONS)

@@ -107,6 +107,7 @@ class Script:
     symlinks: tuple[tuple[str, tuple[str, ...]], ...]
     perms: tuple[Perm, ...]
     minor: tuple[PartitionWrite, ...]
+    system_mount: tuple[str, str, str] = ("ubifs", "UBI", "system")
     progress: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -170,7 +171,8 @@ def _fraction(value: float) -> str:
 def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],
                  changes: Sequence[Change], target: Mapping[str, Entry],
                  version_sha1s: Sequence[str], boot: PartitionWrite | None,
-                 minor: Sequence[PartitionWrite], chmod: Sequence[ChmodRule]) -> Script:
+                 minor: Sequence[PartitionWrite], chmod: Sequence[ChmodRule],
+                 system_mount: tuple[str, str, str]) -> Script:
     patched = [c for c in changes if c.kind is Kind.PATCHED]
     verify = []
     for c in patched:
@@ -231,7 +233,7 @@ def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],
         extract=bool(whole or placeholders), placeholders=tuple(placeholders),
         symlinks=tuple((t, tuple(sorted(ls))) for t, ls in sorted(links.items())),
         perms=tuple(permission_steps(changes, target, chmod, parts)),
-        minor=tuple(minor), progress=progress,
+        minor=tuple(minor), system_mount=system_mount, progress=progress,
     )
 
 

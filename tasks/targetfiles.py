@@ -66,16 +66,36 @@ def partition_map(src: ZipSource) -> dict[str, str]:
     return mapping
 
 
-def boot_partition(src: ZipSource) -> str:
-    """The kernel's partition: the `/boot` line of recovery.fstab, else RADIO/filesmap."""
+def _fstab_line(src: ZipSource, mount_point: str) -> list[str]:
+    """`mount point, type, device` of the recovery's fstab line for `mount_point`, if any."""
     for name in src.names("RECOVERY/"):
         if name.endswith("recovery.fstab") and src.members[name].kind == FILE:
             for line in src.read(name).decode("utf-8", "replace").splitlines():
                 fields = line.split()
-                if len(fields) >= 3 and fields[0] == "/boot":
-                    return fields[2].rsplit("/", 1)[-1]
+                if len(fields) >= 3 and fields[0] == mount_point:
+                    return fields
+    return []
+
+
+def boot_partition(src: ZipSource) -> str:
+    """The kernel's partition: the `/boot` line of recovery.fstab, else RADIO/filesmap."""
+    fields = _fstab_line(src, "/boot")
+    if fields:
+        return fields[2].rsplit("/", 1)[-1]
     mapping = partition_map(src)
     return mapping.get("sdxlemur-boot.img") or mapping.get("boot.img") or "boot"
+
+
+def system_mount(src: ZipSource) -> tuple[str, str, str]:
+    """edify `mount()`'s file system, partition type and location for /system.
+
+    From the recovery's fstab (`/system ubifs system`); a UBIFS volume is mounted as
+    `mount("ubifs", "UBI", "system", "/system")` by Qualcomm Linux-Embedded updaters.
+    """
+    fields = _fstab_line(src, "/system")
+    fs_type, location = (fields[1], fields[2].rsplit("/", 1)[-1]) if fields else ("ubifs",
+                                                                                  "system")
+    return fs_type, "UBI" if fs_type == "ubifs" else "MTD", location
 
 
 def zip_version(src: ZipSource) -> ProjectVersion:
