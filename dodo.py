@@ -6,11 +6,12 @@ from tasks.dodo_tasks import (
     task_delta,
     task_sample,
     task_targetfiles,
+    task_verify,
     task_versions,
 )
 
 DOIT_CONFIG = {
-    "default_tasks": ["targetfiles", "delta"],
+    "default_tasks": ["targetfiles", "delta", "verify"],
     "backend": "sqlite3",
     "dep_file": ".doit.db",
     "action_string_formatting": "new",
@@ -18,5 +19,6 @@ DOIT_CONFIG = {
 }
 
 __all__ = [
-    "DOIT_CONFIG", "task_delta", "task_sample", "task_targetfiles", "task_versions",
+    "DOIT_CONFIG", "task_delta", "task_sample", "task_targetfiles", "task_verify",
+    "task_versions",
 ]

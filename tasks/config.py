@@ -47,6 +47,11 @@ class Settings:
         return self.out_dir / "update.json"
 
     @property
+    def verify_stamp(self) -> Path:
+        """Written when `out/update.zip` passed verification (doit's target for `verify`)."""
+        return self.state_dir / "verified"
+
+    @property
     def patch_cache(self) -> Path:
         return self.state_dir / "patch-cache"
 

@@ -203,11 +203,15 @@ def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileList
 
     nothing = (all(c.kind is Kind.UNCHANGED for c in changes) and boot is None and not minor)
     if nothing:
-        for stale in (settings.update_zip, settings.update_summary):
-            stale.unlink(missing_ok=True)
+        settings.update_zip.unlink(missing_ok=True)  # a package of another pair would mislead
+        summary = {"changed": False, "source": source_version.key,
+                   "target": target_version.key, "mode": sorted(p.value for p in parts),
+                   "warnings": warnings}
+        atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
+                          + "\n")
         say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
             f"{settings.mode}; no package written")
-        return DeltaResult(None, {"changed": False}, tuple(warnings))
+        return DeltaResult(None, summary, tuple(warnings))
 
     version_sha1s = [source_tree[VERSION_FILE].sha1] if VERSION_FILE in source_tree else []
     version_change = next((c for c in changes if c.path == VERSION_FILE), None)
@@ -244,7 +248,7 @@ def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileList
     write_zip(settings.update_zip, items, compress=True)
     size = settings.update_zip.stat().st_size
 
-    summary = _summary(settings, source_version.key, target_version.key, parts, changes,
+    summary = _summary(settings, base.path, source_version.key, target_version.key, parts, changes,
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
                        time.monotonic() - started)
     warnings += _budget_warnings(settings, size, changes)
@@ -271,7 +275,8 @@ def _budget_warnings(settings: Settings, size: int, changes: Sequence[Change]) -
     return warnings
 
 
-def _summary(settings: Settings, source_key: str, target_key: str, parts: frozenset[Part],
+def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: str,
+             parts: frozenset[Part],
              changes: Sequence[Change], outcomes: Mapping[str, PatchOutcome],
              boot: PartitionWrite | None,
              minor: Sequence[PartitionWrite], size: int, script: bytes, diff_seconds: float,
@@ -287,6 +292,8 @@ def _summary(settings: Settings, source_key: str, target_key: str, parts: frozen
         "package_size": size,
         "source": source_key,
         "target": target_key,
+        "base_zip": str(base_zip),
+        "config": str(settings.config_dir),
         "mode": sorted(p.value for p in parts),
         "counts": dict(sorted(counts.items())),
         "unchanged": sum(1 for c in changes if c.kind is Kind.UNCHANGED),

@@ -11,7 +11,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from tasks import __version__
+from tasks import __version__, atomic
 from tasks.archive import Archive
 from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
 from tasks.config import SAMPLE_DIR, Settings, make_settings
@@ -20,6 +20,7 @@ from tasks.delta import describe as delta_describe
 from tasks.errors import DfotaError
 from tasks.package import TEMPLATES
 from tasks.sample import generate_sample, sample_is_current
+from tasks.verify import verify_delta, verify_needed
 
 TaskDict = dict[str, Any]
 
@@ -183,6 +184,33 @@ def _delta(settings: Settings) -> None:
     for warning in result.warnings:
         say(f"warning: {warning}")
     say(delta_describe(result))
+
+
+@task_params(COMMON_PARAMS)
+def task_verify(out: str, archive: str, state: str) -> TaskDict:
+    """prove out/update.zip on the host: apply it to its source, cut the power at every step,
+    compare with the target; a package that fails is moved to out/rejected/"""
+    settings = make_settings(out=out, archive=archive, state=state)
+    return {
+        "actions": [guarded(lambda: _verify(settings))],
+        "task_dep": ["delta"],
+        "file_dep": [settings.update_summary, settings.target_zip],
+        "targets": [settings.verify_stamp],
+        "uptodate": [config_changed({"tool": __version__})],
+        "verbosity": 2,
+    }
+
+
+def _verify(settings: Settings) -> None:
+    if not settings.update_zip.exists() and not verify_needed(settings):
+        say("verify: no package to verify (nothing changed)")
+    else:
+        report = verify_delta(settings, say)
+        for check in report.checks:
+            say(f"verify: ok  {check.name}: {check.detail}")
+        say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
+            f"{report.seconds:.1f} s")
+    atomic.write_text(settings.verify_stamp, "verified\n")
 
 
 @task_params(COMMON_PARAMS)

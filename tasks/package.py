@@ -151,7 +151,8 @@ def permission_steps(changes: Sequence[Change], target: Mapping[str, Entry],
             if (entry.uid, entry.gid, entry.mode) == (uid, gid, expected):
                 continue
         steps.append(Perm(device_path(entry.path), entry.uid, entry.gid, entry.mode))
-    for rule in chmod:
+    # folders outermost first, then files: the most specific rule is applied last and wins
+    for rule in sorted(chmod, key=lambda r: (not r.is_folder, r.path.count("/"), r.line)):
         rel = rule.path.removeprefix("SYSTEM/")
         found = target.get(rel)
         if found is None or found.kind == SYMLINK or not covers(parts, rel):

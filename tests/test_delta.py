@@ -203,8 +203,8 @@ def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
     assert by_path["/system/etc/owner_only"][:3] == ["1000", "1000", "0644"]
     assert by_path["/system/bin/busybox"][2] == "0755"  # patched: the source's mode otherwise
     assert by_path["/system/etc/new.conf"][2] == "0600"  # extracted: 0644 otherwise
-    assert perms[-2:] == [["0", "0", "0700", "/system/usr/bin/ql_secret_tool"],
-                          ["0", "0", "0700", "0600", "/system/etc/ql_secret"]]
+    assert perms[-2:] == [["0", "0", "0700", "0600", "/system/etc/ql_secret"],
+                          ["0", "0", "0700", "/system/usr/bin/ql_secret_tool"]]
 
 
 def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path: Path) -> None:
@@ -265,6 +265,7 @@ def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
     lines: list[str] = []
     result = build_delta(settings, lines.append)
     assert result.package is None and not settings.update_zip.exists()
+    assert json.loads(settings.update_summary.read_text())["changed"] is False
     assert any("nothing changed" in line for line in lines)
 
 

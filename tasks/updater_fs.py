@@ -1,0 +1,666 @@
+"""The fake module the host updater works on: filesystems, mount points, raw partitions, and
+the module's own zip reader.
+
+A filesystem is a tree of nodes (regular files with their bytes, directories, symlinks) with
+mode and owner, and a capacity in bytes that regular files' contents count against (directories
+and symlinks take no room). The recovery's root holds the mount points `/system`, `/cache`
+(and any others given) and `/tmp`; a filesystem is visible at its mount point only while
+mounted. Raw partitions are named byte strings that read as erased (0xff) past what was last
+written, up to their size.
+
+Path rules are those of Linux: `..` and symlinks are resolved while walking, absolute link
+targets start again at the recovery's root, 40 links at most. Each mutating call reports itself
+once through the hook the updater sets, after the change is made.
+
+The zip reader is the device's, not Python's: central directory only, entries sorted by name
+bytes with the first of duplicates kept, stored and deflated only, no ZIP64, CRCs never checked,
+and a corrupt deflated entry cut short (see `DeviceZip`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from tasks.tree import DIR, FILE, SYMLINK, Entry
+
+_MAX_LINKS = 40
+_UNLIMITED = 1 << 62
+_INFLATE_BUFFER = 32 * 1024
+
+# path -> (kind, mode, uid, gid, content for a file or target for a symlink)
+EntrySpec = tuple[str, int, int, int, "bytes | str"]
+
+
+class FsError(Exception):
+    """A failed system call: `code` is the errno name (ENOENT, ENOSPC, ...)."""
+
+    def __init__(self, code: str, path: str) -> None:
+        self.code = code
+        self.path = path
+        super().__init__(f"{path}: {code}")
+
+
+class _Fs:
+    __slots__ = ("capacity", "name", "root", "used")
+
+    def __init__(self, name: str, capacity: int | None) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.used = 0
+        self.root = FsNode(DIR, 0o755, 0, 0, self)
+
+    def free(self) -> int:
+        return _UNLIMITED if self.capacity is None else max(0, self.capacity - self.used)
+
+
+class FsNode:
+    """One file, directory or symlink of a filesystem."""
+
+    __slots__ = ("_sha1", "children", "data", "fs", "gid", "kind", "link", "mode", "mount", "uid")
+
+    def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs) -> None:
+        self.kind = kind
+        self.mode = mode & 0o7777
+        self.uid = uid
+        self.gid = gid
+        self.fs = fs
+        self.data = b""
+        self.link = ""
+        self.children: dict[str, FsNode] = {}
+        self.mount: _Mount | None = None  # set on a directory that is a mount point
+        self._sha1: str | None = None
+
+    def sha1(self) -> str:
+        if self._sha1 is None:
+            self._sha1 = hashlib.sha1(self.data).hexdigest()
+        return self._sha1
+
+    def set_data(self, data: bytes) -> None:
+        self.fs.used += len(data) - len(self.data)
+        self.data = data
+        self._sha1 = None
+
+
+@dataclass
+class _Mount:
+    point: str
+    fs: _Fs
+    active: bool
+
+
+@dataclass
+class Partition:
+    """A raw partition: what was last written, and its size (None: no limit)."""
+
+    data: bytes
+    size: int | None = None
+
+    def read(self, count: int) -> bytes | None:
+        """The first `count` bytes as the flash reads them; None past the partition's end."""
+        if count <= len(self.data):
+            return self.data[:count]
+        if self.size is None or count > self.size:
+            return None
+        return self.data + b"\xff" * (count - len(self.data))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A file or partition read whole, with the metadata apply_patch copies."""
+
+    data: bytes
+    sha1: str
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """What an update is judged by: the tree under /system and the partitions' sha1s."""
+
+    system: dict[str, Entry]
+    partitions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Where:
+    parent: FsNode | None  # None for the root and for paths ending in '..'
+    name: str
+    node: FsNode | None  # None when nothing is there yet
+
+
+class Device:
+    """The recovery's view of the module. Build one with `Device.from_system`."""
+
+    def __init__(
+        self,
+        *,
+        capacities: Mapping[str, int | None] | None = None,
+        mounted: Iterable[str] = ("/cache",),
+        partitions: Mapping[str, bytes | Partition] | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        """`capacities` maps each mount point to its size in bytes (None: no limit);
+        /system and /cache always exist. `mounted` are mounted when recovery starts."""
+        caps = {"/system": None, "/cache": None, **(capacities or {})}
+        self.rootfs = _Fs("rootfs", None)
+        self.root = self.rootfs.root
+        self.mounts: dict[str, _Mount] = {}
+        self.initially_mounted = frozenset(mounted)
+        for point in sorted(caps):
+            if not point.startswith("/") or point.rstrip("/") != point or point == "/":
+                raise ValueError(f"bad mount point {point!r}")
+            fs = _Fs(point, caps[point])
+            holder = self._host_mkdirs(point)
+            holder.mount = _Mount(point, fs, point in self.initially_mounted)
+            self.mounts[point] = holder.mount
+        self._host_mkdirs("/tmp")
+        self.partitions: dict[str, Partition] = {
+            name: p if isinstance(p, Partition) else Partition(bytes(p))
+            for name, p in (partitions or {}).items()
+        }
+        self.properties = dict(properties or {})
+        self.hook: Callable[[str], None] | None = None
+
+    @classmethod
+    def from_system(
+        cls,
+        entries: Mapping[str, EntrySpec],
+        partitions: Mapping[str, bytes | Partition] | None = None,
+        *,
+        system_capacity: int | None = None,
+        cache_capacity: int | None = None,
+        capacities: Mapping[str, int | None] | None = None,
+        mounted: Iterable[str] = ("/cache",),
+        properties: Mapping[str, str] | None = None,
+    ) -> Device:
+        """A module whose /system holds `entries` (paths relative to /system); missing
+        parent directories are made 0755 root:root. `capacities` adds other mount points."""
+        caps = {**(capacities or {}), "/system": system_capacity, "/cache": cache_capacity}
+        device = cls(capacities=caps, mounted=mounted, partitions=partitions,
+                     properties=properties)
+        for path in sorted(entries):
+            device.put("/system/" + path.strip("/"), *entries[path])
+        return device
+
+    # --- host-side set-up and inspection (every filesystem visible, no hook) ---------------
+
+    def _host_mkdirs(self, path: str) -> FsNode:
+        node = self.root
+        for name in (p for p in path.split("/") if p):
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = FsNode(DIR, 0o755, 0, 0, node.fs)
+            elif child.mount is not None:
+                child = child.mount.fs.root
+            if child.kind != DIR:
+                raise ValueError(f"{path}: {name} is not a directory")
+            node = child
+        return node
+
+    def put(self, path: str, kind: str, mode: int, uid: int, gid: int,
+            content: bytes | str = b"") -> None:
+        """Create or replace one entry, whatever is mounted (for setting up a test state)."""
+        parent_path, _, name = path.rstrip("/").rpartition("/")
+        parent = self._host_mkdirs(parent_path)
+        old = parent.children.get(name)
+        if kind == DIR:
+            if old is not None and old.kind == DIR:
+                old.mode, old.uid, old.gid = mode & 0o7777, uid, gid
+                return
+            node = FsNode(DIR, mode, uid, gid, parent.fs)
+        elif kind == SYMLINK:
+            node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs)
+            node.link = content if isinstance(content, str) else content.decode(
+                "utf-8", "surrogateescape")
+        elif kind == FILE:
+            node = FsNode(FILE, mode, uid, gid, parent.fs)
+            node.set_data(content.encode("utf-8", "surrogateescape")
+                          if isinstance(content, str) else bytes(content))
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        if old is not None:
+            _release(old)
+        parent.children[name] = node
+
+    def copy(self) -> Device:
+        """An independent copy (contents are shared: bytes never change in place)."""
+        twin = Device.__new__(Device)
+        fss: dict[int, _Fs] = {}
+
+        def fs_copy(fs: _Fs) -> _Fs:
+            if id(fs) not in fss:
+                new = _Fs.__new__(_Fs)
+                new.name, new.capacity, new.used = fs.name, fs.capacity, fs.used
+                fss[id(fs)] = new
+                new.root = clone(fs.root)
+            return fss[id(fs)]
+
+        def clone(node: FsNode) -> FsNode:
+            new = FsNode.__new__(FsNode)
+            new.kind, new.mode, new.uid, new.gid = node.kind, node.mode, node.uid, node.gid
+            new.data, new.link, new._sha1 = node.data, node.link, node._sha1
+            new.fs = fss[id(node.fs)]
+            new.mount = None
+            new.children = {name: clone(child) for name, child in node.children.items()}
+            if node.mount is not None:
+                new.mount = _Mount(node.mount.point, fs_copy(node.mount.fs), node.mount.active)
+                twin.mounts[node.mount.point] = new.mount
+            return new
+
+        twin.mounts = {}
+        twin.rootfs = fs_copy(self.rootfs)
+        twin.root = twin.rootfs.root
+        twin.initially_mounted = self.initially_mounted
+        twin.partitions = {n: Partition(p.data, p.size) for n, p in self.partitions.items()}
+        twin.properties = dict(self.properties)
+        twin.hook = None
+        return twin
+
+    def entries(self, mount_point: str = "/system") -> dict[str, Entry]:
+        """Every entry under a filesystem, by path relative to it, in sorted order."""
+        out: dict[str, Entry] = {}
+        for rel, node in _walk(self.mounts[mount_point].fs.root, ""):
+            if node.kind == DIR:
+                out[rel] = Entry(rel, DIR, node.mode, node.uid, node.gid)
+            elif node.kind == SYMLINK:
+                size = len(node.link.encode("utf-8", "surrogateescape"))
+                out[rel] = Entry(rel, SYMLINK, 0o777, node.uid, node.gid, size, "", node.link)
+            else:
+                out[rel] = Entry(rel, FILE, node.mode, node.uid, node.gid, len(node.data),
+                                 node.sha1())
+        return dict(sorted(out.items()))
+
+    def state(self) -> DeviceState:
+        return DeviceState(
+            self.entries("/system"),
+            {name: hashlib.sha1(p.data).hexdigest() for name, p in sorted(self.partitions.items())},
+        )
+
+    def host_read(self, path: str) -> bytes | None:
+        """A file's content with every filesystem visible (links followed); None if absent."""
+        try:
+            node = self.stat(path, every_mount=True)
+        except FsError:
+            return None
+        return node.data if node.kind == FILE else None
+
+    def read_in(self, mount_point: str, path: str) -> bytes | None:
+        """A file read as the running system sees it: `mount_point`'s filesystem is `/`."""
+        try:
+            where = self._resolve(path, True, False, start=self.mounts[mount_point].fs.root)
+        except FsError:
+            return None
+        node = where.node
+        return node.data if node is not None and node.kind == FILE else None
+
+    # --- recovery boot ------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        """What a restart of recovery resets: the mounts, and /tmp (a RAM disk)."""
+        for mount in self.mounts.values():
+            mount.active = mount.point in self.initially_mounted
+        tmp = self.root.children.get("tmp")
+        if tmp is not None and tmp.kind == DIR and tmp.mount is None:
+            tmp.children.clear()
+
+    def mount(self, point: str) -> bool:
+        mount = self.mounts.get(point)
+        if mount is None or mount.active:
+            return False
+        mount.active = True
+        return True
+
+    def unmount(self, point: str) -> bool:
+        mount = self.mounts.get(point)
+        if mount is None or not mount.active:
+            return False
+        mount.active = False
+        return True
+
+    def is_mounted(self, point: str) -> bool:
+        mount = self.mounts.get(point)
+        return mount is not None and mount.active
+
+    # --- path resolution ----------------------------------------------------------------------
+
+    def _resolve(self, path: str, follow: bool, every_mount: bool,
+                 start: FsNode | None = None) -> _Where:
+        if path == "":
+            raise FsError("ENOENT", path)
+        top = start or self.root
+        stack: list[tuple[str, FsNode]] = [("", top)]
+        parts = path.split("/")[::-1]
+        must_dir = path.endswith("/")
+        hops = 0
+        while parts:
+            name = parts.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            current = stack[-1][1]
+            if current.kind != DIR:
+                raise FsError("ENOTDIR", path)
+            more = any(p not in ("", ".") for p in parts)
+            child = current.children.get(name)
+            if child is None:
+                if more:
+                    raise FsError("ENOENT", path)
+                return _Where(current, name, None)
+            if child.mount is not None and (child.mount.active or every_mount):
+                child = child.mount.fs.root
+            if child.kind == SYMLINK and (more or follow or must_dir):
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise FsError("ELOOP", path)
+                if child.link == "":
+                    raise FsError("ENOENT", path)
+                if child.link.startswith("/"):
+                    stack = [stack[0]]
+                parts.extend(child.link.split("/")[::-1])
+                continue
+            if not more:
+                if must_dir and child.kind != DIR:
+                    raise FsError("ENOTDIR", path)
+                return _Where(current, name, child)
+            stack.append((name, child))
+        name, node = stack[-1]
+        return _Where(stack[-2][1] if len(stack) > 1 else None, name, node)
+
+    def stat(self, path: str, *, every_mount: bool = False) -> FsNode:
+        node = self._resolve(path, True, every_mount).node
+        if node is None:
+            raise FsError("ENOENT", path)
+        return node
+
+    def lstat(self, path: str) -> FsNode:
+        node = self._resolve(path, False, False).node
+        if node is None:
+            raise FsError("ENOENT", path)
+        return node
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except FsError:
+            return False
+        return True
+
+    def free_space(self, path: str) -> int:
+        return self.stat(path).fs.free()
+
+    def load(self, path: str) -> Loaded:
+        """A regular file read whole, links followed."""
+        node = self.stat(path)
+        if node.kind != FILE:
+            raise FsError("EISDIR", path)
+        return Loaded(node.data, node.sha1(), node.mode, node.uid, node.gid)
+
+    def listdir(self, path: str) -> list[str]:
+        node = self.stat(path)
+        if node.kind != DIR:
+            raise FsError("ENOTDIR", path)
+        return sorted(node.children)
+
+    # --- mutations (each reports one step through `hook` once done) ------------------------
+
+    def _done(self, what: str) -> None:
+        if self.hook is not None:
+            self.hook(what)
+
+    def write_file(self, path: str, data: bytes, *, new_mode: int,
+                   meta: tuple[int, int, int] | None = None) -> None:
+        """open(O_CREAT|O_TRUNC|O_WRONLY) through links, then write: a new file gets
+        `new_mode` root:root, an existing one keeps its metadata unless `meta` (mode, uid,
+        gid) is given. Out of room, what fits is written and ENOSPC raised."""
+        where = self._resolve(path, True, False)
+        node = where.node
+        if node is None:
+            if where.parent is None:
+                raise FsError("EISDIR", path)
+            node = where.parent.children[where.name] = FsNode(FILE, new_mode, 0, 0,
+                                                             where.parent.fs)
+        elif node.kind == DIR:
+            raise FsError("EISDIR", path)
+        node.set_data(b"")
+        room = node.fs.free()
+        node.set_data(data if len(data) <= room else data[:room])
+        if meta is not None:
+            node.mode, node.uid, node.gid = meta[0] & 0o7777, meta[1], meta[2]
+        self._done(f"write {path}")
+        if len(data) > room:
+            raise FsError("ENOSPC", path)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        where = self._resolve(path, False, False)
+        if where.node is not None or where.parent is None:
+            raise FsError("EEXIST", path)
+        where.parent.children[where.name] = FsNode(DIR, mode, 0, 0, where.parent.fs)
+        self._done(f"mkdir {path}")
+
+    def unlink(self, path: str) -> None:
+        where = self._resolve(path, False, False)
+        if where.node is None:
+            raise FsError("ENOENT", path)
+        if where.node.kind == DIR:
+            raise FsError("EISDIR", path)
+        assert where.parent is not None
+        _release(where.parent.children.pop(where.name))
+        self._done(f"unlink {path}")
+
+    def rmdir(self, path: str) -> None:
+        where = self._resolve(path, False, False)
+        node = where.node
+        if node is None:
+            raise FsError("ENOENT", path)
+        if node.kind != DIR:
+            raise FsError("ENOTDIR", path)
+        if where.parent is None or node is node.fs.root or node.mount is not None:
+            raise FsError("EBUSY", path)
+        if node.children:
+            raise FsError("ENOTEMPTY", path)
+        del where.parent.children[where.name]
+        self._done(f"rmdir {path}")
+
+    def symlink(self, target: str, path: str) -> None:
+        where = self._resolve(path, False, False)
+        if where.node is not None or where.parent is None:
+            raise FsError("EEXIST", path)
+        node = where.parent.children[where.name] = FsNode(SYMLINK, 0o777, 0, 0, where.parent.fs)
+        node.link = target
+        self._done(f"symlink {path}")
+
+    def rename(self, src: str, dst: str) -> None:
+        old = self._resolve(src, False, False)
+        new = self._resolve(dst, False, False)
+        node = old.node
+        if node is None:
+            raise FsError("ENOENT", src)
+        if old.parent is None or new.parent is None or node is node.fs.root:
+            raise FsError("EBUSY", src)
+        if new.parent.fs is not node.fs:
+            raise FsError("EXDEV", dst)
+        if new.node is node:
+            return
+        if node.kind == DIR and _inside(new.parent, node):
+            raise FsError("EINVAL", dst)
+        if new.node is not None:
+            if new.node.kind == DIR and node.kind != DIR:
+                raise FsError("EISDIR", dst)
+            if new.node.kind != DIR and node.kind == DIR:
+                raise FsError("ENOTDIR", dst)
+            if new.node.kind == DIR and (new.node.children or new.node is new.node.fs.root
+                                         or new.node.mount is not None):
+                raise FsError("ENOTEMPTY", dst)
+            _release(new.node)
+        del old.parent.children[old.name]
+        new.parent.children[new.name] = node
+        self._done(f"rename {src} {dst}")
+
+    def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,
+                       mode: int | None, what: str) -> None:
+        """chown/chmod on a node already found; None leaves a field as it is."""
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if mode is not None:
+            node.mode = mode & 0o7777
+        self._done(f"chmod {what}")
+
+    def write_partition(self, name: str, data: bytes) -> bool:
+        part = self.partitions[name]
+        fits = part.size is None or len(data) <= part.size
+        part.data = data if fits else data[: part.size]
+        self._done(f"write partition {name}")
+        return fits
+
+
+def _release(node: FsNode) -> None:
+    """Give back the room of a node leaving its filesystem (with all below it)."""
+    if node.kind == FILE:
+        node.set_data(b"")
+    for child in node.children.values():
+        _release(child)
+
+
+def _inside(node: FsNode, ancestor: FsNode) -> bool:
+    if node is ancestor:
+        return True
+    return any(_inside(node, child) for child in ancestor.children.values()
+               if child.kind == DIR)
+
+
+def _walk(node: FsNode, prefix: str) -> Iterator[tuple[str, FsNode]]:
+    for name in sorted(node.children):
+        child = node.children[name]
+        if child.mount is not None:
+            child = child.mount.fs.root
+        rel = f"{prefix}/{name}" if prefix else name
+        yield rel, child
+        if child.kind == DIR:
+            yield from _walk(child, rel)
+
+
+# --- the updater's zip reader --------------------------------------------------------------
+
+
+class ZipFormatError(Exception):
+    """The device's zip reader refuses the whole package (updater exit 3)."""
+
+
+@dataclass(frozen=True)
+class ZipEntry:
+    name: bytes
+    method: int
+    comp_size: int
+    size: int
+    offset: int  # of the data
+
+
+class DeviceZip:
+    """The package as the module's minimal zip reader sees it: central directory only,
+    byte-sorted names, the first of duplicate names wins, no CRC check."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        found = _central_directory(data)
+        found.sort(key=lambda e: e.name)  # stable: among equal names the first stays first
+        self.entries: list[ZipEntry] = []
+        self.by_name: dict[bytes, ZipEntry] = {}
+        for entry in found:
+            if entry.name not in self.by_name:
+                self.by_name[entry.name] = entry
+                self.entries.append(entry)
+
+    def find(self, name: bytes) -> ZipEntry | None:
+        return self.by_name.get(name)
+
+    def read(self, entry: ZipEntry) -> tuple[bytes, bool]:
+        """(the bytes the device gets, whether it calls the read a success)."""
+        start = entry.offset
+        if entry.method == 0:
+            data = self.data[start : start + entry.size]
+            return data, len(data) == entry.size
+        if entry.method != 8:
+            return b"", False
+        return _inflate(self.data[start : start + entry.comp_size], entry.size)
+
+
+def _u16(data: bytes, at: int) -> int:
+    return int(struct.unpack_from("<H", data, at)[0])
+
+
+def _u32(data: bytes, at: int) -> int:
+    return int(struct.unpack_from("<I", data, at)[0])
+
+
+def _central_directory(data: bytes) -> list[ZipEntry]:
+    size = len(data)
+    if size < 22:
+        raise ZipFormatError("too small to be a zip")
+    first = _u32(data, 0)
+    if first == 0x06054B50:
+        raise ZipFormatError("the zip is empty")
+    if first != 0x04034B50:
+        raise ZipFormatError("does not start with a zip local header")
+    end = data.rfind(b"PK\x05\x06", 0, size - 18)
+    if end < 0:
+        raise ZipFormatError("no end-of-central-directory record")
+    count, cd = _u16(data, end + 8), _u32(data, end + 16)
+    if count == 0 or cd >= size:
+        raise ZipFormatError(f"bad central directory ({count} entries at {cd})")
+    if count == 0xFFFF or cd == 0xFFFFFFFF:
+        raise ZipFormatError("ZIP64 archives are not supported")
+    entries = []
+    at = cd
+    for index in range(count):
+        if at + 46 > size or _u32(data, at) != 0x02014B50:
+            raise ZipFormatError(f"central directory entry {index} is damaged")
+        made_by, method = _u16(data, at + 4), _u16(data, at + 10)
+        comp, full = _u32(data, at + 20), _u32(data, at + 24)
+        name_len, extra_len, comment_len = (_u16(data, at + n) for n in (28, 30, 32))
+        local = _u32(data, at + 42)
+        if at + 46 + name_len > size or name_len >= 4096:
+            raise ZipFormatError(f"central directory entry {index} has a bad name")
+        name = data[at + 46 : at + 46 + name_len]
+        if made_by >> 8 not in (0, 3):
+            raise ZipFormatError(f"entry {name!r} was made on host {made_by >> 8}, "
+                                 "not MS-DOS or Unix")
+        if 0xFFFFFFFF in (comp, full, local):
+            raise ZipFormatError(f"entry {name!r} needs ZIP64")
+        if local + 30 > size or _u32(data, local) != 0x04034B50:
+            raise ZipFormatError(f"entry {name!r} has no local header")
+        offset = local + 30 + _u16(data, local + 26) + _u16(data, local + 28)
+        entries.append(ZipEntry(name, method, comp, full, offset))
+        at += 46 + name_len + extra_len + comment_len
+    return entries
+
+
+def _inflate(raw: bytes, size: int) -> tuple[bytes, bool]:
+    """Inflate as the device does: output leaves its 32 KiB buffer only when the buffer is
+    full or the stream ends, so a corrupt stream yields whole buffers and then stops."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    pending = raw
+    try:
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, _INFLATE_BUFFER)
+            out += chunk
+            if not chunk and len(inflater.unconsumed_tail) == len(pending):
+                break  # the input ran out before the stream's end
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        pass
+    if not inflater.eof:
+        del out[len(out) - len(out) % _INFLATE_BUFFER :]
+        return bytes(out), False
+    return bytes(out), len(out) == size

@@ -1,0 +1,327 @@
+"""`doit verify`: prove a package on the host before it ships.
+
+The package is applied by the host updater (`tasks.updater`, the device's rules) to the very
+source it was made for, and the result must equal what the target says, entry for entry; then
+again after a power loss at every mutating step; a source changed by hand must stop in the
+verify phase with 510 and nothing written; every patch must also give the target's bytes when
+Debian's `bspatch` applies it. A package that fails is moved out of `out/` with the report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks import atomic
+from tasks.config import Settings
+from tasks.errors import DfotaError
+from tasks.filelists import FileLists, chmod_for, read_file_lists
+from tasks.package import VERSION_ENTRY
+from tasks.plan import Part, covers
+from tasks.targetfiles import (
+    BOOT_IMAGE,
+    SYSTEM,
+    boot_partition,
+    partition_map,
+    system_path,
+    system_tree,
+)
+from tasks.tree import DIR, FILE, SYMLINK, Entry, Tree
+from tasks.updater import (
+    Device,
+    load_package,
+    precheck,
+    resume_after_power_loss,
+)
+from tasks.updater import apply_package as host_apply
+from tasks.zipio import ZipSource
+
+Say = Callable[[str], None]
+MINOR_PREFIX = "MULTIFOTA/"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    package: str
+    checks: list[Check] = field(default_factory=list)
+    steps: int = 0
+    replays: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, problems: Iterable[str], passed: str = "") -> bool:
+        problems = list(problems)
+        self.checks.append(Check(name, not problems,
+                                 "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)"
+                                                            if len(problems) > 5 else "")
+                                 if problems else passed))
+        return not problems
+
+    def to_json(self) -> dict[str, object]:
+        return {"package": self.package, "ok": self.ok, "steps": self.steps,
+                "power_loss_replays": self.replays, "seconds": round(self.seconds, 3),
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
+                           for c in self.checks]}
+
+
+def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
+    """MULTIFOTA image -> partition, as the package writer maps them."""
+    mapping = dict(partition_map(src))
+    mapping.update({image: part for image, part in lists.multifota if part})
+    return {image: part for image, part in mapping.items()
+            if MINOR_PREFIX + image in src.members}
+
+
+def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> Device:
+    """A module running this targetfiles: /system from SYSTEM/, partitions from the images."""
+    entries: dict[str, tuple[str, int, int, int, bytes | str]] = {}
+    for path, entry in system_tree(src).items():
+        content: bytes | str = (src.read(system_path(path)) if entry.kind == FILE
+                                else entry.link if entry.kind == SYMLINK else b"")
+        entries[path] = (entry.kind, entry.mode, entry.uid, entry.gid, content)
+    partitions = {boot_partition(src): src.read(BOOT_IMAGE)}
+    partitions.update({part: src.read(MINOR_PREFIX + image) for image, part in minor.items()
+                       if MINOR_PREFIX + image in src.members})
+    return Device.from_system(entries, partitions)
+
+
+def expected_system(source: Tree, target: Tree, parts: frozenset[Part],
+                    lists: FileLists) -> Tree:
+    """What /system must hold after the update: the target where the package covers it, the
+    source elsewhere and for noota files, with the chmod list applied as the script does."""
+    noota = {p.removeprefix(SYSTEM + "/") for p in lists.noota}
+    result: Tree = {}
+    for path in sorted(set(source) | set(target)):
+        chosen = source if path in noota or not covers(parts, path) else target
+        if path in chosen:
+            result[path] = chosen[path]
+    applicable = [r for r in lists.chmod
+                  if (rel := r.path.removeprefix(SYSTEM + "/")) in target
+                  and covers(parts, rel) and target[rel].kind != SYMLINK
+                  and (target[rel].kind == DIR) == r.is_folder]
+    for path, entry in result.items():
+        if entry.kind == SYMLINK or not covers(parts, path):
+            continue
+        rule = chmod_for(applicable, system_path(path), entry.kind == DIR)
+        if rule is not None:
+            uid, gid, mode = rule
+            result[path] = Entry(path, entry.kind, mode, uid, gid, entry.size, entry.sha1,
+                                 entry.link)
+    return result
+
+
+def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry]) -> list[str]:
+    """One line per path whose type, content, link target, mode or owner differs.
+
+    A symlink is compared by its target only: the updater cannot set a link's owner or mode.
+    """
+    lines = []
+    for path in sorted(set(actual) | set(expected)):
+        a, e = actual.get(path), expected.get(path)
+        where = f"/system/{path}"
+        if a is None:
+            lines.append(f"{where}: missing (expected {e.kind})")  # type: ignore[union-attr]
+        elif e is None:
+            lines.append(f"{where}: should not be there ({a.kind})")
+        elif a.kind != e.kind:
+            lines.append(f"{where}: is a {a.kind}, expected a {e.kind}")
+        elif a.kind == SYMLINK:
+            if a.link != e.link:
+                lines.append(f"{where}: points to {a.link!r}, expected {e.link!r}")
+        elif a.kind == FILE and a.sha1 != e.sha1:
+            lines.append(f"{where}: content differs")
+        elif (a.mode, a.uid, a.gid) != (e.mode, e.uid, e.gid):
+            lines.append(f"{where}: mode {a.mode:04o} owner {a.uid}:{a.gid}, expected "
+                         f"{e.mode:04o} {e.uid}:{e.gid}")
+    return lines
+
+
+def _state_differences(device: Device, expected: Tree,
+                       partitions: Mapping[str, str]) -> list[str]:
+    state = device.state()
+    lines = tree_differences(state.system, expected)
+    for name, sha1 in partitions.items():
+        if state.partitions.get(name) != sha1:
+            lines.append(f"partition {name}: content differs from the target's image")
+    return lines
+
+
+def info_zip_test(package: Path) -> list[str]:
+    done = subprocess.run(["unzip", "-tq", str(package)], capture_output=True, text=True)
+    if done.returncode == 0 and "No errors" in done.stdout:
+        return []
+    return [f"unzip -tq: {(done.stdout + done.stderr).strip().splitlines()[-1:]}"]
+
+
+def bspatch_check(package: Path, base: ZipSource, target: ZipSource) -> tuple[list[str], int]:
+    """Each patch applied by Debian's bspatch to the source must give the target's bytes."""
+    problems, count = [], 0
+    with ZipSource(package) as pkg, tempfile.TemporaryDirectory(prefix="bspatch.") as tmp:
+        old, new, patch = Path(tmp, "old"), Path(tmp, "new"), Path(tmp, "patch")
+        for name in sorted(pkg.names("patch/")):
+            member = (BOOT_IMAGE if name == "patch/boot.img.p"
+                      else system_path(name[len("patch/system/"):-len(".p")]))
+            old.write_bytes(base.read(member))
+            patch.write_bytes(pkg.read(name))
+            new.unlink(missing_ok=True)
+            done = subprocess.run(["bspatch", str(old), str(new), str(patch)],
+                                  capture_output=True, text=True)
+            count += 1
+            if done.returncode != 0:
+                problems.append(f"{name}: bspatch failed: {done.stderr.strip()}")
+            elif new.read_bytes() != target.read(member):
+                problems.append(f"{name}: bspatch gives other bytes than the target's")
+    return problems, count
+
+
+def _tamper_target(device: Device, package: Path) -> str | None:
+    """A patched file of the package, changed on the module by hand (restriction 1)."""
+    with ZipSource(package) as pkg:
+        patched = sorted(n for n in pkg.names("patch/system/"))
+    if not patched:
+        return None
+    path = "/system/" + patched[0][len("patch/system/"):-len(".p")]
+    data = device.host_read(path)
+    if data is None:
+        return None
+    device.put(path, FILE, 0o644, 0, 0, data + b"\n# changed by hand\n")
+    return path
+
+
+def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
+                   lists: FileLists, say: Say, *, max_replays: int = 100_000) -> VerifyReport:
+    started = time.monotonic()
+    report = VerifyReport(str(package))
+    with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
+        minor = minor_partitions(target, lists)
+        device = device_from_targetfiles(base, minor)
+        expected = expected_system(system_tree(base), system_tree(target), parts, lists)
+        kernel_side = target if Part.KERNEL in parts else base
+        partitions = {boot_partition(target): kernel_side.sha1(BOOT_IMAGE)}
+        minor_side = target if Part.MINOR in parts else base
+        for image, part in minor.items():
+            if MINOR_PREFIX + image in minor_side.members:
+                partitions[part] = minor_side.sha1(MINOR_PREFIX + image)
+
+        report.add("unzip -tq", info_zip_test(package), "No errors")
+        pre = precheck(package, device)
+        report.add("project version and format (module pre-check)",
+                   [f"{pre.code}: {pre.message}"] if pre is not None else [],
+                   f"{VERSION_ENTRY} matches the source")
+        if not report.ok:
+            report.seconds = time.monotonic() - started
+            return report
+
+        pkg = load_package(package)
+        clean = device.copy()
+        result = host_apply(pkg, clean)
+        report.steps = result.steps
+        say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
+        applied = report.add("apply to the source", [] if result.code == 0 else
+                             [f"result {result.code}: {result.message}"],
+                             f"result 0, {result.steps} steps")
+        if applied:
+            report.add("result equals the target", _state_differences(clean, expected,
+                                                                      partitions),
+                       f"{len(expected)} entries and {len(partitions)} partitions")
+
+        if applied:
+            step_list = list(range(1, result.steps + 1))
+            if len(step_list) > max_replays:  # evenly spread, first and last included
+                stride = len(step_list) / max_replays
+                step_list = sorted({step_list[int(i * stride)] for i in range(max_replays)}
+                                   | {step_list[-1]})
+            problems = []
+            for step in step_list:
+                again, after = resume_after_power_loss(pkg, device, step)
+                report.replays += 1
+                if again.code != 0:
+                    problems.append(f"power loss after step {step}: re-run gave {again.code} "
+                                    f"({again.message})")
+                else:
+                    diff = _state_differences(after, expected, partitions)
+                    if diff:
+                        problems.append(f"power loss after step {step}: {diff[0]}")
+            say(f"verify: {report.replays} power-loss replays")
+            report.add("power loss at every step, then a re-run", problems,
+                       f"{report.replays} replays reach the target")
+
+        tampered = device.copy()
+        changed = _tamper_target(tampered, package)
+        if changed is not None:
+            before = tampered.state()
+            bad = host_apply(pkg, tampered)
+            problems = []
+            if bad.code != 510:
+                problems.append(f"result {bad.code}, expected 510 ({bad.message})")
+            if tampered.state() != before:
+                problems.append("something was written before the check failed")
+            report.add("a source changed by hand stops with 510, nothing written", problems,
+                       f"{changed} changed: 510, nothing written")
+
+        problems, count = bspatch_check(package, base, target)
+        report.add("Debian bspatch gives the target's bytes", problems, f"{count} patches")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _read_summary(settings: Settings) -> dict[str, object]:
+    try:
+        return json.loads(settings.update_summary.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DfotaError("no readable package summary: run `doit delta` first",
+                         settings.update_summary) from exc
+
+
+def verify_needed(settings: Settings) -> bool:
+    """False when the last `doit delta` found nothing to update (and wrote no package)."""
+    return bool(_read_summary(settings).get("changed", True))
+
+
+def verify_delta(settings: Settings, say: Say) -> VerifyReport:
+    """Verify `out/update.zip` as `out/update.json` describes it; reject it when it fails."""
+    summary = _read_summary(settings)
+    if not settings.update_zip.is_file():
+        raise DfotaError("no package to verify: run `doit delta` first", settings.update_zip)
+    parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
+    lists = read_file_lists(Path(str(summary["config"])))
+    report = verify_package(settings.update_zip, Path(str(summary["base_zip"])),
+                            settings.target_zip, parts, lists, say)
+    summary["verify"] = report.to_json()
+    if report.ok:
+        atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
+                          + "\n")
+        return report
+    rejected = reject(settings, summary)
+    failed = next(c for c in report.checks if not c.ok)
+    raise DfotaError(f"package failed verification ({failed.name}: {failed.detail}); moved to "
+                     f"{rejected}", settings.update_zip)
+
+
+def reject(settings: Settings, summary: Mapping[str, object]) -> Path:
+    """Move the package and its report out of the way of anything that publishes out/."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = settings.out_dir / "rejected" / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
+                      + "\n")
+    shutil.move(str(settings.update_zip), folder / "update.zip")
+    settings.update_summary.unlink(missing_ok=True)
+    return folder

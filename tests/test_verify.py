@@ -1,0 +1,143 @@
+"""Every package proven on the host: clean apply, power loss, 510, bspatch, broken packages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tasks.config import Settings
+from tasks.delta import build_delta
+from tasks.errors import DfotaError
+from tasks.filelists import read_file_lists
+from tasks.package import SCRIPT_ENTRY
+from tasks.plan import parse_mode
+from tasks.verify import VerifyReport, verify_delta, verify_package
+from tests.test_delta import pair, say_nothing
+from tests.workspace import Workspace
+
+CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply to the source",
+          "result equals the target", "power loss at every step, then a re-run",
+          "a source changed by hand stops with 510, nothing written",
+          "Debian bspatch gives the target's bytes"]
+
+
+def verify(settings: Settings) -> VerifyReport:
+    return verify_package(settings.update_zip, Path(settings.base), settings.target_zip,
+                          parse_mode(settings.mode), read_file_lists(settings.config_dir),
+                          say_nothing)
+
+
+@pytest.mark.parametrize("mode", ["all", "rootfs", "modem", "kernel"])
+def test_every_change_kind_applies_and_survives_power_loss_in_each_mode(
+        tmp_path: Path, mode: str) -> None:
+    settings = pair(tmp_path, mode=mode)
+    build_delta(settings, say_nothing)
+    report = verify(settings)
+    failed = [c for c in report.checks if not c.ok]
+    assert not failed, failed
+    names = [c.name for c in report.checks]
+    expected = CHECKS if mode != "kernel" else [c for c in CHECKS if "510" not in c]
+    assert names == expected
+    assert report.steps > 0 and report.replays == report.steps
+
+
+def test_a_source_changed_by_hand_stops_with_510(tmp_path: Path) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, say_nothing)
+    check = next(c for c in verify(settings).checks if "510" in c.name)
+    assert check.ok and "510, nothing written" in check.detail
+
+
+def rewrite(package: Path, change: dict[str, bytes | None]) -> None:
+    """Replace (bytes) or drop (None) entries of a package, keeping the others."""
+    with zipfile.ZipFile(package) as zf:
+        kept = [(info, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(package, "w") as out:
+        for info, data in kept:
+            if info.filename in change:
+                if change[info.filename] is None:
+                    continue
+                data = change[info.filename]  # type: ignore[assignment]
+            out.writestr(info, data)
+
+
+def script_of(package: Path) -> bytes:
+    with zipfile.ZipFile(package) as zf:
+        return zf.read(SCRIPT_ENTRY)
+
+
+def _wrong_sha1(package: Path) -> None:
+    script = script_of(package)
+    start = script.index(b'apply_patch("/system/bin/busybox", "-", "') + 41
+    rewrite(package, {SCRIPT_ENTRY: script[:start] + b"0" * 40 + script[start + 40:]})
+
+
+def _missing_patch(package: Path) -> None:
+    rewrite(package, {"patch/system/bin/busybox.p": None})
+
+
+def _truncated(package: Path) -> None:
+    package.write_bytes(package.read_bytes()[:-200])
+
+
+def _syntax_error(package: Path) -> None:
+    rewrite(package, {SCRIPT_ENTRY: script_of(package).replace(b"\n", b"\r\n", 3)})
+
+
+def _unknown_function(package: Path) -> None:
+    rewrite(package, {SCRIPT_ENTRY: script_of(package) + b'format_everything("/system");\n'})
+
+
+@pytest.mark.parametrize(("damage", "check", "detail"), [
+    (_wrong_sha1, "apply to the source", "result 510"),
+    (_missing_patch, "apply to the source", "result 510"),
+    (_truncated, "unzip -tq", "unzip -tq"),
+    (_syntax_error, "apply to the source", "result 502"),
+    (_unknown_function, "apply to the source", "result 502"),
+])
+def test_a_hand_broken_package_is_caught_with_the_right_code(
+        tmp_path: Path, damage, check: str, detail: str) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, say_nothing)
+    damage(settings.update_zip)
+    report = verify(settings)
+    assert not report.ok
+    failed = next(c for c in report.checks if not c.ok)
+    assert failed.name == check and detail in failed.detail, failed
+
+
+def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, say_nothing)
+    _wrong_sha1(settings.update_zip)
+    with pytest.raises(DfotaError, match=r"package failed verification \(apply to the source"):
+        verify_delta(settings, say_nothing)
+    assert not settings.update_zip.exists() and not settings.update_summary.exists()
+    (rejected,) = (settings.out_dir / "rejected").iterdir()
+    report = json.loads((rejected / "update.json").read_text())
+    assert report["verify"]["ok"] is False
+    assert (rejected / "update.zip").is_file()
+
+
+def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, say_nothing)
+    verify_delta(dataclasses.replace(settings), say_nothing)
+    summary = json.loads(settings.update_summary.read_text())
+    assert summary["verify"]["ok"] is True and summary["verify"]["seconds"] > 0
+    assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS
+
+
+def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
+    chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+             "delta", *ws.folders, "verify", *ws.folders]
+    run = ws.run(*chain)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verify: ok  power loss at every step" in run.stdout
+    summary = json.loads((ws.out / "update.json").read_text())
+    assert summary["verify"]["ok"] and summary["verify"]["power_loss_replays"] > 10
+    assert "-- verify\n" in ws.run(*chain).stdout
