@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from doit import task_params
@@ -23,6 +25,17 @@ from tasks.sample import generate_sample, sample_is_current
 from tasks.verify import verify_delta, verify_needed
 
 TaskDict = dict[str, Any]
+
+
+def _tool_digest() -> str:
+    """The tool's own code and templates: a change to them makes every output out of date."""
+    digest = hashlib.sha1(__version__.encode())
+    for path in sorted([*Path(__file__).parent.glob("*.py"), *TEMPLATES.glob("*")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+TOOL = _tool_digest()
 
 
 def say(line: str) -> None:
@@ -114,7 +127,7 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
         "actions": [guarded(lambda: _targetfiles(settings))],
         "file_dep": [settings.inputs_manifest],
         "targets": [settings.target_zip],
-        "uptodate": [config_changed({"tool": __version__, "strict": strict,
+        "uptodate": [config_changed({"tool": TOOL, "strict": strict,
                                      "archive": str(settings.archive_dir)}),
                      lambda task, values: _still_archived(settings, values)],
         "verbosity": 2,
@@ -172,7 +185,7 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
         "task_dep": ["targetfiles"],
         "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
         "targets": [settings.update_zip, settings.update_summary],
-        "uptodate": [config_changed({"tool": __version__, "base": base, "mode": mode,
+        "uptodate": [config_changed({"tool": TOOL, "base": base, "mode": mode,
                                      "config": str(settings.config_dir),
                                      "budget": size_budget_mb})],
         "verbosity": 2,
@@ -196,7 +209,7 @@ def task_verify(out: str, archive: str, state: str) -> TaskDict:
         "task_dep": ["delta"],
         "file_dep": [settings.update_summary, settings.target_zip],
         "targets": [settings.verify_stamp],
-        "uptodate": [config_changed({"tool": __version__})],
+        "uptodate": [config_changed({"tool": TOOL})],
         "verbosity": 2,
     }
 

@@ -213,6 +213,10 @@ def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],
     }
     total = sum(weights.values()) or 1.0
     progress = {k: _fraction(v / total) for k, v in weights.items()}
+    last = next((k for k in reversed(weights) if weights[k]), None)
+    if last is not None:  # the segments add up to exactly 1 despite rounding
+        others = sum(round(v / total, 4) for k, v in weights.items() if k != last)
+        progress[last] = _fraction(1 - others)
     patch_total = weights["patches"] or 1.0
     done = 0.0
     patches = []

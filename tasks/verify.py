@@ -234,9 +234,13 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         result = host_apply(pkg, clean)
         report.steps = result.steps
         say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
-        applied = report.add("apply to the source", [] if result.code == 0 else
-                             [f"result {result.code}: {result.message}"],
-                             f"result 0, {result.steps} steps")
+        problems = [] if result.code == 0 else [f"result {result.code}: {result.message}"]
+        progress = list(result.progress)
+        if not problems and (progress != sorted(progress) or not progress
+                             or round(progress[-1], 2) != 100):
+            problems.append(f"progress does not rise to 100 % ({progress[-3:]})")
+        applied = report.add("apply to the source", problems,
+                             f"result 0, {result.steps} steps, progress up to 100 %")
         if applied:
             report.add("result equals the target", _state_differences(clean, expected,
                                                                       partitions),

@@ -318,3 +318,14 @@ def test_doit_targetfiles_then_delta_on_the_sample(ws: Workspace) -> None:
     assert json.loads((ws.out / "update.json").read_text())["mode"] == ["rootfs"]
     bad = ws.run(*chain, "--mode", "q")
     assert bad.returncode != 0 and "error: unknown --mode 'q'" in bad.stderr
+
+
+def test_a_listed_path_that_does_not_exist_is_a_warning_and_never_a_set_perm(
+        tmp_path: Path) -> None:
+    lists = {**LISTS, "quectel_chmod_filelist.txt": LISTS["quectel_chmod_filelist.txt"]
+             + "/usr/bin/not_there 0700 0 0\n"}
+    settings = pair(tmp_path, lists=lists)
+    result = build_delta(settings, say_nothing)
+    assert any("not_there" in w for w in result.warnings)
+    _, found = script_calls(settings.update_zip)
+    assert not any("/system/usr/bin/not_there" in args(c) for c in found)
