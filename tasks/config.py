@@ -47,6 +47,11 @@ class Settings:
         return self.out_dir / "update.json"
 
     @property
+    def log_dir(self) -> Path:
+        """One log file per task run (`<UTC time>-<task>.log`)."""
+        return self.state_dir / "logs"
+
+    @property
     def verify_stamp(self) -> Path:
         """Written when `out/update.zip` passed verification (doit's target for `verify`)."""
         return self.state_dir / "verified"

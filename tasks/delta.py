@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from tasks.package import (
 )
 from tasks.patches import Blob, PatchJob, PatchOutcome, make_patches
 from tasks.plan import Change, Kind, Part, parse_mode, plan_changes
+from tasks.runlog import RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -56,7 +57,6 @@ from tasks.tree import FILE, Tree
 from tasks.version import VERSION_FILE
 from tasks.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
 
-Say = Callable[[str], None]
 BOOT_PATCH_ENTRY = "patch/boot.img.p"
 BOOT_WHOLE_ENTRY = "boot.img"
 MINOR_PREFIX = "MULTIFOTA/"
@@ -126,7 +126,7 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
     return writes, items
 
 
-def build_delta(settings: Settings, say: Say) -> DeltaResult:
+def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
     started = time.monotonic()
     parts = parse_mode(settings.mode)
     lists = read_file_lists(settings.config_dir)
@@ -136,10 +136,11 @@ def build_delta(settings: Settings, say: Say) -> DeltaResult:
         target_version = zip_version(target)
         base_path = resolve_base(settings, archive, target_version.key)
         with ZipSource(base_path) as base:
-            return _build(settings, say, parts, lists, base, target, started)
+            return _build(settings, log, parts, lists, base, target, started)
 
 
-def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileLists, base: ZipSource,
+def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+           base: ZipSource,
            target: ZipSource, started: float) -> DeltaResult:
     source_version, target_version = zip_version(base), zip_version(target)
     if source_version.key == target_version.key:
@@ -173,9 +174,18 @@ def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileList
                              Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
                                          target.members[BOOT_IMAGE].size)))
     diff_started = time.monotonic()
+    bar = log.progress("diffing", len(jobs))
+
+    def diff_line(line: str) -> None:
+        log.detail(line)
+        if line.startswith("diff "):
+            bar.advance()
+
     outcomes = make_patches(jobs, cache_dir=settings.patch_cache,
                             workers=settings.workers or None, timeout=settings.diff_timeout,
-                            progress=say)
+                            progress=diff_line)
+    bar.done = bar.total  # files served by the cache or decided by rule count as done
+    bar.finish()
     diff_seconds = time.monotonic() - diff_started
     warnings += [f"{system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE}: shipped whole "
                  f"({o.whole_reason})" for o in outcomes.values() if o.is_fallback]
@@ -209,7 +219,7 @@ def _build(settings: Settings, say: Say, parts: frozenset[Part], lists: FileList
                    "warnings": warnings}
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                           + "\n")
-        say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
+        log.say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
             f"{settings.mode}; no package written")
         return DeltaResult(None, summary, tuple(warnings))
 
@@ -285,6 +295,22 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
     patch_bytes = sum(outcomes[c.path].patch_size for c in changes if c.kind is Kind.PATCHED)
     whole_bytes = sum(c.target.size for c in changes if c.shipped_whole and c.target)
     whole_reasons = Counter(c.reason or "new file" for c in changes if c.shipped_whole)
+    entries = [{"path": c.path, "kind": c.kind.value, "reason": c.reason,
+                "bytes": _payload_bytes(c, outcomes)}
+               for c in changes if c.kind is not Kind.UNCHANGED]
+    by_folder: dict[str, dict[str, int]] = {}
+    by_kind: Counter[str] = Counter()
+    for e in entries:
+        folder = by_folder.setdefault(str(e["path"]).split("/", 1)[0], {"bytes": 0, "entries": 0})
+        folder["bytes"] += int(e["bytes"])  # type: ignore[call-overload]
+        folder["entries"] += 1
+        by_kind[str(e["kind"])] += int(e["bytes"])  # type: ignore[call-overload]
+    if boot is not None:
+        boot_bytes = (outcomes[BOOT_IMAGE].patch_size if boot.entry_is_patch
+                      else boot.target_size)
+        by_kind["kernel"] += boot_bytes
+    by_kind["minor partitions"] += sum(m.target_size for m in minor)
+    top = sorted(entries, key=lambda e: (-int(e["bytes"]), str(e["path"])))[:10]  # type: ignore[call-overload]
     return {
         "tool": f"quecopen-dfota {__version__}",
         "changed": True,
@@ -307,7 +333,20 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
         "minor": [{"partition": m.partition, "image": m.entry, "size": m.target_size}
                   for m in minor],
         "timings": {"diff_seconds": round(diff_seconds, 3), "total_seconds": round(seconds, 3)},
+        "by_folder": dict(sorted(by_folder.items())),
+        "by_kind": {k: v for k, v in sorted(by_kind.items()) if v},
+        "top": top,
+        "changes": entries,
     }
+
+
+def _payload_bytes(change: Change, outcomes: Mapping[str, PatchOutcome]) -> int:
+    """What an entry costs in the package (uncompressed): its patch, or the whole file."""
+    if change.kind is Kind.PATCHED:
+        return outcomes[change.path].patch_size
+    if change.shipped_whole and change.target is not None:
+        return change.target.size
+    return 0
 
 
 def describe(result: DeltaResult) -> str:

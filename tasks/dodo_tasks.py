@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
 from tasks.config import SAMPLE_DIR, Settings, make_settings
 from tasks.delta import build_delta
 from tasks.delta import describe as delta_describe
-from tasks.errors import DfotaError
+from tasks.errors import CheckFailed, DfotaError
 from tasks.package import TEMPLATES
+from tasks.runlog import RunLog
 from tasks.sample import generate_sample, sample_is_current
 from tasks.verify import verify_delta, verify_needed
 
@@ -38,8 +40,9 @@ def _tool_digest() -> str:
 TOOL = _tool_digest()
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
+# what failed in this process: "input" (the user can fix an input) or "check" (a product of
+# the tool failed a check); read by tasks.cli to choose the exit code
+FAILURES: list[str] = []
 
 
 class ReportedFailure(TaskFailed):
@@ -61,18 +64,28 @@ class Reporter(ConsoleReporter):
         super().complete_run()
 
 
-def guarded(step: Callable[..., object]) -> Callable[..., object]:
-    """Turn the project's error into one line on stderr and a failed task (non-zero exit)."""
+def guarded(name: str, log_dir: Path | None,
+            step: Callable[[RunLog], object]) -> Callable[[], object]:
+    """Run `step` with the run's log; the project's error becomes one line on stderr and a
+    failed task; anything else is an internal error, kept whole in the log file."""
 
-    def action(*args: object) -> object:
+    def action() -> object:
+        log = RunLog(log_dir, name)
         try:
-            result = step(*args)
+            result = step(log)
         except DfotaError as exc:
+            FAILURES.append("check" if isinstance(exc, CheckFailed) else "input")
+            log.detail(f"error: {exc}")
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return ReportedFailure(str(exc))
+        except Exception:
+            log.detail(traceback.format_exc())
+            raise
+        finally:
+            log.close()
         return result if isinstance(result, dict) else None
 
-    action.__name__ = step.__name__
+    action.__name__ = name
     return action
 
 
@@ -100,7 +113,7 @@ TARGETFILES_PARAMS: list[dict[str, Any]] = [
 def task_sample() -> TaskDict:
     """generate the sample SDK (sample_sdk/): a base firmware package and the next SDK build"""
     return {
-        "actions": [guarded(lambda: generate_sample(SAMPLE_DIR))],
+        "actions": [guarded("sample", None, lambda log: generate_sample(SAMPLE_DIR))],
         "uptodate": [lambda: sample_is_current(SAMPLE_DIR)],
         "verbosity": 1,
     }
@@ -115,7 +128,8 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
     yield {
         "basename": "targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
-        "actions": [guarded(lambda: write_inputs_manifest(settings) and None)],
+        "actions": [guarded("targetfiles_inputs", settings.log_dir,
+                            lambda log: write_inputs_manifest(settings) and None)],
         "task_dep": ["sample"] if settings.sdk_is_sample else [],
         "targets": [settings.inputs_manifest],
         "uptodate": [False],
@@ -124,7 +138,8 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
     yield {
         "basename": "targetfiles",
         "doc": task_targetfiles.__doc__,
-        "actions": [guarded(lambda: _targetfiles(settings))],
+        "actions": [guarded("targetfiles", settings.log_dir,
+                            lambda log: _targetfiles(settings, log))],
         "file_dep": [settings.inputs_manifest],
         "targets": [settings.target_zip],
         "uptodate": [config_changed({"tool": TOOL, "strict": strict,
@@ -134,9 +149,9 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
     }
 
 
-def _targetfiles(settings: Settings) -> dict[str, str]:
-    result = build_targetfiles(settings, say)
-    say(describe(result))
+def _targetfiles(settings: Settings, log: RunLog) -> dict[str, str]:
+    result = build_targetfiles(settings, log.say)
+    log.say(describe(result))
     return {"target_key": result.target_key, "sha256": result.sha256}
 
 
@@ -181,7 +196,7 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
                              archive=archive, state=state)
     lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt"))
     return {
-        "actions": [guarded(lambda: _delta(settings))],
+        "actions": [guarded("delta", settings.log_dir, lambda log: _delta(settings, log))],
         "task_dep": ["targetfiles"],
         "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
         "targets": [settings.update_zip, settings.update_summary],
@@ -192,11 +207,11 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
     }
 
 
-def _delta(settings: Settings) -> None:
-    result = build_delta(settings, say)
+def _delta(settings: Settings, log: RunLog) -> None:
+    result = build_delta(settings, log)
     for warning in result.warnings:
-        say(f"warning: {warning}")
-    say(delta_describe(result))
+        log.say(f"warning: {warning}")
+    log.say(delta_describe(result))
 
 
 @task_params(COMMON_PARAMS)
@@ -205,7 +220,7 @@ def task_verify(out: str, archive: str, state: str) -> TaskDict:
     compare with the target; a package that fails is moved to out/rejected/"""
     settings = make_settings(out=out, archive=archive, state=state)
     return {
-        "actions": [guarded(lambda: _verify(settings))],
+        "actions": [guarded("verify", settings.log_dir, lambda log: _verify(settings, log))],
         "task_dep": ["delta"],
         "file_dep": [settings.update_summary, settings.target_zip],
         "targets": [settings.verify_stamp],
@@ -214,14 +229,14 @@ def task_verify(out: str, archive: str, state: str) -> TaskDict:
     }
 
 
-def _verify(settings: Settings) -> None:
+def _verify(settings: Settings, log: RunLog) -> None:
     if not settings.update_zip.exists() and not verify_needed(settings):
-        say("verify: no package to verify (nothing changed)")
+        log.say("verify: no package to verify (nothing changed)")
     else:
-        report = verify_delta(settings, say)
+        report = verify_delta(settings, log)
         for check in report.checks:
-            say(f"verify: ok  {check.name}: {check.detail}")
-        say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
+            log.say(f"verify: ok  {check.name}: {check.detail}")
+        log.say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
             f"{report.seconds:.1f} s")
     atomic.write_text(settings.verify_stamp, "verified\n")
 
@@ -231,18 +246,18 @@ def task_versions(out: str, archive: str, state: str) -> TaskDict:
     """list the archived versions, oldest first, with the source each was built on"""
     settings = make_settings(out=out, archive=archive, state=state)
     return {
-        "actions": [guarded(lambda: _list_versions(settings))],
+        "actions": [guarded("versions", None, lambda log: _list_versions(settings, log))],
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
-def _list_versions(settings: Settings) -> None:
+def _list_versions(settings: Settings, log: RunLog) -> None:
     archive = Archive(settings.archive_dir)
     versions = archive.versions()
     if not versions:
-        say(f"{settings.archive_dir}: no archived version yet")
+        log.say(f"{settings.archive_dir}: no archived version yet")
     for v in versions:
         source = v.manifest.get("source") or "-"
-        say(f"{v.key}  {v.manifest.get('origin', '?'):<11}  built on {source}  "
+        log.say(f"{v.key}  {v.manifest.get('origin', '?'):<11}  built on {source}  "
             f"sha256 {v.sha256[:12]}  {v.manifest.get('size', '?')} bytes")

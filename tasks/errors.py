@@ -19,3 +19,7 @@ class DfotaError(Exception):
         self.path = None if path is None else os.fspath(path)
         super().__init__(f"{shown_path(self.path)}: {message}" if self.path is not None
                          else message)
+
+
+class CheckFailed(DfotaError):
+    """A product of the tool failed a check (a package that does not prove out on the host)."""

@@ -14,17 +14,18 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import atomic
 from tasks.config import Settings
-from tasks.errors import DfotaError
+from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import FileLists, chmod_for, read_file_lists
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers
+from tasks.runlog import RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -43,7 +44,6 @@ from tasks.updater import (
 from tasks.updater import apply_package as host_apply
 from tasks.zipio import ZipSource
 
-Say = Callable[[str], None]
 MINOR_PREFIX = "MULTIFOTA/"
 
 
@@ -206,7 +206,8 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
-                   lists: FileLists, say: Say, *, max_replays: int = 100_000) -> VerifyReport:
+                   lists: FileLists, log: RunLog, *, max_replays: int = 100_000
+                   ) -> VerifyReport:
     started = time.monotonic()
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
@@ -233,7 +234,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         clean = device.copy()
         result = host_apply(pkg, clean)
         report.steps = result.steps
-        say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
+        log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
         problems = [] if result.code == 0 else [f"result {result.code}: {result.message}"]
         progress = list(result.progress)
         if not problems and (progress != sorted(progress) or not progress
@@ -253,9 +254,11 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
                 step_list = sorted({step_list[int(i * stride)] for i in range(max_replays)}
                                    | {step_list[-1]})
             problems = []
+            bar = log.progress("verify: power loss at each step", len(step_list))
             for step in step_list:
                 again, after = resume_after_power_loss(pkg, device, step)
                 report.replays += 1
+                bar.advance()
                 if again.code != 0:
                     problems.append(f"power loss after step {step}: re-run gave {again.code} "
                                     f"({again.message})")
@@ -263,7 +266,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
                     diff = _state_differences(after, expected, partitions)
                     if diff:
                         problems.append(f"power loss after step {step}: {diff[0]}")
-            say(f"verify: {report.replays} power-loss replays")
+            bar.finish()
             report.add("power loss at every step, then a re-run", problems,
                        f"{report.replays} replays reach the target")
 
@@ -299,7 +302,7 @@ def verify_needed(settings: Settings) -> bool:
     return bool(_read_summary(settings).get("changed", True))
 
 
-def verify_delta(settings: Settings, say: Say) -> VerifyReport:
+def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
     """Verify `out/update.zip` as `out/update.json` describes it; reject it when it fails."""
     summary = _read_summary(settings)
     if not settings.update_zip.is_file():
@@ -307,7 +310,7 @@ def verify_delta(settings: Settings, say: Say) -> VerifyReport:
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = read_file_lists(Path(str(summary["config"])))
     report = verify_package(settings.update_zip, Path(str(summary["base_zip"])),
-                            settings.target_zip, parts, lists, say)
+                            settings.target_zip, parts, lists, log)
     summary["verify"] = report.to_json()
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
@@ -315,7 +318,7 @@ def verify_delta(settings: Settings, say: Say) -> VerifyReport:
         return report
     rejected = reject(settings, summary)
     failed = next(c for c in report.checks if not c.ok)
-    raise DfotaError(f"package failed verification ({failed.name}: {failed.detail}); moved to "
+    raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
                      f"{rejected}", settings.update_zip)
 
 

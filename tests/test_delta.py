@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import subprocess
 import zipfile
@@ -17,6 +18,7 @@ from tasks.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
 from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.package import PLACEHOLDER, SCRIPT_ENTRY
+from tasks.runlog import RunLog
 from tests.builders import (
     EXPECTED_KINDS,
     HOSTILE,
@@ -59,8 +61,8 @@ def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
     return dataclasses.replace(settings, **options) if options else settings
 
 
-def say_nothing(_line: str) -> None:
-    pass
+def quiet() -> RunLog:
+    return RunLog(None, "test", io.StringIO())
 
 
 def script_calls(package: Path) -> tuple[bytes, list[Call]]:
@@ -77,7 +79,7 @@ def args(call: Call) -> list[str]:
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
     tmp = tmp_path_factory.mktemp("delta")
     settings = pair(tmp)
-    result = build_delta(settings, say_nothing)
+    result = build_delta(settings, quiet())
     assert result.package == settings.update_zip
     return settings, dict(result.summary)
 
@@ -213,7 +215,7 @@ def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path
     again = dataclasses.replace(settings, out_dir=tmp_path / "out", state_dir=tmp_path / "state")
     (tmp_path / "out").mkdir()
     (tmp_path / "out/targetfiles.zip").write_bytes(settings.target_zip.read_bytes())
-    build_delta(again, say_nothing)
+    build_delta(again, quiet())
     assert again.update_zip.read_bytes() == first
 
 
@@ -225,7 +227,7 @@ def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path
 ])
 def test_each_mode_covers_only_its_part(tmp_path: Path, mode: str, prefixes: set[str]) -> None:
     settings = pair(tmp_path, mode=mode)
-    build_delta(settings, say_nothing)
+    build_delta(settings, quiet())
     with zipfile.ZipFile(settings.update_zip) as zf:
         payload = [n for n in zf.namelist()
                    if not n.startswith("META-INF/") and n != "quectel-project-version"]
@@ -238,21 +240,21 @@ def test_each_mode_covers_only_its_part(tmp_path: Path, mode: str, prefixes: set
 
 def test_unknown_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DfotaError, match="unknown --mode 'x'"):
-        build_delta(pair(tmp_path, mode="x"), say_nothing)
+        build_delta(pair(tmp_path, mode="x"), quiet())
 
 
 def test_same_version_is_refused(tmp_path: Path) -> None:
     target = next_system()
     target["etc/quectel-project-version"] = base_system()["etc/quectel-project-version"]
     with pytest.raises(DfotaError, match="same version"):
-        build_delta(pair(tmp_path, target=target), say_nothing)
+        build_delta(pair(tmp_path, target=target), quiet())
 
 
 def test_changed_noota_file_tells_to_move_it_to_fullota(tmp_path: Path) -> None:
     target = next_system()
     target["etc/webui/test.cfg"] = f("changed settings\n")
     with pytest.raises(DfotaError, match="move it from the noota list to the fullota list"):
-        build_delta(pair(tmp_path, target=target), say_nothing)
+        build_delta(pair(tmp_path, target=target), quiet())
 
 
 def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
@@ -262,17 +264,17 @@ def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
     settings = pair(tmp_path, source=source, target=target, boot_changed=False,
                     abl_changed=False, lists={}, mode="kernel")
     settings.update_zip.write_bytes(b"stale package of another pair")
-    lines: list[str] = []
-    result = build_delta(settings, lines.append)
+    log = quiet()
+    result = build_delta(settings, log)
     assert result.package is None and not settings.update_zip.exists()
     assert json.loads(settings.update_summary.read_text())["changed"] is False
-    assert any("nothing changed" in line for line in lines)
+    assert "nothing changed" in log.stream.getvalue()  # type: ignore[attr-defined]
 
 
 def test_size_budget_and_usrdata_needs_are_warned_with_figures(tmp_path: Path) -> None:
     target = next_system()
     target["usr/lib/huge.bin"] = f(binary(9, 1_500_000))
-    result = build_delta(pair(tmp_path, target=target, size_budget=1_000_000), say_nothing)
+    result = build_delta(pair(tmp_path, target=target, size_budget=1_000_000), quiet())
     assert any("MB, over the 1 MB budget" in w for w in result.warnings)
 
 
@@ -284,7 +286,7 @@ def test_changed_minor_image_without_a_partition_is_refused(tmp_path: Path) -> N
         for name, (info, data) in items.items():
             out.writestr(info, b"" if name == "RADIO/filesmap" else data)
     with pytest.raises(DfotaError, match="no partition is known for it"):
-        build_delta(settings, say_nothing)
+        build_delta(settings, quiet())
 
 
 def test_summary_bytes_match_the_package(full: tuple[Settings, dict]) -> None:
@@ -325,7 +327,7 @@ def test_a_listed_path_that_does_not_exist_is_a_warning_and_never_a_set_perm(
     lists = {**LISTS, "quectel_chmod_filelist.txt": LISTS["quectel_chmod_filelist.txt"]
              + "/usr/bin/not_there 0700 0 0\n"}
     settings = pair(tmp_path, lists=lists)
-    result = build_delta(settings, say_nothing)
+    result = build_delta(settings, quiet())
     assert any("not_there" in w for w in result.warnings)
     _, found = script_calls(settings.update_zip)
     assert not any("/system/usr/bin/not_there" in args(c) for c in found)

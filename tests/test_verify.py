@@ -16,7 +16,7 @@ from tasks.filelists import read_file_lists
 from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
 from tasks.verify import VerifyReport, verify_delta, verify_package
-from tests.test_delta import pair, say_nothing
+from tests.test_delta import pair, quiet
 from tests.workspace import Workspace
 
 CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply to the source",
@@ -28,14 +28,14 @@ CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply t
 def verify(settings: Settings) -> VerifyReport:
     return verify_package(settings.update_zip, Path(settings.base), settings.target_zip,
                           parse_mode(settings.mode), read_file_lists(settings.config_dir),
-                          say_nothing)
+                          quiet())
 
 
 @pytest.mark.parametrize("mode", ["all", "rootfs", "modem", "kernel"])
 def test_every_change_kind_applies_and_survives_power_loss_in_each_mode(
         tmp_path: Path, mode: str) -> None:
     settings = pair(tmp_path, mode=mode)
-    build_delta(settings, say_nothing)
+    build_delta(settings, quiet())
     report = verify(settings)
     failed = [c for c in report.checks if not c.ok]
     assert not failed, failed
@@ -47,7 +47,7 @@ def test_every_change_kind_applies_and_survives_power_loss_in_each_mode(
 
 def test_a_source_changed_by_hand_stops_with_510(tmp_path: Path) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, say_nothing)
+    build_delta(settings, quiet())
     check = next(c for c in verify(settings).checks if "510" in c.name)
     assert check.ok and "510, nothing written" in check.detail
 
@@ -102,7 +102,7 @@ def _unknown_function(package: Path) -> None:
 def test_a_hand_broken_package_is_caught_with_the_right_code(
         tmp_path: Path, damage, check: str, detail: str) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, say_nothing)
+    build_delta(settings, quiet())
     damage(settings.update_zip)
     report = verify(settings)
     assert not report.ok
@@ -112,10 +112,10 @@ def test_a_hand_broken_package_is_caught_with_the_right_code(
 
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, say_nothing)
+    build_delta(settings, quiet())
     _wrong_sha1(settings.update_zip)
     with pytest.raises(DfotaError, match=r"package failed verification \(apply to the source"):
-        verify_delta(settings, say_nothing)
+        verify_delta(settings, quiet())
     assert not settings.update_zip.exists() and not settings.update_summary.exists()
     (rejected,) = (settings.out_dir / "rejected").iterdir()
     report = json.loads((rejected / "update.json").read_text())
@@ -125,8 +125,8 @@ def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> Non
 
 def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, say_nothing)
-    verify_delta(dataclasses.replace(settings), say_nothing)
+    build_delta(settings, quiet())
+    verify_delta(dataclasses.replace(settings), quiet())
     summary = json.loads(settings.update_summary.read_text())
     assert summary["verify"]["ok"] is True and summary["verify"]["seconds"] > 0
     assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS

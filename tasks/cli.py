@@ -1,0 +1,44 @@
+"""`dfota`: doit on this project's dodo.py, with exit codes that tell failures apart.
+
+doit itself exits 1 for any failed task. A nightly job needs more:
+
+    0  everything done (or already up to date)
+    1  bad input: a file the user gave is wrong; the error line names it
+    2  internal error: a bug in the tool (the traceback is in the run's log file)
+    3  usage error: unknown task or option (doit's own message)
+    4  a check failed: a package did not prove out on the host (moved to out/rejected/), or,
+       with several bases, at least one of them failed
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from doit.doit_cmd import DoitMain
+
+from tasks import dodo_tasks
+
+EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
+
+
+def exit_code(doit_code: int, failures: Sequence[str]) -> int:
+    if doit_code == 0:
+        return EXIT_OK
+    if "check" in failures:
+        return EXIT_CHECK
+    if doit_code == 2:  # an exception in a task: never the user's fault
+        return EXIT_INTERNAL
+    if "input" in failures:
+        return EXIT_INPUT
+    return EXIT_USAGE if doit_code == 3 else doit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    dodo_tasks.FAILURES.clear()
+    code = DoitMain().run(list(sys.argv[1:] if argv is None else argv))
+    return exit_code(code, dodo_tasks.FAILURES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Exit codes a nightly job can act on, progress on a terminal and off it, a log per run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tasks.cli import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_code
+from tasks.package import SCRIPT_ENTRY
+from tests.workspace import PROJECT, Workspace
+
+
+@pytest.mark.parametrize(("doit_code", "failures", "expected"), [
+    (0, [], EXIT_OK), (1, ["input"], EXIT_INPUT), (1, ["check"], EXIT_CHECK),
+    (1, ["input", "check"], EXIT_CHECK), (2, [], EXIT_INTERNAL), (3, [], EXIT_USAGE),
+])
+def test_exit_codes_tell_failures_apart(doit_code: int, failures: list[str],
+                                        expected: int) -> None:
+    assert exit_code(doit_code, failures) == expected
+
+
+def dfota(ws: Workspace, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tasks.cli", "--db-file",
+                           str(ws.root / "doit.db"), *argv], cwd=PROJECT, capture_output=True,
+                          text=True, check=False)
+
+
+def chain(ws: Workspace, *tasks: str) -> list[str]:
+    argv = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders]
+    for task in tasks:
+        argv += [task, *ws.folders]
+    return argv
+
+
+def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> None:
+    assert dfota(ws, "targetfiles", "--sdk", str(ws.root / "nowhere"),
+                 *ws.folders).returncode == EXIT_INPUT
+    assert dfota(ws, "no_such_task").returncode == EXIT_USAGE
+    done = dfota(ws, *chain(ws, "delta"))
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    package = ws.out / "update.zip"
+    with zipfile.ZipFile(package) as zf:
+        kept = [(i, zf.read(i)) for i in zf.infolist()]
+    with zipfile.ZipFile(package, "w") as out:  # a patch whose target sha1 is wrong
+        for info, data in kept:
+            if info.filename == SCRIPT_ENTRY:
+                data = data.replace(b'apply_patch("/system/bin/busybox", "-", "',
+                                    b'apply_patch("/system/bin/busybox", "-", "0', 1)
+            out.writestr(info, data)
+    failed = dfota(ws, "verify", *ws.folders)
+    assert failed.returncode == EXIT_CHECK, failed.stdout + failed.stderr
+    assert "error: " in failed.stderr and "package failed verification" in failed.stderr
+    assert not package.exists() and any((ws.out / "rejected").iterdir())
+
+
+def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace) -> None:
+    plain = dfota(ws, *chain(ws, "delta", "verify"))
+    assert plain.returncode == 0, plain.stderr
+    assert "\r" not in plain.stdout
+    assert "diffing: " in plain.stdout and " done in " in plain.stdout
+    logs = sorted((ws.root / "state/logs").iterdir())
+    assert {p.name.split("-", 1)[1] for p in logs} >= {"targetfiles.log", "delta.log",
+                                                      "verify.log"}
+    delta_log = next(p for p in logs if p.name.endswith("-delta.log")).read_text()
+    assert "diff 1/" in delta_log  # the detail lines stdout does not get
+    assert "diff 1/" not in plain.stdout
+    # on a terminal (util-linux `script` gives the run a pty), the bar is drawn in place
+    (ws.out / "update.json").unlink()
+    command = shlex.join([sys.executable, "-m", "tasks.cli", "--db-file",
+                          str(ws.root / "doit.db"), *chain(ws, "delta", "verify")])
+    tty = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=PROJECT,
+                         capture_output=True, env={**os.environ, "TERM": "dumb"})
+    assert tty.returncode == 0, tty.stdout
+    assert b"\rverify: power loss at each step [" in tty.stdout
