@@ -29,6 +29,8 @@ class Settings:
     size_budget: int = 70 * 1024 * 1024  # bytes; a larger package is warned about (note 2.4)
     diff_timeout: float = 300.0  # seconds per diff; past it the file is shipped whole
     workers: int = 0  # diff processes; 0 = one per core
+    bases: str = ""  # delta: "N" (the last N archived versions) or a comma list; "" = one base
+    target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
 
     @property
     def sdk_is_sample(self) -> bool:
@@ -36,7 +38,7 @@ class Settings:
 
     @property
     def target_zip(self) -> Path:
-        return self.out_dir / "targetfiles.zip"
+        return self.target or self.out_dir / "targetfiles.zip"
 
     @property
     def update_zip(self) -> Path:
@@ -78,7 +80,7 @@ def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
                   archive: str = "archive", state: str = "build", strict: bool = False,
                   base: str = "", mode: str = "all", config: str = "",
                   size_budget_mb: float = 70, diff_timeout: float = 300.0,
-                  workers: int = 0) -> Settings:
+                  workers: int = 0, bases: str = "") -> Settings:
     return Settings(
         sdk=resolve_path(sdk) if sdk else SAMPLE_SDK,
         source=source,
@@ -92,4 +94,5 @@ def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
         size_budget=int(size_budget_mb * 1024 * 1024),
         diff_timeout=diff_timeout,
         workers=workers,
+        bases=bases,
     )

@@ -7,18 +7,19 @@ the script parsed with the device's grammar, the package small enough for the mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import __version__, atomic
-from tasks.archive import Archive
+from tasks.archive import Archive, sha256_file
 from tasks.config import Settings, resolve_path
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
-from tasks.errors import DfotaError
+from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import (
     FileLists,
     changed_noota_files,
@@ -319,6 +320,8 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
         "source": source_key,
         "target": target_key,
         "base_zip": str(base_zip),
+        "target_zip": str(settings.target_zip),
+        "package_sha256": sha256_file(settings.update_zip),
         "config": str(settings.config_dir),
         "mode": sorted(p.value for p in parts),
         "counts": dict(sorted(counts.items())),
@@ -357,3 +360,65 @@ def describe(result: DeltaResult) -> str:
     return (f"delta: {s['package']} ({s['package_size']} bytes) {s['source']} -> {s['target']}"
             f" [{','.join(s['mode'])}]: {counts or 'partitions only'}")
 
+
+
+@dataclass(frozen=True, slots=True)
+class BaseOutcome:
+    base: str
+    folder: Path
+    ok: bool
+    message: str
+    package_size: int = 0
+
+
+def pick_bases(spec: str, archive: Archive, target_key: str) -> list[str]:
+    """`N`: the newest N archived versions other than the target; else a comma list of keys,
+    unique key prefixes or targetfiles.zip paths."""
+    spec = spec.strip()
+    if spec.isdigit():
+        others = [v.key for v in archive.versions() if v.key != target_key]
+        if int(spec) < 1 or not others:
+            raise DfotaError(f"--bases {spec}: the archive has {len(others)} other versions",
+                             archive.root)
+        return list(reversed(others[-int(spec):]))
+    return [word.strip() for word in spec.split(",") if word.strip()]
+
+
+def build_for_bases(settings: Settings, log: RunLog,
+                    verify: Callable[[Settings, RunLog], object]) -> list[BaseOutcome]:
+    """One verified package per base, each in `<out>/deltas/<base>_to_<target>/`, and an index.
+
+    A base that fails does not stop the others; the index says which failed, and a CheckFailed
+    at the end makes the run's exit code say so.
+    """
+    target_path = resolve_target(settings)
+    with ZipSource(target_path) as target:
+        target_key = zip_version(target).key
+    archive = Archive(settings.archive_dir)
+    root = settings.out_dir / "deltas"
+    outcomes: list[BaseOutcome] = []
+    for base in pick_bases(settings.bases, archive, target_key):
+        label = Path(base).stem if base.endswith(".zip") else base
+        folder = root / f"{label}_to_{target_key}"
+        one = dataclasses.replace(settings, base=base, bases="", out_dir=folder,
+                                  target=target_path)
+        log.say(f"delta: base {base}")
+        try:
+            result = build_delta(one, log)
+            if result.package is not None:
+                verify(one, log)
+            size = int(result.summary.get("package_size", 0))  # type: ignore[call-overload]
+            outcomes.append(BaseOutcome(base, folder, True, "verified" if result.package
+                                        else "nothing changed", size))
+        except DfotaError as exc:
+            log.say(f"error: {exc}")
+            outcomes.append(BaseOutcome(base, folder, False, str(exc)))
+    index = {"target": target_key, "packages": [
+        {"base": o.base, "folder": str(o.folder), "package": str(o.folder / "update.zip"),
+         "ok": o.ok, "result": o.message, "package_size": o.package_size} for o in outcomes]}
+    atomic.write_text(root / "index.json", json.dumps(index, indent=1) + "\n")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(outcomes)} bases failed: "
+                          + ", ".join(o.base for o in failed), root / "index.json")
+    return outcomes

@@ -18,7 +18,7 @@ from tasks import __version__, atomic
 from tasks.archive import Archive
 from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
 from tasks.config import SAMPLE_DIR, Settings, make_settings
-from tasks.delta import build_delta
+from tasks.delta import build_delta, build_for_bases
 from tasks.delta import describe as delta_describe
 from tasks.errors import CheckFailed, DfotaError
 from tasks.package import TEMPLATES
@@ -183,16 +183,19 @@ DELTA_PARAMS: list[dict[str, Any]] = [
      "help": "seconds per diff before the file is shipped whole [default: %(default)s]"},
     {"name": "workers", "long": "workers", "type": int, "default": 0,
      "help": "diff processes [default: one per core]"},
+    {"name": "bases", "long": "bases", "type": str, "default": "",
+     "help": "also make and verify one package from each of these bases: N (the last N "
+             "archived versions) or a comma list of versions, into out/deltas/"},
     *COMMON_PARAMS,
 ]
 
 
 @task_params(DELTA_PARAMS)
 def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_timeout: float,
-               workers: int, out: str, archive: str, state: str) -> TaskDict:
+               workers: int, bases: str, out: str, archive: str, state: str) -> TaskDict:
     """make out/update.zip (DFOTA package) from the base version to the newest target"""
     settings = make_settings(base=base, mode=mode, config=config, size_budget_mb=size_budget_mb,
-                             diff_timeout=diff_timeout, workers=workers, out=out,
+                             diff_timeout=diff_timeout, workers=workers, bases=bases, out=out,
                              archive=archive, state=state)
     lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt"))
     return {
@@ -201,7 +204,7 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
         "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
         "targets": [settings.update_zip, settings.update_summary],
         "uptodate": [config_changed({"tool": TOOL, "base": base, "mode": mode,
-                                     "config": str(settings.config_dir),
+                                     "config": str(settings.config_dir), "bases": bases,
                                      "budget": size_budget_mb})],
         "verbosity": 2,
     }
@@ -212,6 +215,9 @@ def _delta(settings: Settings, log: RunLog) -> None:
     for warning in result.warnings:
         log.say(f"warning: {warning}")
     log.say(delta_describe(result))
+    if settings.bases:
+        outcomes = build_for_bases(settings, log, verify_delta)
+        log.say(f"delta: {len(outcomes)} verified packages in {settings.out_dir / 'deltas'}")
 
 
 @task_params(COMMON_PARAMS)
@@ -230,8 +236,8 @@ def task_verify(out: str, archive: str, state: str) -> TaskDict:
 
 
 def _verify(settings: Settings, log: RunLog) -> None:
-    if not settings.update_zip.exists() and not verify_needed(settings):
-        log.say("verify: no package to verify (nothing changed)")
+    if not verify_needed(settings):
+        log.say("verify: nothing to verify (no package, or this package was verified)")
     else:
         report = verify_delta(settings, log)
         for check in report.checks:

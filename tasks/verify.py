@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import atomic
+from tasks.archive import sha256_file
 from tasks.config import Settings
 from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import FileLists, chmod_for, read_file_lists
@@ -42,6 +43,7 @@ from tasks.updater import (
     resume_after_power_loss,
 )
 from tasks.updater import apply_package as host_apply
+from tasks.version import VERSION_FILE
 from tasks.zipio import ZipSource
 
 MINOR_PREFIX = "MULTIFOTA/"
@@ -193,8 +195,9 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource) -> tuple[li
 
 def _tamper_target(device: Device, package: Path) -> str | None:
     """A patched file of the package, changed on the module by hand (restriction 1)."""
+    version_patch = f"patch/system/{VERSION_FILE}.p"  # a changed version file gives 505 first
     with ZipSource(package) as pkg:
-        patched = sorted(n for n in pkg.names("patch/system/"))
+        patched = sorted(n for n in pkg.names("patch/system/") if n != version_patch)
     if not patched:
         return None
     path = "/system/" + patched[0][len("patch/system/"):-len(".p")]
@@ -298,8 +301,14 @@ def _read_summary(settings: Settings) -> dict[str, object]:
 
 
 def verify_needed(settings: Settings) -> bool:
-    """False when the last `doit delta` found nothing to update (and wrote no package)."""
-    return bool(_read_summary(settings).get("changed", True))
+    """False when the last `doit delta` found nothing to update (and wrote no package), or when
+    this very package was already verified (a run with several bases verifies its own)."""
+    summary = _read_summary(settings)
+    if not summary.get("changed", True):
+        return False
+    done = summary.get("verify")
+    return not (isinstance(done, dict) and done.get("ok") and settings.update_zip.is_file()
+                and sha256_file(settings.update_zip) == summary.get("package_sha256"))
 
 
 def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
@@ -310,7 +319,7 @@ def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = read_file_lists(Path(str(summary["config"])))
     report = verify_package(settings.update_zip, Path(str(summary["base_zip"])),
-                            settings.target_zip, parts, lists, log)
+                            Path(str(summary["target_zip"])), parts, lists, log)
     summary["verify"] = report.to_json()
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,36 @@ def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace
                          capture_output=True, env={**os.environ, "TERM": "dumb"})
     assert tty.returncode == 0, tty.stdout
     assert b"\rverify: power loss at each step [" in tty.stdout
+
+
+def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:
+    assert dfota(ws, *chain(ws)).returncode == 0
+    version_file = ws.rootfs / "etc/quectel-project-version"
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-08-01,08:00"))
+    (ws.rootfs / "etc/ql_manager.conf").write_text("log_level=debug\n")
+    third = ["targetfiles", "--sdk", str(ws.sdk), *ws.folders]
+    assert dfota(ws, *third).returncode == 0
+    index_of = json.loads((ws.archive / "index.json").read_text())
+    keys = [v["key"] for v in index_of["versions"]]
+    assert len(keys) == 3
+    good = dfota(ws, *third, "delta", *ws.folders, "--bases", "2")
+    assert good.returncode == EXIT_OK, good.stdout + good.stderr
+    index = json.loads((ws.out / "deltas/index.json").read_text())
+    assert [p["base"] for p in index["packages"]] == [keys[1], keys[0]]
+    assert all(p["ok"] and p["result"] == "verified" for p in index["packages"])
+    for package in index["packages"]:
+        assert Path(package["folder"]).name == f"{package['base']}_to_{keys[2]}"
+        assert zipfile.ZipFile(package["package"]).testzip() is None
+    # the oldest base's archived zip is damaged: that base fails, the other is still made
+    broken = ws.archive / keys[0] / "targetfiles.zip"
+    broken.chmod(0o644)
+    broken.write_bytes(broken.read_bytes()[:-10])
+    shutil.rmtree(ws.out / "deltas")
+    bad = dfota(ws, *third, "delta", *ws.folders, "--bases", f"{keys[1]},{keys[0]}")
+    assert bad.returncode == EXIT_CHECK, bad.stdout + bad.stderr
+    index = json.loads((ws.out / "deltas/index.json").read_text())
+    assert [(p["base"], p["ok"]) for p in index["packages"]] == [(keys[1], True),
+                                                                  (keys[0], False)]
+    assert "the archive was altered" in index["packages"][1]["result"]
+    assert "1 of 2 bases failed" in bad.stderr
