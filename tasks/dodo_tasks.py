@@ -126,9 +126,9 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
     settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
                              state=state)
     yield {
-        "basename": "targetfiles_inputs",
+        "basename": "_targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
-        "actions": [guarded("targetfiles_inputs", settings.log_dir,
+        "actions": [guarded("_targetfiles_inputs", settings.log_dir,
                             lambda log: write_inputs_manifest(settings) and None)],
         "task_dep": ["sample"] if settings.sdk_is_sample else [],
         "targets": [settings.inputs_manifest],
@@ -222,8 +222,7 @@ def _delta(settings: Settings, log: RunLog) -> None:
 
 @task_params(COMMON_PARAMS)
 def task_verify(out: str, archive: str, state: str) -> TaskDict:
-    """prove out/update.zip on the host: apply it to its source, cut the power at every step,
-    compare with the target; a package that fails is moved to out/rejected/"""
+    """prove out/update.zip on the host (apply, power loss at every step); reject it on failure"""
     settings = make_settings(out=out, archive=archive, state=state)
     return {
         "actions": [guarded("verify", settings.log_dir, lambda log: _verify(settings, log))],

@@ -113,3 +113,17 @@ def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:
                                                                   (keys[0], False)]
     assert "the archive was altered" in index["packages"][1]["result"]
     assert "1 of 2 bases failed" in bad.stderr
+
+
+def test_every_public_task_has_a_description_and_help_shows_parameters() -> None:
+    def doit(*argv: str) -> str:
+        return subprocess.run([sys.executable, "-m", "doit", *argv], cwd=PROJECT,
+                              capture_output=True, text=True, check=True).stdout
+
+    listed = dict(line.split(None, 1) for line in doit("list").splitlines())
+    assert set(listed) == {"sample", "targetfiles", "delta", "verify", "versions"}
+    assert all(len(text.strip()) > 20 for text in listed.values())
+    help_delta = doit("help", "delta")
+    for option in ("--base=", "--mode=", "--bases=", "--config=", "--out="):
+        assert option in help_delta
+    assert "--sdk=" in doit("help", "targetfiles")
