@@ -49,6 +49,10 @@ class Settings:
         return self.out_dir / "update.json"
 
     @property
+    def update_report(self) -> Path:
+        return self.out_dir / "update.html"
+
+    @property
     def log_dir(self) -> Path:
         """One log file per task run (`<UTC time>-<task>.log`)."""
         return self.state_dir / "logs"

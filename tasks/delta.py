@@ -263,6 +263,8 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
                        time.monotonic() - started)
     warnings += _budget_warnings(settings, size, changes)
+    warnings += [f"/system/{d}: empty directory, carried by a placeholder file (other tools "
+                 "lose it; note 2.2.2.4)" for d in empty_new_dirs(changes, target_tree)]
     summary["warnings"] = warnings
     atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
@@ -319,6 +321,7 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
         "package_size": size,
         "source": source_key,
         "target": target_key,
+        "size_budget": settings.size_budget,
         "base_zip": str(base_zip),
         "target_zip": str(settings.target_zip),
         "package_sha256": sha256_file(settings.update_zip),

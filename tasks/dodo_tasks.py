@@ -242,7 +242,7 @@ def _verify(settings: Settings, log: RunLog) -> None:
         for check in report.checks:
             log.say(f"verify: ok  {check.name}: {check.detail}")
         log.say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
-            f"{report.seconds:.1f} s")
+                f"{report.seconds:.1f} s; report: {settings.update_report}")
     atomic.write_text(settings.verify_stamp, "verified\n")
 
 

@@ -26,6 +26,7 @@ from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import FileLists, chmod_for, read_file_lists
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers
+from tasks.report import write_report
 from tasks.runlog import RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
@@ -324,6 +325,7 @@ def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                           + "\n")
+        write_report(settings.update_summary, settings.update_report)
         return report
     rejected = reject(settings, summary)
     failed = next(c for c in report.checks if not c.ok)
@@ -338,6 +340,8 @@ def reject(settings: Settings, summary: Mapping[str, object]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
+    write_report(folder / "update.json", folder / "update.html")
     shutil.move(str(settings.update_zip), folder / "update.zip")
     settings.update_summary.unlink(missing_ok=True)
+    settings.update_report.unlink(missing_ok=True)
     return folder
