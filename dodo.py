@@ -4,6 +4,7 @@
 from tasks.dodo_tasks import (
     Reporter,
     task_delta,
+    task_import_base,
     task_sample,
     task_targetfiles,
     task_verify,
@@ -19,6 +20,11 @@ DOIT_CONFIG = {
 }
 
 __all__ = [
-    "DOIT_CONFIG", "task_delta", "task_sample", "task_targetfiles", "task_verify",
+    "DOIT_CONFIG",
+    "task_delta",
+    "task_import_base",
+    "task_sample",
+    "task_targetfiles",
+    "task_verify",
     "task_versions",
 ]

@@ -7,6 +7,7 @@ the archive (a version is never replaced by other content), archived, and only t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -21,15 +22,17 @@ from tasks.bootimg import read_boot_image
 from tasks.config import SAMPLE_BASE, Settings, resolve_path
 from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError
+from tasks.firmware import image_drift, read_sdk_image, take_image_metadata
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.targetfiles import (
+    SdkOutput,
     check_source,
     locate_sdk,
     plan_target,
     rootfs_version,
     zip_version,
 )
-from tasks.tree import digest_tree
+from tasks.tree import FolderScan, digest_tree
 from tasks.version import VERSION_FILE
 from tasks.zipio import ZipSource, write_zip
 
@@ -64,6 +67,23 @@ def resolve_source(settings: Settings, archive: Archive, target_key: str | None)
                      settings.archive_dir)
 
 
+def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
+                      metadata_from_image: bool) -> tuple[FolderScan, list[str]]:
+    """The SDK's own sysfs image is what the module will run: warn where the rootfs folder
+    drifts from it and, when asked, take SYSTEM's modes and owners from the image."""
+    if sdk.sysfs_ubi is None:
+        if metadata_from_image:
+            raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
+                             sdk.folder / "target")
+        return scan, []
+    image = read_sdk_image(sdk.sysfs_ubi)
+    warnings = image_drift(scan.entries, image)
+    if metadata_from_image:
+        entries, missing = take_image_metadata(scan.entries, image)
+        return dataclasses.replace(scan, entries=entries), [*warnings, *missing]
+    return scan, warnings
+
+
 def inputs_manifest(settings: Settings) -> dict[str, object]:
     """Everything the target is made from, by content: what `doit targetfiles` depends on."""
     sdk = locate_sdk(settings.sdk)
@@ -79,6 +99,8 @@ def inputs_manifest(settings: Settings) -> dict[str, object]:
         # by content only: the sample's base and its archived copy are the same source
         "source_sha1": cache.sha1_of(source),
         "target_version": target.key,
+        "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
+        "metadata_from_image": settings.metadata_from_image,
     }
     cache.save()
     return manifest
@@ -107,12 +129,13 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
     cache = HashCache(settings.hash_cache)
     scan = scan_rootfs(sdk.rootfs, cache)
     target_version = rootfs_version(sdk.rootfs, scan)
+    scan, image_warnings = against_sdk_image(sdk, scan, settings.metadata_from_image)
     archive = Archive(settings.archive_dir)
     archive.clean_staging()
     source_path = resolve_source(settings, archive, target_version.key)
 
     with ZipSource(source_path) as src:
-        warnings = [*check_source(src), *scan.warnings]
+        warnings = [*check_source(src), *scan.warnings, *image_warnings]
         warnings += [f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
                      "directories unless the package carries them; note 2.2.2.4)"
                      for d in scan.empty_dirs]
@@ -145,8 +168,11 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
                 archive.add(target_version.key, staged, {
                     "origin": "targetfiles", "version": target_version.to_json(),
                     "source": source_version.key, "created": created, "tool": TOOL,
+                    "system_metadata": ("sdxlemur-sysfs.ubi" if settings.metadata_from_image
+                                        else "ql-ol-rootfs"),
                     "inputs": {
                         "sdk": str(sdk.folder),
+                        "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
                         "boot_image_sha1": cache.sha1_of(sdk.boot_image),
                         "abl_sha1": cache.sha1_of(sdk.abl),
                         "rootfs_tree_sha1": digest_tree(scan.entries),

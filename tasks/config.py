@@ -23,6 +23,7 @@ class Settings:
     archive_dir: Path
     state_dir: Path  # bookkeeping between runs (hash cache, input manifests); safe to delete
     strict: bool = False
+    metadata_from_image: bool = False  # SYSTEM's modes/owners from target/sdxlemur-sysfs.ubi
     base: str = ""  # delta: a version key, a unique prefix, a zip, or "" for the target's source
     mode: str = "all"  # delta: all, rootfs, modem, kernel (or a, l, m, o), alone or combined
     config_dir: Path = SAMPLE_DIR / "config"  # the vendor's config lists
@@ -82,6 +83,7 @@ def resolve_path(value: str | Path, base: Path = PROJECT_DIR) -> Path:
 
 def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
                   archive: str = "archive", state: str = "build", strict: bool = False,
+                  metadata_from_image: bool = False,
                   base: str = "", mode: str = "all", config: str = "",
                   size_budget_mb: float = 70, diff_timeout: float = 300.0,
                   workers: int = 0, bases: str = "") -> Settings:
@@ -92,6 +94,7 @@ def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
         archive_dir=resolve_path(archive),
         state_dir=resolve_path(state),
         strict=strict,
+        metadata_from_image=metadata_from_image,
         base=base,
         mode=mode,
         config_dir=resolve_path(config) if config else SAMPLE_DIR / "config",

@@ -17,10 +17,11 @@ from doit.tools import config_changed
 from tasks import __version__, atomic
 from tasks.archive import Archive
 from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
-from tasks.config import SAMPLE_DIR, Settings, make_settings
+from tasks.config import SAMPLE_DIR, Settings, make_settings, resolve_path
 from tasks.delta import build_delta, build_for_bases
 from tasks.delta import describe as delta_describe
 from tasks.errors import CheckFailed, DfotaError
+from tasks.firmware import import_base
 from tasks.package import TEMPLATES
 from tasks.runlog import RunLog
 from tasks.sample import generate_sample, sample_is_current
@@ -105,7 +106,10 @@ TARGETFILES_PARAMS: list[dict[str, Any]] = [
      "help": "source version: an archived version key (or unique prefix) or a targetfiles.zip "
              "[default: the newest archived version other than the target's]"},
     {"name": "strict", "long": "strict", "type": bool, "default": False,
-     "help": "treat warnings (empty directories, special files) as errors"},
+     "help": "treat warnings (empty directories, special files, image drift) as errors"},
+    {"name": "metadata_from_image", "long": "metadata-from-image", "type": bool,
+     "default": False,
+     "help": "take SYSTEM's modes and owners from target/sdxlemur-sysfs.ubi, not the folder"},
     *COMMON_PARAMS,
 ]
 
@@ -120,11 +124,11 @@ def task_sample() -> TaskDict:
 
 
 @task_params(TARGETFILES_PARAMS)
-def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str,
-                     state: str) -> Iterator[TaskDict]:
+def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: bool, out: str,
+                     archive: str, state: str) -> Iterator[TaskDict]:
     """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
     settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
-                             state=state)
+                             state=state, metadata_from_image=metadata_from_image)
     yield {
         "basename": "_targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
@@ -143,6 +147,7 @@ def task_targetfiles(sdk: str, source: str, strict: bool, out: str, archive: str
         "file_dep": [settings.inputs_manifest],
         "targets": [settings.target_zip],
         "uptodate": [config_changed({"tool": TOOL, "strict": strict,
+                                     "metadata_from_image": metadata_from_image,
                                      "archive": str(settings.archive_dir)}),
                      lambda task, values: _still_archived(settings, values)],
         "verbosity": 2,
@@ -244,6 +249,41 @@ def _verify(settings: Settings, log: RunLog) -> None:
         log.say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
                 f"{report.seconds:.1f} s; report: {settings.update_report}")
     atomic.write_text(settings.verify_stamp, "verified\n")
+
+
+IMPORT_PARAMS: list[dict[str, Any]] = [
+    {"name": "firmware", "long": "firmware", "type": str, "default": "",
+     "help": "a release firmware package folder (update/, upgrade/, md5.txt, contents.xml)"},
+    {"name": "template", "long": "template", "type": str, "default": "",
+     "help": "a targetfiles.zip whose OTA/, RADIO/, RECOVERY/ complete a base built from the "
+             "images [default: the package's own upgrade/targetfiles.zip]"},
+    {"name": "from_images", "long": "from-images", "type": bool, "default": False,
+     "help": "build the base from the images even when upgrade/targetfiles.zip is there"},
+    *COMMON_PARAMS,
+]
+
+
+@task_params(IMPORT_PARAMS)
+def task_import_base(firmware: str, template: str, from_images: bool, out: str, archive: str,
+                     state: str) -> TaskDict:
+    """check a release firmware package against its images and archive it as a base version"""
+    settings = make_settings(out=out, archive=archive, state=state)
+    return {
+        "actions": [guarded("import_base", settings.log_dir,
+                            lambda log: _import_base(settings, firmware, template, from_images,
+                                                     log))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _import_base(settings: Settings, firmware: str, template: str, from_images: bool,
+                 log: RunLog) -> None:
+    if not firmware:
+        raise DfotaError("name the firmware package: doit import_base --firmware DIR")
+    import_base(resolve_path(firmware), Archive(settings.archive_dir),
+                template=resolve_path(template) if template else None,
+                from_images=from_images, say=log.say, work_dir=settings.state_dir)
 
 
 @task_params(COMMON_PARAMS)

@@ -262,3 +262,28 @@ def test_default_source_is_the_newest_other_archived_version(ws: Workspace) -> N
     assert f"built on {NEXT_KEY}" in run.stdout
     run = ws.build("--source", BASE_KEY[:50], default_source=True)  # a unique key prefix
     assert "already archived" not in run.stderr
+
+
+def test_drift_from_the_sdk_image_is_warned_and_the_image_can_give_the_metadata(
+        ws: Workspace) -> None:
+    """The SDK's sysfs image is what the module runs: a mode changed in the folder only is
+    named; with --metadata-from-image the target takes the image's mode, recorded as such."""
+    assert not any("the image" in line for line in ws.build().stdout.splitlines())
+    tool = ws.rootfs / "usr/bin/ql_secret_tool"
+    tool.chmod(0o777)
+    version_file = ws.rootfs / "etc/quectel-project-version"
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-07-16,09:30"))
+    drift = ws.build()
+    assert any(line.startswith("warning: ") and "usr/bin/ql_secret_tool" in line
+               and "mode" in line for line in drift.stdout.splitlines()), drift.stdout
+    with ZipSource(ws.out / "targetfiles.zip") as tgt:
+        assert tgt.members["SYSTEM/usr/bin/ql_secret_tool"].mode == 0o777
+    version_file.write_text(version_file.read_text().replace("2022-07-16,09:30",
+                                                             "2022-07-17,09:30"))
+    ws.build("--metadata-from-image")
+    with ZipSource(ws.out / "targetfiles.zip") as tgt:
+        assert tgt.members["SYSTEM/usr/bin/ql_secret_tool"].mode == 0o755
+    newest = versions(ws)[-1]
+    manifest = json.loads((ws.archive / newest / "manifest.json").read_text())
+    assert manifest["system_metadata"] == "sdxlemur-sysfs.ubi"
