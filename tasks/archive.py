@@ -146,14 +146,24 @@ class Archive:
             shutil.rmtree(staging, ignore_errors=True)
 
     def write_index(self) -> None:
+        """Rebuild index.json from the version folders (rewritten only when it differs)."""
         index = {"versions": [
             {"key": v.key, "sha256": v.sha256, "package_time": v.package_time,
              "source": v.manifest.get("source"), "origin": v.manifest.get("origin")}
             for v in self.versions()]}
-        atomic.write_text(self.root / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+        text = json.dumps(index, indent=1) + "\n"
+        path = self.root / INDEX_NAME
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if path.read_text("utf-8") == text:
+                return
+        atomic.write_text(path, text)
 
     def clean_staging(self) -> None:
-        """Remove what a killed run left in staging folders (never a version folder)."""
+        """Repair what a killed run left: staging folders are removed (never a version folder),
+        and an index that lags behind the folders (a kill between the rename of a version
+        folder and the index) is rebuilt."""
         if self.root.is_dir():
             for leftover in self.root.glob(_STAGING_PREFIX + "*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+            atomic.remove_leftovers(self.root / INDEX_NAME)
+            self.write_index()

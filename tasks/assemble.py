@@ -38,6 +38,7 @@ from tasks.zipio import ZipSource, write_zip
 
 Say = Callable[[str], None]
 TOOL = f"quecopen-dfota {__version__}"
+STAGING_PREFIX = "targetfiles."
 
 
 def resolve_source(settings: Settings, archive: Archive, target_key: str | None) -> Path:
@@ -151,13 +152,18 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
         plan = plan_target(sdk, src, scan)
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="targetfiles.", dir=settings.state_dir) as tmp:
+        remove_staging_leftovers(settings.state_dir)
+        # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
+        # archived and renamed into place last: a full or read-only out/ archives nothing
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=settings.state_dir) as tmp, \
+                atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
             write_zip(staged, plan.items)
             source_sha256 = sha256_file(source_path)
             target_sha256 = sha256_file(staged)
             source_new = archive.admit(source_version.key, source_sha256)
             target_new = archive.admit(target_version.key, target_sha256)
+            shutil.copyfile(staged, out)
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if source_new:
                 archive.add(source_version.key, source_path, {
@@ -178,12 +184,17 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
                         "rootfs_tree_sha1": digest_tree(scan.entries),
                         "source_sha256": source_sha256,
                     }})
-            with atomic.atomic_path(settings.target_zip) as out:
-                shutil.copyfile(staged, out)
     cache.save()
     return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
                              tuple(warnings))
+
+
+def remove_staging_leftovers(state_dir: Path) -> None:
+    """Staging folders that a killed run left in the state folder (each holds a whole zip)."""
+    for leftover in state_dir.glob(STAGING_PREFIX + "*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def describe(result: TargetfilesResult) -> str:

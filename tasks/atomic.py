@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ def atomic_path(dest: Path, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is synced and renamed over `dest`.
 
     On any exception (or a kill) the temporary file is removed or left under a dot-name that no
-    reader looks at; `dest` keeps its old content.
+    reader looks at; `dest` keeps its old content. A successful write removes what killed
+    writers of `dest` left behind (so a kill does not cost the disk space of a file for good).
     """
     parent = dest.parent
     try:
@@ -32,12 +34,20 @@ def atomic_path(dest: Path, mode: int = 0o644) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, dest)
         _fsync(parent)
+        remove_leftovers(dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DfotaError(f"cannot write file ({exc.strerror})", dest) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(dest: Path) -> None:
+    """Remove the temporary files that killed writers of `dest` left beside it."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def write_bytes(dest: Path, data: bytes) -> None:

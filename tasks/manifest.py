@@ -38,8 +38,10 @@ class HashCache:
                 self._old = {}
 
     def sha1_of(self, path: Path) -> str:
+        """The sha1 of a file named by the user: a symlink to it is followed."""
         try:
-            return self.sha1(path, path.stat())
+            real = path.resolve()
+            return self.sha1(real, real.stat())
         except OSError as exc:
             raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
 
@@ -50,7 +52,7 @@ class HashCache:
         if isinstance(cached, list) and cached[:4] == stamp:
             sha1 = str(cached[4])
         else:
-            sha1 = sha1_file(path)
+            sha1 = sha1_file(path, st)
         if self._started - max(st.st_mtime_ns, st.st_ctime_ns) > self._racy_ns:
             self._new[key] = [*stamp, sha1]
         return sha1

@@ -46,11 +46,18 @@ def check_source(src: ZipSource) -> list[str]:
     """Refuse a source that lacks what the target needs; warn about the folders it may lack."""
     for name in REQUIRED:
         if name not in src.members:
+            if "." not in name and any(src.names(name + "/")):
+                raise DfotaError(f"has entries below {name}/ but no entry for the folder "
+                                 "itself; write it with `zip -r`, which records folders",
+                                 src.path)
             raise DfotaError(f"has no {name}{'/' if '.' not in name else ''}; "
                              "is it a targetfiles.zip?", src.path)
     for name in (BOOT_IMAGE, ABL, UPDATER):
         if src.members[name].kind != FILE:
             raise DfotaError(f"{name} is not a regular file", src.path)
+    for name in (SYSTEM, f"{SYSTEM}/firmware"):
+        if src.members[name].kind != DIR:
+            raise DfotaError(f"{name} is not a folder", src.path)
     return [f"{src.path}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
             if not any(src.names(folder + "/")) and folder not in src.members]
 
@@ -172,10 +179,16 @@ def locate_sdk(folder: Path) -> SdkOutput:
     return SdkOutput(folder, boot, abl, rootfs, ubi if ubi.is_file() else None)
 
 
+_KIND_WORDS = {DIR: "folder", SYMLINK: "symlink", FILE: "file"}
+
+
 def rootfs_version(rootfs: Path, scan: FolderScan | None = None) -> ProjectVersion:
     path = rootfs / VERSION_FILE
     entry = scan.entries.get(VERSION_FILE) if scan else None
-    if (scan and (entry is None or entry.kind != FILE)) or not path.is_file():
+    if entry is not None and entry.kind != FILE:  # never read through a link
+        raise DfotaError(f"version file is a {_KIND_WORDS[entry.kind]}, not a regular file",
+                         path)
+    if (scan and entry is None) or not path.is_file():
         raise DfotaError("version file missing from the rootfs", path)
     try:
         return parse_version(path.read_bytes(), str(path))
@@ -223,7 +236,7 @@ def plan_target(sdk: SdkOutput, src: ZipSource, rootfs: FolderScan) -> TargetPla
         elif entry.kind == SYMLINK:
             items.append(link_item(name, entry.link))
         else:
-            items.append(path_item(name, rootfs_dir / rel, entry.mode))
+            items.append(path_item(name, rootfs_dir / rel, entry.mode, entry.sha1))
     items.extend(system_meta_items(system))
     items.extend(_missing_parents(items))
     return TargetPlan(tuple(items), system, rootfs_version(sdk.rootfs, rootfs))

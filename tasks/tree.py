@@ -6,9 +6,12 @@ link target. A tree is a mapping from relative path to entry.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import hashlib
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ SYMLINK = "symlink"
 KINDS = (FILE, DIR, SYMLINK)
 
 _HASH_CHUNK = 1 << 20
+_FS_ENCODING = codecs.lookup(sys.getfilesystemencoding()).name  # fixed when Python starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,28 @@ class FolderScan:
     warnings: tuple[str, ...]
 
 
-def sha1_file(path: Path) -> str:
+def sha1_file(path: Path, expect: os.stat_result | None = None) -> str:
+    """The sha1 of a file's content.
+
+    With `expect` (the file's lstat from a folder walk) the very file walked is read: a path
+    that is no longer that regular file (swapped for a link to a host file, a FIFO, another
+    file) is refused instead of read.
+    """
     digest = hashlib.sha1()
+    flags = os.O_RDONLY | (os.O_NOFOLLOW | os.O_NONBLOCK if expect is not None else 0)
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if expect is not None and exc.errno == errno.ELOOP:
+            raise DfotaError("changed while it was being read; run again", path) from exc
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if expect is not None:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
+                        expect.st_dev, expect.st_ino):
+                    raise DfotaError("changed while it was being read; run again", path)
             while chunk := f.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError as exc:
@@ -79,11 +101,19 @@ def sha1_bytes(data: bytes) -> str:
 
 
 def checked_name(name: str, where: Path) -> str:
-    """A name as the project carries it: valid UTF-8 without NUL (decisions: names)."""
+    """A name as the project carries it: valid UTF-8 without NUL (decisions: names).
+
+    Names are read from the host in the file-system encoding. Under a locale that is not UTF-8
+    (a Latin-1 one, say) a non-ASCII name would be read as other characters, so the zip would
+    depend on the locale: such a name is refused with the way out.
+    """
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise DfotaError("file name is not valid UTF-8; rename it", where) from None
+    if _FS_ENCODING != "utf-8" and not name.isascii():
+        raise DfotaError(f"file name is not ASCII and this locale reads names as {_FS_ENCODING}: "
+                         "run under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1", where)
     return name
 
 
@@ -105,7 +135,7 @@ def scan_folder(
         raise DfotaError("is not a folder", root)
     root = root.resolve()  # the folder itself may be a link; nothing below it is followed
     skipped = set(skip_top)
-    hasher = hash_file or (lambda path, _st: sha1_file(path))
+    hasher = hash_file or (lambda path, st: sha1_file(path, st))
     entries: Tree = {}
     warnings: list[str] = []
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import zipfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tasks.atomic import atomic_path
 from tasks.errors import DfotaError
@@ -46,6 +46,7 @@ class ZipItem:
     source_zip: Path | None = None  # copy member `source_member` of this zip
     source_member: str | None = None
     link: str = ""
+    sha1: str = ""  # for `source_path`: the content checked earlier; other bytes are refused
 
     @property
     def arcname(self) -> str:
@@ -60,8 +61,9 @@ def bytes_item(name: str, data: bytes, mode: int = 0o644) -> ZipItem:
     return ZipItem(name, FILE, mode, data=data)
 
 
-def path_item(name: str, path: Path, mode: int) -> ZipItem:
-    return ZipItem(name, FILE, mode, source_path=path)
+def path_item(name: str, path: Path, mode: int, sha1: str = "") -> ZipItem:
+    """A file copied from `path`; with `sha1`, only if its content is still that."""
+    return ZipItem(name, FILE, mode, source_path=path, sha1=sha1)
 
 
 def link_item(name: str, target: str) -> ZipItem:
@@ -117,26 +119,73 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     elif item.data is not None:
         out.writestr(_zipinfo(item, len(item.data), compress), item.data)
     elif item.source_path is not None:
-        try:
-            with open(item.source_path, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                _stream(out, _zipinfo(item, size, compress), src)
-        except OSError as exc:
-            raise DfotaError(f"cannot read file ({exc.strerror})", item.source_path) from exc
+        _write_path(out, item, compress)
     elif item.source_zip is not None and item.source_member is not None:
         zf = sources.get(item.source_zip)
         if zf is None:
             zf = sources[item.source_zip] = zipfile.ZipFile(item.source_zip)
-        info = zf.getinfo(item.source_member)
-        with zf.open(info) as src:
-            _stream(out, _zipinfo(item, info.file_size, compress), src)
+        member = item.source_member
+        info = zf.getinfo(member)
+        try:
+            src = zf.open(info)
+        except _CORRUPT as exc:
+            raise DfotaError(f"entry {member!r} is corrupt ({exc})", item.source_zip) from exc
+        with src:
+            _stream(out, _zipinfo(item, info.file_size, compress), src,
+                    lambda exc: DfotaError(f"entry {member!r} is corrupt ({exc})",
+                                           item.source_zip))
     else:
         raise ValueError(f"zip item {item.name!r} has no data")
 
 
-def _stream(out: zipfile.ZipFile, info: zipfile.ZipInfo, src: IO[bytes]) -> None:
+# what reading a damaged zip member can raise
+_CORRUPT = (zipfile.BadZipFile, OSError, EOFError, zlib.error)
+
+
+def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool) -> None:
+    """Copy a regular file. Never blocks on a FIFO; with `item.sha1`, the bytes written must be
+    the bytes checked before (a file swapped meanwhile, for a link to a host file say, is
+    refused rather than packed)."""
+    path = item.source_path
+    assert path is not None
+    changed = DfotaError("changed while the zip was being written; run again", path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise changed if item.sha1 else DfotaError("is not a regular file", path)
+        digest = hashlib.sha1() if item.sha1 else None
+        _stream(out, _zipinfo(item, st.st_size, compress), src,
+                lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path), digest)
+    if digest is not None and digest.hexdigest() != item.sha1:
+        raise changed
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def _stream(out: zipfile.ZipFile, info: zipfile.ZipInfo, src: IO[bytes],
+            read_error: Callable[[Exception], DfotaError], digest: Any = None) -> None:
+    """Copy `src` into a new entry, feeding `digest` (a hashlib object) when given.
+
+    A failure to read is the source's fault (`read_error`); a failure to write (a full disk)
+    is left to the caller, which names the zip being written.
+    """
     with out.open(info, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
-        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        while True:
+            try:
+                chunk = src.read(_COPY_CHUNK)
+            except _CORRUPT as exc:
+                raise read_error(exc) from exc
+            if not chunk:
+                break
+            if digest is not None:
+                digest.update(chunk)
+            dst.write(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +257,13 @@ class ZipSource:
             declared += info.compress_size
             kind, mode = member_kind_and_mode(info)
             members[name] = Member(name, kind, mode, info.file_size, info)
+        links = {n for n, m in members.items() if m.kind == SYMLINK}
+        for name in members if links else ():
+            parts = name.split("/")
+            above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                          if p in links), None)
+            if above is not None:  # extracting it would write through the link
+                raise DfotaError(f"entry {name!r} lies below the symlink {above!r}", self.path)
         if declared > file_size:
             raise DfotaError(f"entries declare {declared} bytes of data but the file holds "
                              f"{file_size}; it is truncated or forged", self.path)
@@ -231,7 +287,7 @@ class ZipSource:
     def read(self, name: str) -> bytes:
         try:
             return self._zf.read(self.members[name].info)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _CORRUPT as exc:
             raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
 
     def link_target(self, name: str) -> str:
@@ -243,6 +299,6 @@ class ZipSource:
             with self.open(name) as f:
                 while chunk := f.read(_COPY_CHUNK):
                     digest.update(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _CORRUPT as exc:
             raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
         return digest.hexdigest()
