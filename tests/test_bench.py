@@ -1,0 +1,165 @@
+"""The benchmark's generator and table, at a tiny scale (the benchmark itself is not run here)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tasks.bench import (
+    MB,
+    MODIFIED_BIG,
+    Goal,
+    Measure,
+    Table,
+    bench_is_current,
+    bench_plan,
+    bench_rootfs_pair,
+    combine,
+    folder_counts,
+    format_goals,
+    format_measures,
+    format_table,
+    generate_bench,
+    loop_inputs,
+    measure,
+    render_report,
+    tree_changes,
+)
+from tasks.errors import DfotaError
+from tasks.sample import CHANGES
+from tasks.tree import FILE, digest_tree, scan_folder
+
+TINY = 0.02
+
+
+def test_full_scale_plan_has_the_size_and_mix_of_a_production_build() -> None:
+    plan = bench_plan(1.0)
+    base_paths = len(plan.files) + len(plan.links)
+    assert base_paths >= 4000
+    planned = sum(f.size for f in plan.files if f.kind != "doc")  # doc: size before gzip
+    assert 130 * MB < planned < 170 * MB
+    assert 55 * MB < sum(plan.modem_segments) + sum(s for _p, s in plan.modem_extra) < 65 * MB
+    assert plan.boot_size == 8 * MB
+    files = len(plan.files)
+    changes = plan.changes
+    assert 0.015 < len(changes.modified) / files < 0.03
+    added_files = len(plan.added_files)
+    removed_files = sum(1 for p in changes.removed if p in {f.path for f in plan.files})
+    assert 0.007 < added_files / files < 0.015
+    assert 0.007 < removed_files / files < 0.015
+    assert changes.mode_changed and changes.retargeted and changes.replaced
+    assert MODIFIED_BIG in changes.modified and changes.one_file in changes.modified
+    kinds = {f.kind for f in plan.files if f.path in set(changes.modified)}
+    assert {"library", "program", "python"} <= kinds
+
+
+def test_generator_is_deterministic_and_declares_exactly_its_changes() -> None:
+    plan = bench_plan.__wrapped__(TINY)
+    assert plan == bench_plan.__wrapped__(TINY)
+    base, nxt = bench_rootfs_pair(plan)
+    again = bench_rootfs_pair(plan)
+    assert (base, nxt) == again
+    actual = tree_changes(base, nxt)
+    declared = plan.changes
+    for kind, paths in actual.items():
+        assert tuple(paths) == getattr(declared, kind), kind
+        assert paths, f"no change of kind {kind} at scale {TINY}"
+    # the sample core's changes are part of the mix, the generated ones too
+    assert set(CHANGES.modified) < set(declared.modified)
+    assert any(p.startswith("usr/lib/ql_next_pkg/") for p in declared.added)
+    assert base[declared.one_file].kind == FILE
+    assert base[declared.one_file].data != nxt[declared.one_file].data
+    # the compressed files are real gzip streams, the programs ELF files
+    kinds = {f.path: f.kind for f in plan.files}
+    assert all(base[p].data[:2] == b"\x1f\x8b" for p, k in kinds.items() if k == "doc")
+    assert all(base[p].data[:4] == b"\x7fELF" for p, k in kinds.items()
+               if k in ("program", "library", "module"))
+
+
+def test_generated_pair_on_disk_is_reproducible(tmp_path: Path) -> None:
+    digests = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        generate_bench(root, 0.01)
+        assert bench_is_current(root, 0.01) and not bench_is_current(root, 0.02)
+        zip_path = root / "firmware/upgrade/targetfiles.zip"
+        with zipfile.ZipFile(zip_path) as zf:
+            names = set(zf.namelist())
+        assert {"BOOTABLE_IMAGES/boot.img", "MULTIFOTA/abl.elf", "OTA/bin/updater",
+                "SYSTEM/firmware/image/modem.mdt", "SYSTEM/etc/quectel-project-version",
+                f"SYSTEM/{MODIFIED_BIG}"} <= names
+        sdk = root / "ql-ol-extsdk"
+        assert (sdk / "target/sdxlemur-boot.img").is_file() and (sdk / "target/abl.elf").is_file()
+        rootfs = sdk / "ql-ol-rootfs"
+        entries, files, links, dirs, _size = folder_counts(rootfs)
+        assert entries == files + links + dirs and links > 0 and dirs > 0
+        digests.append((hashlib.sha256(zip_path.read_bytes()).hexdigest(),
+                        digest_tree(scan_folder(rootfs).entries)))
+    assert digests[0] == digests[1]
+
+
+def test_loop_inputs_diff_changed_files_and_ship_new_ones_whole(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    files = {
+        "old": {"SYSTEM/a": b"same", "SYSTEM/b": b"before", "SYSTEM/c": b"same size 1",
+                "BOOTABLE_IMAGES/boot.img": b"kernel 1", "MULTIFOTA/abl.elf": b"abl 1"},
+        "new": {"SYSTEM/a": b"same", "SYSTEM/b": b"after, longer", "SYSTEM/c": b"same size 2",
+                "SYSTEM/d/new": b"new file", "BOOTABLE_IMAGES/boot.img": b"kernel 2",
+                "MULTIFOTA/abl.elf": b"abl 2", "SYSTEM/link_became_file": b"x"},
+    }
+    for side, tree in (("old", old), ("new", new)):
+        for rel, data in files[side].items():
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_bytes(data)
+    os.symlink("a", old / "SYSTEM/link_became_file")
+    os.symlink("a", new / "SYSTEM/only_a_link")
+    diffs, whole = loop_inputs(old, new)
+    assert diffs == ["BOOTABLE_IMAGES/boot.img", "SYSTEM/b", "SYSTEM/c"]
+    assert whole == ["MULTIFOTA/abl.elf", "SYSTEM/d/new", "SYSTEM/link_became_file"]
+
+
+def test_measure_reports_the_largest_process_and_fails_loudly(tmp_path: Path) -> None:
+    hold = ("import time; x = bytearray(80 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096]); "
+            "time.sleep(0.5)")
+    m = measure("hold 80 MB", [sys.executable, "-c", hold], tmp_path / "hold.log")
+    assert m.process_kb >= 80 * 1024 and m.peak_kb >= m.process_kb
+    assert m.returncode == 0 and m.seconds > 0
+    with pytest.raises(DfotaError, match=r"broken failed \(exit 3\): boom"):
+        measure("broken", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+                tmp_path / "broken.log")
+
+
+def _table() -> Table:
+    return Table(
+        1.0, (("CPU", "Test CPU"), ("cores (nproc)", "2")), (("rootfs", "5,000 entries"),),
+        (Measure("shell procedure", 10.04, 2048, 14 * 1024),
+         combine([Measure("doit delta", 3.25, 100 * 1024, 300 * 1024),
+                  Measure("doit delta", 3.1, 600 * 1024, 200 * 1024),
+                  Measure("doit delta", 9.0, 500 * 1024, 100 * 1024)])),
+        (Goal("1", "doit targetfiles / shell procedure", 0.5, 0.5, "x"),
+         Goal("3", "second chain / first chain", 0.0612, 0.05, "x"),
+         Goal("5", "peak memory of the chain (MB)", 612.4, 1536, "MB")),
+        ("a note",))
+
+
+def test_table_lists_steps_and_ratios_against_their_goals() -> None:
+    table = _table()
+    goals = format_goals(table.goals).splitlines()
+    assert goals[0] == "| # | ratio | measured | goal | result |"
+    assert goals[2] == "| 1 | doit targetfiles / shell procedure | 0.50x | <= 0.50x | PASS |"
+    assert goals[3] == "| 3 | second chain / first chain | 0.061x | <= 0.050x | MISS |"
+    assert goals[4] == "| 5 | peak memory of the chain (MB) | 612 MB | <= 1,536 MB | PASS |"
+    steps = format_measures(table.measures).splitlines()
+    assert steps[2] == "| shell procedure | 10.0 | 1 | 2 | 14 |"
+    assert steps[3] == "| doit delta | 3.2 | 3.2, 3.1, 9.0 | 600 | 300 |"
+    assert format_table(table) == "\n".join(steps) + "\n\n" + "\n".join(goals) + "\n"
+    report = render_report(table)
+    assert "2 of 3 goals met" in report
+    for part in ("## Machine", "| CPU | Test CPU |", "## Data set", "## Steps", "## Goals",
+                 "- a note"):
+        assert part in report
