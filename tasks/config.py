@@ -42,6 +42,12 @@ class Settings:
         return self.target or self.out_dir / "targetfiles.zip"
 
     @property
+    def pending_zip(self) -> Path:
+        """Where `doit delta` leaves a package until `doit verify` has proven it: never where
+        a job that publishes `out/` would take it."""
+        return self.out_dir / ".unverified" / "update.zip"
+
+    @property
     def update_zip(self) -> Path:
         return self.out_dir / "update.zip"
 

@@ -214,7 +214,8 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
 
     nothing = (all(c.kind is Kind.UNCHANGED for c in changes) and boot is None and not minor)
     if nothing:
-        settings.update_zip.unlink(missing_ok=True)  # a package of another pair would mislead
+        for stale in (settings.update_zip, settings.pending_zip, settings.update_report):
+            stale.unlink(missing_ok=True)  # a package of another pair would mislead
         summary = {"changed": False, "source": source_version.key,
                    "target": target_version.key, "mode": sorted(p.value for p in parts),
                    "warnings": warnings}
@@ -256,8 +257,11 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    write_zip(settings.update_zip, items, compress=True)
-    size = settings.update_zip.stat().st_size
+    write_zip(settings.pending_zip, items, compress=True)
+    # the published package (of the previous pair) goes: only a proven one is ever there
+    for stale in (settings.update_zip, settings.update_report):
+        stale.unlink(missing_ok=True)
+    size = settings.pending_zip.stat().st_size
 
     summary = _summary(settings, base.path, source_version.key, target_version.key, parts, changes,
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
@@ -268,7 +272,7 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
     summary["warnings"] = warnings
     atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
-    return DeltaResult(settings.update_zip, summary, tuple(warnings))
+    return DeltaResult(settings.pending_zip, summary, tuple(warnings))
 
 
 def _budget_warnings(settings: Settings, size: int, changes: Sequence[Change]) -> list[str]:
@@ -324,7 +328,7 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
         "size_budget": settings.size_budget,
         "base_zip": str(base_zip),
         "target_zip": str(settings.target_zip),
-        "package_sha256": sha256_file(settings.update_zip),
+        "package_sha256": sha256_file(settings.pending_zip),
         "config": str(settings.config_dir),
         "mode": sorted(p.value for p in parts),
         "counts": dict(sorted(counts.items())),

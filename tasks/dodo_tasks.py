@@ -208,7 +208,7 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
         "actions": [guarded("delta", settings.log_dir, lambda log: _delta(settings, log))],
         "task_dep": ["targetfiles"],
         "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
-        "targets": [settings.update_zip, settings.update_summary],
+        "targets": [settings.update_summary],
         "uptodate": [config_changed({"tool": TOOL, "base": base, "mode": mode,
                                      "config": str(settings.config_dir), "bases": bases,
                                      "budget": size_budget_mb})],

@@ -10,6 +10,7 @@ Debian's `bspatch` applies it. A package that fails is moved out of `out/` with 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -303,34 +304,37 @@ def _read_summary(settings: Settings) -> dict[str, object]:
 
 def verify_needed(settings: Settings) -> bool:
     """False when the last `doit delta` found nothing to update (and wrote no package), or when
-    this very package was already verified (a run with several bases verifies its own)."""
+    its package was already proven and published."""
     summary = _read_summary(settings)
     if not summary.get("changed", True):
         return False
     done = summary.get("verify")
-    return not (isinstance(done, dict) and done.get("ok") and settings.update_zip.is_file()
+    return not (isinstance(done, dict) and done.get("ok") and not settings.pending_zip.exists()
+                and settings.update_zip.is_file()
                 and sha256_file(settings.update_zip) == summary.get("package_sha256"))
 
 
 def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
-    """Verify `out/update.zip` as `out/update.json` describes it; reject it when it fails."""
+    """Verify the package `doit delta` left aside, as `out/update.json` describes it; publish it
+    at `out/update.zip` when it passes, move it to `out/rejected/` when it fails."""
     summary = _read_summary(settings)
-    if not settings.update_zip.is_file():
-        raise DfotaError("no package to verify: run `doit delta` first", settings.update_zip)
+    if not settings.pending_zip.is_file():
+        raise DfotaError("no package to verify: run `doit delta` first", settings.pending_zip)
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = read_file_lists(Path(str(summary["config"])))
-    report = verify_package(settings.update_zip, Path(str(summary["base_zip"])),
+    report = verify_package(settings.pending_zip, Path(str(summary["base_zip"])),
                             Path(str(summary["target_zip"])), parts, lists, log)
     summary["verify"] = report.to_json()
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                           + "\n")
         write_report(settings.update_summary, settings.update_report)
+        os.replace(settings.pending_zip, settings.update_zip)  # published: proven
         return report
     rejected = reject(settings, summary)
     failed = next(c for c in report.checks if not c.ok)
     raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
-                     f"{rejected}", settings.update_zip)
+                      f"{rejected}", settings.pending_zip)
 
 
 def reject(settings: Settings, summary: Mapping[str, object]) -> Path:
@@ -341,7 +345,7 @@ def reject(settings: Settings, summary: Mapping[str, object]) -> Path:
     atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
     write_report(folder / "update.json", folder / "update.html")
-    shutil.move(str(settings.update_zip), folder / "update.zip")
+    shutil.move(str(settings.pending_zip), folder / "update.zip")
     settings.update_summary.unlink(missing_ok=True)
     settings.update_report.unlink(missing_ok=True)
     return folder

@@ -46,7 +46,7 @@ def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> N
     assert dfota(ws, "no_such_task").returncode == EXIT_USAGE
     done = dfota(ws, *chain(ws, "delta"))
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
-    package = ws.out / "update.zip"
+    package = ws.out / ".unverified/update.zip"
     with zipfile.ZipFile(package) as zf:
         kept = [(i, zf.read(i)) for i in zf.infolist()]
     with zipfile.ZipFile(package, "w") as out:  # a patch whose target sha1 is wrong

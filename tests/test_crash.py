@@ -292,10 +292,6 @@ def test_sigkill_at_many_points_never_leaves_a_partial_result(
     assert total_kills >= SEQUENCES
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "delta writes out/update.zip before verify has proven it, so a kill (or an internal error) "
-    "during verify leaves an unproven package at out/update.zip, where the README promises none "
-    "(tasks/delta.py, tasks/verify.py)"))
 def test_a_kill_during_verify_leaves_no_unproven_package_in_out(
         nightly: Path, reference: Reference, tmp_path: Path) -> None:
     """Fed: the nightly job killed as `verify` starts.

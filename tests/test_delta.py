@@ -80,7 +80,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
     tmp = tmp_path_factory.mktemp("delta")
     settings = pair(tmp)
     result = build_delta(settings, quiet())
-    assert result.package == settings.update_zip
+    assert result.package == settings.pending_zip
     return settings, dict(result.summary)
 
 
@@ -92,13 +92,13 @@ def test_every_change_kind_is_classified_and_counted(full: tuple[Settings, dict]
     assert summary["counts"] == dict(sorted(expected.items()))
     on_disk = json.loads(settings.update_summary.read_text())
     assert on_disk["counts"] == summary["counts"]
-    assert on_disk["package_size"] == settings.update_zip.stat().st_size
+    assert on_disk["package_size"] == settings.pending_zip.stat().st_size
 
 
 def test_package_layout_binary_version_and_no_bootable_images(full: tuple[Settings, dict]
                                                               ) -> None:
     settings, _ = full
-    with zipfile.ZipFile(settings.update_zip) as zf, \
+    with zipfile.ZipFile(settings.pending_zip) as zf, \
             zipfile.ZipFile(settings.target_zip) as tgt, \
             zipfile.ZipFile(settings.base) as src:
         names = zf.namelist()
@@ -117,7 +117,7 @@ def test_package_layout_binary_version_and_no_bootable_images(full: tuple[Settin
                 assert zf.read(name) == tgt.read("SYSTEM/" + name[len("system/"):])
         assert "system/etc/webui/test.cfg" not in names  # noota: left alone
         assert "system/usr/bin/ql_fullota_demo" in names  # fullota: whole though unchanged
-    test = subprocess.run(["unzip", "-tq", settings.update_zip], capture_output=True, text=True)
+    test = subprocess.run(["unzip", "-tq", settings.pending_zip], capture_output=True, text=True)
     assert test.returncode == 0 and "No errors" in test.stdout
 
 
@@ -125,7 +125,7 @@ def test_every_patch_applied_by_debian_bspatch_gives_the_target(
         full: tuple[Settings, dict], tmp_path: Path) -> None:
     settings, summary = full
     checked = 0
-    with zipfile.ZipFile(settings.update_zip) as zf, \
+    with zipfile.ZipFile(settings.pending_zip) as zf, \
             zipfile.ZipFile(settings.target_zip) as tgt, \
             zipfile.ZipFile(settings.base) as src:
         for name in zf.namelist():
@@ -144,7 +144,7 @@ def test_every_patch_applied_by_debian_bspatch_gives_the_target(
 
 def test_script_parses_verifies_first_and_quotes_every_name(full: tuple[Settings, dict]) -> None:
     settings, _ = full
-    script, found = script_calls(settings.update_zip)
+    script, found = script_calls(settings.pending_zip)
     assert b"\r" not in script and script.endswith(b"\n")
     names = [c.name for c in found]
     first_write = min(i for i, n in enumerate(names) if n in MUTATING)
@@ -167,7 +167,7 @@ def test_script_parses_verifies_first_and_quotes_every_name(full: tuple[Settings
 
 def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: tuple[Settings, dict]) -> None:
     settings, _ = full
-    _, found = script_calls(settings.update_zip)
+    _, found = script_calls(settings.pending_zip)
     made = {a for c in found if c.name == "symlink" for a in args(c)[1:]}
     assert made == {"/system/bin/retarget", "/system/bin/file_to_link"}
     order = [(c.name, args(c)) for c in found]
@@ -182,11 +182,11 @@ def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: tuple[Setting
 def test_empty_new_dirs_travel_as_placeholders_and_get_their_modes(
         full: tuple[Settings, dict]) -> None:
     settings, _ = full
-    with zipfile.ZipFile(settings.update_zip) as zf:
+    with zipfile.ZipFile(settings.pending_zip) as zf:
         holders = sorted(n for n in zf.namelist() if n.endswith(PLACEHOLDER))
     assert holders == [f"system/new_empty/{PLACEHOLDER}",
                        f"system/usr/lib/newdir/empty/{PLACEHOLDER}"]
-    _, found = script_calls(settings.update_zip)
+    _, found = script_calls(settings.pending_zip)
     deleted = {args(c)[0] for c in found if c.name == "delete"}
     assert {"/system/new_empty/" + PLACEHOLDER,
             "/system/usr/lib/newdir/empty/" + PLACEHOLDER} <= deleted
@@ -198,7 +198,7 @@ def test_empty_new_dirs_travel_as_placeholders_and_get_their_modes(
 def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
         full: tuple[Settings, dict]) -> None:
     settings, _ = full
-    _, found = script_calls(settings.update_zip)
+    _, found = script_calls(settings.pending_zip)
     perms = [args(c) for c in found if c.name in ("set_perm", "set_perm_recursive")]
     by_path = {a[-1]: a for a in perms}
     assert by_path["/system/etc/mode_only.sh"] == ["0", "0", "0755", "/system/etc/mode_only.sh"]
@@ -211,12 +211,12 @@ def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
 
 def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path: Path) -> None:
     settings, _ = full
-    first = settings.update_zip.read_bytes()
+    first = settings.pending_zip.read_bytes()
     again = dataclasses.replace(settings, out_dir=tmp_path / "out", state_dir=tmp_path / "state")
     (tmp_path / "out").mkdir()
     (tmp_path / "out/targetfiles.zip").write_bytes(settings.target_zip.read_bytes())
     build_delta(again, quiet())
-    assert again.update_zip.read_bytes() == first
+    assert again.pending_zip.read_bytes() == first
 
 
 @pytest.mark.parametrize(("mode", "prefixes"), [
@@ -228,7 +228,7 @@ def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path
 def test_each_mode_covers_only_its_part(tmp_path: Path, mode: str, prefixes: set[str]) -> None:
     settings = pair(tmp_path, mode=mode)
     build_delta(settings, quiet())
-    with zipfile.ZipFile(settings.update_zip) as zf:
+    with zipfile.ZipFile(settings.pending_zip) as zf:
         payload = [n for n in zf.namelist()
                    if not n.startswith("META-INF/") and n != "quectel-project-version"]
     assert payload
@@ -291,13 +291,13 @@ def test_changed_minor_image_without_a_partition_is_refused(tmp_path: Path) -> N
 
 def test_summary_bytes_match_the_package(full: tuple[Settings, dict]) -> None:
     settings, summary = full
-    with zipfile.ZipFile(settings.update_zip) as zf:
+    with zipfile.ZipFile(settings.pending_zip) as zf:
         patches = sum(i.file_size for i in zf.infolist()
                       if i.filename.startswith("patch/system/"))
         whole = sum(i.file_size for i in zf.infolist() if i.filename.startswith("system/"))
         script = zf.getinfo(SCRIPT_ENTRY).file_size
     assert summary["bytes"] == {"patches": patches, "whole_files": whole, "script": script}
-    digest = hashlib.sha256(settings.update_zip.read_bytes()).hexdigest()
+    digest = hashlib.sha256(settings.pending_zip.read_bytes()).hexdigest()
     assert len(digest) == 64
 
 
@@ -306,7 +306,8 @@ def test_doit_targetfiles_then_delta_on_the_sample(ws: Workspace) -> None:
              "delta", *ws.folders]
     first = ws.run(*chain)
     assert first.returncode == 0, first.stdout + first.stderr
-    package = ws.out / "update.zip"
+    package = ws.out / ".unverified/update.zip"  # published at out/update.zip by verify only
+    assert not (ws.out / "update.zip").exists()
     summary = json.loads((ws.out / "update.json").read_text())
     assert summary["package_size"] == package.stat().st_size
     assert summary["source"].startswith("RG520NNADAR01A01M4G_OCPU_BETA_20220622B")
@@ -329,5 +330,5 @@ def test_a_listed_path_that_does_not_exist_is_a_warning_and_never_a_set_perm(
     settings = pair(tmp_path, lists=lists)
     result = build_delta(settings, quiet())
     assert any("not_there" in w for w in result.warnings)
-    _, found = script_calls(settings.update_zip)
+    _, found = script_calls(settings.pending_zip)
     assert not any("/system/usr/bin/not_there" in args(c) for c in found)

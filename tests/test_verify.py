@@ -26,7 +26,7 @@ CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply t
 
 
 def verify(settings: Settings) -> VerifyReport:
-    return verify_package(settings.update_zip, Path(settings.base), settings.target_zip,
+    return verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
                           parse_mode(settings.mode), read_file_lists(settings.config_dir),
                           quiet())
 
@@ -103,7 +103,7 @@ def test_a_hand_broken_package_is_caught_with_the_right_code(
         tmp_path: Path, damage, check: str, detail: str) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    damage(settings.update_zip)
+    damage(settings.pending_zip)
     report = verify(settings)
     assert not report.ok
     failed = next(c for c in report.checks if not c.ok)
@@ -113,10 +113,10 @@ def test_a_hand_broken_package_is_caught_with_the_right_code(
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    _wrong_sha1(settings.update_zip)
+    _wrong_sha1(settings.pending_zip)
     with pytest.raises(DfotaError, match=r"package failed verification \(apply to the source"):
         verify_delta(settings, quiet())
-    assert not settings.update_zip.exists() and not settings.update_summary.exists()
+    assert not settings.pending_zip.exists() and not settings.update_summary.exists()
     (rejected,) = (settings.out_dir / "rejected").iterdir()
     report = json.loads((rejected / "update.json").read_text())
     assert report["verify"]["ok"] is False
