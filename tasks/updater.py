@@ -341,13 +341,13 @@ class _Updater:
             self.say(f"partition {tokens[1]} not found")
             return None
         for size, sha1 in sorted(wanted, key=lambda w: w[0]):
-            data = part.read(size)
+            actual = part.digest(size)
             digest = _parse_sha1(sha1.encode())
-            if data is None or digest is None:
+            if actual is None or digest is None:
                 self.say(f"cannot read {size} bytes of {tokens[1]} or parse {sha1}")
                 return None
-            if hashlib.sha1(data).digest() == digest:
-                return Loaded(data, digest.hex(), 0o644, 0, 0)
+            if actual == digest:
+                return Loaded(part.read(size) or b"", digest.hex(), 0o644, 0, 0)
         self.say(f"partition {tokens[1]} matches none of {spec}")
         return None
 

@@ -98,6 +98,21 @@ class Partition:
 
     data: bytes
     size: int | None = None
+    # sha1 of the first n bytes, by n: the same image is checked at every power-loss replay
+    digests: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def digest(self, count: int) -> bytes | None:
+        """sha1 of what `read(count)` gives, or None past the partition's end."""
+        if count not in self.digests:
+            data = self.read(count)
+            if data is None:
+                return None
+            self.digests[count] = hashlib.sha1(data).digest()
+        return self.digests[count]
+
+    def write(self, data: bytes) -> None:
+        self.data = data
+        self.digests = {}
 
     def read(self, count: int) -> bytes | None:
         """The first `count` bytes as the flash reads them; None past the partition's end."""
@@ -257,7 +272,8 @@ class Device:
         twin.rootfs = fs_copy(self.rootfs)
         twin.root = twin.rootfs.root
         twin.initially_mounted = self.initially_mounted
-        twin.partitions = {n: Partition(p.data, p.size) for n, p in self.partitions.items()}
+        twin.partitions = {n: Partition(p.data, p.size, dict(p.digests))
+                           for n, p in self.partitions.items()}
         twin.properties = dict(self.properties)
         twin.hook = None
         return twin
@@ -279,7 +295,8 @@ class Device:
     def state(self) -> DeviceState:
         return DeviceState(
             self.entries("/system"),
-            {name: hashlib.sha1(p.data).hexdigest() for name, p in sorted(self.partitions.items())},
+            {name: (p.digest(len(p.data)) or b"").hex()
+             for name, p in sorted(self.partitions.items())},
         )
 
     def host_read(self, path: str) -> bytes | None:
@@ -519,7 +536,7 @@ class Device:
     def write_partition(self, name: str, data: bytes) -> bool:
         part = self.partitions[name]
         fits = part.size is None or len(data) <= part.size
-        part.data = data if fits else data[: part.size]
+        part.write(data if fits else data[: part.size])
         self._done(f"write partition {name}")
         return fits
 

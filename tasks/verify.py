@@ -10,12 +10,13 @@ Debian's `bspatch` applies it. A package that fails is moved out of `out/` with 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ from tasks.targetfiles import (
 from tasks.tree import DIR, FILE, SYMLINK, Entry, Tree
 from tasks.updater import (
     Device,
+    Package,
     load_package,
     precheck,
     resume_after_power_loss,
@@ -167,6 +169,53 @@ def _state_differences(device: Device, expected: Tree,
     return lines
 
 
+_REPLAY: tuple[Package, Device, Tree, Mapping[str, str]] | None = None
+
+
+def _replay(steps: Sequence[int]) -> list[str]:
+    """Cut the power after each step, re-run the package, compare (in a worker process)."""
+    assert _REPLAY is not None
+    pkg, device, expected, partitions = _REPLAY
+    problems = []
+    for step in steps:
+        again, after = resume_after_power_loss(pkg, device, step)
+        if again.code != 0:
+            problems.append(f"power loss after step {step}: re-run gave {again.code} "
+                            f"({again.message})")
+        else:
+            diff = _state_differences(after, expected, partitions)
+            if diff:
+                problems.append(f"power loss after step {step}: {diff[0]}")
+    return problems
+
+
+def replay_power_losses(pkg: Package, device: Device, expected: Tree,
+                        partitions: Mapping[str, str], steps: Sequence[int],
+                        advance: Callable[[int], None], workers: int | None = None
+                        ) -> list[str]:
+    """Every replay is independent: spread them over the cores (forked workers share the
+    loaded package and device), in chunks, and report problems in step order."""
+    global _REPLAY
+    workers = workers or os.cpu_count() or 1
+    chunks = [list(steps[i:i + 8]) for i in range(0, len(steps), 8)]
+    _REPLAY = (pkg, device, expected, partitions)
+    try:
+        if workers == 1 or len(chunks) < 2:
+            results = []
+            for chunk in chunks:
+                results.append(_replay(chunk))
+                advance(len(chunk))
+        else:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
+                results = []
+                for chunk, found in zip(chunks, pool.imap(_replay, chunks), strict=True):
+                    results.append(found)
+                    advance(len(chunk))
+    finally:
+        _REPLAY = None
+    return [line for found in results for line in found]
+
+
 def info_zip_test(package: Path) -> list[str]:
     done = subprocess.run(["unzip", "-tq", str(package)], capture_output=True, text=True)
     if done.returncode == 0 and "No errors" in done.stdout:
@@ -218,6 +267,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
         minor = minor_partitions(target, lists)
         device = device_from_targetfiles(base, minor)
+        device.state()  # hash every file and partition once: each copy keeps the hashes
         expected = expected_system(system_tree(base), system_tree(target), parts, lists)
         kernel_side = target if Part.KERNEL in parts else base
         partitions = {boot_partition(target): kernel_side.sha1(BOOT_IMAGE)}
@@ -258,19 +308,10 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
                 stride = len(step_list) / max_replays
                 step_list = sorted({step_list[int(i * stride)] for i in range(max_replays)}
                                    | {step_list[-1]})
-            problems = []
             bar = log.progress("verify: power loss at each step", len(step_list))
-            for step in step_list:
-                again, after = resume_after_power_loss(pkg, device, step)
-                report.replays += 1
-                bar.advance()
-                if again.code != 0:
-                    problems.append(f"power loss after step {step}: re-run gave {again.code} "
-                                    f"({again.message})")
-                else:
-                    diff = _state_differences(after, expected, partitions)
-                    if diff:
-                        problems.append(f"power loss after step {step}: {diff[0]}")
+            problems = replay_power_losses(pkg, device, expected, partitions, step_list,
+                                           bar.advance)
+            report.replays = len(step_list)
             bar.finish()
             report.add("power loss at every step, then a re-run", problems,
                        f"{report.replays} replays reach the target")
