@@ -67,6 +67,8 @@ _COMPRESSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x04\x22\x4d\x18", "lz4"),
 )
 
+_PRELOAD_MAX = 8 << 20  # bytes of one side read by the parent for a worker
+
 Engine = Callable[[bytes, bytes], bytes]
 
 
@@ -347,6 +349,10 @@ class _Task:
     result: Path
     memory: int
     engine: Engine | None
+    # small pairs are read by the parent, which keeps both zips open: a worker that had to
+    # open two large zips itself would spend more time on that than on the diff
+    source_data: bytes | None = None
+    target_data: bytes | None = None
 
 
 def _worker(task: _Task) -> None:
@@ -365,9 +371,10 @@ def _worker(task: _Task) -> None:
 def _diff_and_check(task: _Task) -> dict[str, Any]:
     data: dict[str, bytes] = {}
     with _Reader() as reader:
-        for role, blob in (("source", task.source), ("target", task.target)):
+        for role, blob, given in (("source", task.source, task.source_data),
+                                  ("target", task.target, task.target_data)):
             try:
-                data[role] = reader.read(blob)
+                data[role] = given if given is not None else reader.read(blob)
             except _READ_ERRORS as exc:
                 return {"status": "failed", "message": f"cannot read the {role} {blob.where} "
                                                       f"({_describe(exc)})"}
@@ -439,6 +446,15 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
     running: dict[Any, _Running] = {}
     outcomes: dict[str, PatchOutcome] = {}
     done = 0
+    reader = _Reader()
+
+    def preload(blob: Blob) -> bytes | None:
+        if blob.size > _PRELOAD_MAX:
+            return None
+        try:
+            return reader.read(blob)
+        except _READ_ERRORS:
+            return None  # the worker meets the same error and reports it
     try:
         while queue or running:
             while queue and len(running) < workers and (
@@ -447,7 +463,8 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
                 index, item = queue.popleft()
                 first = item.jobs[0]
                 task = _Task(first.source, first.target, run_dir / f"{index}.p",
-                             run_dir / f"{index}.json", item.memory, engine)
+                             run_dir / f"{index}.json", item.memory, engine,
+                             preload(first.source), preload(first.target))
                 process = ctx.Process(target=_worker, args=(task,), daemon=True,
                                       name=f"diff {first.name}")
                 process.start()
@@ -474,6 +491,7 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
                 done += 1
                 say(_progress_line(done, len(work), entry.work, patch, reason, size))
     finally:
+        reader.__exit__()
         for entry in running.values():
             entry.process.kill()
             entry.process.join()
