@@ -30,6 +30,7 @@ class Settings:
     size_budget: int = 70 * 1024 * 1024  # bytes; a larger package is warned about (note 2.4)
     diff_timeout: float = 300.0  # seconds per diff; past it the file is shipped whole
     workers: int = 0  # diff processes; 0 = one per core
+    permission_replays: int | None = 32  # verify: power losses among permission steps
     bases: str = ""  # delta: "N" (the last N archived versions) or a comma list; "" = one base
     target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
 

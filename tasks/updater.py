@@ -85,6 +85,7 @@ class UpdateResult:
     progress: tuple[float, ...] = ()
     steps: int = 0
     log: tuple[str, ...] = ()
+    step_log: tuple[str, ...] = ()  # what each mutating step did ("write ...", "chmod ...")
 
 
 # --- the package ----------------------------------------------------------------------------
@@ -101,7 +102,9 @@ class Package:
     root: Node | None = None
     failure: tuple[int, str] | None = None
     # (source sha1, patch sha1) -> output: replays apply the same patches again and again
-    patched: dict[tuple[str, str], bytes] = field(default_factory=dict, repr=False)
+    # patch outputs with their sha1, by (source sha1, patch sha1): replays reuse them
+    patched: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict,
+                                                                 repr=False)
 
 
 def load_package(path: Path) -> Package:
@@ -239,6 +242,7 @@ class _Updater:
         self.dev = device
         self.power_loss_at = power_loss_at
         self.steps = 0
+        self.step_log: list[str] = []
         self.log: list[str] = []
         self.progress: list[float] = []
         self.scope = (0.0, 0.0)  # start and size of the current progress segment
@@ -251,6 +255,7 @@ class _Updater:
 
     def on_step(self, what: str) -> None:
         self.steps += 1
+        self.step_log.append(what)
         if self.steps == self.power_loss_at:
             raise PowerLoss(self.steps, what)
 
@@ -933,7 +938,7 @@ class _Updater:
                         self.fs_failed(exc, "unlink")
             use = source if source is not None else copy
             assert use is not None
-            outcome, out = self.run_patch(use.data, patches[index])
+            outcome, out, out_sha1 = self.run_patch(use.data, use.sha1, patches[index])
             if outcome == "ok" and to_partition and len(out) > tgt_size:
                 outcome = "failed"  # the output buffer holds tgt_size bytes
             if outcome != "ok" and not to_partition:
@@ -942,7 +947,7 @@ class _Updater:
                 self.say("Unknown patch file format")
                 return False
             if outcome == "ok" and not to_partition:
-                right = hashlib.sha1(out).digest() == want
+                right = out_sha1 == want
                 try:
                     self.dev.write_file(outname, out, new_mode=0o600,
                                         meta=(use.mode, use.uid, use.gid) if right else None)
@@ -961,7 +966,7 @@ class _Updater:
                 retry -= 1
                 continue
             break
-        if hashlib.sha1(out).digest() != want:
+        if out_sha1 != want:
             self.say("patch did not produce expected sha1")
             return False
         if to_partition:
@@ -993,28 +998,30 @@ class _Updater:
             return False
         return True
 
-    def run_patch(self, source: bytes, patch: Blob) -> tuple[str, bytes]:
-        """("ok", output), ("failed", b"") or ("unknown", b"") for a patch format the
+    def run_patch(self, source: bytes, source_sha1: str,
+                  patch: Blob) -> tuple[str, bytes, bytes]:
+        """("ok", output, its sha1), ("failed", ...) or ("unknown", ...) for a patch format the
         device does not know. IMGDIFF2 is known to the device but not to the host."""
         data = patch.data
         if data is None or len(data) < 8 or data[:8] not in (b"BSDIFF40", b"IMGDIFF2"):
-            return "unknown", b""
+            return "unknown", b"", b""
         if data[:8] == b"IMGDIFF2":
             self.say("IMGDIFF2 patches are not supported by the host updater")
-            return "failed", b""
+            return "failed", b"", b""
         if len(data) < 32:
-            return "failed", b""
+            return "failed", b"", b""
         new_size = int.from_bytes(data[24:32], "little")
         if new_size >> 63 or new_size > _MAX_PATCH_OUTPUT:
-            return "failed", b""
-        key = (hashlib.sha1(source).hexdigest(), hashlib.sha1(data).hexdigest())
+            return "failed", b"", b""
+        key = (source_sha1, hashlib.sha1(data).hexdigest())
         if key not in self.package.patched:
             try:
-                self.package.patched[key] = bsdiff4.patch(source, data)
+                out = bsdiff4.patch(source, data)
+                self.package.patched[key] = (out, hashlib.sha1(out).digest())
             except (ValueError, OSError, MemoryError, OverflowError, RuntimeError) as exc:
                 self.say(f"bsdiff patch failed: {exc}")
-                return "failed", b""
-        return "ok", self.package.patched[key]
+                return "failed", b"", b""
+        return ("ok", *self.package.patched[key])
 
     def try_write(self, path: str, data: bytes) -> None:
         try:
@@ -1061,7 +1068,7 @@ def _result(run: _Updater | None, exit_code: int, message: str,
     if run is None:
         return UpdateResult(code, exit_code, message)
     return UpdateResult(code, exit_code, message, tuple(run.progress), run.steps,
-                        tuple(run.log))
+                        tuple(run.log), tuple(run.step_log))
 
 
 # --- entry points ------------------------------------------------------------------------------

@@ -141,3 +141,15 @@ def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
     summary = json.loads((ws.out / "update.json").read_text())
     assert summary["verify"]["ok"] and summary["verify"]["power_loss_replays"] > 10
     assert "-- verify\n" in ws.run(*chain).stdout
+
+
+def test_power_losses_skip_only_permission_steps_beyond_the_budget() -> None:
+    from tasks.verify import replay_points
+
+    log = ["write a", "chmod 1", "chmod 2", "unlink b", *[f"chmod {i}" for i in range(3, 11)],
+           "write partition boot"]
+    assert replay_points(log, None) == list(range(1, len(log) + 1))
+    picked = replay_points(log, 3)
+    chmods = [i for i in picked if log[i - 1].startswith("chmod")]
+    assert [i for i in picked if not log[i - 1].startswith("chmod")] == [1, 4, 13]
+    assert len(chmods) == 3 and chmods[0] == 2 and chmods[-1] == 12
