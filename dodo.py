@@ -3,6 +3,7 @@
 
 from tasks.dodo_tasks import (
     Reporter,
+    task_bench,
     task_delta,
     task_import_base,
     task_sample,
@@ -21,6 +22,7 @@ DOIT_CONFIG = {
 
 __all__ = [
     "DOIT_CONFIG",
+    "task_bench",
     "task_delta",
     "task_import_base",
     "task_sample",

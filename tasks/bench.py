@@ -65,6 +65,7 @@ from tasks.sample import (
     _pil_image,
     _prng,
     _program,
+    _sysfs_ubi,
     _under_kept,
     _with_parents,
     _write_tree,
@@ -498,6 +499,8 @@ def generate_bench(root: Path, scale: float = 1.0) -> None:
     target.mkdir(parents=True)
     (target / "sdxlemur-boot.img").write_bytes(bench_boot_image(plan.boot_size, True))
     (target / "abl.elf").write_bytes(abl_image(True))
+    _sysfs_ubi(nxt, work, target / "sdxlemur-sysfs.ubi", "next", NEXT.epoch)
+    shutil.rmtree(work)
     _fix_modes_and_times(target, NEXT.epoch)
     _write_tree(nxt, sdk / ROOTFS_DIR, NEXT.epoch)
     os.chmod(sdk, 0o755)
@@ -643,6 +646,17 @@ class _TreeSampler:
         return self.peak
 
 
+# the UBI wrapper reading the SDK's sysfs image whole: the tree, then every file's data
+_READ_UBI = """
+import sys
+from pathlib import Path
+from tasks.ubi import read_ubifs
+tree = read_ubifs(Path(sys.argv[1]), "rootfs")
+total = sum(len(c) for p, e in tree.entries.items() if e.kind == "file" for c in tree.chunks(p))
+print(f"{len(tree.entries)} entries, {total} bytes of file data")
+"""
+
+
 def measure(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DIR,
             env: Mapping[str, str] | None = None) -> Measure:
     """Run `argv` under the wrapper, its output into `log`; raise when it fails."""
@@ -696,6 +710,8 @@ class Table:
 def _figure(value: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.3f}x" if value < 0.1 else f"{value:.2f}x"
+    if unit == "s":
+        return f"{value:.2f} s"
     return f"{value:,.0f} {unit}"
 
 
@@ -972,6 +988,10 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
             (loop / "loop.sh").write_text("\n".join(script) + "\n")
         runs.setdefault("bsdiff", []).append(step(
             f"bsdiff-{i}", "Debian bsdiff loop", ["bash", loop / "loop.sh"]))
+    image = sdk / "target" / "sdxlemur-sysfs.ubi"
+    read_ubi = step("ubi", "read sdxlemur-sysfs.ubi (every file's data)",
+                    [sys.executable, "-c", _READ_UBI, image])
+    measures.append(read_ubi)
     shell, first_tf, first_dl, bsdiff_loop = (combine(runs[k]) for k in (
         "shell", "targetfiles", "delta", "bsdiff"))
     first_vf = step("verify", "doit verify", [*doit(0, "verify"), "-s", "verify",
@@ -1022,6 +1042,9 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
              / first_chain, 0.2, "x"),
         Goal("5", "peak memory of the chain (MB)", peak / 1024, 1536, "MB"),
         Goal("6", "doit verify / doit delta", first_vf.seconds / first_dl.seconds, 0.3, "x"),
+        Goal("U1", f"read the {_size_mb(image.stat().st_size)} sysfs image (s)",
+             read_ubi.seconds, 5.0, "s"),
+        Goal("U2", "peak memory reading it (MB)", read_ubi.peak_kb / 1024, 300, "MB"),
     )
     with zipfile.ZipFile(source) as zf:
         base_entries = len(zf.infolist())

@@ -17,7 +17,7 @@ from doit.tools import config_changed
 from tasks import __version__, atomic
 from tasks.archive import Archive
 from tasks.assemble import build_targetfiles, describe, write_inputs_manifest
-from tasks.config import SAMPLE_DIR, Settings, make_settings, resolve_path
+from tasks.config import PROJECT_DIR, SAMPLE_DIR, Settings, make_settings, resolve_path
 from tasks.delta import build_delta, build_for_bases
 from tasks.delta import describe as delta_describe
 from tasks.errors import CheckFailed, DfotaError
@@ -285,6 +285,19 @@ def _import_base(settings: Settings, firmware: str, template: str, from_images: 
     import_base(resolve_path(firmware), Archive(settings.archive_dir),
                 template=resolve_path(template) if template else None,
                 from_images=from_images, say=log.say, work_dir=settings.state_dir)
+
+
+def task_bench() -> TaskDict:
+    """measure the chain on a production-size SDK pair against the alternatives (BENCHMARKS.md)"""
+    from tasks.bench import run_benchmark
+
+    return {
+        "actions": [guarded("bench", PROJECT_DIR / "build" / "logs", lambda log: run_benchmark(
+            PROJECT_DIR / "build" / "bench", 1.0, log.say, PROJECT_DIR / "BENCHMARKS.md")
+            and None)],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
 
 @task_params(COMMON_PARAMS)

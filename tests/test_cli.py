@@ -121,7 +121,8 @@ def test_every_public_task_has_a_description_and_help_shows_parameters() -> None
                               capture_output=True, text=True, check=True).stdout
 
     listed = dict(line.split(None, 1) for line in doit("list").splitlines())
-    assert set(listed) == {"sample", "targetfiles", "delta", "verify", "versions", "import_base"}
+    assert set(listed) == {"sample", "targetfiles", "delta", "verify", "versions",
+                           "import_base", "bench"}
     assert all(len(text.strip()) > 20 for text in listed.values())
     help_delta = doit("help", "delta")
     for option in ("--base=", "--mode=", "--bases=", "--config=", "--out="):
