@@ -7,7 +7,7 @@ earlier good run left them. Every case starts from that earlier result: a worksp
 `doit targetfiles delta verify` completed on the sample (the base and the next version are
 archived, `out/` holds targetfiles.zip, update.zip and the reports). An accepted case that makes
 a new version bumps the rootfs's Package Time, and the versions archived before stay as they
-were. The UBI image cases are not here yet (they belong with tasks/ubi.py).
+were. The UBI cases run `doit import_base` on a damaged copy of the sample firmware.
 """
 
 from __future__ import annotations
@@ -1174,3 +1174,100 @@ def test_archive_path_is_a_file(ws: Workspace) -> None:
         line = refused(ws.run(*argv))
     assert line == f"{bogus}: cannot write the archive (File exists)"
     assert bogus.read_text() == "not a folder\n"
+
+
+# --- UBI images: `doit import_base` on a damaged firmware package, and the SDK's own image ---
+
+PEB = 256 * 1024
+DATA_OFFSET = 2 * 4096  # the EC and VID headers take one NAND page each
+
+
+@pytest.fixture
+def firmware(sample_sdk: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "firmware"
+    shutil.copytree(sample_sdk / "firmware", folder)
+    return folder
+
+
+def import_base(ws: Workspace, folder: Path) -> Run:
+    return ws.run("import_base", "--firmware", str(folder), *ws.folders)
+
+
+def damage(image: Path, edits: list[tuple[int, bytes]], md5_of: Path | None = None) -> None:
+    """Overwrite bytes of an image; keep md5.txt agreeing, so the UBI check is what fails."""
+    data = bytearray(image.read_bytes())
+    for offset, chunk in edits:
+        data[offset:offset + len(chunk)] = chunk
+    image.write_bytes(bytes(data))
+    if md5_of is not None:
+        rel = image.relative_to(md5_of).as_posix()
+        lines = (md5_of / "md5.txt").read_text().splitlines()
+        digest = hashlib.md5(bytes(data)).hexdigest()
+        (md5_of / "md5.txt").write_text("\n".join(
+            f"{digest}  {rel}" if line.endswith(f"  {rel}") else line for line in lines) + "\n")
+
+
+def test_firmware_image_that_does_not_match_md5(ws: Workspace, firmware: Path) -> None:
+    """Fed: `update/NON-HLOS.ubi` changed after md5.txt was written.
+    Outcome: `<image>: md5 ... does not match md5.txt`-style line naming the image; nothing
+    archived."""
+    image = firmware / "update/NON-HLOS.ubi"
+    damage(image, [(DATA_OFFSET + 5, b"\x5a\xa5\x5a")])
+    with unchanged(ws):
+        line = refused(import_base(ws, firmware))
+    assert "NON-HLOS.ubi" in line and "md5" in line
+
+
+def test_firmware_image_with_a_bad_erase_counter_header(ws: Workspace, firmware: Path) -> None:
+    """Fed: the sysfs image with one bit of an erase-counter header flipped (md5 updated).
+    Outcome: one line naming the image and the erase block; nothing archived."""
+    image = firmware / "update/sdxlemur-sysfs.ubi"
+    damage(image, [(3 * PEB + 8, b"\x01")], md5_of=firmware)
+    with unchanged(ws):
+        line = refused(import_base(ws, firmware))
+    assert line.startswith(f"{image}: erase-counter header of erase block 3")
+
+
+def test_firmware_image_truncated(ws: Workspace, firmware: Path) -> None:
+    """Fed: the sysfs image cut 100,000 bytes short (md5 updated).
+    Outcome: `<image>: ... is truncated ...`; nothing archived."""
+    image = firmware / "update/sdxlemur-sysfs.ubi"
+    data = image.read_bytes()
+    image.write_bytes(data[:-100_000])
+    damage(image, [], md5_of=firmware)
+    with unchanged(ws):
+        line = refused(import_base(ws, firmware))
+    assert line.startswith(f"{image}: ") and "truncated" in line
+
+
+def test_firmware_image_with_a_destroyed_volume_table(ws: Workspace, firmware: Path) -> None:
+    """Fed: both copies of the volume table of the modem image overwritten with noise.
+    Outcome: `<image>: volume table in erase block 0 is destroyed ...`; nothing archived."""
+    image = firmware / "update/NON-HLOS.ubi"
+    noise = bytes(range(256)) * 86
+    damage(image, [(DATA_OFFSET, noise), (PEB + DATA_OFFSET, noise)], md5_of=firmware)
+    with unchanged(ws):
+        line = refused(import_base(ws, firmware))
+    assert line.startswith(f"{image}: volume table in erase block 0 is destroyed")
+
+
+def test_sdk_sysfs_image_damaged(ws: Workspace) -> None:
+    """Fed: the SDK's own `target/sdxlemur-sysfs.ubi` with a flipped erase-counter bit (a new
+    version, so targetfiles runs and compares the rootfs with the image).
+    Outcome: one line naming the image; out/ and archive/ as they were."""
+    bump(ws)
+    image = ws.sdk / "target/sdxlemur-sysfs.ubi"
+    damage(image, [(PEB + 8, b"\x01")])
+    with unchanged(ws):
+        line = refused(chain(ws))
+    assert line.startswith(f"{image}: erase-counter header of erase block 1")
+
+
+def test_firmware_package_imports_once(ws: Workspace, firmware: Path) -> None:
+    """Fed: the sample's consistent firmware package, twice.
+    Outcome: accepted (the base is already archived with the same bytes: a no-op); the archive
+    is unchanged."""
+    with unchanged(ws):
+        run = import_base(ws, firmware)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "already archived, same content" in run.stdout
