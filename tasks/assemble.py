@@ -11,7 +11,6 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError
 from tasks.firmware import image_drift, read_sdk_image, take_image_metadata
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
+from tasks.runlog import SILENT, Meter, RunLog
 from tasks.targetfiles import (
     SdkOutput,
     check_source,
@@ -36,7 +36,6 @@ from tasks.tree import FolderScan, digest_tree
 from tasks.version import VERSION_FILE
 from tasks.zipio import ZipSource, write_zip
 
-Say = Callable[[str], None]
 TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
 
@@ -85,11 +84,11 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
     return scan, warnings
 
 
-def inputs_manifest(settings: Settings) -> dict[str, object]:
+def inputs_manifest(settings: Settings, meter: Meter = SILENT) -> dict[str, object]:
     """Everything the target is made from, by content: what `doit targetfiles` depends on."""
     sdk = locate_sdk(settings.sdk)
     cache = HashCache(settings.hash_cache)
-    scan = scan_rootfs(sdk.rootfs, cache)
+    scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
     source = resolve_source(settings, Archive(settings.archive_dir), target.key)
     manifest = {
@@ -107,8 +106,8 @@ def inputs_manifest(settings: Settings) -> dict[str, object]:
     return manifest
 
 
-def write_inputs_manifest(settings: Settings) -> bool:
-    return write_if_changed(settings.inputs_manifest, inputs_manifest(settings))
+def write_inputs_manifest(settings: Settings, meter: Meter = SILENT) -> bool:
+    return write_if_changed(settings.inputs_manifest, inputs_manifest(settings, meter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +122,12 @@ class TargetfilesResult:
     warnings: tuple[str, ...]
 
 
-def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
+def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
     cache = HashCache(settings.hash_cache)
-    scan = scan_rootfs(sdk.rootfs, cache)
+    scan = scan_rootfs(sdk.rootfs, cache, log)
     target_version = rootfs_version(sdk.rootfs, scan)
     scan, image_warnings = against_sdk_image(sdk, scan, settings.metadata_from_image)
     archive = Archive(settings.archive_dir)
@@ -146,7 +145,7 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
         for warning in warnings:
-            say(f"warning: {warning}")
+            log.say(f"warning: {warning}")
         if settings.strict and warnings:
             raise DfotaError(f"{len(warnings)} warning(s) and --strict is set", sdk.folder)
         plan = plan_target(sdk, src, scan)
@@ -158,7 +157,7 @@ def build_targetfiles(settings: Settings, say: Say) -> TargetfilesResult:
         with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=settings.state_dir) as tmp, \
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
-            write_zip(staged, plan.items)
+            write_zip(staged, plan.items, meter=log)
             source_sha256 = sha256_file(source_path)
             target_sha256 = sha256_file(staged)
             source_new = archive.admit(source_version.key, source_sha256)

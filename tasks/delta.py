@@ -257,7 +257,7 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    write_zip(settings.pending_zip, items, compress=True)
+    write_zip(settings.pending_zip, items, compress=True, meter=log)
     # the published package (of the previous pair) goes: only a proven one is ever there
     for stale in (settings.update_zip, settings.update_report):
         stale.unlink(missing_ok=True)

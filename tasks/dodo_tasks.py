@@ -134,7 +134,7 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
         "basename": "_targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
         "actions": [guarded("_targetfiles_inputs", settings.log_dir,
-                            lambda log: write_inputs_manifest(settings) and None)],
+                            lambda log: write_inputs_manifest(settings, log) and None)],
         "task_dep": ["sample"] if settings.sdk_is_sample else [],
         "targets": [settings.inputs_manifest],
         "uptodate": [False],
@@ -156,7 +156,7 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
 
 
 def _targetfiles(settings: Settings, log: RunLog) -> dict[str, str]:
-    result = build_targetfiles(settings, log.say)
+    result = build_targetfiles(settings, log)
     log.say(describe(result))
     return {"target_key": result.target_key, "sha256": result.sha256}
 

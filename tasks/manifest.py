@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasks import atomic
 from tasks.errors import DfotaError
+from tasks.runlog import SILENT, Meter
 from tasks.targetfiles import KEPT_FROM_SOURCE
 from tasks.tree import FolderScan, scan_folder, sha1_file
 
@@ -62,7 +63,8 @@ class HashCache:
             atomic.write_text(self.path, json.dumps({"files": self._new}, sort_keys=True))
 
 
-def scan_rootfs(rootfs: Path, cache: HashCache | None = None) -> FolderScan:
+def scan_rootfs(rootfs: Path, cache: HashCache | None = None,
+                meter: Meter = SILENT) -> FolderScan:
     """The rootfs as the target's SYSTEM: `firmware/` and `dev/` left out, owners decided.
 
     Entries owned by the owner of the rootfs folder itself (the build user who unpacked the
@@ -70,7 +72,7 @@ def scan_rootfs(rootfs: Path, cache: HashCache | None = None) -> FolderScan:
     """
     st = rootfs.stat()
     return scan_folder(rootfs, skip_top=KEPT_FROM_SOURCE, build_owner=(st.st_uid, st.st_gid),
-                       hash_file=cache.sha1 if cache else None)
+                       hash_file=cache.sha1 if cache else None, meter=meter)
 
 
 def write_if_changed(path: Path, data: dict[str, object]) -> bool:

@@ -11,9 +11,37 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 _BAR = 30
+
+
+class Bar(Protocol):
+    """One long step's progress: `advance` as work gets done, `finish` at the end."""
+
+    def advance(self, count: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Meter(Protocol):
+    """What a long step reports its progress to (a RunLog, or SILENT in library use)."""
+
+    def progress(self, label: str, total: int) -> Bar: ...
+
+
+class _Silent:
+    def advance(self, count: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def progress(self, label: str, total: int) -> Bar:
+        return self
+
+
+SILENT: Meter = _Silent()
 
 
 class Progress:

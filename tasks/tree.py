@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.errors import DfotaError
+from tasks.runlog import SILENT, Meter
 
 FILE = "file"
 DIR = "dir"
@@ -123,12 +124,14 @@ def scan_folder(
     skip_top: Iterable[str] = (),
     build_owner: tuple[int, int] | None = None,
     hash_file: Callable[[Path, os.stat_result], str] | None = None,
+    meter: Meter = SILENT,
 ) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
 
     `skip_top` names top-level entries left out (with everything under them). Entries owned by
     the `build_owner` uid (or gid) are recorded as owned by root (0), others as they are.
-    `hash_file` may serve hashes from a cache (hash each file once).
+    `hash_file` may serve hashes from a cache (hash each file once); `meter` shows the
+    hashing's progress.
     Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
     """
     if not root.is_dir():
@@ -145,7 +148,10 @@ def scan_folder(
         return (0 if st.st_uid == build_owner[0] else st.st_uid,
                 0 if st.st_gid == build_owner[1] else st.st_gid)
 
-    for rel, st in _walk(root, skipped):
+    walked = list(_walk(root, skipped))
+    bar = meter.progress(f"hashing {root.name}",
+                         sum(stat.S_ISREG(st.st_mode) for _, st in walked))
+    for rel, st in walked:
         checked_name(rel, root / rel)
         uid, gid = owner(st)
         perm = stat.S_IMODE(st.st_mode)
@@ -159,8 +165,10 @@ def scan_folder(
         elif stat.S_ISREG(st.st_mode):
             sha1 = hasher(root / rel, st)
             entries[rel] = Entry(rel, FILE, perm, uid, gid, st.st_size, sha1)
+            bar.advance()
         else:
             warnings.append(f"{root / rel}: {_special_kind(st.st_mode)} cannot be packed; left out")
+    bar.finish()
     entries = dict(sorted(entries.items()))
     return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
 

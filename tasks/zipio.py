@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from tasks.atomic import atomic_path
 from tasks.errors import DfotaError
+from tasks.runlog import SILENT, Meter
 from tasks.tree import DIR, FILE, SYMLINK
 
 FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
@@ -92,8 +93,10 @@ def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
     return info
 
 
-def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False) -> None:
-    """Write `items` to `dest` atomically, sorted by name, stored unless `compress`."""
+def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
+              meter: Meter = SILENT) -> None:
+    """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
+    `meter` shows the progress."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
@@ -103,8 +106,11 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False) -
     sources: dict[Path, zipfile.ZipFile] = {}
     try:
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+            bar = meter.progress(f"zipping {dest.name}", len(ordered))
             for item in ordered:
                 _write_item(out, item, compress, sources)
+                bar.advance()
+            bar.finish()
     finally:
         for zf in sources.values():
             zf.close()

@@ -66,6 +66,8 @@ def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace
     assert plain.returncode == 0, plain.stderr
     assert "\r" not in plain.stdout
     assert "diffing: " in plain.stdout and " done in " in plain.stdout
+    for step in ("hashing ql-ol-rootfs", "zipping targetfiles.zip", "zipping update.zip"):
+        assert f"{step}: " in plain.stdout, step
     logs = sorted((ws.root / "state/logs").iterdir())
     assert {p.name.split("-", 1)[1] for p in logs} >= {"targetfiles.log", "delta.log",
                                                       "verify.log"}
@@ -80,6 +82,7 @@ def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace
                          capture_output=True, env={**os.environ, "TERM": "dumb"})
     assert tty.returncode == 0, tty.stdout
     assert b"\rverify: power loss at each step [" in tty.stdout
+    assert b"\rzipping update.zip [" in tty.stdout
 
 
 def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from tasks.errors import DfotaError
 from tasks.manifest import HashCache, scan_rootfs
+from tasks.runlog import RunLog
 from tasks.tree import DIR, FILE, SYMLINK, digest_tree, empty_dirs, scan_folder, sha1_bytes
 
 
@@ -40,6 +42,13 @@ def test_entries_describe_the_folder_without_following_links(tmp_path: Path) -> 
     assert e["empty"].kind == DIR
     assert scan.empty_dirs == ("empty",)
     assert list(e) == sorted(e)
+
+
+def test_hashing_reports_one_step_per_regular_file(tmp_path: Path) -> None:
+    out = io.StringIO()
+    scan_folder(make_tree(tmp_path / "r"), meter=RunLog(None, "test", out))
+    assert out.getvalue().splitlines()[0] == "hashing r: 2 to do"  # busybox, stale.mbn
+    assert out.getvalue().splitlines()[1].startswith("hashing r: 2 done in ")
 
 
 def test_top_level_folders_can_be_left_out(tmp_path: Path) -> None:

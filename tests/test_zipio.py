@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import DfotaError
+from tasks.runlog import RunLog
 from tasks.tree import DIR, FILE, SYMLINK
 from tasks.zipio import (
     ZipSource,
@@ -62,6 +64,15 @@ def test_same_items_give_same_bytes_whatever_the_clock_zone_and_umask(tmp_path: 
                     str(second), str(other), str(Path(__file__).parent.parent)],
                    env=env, check=True)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_zipping_reports_one_step_per_entry(tmp_path: Path) -> None:
+    out = io.StringIO()
+    items = sample_items(tmp_path)
+    write_zip(tmp_path / "p.zip", items, meter=RunLog(None, "test", out))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"zipping p.zip: {len(items)} to do"
+    assert lines[1].startswith(f"zipping p.zip: {len(items)} done in ")
 
 
 def test_entries_are_stored_sorted_with_unix_modes_and_fixed_time(tmp_path: Path) -> None:
