@@ -39,6 +39,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hard_link(src: Path, dest: Path) -> bool:
+    """Link `src` as `dest`; False where the file system cannot (another device, no links)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        return False
+    return True
+
+
+def _copy_hashing(src: Path, dest: Path) -> str:
+    """Copy `src` to `dest` (synced to disk) and return the sha256 of the bytes copied."""
+    digest = hashlib.sha256()
+    try:
+        inp = open(src, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", src) from exc
+    with inp, open(dest, "wb") as out:  # a failed write is the archive's (see _staging)
+        while True:
+            try:
+                chunk = inp.read(1 << 20)
+            except OSError as exc:
+                raise DfotaError(f"cannot read file ({exc.strerror})", src) from exc
+            if not chunk:
+                break
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class ArchivedVersion:
     key: str
@@ -113,16 +144,24 @@ class Archive:
             f"version {key} is already archived with other content; bump 'Package Time' or "
             "'Project Rev' in etc/quectel-project-version of the new build", existing.zip_path)
 
-    def add(self, key: str, zip_path: Path, manifest: Mapping[str, object]) -> ArchivedVersion:
-        """Copy `zip_path` into the archive under `key` (checked with `admit` first)."""
-        sha256 = sha256_file(zip_path)
-        if not self.admit(key, sha256):
-            existing = self.get(key)
-            assert existing is not None
-            return existing
-        full = {**manifest, "key": key, "sha256": sha256, "size": zip_path.stat().st_size}
+    def add(self, key: str, zip_path: Path, manifest: Mapping[str, object], *,
+            sha256: str | None = None, take: bool = False) -> ArchivedVersion:
+        """Copy `zip_path` into the archive under `key` (checked with `admit`). `sha256`, when
+        the caller has it, is checked on the copy; `take` says the file is the caller's own
+        temporary: it is hard-linked in place of a copy where the file system allows."""
+        if sha256 is not None and not self.admit(key, sha256):
+            return self._existing(key)
         with self._staging(key) as staging:
-            shutil.copyfile(zip_path, staging / ZIP_NAME)
+            dest = staging / ZIP_NAME
+            if take and _hard_link(zip_path, dest):
+                copied = sha256 or sha256_file(dest)
+            else:
+                copied = _copy_hashing(zip_path, dest)
+            if sha256 is not None and copied != sha256:
+                raise DfotaError("changed while it was being archived; run again", zip_path)
+            if sha256 is None and not self.admit(key, copied):
+                return self._existing(key)
+            full = {**manifest, "key": key, "sha256": copied, "size": dest.stat().st_size}
             atomic.write_text(staging / MANIFEST_NAME,
                               json.dumps(full, indent=1, sort_keys=True) + "\n")
             for name in (ZIP_NAME, MANIFEST_NAME):
@@ -130,6 +169,11 @@ class Archive:
             os.rename(staging, self.root / key)
         self.write_index()
         return ArchivedVersion(key, self.root / key, full)
+
+    def _existing(self, key: str) -> ArchivedVersion:
+        existing = self.get(key)
+        assert existing is not None
+        return existing
 
     @contextlib.contextmanager
     def _staging(self, key: str) -> Iterator[Path]:

@@ -7,10 +7,12 @@ the archive (a version is never replaced by other content), archived, and only t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +23,9 @@ from tasks.bootimg import read_boot_image
 from tasks.config import SAMPLE_BASE, Settings, resolve_path
 from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError
-from tasks.firmware import image_drift, read_sdk_image, take_image_metadata
+from tasks.firmware import image_drift, read_sdk_image, sdk_image_drift, take_image_metadata
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
+from tasks.patches import worker_context
 from tasks.runlog import SILENT, Meter, RunLog
 from tasks.targetfiles import (
     SdkOutput,
@@ -33,7 +36,7 @@ from tasks.targetfiles import (
     zip_version,
 )
 from tasks.tree import FolderScan, digest_tree
-from tasks.version import VERSION_FILE
+from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipSource, write_zip
 
 TOOL = f"quecopen-dfota {__version__}"
@@ -122,6 +125,22 @@ class TargetfilesResult:
     warnings: tuple[str, ...]
 
 
+class _Warnings:
+    """The build's warnings, said as they come; with `strict_folder`, any is an error."""
+
+    def __init__(self, log: RunLog, strict_folder: Path | None) -> None:
+        self.log, self.strict_folder = log, strict_folder
+        self.lines: list[str] = []
+
+    def add(self, lines: list[str]) -> None:
+        self.lines += lines
+        for line in lines:
+            self.log.say(f"warning: {line}")
+        if self.strict_folder is not None and self.lines:
+            raise DfotaError(f"{len(self.lines)} warning(s) and --strict is set",
+                             self.strict_folder)
+
+
 def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
@@ -129,25 +148,43 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
     cache = HashCache(settings.hash_cache)
     scan = scan_rootfs(sdk.rootfs, cache, log)
     target_version = rootfs_version(sdk.rootfs, scan)
-    scan, image_warnings = against_sdk_image(sdk, scan, settings.metadata_from_image)
+    warnings = _Warnings(log, sdk.folder if settings.strict else None)
+    with contextlib.ExitStack() as stack:
+        image_warnings: Callable[[], list[str]]
+        if sdk.sysfs_ubi is not None and not settings.metadata_from_image:
+            # the image only gives warnings: read it (seconds of decompressing) beside the
+            # zipping, in a worker that is killed if the build stops first
+            pool = stack.enter_context(worker_context().Pool(1))
+            image_warnings = pool.apply_async(sdk_image_drift,
+                                              (scan.entries, sdk.sysfs_ubi)).get
+        else:
+            scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
+            image_warnings = found.copy
+        result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
+                           image_warnings)
+    cache.save()
+    return result
+
+
+def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
+              scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
+              image_warnings: Callable[[], list[str]]) -> TargetfilesResult:
+    """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
+    the SDK's image) is asked for once the zip is written, before anything is archived."""
     archive = Archive(settings.archive_dir)
     archive.clean_staging()
     source_path = resolve_source(settings, archive, target_version.key)
 
     with ZipSource(source_path) as src:
-        warnings = [*check_source(src), *scan.warnings, *image_warnings]
-        warnings += [f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
-                     "directories unless the package carries them; note 2.2.2.4)"
-                     for d in scan.empty_dirs]
         source_version = zip_version(src)
         if source_version.key == target_version.key:
             raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
-        for warning in warnings:
-            log.say(f"warning: {warning}")
-        if settings.strict and warnings:
-            raise DfotaError(f"{len(warnings)} warning(s) and --strict is set", sdk.folder)
+        warnings.add([*check_source(src), *scan.warnings,
+              *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
+                "directories unless the package carries them; note 2.2.2.4)"
+                for d in scan.empty_dirs)])
         plan = plan_target(sdk, src, scan)
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +195,7 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
             write_zip(staged, plan.items, meter=log)
+            warnings.add(image_warnings())
             source_sha256 = sha256_file(source_path)
             target_sha256 = sha256_file(staged)
             source_new = archive.admit(source_version.key, source_sha256)
@@ -168,7 +206,7 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
                 archive.add(source_version.key, source_path, {
                     "origin": "source", "imported_from": str(source_path),
                     "version": source_version.to_json(), "created": created, "tool": TOOL,
-                    "source": None})
+                    "source": None}, sha256=source_sha256)
             if target_new:
                 archive.add(target_version.key, staged, {
                     "origin": "targetfiles", "version": target_version.to_json(),
@@ -182,11 +220,10 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
                         "abl_sha1": cache.sha1_of(sdk.abl),
                         "rootfs_tree_sha1": digest_tree(scan.entries),
                         "source_sha256": source_sha256,
-                    }})
-    cache.save()
+                    }}, sha256=target_sha256, take=True)
     return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
-                             tuple(warnings))
+                             tuple(warnings.lines))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

@@ -413,9 +413,9 @@ def _limit_memory(need: int) -> None:
         pass  # no /proc or no RLIMIT_AS: the estimate alone bounds the memory
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """fork when it is safe (one thread): cheap, nothing to pickle or re-import; else a
-    fork server, which needs the engine importable by name."""
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: fork when it is safe (one thread): cheap, nothing to pickle
+    or re-import; else a fork server, which needs the work importable by name."""
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
@@ -437,7 +437,7 @@ class _Running:
 def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
                memory_limit: int, engine: Engine | None,
                say: Callable[[str], None]) -> dict[str, PatchOutcome]:
-    ctx = _mp_context()
+    ctx = worker_context()
     try:
         run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-", dir=cache_dir))
     except OSError as exc:

@@ -28,7 +28,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -343,28 +343,32 @@ class _LebReader:
     def fail(self, message: str) -> DfotaError:
         return DfotaError(f"volume {self.volume}: {message}", self.image)
 
-    def node(self, f: BinaryIO, lnum: int, offs: int, what: str = "") -> tuple[int, bytes]:
-        """(node type, whole node) at `lnum`:`offs`; `what` names the node's owner in errors."""
-        where = f"{what + ': ' if what else ''}the UBIFS node at LEB {lnum} offset {offs}"
+    def node(self, f: BinaryIO, lnum: int, offs: int,
+             what: Callable[[], str] | None = None) -> tuple[int, bytes]:
+        """(node type, whole node) at `lnum`:`offs`; `what` names the node's owner in errors
+        (called only then: there are tens of thousands of nodes)."""
+
+        def where() -> str:
+            return f"{what() + ': ' if what else ''}the UBIFS node at LEB {lnum} offset {offs}"
         if lnum not in self.lebs:
-            raise self.fail(f"{where} lies in a logical erase block the image does not hold "
+            raise self.fail(f"{where()} lies in a logical erase block the image does not hold "
                             "(truncated or damaged)")
         if offs < 0 or offs + _CH.size > self.leb_size:
-            raise self.fail(f"{where} lies outside its erase block")
+            raise self.fail(f"{where()} lies outside its erase block")
         f.seek(self.lebs[lnum] + offs)
         head = f.read(_CH.size)
         if len(head) < _CH.size:
-            raise self.fail(f"the image ends inside {where} (truncated)")
+            raise self.fail(f"the image ends inside {where()} (truncated)")
         magic, crc, _sqnum, length, node_type, _group = _CH.unpack(head)
         if magic != fs_defs.UBIFS_NODE_MAGIC:
-            raise self.fail(f"{where} is missing (damaged)")
+            raise self.fail(f"{where()} is missing (damaged)")
         if length < _CH.size or offs + length > self.leb_size:
-            raise self.fail(f"{where} has an impossible length {length}")
+            raise self.fail(f"{where()} has an impossible length {length}")
         node = head + f.read(length - _CH.size)
         if len(node) != length:
-            raise self.fail(f"the image ends inside {where} (truncated)")
+            raise self.fail(f"the image ends inside {where()} (truncated)")
         if _crc(node[8:]) != crc:
-            raise self.fail(f"{where} fails its CRC (damaged)")
+            raise self.fail(f"{where()} fails its CRC (damaged)")
         return node_type, node
 
     def file_chunks(self, f: BinaryIO, path: str, size: int,
@@ -387,7 +391,7 @@ class _LebReader:
 
     def data_block(self, f: BinaryIO, path: str, ref: _DataRef) -> bytes:
         node_type, node = self.node(f, ref.lnum, ref.offs,
-                                    f"{shown_path(path)}, data block {ref.block}")
+                                    lambda: f"{shown_path(path)}, data block {ref.block}")
         if node_type != fs_defs.UBIFS_DATA_NODE or len(node) < _CH.size + _DATA.size:
             raise self.fail(f"{shown_path(path)}: the index points at a node that is not its "
                             f"data (LEB {ref.lnum} offset {ref.offs})")
@@ -569,7 +573,7 @@ def read_ubifs(image: Path, volume: str | None = None, *,
     reader = _LebReader(image, name, chosen.lebs, chosen.leb_size)
     try:
         with _opened(image) as f:
-            reader.node(f, 0, 0, "superblock")  # ubi_reader does not check its CRC
+            reader.node(f, 0, 0, lambda: "superblock")  # ubi_reader does not check its CRC
             index = _walk_index(reader, f, (master.root_lnum, master.root_offs))
             return _build_tree(reader, f, index, image, name, chosen.lebs)
     except OSError as exc:

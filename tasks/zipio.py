@@ -154,7 +154,9 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool) -> None:
     refused rather than packed)."""
     path = item.source_path
     assert path is not None
-    changed = DfotaError("changed while the zip was being written; run again", path)
+    def changed() -> DfotaError:
+        return DfotaError("changed while the zip was being written; run again", path)
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
@@ -162,12 +164,12 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool) -> None:
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise changed if item.sha1 else DfotaError("is not a regular file", path)
+            raise changed() if item.sha1 else DfotaError("is not a regular file", path)
         digest = hashlib.sha1() if item.sha1 else None
         _stream(out, _zipinfo(item, st.st_size, compress), src,
                 lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path), digest)
     if digest is not None and digest.hexdigest() != item.sha1:
-        raise changed
+        raise changed()
 
 
 def _reason(exc: Exception) -> str:

@@ -36,6 +36,25 @@ def test_add_then_same_content_is_a_noop_and_other_content_is_refused(tmp_path: 
     assert added.zip_path.read_bytes() == b"one"
 
 
+def test_a_users_file_is_copied_a_temporary_is_linked_a_wrong_sha256_is_refused(
+        tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    users = zip_file(tmp_path, "users.zip", b"user's")
+    copied = archive.add("U@20220101T0000", users, manifest("2022-01-01,00:00"),
+                         sha256=sha256_file(users))
+    assert not os.path.samefile(copied.zip_path, users)  # the user may change theirs later
+    ours = zip_file(tmp_path, "staged.zip", b"built")
+    linked = archive.add("T@20220201T0000", ours, manifest("2022-02-01,00:00"),
+                         sha256=sha256_file(ours), take=True)
+    assert os.path.samefile(linked.zip_path, ours) and linked.sha256 == sha256_file(ours)
+    changed = zip_file(tmp_path, "changed.zip", b"changed meanwhile")
+    with pytest.raises(DfotaError, match="changed.zip: changed while it was being archived"):
+        archive.add("C@20220301T0000", changed, manifest("2022-03-01,00:00"),
+                    sha256=sha256_file(users))
+    assert [v.key for v in archive.versions()] == ["U@20220101T0000", "T@20220201T0000"]
+    assert not [p for p in archive.root.iterdir() if p.name.startswith(".")]
+
+
 def test_versions_are_ordered_by_package_time_and_found_by_prefix(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive")
     archive.add("B@20220301T0000", zip_file(tmp_path, "b", b"b"), manifest("2022-03-01,00:00"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -12,7 +13,7 @@ import pytest
 from tasks.errors import DfotaError
 from tasks.manifest import HashCache, scan_rootfs
 from tasks.runlog import RunLog
-from tasks.tree import DIR, FILE, SYMLINK, digest_tree, empty_dirs, scan_folder, sha1_bytes
+from tasks.tree import DIR, FILE, SYMLINK, Entry, digest_tree, empty_dirs, scan_folder, sha1_bytes
 
 
 def make_tree(root: Path) -> Path:
@@ -126,3 +127,9 @@ def test_empty_dirs_of_a_mapping() -> None:
 
     entries = {p: Entry(p, DIR, 0o755) for p in scan}
     assert empty_dirs(entries) == ["a/b", "c"]
+
+
+def test_entry_json_holds_every_field(tmp_path: Path) -> None:
+    for entry in scan_folder(make_tree(tmp_path / "r")).entries.values():
+        assert entry.to_json() == dataclasses.asdict(entry)
+        assert Entry.from_json(entry.to_json()) == entry
