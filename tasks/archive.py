@@ -133,6 +133,13 @@ class Archive:
         raise DfotaError(f"{wanted!r} matches several archived versions: "
                          + ", ".join(v.key for v in matches), self.root)
 
+    def built_here(self, key: str, zip_path: Path) -> bool:
+        """True when `zip_path` is, byte for byte, the targetfiles.zip this tool built and
+        archived as `key`: what its manifest recorded (sha1s) can then be trusted."""
+        archived = self.get(key)
+        return (archived is not None and archived.manifest.get("origin") == "targetfiles"
+                and sha256_file(zip_path) == archived.sha256)
+
     def admit(self, key: str, sha256: str) -> bool:
         """True when `key` is new; False when it holds these very bytes; refuses a conflict."""
         existing = self.get(key)

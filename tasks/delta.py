@@ -137,19 +137,24 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
         target_version = zip_version(target)
         base_path = resolve_base(settings, archive, target_version.key)
         with ZipSource(base_path) as base:
-            return _build(settings, log, parts, lists, base, target, started)
+            # the sha1s recorded in zips built here spare hashing every member (verify, the
+            # independent check, hashes them all)
+            recorded = (archive.built_here(zip_version(base).key, base_path),
+                        archive.built_here(target_version.key, target_path))
+            return _build(settings, log, parts, lists, base, target, started, recorded)
 
 
 def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
-           base: ZipSource,
-           target: ZipSource, started: float) -> DeltaResult:
+           base: ZipSource, target: ZipSource, started: float,
+           recorded_sha1s: tuple[bool, bool]) -> DeltaResult:
     source_version, target_version = zip_version(base), zip_version(target)
     if source_version.key == target_version.key:
         raise DfotaError(f"base and target have the same version {target_version.key}: a module "
                          "could not tell them apart", target.path)
     if UPDATER not in target.members:
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
-    source_tree, target_tree = system_tree(base), system_tree(target)
+    source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
+    target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
 
     changed_noota = changed_noota_files(lists, _file_paths(source_tree), _file_paths(target_tree))
     if changed_noota:

@@ -112,30 +112,45 @@ def zip_version(src: ZipSource) -> ProjectVersion:
     return parse_version(src.read(name), f"{src.path}:{name}")
 
 
-def _recorded_owners(src: ZipSource) -> dict[str, tuple[int, int]]:
-    """SYSTEM owners from the sidecars, when the zip has them (vendor zips often do not)."""
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    uid: int
+    gid: int
+    size: int = -1  # -1: not recorded
+    sha1: str = ""
+
+
+def _recorded(src: ZipSource) -> dict[str, _Recorded]:
+    """SYSTEM owners (and, from this tool's manifest, sizes and sha1s) recorded in the zip's
+    sidecars, when it has them (vendor zips often do not)."""
     if SYSTEM_MANIFEST in src.members:
         try:
             data = json.loads(src.read(SYSTEM_MANIFEST))
-            return {e["path"]: (int(e["uid"]), int(e["gid"])) for e in data["entries"]}
+            return {e["path"]: _Recorded(int(e["uid"]), int(e["gid"]), int(e["size"]),
+                                         str(e["sha1"])) for e in data["entries"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise DfotaError(f"{SYSTEM_MANIFEST} is not a valid manifest ({exc})",
                              src.path) from exc
-    owners: dict[str, tuple[int, int]] = {}
+    recorded: dict[str, _Recorded] = {}
     if FS_CONFIG in src.members:
         for line in src.read(FS_CONFIG).decode("utf-8", "replace").splitlines():
             fields = line.split()
             if len(fields) >= 4 and fields[0].startswith("system/"):
                 try:
-                    owners[fields[0][len("system/"):]] = (int(fields[1]), int(fields[2]))
+                    recorded[fields[0][len("system/"):]] = _Recorded(int(fields[1]),
+                                                                     int(fields[2]))
                 except ValueError:
                     continue
-    return owners
+    return recorded
 
 
-def system_tree(src: ZipSource, *, under: str = "") -> Tree:
-    """The SYSTEM entries of a targetfiles zip (optionally only those under `under`)."""
-    owners = _recorded_owners(src)
+def system_tree(src: ZipSource, *, under: str = "", recorded_sha1s: bool = False) -> Tree:
+    """The SYSTEM entries of a targetfiles zip (optionally only those under `under`).
+
+    Files are hashed, unless `recorded_sha1s` (for a zip this tool built and archived, byte
+    for byte): then the sha1s its manifest recorded serve where the sizes agree.
+    """
+    recorded = _recorded(src)
     top = system_path(under) if under else SYSTEM
     tree: Tree = {}
     for name in src.names(top):
@@ -143,14 +158,17 @@ def system_tree(src: ZipSource, *, under: str = "") -> Tree:
             continue
         member = src.members[name]
         rel = name[len(SYSTEM) + 1:]
-        uid, gid = owners.get(rel, (0, 0))
+        known = recorded.get(rel, _Recorded(0, 0))
         if member.kind == FILE:
-            tree[rel] = Entry(rel, FILE, member.mode, uid, gid, member.size, src.sha1(name))
+            sha1 = (known.sha1 if recorded_sha1s and known.sha1 and known.size == member.size
+                    else src.sha1(name))
+            tree[rel] = Entry(rel, FILE, member.mode, known.uid, known.gid, member.size, sha1)
         elif member.kind == SYMLINK:
             target = src.link_target(name)
-            tree[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, member.size, "", target)
+            tree[rel] = Entry(rel, SYMLINK, 0o777, known.uid, known.gid, member.size, "",
+                              target)
         else:
-            tree[rel] = Entry(rel, DIR, member.mode, uid, gid)
+            tree[rel] = Entry(rel, DIR, member.mode, known.uid, known.gid)
     return tree
 
 

@@ -48,7 +48,7 @@ def test_a_users_file_is_copied_a_temporary_is_linked_a_wrong_sha256_is_refused(
                          sha256=sha256_file(ours), take=True)
     assert os.path.samefile(linked.zip_path, ours) and linked.sha256 == sha256_file(ours)
     changed = zip_file(tmp_path, "changed.zip", b"changed meanwhile")
-    with pytest.raises(DfotaError, match="changed.zip: changed while it was being archived"):
+    with pytest.raises(DfotaError, match=r"changed\.zip: changed while it was being archived"):
         archive.add("C@20220301T0000", changed, manifest("2022-03-01,00:00"),
                     sha256=sha256_file(users))
     assert [v.key for v in archive.versions()] == ["U@20220101T0000", "T@20220201T0000"]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks.archive import Archive
 from tasks.bootimg import build_boot_image
+from tasks.targetfiles import system_tree
 from tasks.tree import scan_folder
 from tasks.zipio import ZipSource
 from tests.workspace import Run, Workspace, snapshot
@@ -41,6 +43,29 @@ def test_builds_checks_with_info_zip_and_archives_both_versions(ws: Workspace) -
     assert (ws.archive / NEXT_KEY / "targetfiles.zip").read_bytes() == target.read_bytes()
     assert (ws.archive / BASE_KEY / "targetfiles.zip").read_bytes() == ws.source.read_bytes()
     assert f"version {NEXT_KEY} built on {BASE_KEY}" in run.stdout
+
+
+def test_recorded_sha1s_serve_only_for_a_zip_built_and_archived_here(ws: Workspace) -> None:
+    ws.build()
+    target = ws.out / "targetfiles.zip"
+    archive = Archive(ws.archive)
+    assert archive.built_here(NEXT_KEY, target)
+    assert not archive.built_here(BASE_KEY, ws.source)  # imported, not built here
+    with ZipSource(target) as src:
+        assert system_tree(src, recorded_sha1s=True) == system_tree(src)
+    # one file edited by hand, same size, the manifest left as it was
+    altered = ws.root / "altered.zip"
+    name = "SYSTEM/etc/ql_manager.conf"
+    with zipfile.ZipFile(target) as zin, zipfile.ZipFile(altered, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data.upper() if info.filename == name else data)
+    assert not archive.built_here(NEXT_KEY, altered)
+    with ZipSource(altered) as src:
+        trusting, hashing = system_tree(src, recorded_sha1s=True), system_tree(src)
+        rel = name.removeprefix("SYSTEM/")
+        assert hashing[rel].sha1 == hashlib.sha1(src.read(name)).hexdigest()
+        assert trusting[rel].sha1 != hashing[rel].sha1  # why only zips built here are trusted
 
 
 def test_target_has_the_sdk_images_the_rootfs_and_the_source_firmware(ws: Workspace) -> None:
