@@ -234,8 +234,10 @@ Function = Callable[[str, Sequence[Node]], Value]
 
 
 class _Updater:
-    def __init__(self, package: Package, device: Device, power_loss_at: int | None) -> None:
+    def __init__(self, package: Package, device: Device, power_loss_at: int | None,
+                 after_step: Callable[[int], None] | None = None) -> None:
         assert package.zip is not None
+        self.after_step = after_step
         self.package = package
         self.script = package.script
         self.zip = package.zip
@@ -256,6 +258,8 @@ class _Updater:
     def on_step(self, what: str) -> None:
         self.steps += 1
         self.step_log.append(what)
+        if self.after_step is not None:
+            self.after_step(self.steps)
         if self.steps == self.power_loss_at:
             raise PowerLoss(self.steps, what)
 
@@ -950,7 +954,8 @@ class _Updater:
                 right = out_sha1 == want
                 try:
                     self.dev.write_file(outname, out, new_mode=0o600,
-                                        meta=(use.mode, use.uid, use.gid) if right else None)
+                                        meta=(use.mode, use.uid, use.gid) if right else None,
+                                        sha1=out_sha1.hex())
                 except FsError as exc:
                     self.fs_failed(exc, "write")
                     if exc.code != "ENOSPC":
@@ -972,7 +977,7 @@ class _Updater:
         if to_partition:
             part = [t for t in tgt.split(":") if t][1:2]
             if not part or part[0] not in self.dev.partitions or \
-                    not self.dev.write_partition(part[0], out):
+                    not self.dev.write_partition(part[0], out, out_sha1):
                 self.say(f"write of patched data to {tgt} failed")
                 return False
         else:
@@ -1096,18 +1101,20 @@ def precheck(package: Path, device: Device) -> UpdateResult | None:
 
 
 def apply_package(package: Path | Package, device: Device, *,
-                  power_loss_at: int | None = None) -> UpdateResult:
+                  power_loss_at: int | None = None,
+                  after_step: Callable[[int], None] | None = None) -> UpdateResult:
     """Start recovery on `device` (mounts and /tmp reset) and run the package's script.
 
-    Raises PowerLoss after mutating step `power_loss_at`, leaving `device` as it is then.
-    The module's pre-checks are `precheck`'s job and are not repeated here.
+    Raises PowerLoss after mutating step `power_loss_at`, leaving `device` as it is then;
+    `after_step(n)` is called as each step n is done. The module's pre-checks are
+    `precheck`'s job and are not repeated here.
     """
     pkg = package if isinstance(package, Package) else load_package(package)
     device.reboot()
     if pkg.failure is not None:
         return _result(None, *pkg.failure)
     assert pkg.root is not None
-    run = _Updater(pkg, device, power_loss_at)
+    run = _Updater(pkg, device, power_loss_at, after_step)
     device.hook = run.on_step
     try:
         outcome = run.value(pkg.root)
@@ -1132,7 +1139,25 @@ def resume_after_power_loss(package: Path | Package, device: Device,
     """Cut the power after `step` on a copy of `device`, then run the package again on what
     is left, as the module does at the next boot. Returns the second run and the device."""
     pkg = package if isinstance(package, Package) else load_package(package)
-    twin = device.copy()
-    with contextlib.suppress(PowerLoss):
-        apply_package(pkg, twin, power_loss_at=step)
+    (twin,) = power_loss_states(pkg, device, [step]).values()
     return apply_package(pkg, twin), twin
+
+
+def power_loss_states(package: Package, device: Device,
+                      steps: Sequence[int]) -> dict[int, Device]:
+    """What a power loss right after each of `steps` leaves of `device`, by step: copies
+    taken during one run (on a copy of `device`), not one run per step. A step the run
+    does not reach gets the device as the run left it."""
+    wanted = set(steps)
+    states: dict[int, Device] = {}
+    twin = device.copy()
+
+    def take(step: int) -> None:
+        if step in wanted:
+            states[step] = twin.copy()
+
+    with contextlib.suppress(PowerLoss):
+        apply_package(package, twin, power_loss_at=max(wanted), after_step=take)
+    for step in wanted - states.keys():  # the run ended first: the power went off after it
+        states[step] = twin.copy()
+    return states

@@ -79,10 +79,11 @@ class FsNode:
             self._sha1 = hashlib.sha1(self.data).hexdigest()
         return self._sha1
 
-    def set_data(self, data: bytes) -> None:
+    def set_data(self, data: bytes, sha1: str | None = None) -> None:
+        """`sha1`: the data's sha1 when the writer knows it (a patch output, say)."""
         self.fs.used += len(data) - len(self.data)
         self.data = data
-        self._sha1 = None
+        self._sha1 = sha1
 
 
 @dataclass
@@ -110,9 +111,10 @@ class Partition:
             self.digests[count] = hashlib.sha1(data).digest()
         return self.digests[count]
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, digest: bytes | None = None) -> None:
+        """`digest`: sha1 of `data`, when the writer knows it."""
         self.data = data
-        self.digests = {}
+        self.digests = {len(data): digest} if digest is not None else {}
 
     def read(self, count: int) -> bytes | None:
         """The first `count` bytes as the flash reads them; None past the partition's end."""
@@ -292,12 +294,22 @@ class Device:
                                  node.sha1())
         return dict(sorted(out.items()))
 
+    def keys(self, mount_point: str = "/system") -> dict[str, tuple[object, ...]]:
+        """`entry_key` of every entry under a filesystem: what `entries` gives, built fast
+        enough to compare after each of hundreds of power-loss replays."""
+        out: dict[str, tuple[object, ...]] = {}
+        for rel, node in _walk(self.mounts[mount_point].fs.root, ""):
+            out[rel] = (_key_of(node.kind, node.mode, node.uid, node.gid, node.sha1(),
+                                node.link) if node.kind == FILE else
+                        _key_of(node.kind, node.mode, node.uid, node.gid, "", node.link))
+        return out
+
+    def partition_sha1s(self) -> dict[str, str]:
+        return {name: (p.digest(len(p.data)) or b"").hex()
+                for name, p in sorted(self.partitions.items())}
+
     def state(self) -> DeviceState:
-        return DeviceState(
-            self.entries("/system"),
-            {name: (p.digest(len(p.data)) or b"").hex()
-             for name, p in sorted(self.partitions.items())},
-        )
+        return DeviceState(self.entries("/system"), self.partition_sha1s())
 
     def host_read(self, path: str) -> bytes | None:
         """A file's content with every filesystem visible (links followed); None if absent."""
@@ -434,10 +446,11 @@ class Device:
             self.hook(what)
 
     def write_file(self, path: str, data: bytes, *, new_mode: int,
-                   meta: tuple[int, int, int] | None = None) -> None:
+                   meta: tuple[int, int, int] | None = None, sha1: str | None = None) -> None:
         """open(O_CREAT|O_TRUNC|O_WRONLY) through links, then write: a new file gets
         `new_mode` root:root, an existing one keeps its metadata unless `meta` (mode, uid,
-        gid) is given. Out of room, what fits is written and ENOSPC raised."""
+        gid) is given. Out of room, what fits is written and ENOSPC raised. `sha1`: the
+        data's, when the caller knows it."""
         where = self._resolve(path, True, False)
         node = where.node
         if node is None:
@@ -449,7 +462,10 @@ class Device:
             raise FsError("EISDIR", path)
         node.set_data(b"")
         room = node.fs.free()
-        node.set_data(data if len(data) <= room else data[:room])
+        if len(data) <= room:
+            node.set_data(data, sha1)
+        else:
+            node.set_data(data[:room])
         if meta is not None:
             node.mode, node.uid, node.gid = meta[0] & 0o7777, meta[1], meta[2]
         self._done(f"write {path}")
@@ -533,12 +549,31 @@ class Device:
             node.mode = mode & 0o7777
         self._done(f"chmod {what}")
 
-    def write_partition(self, name: str, data: bytes) -> bool:
+    def write_partition(self, name: str, data: bytes, digest: bytes | None = None) -> bool:
+        """Write `data` (sha1 `digest`, when known); False when it does not fit."""
         part = self.partitions[name]
         fits = part.size is None or len(data) <= part.size
-        part.write(data if fits else data[: part.size])
+        if fits:
+            part.write(data, digest)
+        else:
+            part.write(data[: part.size])
         self._done(f"write partition {name}")
         return fits
+
+
+def _key_of(kind: str, mode: int, uid: int, gid: int, sha1: str,
+            link: str) -> tuple[object, ...]:
+    # a symlink by its target only: the updater cannot set a link's owner or mode
+    if kind == SYMLINK:
+        return (SYMLINK, link)
+    if kind == FILE:
+        return (FILE, mode, uid, gid, sha1)
+    return (DIR, mode, uid, gid)
+
+
+def entry_key(entry: Entry) -> tuple[object, ...]:
+    """What a check of the result compares of an entry (`Device.keys` gives the same)."""
+    return _key_of(entry.kind, entry.mode, entry.uid, entry.gid, entry.sha1, entry.link)
 
 
 def _release(node: FsNode) -> None:
@@ -589,6 +624,7 @@ class DeviceZip:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self._read: dict[ZipEntry, tuple[bytes, bool]] = {}
         found = _central_directory(data)
         found.sort(key=lambda e: e.name)  # stable: among equal names the first stays first
         self.entries: list[ZipEntry] = []
@@ -603,6 +639,11 @@ class DeviceZip:
 
     def read(self, entry: ZipEntry) -> tuple[bytes, bool]:
         """(the bytes the device gets, whether it calls the read a success)."""
+        if entry not in self._read:  # every power-loss replay reads the same entries
+            self._read[entry] = self._read_entry(entry)
+        return self._read[entry]
+
+    def _read_entry(self, entry: ZipEntry) -> tuple[bytes, bool]:
         start = entry.offset
         if entry.method == 0:
             data = self.data[start : start + entry.size]

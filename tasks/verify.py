@@ -43,10 +43,11 @@ from tasks.updater import (
     Device,
     Package,
     load_package,
+    power_loss_states,
     precheck,
-    resume_after_power_loss,
 )
 from tasks.updater import apply_package as host_apply
+from tasks.updater_fs import entry_key
 from tasks.version import VERSION_FILE
 from tasks.zipio import ZipSource
 
@@ -180,23 +181,27 @@ def replay_points(step_log: Sequence[str], permission_replays: int | None) -> li
     return sorted(others + perms)
 
 
-_REPLAY: tuple[Package, Device, Tree, Mapping[str, str]] | None = None
+_REPLAY: tuple[Package, Device, Tree, Mapping[str, str], dict[str, tuple[object, ...]]] | None
+_REPLAY = None
 
 
 def _replay(steps: Sequence[int]) -> list[str]:
     """Cut the power after each step, re-run the package, compare (in a worker process)."""
     assert _REPLAY is not None
-    pkg, device, expected, partitions = _REPLAY
+    pkg, device, expected, partitions, expected_keys = _REPLAY
     problems = []
+    states = power_loss_states(pkg, device, steps)
     for step in steps:
-        again, after = resume_after_power_loss(pkg, device, step)
+        after = states.pop(step)
+        again = host_apply(pkg, after)
         if again.code != 0:
             problems.append(f"power loss after step {step}: re-run gave {again.code} "
                             f"({again.message})")
-        else:
-            diff = _state_differences(after, expected, partitions)
-            if diff:
-                problems.append(f"power loss after step {step}: {diff[0]}")
+        elif after.keys() != expected_keys or not \
+                partitions.items() <= after.partition_sha1s().items():
+            # the quick comparison found a difference: the full one says which
+            diff = _state_differences(after, expected, partitions) or ["differs"]
+            problems.append(f"power loss after step {step}: {diff[0]}")
     return problems
 
 
@@ -208,8 +213,11 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
     loaded package and device), in chunks, and report problems in step order."""
     global _REPLAY
     workers = workers or os.cpu_count() or 1
-    chunks = [list(steps[i:i + 8]) for i in range(0, len(steps), 8)]
-    _REPLAY = (pkg, device, expected, partitions)
+    # few chunks (each runs its prefix once), of at most 32 device copies held at a time
+    size = max(8, min(32, -(-len(steps) // (workers * 4))))
+    chunks = [list(steps[i:i + size]) for i in range(0, len(steps), size)]
+    _REPLAY = (pkg, device, expected, partitions,
+               {path: entry_key(e) for path, e in expected.items()})
     try:
         if workers == 1 or len(chunks) < 2:
             results = []

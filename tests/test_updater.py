@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import random
@@ -22,10 +23,11 @@ from tasks.updater import (
     apply_package,
     count_mutating_steps,
     load_package,
+    power_loss_states,
     precheck,
     resume_after_power_loss,
 )
-from tasks.updater_fs import Device, Partition
+from tasks.updater_fs import Device, Partition, entry_key
 from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
@@ -736,3 +738,45 @@ def test_power_loss_at_every_step_then_a_rerun_reaches_the_same_state(
         result, finished = resume_after_power_loss(pkg, base, step)
         assert result.code == 0, f"step {step} ({lost.value.what}): {result.message}"
         assert finished.state() == expected, f"step {step} ({lost.value.what})"
+
+
+def test_states_copied_during_one_run_equal_one_run_per_power_loss(tmp_path: Path) -> None:
+    base = device()
+    pkg = load_package(full_package(tmp_path))
+    total = count_mutating_steps(pkg, base)
+    steps = [1, 2, total // 2, total - 1, total, total + 5]  # the last one is never reached
+    states = power_loss_states(pkg, base, steps)
+    assert sorted(states) == steps
+    for step in steps:
+        alone = base.copy()
+        with contextlib.suppress(PowerLoss):
+            apply_package(pkg, alone, power_loss_at=step)
+        assert states[step].state() == alone.state(), step
+        assert states[step].keys() == {p: entry_key(e) for p, e in alone.entries().items()}
+    assert base.state() == device().state()  # the device given is left as it was
+
+
+def test_the_quick_comparison_sees_what_the_full_one_sees() -> None:
+    dev = device()
+    dev.mount("/system")
+    keys = dev.keys()
+    for change in ("content", "mode", "owner", "link", "kind", "gone"):
+        twin = dev.copy()
+        if change == "content":
+            twin.write_file("/system/bin/app", b"other", new_mode=0o755)
+        elif change == "mode":
+            twin.set_owner_mode(twin.lstat("/system/bin/app"), None, None, 0o700, "x")
+        elif change == "owner":
+            twin.set_owner_mode(twin.lstat("/system/etc"), 5, None, None, "x")
+        elif change == "link":
+            twin.unlink("/system/lib/link.so")
+            twin.symlink("other", "/system/lib/link.so")
+        elif change == "kind":
+            twin.unlink("/system/lib/link.so")
+            twin.mkdir("/system/lib/link.so", 0o755)
+        else:
+            twin.unlink("/system/bin/app")
+        assert twin.keys() != keys, change
+    twin = dev.copy()  # a link's own mode and owner are not compared (the updater cannot set them)
+    twin.set_owner_mode(twin.lstat("/system/lib/link.so"), 7, 7, 0o700, "x")
+    assert twin.keys() == keys
