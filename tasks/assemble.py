@@ -182,9 +182,9 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
         warnings.add([*check_source(src), *scan.warnings,
-              *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
-                "directories unless the package carries them; note 2.2.2.4)"
-                for d in scan.empty_dirs)])
+                      *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
+                        "directories unless the package carries them; note 2.2.2.4)"
+                        for d in scan.empty_dirs)])
         plan = plan_target(sdk, src, scan)
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
