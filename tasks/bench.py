@@ -835,12 +835,13 @@ def machine() -> tuple[tuple[str, str], ...]:
     except (OSError, TypeError, ValueError):
         pass
     import bsdiff4
+    import detools
 
     debian = _first_line(["dpkg-query", "-W", "-f", "${Version}\n", "bsdiff"])
     return (("CPU", cpu), ("cores (nproc)", str(len(os.sched_getaffinity(0)))),
             ("memory", mem), ("Python", platform.python_version()),
             ("system", platform.platform()), ("Debian bsdiff", debian),
-            ("bsdiff4", bsdiff4.__version__))
+            ("bsdiff4", bsdiff4.__version__), ("detools", detools.__version__))
 
 
 def loop_inputs(old: Path, new: Path) -> tuple[list[str], list[str]]:

@@ -17,17 +17,20 @@ from pathlib import Path
 import bsdiff4
 import pytest
 
+from tasks.bench import bench_boot_image, bench_plan, bench_rootfs_pair
 from tasks.errors import DfotaError
 from tasks.patches import (
-    ENGINE,
     MAGIC,
     Blob,
     PatchJob,
     PatchOutcome,
     apply_patch_bytes,
+    bsdiff40,
     compressed_kind,
+    engine_tag,
     make_patches,
 )
+from tasks.tree import FILE
 from tasks.zipio import bytes_item, write_zip
 
 # --- engines injected into the workers (module level: they must be importable by name) ----
@@ -156,7 +159,7 @@ def test_small_edit_gives_small_patch_that_bspatch_applies(tmp_path: Path) -> No
     patch = assert_patched(outcome, source, target, tmp_path)
     assert len(patch) < len(target) // 50
     assert not outcome.cached and not outcome.is_fallback
-    assert outcome.patch == tmp_path / "cache" / f"{sha1(source)}-{sha1(target)}-{ENGINE}.p"
+    assert outcome.patch == tmp_path / "cache" / f"{sha1(source)}-{sha1(target)}-{engine_tag()}.p"
     assert apply_patch_bytes(source, patch) == target
     assert diff_lines(lines) == [
         f"diff 1/1: system/usr/bin/foo (293.1 KB) -> {len(patch)} B"]  # 300,100 bytes
@@ -325,7 +328,7 @@ def test_bad_too_big_marker_is_ignored(tmp_path: Path) -> None:
     pair = Pair(tmp_path, {"bin/x": (source, target)})
     cache = tmp_path / "cache"
     cache.mkdir()
-    key = f"{sha1(source)}-{sha1(target)}-{ENGINE}"
+    key = f"{sha1(source)}-{sha1(target)}-{engine_tag()}"
     (cache / f"{key}.big").write_text("patch-size 12\n")  # says too big, but 12 bytes is not
     out = make_patches(pair.jobs(), cache_dir=cache)["system/bin/x"]
     assert not out.cached
@@ -461,3 +464,18 @@ def test_bad_arguments() -> None:
         make_patches([], cache_dir=Path("unused"), workers=0)
     with pytest.raises(ValueError, match="same name"):
         make_patches([PatchJob("a", blob, blob)] * 2, cache_dir=Path("unused"))
+
+
+def test_the_engine_writes_bsdiff4s_bytes_on_the_projects_data() -> None:
+    """detools' bsdiff mode, the default engine, against bsdiff4 (the reference, whose bytes
+    Debian's bsdiff also writes): the sample's and the benchmark's modified files, kernels,
+    and edge cases."""
+    base, nxt = bench_rootfs_pair(bench_plan(0.02))
+    pairs = [(base[p].data, nxt[p].data) for p in sorted(base)
+             if p in nxt and base[p].kind == nxt[p].kind == FILE and base[p].data != nxt[p].data]
+    assert len(pairs) >= 10
+    pairs.append((bench_boot_image(256 << 10, False), bench_boot_image(256 << 10, True)))
+    pairs += [(b"", b""), (b"", b"new"), (b"old", b""), (b"same", b"same"),
+              (binary(7, 50_000), edited(binary(7, 50_000), 8))]
+    for source, target in pairs:
+        assert bsdiff40(source, target) == bsdiff4.diff(source, target)
