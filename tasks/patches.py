@@ -378,17 +378,19 @@ class _Task:
     target_data: bytes | None = None
 
 
-def _worker(task: _Task) -> None:
-    """Diff one pair, check the patch, leave it in `patch_tmp` and a JSON result in `result`."""
-    _limit_memory(task.memory)
-    result: dict[str, Any]
-    try:
-        result = _diff_and_check(task)
-    except Exception as exc:  # MemoryError included: report it, the parent decides
-        result = {"status": "failed", "message": _describe(exc)}
-    tmp = task.result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result), "utf-8")
-    os.replace(tmp, task.result)
+def _worker(tasks: Sequence[_Task]) -> None:
+    """Diff each pair in turn, check the patch, leave it in `patch_tmp` and a JSON result in
+    `result`."""
+    _limit_memory(max(task.memory for task in tasks))
+    for task in tasks:
+        result: dict[str, Any]
+        try:
+            result = _diff_and_check(task)
+        except Exception as exc:  # MemoryError included: report it, the parent decides
+            result = {"status": "failed", "message": _describe(exc)}
+        tmp = task.result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result), "utf-8")
+        os.replace(tmp, task.result)
 
 
 def _diff_and_check(task: _Task) -> dict[str, Any]:
@@ -452,9 +454,20 @@ def worker_context() -> multiprocessing.context.BaseContext:
 @dataclass
 class _Running:
     process: multiprocessing.process.BaseProcess
-    work: _Work
-    task: _Task
+    batch: list[tuple[_Work, _Task]]
     started: float
+
+
+# pairs this small go to one worker together (a process per diff would cost more than the
+# diff); a batch whose worker dies or runs out of time is tried again one pair per worker
+_BATCH_PAIR_MAX = 256 << 10
+_BATCH_BYTES = 4 << 20
+_BATCH_PAIRS = 64
+
+
+def _batchable(item: _Work) -> bool:
+    first = item.jobs[0]
+    return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
 
 
 def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
@@ -467,7 +480,7 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
         run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-", dir=cache_dir))
     except OSError as exc:
         raise DfotaError(f"cannot write to the patch cache ({exc.strerror})", cache_dir) from exc
-    queue = deque(enumerate(work))
+    queue: deque[tuple[int, _Work, bool]] = deque((i, w, False) for i, w in enumerate(work))
     running: dict[Any, _Running] = {}
     outcomes: dict[str, PatchOutcome] = {}
     done = 0
@@ -480,20 +493,42 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
             return reader.read(blob)
         except _READ_ERRORS:
             return None  # the worker meets the same error and reports it
+
+    def next_batch() -> list[tuple[_Work, _Task]]:
+        batch: list[tuple[_Work, _Task]] = []
+        size = 0
+        while queue and (not batch or (
+                _batchable(queue[0][1]) and not queue[0][2] and len(batch) < _BATCH_PAIRS
+                and size + queue[0][1].jobs[0].target.size <= _BATCH_BYTES)):
+            index, item, alone = queue.popleft()
+            first = item.jobs[0]
+            batch.append((item, _Task(first.source, first.target, run_dir / f"{index}.p",
+                                      run_dir / f"{index}.json", item.memory, engine,
+                                      preload(first.source), preload(first.target))))
+            size += first.target.size
+            if alone or not _batchable(item):
+                break
+        return batch
+
+    def finish(item: _Work, patch: Path | None, reason: str, size: int,
+               seconds: float) -> None:
+        nonlocal done
+        for job in item.jobs:
+            outcomes[job.name] = PatchOutcome(job.name, patch, reason, size, seconds, False)
+        done += 1
+        say(_progress_line(done, len(work), item, patch, reason, size))
+
     try:
         while queue or running:
             while queue and len(running) < workers and (
-                    not running or sum(r.work.memory for r in running.values())
+                    not running or sum(max(w.memory for w, _ in r.batch)
+                                       for r in running.values())
                     + queue[0][1].memory <= memory_limit):
-                index, item = queue.popleft()
-                first = item.jobs[0]
-                task = _Task(first.source, first.target, run_dir / f"{index}.p",
-                             run_dir / f"{index}.json", item.memory, engine,
-                             preload(first.source), preload(first.target))
-                process = ctx.Process(target=_worker, args=(task,), daemon=True,
-                                      name=f"diff {first.name}")
+                batch = next_batch()
+                process = ctx.Process(target=_worker, args=([t for _, t in batch],),
+                                      daemon=True, name=f"diff {batch[0][0].jobs[0].name}")
                 process.start()
-                running[process.sentinel] = _Running(process, item, task, time.monotonic())
+                running[process.sentinel] = _Running(process, batch, time.monotonic())
             deadline = min(r.started for r in running.values()) + timeout
             ready = set(wait(list(running), max(0.0, deadline - time.monotonic())))
             now = time.monotonic()
@@ -501,20 +536,23 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
                 entry = running[sentinel]
                 if sentinel in ready:
                     entry.process.join()
-                    patch, reason, size = _collect(entry, cache_dir, run_dir)
+                    lost = f"diff failed: {_exit_text(entry.process.exitcode)}"
                 elif now - entry.started >= timeout:
                     entry.process.kill()
                     entry.process.join()
-                    patch, reason, size = None, f"diff timed out after {timeout:g} s", 0
+                    lost = f"diff timed out after {timeout:g} s"
                 else:
                     continue
                 del running[sentinel]
-                seconds = now - entry.started
-                for job in entry.work.jobs:
-                    outcomes[job.name] = PatchOutcome(job.name, patch, reason, size, seconds,
-                                                      False)
-                done += 1
-                say(_progress_line(done, len(work), entry.work, patch, reason, size))
+                for item, task in entry.batch:
+                    if not task.result.exists() and len(entry.batch) > 1:
+                        # the pair that stopped the batch is found by trying each alone
+                        index = int(task.result.stem)
+                        queue.appendleft((index, item, True))
+                        continue
+                    patch, reason, size = (_collect(item, task, cache_dir, run_dir)
+                                           if task.result.exists() else (None, lost, 0))
+                    finish(item, patch, reason, size, now - entry.started)
     finally:
         reader.__exit__()
         for entry in running.values():
@@ -524,14 +562,14 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
     return outcomes
 
 
-def _collect(entry: _Running, cache_dir: Path,
+def _collect(item: _Work, task: _Task, cache_dir: Path,
              run_dir: Path) -> tuple[Path | None, str, int]:
-    """Read a finished worker's result; move a good patch into the cache."""
-    job = entry.work.jobs[0]
+    """Read the result a worker left for one pair; move a good patch into the cache."""
+    job = item.jobs[0]
     try:
-        result = json.loads(entry.task.result.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None, f"diff failed: {_exit_text(entry.process.exitcode)}", 0
+        result = json.loads(task.result.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"diff failed: its result is unreadable ({_describe(exc)})", 0
     status = result.get("status")
     if status == "input":
         blob = job.source if result["role"] == "source" else job.target
@@ -546,13 +584,13 @@ def _collect(entry: _Running, cache_dir: Path,
     size = int(result["patch_size"])
     reason = too_big_reason(size, job.target.size)
     if reason:
-        marker = run_dir / f"{entry.work.key}.big"
+        marker = run_dir / f"{item.key}.big"
         marker.write_text(f"patch-size {size}\n", "ascii")
-        os.replace(marker, cache_dir / f"{entry.work.key}.big")
+        os.replace(marker, cache_dir / f"{item.key}.big")
         return None, reason, size
     # no fsync: a cache entry lost or torn by a crash fails its check and is rebuilt
-    dest = cache_dir / f"{entry.work.key}.p"
-    os.replace(entry.task.patch_tmp, dest)
+    dest = cache_dir / f"{item.key}.p"
+    os.replace(task.patch_tmp, dest)
     return dest, "", size
 
 

@@ -54,6 +54,12 @@ def _slow_engine(source: bytes, target: bytes) -> bytes:
     return bsdiff4.diff(source, target)
 
 
+def _pid_engine(source: bytes, target: bytes) -> bytes:
+    folder = Path(source[:source.index(b"\n")].decode())
+    (folder / f"{os.getpid()}-{sha1(target)}").touch()
+    return bsdiff4.diff(source, target)
+
+
 def _wrong_engine(source: bytes, target: bytes) -> bytes:
     return bsdiff4.diff(source, target + b"!")
 
@@ -363,6 +369,28 @@ def test_failing_diffs_fall_back_to_whole_and_the_rest_goes_on(tmp_path: Path) -
     assert_patched(good, *files["good"], tmp_path)
     assert good.patch is not None
     assert cache_files(cache) == [good.patch.name]  # failures are not remembered
+
+
+def test_small_pairs_share_a_worker_large_ones_get_their_own(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    head = str(calls).encode() + b"\n"
+    files = {f"small{i}": (head + binary(i, 20_000), edited(head + binary(i, 20_000), 100 + i))
+             for i in range(12)}
+    files |= {f"large{i}": (head + binary(50 + i, 300_000),
+                            edited(head + binary(50 + i, 300_000), 150 + i)) for i in range(2)}
+    pair = Pair(tmp_path, files)
+    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", workers=2,
+                       engine=_pid_engine)
+    for name, (source, target) in files.items():
+        assert_patched(out[f"system/{name}"], source, target, tmp_path)
+    pids = {}
+    for call in calls.iterdir():
+        pid, target_sha1 = call.name.split("-")
+        pids[target_sha1] = pid
+    small = {pids[sha1(target)] for name, (_, target) in files.items() if name.startswith("s")}
+    large = [pids[sha1(target)] for name, (_, target) in files.items() if name.startswith("l")]
+    assert len(small) == 1 and len(set(large)) == 2 and not small & set(large)
 
 
 def test_slow_diff_is_killed_and_not_cached(tmp_path: Path) -> None:
