@@ -189,7 +189,8 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
 
     outcomes = make_patches(jobs, cache_dir=settings.patch_cache,
                             workers=settings.workers or None, timeout=settings.diff_timeout,
-                            progress=diff_line)
+                            progress=diff_line, open_zips={base.path: base.zipfile,
+                                                           target.path: target.zipfile})
     bar.done = bar.total  # files served by the cache or decided by rule count as done
     bar.finish()
     diff_seconds = time.monotonic() - diff_started
@@ -262,7 +263,8 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    write_zip(settings.pending_zip, items, compress=True, meter=log)
+    write_zip(settings.pending_zip, items, compress=True, meter=log,
+              open_zips={target.path: target.zipfile})
     # the published package (of the previous pair) goes: only a proven one is ever there
     for stale in (settings.update_zip, settings.update_report):
         stale.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ import time
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -182,13 +182,17 @@ def too_big_reason(patch_size: int, target_size: int) -> str:
 def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | None = None,
                  timeout: float = 300.0, memory_limit: int = 1 << 30,
                  progress: Callable[[str], None] | None = None,
-                 engine: Engine | None = None) -> dict[str, PatchOutcome]:
+                 engine: Engine | None = None,
+                 open_zips: Mapping[Path, zipfile.ZipFile] | None = None
+                 ) -> dict[str, PatchOutcome]:
     """Decide for each job whether its target ships as a patch or whole, and make the patches.
 
     Diffs run in up to `workers` processes (default: the number of cores), largest target
     first, as long as their estimated memory fits `memory_limit` together; a diff that alone
     would need more is not tried. `timeout` (seconds) bounds each diff. `engine` replaces
-    bsdiff40 (for tests): a module-level function, cached under its own name.
+    bsdiff40 (for tests): a module-level function, cached under its own name. `open_zips`
+    (`ZipSource.zipfile`) are the caller's open zips, read in this process (workers open
+    their own).
     Returns the outcomes by job name, in the order of `jobs`.
     """
     names = [job.name for job in jobs]
@@ -216,7 +220,7 @@ def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | No
     decided: dict[str, PatchOutcome] = {}
     work: list[_Work] = []
     by_rule = from_cache = 0
-    with _Reader() as reader:
+    with _Reader(open_zips) as reader:
         for key, group in groups.items():
             job = group[0]
             reason = _rule_reason(job, memory_limit, reader)
@@ -233,13 +237,14 @@ def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | No
                 continue
             work.append(_Work(key, tuple(group), diff_memory(job.source.size, job.target.size)))
 
-    work.sort(key=lambda w: (-w.jobs[0].target.size, w.jobs[0].name))
-    pool = min(workers, len(work))
-    say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole by rule, "
-        f"{sum(len(w.jobs) for w in work)} to diff"
-        + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
-    if work:
-        decided.update(_run_diffs(work, cache_dir, pool, timeout, memory_limit, engine, say))
+        work.sort(key=lambda w: (-w.jobs[0].target.size, w.jobs[0].name))
+        pool = min(workers, len(work))
+        say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole by "
+            f"rule, {sum(len(w.jobs) for w in work)} to diff"
+            + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
+        if work:
+            decided.update(_run_diffs(work, cache_dir, pool, timeout, memory_limit, engine,
+                                      say, reader))
     return {name: decided[name] for name in names}
 
 
@@ -306,9 +311,10 @@ def _check_blob(data: bytes, blob: Blob, role: str, name: str) -> None:
 
 
 class _Reader:
-    """Reads blobs, keeping each zip open once."""
+    """Reads blobs, keeping each zip open once; `opened` are zips the caller keeps open."""
 
-    def __init__(self) -> None:
+    def __init__(self, opened: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
+        self._opened = dict(opened or {})
         self._zips: dict[Path, zipfile.ZipFile] = {}
 
     def __enter__(self) -> _Reader:
@@ -322,7 +328,7 @@ class _Reader:
         if blob.path is not None:
             return open(blob.path, "rb")
         assert blob.zip_path is not None and blob.member is not None
-        zf = self._zips.get(blob.zip_path)
+        zf = self._opened.get(blob.zip_path) or self._zips.get(blob.zip_path)
         if zf is None:
             zf = self._zips[blob.zip_path] = zipfile.ZipFile(blob.zip_path)
         return zf.open(blob.member)
@@ -471,8 +477,8 @@ def _batchable(item: _Work) -> bool:
 
 
 def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
-               memory_limit: int, engine: Engine | None,
-               say: Callable[[str], None]) -> dict[str, PatchOutcome]:
+               memory_limit: int, engine: Engine | None, say: Callable[[str], None],
+               reader: _Reader) -> dict[str, PatchOutcome]:
     import detools  # noqa: F401  (once here: every forked worker has it loaded)
 
     ctx = worker_context()
@@ -484,7 +490,6 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
     running: dict[Any, _Running] = {}
     outcomes: dict[str, PatchOutcome] = {}
     done = 0
-    reader = _Reader()
 
     def preload(blob: Blob) -> bytes | None:
         if blob.size > _PRELOAD_MAX:
@@ -554,7 +559,6 @@ def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
                                            if task.result.exists() else (None, lost, 0))
                     finish(item, patch, reason, size, now - entry.started)
     finally:
-        reader.__exit__()
         for entry in running.values():
             entry.process.kill()
             entry.process.join()

@@ -17,7 +17,7 @@ import os
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -94,9 +94,11 @@ def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
 
 
 def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
-              meter: Meter = SILENT) -> None:
+              meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None
+              ) -> None:
     """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
-    `meter` shows the progress."""
+    `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
+    where the caller has their zip open already."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
@@ -104,11 +106,12 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
             raise DfotaError(f"two entries named {item.name!r} would be written", dest)
         seen.add(item.name)
     sources: dict[Path, zipfile.ZipFile] = {}
+    opened = dict(open_zips or {})
     try:
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             bar = meter.progress(f"zipping {dest.name}", len(ordered))
             for item in ordered:
-                _write_item(out, item, compress, sources)
+                _write_item(out, item, compress, opened, sources)
                 bar.advance()
             bar.finish()
     finally:
@@ -117,6 +120,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
 
 
 def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
+                opened: Mapping[Path, zipfile.ZipFile],
                 sources: dict[Path, zipfile.ZipFile]) -> None:
     if item.kind == DIR:
         out.writestr(_zipinfo(item, 0, compress), b"")
@@ -127,7 +131,7 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     elif item.source_path is not None:
         _write_path(out, item, compress)
     elif item.source_zip is not None and item.source_member is not None:
-        zf = sources.get(item.source_zip)
+        zf = opened.get(item.source_zip) or sources.get(item.source_zip)
         if zf is None:
             zf = sources[item.source_zip] = zipfile.ZipFile(item.source_zip)
         member = item.source_member
@@ -285,6 +289,11 @@ class ZipSource:
 
     def close(self) -> None:
         self._zf.close()
+
+    @property
+    def zipfile(self) -> zipfile.ZipFile:
+        """The open zip, for readers that take one (write_zip, the diff reader)."""
+        return self._zf
 
     def names(self, prefix: str = "") -> Iterator[str]:
         return (n for n in self.members if n.startswith(prefix))
