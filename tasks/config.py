@@ -11,6 +11,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_DIR / "sample_sdk"
+TEMPLATES = PROJECT_DIR / "templates"
 SAMPLE_SDK = SAMPLE_DIR / "ql-ol-extsdk"
 SAMPLE_BASE = SAMPLE_DIR / "firmware" / "upgrade" / "targetfiles.zip"
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jinja2
 
 from tasks import edify
+from tasks.config import TEMPLATES
 from tasks.filelists import ChmodRule
 from tasks.plan import Change, Kind, Part, covers
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 from tasks.version import VERSION_FILE
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-TEMPLATES = PROJECT_DIR / "templates"
 SCRIPT_ENTRY = "META-INF/com/google/android/updater-script"
 BINARY_ENTRY = "META-INF/com/google/android/update-binary"
 VERSION_ENTRY = "quectel-project-version"

@@ -12,7 +12,9 @@ Which files are patched is decided by size and kind, so the same inputs give the
   needs less, so the same files are diffed whatever the engine) exceeds the bound is not tried;
 - a patch larger than 95 % of its target is dropped and the file shipped whole.
 A diff that raises, kills its worker or runs past the time-out falls back to the whole file;
-that is a safety net (`PatchOutcome.is_fallback`), never cached.
+that is a safety net (`PatchOutcome.is_fallback`), never cached. Pairs up to 256 KB share a
+worker, a batch of them at a time; a batch whose worker dies or runs out of time is tried again
+one pair per worker, so only the pair at fault falls back.
 
 Every patch is applied to its source and checked against the target's sha1 before it is used,
 and again whenever it is taken from the cache. The cache holds `<source sha1>-<target sha1>-

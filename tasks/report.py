@@ -17,9 +17,9 @@ import jinja2
 from markupsafe import Markup, escape
 
 from tasks import atomic
+from tasks.config import TEMPLATES
 from tasks.errors import DfotaError
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE = "report.html.j2"
 
 BAR_SPACE = 440  # px for the longest bar of a chart
