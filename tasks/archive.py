@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import atomic
+from tasks.config import resolve_path
 from tasks.errors import DfotaError
 
 ZIP_NAME = "targetfiles.zip"
@@ -139,6 +140,18 @@ class Archive:
         archived = self.get(key)
         return (archived is not None and archived.manifest.get("origin") == "targetfiles"
                 and sha256_file(zip_path) == archived.sha256)
+
+    def resolve(self, wanted: str, role: str) -> Path:
+        """The targetfiles.zip `wanted` names: a zip's path, or an archived version (its key
+        or a unique prefix of it), checked intact. `role` names it in errors ("source")."""
+        path = resolve_path(wanted)
+        if path.suffix == ".zip" or "/" in wanted or path.exists():
+            if not path.is_file():
+                raise DfotaError(f"{role} targetfiles.zip not found", path)
+            return path
+        version = self.find(wanted)
+        version.check_intact()
+        return version.zip_path
 
     def admit(self, key: str, sha256: str) -> bool:
         """True when `key` is new; False when it holds these very bytes; refuses a conflict."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.bootimg import read_boot_image
-from tasks.config import SAMPLE_BASE, Settings, resolve_path
+from tasks.config import SAMPLE_BASE, Settings
 from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError
 from tasks.firmware import image_drift, read_sdk_image, sdk_image_drift, take_image_metadata
@@ -49,16 +49,8 @@ def resolve_source(settings: Settings, archive: Archive, target_key: str | None)
     With an empty archive only the sample SDK falls back to the sample's base; a user's SDK
     never does (its versions must not be built on the sample's).
     """
-    wanted = settings.source
-    if wanted:
-        path = resolve_path(wanted)
-        if path.suffix == ".zip" or "/" in wanted or path.exists():
-            if not path.is_file():
-                raise DfotaError("source targetfiles.zip not found", path)
-            return path
-        version = archive.find(wanted)
-        version.check_intact()
-        return version.zip_path
+    if settings.source:
+        return archive.resolve(settings.source, "source")
     candidates = [v for v in archive.versions() if v.key != target_key]
     if candidates:
         candidates[-1].check_intact()

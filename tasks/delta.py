@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import Settings, resolve_path
+from tasks.config import Settings
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
 from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import (
@@ -75,19 +75,13 @@ def resolve_target(settings: Settings) -> Path:
 def resolve_base(settings: Settings, archive: Archive, target_key: str) -> Path:
     """The base: the one asked for, else the source the target was built on (its manifest)."""
     if settings.base:
-        path = resolve_path(settings.base)
-        if path.suffix == ".zip" or "/" in settings.base or path.exists():
-            if not path.is_file():
-                raise DfotaError("base targetfiles.zip not found", path)
-            return path
-        version = archive.find(settings.base)
-    else:
-        archived = archive.get(target_key)
-        source = archived.manifest.get("source") if archived else None
-        if not source:
-            raise DfotaError(f"the archive does not say which version {target_key} was built "
-                             "on; pass --base VERSION", settings.archive_dir)
-        version = archive.find(str(source))
+        return archive.resolve(settings.base, "base")
+    archived = archive.get(target_key)
+    source = archived.manifest.get("source") if archived else None
+    if not source:
+        raise DfotaError(f"the archive does not say which version {target_key} was built on; "
+                         "pass --base VERSION", settings.archive_dir)
+    version = archive.find(str(source))
     version.check_intact()
     return version.zip_path
 

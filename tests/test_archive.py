@@ -91,3 +91,19 @@ def test_leftover_staging_from_a_killed_run_is_ignored_and_cleaned(tmp_path: Pat
     assert archive.versions() == []
     archive.clean_staging()
     assert not staging.exists()
+
+
+def test_resolve_takes_a_zip_path_or_an_intact_archived_version(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    added = archive.add("R1@20220101T0000", zip_file(tmp_path, "a.zip", b"one"),
+                        manifest("2022-01-01,00:00"))
+    assert archive.resolve("R1", "base") == added.zip_path
+    assert archive.resolve(str(tmp_path / "a.zip"), "base") == tmp_path / "a.zip"
+    with pytest.raises(DfotaError, match=r"gone\.zip: source targetfiles\.zip not found"):
+        archive.resolve(str(tmp_path / "gone.zip"), "source")
+    with pytest.raises(DfotaError, match="no archived version matches 'R2'"):
+        archive.resolve("R2", "base")
+    added.zip_path.chmod(0o644)
+    added.zip_path.write_bytes(b"two")
+    with pytest.raises(DfotaError, match="the archive was altered"):
+        archive.resolve("R1", "base")
