@@ -1139,25 +1139,32 @@ def resume_after_power_loss(package: Path | Package, device: Device,
     """Cut the power after `step` on a copy of `device`, then run the package again on what
     is left, as the module does at the next boot. Returns the second run and the device."""
     pkg = package if isinstance(package, Package) else load_package(package)
-    (twin,) = power_loss_states(pkg, device, [step]).values()
+    twin = device.copy()
+    with contextlib.suppress(PowerLoss):
+        apply_package(pkg, twin, power_loss_at=step)
     return apply_package(pkg, twin), twin
 
 
-def power_loss_states(package: Package, device: Device,
-                      steps: Sequence[int]) -> dict[int, Device]:
-    """What a power loss right after each of `steps` leaves of `device`, by step: copies
-    taken during one run (on a copy of `device`), not one run per step. A step the run
-    does not reach gets the device as the run left it."""
+def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
+                        check: Callable[[int, UpdateResult, Device], None]) -> None:
+    """`resume_after_power_loss` for each of `steps`, in order, each re-run and the device it
+    leaves handed to `check`. One run on a copy of `device` serves them all: at each step the
+    re-run is a trial on that copy, undone before the run goes on. A step the run does not
+    reach is tried on the state the run ends in."""
     wanted = set(steps)
-    states: dict[int, Device] = {}
     twin = device.copy()
+    reached: set[int] = set()
 
-    def take(step: int) -> None:
+    def rerun(step: int) -> None:
+        with twin.trial():
+            check(step, apply_package(package, twin), twin)
+
+    def after_step(step: int) -> None:
         if step in wanted:
-            states[step] = twin.copy()
+            reached.add(step)
+            rerun(step)
 
     with contextlib.suppress(PowerLoss):
-        apply_package(package, twin, power_loss_at=max(wanted), after_step=take)
-    for step in wanted - states.keys():  # the run ended first: the power went off after it
-        states[step] = twin.copy()
-    return states
+        apply_package(package, twin, power_loss_at=max(wanted), after_step=after_step)
+    for step in sorted(wanted - reached):
+        rerun(step)

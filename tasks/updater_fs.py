@@ -19,6 +19,7 @@ and a corrupt deflated entry cut short (see `DeviceZip`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import zlib
@@ -183,6 +184,7 @@ class Device:
         }
         self.properties = dict(properties or {})
         self.hook: Callable[[str], None] | None = None
+        self._journal: list[Callable[[], None]] | None = None
 
     @classmethod
     def from_system(
@@ -242,7 +244,7 @@ class Device:
         else:
             raise ValueError(f"unknown kind {kind!r}")
         if old is not None:
-            _release(old)
+            self._release(old)
         parent.children[name] = node
 
     def copy(self) -> Device:
@@ -278,7 +280,60 @@ class Device:
                            for n, p in self.partitions.items()}
         twin.properties = dict(self.properties)
         twin.hook = None
+        twin._journal = None
         return twin
+
+    # --- trials: changes undone ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def trial(self) -> Iterator[Device]:
+        """Everything the device undergoes inside is undone on leaving: a re-run tried on the
+        state a power loss left, without copying the whole tree. The hook is kept too."""
+        outer, hook = self._journal, self.hook
+        self._journal = []
+        try:
+            yield self
+        finally:
+            journal, self._journal = self._journal, outer
+            for undo in reversed(journal):
+                undo()
+            self.hook = hook
+
+    def _remember(self, obj: object, *attrs: str) -> None:
+        """Record `obj`'s `attrs` as they are now, to be restored when a trial ends."""
+        if self._journal is not None:
+            saved = [(name, getattr(obj, name)) for name in attrs]
+
+            def undo() -> None:
+                for name, value in saved:
+                    setattr(obj, name, value)
+
+            self._journal.append(undo)
+
+    def _remember_child(self, parent: FsNode, name: str) -> None:
+        """Record what `parent` holds under `name` now (or that it holds nothing)."""
+        if self._journal is not None:
+            children, old = parent.children, parent.children.get(name)
+
+            def undo() -> None:
+                if old is None:
+                    children.pop(name, None)
+                else:
+                    children[name] = old
+
+            self._journal.append(undo)
+
+    def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
+        self._remember(node, "data", "_sha1")
+        self._remember(node.fs, "used")
+        node.set_data(data, sha1)
+
+    def _release(self, node: FsNode) -> None:
+        """Give back the room of a node leaving its filesystem (with all below it)."""
+        if node.kind == FILE:
+            self._set_data(node, b"")
+        for child in node.children.values():
+            self._release(child)
 
     def entries(self, mount_point: str = "/system") -> dict[str, Entry]:
         """Every entry under a filesystem, by path relative to it, in sorted order."""
@@ -333,15 +388,18 @@ class Device:
     def reboot(self) -> None:
         """What a restart of recovery resets: the mounts, and /tmp (a RAM disk)."""
         for mount in self.mounts.values():
+            self._remember(mount, "active")
             mount.active = mount.point in self.initially_mounted
         tmp = self.root.children.get("tmp")
         if tmp is not None and tmp.kind == DIR and tmp.mount is None:
-            tmp.children.clear()
+            self._remember(tmp, "children")
+            tmp.children = {}
 
     def mount(self, point: str) -> bool:
         mount = self.mounts.get(point)
         if mount is None or mount.active:
             return False
+        self._remember(mount, "active")
         mount.active = True
         return True
 
@@ -349,6 +407,7 @@ class Device:
         mount = self.mounts.get(point)
         if mount is None or not mount.active:
             return False
+        self._remember(mount, "active")
         mount.active = False
         return True
 
@@ -456,17 +515,19 @@ class Device:
         if node is None:
             if where.parent is None:
                 raise FsError("EISDIR", path)
+            self._remember_child(where.parent, where.name)
             node = where.parent.children[where.name] = FsNode(FILE, new_mode, 0, 0,
                                                              where.parent.fs)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
-        node.set_data(b"")
+        self._set_data(node, b"")
         room = node.fs.free()
         if len(data) <= room:
-            node.set_data(data, sha1)
+            self._set_data(node, data, sha1)
         else:
-            node.set_data(data[:room])
+            self._set_data(node, data[:room])
         if meta is not None:
+            self._remember(node, "mode", "uid", "gid")
             node.mode, node.uid, node.gid = meta[0] & 0o7777, meta[1], meta[2]
         self._done(f"write {path}")
         if len(data) > room:
@@ -476,6 +537,7 @@ class Device:
         where = self._resolve(path, False, False)
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
+        self._remember_child(where.parent, where.name)
         where.parent.children[where.name] = FsNode(DIR, mode, 0, 0, where.parent.fs)
         self._done(f"mkdir {path}")
 
@@ -486,7 +548,8 @@ class Device:
         if where.node.kind == DIR:
             raise FsError("EISDIR", path)
         assert where.parent is not None
-        _release(where.parent.children.pop(where.name))
+        self._remember_child(where.parent, where.name)
+        self._release(where.parent.children.pop(where.name))
         self._done(f"unlink {path}")
 
     def rmdir(self, path: str) -> None:
@@ -500,6 +563,7 @@ class Device:
             raise FsError("EBUSY", path)
         if node.children:
             raise FsError("ENOTEMPTY", path)
+        self._remember_child(where.parent, where.name)
         del where.parent.children[where.name]
         self._done(f"rmdir {path}")
 
@@ -507,6 +571,7 @@ class Device:
         where = self._resolve(path, False, False)
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
+        self._remember_child(where.parent, where.name)
         node = where.parent.children[where.name] = FsNode(SYMLINK, 0o777, 0, 0, where.parent.fs)
         node.link = target
         self._done(f"symlink {path}")
@@ -533,14 +598,17 @@ class Device:
             if new.node.kind == DIR and (new.node.children or new.node is new.node.fs.root
                                          or new.node.mount is not None):
                 raise FsError("ENOTEMPTY", dst)
-            _release(new.node)
+            self._release(new.node)
+        self._remember_child(old.parent, old.name)
         del old.parent.children[old.name]
+        self._remember_child(new.parent, new.name)
         new.parent.children[new.name] = node
         self._done(f"rename {src} {dst}")
 
     def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,
                        mode: int | None, what: str) -> None:
         """chown/chmod on a node already found; None leaves a field as it is."""
+        self._remember(node, "uid", "gid", "mode")
         if uid is not None:
             node.uid = uid
         if gid is not None:
@@ -553,6 +621,7 @@ class Device:
         """Write `data` (sha1 `digest`, when known); False when it does not fit."""
         part = self.partitions[name]
         fits = part.size is None or len(data) <= part.size
+        self._remember(part, "data", "digests")
         if fits:
             part.write(data, digest)
         else:
@@ -574,14 +643,6 @@ def _key_of(kind: str, mode: int, uid: int, gid: int, sha1: str,
 def entry_key(entry: Entry) -> tuple[object, ...]:
     """What a check of the result compares of an entry (`Device.keys` gives the same)."""
     return _key_of(entry.kind, entry.mode, entry.uid, entry.gid, entry.sha1, entry.link)
-
-
-def _release(node: FsNode) -> None:
-    """Give back the room of a node leaving its filesystem (with all below it)."""
-    if node.kind == FILE:
-        node.set_data(b"")
-    for child in node.children.values():
-        _release(child)
 
 
 def _inside(node: FsNode, ancestor: FsNode) -> bool:

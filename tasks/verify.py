@@ -42,8 +42,9 @@ from tasks.tree import DIR, FILE, SYMLINK, Entry, Tree
 from tasks.updater import (
     Device,
     Package,
+    UpdateResult,
+    for_each_power_loss,
     load_package,
-    power_loss_states,
     precheck,
 )
 from tasks.updater import apply_package as host_apply
@@ -190,10 +191,8 @@ def _replay(steps: Sequence[int]) -> list[str]:
     assert _REPLAY is not None
     pkg, device, expected, partitions, expected_keys = _REPLAY
     problems = []
-    states = power_loss_states(pkg, device, steps)
-    for step in steps:
-        after = states.pop(step)
-        again = host_apply(pkg, after)
+
+    def check(step: int, again: UpdateResult, after: Device) -> None:
         if again.code != 0:
             problems.append(f"power loss after step {step}: re-run gave {again.code} "
                             f"({again.message})")
@@ -202,6 +201,8 @@ def _replay(steps: Sequence[int]) -> list[str]:
             # the quick comparison found a difference: the full one says which
             diff = _state_differences(after, expected, partitions) or ["differs"]
             problems.append(f"power loss after step {step}: {diff[0]}")
+
+    for_each_power_loss(pkg, device, sorted(steps), check)
     return problems
 
 
@@ -213,8 +214,7 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
     loaded package and device), in chunks, and report problems in step order."""
     global _REPLAY
     workers = workers or os.cpu_count() or 1
-    # few chunks (each runs its prefix once), of at most 32 device copies held at a time
-    size = max(8, min(32, -(-len(steps) // (workers * 4))))
+    size = max(8, -(-len(steps) // (workers * 4)))  # few chunks: each runs its prefix once
     chunks = [list(steps[i:i + size]) for i in range(0, len(steps), size)]
     _REPLAY = (pkg, device, expected, partitions,
                {path: entry_key(e) for path, e in expected.items()})

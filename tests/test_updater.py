@@ -22,8 +22,8 @@ from tasks.updater import (
     UpdateResult,
     apply_package,
     count_mutating_steps,
+    for_each_power_loss,
     load_package,
-    power_loss_states,
     precheck,
     resume_after_power_loss,
 )
@@ -740,20 +740,48 @@ def test_power_loss_at_every_step_then_a_rerun_reaches_the_same_state(
         assert finished.state() == expected, f"step {step} ({lost.value.what})"
 
 
-def test_states_copied_during_one_run_equal_one_run_per_power_loss(tmp_path: Path) -> None:
-    base = device()
+@pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
+def test_re_runs_tried_during_one_run_equal_one_copy_per_power_loss(
+        tmp_path: Path, tight: bool) -> None:
+    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
+    base = device(system_capacity=used + 60_000 if tight else None)
     pkg = load_package(full_package(tmp_path))
     total = count_mutating_steps(pkg, base)
-    steps = [1, 2, total // 2, total - 1, total, total + 5]  # the last one is never reached
-    states = power_loss_states(pkg, base, steps)
-    assert sorted(states) == steps
-    for step in steps:
-        alone = base.copy()
-        with contextlib.suppress(PowerLoss):
-            apply_package(pkg, alone, power_loss_at=step)
-        assert states[step].state() == alone.state(), step
-        assert states[step].keys() == {p: entry_key(e) for p, e in alone.entries().items()}
+    steps = [*range(1, total + 1), total + 5]  # the last one is never reached
+    seen: list[int] = []
+
+    def check(step: int, result: UpdateResult, after: Device) -> None:
+        seen.append(step)
+        alone, finished = resume_after_power_loss(pkg, base, step)
+        assert (result.code, result.message) == (alone.code, alone.message), step
+        assert after.state() == finished.state(), step
+        assert after.keys() == {p: entry_key(e) for p, e in finished.entries().items()}
+        assert after.free_space("/system") == finished.free_space("/system"), step
+
+    for_each_power_loss(pkg, base, steps, check)
+    assert seen == steps
     assert base.state() == device().state()  # the device given is left as it was
+
+
+@pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
+def test_a_trial_leaves_the_device_as_it_was(tmp_path: Path, tight: bool) -> None:
+    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
+    dev = device(system_capacity=used + 60_000 if tight else None)
+    pkg = load_package(full_package(tmp_path))
+    for step in (3, count_mutating_steps(pkg, dev) // 2):  # part-way, as after a power loss
+        with contextlib.suppress(PowerLoss):
+            apply_package(pkg, dev, power_loss_at=step)
+        before = (dev.state(), dev.keys(), dev.free_space("/system"),
+                  dev.free_space("/cache"), {p: m.active for p, m in dev.mounts.items()},
+                  dev.listdir("/tmp"), {n: p.data for n, p in dev.partitions.items()})
+        with dev.trial():
+            assert apply_package(pkg, dev).code == 0
+            assert dev.state() != before[0]
+        after = (dev.state(), dev.keys(), dev.free_space("/system"),
+                 dev.free_space("/cache"), {p: m.active for p, m in dev.mounts.items()},
+                 dev.listdir("/tmp"), {n: p.data for n, p in dev.partitions.items()})
+        assert after == before, step
+        assert dev.hook is None
 
 
 def test_the_quick_comparison_sees_what_the_full_one_sees() -> None:

@@ -92,7 +92,18 @@ def _unknown_function(package: Path) -> None:
     rewrite(package, {SCRIPT_ENTRY: script_of(package) + b'format_everything("/system");\n'})
 
 
+def _not_resumable(package: Path) -> None:
+    """Moves a file away and back at the end: a clean run ends right, a power loss between the
+    two leaves a module whose next run cannot find the file."""
+    script = script_of(package)
+    end = script.rindex(b'unmount("/system");')
+    rewrite(package, {SCRIPT_ENTRY: script[:end] + (
+        b'rename("/system/bin/busybox", "/system/bin/busybox.away");\n'
+        b'rename("/system/bin/busybox.away", "/system/bin/busybox");\n') + script[end:]})
+
+
 @pytest.mark.parametrize(("damage", "check", "detail"), [
+    (_not_resumable, "power loss at every step, then a re-run", "power loss after step"),
     (_wrong_sha1, "apply to the source", "result 510"),
     (_missing_patch, "apply to the source", "result 510"),
     (_truncated, "unzip -tq", "unzip -tq"),
