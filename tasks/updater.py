@@ -7,7 +7,8 @@ application note). The fake module is `tasks.updater_fs.Device`.
 Power loss: every mutating step (a file written, renamed or deleted, a directory made or
 removed, a symlink, a permission change on one path, a raw partition write) is counted; with
 `power_loss_at=N` the run stops with `PowerLoss` right after the Nth. The module recovers by
-running the same package again from the start on what is left (`resume_after_power_loss`).
+running the same package again from the start on what is left (`resume_after_power_loss`;
+`for_each_power_loss` does it for many steps during one run, each re-run a `Device.trial`).
 
 Not modelled: IMGDIFF2 patches (applying one fails the way a corrupt patch does);
 `run_program` and `format` (they abort); a write torn by the power loss (every step is whole).
