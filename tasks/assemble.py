@@ -19,13 +19,9 @@ from pathlib import Path
 
 from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.bootimg import read_boot_image
 from tasks.config import SAMPLE_BASE, Settings
-from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError
-from tasks.firmware import image_drift, read_sdk_image, sdk_image_drift, take_image_metadata
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
-from tasks.patches import worker_context
 from tasks.runlog import SILENT, Meter, RunLog
 from tasks.targetfiles import (
     SdkOutput,
@@ -71,6 +67,8 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
             raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
                              sdk.folder / "target")
         return scan, []
+    from tasks.firmware import image_drift, read_sdk_image, take_image_metadata
+
     image = read_sdk_image(sdk.sysfs_ubi)
     warnings = image_drift(scan.entries, image)
     if metadata_from_image:
@@ -134,6 +132,12 @@ class _Warnings:
 
 
 def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
+    # imported here: the inputs manifest, which every run of doit makes, needs none of them
+    from tasks.bootimg import read_boot_image
+    from tasks.elf import read_abl_elf
+    from tasks.firmware import sdk_image_drift
+    from tasks.patches import worker_context
+
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
