@@ -352,11 +352,23 @@ class Device:
     def keys(self, mount_point: str = "/system") -> dict[str, tuple[object, ...]]:
         """`entry_key` of every entry under a filesystem: what `entries` gives, built fast
         enough to compare after each of hundreds of power-loss replays."""
+        # a loop over a stack, unsorted, the tuples of _key_of written out: this runs for
+        # every entry after every replay (tests hold it equal to entry_key of `entries`)
         out: dict[str, tuple[object, ...]] = {}
-        for rel, node in _walk(self.mounts[mount_point].fs.root, ""):
-            out[rel] = (_key_of(node.kind, node.mode, node.uid, node.gid, node.sha1(),
-                                node.link) if node.kind == FILE else
-                        _key_of(node.kind, node.mode, node.uid, node.gid, "", node.link))
+        stack = [(self.mounts[mount_point].fs.root, "")]
+        while stack:
+            folder, prefix = stack.pop()
+            for name, node in folder.children.items():
+                if node.mount is not None:
+                    node = node.mount.fs.root
+                rel = prefix + name
+                if node.kind == FILE:
+                    out[rel] = (FILE, node.mode, node.uid, node.gid, node.sha1())
+                elif node.kind == SYMLINK:
+                    out[rel] = (SYMLINK, node.link)
+                else:
+                    out[rel] = (DIR, node.mode, node.uid, node.gid)
+                    stack.append((node, rel + "/"))
         return out
 
     def partition_sha1s(self) -> dict[str, str]:
@@ -423,13 +435,12 @@ class Device:
             raise FsError("ENOENT", path)
         top = start or self.root
         stack: list[tuple[str, FsNode]] = [("", top)]
-        parts = path.split("/")[::-1]
+        # the components still to walk, last first, without the empty and "." ones
+        parts = [p for p in reversed(path.split("/")) if p not in ("", ".")]
         must_dir = path.endswith("/")
         hops = 0
         while parts:
             name = parts.pop()
-            if name in ("", "."):
-                continue
             if name == "..":
                 if len(stack) > 1:
                     stack.pop()
@@ -437,7 +448,7 @@ class Device:
             current = stack[-1][1]
             if current.kind != DIR:
                 raise FsError("ENOTDIR", path)
-            more = any(p not in ("", ".") for p in parts)
+            more = bool(parts)
             child = current.children.get(name)
             if child is None:
                 if more:
@@ -453,7 +464,7 @@ class Device:
                     raise FsError("ENOENT", path)
                 if child.link.startswith("/"):
                     stack = [stack[0]]
-                parts.extend(child.link.split("/")[::-1])
+                parts.extend(p for p in reversed(child.link.split("/")) if p not in ("", "."))
                 continue
             if not more:
                 if must_dir and child.kind != DIR:
