@@ -73,6 +73,12 @@ def device(entries: dict | None = None, **kwargs: object) -> Device:
                               **kwargs)  # type: ignore[arg-type]
 
 
+def roomy_or_tight(tight: bool) -> Device:
+    """The source module; `tight`: a /system with 60 KB free."""
+    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
+    return device(system_capacity=used + 60_000 if tight else None)
+
+
 def package(tmp: Path, script: str | bytes, files: dict[str, bytes] | None = None,
             items: tuple[ZipItem, ...] = (), version: bytes = V1) -> Path:
     path = tmp / f"update{next(_names)}.zip"
@@ -721,8 +727,7 @@ def test_running_out_of_space_is_511(tmp_path: Path) -> None:
 @pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
 def test_power_loss_at_every_step_then_a_rerun_reaches_the_same_state(
         tmp_path: Path, tight: bool) -> None:
-    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
-    base = device(system_capacity=used + 60_000 if tight else None)
+    base = roomy_or_tight(tight)
     pkg = load_package(full_package(tmp_path))
     reference = base.copy()
     assert apply_package(pkg, reference).code == 0
@@ -743,8 +748,7 @@ def test_power_loss_at_every_step_then_a_rerun_reaches_the_same_state(
 @pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
 def test_re_runs_tried_during_one_run_equal_one_copy_per_power_loss(
         tmp_path: Path, tight: bool) -> None:
-    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
-    base = device(system_capacity=used + 60_000 if tight else None)
+    base = roomy_or_tight(tight)
     pkg = load_package(full_package(tmp_path))
     total = count_mutating_steps(pkg, base)
     steps = [*range(1, total + 1), total + 5]  # the last one is never reached
@@ -765,8 +769,7 @@ def test_re_runs_tried_during_one_run_equal_one_copy_per_power_loss(
 
 @pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
 def test_a_trial_leaves_the_device_as_it_was(tmp_path: Path, tight: bool) -> None:
-    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
-    dev = device(system_capacity=used + 60_000 if tight else None)
+    dev = roomy_or_tight(tight)
     pkg = load_package(full_package(tmp_path))
     for step in (3, count_mutating_steps(pkg, dev) // 2):  # part-way, as after a power loss
         with contextlib.suppress(PowerLoss):
