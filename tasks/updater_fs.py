@@ -352,7 +352,7 @@ class Device:
     def keys(self, mount_point: str = "/system") -> dict[str, tuple[object, ...]]:
         """`entry_key` of every entry under a filesystem: what `entries` gives, built fast
         enough to compare after each of hundreds of power-loss replays."""
-        # a loop over a stack, unsorted, the tuples of _key_of written out: this runs for
+        # a loop over a stack, unsorted, the tuples of entry_key written out: this runs for
         # every entry after every replay (tests hold it equal to entry_key of `entries`)
         out: dict[str, tuple[object, ...]] = {}
         stack = [(self.mounts[mount_point].fs.root, "")]
@@ -641,19 +641,14 @@ class Device:
         return fits
 
 
-def _key_of(kind: str, mode: int, uid: int, gid: int, sha1: str,
-            link: str) -> tuple[object, ...]:
-    # a symlink by its target only: the updater cannot set a link's owner or mode
-    if kind == SYMLINK:
-        return (SYMLINK, link)
-    if kind == FILE:
-        return (FILE, mode, uid, gid, sha1)
-    return (DIR, mode, uid, gid)
-
-
 def entry_key(entry: Entry) -> tuple[object, ...]:
-    """What a check of the result compares of an entry (`Device.keys` gives the same)."""
-    return _key_of(entry.kind, entry.mode, entry.uid, entry.gid, entry.sha1, entry.link)
+    """What a check of the result compares of an entry (`Device.keys` gives the same): a
+    symlink by its target only, as the updater cannot set a link's owner or mode."""
+    if entry.kind == SYMLINK:
+        return (SYMLINK, entry.link)
+    if entry.kind == FILE:
+        return (FILE, entry.mode, entry.uid, entry.gid, entry.sha1)
+    return (DIR, entry.mode, entry.uid, entry.gid)
 
 
 def _inside(node: FsNode, ancestor: FsNode) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.archive import Archive
+from tasks.bench import SHELL_PROCEDURE
 from tasks.bootimg import build_boot_image
 from tasks.targetfiles import system_tree
 from tasks.tree import scan_folder
@@ -100,23 +101,8 @@ def test_info_zip_extraction_equals_the_notes_shell_procedure(ws: Workspace, tmp
     """Section 2.2.2 run with the real commands, compared entry for entry with the tool's zip."""
     ws.build()
     shell = tmp_path / "v2"
-    script = r"""
-set -e
-mkdir -p targetfiles && cd targetfiles
-unzip -qK "$SOURCE"
-cp -rf "$SDK/target/sdxlemur-boot.img" ./BOOTABLE_IMAGES/boot.img
-cp -rf "$SDK/target/abl.elf" ./MULTIFOTA/abl.elf
-cd SYSTEM
-mv firmware dev ../
-rm -rf *
-cp -prafR "$SDK/ql-ol-rootfs/"* ./
-rm -rf firmware dev
-mv ../firmware ../dev ./
-cd ..
-zip -qry0 ../targetfiles.zip ./*
-"""
     shell.mkdir()
-    subprocess.run(["bash", "-c", script], cwd=shell, check=True,
+    subprocess.run(["bash", "-c", SHELL_PROCEDURE], cwd=shell, check=True,
                    env={**os.environ, "SOURCE": str(ws.source), "SDK": str(ws.sdk)})
     trees = {}
     for label, archive in (("shell", shell / "targetfiles.zip"),
