@@ -16,7 +16,10 @@ Not modelled: IMGDIFF2 patches (applying one fails the way a corrupt patch does)
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -87,6 +90,9 @@ class UpdateResult:
     steps: int = 0
     log: tuple[str, ...] = ()
     step_log: tuple[str, ...] = ()  # what each mutating step did ("write ...", "chmod ...")
+    # a run that followed an earlier one: the top-level statement after which the device was
+    # as that run left it there (the rest would go as it went, so it was not run)
+    rejoined: int | None = None
 
 
 # --- the package ----------------------------------------------------------------------------
@@ -202,6 +208,7 @@ def _strtod(text: bytes) -> float:
     return float(found.group(0)) if found else 0.0
 
 
+@functools.lru_cache(maxsize=4096)  # the same sums are parsed at every re-run
 def _parse_sha1(text: bytes) -> bytes | None:
     if len(text) != 40 or any(c not in _HEXDIGITS for c in text):
         return None
@@ -1101,14 +1108,51 @@ def precheck(package: Path, device: Device) -> UpdateResult | None:
     return None
 
 
+class _Rejoined(Exception):
+    def __init__(self, statement: int) -> None:
+        self.statement = statement
+
+
+def _evaluate(run: _Updater, root: Node, marks: list[tuple[int, object]] | None,
+              follow: Sequence[object] | None) -> Value:
+    """The script's value, as `run.value(root)`; with `marks` or `follow`, statement by
+    statement at the top level, the device's digest taken after each."""
+    if marks is None and follow is None:
+        return run.value(root)
+    items = root.items if isinstance(root, Seq) else (root,)
+    for index, item in enumerate(items[:-1]):
+        run.string(item)
+        if run.no_space:  # a state with a write cut short is never compared
+            mark = None
+        elif marks is not None or (follow is not None and index < len(follow)
+                                   and follow[index] is not None):
+            mark = run.dev.digest()
+        else:
+            continue
+        if marks is not None:
+            marks.append((run.steps, mark))
+        if follow is not None and mark is not None and index < len(follow) \
+                and follow[index] == mark:
+            raise _Rejoined(index)
+    return run.value(items[-1])
+
+
 def apply_package(package: Path | Package, device: Device, *,
                   power_loss_at: int | None = None,
-                  after_step: Callable[[int], None] | None = None) -> UpdateResult:
+                  after_step: Callable[[int], None] | None = None,
+                  marks: list[tuple[int, object]] | None = None,
+                  follow: Sequence[object] | None = None) -> UpdateResult:
     """Start recovery on `device` (mounts and /tmp reset) and run the package's script.
 
     Raises PowerLoss after mutating step `power_loss_at`, leaving `device` as it is then;
     `after_step(n)` is called as each step n is done. The module's pre-checks are
     `precheck`'s job and are not repeated here.
+
+    `marks` is filled, after each top-level statement, with the steps done so far and the
+    device's digest. `follow`: the digests of a run of the same package that succeeded (None
+    where not to compare); as soon as the device is as that run left it after the same
+    statement, the rest can only go as it went: this run stops there with result 0 and
+    `rejoined` set (the device is left as it is then, not at the end).
     """
     pkg = package if isinstance(package, Package) else load_package(package)
     device.reboot()
@@ -1118,12 +1162,15 @@ def apply_package(package: Path | Package, device: Device, *,
     run = _Updater(pkg, device, power_loss_at, after_step)
     device.hook = run.on_step
     try:
-        outcome = run.value(pkg.root)
+        outcome = _evaluate(run, pkg.root, marks, follow)
         if isinstance(outcome, Blob):
             raise _Abort("expecting string, got blob")
     except _Abort as abort:
         run.say(f"script aborted: {abort.message}")
         return _result(run, 7, abort.message, abort.cause)
+    except _Rejoined as joined:
+        return dataclasses.replace(_result(run, 0, "as the run followed from here"),
+                                   rejoined=joined.statement)
     finally:
         device.hook = None
     run.say(f"script succeeded: result was [{_text(outcome)}]")
@@ -1147,18 +1194,29 @@ def resume_after_power_loss(package: Path | Package, device: Device,
 
 
 def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
-                        check: Callable[[int, UpdateResult, Device], None]) -> None:
+                        check: Callable[[int, UpdateResult, Device], None], *,
+                        follow: Sequence[tuple[int, object]] | None = None) -> None:
     """`resume_after_power_loss` for each of `steps`, in order, each re-run and the device it
     leaves handed to `check`. One run on a copy of `device` serves them all: at each step the
     re-run is a trial on that copy, undone before the run goes on. A step the run does not
-    reach is tried on the state the run ends in."""
+    reach is tried on the state the run ends in.
+
+    `follow`: the `marks` of a whole run of the package on `device` that succeeded; each
+    re-run follows it and stops where it rejoins it (`UpdateResult.rejoined`): from there it
+    would end as that run did."""
     wanted = set(steps)
     twin = device.copy()
     reached: set[int] = set()
+    ends = [done for done, _ in follow or ()]
+    digests = [digest for _, digest in follow or ()]
 
     def rerun(step: int) -> None:
+        # compared from the statement that made step `step` on: before it, the device holds
+        # that step's change and the whole run's did not yet
+        start = bisect.bisect_left(ends, step)
         with twin.trial():
-            check(step, apply_package(package, twin), twin)
+            check(step, apply_package(package, twin, follow=[None] * start + digests[start:]
+                                      if follow else None), twin)
 
     def after_step(step: int) -> None:
         if step in wanted:

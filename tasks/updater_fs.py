@@ -61,9 +61,11 @@ class _Fs:
 class FsNode:
     """One file, directory or symlink of a filesystem."""
 
-    __slots__ = ("_sha1", "children", "data", "fs", "gid", "kind", "link", "mode", "mount", "uid")
+    __slots__ = ("_digest", "_sha1", "children", "data", "fs", "gid", "kind", "link", "mode",
+                 "mount", "parent", "uid")
 
-    def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs) -> None:
+    def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs,
+                 parent: FsNode | None = None) -> None:
         self.kind = kind
         self.mode = mode & 0o7777
         self.uid = uid
@@ -74,6 +76,39 @@ class FsNode:
         self.children: dict[str, FsNode] = {}
         self.mount: _Mount | None = None  # set on a directory that is a mount point
         self._sha1: str | None = None
+        # the directory holding it (for a filesystem's root: its mount point), and the cached
+        # digest of all it is and holds (None: to be computed); see `Device.digest`
+        self.parent = parent
+        self._digest: str | None = None
+
+    def touch(self) -> None:
+        """Forget the digests of this node and of every directory above it (a cached digest
+        above a changed node is never kept, so the walk stops at the first one forgotten)."""
+        node: FsNode | None = self
+        while node is not None and node._digest is not None:
+            node._digest = None
+            node = node.parent
+
+    def digest(self) -> str:
+        """What this node is (type, mode, owner, content or link) and, for a directory,
+        everything below it, mounted filesystems included."""
+        if self._digest is None:
+            if self.kind == FILE:
+                self._digest = f"f{self.mode} {self.uid} {self.gid} {self.sha1()}"
+            elif self.kind == SYMLINK:
+                self._digest = f"l{self.mode} {self.uid} {self.gid} {self.link}"
+            else:
+                # names and link targets hold no NUL: the joined text reads one way only
+                parts = [f"{self.mode} {self.uid} {self.gid}"]
+                children = self.children
+                for name in sorted(children):
+                    child = children[name]
+                    parts += (name, child._digest or child.digest())
+                if self.mount is not None:
+                    parts += ("", self.mount.fs.root.digest())
+                text = "\0".join(parts).encode("utf-8", "surrogateescape")
+                self._digest = "d" + hashlib.blake2b(text, digest_size=16).hexdigest()
+        return self._digest
 
     def sha1(self) -> str:
         if self._sha1 is None:
@@ -85,6 +120,7 @@ class FsNode:
         self.fs.used += len(data) - len(self.data)
         self.data = data
         self._sha1 = sha1
+        self.touch()
 
 
 @dataclass
@@ -176,6 +212,8 @@ class Device:
             fs = _Fs(point, caps[point])
             holder = self._host_mkdirs(point)
             holder.mount = _Mount(point, fs, point in self.initially_mounted)
+            fs.root.parent = holder
+            holder.touch()
             self.mounts[point] = holder.mount
         self._host_mkdirs("/tmp")
         self.partitions: dict[str, Partition] = {
@@ -197,14 +235,17 @@ class Device:
         capacities: Mapping[str, int | None] | None = None,
         mounted: Iterable[str] = ("/cache",),
         properties: Mapping[str, str] | None = None,
+        sha1s: Mapping[str, str] | None = None,
     ) -> Device:
         """A module whose /system holds `entries` (paths relative to /system); missing
-        parent directories are made 0755 root:root. `capacities` adds other mount points."""
+        parent directories are made 0755 root:root. `capacities` adds other mount points.
+        `sha1s`: files' sha1s already known, by the same paths."""
         caps = {**(capacities or {}), "/system": system_capacity, "/cache": cache_capacity}
         device = cls(capacities=caps, mounted=mounted, partitions=partitions,
                      properties=properties)
+        known = sha1s or {}
         for path in sorted(entries):
-            device.put("/system/" + path.strip("/"), *entries[path])
+            device.put("/system/" + path.strip("/"), *entries[path], sha1=known.get(path))
         return device
 
     # --- host-side set-up and inspection (every filesystem visible, no hook) ---------------
@@ -214,7 +255,8 @@ class Device:
         for name in (p for p in path.split("/") if p):
             child = node.children.get(name)
             if child is None:
-                child = node.children[name] = FsNode(DIR, 0o755, 0, 0, node.fs)
+                child = node.children[name] = FsNode(DIR, 0o755, 0, 0, node.fs, node)
+                node.touch()
             elif child.mount is not None:
                 child = child.mount.fs.root
             if child.kind != DIR:
@@ -223,57 +265,62 @@ class Device:
         return node
 
     def put(self, path: str, kind: str, mode: int, uid: int, gid: int,
-            content: bytes | str = b"") -> None:
-        """Create or replace one entry, whatever is mounted (for setting up a test state)."""
+            content: bytes | str = b"", *, sha1: str | None = None) -> None:
+        """Create or replace one entry, whatever is mounted (for setting up a test state);
+        `sha1`: a file's, when known."""
         parent_path, _, name = path.rstrip("/").rpartition("/")
         parent = self._host_mkdirs(parent_path)
         old = parent.children.get(name)
         if kind == DIR:
             if old is not None and old.kind == DIR:
                 old.mode, old.uid, old.gid = mode & 0o7777, uid, gid
+                old.touch()
                 return
-            node = FsNode(DIR, mode, uid, gid, parent.fs)
+            node = FsNode(DIR, mode, uid, gid, parent.fs, parent)
         elif kind == SYMLINK:
-            node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs)
+            node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs, parent)
             node.link = content if isinstance(content, str) else content.decode(
                 "utf-8", "surrogateescape")
         elif kind == FILE:
-            node = FsNode(FILE, mode, uid, gid, parent.fs)
+            node = FsNode(FILE, mode, uid, gid, parent.fs, parent)
             node.set_data(content.encode("utf-8", "surrogateescape")
-                          if isinstance(content, str) else bytes(content))
+                          if isinstance(content, str) else bytes(content), sha1)
         else:
             raise ValueError(f"unknown kind {kind!r}")
         if old is not None:
             self._release(old)
         parent.children[name] = node
+        parent.touch()
 
     def copy(self) -> Device:
         """An independent copy (contents are shared: bytes never change in place)."""
         twin = Device.__new__(Device)
         fss: dict[int, _Fs] = {}
 
-        def fs_copy(fs: _Fs) -> _Fs:
+        def fs_copy(fs: _Fs, holder: FsNode | None) -> _Fs:
             if id(fs) not in fss:
                 new = _Fs.__new__(_Fs)
                 new.name, new.capacity, new.used = fs.name, fs.capacity, fs.used
                 fss[id(fs)] = new
-                new.root = clone(fs.root)
+                new.root = clone(fs.root, holder)
             return fss[id(fs)]
 
-        def clone(node: FsNode) -> FsNode:
+        def clone(node: FsNode, parent: FsNode | None) -> FsNode:
             new = FsNode.__new__(FsNode)
             new.kind, new.mode, new.uid, new.gid = node.kind, node.mode, node.uid, node.gid
             new.data, new.link, new._sha1 = node.data, node.link, node._sha1
             new.fs = fss[id(node.fs)]
+            new.parent, new._digest = parent, node._digest
             new.mount = None
-            new.children = {name: clone(child) for name, child in node.children.items()}
+            new.children = {name: clone(child, new) for name, child in node.children.items()}
             if node.mount is not None:
-                new.mount = _Mount(node.mount.point, fs_copy(node.mount.fs), node.mount.active)
+                new.mount = _Mount(node.mount.point, fs_copy(node.mount.fs, new),
+                                   node.mount.active)
                 twin.mounts[node.mount.point] = new.mount
             return new
 
         twin.mounts = {}
-        twin.rootfs = fs_copy(self.rootfs)
+        twin.rootfs = fs_copy(self.rootfs, None)
         twin.root = twin.rootfs.root
         twin.initially_mounted = self.initially_mounted
         twin.partitions = {n: Partition(p.data, p.size, dict(p.digests))
@@ -300,18 +347,26 @@ class Device:
             self.hook = hook
 
     def _remember(self, obj: object, *attrs: str) -> None:
-        """Record `obj`'s `attrs` as they are now, to be restored when a trial ends."""
+        """Record `obj`'s `attrs` as they are now, to be restored when a trial ends; `obj` is
+        about to change, so a node's digest is forgotten (now and when restored)."""
+        node = obj if isinstance(obj, FsNode) else None
+        if node is not None:
+            node.touch()
         if self._journal is not None:
             saved = [(name, getattr(obj, name)) for name in attrs]
 
             def undo() -> None:
                 for name, value in saved:
                     setattr(obj, name, value)
+                if node is not None:
+                    node.touch()
 
             self._journal.append(undo)
 
     def _remember_child(self, parent: FsNode, name: str) -> None:
-        """Record what `parent` holds under `name` now (or that it holds nothing)."""
+        """Record what `parent` holds under `name` now (or that it holds nothing), as
+        `_remember` does."""
+        parent.touch()
         if self._journal is not None:
             children, old = parent.children, parent.children.get(name)
 
@@ -320,6 +375,7 @@ class Device:
                     children.pop(name, None)
                 else:
                     children[name] = old
+                parent.touch()
 
             self._journal.append(undo)
 
@@ -370,6 +426,15 @@ class Device:
                     out[rel] = (DIR, node.mode, node.uid, node.gid)
                     stack.append((node, rel + "/"))
         return out
+
+    def digest(self) -> tuple[object, ...]:
+        """All the updater can see of the device: every filesystem (type, mode, owner, content
+        and link of each node), what is mounted, and the partitions. Two devices with equal
+        digests behave alike under the same script. Only the directories changed since the
+        last call are hashed again."""
+        return (self.root.digest(), tuple(m.active for m in self.mounts.values()),
+                tuple((name, p.size, p.digest(len(p.data)))
+                      for name, p in self.partitions.items()))
 
     def partition_sha1s(self) -> dict[str, str]:
         return {name: (p.digest(len(p.data)) or b"").hex()
@@ -528,7 +593,7 @@ class Device:
                 raise FsError("EISDIR", path)
             self._remember_child(where.parent, where.name)
             node = where.parent.children[where.name] = FsNode(FILE, new_mode, 0, 0,
-                                                             where.parent.fs)
+                                                             where.parent.fs, where.parent)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
         self._set_data(node, b"")
@@ -549,7 +614,8 @@ class Device:
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
         self._remember_child(where.parent, where.name)
-        where.parent.children[where.name] = FsNode(DIR, mode, 0, 0, where.parent.fs)
+        where.parent.children[where.name] = FsNode(DIR, mode, 0, 0, where.parent.fs,
+                                                   where.parent)
         self._done(f"mkdir {path}")
 
     def unlink(self, path: str) -> None:
@@ -583,7 +649,8 @@ class Device:
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
         self._remember_child(where.parent, where.name)
-        node = where.parent.children[where.name] = FsNode(SYMLINK, 0o777, 0, 0, where.parent.fs)
+        node = where.parent.children[where.name] = FsNode(SYMLINK, 0o777, 0, 0, where.parent.fs,
+                                                          where.parent)
         node.link = target
         self._done(f"symlink {path}")
 
@@ -614,6 +681,8 @@ class Device:
         del old.parent.children[old.name]
         self._remember_child(new.parent, new.name)
         new.parent.children[new.name] = node
+        self._remember(node, "parent")
+        node.parent = new.parent
         self._done(f"rename {src} {dst}")
 
     def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,17 +98,23 @@ def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
             if MINOR_PREFIX + image in src.members}
 
 
-def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> Device:
-    """A module running this targetfiles: /system from SYSTEM/, partitions from the images."""
+def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> tuple[Device, Tree]:
+    """A module running this targetfiles: /system from SYSTEM/, partitions from the images;
+    and its `system_tree`. Each file is read once, its sha1 taken from the bytes read."""
+    contents = {name: src.read_hashed(name) for name in src.names(SYSTEM + "/")
+                if src.members[name].kind == FILE}
+    tree = system_tree(src)
     entries: dict[str, tuple[str, int, int, int, bytes | str]] = {}
-    for path, entry in system_tree(src).items():
-        content: bytes | str = (src.read(system_path(path)) if entry.kind == FILE
+    for path, entry in tree.items():
+        content: bytes | str = (contents[system_path(path)] if entry.kind == FILE
                                 else entry.link if entry.kind == SYMLINK else b"")
         entries[path] = (entry.kind, entry.mode, entry.uid, entry.gid, content)
     partitions = {boot_partition(src): src.read(BOOT_IMAGE)}
     partitions.update({part: src.read(MINOR_PREFIX + image) for image, part in minor.items()
                        if MINOR_PREFIX + image in src.members})
-    return Device.from_system(entries, partitions)
+    device = Device.from_system(entries, partitions, sha1s={
+        p: e.sha1 for p, e in tree.items() if e.kind == FILE})
+    return device, tree
 
 
 def expected_system(source: Tree, target: Tree, parts: frozenset[Part],
@@ -182,42 +189,65 @@ def replay_points(step_log: Sequence[str], permission_replays: int | None) -> li
     return sorted(others + perms)
 
 
-_REPLAY: tuple[Package, Device, Tree, Mapping[str, str], dict[str, tuple[object, ...]]] | None
-_REPLAY = None
+@dataclass(frozen=True)
+class _Replays:
+    pkg: Package
+    device: Device
+    expected: Tree
+    partitions: Mapping[str, str]
+    expected_keys: dict[str, tuple[object, ...]]
+    # the marks of the whole run for re-runs to rejoin (None: each goes to its end), and
+    # what a re-run that rejoins it ends as: that run's first difference, if any
+    whole_run: list[tuple[int, object]] | None
+    whole_run_differs: str | None
+
+
+_REPLAY: _Replays | None = None
 
 
 def _replay(steps: Sequence[int]) -> list[str]:
     """Cut the power after each step, re-run the package, compare (in a worker process)."""
     assert _REPLAY is not None
-    pkg, device, expected, partitions, expected_keys = _REPLAY
+    job = _REPLAY
     problems = []
 
     def check(step: int, again: UpdateResult, after: Device) -> None:
         if again.code != 0:
             problems.append(f"power loss after step {step}: re-run gave {again.code} "
                             f"({again.message})")
-        elif after.keys() != expected_keys or not \
-                partitions.items() <= after.partition_sha1s().items():
+        elif again.rejoined is not None:
+            if job.whole_run_differs is not None:
+                problems.append(f"power loss after step {step}: {job.whole_run_differs}")
+        elif after.keys() != job.expected_keys or not \
+                job.partitions.items() <= after.partition_sha1s().items():
             # the quick comparison found a difference: the full one says which
-            diff = _state_differences(after, expected, partitions) or ["differs"]
+            diff = _state_differences(after, job.expected, job.partitions) or ["differs"]
             problems.append(f"power loss after step {step}: {diff[0]}")
 
-    for_each_power_loss(pkg, device, sorted(steps), check)
+    for_each_power_loss(job.pkg, job.device, sorted(steps), check, follow=job.whole_run)
     return problems
 
 
 def replay_power_losses(pkg: Package, device: Device, expected: Tree,
                         partitions: Mapping[str, str], steps: Sequence[int],
-                        advance: Callable[[int], None], workers: int | None = None
+                        advance: Callable[[int], None], workers: int | None = None, *,
+                        whole_run: tuple[list[tuple[int, object]], str | None] | None = None
                         ) -> list[str]:
     """Every replay is independent: spread them over the cores (forked workers share the
-    loaded package and device), in chunks, and report problems in step order."""
+    loaded package and device), in chunks, and report problems in step order.
+
+    `whole_run`: the marks of a run of the package on `device` that succeeded, and its
+    first difference from `expected` (None: none). A re-run stops where its device is as
+    that run left it after the same top-level statement, and ends as that run does. Without
+    it, every re-run goes to its end and is compared."""
     global _REPLAY
     workers = workers or os.cpu_count() or 1
-    size = max(8, -(-len(steps) // (workers * 4)))  # few chunks: each runs its prefix once
-    chunks = [list(steps[i:i + size]) for i in range(0, len(steps), size)]
-    _REPLAY = (pkg, device, expected, partitions,
-               {path: entry_key(e) for path, e in expected.items()})
+    # few chunks, each from the whole range (each runs the package once, to its end)
+    count = workers * 2
+    chunks = [list(steps[i::count]) for i in range(count) if steps[i::count]]
+    marks, differs = whole_run or (None, None)
+    _REPLAY = _Replays(pkg, device, expected, partitions,
+                       {path: entry_key(e) for path, e in expected.items()}, marks, differs)
     try:
         if workers == 1 or len(chunks) < 2:
             results = []
@@ -243,24 +273,34 @@ def info_zip_test(package: Path) -> list[str]:
 
 
 def bspatch_check(package: Path, base: ZipSource, target: ZipSource) -> tuple[list[str], int]:
-    """Each patch applied by Debian's bspatch to the source must give the target's bytes."""
-    problems, count = [], 0
+    """Each patch applied by Debian's bspatch to the source must give the target's bytes
+    (a bspatch per core at a time)."""
     with ZipSource(package) as pkg, tempfile.TemporaryDirectory(prefix="bspatch.") as tmp:
-        old, new, patch = Path(tmp, "old"), Path(tmp, "new"), Path(tmp, "patch")
-        for name in sorted(pkg.names("patch/")):
+        jobs = []
+        for index, name in enumerate(sorted(pkg.names("patch/"))):
             member = (BOOT_IMAGE if name == "patch/boot.img.p"
                       else system_path(name[len("patch/system/"):-len(".p")]))
+            old, patch = Path(tmp, f"{index}.old"), Path(tmp, f"{index}.patch")
             old.write_bytes(base.read(member))
             patch.write_bytes(pkg.read(name))
-            new.unlink(missing_ok=True)
-            done = subprocess.run(["bspatch", str(old), str(new), str(patch)],
-                                  capture_output=True, text=True)
-            count += 1
-            if done.returncode != 0:
-                problems.append(f"{name}: bspatch failed: {done.stderr.strip()}")
-            elif new.read_bytes() != target.read(member):
+            jobs.append((name, member, old, patch))
+
+        def run(job: tuple[str, str, Path, Path]) -> str | None:
+            name, _, old, patch = job
+            done = subprocess.run(["bspatch", str(old), str(old.with_suffix(".new")),
+                                   str(patch)], capture_output=True, text=True)
+            return None if done.returncode == 0 else f"{name}: bspatch failed: " \
+                f"{done.stderr.strip()}"
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            failures = list(pool.map(run, jobs))
+        problems = []
+        for (name, member, old, _), failed in zip(jobs, failures, strict=True):
+            if failed is not None:
+                problems.append(failed)
+            elif old.with_suffix(".new").read_bytes() != target.read(member):
                 problems.append(f"{name}: bspatch gives other bytes than the target's")
-    return problems, count
+    return problems, len(jobs)
 
 
 def _tamper_target(device: Device, package: Path) -> str | None:
@@ -287,9 +327,9 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
         minor = minor_partitions(target, lists)
-        device = device_from_targetfiles(base, minor)
-        device.state()  # hash every file and partition once: each copy keeps the hashes
-        expected = expected_system(system_tree(base), system_tree(target), parts, lists)
+        device, source_tree = device_from_targetfiles(base, minor)
+        device.state()  # hash every partition once: each copy keeps the hashes
+        expected = expected_system(source_tree, system_tree(target), parts, lists)
         kernel_side = target if Part.KERNEL in parts else base
         partitions = {boot_partition(target): kernel_side.sha1(BOOT_IMAGE)}
         minor_side = target if Part.MINOR in parts else base
@@ -307,8 +347,9 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             return report
 
         pkg = load_package(package)
-        clean = device.copy()
-        result = host_apply(pkg, clean)
+        device.digest()  # once: each copy keeps it
+        clean, marks = device.copy(), []
+        result = host_apply(pkg, clean, marks=marks)
         report.steps = result.steps
         log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
         problems = [] if result.code == 0 else [f"result {result.code}: {result.message}"]
@@ -319,15 +360,14 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         applied = report.add("apply to the source", problems,
                              f"result 0, {result.steps} steps, progress up to 100 %")
         if applied:
-            report.add("result equals the target", _state_differences(clean, expected,
-                                                                      partitions),
+            differs = _state_differences(clean, expected, partitions)
+            report.add("result equals the target", differs,
                        f"{len(expected)} entries and {len(partitions)} partitions")
-
-        if applied:
             step_list = replay_points(result.step_log, permission_replays)
             bar = log.progress("verify: power loss at each step", len(step_list))
             problems = replay_power_losses(pkg, device, expected, partitions, step_list,
-                                           bar.advance)
+                                           bar.advance,
+                                           whole_run=(marks, differs[0] if differs else None))
             report.replays = len(step_list)
             bar.finish()
             perms = sum(1 for what in result.step_log if what.startswith("chmod"))

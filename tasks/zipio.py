@@ -236,6 +236,7 @@ class ZipSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._sha1s: dict[str, str] = {}  # of entries read whole by `read_hashed`
         try:
             self._zf = zipfile.ZipFile(path)
         except FileNotFoundError as exc:
@@ -307,10 +308,18 @@ class ZipSource:
         except _CORRUPT as exc:
             raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
 
+    def read_hashed(self, name: str) -> bytes:
+        """`read`, the sha1 of the bytes kept for `sha1` (one pass where both are needed)."""
+        data = self.read(name)
+        self._sha1s[name] = hashlib.sha1(data).hexdigest()
+        return data
+
     def link_target(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
 
     def sha1(self, name: str) -> str:
+        if name in self._sha1s:
+            return self._sha1s[name]
         digest = hashlib.sha1()
         try:
             with self.open(name) as f:

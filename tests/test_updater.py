@@ -811,3 +811,101 @@ def test_the_quick_comparison_sees_what_the_full_one_sees() -> None:
     twin = dev.copy()  # a link's own mode and owner are not compared (the updater cannot set them)
     twin.set_owner_mode(twin.lstat("/system/lib/link.so"), 7, 7, 0o700, "x")
     assert twin.keys() == keys
+
+
+def fresh_digest(dev: Device) -> tuple[object, ...]:
+    """`Device.digest` computed from nothing: every cached node digest forgotten on a copy."""
+    twin = dev.copy()
+    stack = [twin.root]
+    while stack:
+        node = stack.pop()
+        node._digest = None
+        stack += node.children.values()
+        if node.mount is not None:
+            stack.append(node.mount.fs.root)
+    return twin.digest()
+
+
+@pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
+def test_the_kept_digest_follows_every_step_and_every_undo(tmp_path: Path, tight: bool) -> None:
+    base = roomy_or_tight(tight)
+    pkg = load_package(full_package(tmp_path))
+    total = count_mutating_steps(pkg, base)
+    dev = base.copy()
+    dev.digest()
+    seen: list[tuple[object, ...]] = []
+
+    def after_step(step: int) -> None:
+        digest = dev.digest()
+        assert digest == fresh_digest(dev), step
+        seen.append(digest)
+        if step % 3 == 0:  # a re-run tried and undone at every third step
+            with dev.trial():
+                assert apply_package(pkg, dev).code == 0
+                assert dev.digest() == fresh_digest(dev), step
+            assert dev.digest() == digest == fresh_digest(dev), step
+
+    assert apply_package(pkg, dev, after_step=after_step).code == 0
+    assert len(seen) == total and len(set(seen)) > total // 2  # the steps are told apart
+    assert dev.digest() == fresh_digest(dev) == Device.from_system(
+        TARGET, {"boot": BOOT2}).copy().digest() != base.digest()
+
+
+def test_the_digest_sees_everything_the_updater_can() -> None:
+    dev = device()
+    dev.mount("/system")
+    digest = dev.digest()
+    changes = {
+        "content": lambda d: d.write_file("/system/bin/app", b"other", new_mode=0o755),
+        "mode": lambda d: d.set_owner_mode(d.lstat("/system/bin/app"), None, None, 0o700, "x"),
+        "owner": lambda d: d.set_owner_mode(d.lstat("/system/etc"), 5, None, None, "x"),
+        "link": lambda d: (d.unlink("/system/lib/link.so"),
+                           d.symlink("other", "/system/lib/link.so")),
+        "link owner": lambda d: d.set_owner_mode(d.lstat("/system/lib/link.so"), 7, 7, None,
+                                                 "x"),
+        "kind": lambda d: (d.unlink("/system/lib/link.so"),
+                           d.mkdir("/system/lib/link.so", 0o755)),
+        "gone": lambda d: d.unlink("/system/bin/app"),
+        "renamed": lambda d: d.rename("/system/bin/app", "/system/bin/ap"),
+        "moved, then changed": lambda d: (
+            d.rename("/system/bin/app", "/system/lib/app"), d.digest(),
+            d.set_owner_mode(d.lstat("/system/lib/app"), None, None, 0o700, "x")),
+        "cache file": lambda d: d.write_file("/cache/saved.file", b"x", new_mode=0o600),
+        "tmp file": lambda d: d.write_file("/tmp/x", b"", new_mode=0o600),
+        "unmounted": lambda d: d.unmount("/system"),
+        "partition": lambda d: d.write_partition("boot", BOOT2),
+    }
+    for name, change in changes.items():
+        twin = dev.copy()
+        change(twin)
+        assert twin.digest() != digest, name
+        assert twin.digest() == fresh_digest(twin), name
+        with twin.trial():  # and back
+            twin.reboot()
+            twin.mount("/system")
+        assert twin.digest() == fresh_digest(twin), name
+
+
+@pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
+def test_a_re_run_that_rejoins_the_whole_run_would_have_ended_as_it(
+        tmp_path: Path, tight: bool) -> None:
+    base = roomy_or_tight(tight)
+    pkg = load_package(full_package(tmp_path))
+    whole, marks = base.copy(), []
+    assert apply_package(pkg, whole, marks=marks).code == 0
+    total = count_mutating_steps(pkg, base)
+    rejoined: list[int] = []
+
+    def check(step: int, result: UpdateResult, after: Device) -> None:
+        alone, finished = resume_after_power_loss(pkg, base, step)
+        assert result.code == alone.code == 0, step
+        if result.rejoined is None:
+            assert after.state() == finished.state(), step
+        else:
+            rejoined.append(step)
+            assert result.steps <= alone.steps
+            # what the re-run would have done from there on brings it to the whole run's end
+            assert finished.state() == whole.state(), step
+
+    for_each_power_loss(pkg, base, range(1, total + 1), check, follow=marks)
+    assert len(rejoined) >= total * 3 // 4, (len(rejoined), total)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks import verify as verify_module
 from tasks.config import Settings
 from tasks.delta import build_delta
 from tasks.errors import DfotaError
@@ -119,6 +120,23 @@ def test_a_hand_broken_package_is_caught_with_the_right_code(
     assert not report.ok
     failed = next(c for c in report.checks if not c.ok)
     assert failed.name == check and detail in failed.detail, failed
+
+
+@pytest.mark.parametrize("damage", [None, _not_resumable], ids=["good", "not-resumable"])
+def test_re_runs_that_rejoin_the_whole_run_find_what_full_re_runs_find(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    if damage is not None:
+        damage(settings.pending_zip)
+    quick = verify(settings)
+    replay = verify_module.replay_power_losses
+    monkeypatch.setattr(verify_module, "replay_power_losses",
+                        lambda *args, whole_run: replay(*args))  # every re-run to its end
+    full = verify(settings)
+    assert [(c.name, c.ok, c.detail) for c in quick.checks] == \
+        [(c.name, c.ok, c.detail) for c in full.checks]
+    assert quick.ok == (damage is None) and quick.replays == full.replays > 10
 
 
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
