@@ -3,6 +3,7 @@
 
 from tasks.dodo_tasks import (
     Reporter,
+    StatChecker,
     task_bench,
     task_delta,
     task_import_base,
@@ -18,6 +19,7 @@ DOIT_CONFIG = {
     "dep_file": ".doit.db",
     "action_string_formatting": "new",
     "reporter": Reporter,
+    "check_file_uptodate": StatChecker,
 }
 
 __all__ = [
