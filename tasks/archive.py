@@ -40,6 +40,59 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stamp(st: os.stat_result) -> tuple[str, list[int]]:
+    return f"{st.st_dev}:{st.st_ino}", [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_hashes(record: Path) -> dict[str, list[object]]:
+    try:
+        found = json.loads(record.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _still_true(key: str, entry: object) -> bool:
+    """An entry [size, mtime, ctime, sha256, path] whose file is still as recorded."""
+    if not (isinstance(entry, list) and len(entry) == 5):
+        return False
+    try:
+        return _stamp(os.stat(str(entry[4]))) == (key, entry[:3])
+    except OSError:
+        return False
+
+
+def _record_hash(record: Path | None, path: Path, sha256: str) -> None:
+    """Note `path`'s sha256 with its inode, size and times in `record` (None: nowhere);
+    entries of files since changed or gone are dropped. A cache: losing it costs a hashing."""
+    if record is None:
+        return
+    with contextlib.suppress(OSError):
+        key, stamp = _stamp(path.stat())
+        hashes = {k: v for k, v in _read_hashes(record).items() if _still_true(k, v)}
+        hashes[key] = [*stamp, sha256, os.fsdecode(path.absolute())]
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(record, json.dumps(hashes, indent=0, sort_keys=True) + "\n")
+
+
+def recorded_sha256(record: Path | None, path: Path) -> str:
+    """The sha256 of `path`: the one `record` holds while the file's inode, size,
+    modification and change times are those it had when recorded (any write, chmod or rename
+    changes the change time), else hashed anew (and recorded)."""
+    try:
+        key, stamp = _stamp(path.stat())
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    entry = _read_hashes(record).get(key) if record is not None else None
+    if isinstance(entry, list) and len(entry) == 5 and entry[:3] == stamp:
+        return str(entry[3])
+    sha256 = sha256_file(path)
+    with contextlib.suppress(OSError):
+        if _stamp(path.stat())[1] == stamp:  # unchanged while hashed
+            _record_hash(record, path, sha256)
+    return sha256
+
+
 def _hard_link(src: Path, dest: Path) -> bool:
     """Link `src` as `dest`; False where the file system cannot (another device, no links)."""
     try:
@@ -90,16 +143,19 @@ class ArchivedVersion:
         version = self.manifest.get("version")
         return str(version.get("package_time", "")) if isinstance(version, dict) else ""
 
-    def check_intact(self) -> None:
-        """The zip is still the one archived (archives live for years)."""
-        if sha256_file(self.zip_path) != self.sha256:
-            raise DfotaError(f"archived version {self.key} does not match its manifest's "
-                             "sha256: the archive was altered", self.zip_path)
-
 
 class Archive:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hash_record: Path | None = None) -> None:
+        """`hash_record`: a file (outside the archive) where the sha256s of archived zips
+        and of their copies are kept by inode, so an unchanged zip is not hashed again."""
         self.root = root
+        self.hash_record = hash_record
+
+    def check_intact(self, version: ArchivedVersion) -> None:
+        """The zip is still the one archived (archives live for years)."""
+        if recorded_sha256(self.hash_record, version.zip_path) != version.sha256:
+            raise DfotaError(f"archived version {version.key} does not match its manifest's "
+                             "sha256: the archive was altered", version.zip_path)
 
     def versions(self) -> list[ArchivedVersion]:
         """Every archived version, oldest package time first."""
@@ -139,7 +195,12 @@ class Archive:
         archived as `key`: what its manifest recorded (sha1s) can then be trusted."""
         archived = self.get(key)
         return (archived is not None and archived.manifest.get("origin") == "targetfiles"
-                and sha256_file(zip_path) == archived.sha256)
+                and recorded_sha256(self.hash_record, zip_path) == archived.sha256)
+
+    def note_copy(self, path: Path, sha256: str) -> None:
+        """`path` was just written as a copy of an archived zip whose sha256 is `sha256`:
+        `built_here` need not hash it again while it stays as it is now."""
+        _record_hash(self.hash_record, path, sha256)
 
     def resolve(self, wanted: str, role: str) -> Path:
         """The targetfiles.zip `wanted` names: a zip's path, or an archived version (its key
@@ -150,7 +211,7 @@ class Archive:
                 raise DfotaError(f"{role} targetfiles.zip not found", path)
             return path
         version = self.find(wanted)
-        version.check_intact()
+        self.check_intact(version)
         return version.zip_path
 
     def admit(self, key: str, sha256: str) -> bool:
@@ -187,6 +248,7 @@ class Archive:
             for name in (ZIP_NAME, MANIFEST_NAME):
                 os.chmod(staging / name, 0o444)
             os.rename(staging, self.root / key)
+        _record_hash(self.hash_record, self.root / key / ZIP_NAME, copied)
         self.write_index()
         return ArchivedVersion(key, self.root / key, full)
 

@@ -49,7 +49,7 @@ def resolve_source(settings: Settings, archive: Archive, target_key: str | None)
         return archive.resolve(settings.source, "source")
     candidates = [v for v in archive.versions() if v.key != target_key]
     if candidates:
-        candidates[-1].check_intact()
+        archive.check_intact(candidates[-1])
         return candidates[-1].zip_path
     if settings.sdk_is_sample:
         return SAMPLE_BASE
@@ -83,7 +83,8 @@ def inputs_manifest(settings: Settings, meter: Meter = SILENT) -> dict[str, obje
     cache = HashCache(settings.hash_cache)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
-    source = resolve_source(settings, Archive(settings.archive_dir), target.key)
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
+    source = resolve_source(settings, archive, target.key)
     manifest = {
         "boot_image": {"path": str(sdk.boot_image), "sha1": cache.sha1_of(sdk.boot_image)},
         "abl": {"path": str(sdk.abl), "sha1": cache.sha1_of(sdk.abl)},
@@ -167,7 +168,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
               image_warnings: Callable[[], list[str]]) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
     the SDK's image) is asked for once the zip is written, before anything is archived."""
-    archive = Archive(settings.archive_dir)
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
     archive.clean_staging()
     source_path = resolve_source(settings, archive, target_version.key)
 
@@ -217,6 +218,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                         "rootfs_tree_sha1": digest_tree(scan.entries),
                         "source_sha256": source_sha256,
                     }}, sha256=target_sha256, take=True)
+    archive.note_copy(settings.target_zip, target_sha256)
     return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
                              tuple(warnings.lines))

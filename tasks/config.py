@@ -83,6 +83,11 @@ class Settings:
     def hash_cache(self) -> Path:
         return self.state_dir / "hash-cache.json"
 
+    @property
+    def archive_hashes(self) -> Path:
+        """sha256s of archived zips and their copies, by inode (see `Archive`)."""
+        return self.state_dir / "archive-sha256.json"
+
 
 def resolve_path(value: str | Path, base: Path = PROJECT_DIR) -> Path:
     path = Path(value).expanduser()

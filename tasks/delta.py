@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def resolve_base(settings: Settings, archive: Archive, target_key: str) -> Path:
         raise DfotaError(f"the archive does not say which version {target_key} was built on; "
                          "pass --base VERSION", settings.archive_dir)
     version = archive.find(str(source))
-    version.check_intact()
+    archive.check_intact(version)
     return version.zip_path
 
 
@@ -125,7 +126,7 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
     started = time.monotonic()
     parts = parse_mode(settings.mode)
     lists = read_file_lists(settings.config_dir)
-    archive = Archive(settings.archive_dir)
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
     target_path = resolve_target(settings)
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
@@ -147,6 +148,27 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
                          "could not tell them apart", target.path)
     if UPDATER not in target.members:
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
+    boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
+    with ThreadPoolExecutor(1) as early:
+        # the kernel's diff (the largest) needs neither tree: it runs while they are hashed
+        boot_lines: list[str] = []
+        boot_diff = early.submit(make_patches, [PatchJob(
+            BOOT_IMAGE,
+            Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
+                        base.members[BOOT_IMAGE].size),
+            Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
+                        target.members[BOOT_IMAGE].size))] if boot_changed else [],
+            cache_dir=settings.patch_cache, workers=1, timeout=settings.diff_timeout,
+            progress=boot_lines.append)
+        return _build_on(settings, log, parts, lists, base, target, started, recorded_sha1s,
+                         boot_changed, boot_diff, boot_lines)
+
+
+def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+              base: ZipSource, target: ZipSource, started: float,
+              recorded_sha1s: tuple[bool, bool], boot_changed: bool,
+              boot_diff: Future[dict[str, PatchOutcome]], boot_lines: list[str]) -> DeltaResult:
+    source_version, target_version = zip_version(base), zip_version(target)
     source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
     target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
 
@@ -166,13 +188,6 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
                      Blob.in_zip(base.path, system_path(c.path), c.source.sha1, c.source.size),
                      Blob.in_zip(target.path, system_path(c.path), c.target.sha1, c.target.size))
             for c in changes if c.kind is Kind.PATCHED and c.source and c.target]
-    boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
-    if boot_changed:
-        jobs.append(PatchJob(BOOT_IMAGE,
-                             Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
-                                         base.members[BOOT_IMAGE].size),
-                             Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
-                                         target.members[BOOT_IMAGE].size)))
     diff_started = time.monotonic()
     bar = log.progress("diffing", len(jobs))
 
@@ -185,6 +200,11 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
                             workers=settings.workers or None, timeout=settings.diff_timeout,
                             progress=diff_line, open_zips={base.path: base.zipfile,
                                                            target.path: target.zipfile})
+    if BOOT_IMAGE in outcomes:
+        raise ValueError("two patch jobs have the same name")
+    outcomes.update(boot_diff.result())
+    for line in boot_lines:
+        log.detail(line)
     bar.done = bar.total  # files served by the cache or decided by rule count as done
     bar.finish()
     diff_seconds = time.monotonic() - diff_started
@@ -402,7 +422,7 @@ def build_for_bases(settings: Settings, log: RunLog,
     target_path = resolve_target(settings)
     with ZipSource(target_path) as target:
         target_key = zip_version(target).key
-    archive = Archive(settings.archive_dir)
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
     root = settings.out_dir / "deltas"
     outcomes: list[BaseOutcome] = []
     for base in pick_bases(settings.bases, archive, target_key):

@@ -214,7 +214,7 @@ def _still_archived(settings: Settings, values: dict[str, Any]) -> bool:
     if not key:
         return False
     try:
-        version = Archive(settings.archive_dir).get(key)
+        version = Archive(settings.archive_dir, settings.archive_hashes).get(key)
     except DfotaError:
         return False
     return version is not None and version.sha256 == values.get("sha256")
@@ -266,13 +266,14 @@ def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_ti
 def _delta(settings: Settings, log: RunLog) -> None:
     from tasks.delta import build_delta, build_for_bases
     from tasks.delta import describe as delta_describe
-    from tasks.verify import verify_delta
 
     result = build_delta(settings, log)
     for warning in result.warnings:
         log.say(f"warning: {warning}")
     log.say(delta_describe(result))
     if settings.bases:
+        from tasks.verify import verify_delta
+
         outcomes = build_for_bases(settings, log, verify_delta)
         log.say(f"delta: {len(outcomes)} verified packages in {settings.out_dir / 'deltas'}")
 
@@ -337,22 +338,25 @@ def _import_base(settings: Settings, firmware: str, template: str, from_images: 
 
     if not firmware:
         raise DfotaError("name the firmware package: doit import_base --firmware DIR")
-    import_base(resolve_path(firmware), Archive(settings.archive_dir),
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
+    import_base(resolve_path(firmware), archive,
                 template=resolve_path(template) if template else None,
                 from_images=from_images, say=log.say, work_dir=settings.state_dir)
 
 
 def task_bench() -> TaskDict:
     """measure the chain on a production-size SDK pair against the alternatives (BENCHMARKS.md)"""
-    from tasks.bench import run_benchmark
-
     return {
-        "actions": [guarded("bench", PROJECT_DIR / "build" / "logs", lambda log: run_benchmark(
-            PROJECT_DIR / "build" / "bench", 1.0, log.say, PROJECT_DIR / "BENCHMARKS.md")
-            and None)],
+        "actions": [guarded("bench", PROJECT_DIR / "build" / "logs", _bench)],
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def _bench(log: RunLog) -> None:
+    from tasks.bench import run_benchmark
+
+    run_benchmark(PROJECT_DIR / "build" / "bench", 1.0, log.say, PROJECT_DIR / "BENCHMARKS.md")
 
 
 @task_params(COMMON_PARAMS)
@@ -367,7 +371,7 @@ def task_versions(out: str, archive: str, state: str) -> TaskDict:
 
 
 def _list_versions(settings: Settings, log: RunLog) -> None:
-    archive = Archive(settings.archive_dir)
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
     versions = archive.versions()
     if not versions:
         log.say(f"{settings.archive_dir}: no archived version yet")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -237,6 +238,7 @@ class ZipSource:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sha1s: dict[str, str] = {}  # of entries read whole by `read_hashed`
+        self._raw: IO[bytes] | None = None  # the file, for hashing stored entries in place
         try:
             self._zf = zipfile.ZipFile(path)
         except FileNotFoundError as exc:
@@ -289,6 +291,8 @@ class ZipSource:
         self.close()
 
     def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         self._zf.close()
 
     @property
@@ -317,9 +321,42 @@ class ZipSource:
     def link_target(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
 
+    def _stored_sha1(self, name: str) -> str | None:
+        """The sha1 of a stored entry read straight from the file (zipfile's reader costs
+        more than hashing a small file), its CRC checked; None for a compressed entry."""
+        info = self.members[name].info
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        corrupt = f"entry {name!r} is corrupt"
+        try:
+            if self._raw is None:
+                self._raw = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+            fd = self._raw.fileno()
+            header = os.pread(fd, 30, info.header_offset)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise DfotaError(f"{corrupt} (no local header)", self.path)
+            name_len, extra_len = struct.unpack_from("<HH", header, 26)
+            at, left = info.header_offset + 30 + name_len + extra_len, info.file_size
+            digest, crc = hashlib.sha1(), 0
+            while left:
+                chunk = os.pread(fd, min(left, _COPY_CHUNK), at)
+                if not chunk:
+                    raise DfotaError(f"{corrupt} (cut short)", self.path)
+                digest.update(chunk)
+                crc = zlib.crc32(chunk, crc)
+                at, left = at + len(chunk), left - len(chunk)
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", self.path) from exc
+        if crc != info.CRC:
+            raise DfotaError(f"{corrupt} (Bad CRC-32 for file {name!r})", self.path)
+        return digest.hexdigest()
+
     def sha1(self, name: str) -> str:
         if name in self._sha1s:
             return self._sha1s[name]
+        stored = self._stored_sha1(name)  # most targetfiles entries are stored (zip -0)
+        if stored is not None:
+            return stored
         digest = hashlib.sha1()
         try:
             with self.open(name) as f:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks import archive as archive_module
 from tasks.archive import Archive, sha256_file
 from tasks.errors import DfotaError
 
@@ -55,6 +56,38 @@ def test_a_users_file_is_copied_a_temporary_is_linked_a_wrong_sha256_is_refused(
     assert not [p for p in archive.root.iterdir() if p.name.startswith(".")]
 
 
+def test_an_archived_zip_is_hashed_again_only_when_its_inode_size_or_times_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = Archive(tmp_path / "archive", tmp_path / "state/archive-sha256.json")
+    ours = zip_file(tmp_path, "staged.zip", b"built")
+    added = archive.add("T@20220201T0000", ours,
+                        {**manifest("2022-02-01,00:00"), "origin": "targetfiles"},
+                        sha256=sha256_file(ours), take=True)
+    hashed: list[Path] = []
+    real = archive_module.sha256_file
+    monkeypatch.setattr(archive_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    archive.check_intact(added)
+    assert archive.built_here(added.key, ours)  # a hard link: the same inode
+    assert hashed == []
+    before = added.zip_path.stat()
+    os.chmod(added.zip_path, 0o644)  # altered, its modification time put back
+    added.zip_path.write_bytes(b"tampered")
+    os.utime(added.zip_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(DfotaError, match="the archive was altered"):
+        archive.check_intact(added)
+    assert hashed == [added.zip_path]
+    copy = tmp_path / "out.zip"  # a copy noted as such is trusted while it stays as it is
+    copy.write_bytes(ours.read_bytes())
+    archive.note_copy(copy, added.sha256)
+    assert archive.built_here(added.key, copy) and hashed == [added.zip_path]
+    with copy.open("r+b") as f:
+        f.write(b"X")
+    assert not archive.built_here(added.key, copy) and hashed[-1] == copy
+    (tmp_path / "state/archive-sha256.json").write_text("{not json")  # a damaged record
+    with pytest.raises(DfotaError, match="the archive was altered"):
+        archive.check_intact(added)
+
+
 def test_versions_are_ordered_by_package_time_and_found_by_prefix(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive")
     archive.add("B@20220301T0000", zip_file(tmp_path, "b", b"b"), manifest("2022-03-01,00:00"))
@@ -76,11 +109,11 @@ def test_an_altered_archived_zip_is_noticed(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive")
     added = archive.add("A@20220101T0000", zip_file(tmp_path, "a", b"a"),
                         manifest("2022-01-01,00:00"))
-    added.check_intact()
+    archive.check_intact(added)
     os.chmod(added.zip_path, 0o644)
     added.zip_path.write_bytes(b"tampered")
     with pytest.raises(DfotaError, match="the archive was altered"):
-        added.check_intact()
+        archive.check_intact(added)
 
 
 def test_leftover_staging_from_a_killed_run_is_ignored_and_cleaned(tmp_path: Path) -> None:

@@ -131,3 +131,19 @@ def test_every_public_task_has_a_description_and_help_shows_parameters() -> None
     for option in ("--base=", "--mode=", "--bases=", "--config=", "--out="):
         assert option in help_delta
     assert "--sdk=" in doit("help", "targetfiles")
+
+
+def test_a_file_dependency_changes_with_its_inode_size_or_time_not_by_reading_it(
+        tmp_path: Path) -> None:
+    from tasks.dodo_tasks import StatChecker
+
+    checker, dep = StatChecker(), tmp_path / "targetfiles.zip"
+    dep.write_bytes(b"first")
+    state = checker.get_state(str(dep), None)
+    assert state is not None and checker.get_state(str(dep), state) is None
+    assert not checker.check_modified(str(dep), os.stat(dep), json.loads(json.dumps(state)))
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"other")  # same size, renamed into place: a new inode
+    os.utime(staged, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns))
+    os.replace(staged, dep)
+    assert checker.check_modified(str(dep), os.stat(dep), state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -124,6 +125,28 @@ def test_reading_back_gives_kinds_modes_links_and_hashes(tmp_path: Path) -> None
         assert members["SYSTEM/empty"].kind == DIR and members["SYSTEM/empty"].mode == 0o700
         assert members["SYSTEM/bin/su"].kind == FILE and members["SYSTEM/bin/su"].mode == 0o4755
         assert src.sha1("SYSTEM/etc/secret") == "a62f2225bf70bfaccbc7f1ef2a397836717377de"
+
+
+def test_hashes_of_stored_and_deflated_entries_and_a_damaged_stored_one(tmp_path: Path) -> None:
+    dest, packed = tmp_path / "t.zip", tmp_path / "d.zip"
+    write_zip(dest, sample_items(tmp_path))
+    write_zip(packed, sample_items(tmp_path), compress=True)
+    for path in (dest, packed):
+        with ZipSource(path) as src:
+            for name, member in src.members.items():
+                if member.kind == FILE:
+                    assert src.sha1(name) == hashlib.sha1(src.read(name)).hexdigest(), name
+    with zipfile.ZipFile(dest) as zf:
+        info = zf.getinfo("SYSTEM/bin/tool")
+    data = bytearray(dest.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_len + extra_len + 100] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    with ZipSource(dest) as src:
+        for read in (src.sha1, src.read):
+            with pytest.raises(DfotaError, match=r"entry 'SYSTEM/bin/tool' is corrupt \(Bad "
+                                                 r"CRC-32 for file 'SYSTEM/bin/tool'\)"):
+                read("SYSTEM/bin/tool")
 
 
 def test_members_are_copied_from_another_zip_byte_for_byte(tmp_path: Path) -> None:
