@@ -153,7 +153,7 @@ class Archive:
 
     def check_intact(self, version: ArchivedVersion) -> None:
         """The zip is still the one archived (archives live for years)."""
-        if recorded_sha256(self.hash_record, version.zip_path) != version.sha256:
+        if self.sha256_of(version.zip_path) != version.sha256:
             raise DfotaError(f"archived version {version.key} does not match its manifest's "
                              "sha256: the archive was altered", version.zip_path)
 
@@ -195,7 +195,11 @@ class Archive:
         archived as `key`: what its manifest recorded (sha1s) can then be trusted."""
         archived = self.get(key)
         return (archived is not None and archived.manifest.get("origin") == "targetfiles"
-                and recorded_sha256(self.hash_record, zip_path) == archived.sha256)
+                and self.sha256_of(zip_path) == archived.sha256)
+
+    def sha256_of(self, path: Path) -> str:
+        """`path`'s sha256, from the hash record while the file is as recorded."""
+        return recorded_sha256(self.hash_record, path)
 
     def note_copy(self, path: Path, sha256: str) -> None:
         """`path` was just written as a copy of an archived zip whose sha256 is `sha256`:

@@ -77,8 +77,18 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
     return scan, warnings
 
 
-def inputs_manifest(settings: Settings, meter: Meter = SILENT) -> dict[str, object]:
-    """Everything the target is made from, by content: what `doit targetfiles` depends on."""
+@dataclass(frozen=True, slots=True)
+class ScannedRootfs:
+    """The rootfs as the inputs manifest saw it, and the hash cache that served it."""
+
+    scan: FolderScan
+    cache: HashCache
+
+
+def inputs_manifest(settings: Settings, meter: Meter = SILENT
+                    ) -> tuple[dict[str, object], ScannedRootfs]:
+    """Everything the target is made from, by content: what `doit targetfiles` depends on;
+    and the rootfs scan it was made from."""
     sdk = locate_sdk(settings.sdk)
     cache = HashCache(settings.hash_cache)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
@@ -97,11 +107,15 @@ def inputs_manifest(settings: Settings, meter: Meter = SILENT) -> dict[str, obje
         "metadata_from_image": settings.metadata_from_image,
     }
     cache.save()
-    return manifest
+    return manifest, ScannedRootfs(scan, cache)
 
 
-def write_inputs_manifest(settings: Settings, meter: Meter = SILENT) -> bool:
-    return write_if_changed(settings.inputs_manifest, inputs_manifest(settings, meter))
+def write_inputs_manifest(settings: Settings, meter: Meter = SILENT) -> ScannedRootfs:
+    """Write the inputs manifest (unless it says that already); the rootfs scan, which
+    `build_targetfiles` can take in the same run instead of walking the rootfs again."""
+    manifest, scanned = inputs_manifest(settings, meter)
+    write_if_changed(settings.inputs_manifest, manifest)
+    return scanned
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +146,10 @@ class _Warnings:
                              self.strict_folder)
 
 
-def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
+def build_targetfiles(settings: Settings, log: RunLog,
+                      scanned: ScannedRootfs | None = None) -> TargetfilesResult:
+    """`scanned`: what `write_inputs_manifest` found just before (each file is checked
+    against its hash again while it is zipped, so a change since is still refused)."""
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
@@ -142,8 +159,11 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
-    cache = HashCache(settings.hash_cache)
-    scan = scan_rootfs(sdk.rootfs, cache, log)
+    if scanned is None:
+        cache = HashCache(settings.hash_cache)
+        scan = scan_rootfs(sdk.rootfs, cache, log)
+    else:
+        scan, cache = scanned.scan, scanned.cache
     target_version = rootfs_version(sdk.rootfs, scan)
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
     with contextlib.ExitStack() as stack:
@@ -152,8 +172,9 @@ def build_targetfiles(settings: Settings, log: RunLog) -> TargetfilesResult:
             # the image only gives warnings: read it (seconds of decompressing) beside the
             # zipping, in a worker that is killed if the build stops first
             pool = stack.enter_context(worker_context().Pool(1))
-            image_warnings = pool.apply_async(sdk_image_drift,
-                                              (scan.entries, sdk.sysfs_ubi)).get
+            image_warnings = pool.apply_async(sdk_image_drift, (
+                scan.entries, sdk.sysfs_ubi, settings.image_tree_cache,
+                cache.sha1_of(sdk.sysfs_ubi))).get
         else:
             scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
             image_warnings = found.copy
@@ -192,18 +213,21 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
             write_zip(staged, plan.items, meter=log)
-            warnings.add(image_warnings())
-            source_sha256 = sha256_file(source_path)
+            # a source not archived yet is hashed once, as it is copied into the archive
+            source_new = archive.get(source_version.key) is None
+            source_sha256 = None if source_new else archive.sha256_of(source_path)
             target_sha256 = sha256_file(staged)
-            source_new = archive.admit(source_version.key, source_sha256)
+            if source_sha256 is not None:
+                archive.admit(source_version.key, source_sha256)
             target_new = archive.admit(target_version.key, target_sha256)
-            shutil.copyfile(staged, out)
+            shutil.copyfile(staged, out)  # out/ gets it only when renamed, at the end
+            warnings.add(image_warnings())  # with --strict, a warning stops the archiving
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if source_new:
-                archive.add(source_version.key, source_path, {
+                source_sha256 = archive.add(source_version.key, source_path, {
                     "origin": "source", "imported_from": str(source_path),
                     "version": source_version.to_json(), "created": created, "tool": TOOL,
-                    "source": None}, sha256=source_sha256)
+                    "source": None}).sha256
             if target_new:
                 archive.add(target_version.key, staged, {
                     "origin": "targetfiles", "version": target_version.to_json(),

@@ -84,6 +84,11 @@ class Settings:
         return self.state_dir / "hash-cache.json"
 
     @property
+    def image_tree_cache(self) -> Path:
+        """The tree read from the SDK's sysfs image, by the image's sha1."""
+        return self.state_dir / "sdk-image-tree.json"
+
+    @property
     def archive_hashes(self) -> Path:
         """sha256s of archived zips and their copies, by inode (see `Archive`)."""
         return self.state_dir / "archive-sha256.json"

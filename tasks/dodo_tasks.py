@@ -169,21 +169,22 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
     """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
     settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
                              state=state, metadata_from_image=metadata_from_image)
+    scans: list[Any] = []  # the rootfs scan, handed from the first action to the second
     yield {
         "basename": "_targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
         "actions": [guarded("_targetfiles_inputs", settings.log_dir,
-                            lambda log: _targetfiles_inputs(settings, log))],
+                            lambda log: _targetfiles_inputs(settings, log, scans))],
         "task_dep": ["sample"] if settings.sdk_is_sample else [],
         "targets": [settings.inputs_manifest],
         "uptodate": [False],
-        "verbosity": 1,
+        "verbosity": 2,  # hashing the rootfs shows its progress
     }
     yield {
         "basename": "targetfiles",
         "doc": task_targetfiles.__doc__,
         "actions": [guarded("targetfiles", settings.log_dir,
-                            lambda log: _targetfiles(settings, log))],
+                            lambda log: _targetfiles(settings, log, scans))],
         "file_dep": [settings.inputs_manifest],
         "targets": [settings.target_zip],
         "uptodate": [config_changed({"tool": TOOL, "strict": strict,
@@ -194,16 +195,16 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
     }
 
 
-def _targetfiles_inputs(settings: Settings, log: RunLog) -> None:
+def _targetfiles_inputs(settings: Settings, log: RunLog, scans: list[Any]) -> None:
     from tasks.assemble import write_inputs_manifest
 
-    write_inputs_manifest(settings, log)
+    scans[:] = [write_inputs_manifest(settings, log)]
 
 
-def _targetfiles(settings: Settings, log: RunLog) -> dict[str, str]:
+def _targetfiles(settings: Settings, log: RunLog, scans: list[Any]) -> dict[str, str]:
     from tasks.assemble import build_targetfiles, describe
 
-    result = build_targetfiles(settings, log)
+    result = build_targetfiles(settings, log, scans.pop() if scans else None)
     log.say(describe(result))
     return {"target_key": result.target_key, "sha256": result.sha256}
 

@@ -12,6 +12,7 @@ Device nodes (the image's dev/) cannot live in a zip: they are listed, never com
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 import tempfile
 import xml.etree.ElementTree as ET
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tasks import __version__
+from tasks import __version__, atomic
 from tasks.archive import Archive
 from tasks.bootimg import read_boot_image
 from tasks.elf import read_abl_elf
@@ -599,13 +600,41 @@ def _comparable(tree: Mapping[str, Entry]) -> Tree:
 def image_drift(rootfs_tree: Mapping[str, Entry], image: UbifsTree) -> list[str]:
     """Warnings, by path, where the SDK's rootfs folder (as scanned: the build user's files
     recorded as root) differs from the UBI image the module will run."""
-    lines = compare_trees(_comparable(image.entries), _comparable(rootfs_tree),
+    return _drift(rootfs_tree, image.entries, image.image)
+
+
+def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
+           image: Path) -> list[str]:
+    lines = compare_trees(_comparable(image_tree), _comparable(rootfs_tree),
                           names=("the image", "ql-ol-rootfs"))
-    return [f"{image.image}: {line}" for line in lines]
+    return [f"{image}: {line}" for line in lines]
 
 
-def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path) -> list[str]:
-    return image_drift(rootfs_tree, read_sdk_image(sysfs_ubi))
+def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path,
+                    record: Path | None = None, image_sha1: str = "") -> list[str]:
+    """`image_drift` against the SDK's sysfs image. `record` (a file) keeps the image's tree
+    by the image's sha1 (`image_sha1`) and the UBI reader's code: reading the image takes
+    seconds, and it seldom changes between builds."""
+    from tasks import ubi
+
+    key = f"{image_sha1} {hashlib.sha1(Path(ubi.__file__).read_bytes()).hexdigest()}"
+    image_tree = _recorded_image_tree(record, key) if record is not None and image_sha1 else None
+    if image_tree is None:
+        image_tree = read_sdk_image(sysfs_ubi).entries
+        if record is not None and image_sha1:
+            atomic.write_text(record, json.dumps({"key": key, "entries": [
+                e.to_json() for e in image_tree.values()]}) + "\n")
+    return _drift(rootfs_tree, image_tree, sysfs_ubi)
+
+
+def _recorded_image_tree(record: Path, key: str) -> Tree | None:
+    try:
+        saved = json.loads(record.read_text("utf-8"))
+        if saved["key"] != key:
+            return None
+        return {e["path"]: Entry.from_json(e) for e in saved["entries"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def take_image_metadata(rootfs_tree: Mapping[str, Entry],

@@ -46,9 +46,14 @@ class HashCache:
         except OSError as exc:
             raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
 
+    def cached(self, path: Path, st: os.stat_result) -> bool:
+        """`sha1` will not read the file."""
+        cached = self._old.get(os.fsdecode(path))
+        return isinstance(cached, list) and cached[:4] == _stamp(st)
+
     def sha1(self, path: Path, st: os.stat_result) -> str:
         key = os.fsdecode(path)
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        stamp = _stamp(st)
         cached = self._old.get(key)
         if isinstance(cached, list) and cached[:4] == stamp:
             sha1 = str(cached[4])
@@ -63,6 +68,10 @@ class HashCache:
             atomic.write_text(self.path, json.dumps({"files": self._new}, sort_keys=True))
 
 
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def scan_rootfs(rootfs: Path, cache: HashCache | None = None,
                 meter: Meter = SILENT) -> FolderScan:
     """The rootfs as the target's SYSTEM: `firmware/` and `dev/` left out, owners decided.
@@ -72,7 +81,8 @@ def scan_rootfs(rootfs: Path, cache: HashCache | None = None,
     """
     st = rootfs.stat()
     return scan_folder(rootfs, skip_top=KEPT_FROM_SOURCE, build_owner=(st.st_uid, st.st_gid),
-                       hash_file=cache.sha1 if cache else None, meter=meter)
+                       hash_file=cache.sha1 if cache else None,
+                       cached=cache.cached if cache else None, meter=meter)
 
 
 def write_if_changed(path: Path, data: dict[str, object]) -> bool:

@@ -280,12 +280,14 @@ def system_meta_items(system: Mapping[str, Entry]) -> list[ZipItem]:
     the JSON manifest carries every name exactly.
     """
     ordered = [system[p] for p in sorted(system)]
-    manifest = {"format": MANIFEST_FORMAT, "entries": [e.to_json() for e in ordered]}
+    # one entry a line, each by json's C encoder (an indented dump is 10x slower)
+    manifest = ('{"entries": [\n'
+                + ",\n".join(json.dumps(e.to_json(), sort_keys=True) for e in ordered)
+                + f'\n], "format": {json.dumps(MANIFEST_FORMAT)}}}\n')
     lines = ["system 0 0 755"]
     lines += [f"system/{e.path} {e.uid} {e.gid} {e.mode:o}" for e in ordered
               if not any(c.isspace() for c in e.path)]
     return [
-        bytes_item(SYSTEM_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-                   .encode("utf-8")),
+        bytes_item(SYSTEM_MANIFEST, manifest.encode("utf-8")),
         bytes_item(FS_CONFIG, ("\n".join(lines) + "\n").encode("utf-8")),
     ]

@@ -126,14 +126,15 @@ def scan_folder(
     skip_top: Iterable[str] = (),
     build_owner: tuple[int, int] | None = None,
     hash_file: Callable[[Path, os.stat_result], str] | None = None,
+    cached: Callable[[Path, os.stat_result], bool] | None = None,
     meter: Meter = SILENT,
 ) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
 
     `skip_top` names top-level entries left out (with everything under them). Entries owned by
     the `build_owner` uid (or gid) are recorded as owned by root (0), others as they are.
-    `hash_file` may serve hashes from a cache (hash each file once); `meter` shows the
-    hashing's progress.
+    `hash_file` may serve hashes from a cache (hash each file once), which `cached` tells in
+    advance; `meter` shows the progress of the hashing still to do (nothing when none is).
     Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
     """
     if not root.is_dir():
@@ -151,23 +152,28 @@ def scan_folder(
                 0 if st.st_gid == build_owner[1] else st.st_gid)
 
     walked = list(_walk(root, skipped))
-    bar = meter.progress(f"hashing {root.name}",
-                         sum(stat.S_ISREG(st.st_mode) for _, st in walked))
+    to_hash = {rel for rel, st in walked if stat.S_ISREG(st.st_mode)
+               and not (cached and cached(root / rel, st))}
+    bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
+    top = os.fspath(root)
     for rel, st in walked:
-        checked_name(rel, root / rel)
+        if not rel.isascii():  # an ASCII name is always fine (and most are)
+            checked_name(rel, root / rel)
         uid, gid = owner(st)
         perm = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             entries[rel] = Entry(rel, DIR, perm, uid, gid)
         elif stat.S_ISLNK(st.st_mode):
-            target = os.readlink(root / rel)
-            checked_name(target, root / rel)
+            target = os.readlink(f"{top}/{rel}")
+            if not target.isascii():
+                checked_name(target, root / rel)
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
                                  target)
         elif stat.S_ISREG(st.st_mode):
             sha1 = hasher(root / rel, st)
             entries[rel] = Entry(rel, FILE, perm, uid, gid, st.st_size, sha1)
-            bar.advance()
+            if rel in to_hash:
+                bar.advance()
         else:
             warnings.append(f"{root / rel}: {_special_kind(st.st_mode)} cannot be packed; left out")
     bar.finish()
@@ -177,20 +183,21 @@ def scan_folder(
 
 def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of every entry, in sorted order, never following links."""
+    top = os.fspath(root)  # paths as text: pathlib costs more than the walk itself
     stack = [""]
     while stack:
         rel_dir = stack.pop()
-        folder = root / rel_dir if rel_dir else root
+        folder = f"{top}/{rel_dir}" if rel_dir else top
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
-            raise DfotaError(f"cannot list folder ({exc.strerror})", folder) from exc
+            raise DfotaError(f"cannot list folder ({exc.strerror})", Path(folder)) from exc
         subdirs = []
         for name in names:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if not rel_dir and name in skipped:
                 continue
-            st = os.lstat(root / rel)
+            st = os.lstat(f"{top}/{rel}")
             yield rel, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(rel)

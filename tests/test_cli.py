@@ -55,7 +55,7 @@ def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> N
                 data = data.replace(b'apply_patch("/system/bin/busybox", "-", "',
                                     b'apply_patch("/system/bin/busybox", "-", "0', 1)
             out.writestr(info, data)
-    failed = dfota(ws, "verify", *ws.folders)
+    failed = dfota(ws, *chain(ws, "delta", "verify"))  # up to date but verify
     assert failed.returncode == EXIT_CHECK, failed.stdout + failed.stderr
     assert "error: " in failed.stderr and "package failed verification" in failed.stderr
     assert not package.exists() and any((ws.out / "rejected").iterdir())

@@ -357,6 +357,25 @@ def test_sdk_image_matches_its_rootfs(sample_sdk: Path) -> None:
     assert sdk_image_drift(scan.entries, sdk / "target/sdxlemur-sysfs.ubi") == []
 
 
+def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_path: Path
+                                                       ) -> None:
+    sdk = sample_sdk / "ql-ol-extsdk"
+    image = sdk / "target/sdxlemur-sysfs.ubi"
+    tree = scan_rootfs(sdk / "ql-ol-rootfs").entries
+    record, sha1 = tmp_path / "state/sdk-image-tree.json", hashlib.sha1(image.read_bytes())
+    record.parent.mkdir()
+    assert sdk_image_drift(tree, image, record, sha1.hexdigest()) == []
+    kept = json.loads(record.read_text())
+    assert len(kept["entries"]) == len(read_sdk_image(image).entries)
+    gone = tmp_path / "gone.ubi"  # not read again: the record serves
+    assert sdk_image_drift(tree, gone, record, sha1.hexdigest()) == []
+    with pytest.raises(DfotaError, match=r"gone\.ubi"):  # another image: read
+        sdk_image_drift(tree, gone, record, "0" * 40)
+    record.write_text("{damaged")
+    assert sdk_image_drift(tree, image, record, sha1.hexdigest()) == []
+    assert json.loads(record.read_text()) == kept
+
+
 def test_sdk_image_drift_by_path(sample_sdk: Path, tmp_path: Path) -> None:
     sdk = sample_sdk / "ql-ol-extsdk"
     rootfs = _copy(sdk / "ql-ol-rootfs", tmp_path / "ql-ol-rootfs")

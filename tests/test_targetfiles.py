@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -273,6 +274,15 @@ def test_default_source_is_the_newest_other_archived_version(ws: Workspace) -> N
     assert f"built on {NEXT_KEY}" in run.stdout
     run = ws.build("--source", BASE_KEY[:50], default_source=True)  # a unique key prefix
     assert "already archived" not in run.stderr
+
+
+def test_the_rootfs_hashes_are_kept_for_the_next_run(ws: Workspace) -> None:
+    time.sleep(2.1)  # a file changed within 2 s of a scan is never kept (it may change unseen)
+    ws.build()
+    kept = json.loads((ws.root / "state/hash-cache.json").read_text())["files"]
+    files = [p for p, e in scan_folder(ws.rootfs, skip_top=("firmware", "dev")).entries.items()
+             if e.kind == "file"]
+    assert len(files) > 50 and all(str(ws.rootfs.resolve() / p) in kept for p in files)
 
 
 def test_drift_from_the_sdk_image_is_warned_and_the_image_can_give_the_metadata(
