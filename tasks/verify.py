@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import atomic
-from tasks.archive import sha256_file
+from tasks.archive import Archive, sha256_file
 from tasks.config import Settings
 from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import FileLists, chmod_for, read_file_lists
@@ -319,17 +319,24 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
-                   lists: FileLists, log: RunLog, *, permission_replays: int | None = None
-                   ) -> VerifyReport:
+                   lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
+                   target_recorded: bool = False) -> VerifyReport:
     """`permission_replays`: at most this many of the permission steps get a power loss
-    (evenly spread, first and last included); every other step always does. None: all."""
+    (evenly spread, first and last included); every other step always does. None: all.
+
+    `target_recorded`: the target is a zip this tool built and archived, byte for byte: the
+    sha1s its manifest recorded stand for its files. A wrong record could only fail the
+    checks, never pass them: the source's files are hashed from their bytes, and so is every
+    file the package writes on the modeled module."""
     started = time.monotonic()
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
         minor = minor_partitions(target, lists)
         device, source_tree = device_from_targetfiles(base, minor)
         device.state()  # hash every partition once: each copy keeps the hashes
-        expected = expected_system(source_tree, system_tree(target), parts, lists)
+        expected = expected_system(source_tree,
+                                   system_tree(target, recorded_sha1s=target_recorded),
+                                   parts, lists)
         kernel_side = target if Part.KERNEL in parts else base
         partitions = {boot_partition(target): kernel_side.sha1(BOOT_IMAGE)}
         minor_side = target if Part.MINOR in parts else base
@@ -424,9 +431,12 @@ def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
         raise DfotaError("no package to verify: run `doit delta` first", settings.pending_zip)
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = read_file_lists(Path(str(summary["config"])))
-    report = verify_package(settings.pending_zip, Path(str(summary["base_zip"])),
-                            Path(str(summary["target_zip"])), parts, lists, log,
-                            permission_replays=settings.permission_replays)
+    target_zip = Path(str(summary["target_zip"]))
+    archive = Archive(settings.archive_dir, settings.archive_hashes)
+    report = verify_package(settings.pending_zip, Path(str(summary["base_zip"])), target_zip,
+                            parts, lists, log, permission_replays=settings.permission_replays,
+                            target_recorded=archive.built_here(str(summary["target"]),
+                                                               target_zip))
     summary["verify"] = report.to_json()
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)

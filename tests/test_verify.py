@@ -16,6 +16,7 @@ from tasks.errors import DfotaError
 from tasks.filelists import read_file_lists
 from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
+from tasks.targetfiles import SYSTEM_MANIFEST
 from tasks.verify import VerifyReport, verify_delta, verify_package
 from tests.test_delta import pair, quiet
 from tests.workspace import Workspace
@@ -137,6 +138,30 @@ def test_re_runs_that_rejoin_the_whole_run_find_what_full_re_runs_find(
     assert [(c.name, c.ok, c.detail) for c in quick.checks] == \
         [(c.name, c.ok, c.detail) for c in full.checks]
     assert quick.ok == (damage is None) and quick.replays == full.replays > 10
+
+
+@pytest.mark.parametrize("which", ["patched", "untouched"])
+def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
+        tmp_path: Path, which: str) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    report = verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
+                            parse_mode(settings.mode), read_file_lists(settings.config_dir),
+                            quiet(), target_recorded=True)
+    assert report.ok, report.checks
+    with zipfile.ZipFile(settings.target_zip) as zf:
+        manifest = json.loads(zf.read(SYSTEM_MANIFEST))
+    patched = {n[len("patch/system/"):-2] for n in zipfile.ZipFile(settings.pending_zip)
+               .namelist() if n.startswith("patch/system/")}
+    entry = next(e for e in manifest["entries"] if e["kind"] == "file"
+                 and (e["path"] in patched) == (which == "patched"))
+    entry["sha1"] = "0" * 40
+    rewrite(settings.target_zip, {SYSTEM_MANIFEST: json.dumps(manifest).encode()})
+    report = verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
+                            parse_mode(settings.mode), read_file_lists(settings.config_dir),
+                            quiet(), target_recorded=True)
+    failed = next(c for c in report.checks if not c.ok)
+    assert failed.name == "result equals the target" and entry["path"] in failed.detail
 
 
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
