@@ -89,6 +89,11 @@ class Settings:
         return self.state_dir / "sdk-image-tree.json"
 
     @property
+    def member_sha1s(self) -> Path:
+        """sha1s of the entries of bases not built here, one file per zip sha256."""
+        return self.state_dir / "member-sha1s"
+
+    @property
     def archive_hashes(self) -> Path:
         """sha256s of archived zips and their copies, by inode (see `Archive`)."""
         return self.state_dir / "archive-sha256.json"

@@ -133,10 +133,28 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
         base_path = resolve_base(settings, archive, target_version.key)
         with ZipSource(base_path) as base:
             # the sha1s recorded in zips built here spare hashing every member (verify, the
-            # independent check, hashes them all)
+            # independent check, hashes them all); a base from elsewhere is hashed once and
+            # its sha1s kept by the zip's sha256
             recorded = (archive.built_here(zip_version(base).key, base_path),
                         archive.built_here(target_version.key, target_path))
-            return _build(settings, log, parts, lists, base, target, started, recorded)
+            kept = None if recorded[0] else \
+                settings.member_sha1s / f"{archive.sha256_of(base_path)}.json"
+            known = _read_sha1s(kept) if kept is not None else None
+            if known:
+                base.learn_sha1s(known)
+            result = _build(settings, log, parts, lists, base, target, started, recorded)
+            if kept is not None and not known:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(kept, json.dumps(base.known_sha1s(), sort_keys=True) + "\n")
+            return result
+
+
+def _read_sha1s(path: Path) -> dict[str, str] | None:
+    try:
+        found = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,

@@ -237,7 +237,7 @@ class ZipSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._sha1s: dict[str, str] = {}  # of entries read whole by `read_hashed`
+        self._sha1s: dict[str, str] = {}  # by entry, once hashed
         self._raw: IO[bytes] | None = None  # the file, for hashing stored entries in place
         try:
             self._zf = zipfile.ZipFile(path)
@@ -321,42 +321,61 @@ class ZipSource:
     def link_target(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
 
+    def _pread(self, size: int, at: int, name: str) -> bytes:
+        """`size` bytes of the file from offset `at` (an entry's data read in place)."""
+        try:
+            if self._raw is None:
+                self._raw = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+            data = os.pread(self._raw.fileno(), size, at)
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", self.path) from exc
+        if len(data) != size:
+            raise DfotaError(f"entry {name!r} is corrupt (cut short)", self.path)
+        return data
+
+    def _stored_offset(self, name: str) -> int:
+        """Where a stored entry's data starts (after its local header)."""
+        info = self.members[name].info
+        header = self._pread(30, info.header_offset, name)
+        if header[:4] != b"PK\x03\x04":
+            raise DfotaError(f"entry {name!r} is corrupt (no local header)", self.path)
+        name_len, extra_len = struct.unpack_from("<HH", header, 26)
+        return info.header_offset + 30 + name_len + extra_len
+
     def _stored_sha1(self, name: str) -> str | None:
         """The sha1 of a stored entry read straight from the file (zipfile's reader costs
         more than hashing a small file), its CRC checked; None for a compressed entry."""
         info = self.members[name].info
         if info.compress_type != zipfile.ZIP_STORED:
             return None
-        corrupt = f"entry {name!r} is corrupt"
-        try:
-            if self._raw is None:
-                self._raw = open(self.path, "rb")  # noqa: SIM115 (closed by close())
-            fd = self._raw.fileno()
-            header = os.pread(fd, 30, info.header_offset)
-            if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                raise DfotaError(f"{corrupt} (no local header)", self.path)
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
-            at, left = info.header_offset + 30 + name_len + extra_len, info.file_size
-            digest, crc = hashlib.sha1(), 0
-            while left:
-                chunk = os.pread(fd, min(left, _COPY_CHUNK), at)
-                if not chunk:
-                    raise DfotaError(f"{corrupt} (cut short)", self.path)
-                digest.update(chunk)
-                crc = zlib.crc32(chunk, crc)
-                at, left = at + len(chunk), left - len(chunk)
-        except OSError as exc:
-            raise DfotaError(f"cannot read file ({exc.strerror})", self.path) from exc
+        at, left = self._stored_offset(name), info.file_size
+        digest, crc = hashlib.sha1(), 0
+        while left:
+            chunk = self._pread(min(left, _COPY_CHUNK), at, name)
+            digest.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+            at, left = at + len(chunk), left - len(chunk)
         if crc != info.CRC:
-            raise DfotaError(f"{corrupt} (Bad CRC-32 for file {name!r})", self.path)
+            raise DfotaError(f"entry {name!r} is corrupt (Bad CRC-32 for file {name!r})",
+                             self.path)
         return digest.hexdigest()
 
+    def known_sha1s(self) -> dict[str, str]:
+        """The sha1s of the entries hashed so far, by name."""
+        return dict(self._sha1s)
+
+    def learn_sha1s(self, sha1s: Mapping[str, str]) -> None:
+        """Take sha1s found earlier for this very zip (the caller vouches for its bytes)."""
+        self._sha1s.update({name: sha1 for name, sha1 in sha1s.items()
+                            if name in self.members})
+
     def sha1(self, name: str) -> str:
-        if name in self._sha1s:
-            return self._sha1s[name]
-        stored = self._stored_sha1(name)  # most targetfiles entries are stored (zip -0)
-        if stored is not None:
-            return stored
+        """An entry's sha1 (kept: the zip is read, never written, while open)."""
+        if name not in self._sha1s:
+            self._sha1s[name] = self._stored_sha1(name) or self._streamed_sha1(name)
+        return self._sha1s[name]
+
+    def _streamed_sha1(self, name: str) -> str:
         digest = hashlib.sha1()
         try:
             with self.open(name) as f:

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.package import PLACEHOLDER, SCRIPT_ENTRY
 from tasks.runlog import RunLog
+from tasks.zipio import ZipSource
 from tests.builders import (
     EXPECTED_KINDS,
     HOSTILE,
@@ -332,3 +334,34 @@ def test_a_listed_path_that_does_not_exist_is_a_warning_and_never_a_set_perm(
     assert any("not_there" in w for w in result.warnings)
     _, found = script_calls(settings.pending_zip)
     assert not any("/system/usr/bin/not_there" in args(c) for c in found)
+
+
+def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pair(tmp_path)
+    hashed: list[str] = []
+    stored, streamed = ZipSource._stored_sha1, ZipSource._streamed_sha1
+
+    Sha1 = Callable[[ZipSource, str], str | None]
+
+    def counting(real: Sha1) -> Sha1:
+        def sha1(self: ZipSource, name: str) -> str | None:
+            if self.path == Path(settings.base):
+                hashed.append(name)
+            return real(self, name)
+        return sha1
+
+    monkeypatch.setattr(ZipSource, "_stored_sha1", counting(stored))
+    monkeypatch.setattr(ZipSource, "_streamed_sha1", counting(streamed))
+    build_delta(settings, quiet())
+    first = settings.pending_zip.read_bytes()
+    (kept,) = settings.member_sha1s.iterdir()
+    assert kept.name == hashlib.sha256(Path(settings.base).read_bytes()).hexdigest() + ".json"
+    assert len(hashed) > 10
+    hashed.clear()
+    build_delta(settings, quiet())
+    assert hashed == [] and settings.pending_zip.read_bytes() == first
+    kept.write_text("{damaged")  # hashed again, and kept again
+    build_delta(settings, quiet())
+    assert len(hashed) > 10 and settings.pending_zip.read_bytes() == first
+    assert json.loads(kept.read_text())
