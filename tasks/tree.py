@@ -152,8 +152,9 @@ def scan_folder(
                 0 if st.st_gid == build_owner[1] else st.st_gid)
 
     walked = list(_walk(root, skipped))
-    to_hash = {rel for rel, st in walked if stat.S_ISREG(st.st_mode)
-               and not (cached and cached(root / rel, st))}
+    files = {rel: root / rel for rel, st in walked if stat.S_ISREG(st.st_mode)}
+    to_hash = {rel for rel, st in walked if rel in files
+               and not (cached and cached(files[rel], st))}
     bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
     top = os.fspath(root)
     for rel, st in walked:
@@ -170,7 +171,7 @@ def scan_folder(
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
                                  target)
         elif stat.S_ISREG(st.st_mode):
-            sha1 = hasher(root / rel, st)
+            sha1 = hasher(files[rel], st)
             entries[rel] = Entry(rel, FILE, perm, uid, gid, st.st_size, sha1)
             if rel in to_hash:
                 bar.advance()
