@@ -22,6 +22,7 @@ from pathlib import Path
 from tasks import atomic
 from tasks.config import resolve_path
 from tasks.errors import DfotaError
+from tasks.tree import file_stamp
 
 ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
@@ -40,55 +41,40 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stamp(st: os.stat_result) -> tuple[str, list[int]]:
-    return f"{st.st_dev}:{st.st_ino}", [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _read_hashes(record: Path) -> dict[str, list[object]]:
+def _still_true(path: str, entry: object) -> bool:
+    """A record entry [size, mtime, ctime, inode, sha256] of a file still as recorded."""
     try:
-        found = json.loads(record.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _still_true(key: str, entry: object) -> bool:
-    """An entry [size, mtime, ctime, sha256, path] whose file is still as recorded."""
-    if not (isinstance(entry, list) and len(entry) == 5):
-        return False
-    try:
-        return _stamp(os.stat(str(entry[4]))) == (key, entry[:3])
+        return isinstance(entry, list) and entry[:4] == file_stamp(os.stat(path))
     except OSError:
         return False
 
 
 def _record_hash(record: Path | None, path: Path, sha256: str) -> None:
-    """Note `path`'s sha256 with its inode, size and times in `record` (None: nowhere);
-    entries of files since changed or gone are dropped. A cache: losing it costs a hashing."""
+    """Note `path`'s sha256 with its `file_stamp` in `record` (None: nowhere); entries of
+    files since changed or gone are dropped. A cache: losing it costs a hashing, no more."""
     if record is None:
         return
     with contextlib.suppress(OSError):
-        key, stamp = _stamp(path.stat())
-        hashes = {k: v for k, v in _read_hashes(record).items() if _still_true(k, v)}
-        hashes[key] = [*stamp, sha256, os.fsdecode(path.absolute())]
+        hashes = {p: e for p, e in atomic.read_json_object(record).items() if _still_true(p, e)}
+        hashes[os.fsdecode(path.absolute())] = [*file_stamp(path.stat()), sha256]
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(record, json.dumps(hashes, indent=0, sort_keys=True) + "\n")
 
 
 def recorded_sha256(record: Path | None, path: Path) -> str:
-    """The sha256 of `path`: the one `record` holds while the file's inode, size,
-    modification and change times are those it had when recorded (any write, chmod or rename
-    changes the change time), else hashed anew (and recorded)."""
+    """The sha256 of `path`: the one `record` holds while the file is as it was when recorded
+    (`file_stamp`), else hashed anew (and recorded)."""
     try:
-        key, stamp = _stamp(path.stat())
+        stamp = file_stamp(path.stat())
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    entry = _read_hashes(record).get(key) if record is not None else None
-    if isinstance(entry, list) and len(entry) == 5 and entry[:3] == stamp:
-        return str(entry[3])
+    entry = (atomic.read_json_object(record).get(os.fsdecode(path.absolute()))
+             if record is not None else None)
+    if isinstance(entry, list) and len(entry) == 5 and entry[:4] == stamp:
+        return str(entry[4])
     sha256 = sha256_file(path)
     with contextlib.suppress(OSError):
-        if _stamp(path.stat())[1] == stamp:  # unchanged while hashed
+        if file_stamp(path.stat()) == stamp:  # unchanged while hashed
             _record_hash(record, path, sha256)
     return sha256
 
@@ -147,7 +133,8 @@ class ArchivedVersion:
 class Archive:
     def __init__(self, root: Path, hash_record: Path | None = None) -> None:
         """`hash_record`: a file (outside the archive) where the sha256s of archived zips
-        and of their copies are kept by inode, so an unchanged zip is not hashed again."""
+        and of their copies are kept by path (with size, times and inode), so an unchanged
+        zip is not hashed again."""
         self.root = root
         self.hash_record = hash_record
 

@@ -1,13 +1,16 @@
-"""Write files so that a reader sees either the old file or the whole new one, never a part."""
+"""Write files so that a reader sees either the old file or the whole new one, never a part
+(and read back the JSON records written so)."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import DfotaError
 
@@ -53,6 +56,15 @@ def remove_leftovers(dest: Path) -> None:
 def write_bytes(dest: Path, data: bytes) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object this tool wrote (a cache or record); {} when it is missing or damaged."""
+    try:
+        found = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def write_text(dest: Path, text: str) -> None:

@@ -95,7 +95,7 @@ class Settings:
 
     @property
     def archive_hashes(self) -> Path:
-        """sha256s of archived zips and their copies, by inode (see `Archive`)."""
+        """sha256s of archived zips and their copies, by path (see `Archive`)."""
         return self.state_dir / "archive-sha256.json"
 
 

@@ -56,7 +56,7 @@ from tasks.targetfiles import (
     zip_version,
 )
 from tasks.tree import FILE, Tree
-from tasks.version import VERSION_FILE
+from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
 
 BOOT_PATCH_ENTRY = "patch/boot.img.p"
@@ -139,7 +139,7 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
                         archive.built_here(target_version.key, target_path))
             kept = None if recorded[0] else \
                 settings.member_sha1s / f"{archive.sha256_of(base_path)}.json"
-            known = _read_sha1s(kept) if kept is not None else None
+            known = atomic.read_json_object(kept) if kept is not None else None
             if known:
                 base.learn_sha1s(known)
             result = _build(settings, log, parts, lists, base, target, started, recorded)
@@ -147,14 +147,6 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 atomic.write_text(kept, json.dumps(base.known_sha1s(), sort_keys=True) + "\n")
             return result
-
-
-def _read_sha1s(path: Path) -> dict[str, str] | None:
-    try:
-        found = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
@@ -179,14 +171,16 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
             cache_dir=settings.patch_cache, workers=1, timeout=settings.diff_timeout,
             progress=boot_lines.append)
         return _build_on(settings, log, parts, lists, base, target, started, recorded_sha1s,
-                         boot_changed, boot_diff, boot_lines)
+                         (source_version, target_version), boot_changed, boot_diff,
+                         boot_lines)
 
 
 def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
               base: ZipSource, target: ZipSource, started: float,
-              recorded_sha1s: tuple[bool, bool], boot_changed: bool,
+              recorded_sha1s: tuple[bool, bool],
+              versions: tuple[ProjectVersion, ProjectVersion], boot_changed: bool,
               boot_diff: Future[dict[str, PatchOutcome]], boot_lines: list[str]) -> DeltaResult:
-    source_version, target_version = zip_version(base), zip_version(target)
+    source_version, target_version = versions
     source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
     target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
 

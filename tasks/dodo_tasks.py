@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from doit import task_params
 from doit.dependency import FileChangedChecker
@@ -32,6 +32,10 @@ from tasks.config import (
 )
 from tasks.errors import CheckFailed, DfotaError
 from tasks.runlog import RunLog
+from tasks.tree import file_stamp
+
+if TYPE_CHECKING:  # the work modules are imported by the actions that run them
+    from tasks.assemble import ScannedRootfs
 
 TaskDict = dict[str, Any]
 
@@ -67,15 +71,11 @@ class StatChecker(FileChangedChecker):
 
     def check_modified(self, file_path: str, file_stat: os.stat_result,
                        state: object) -> bool:
-        return state != _stat_state(file_stat)
+        return state != file_stamp(file_stat)
 
     def get_state(self, dep: str, current_state: object) -> list[int] | None:
-        state = _stat_state(os.stat(dep))
+        state = file_stamp(os.stat(dep))
         return None if state == current_state else state
-
-
-def _stat_state(info: os.stat_result) -> list[int]:
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
 class Reporter(ConsoleReporter):
@@ -169,7 +169,7 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
     """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
     settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
                              state=state, metadata_from_image=metadata_from_image)
-    scans: list[Any] = []  # the rootfs scan, handed from the first action to the second
+    scans: list[ScannedRootfs] = []  # the rootfs scan, handed from the first action to the second
     yield {
         "basename": "_targetfiles_inputs",
         "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
@@ -195,13 +195,13 @@ def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: b
     }
 
 
-def _targetfiles_inputs(settings: Settings, log: RunLog, scans: list[Any]) -> None:
+def _targetfiles_inputs(settings: Settings, log: RunLog, scans: list[ScannedRootfs]) -> None:
     from tasks.assemble import write_inputs_manifest
 
     scans[:] = [write_inputs_manifest(settings, log)]
 
 
-def _targetfiles(settings: Settings, log: RunLog, scans: list[Any]) -> dict[str, str]:
+def _targetfiles(settings: Settings, log: RunLog, scans: list[ScannedRootfs]) -> dict[str, str]:
     from tasks.assemble import build_targetfiles, describe
 
     result = build_targetfiles(settings, log, scans.pop() if scans else None)

@@ -628,12 +628,12 @@ def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path,
 
 
 def _recorded_image_tree(record: Path, key: str) -> Tree | None:
+    saved = atomic.read_json_object(record)
+    if saved.get("key") != key:
+        return None
     try:
-        saved = json.loads(record.read_text("utf-8"))
-        if saved["key"] != key:
-            return None
         return {e["path"]: Entry.from_json(e) for e in saved["entries"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
 
 

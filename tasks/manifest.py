@@ -17,7 +17,7 @@ from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.runlog import SILENT, Meter
 from tasks.targetfiles import KEPT_FROM_SOURCE
-from tasks.tree import FolderScan, scan_folder, sha1_file
+from tasks.tree import FolderScan, file_stamp, scan_folder, sha1_file
 
 # a file changed within this window of the scan may change again unseen: never cache it
 _RACY_NS = 2_000_000_000
@@ -33,10 +33,8 @@ class HashCache:
         self._new: dict[str, list[object]] = {}
         self._started = time.time_ns()
         if path is not None:
-            try:
-                self._old = json.loads(path.read_text("utf-8"))["files"]
-            except (OSError, ValueError, KeyError, TypeError):
-                self._old = {}
+            files = atomic.read_json_object(path).get("files")
+            self._old = files if isinstance(files, dict) else {}
 
     def sha1_of(self, path: Path) -> str:
         """The sha1 of a file named by the user: a symlink to it is followed."""
@@ -49,11 +47,11 @@ class HashCache:
     def cached(self, path: Path, st: os.stat_result) -> bool:
         """`sha1` will not read the file."""
         cached = self._old.get(os.fsdecode(path))
-        return isinstance(cached, list) and cached[:4] == _stamp(st)
+        return isinstance(cached, list) and cached[:4] == file_stamp(st)
 
     def sha1(self, path: Path, st: os.stat_result) -> str:
         key = os.fsdecode(path)
-        stamp = _stamp(st)
+        stamp = file_stamp(st)
         cached = self._old.get(key)
         if isinstance(cached, list) and cached[:4] == stamp:
             sha1 = str(cached[4])
@@ -66,10 +64,6 @@ class HashCache:
     def save(self) -> None:
         if self.path is not None and self._new != self._old:
             atomic.write_text(self.path, json.dumps({"files": self._new}, sort_keys=True))
-
-
-def _stamp(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def scan_rootfs(rootfs: Path, cache: HashCache | None = None,

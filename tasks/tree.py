@@ -99,6 +99,12 @@ def sha1_file(path: Path, expect: os.stat_result | None = None) -> str:
     return digest.hexdigest()
 
 
+def file_stamp(st: os.stat_result) -> list[int]:
+    """What says a file is still the one seen: size, modification and change times (any
+    write, chmod or rename moves the change time) and inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
