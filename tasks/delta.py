@@ -12,7 +12,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +40,9 @@ from tasks.package import (
     script_steps,
     whole_entry,
 )
-from tasks.patches import Blob, PatchJob, PatchOutcome, make_patches
+from tasks.patches import Blob, PatchJob, PatchOutcome, PatchRun
 from tasks.plan import Change, Kind, Part, parse_mode, plan_changes
-from tasks.runlog import RunLog
+from tasks.runlog import Progress, RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -159,27 +158,47 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
     if UPDATER not in target.members:
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
     boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
-    with ThreadPoolExecutor(1) as early:
-        # the kernel's diff (the largest) needs neither tree: it runs while they are hashed
-        boot_lines: list[str] = []
-        boot_diff = early.submit(make_patches, [PatchJob(
-            BOOT_IMAGE,
-            Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
-                        base.members[BOOT_IMAGE].size),
-            Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
-                        target.members[BOOT_IMAGE].size))] if boot_changed else [],
-            cache_dir=settings.patch_cache, workers=1, timeout=settings.diff_timeout,
-            progress=boot_lines.append)
+    progress = _DiffProgress(log)
+    with PatchRun(cache_dir=settings.patch_cache, workers=settings.workers or None,
+                  timeout=settings.diff_timeout, progress=progress.line,
+                  open_zips={base.path: base.zipfile, target.path: target.zipfile}) as diffs:
+        if boot_changed:
+            # the kernel's diff (the largest) needs neither tree: it runs while they are hashed
+            diffs.add([PatchJob(BOOT_IMAGE,
+                                Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
+                                            base.members[BOOT_IMAGE].size),
+                                Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
+                                            target.members[BOOT_IMAGE].size))])
         return _build_on(settings, log, parts, lists, base, target, started, recorded_sha1s,
-                         (source_version, target_version), boot_changed, boot_diff,
-                         boot_lines)
+                         (source_version, target_version), boot_changed, diffs, progress)
+
+
+class _DiffProgress:
+    """The diffs' lines go to the log; once the files to diff are known, a bar counts them."""
+
+    def __init__(self, log: RunLog) -> None:
+        self.log = log
+        self.bar: Progress | None = None
+        self.diffed = 0
+
+    def line(self, text: str) -> None:
+        self.log.detail(text)
+        if text.startswith("diff "):
+            self.diffed += 1
+            if self.bar is not None:
+                self.bar.advance()
+
+    def start(self, total: int) -> Progress:
+        self.bar = self.log.progress("diffing", total)
+        self.bar.done = self.diffed  # the kernel's diff may be done already
+        return self.bar
 
 
 def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
               base: ZipSource, target: ZipSource, started: float,
               recorded_sha1s: tuple[bool, bool],
               versions: tuple[ProjectVersion, ProjectVersion], boot_changed: bool,
-              boot_diff: Future[dict[str, PatchOutcome]], boot_lines: list[str]) -> DeltaResult:
+              diffs: PatchRun, progress: _DiffProgress) -> DeltaResult:
     source_version, target_version = versions
     source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
     target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
@@ -201,22 +220,9 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
                      Blob.in_zip(target.path, system_path(c.path), c.target.sha1, c.target.size))
             for c in changes if c.kind is Kind.PATCHED and c.source and c.target]
     diff_started = time.monotonic()
-    bar = log.progress("diffing", len(jobs))
-
-    def diff_line(line: str) -> None:
-        log.detail(line)
-        if line.startswith("diff "):
-            bar.advance()
-
-    outcomes = make_patches(jobs, cache_dir=settings.patch_cache,
-                            workers=settings.workers or None, timeout=settings.diff_timeout,
-                            progress=diff_line, open_zips={base.path: base.zipfile,
-                                                           target.path: target.zipfile})
-    if BOOT_IMAGE in outcomes:
-        raise ValueError("two patch jobs have the same name")
-    outcomes.update(boot_diff.result())
-    for line in boot_lines:
-        log.detail(line)
+    bar = progress.start(len(jobs) + boot_changed)
+    diffs.add(jobs)
+    outcomes = diffs.outcomes()
     bar.done = bar.total  # files served by the cache or decided by rule count as done
     bar.finish()
     diff_seconds = time.monotonic() - diff_started

@@ -187,67 +187,207 @@ def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | No
                  engine: Engine | None = None,
                  open_zips: Mapping[Path, zipfile.ZipFile] | None = None
                  ) -> dict[str, PatchOutcome]:
-    """Decide for each job whether its target ships as a patch or whole, and make the patches.
+    """Decide for each job whether its target ships as a patch or whole, and make the patches
+    (`PatchRun` with all the jobs at once). Returns the outcomes by job name, in the order of
+    `jobs`."""
+    with PatchRun(cache_dir=cache_dir, workers=workers, timeout=timeout,
+                  memory_limit=memory_limit, progress=progress, engine=engine,
+                  open_zips=open_zips) as run:
+        run.add(jobs)
+        return run.outcomes()
 
-    Diffs run in up to `workers` processes (default: the number of cores), largest target
-    first, as long as their estimated memory fits `memory_limit` together; a diff that alone
-    would need more is not tried. `timeout` (seconds) bounds each diff. `engine` replaces
-    bsdiff40 (for tests): a module-level function, cached under its own name. `open_zips`
-    (`ZipSource.zipfile`) are the caller's open zips, read in this process (workers open
-    their own).
-    Returns the outcomes by job name, in the order of `jobs`.
+
+class PatchRun:
+    """Diffs made in worker processes while the caller goes on.
+
+    `add` decides each job at once where it can (a rule, the cache) and starts diffing the
+    rest; `outcomes` waits for every diff and returns the outcomes of all jobs added. Diffs
+    run in up to `workers` processes (default: the number of cores), largest target first
+    among those waiting, as long as their estimated memory fits `memory_limit` together; a
+    diff that alone would need more is not tried. `timeout` (seconds) bounds each diff (a
+    worker past it is killed when the run next looks, at the latest in `outcomes`).
+    `engine` replaces bsdiff40 (for tests): a module-level function, cached under its own
+    name. `open_zips` (`ZipSource.zipfile`) are the caller's open zips, read in this process
+    (workers open their own).
     """
-    names = [job.name for job in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError("two patch jobs have the same name")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1 or timeout <= 0 or memory_limit <= 0:
-        raise ValueError("workers, timeout and memory_limit must be positive")
-    say = progress or (lambda _line: None)
-    tag = engine_tag()
-    if engine is not None:
-        tag += f"+{engine.__module__}.{getattr(engine, '__qualname__', type(engine).__name__)}"
 
-    groups: dict[str, list[PatchJob]] = {}
-    for job in jobs:
-        groups.setdefault(f"{job.source.sha1}-{job.target.sha1}-{tag}", []).append(job)
+    def __init__(self, *, cache_dir: Path, workers: int | None = None, timeout: float = 300.0,
+                 memory_limit: int = 1 << 30, progress: Callable[[str], None] | None = None,
+                 engine: Engine | None = None,
+                 open_zips: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
+        self.workers = workers if workers is not None else os.cpu_count() or 1
+        if self.workers < 1 or timeout <= 0 or memory_limit <= 0:
+            raise ValueError("workers, timeout and memory_limit must be positive")
+        self.cache_dir, self.timeout, self.memory_limit = cache_dir, timeout, memory_limit
+        self.engine = engine
+        self._say = progress or (lambda _line: None)
+        self._tag = engine_tag()
+        if engine is not None:
+            qualname = getattr(engine, "__qualname__", type(engine).__name__)
+            self._tag += f"+{engine.__module__}.{qualname}"
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DfotaError(f"cannot create the patch cache ({exc.strerror})",
+                             cache_dir) from exc
+        _remove_stale_runs(cache_dir)
+        self._reader = _Reader(open_zips)
+        self._run_dir: Path | None = None
+        self._names: dict[str, str] = {}  # job name -> key, in the order added
+        self._results: dict[str, tuple[Path | None, str, int, float, bool]] = {}  # by key
+        self._queue: deque[tuple[int, _Work, bool]] = deque()
+        self._running: dict[Any, _Running] = {}
+        self._to_diff = self._diffed = 0
 
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DfotaError(f"cannot create the patch cache ({exc.strerror})", cache_dir) from exc
-    _remove_stale_runs(cache_dir)
+    def __enter__(self) -> PatchRun:
+        return self
 
-    decided: dict[str, PatchOutcome] = {}
-    work: list[_Work] = []
-    by_rule = from_cache = 0
-    with _Reader(open_zips) as reader:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker still running; forget the scratch folder."""
+        for entry in self._running.values():
+            entry.process.kill()
+            entry.process.join()
+        self._running.clear()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        self._reader.__exit__()
+
+    def add(self, jobs: Sequence[PatchJob]) -> None:
+        """Decide `jobs` by rule or from the cache, queue the rest and start what fits."""
+        names = [job.name for job in jobs]
+        if len(set(names)) != len(names) or self._names.keys() & set(names):
+            raise ValueError("two patch jobs have the same name")
+        groups: dict[str, list[PatchJob]] = {}
+        for job in jobs:
+            key = f"{job.source.sha1}-{job.target.sha1}-{self._tag}"
+            self._names[job.name] = key
+            groups.setdefault(key, []).append(job)
+        known = {key for key in self._results} | {w.key for _, w, _ in self._queue} | {
+            w.key for r in self._running.values() for w, _ in r.batch}
+        work: list[_Work] = []
+        by_rule = from_cache = 0
         for key, group in groups.items():
+            if key in known:  # the same pair came in an earlier `add`
+                continue
             job = group[0]
-            reason = _rule_reason(job, memory_limit, reader)
+            reason = _rule_reason(job, self.memory_limit, self._reader)
+            hit = None if reason else _from_cache(self.cache_dir, key, job, self._reader)
             if reason:
                 by_rule += len(group)
-                for member in group:
-                    decided[member.name] = PatchOutcome(member.name, None, reason, 0, 0.0, False)
-                continue
-            hit = _from_cache(cache_dir, key, job, reader)
-            if hit is not None:
+                self._results[key] = (None, reason, 0, 0.0, False)
+            elif hit is not None:
                 from_cache += len(group)
-                for member in group:
-                    decided[member.name] = PatchOutcome(member.name, *hit, 0.0, True)
-                continue
-            work.append(_Work(key, tuple(group), diff_memory(job.source.size, job.target.size)))
-
+                self._results[key] = (*hit, 0.0, True)
+            else:
+                work.append(_Work(key, tuple(group), diff_memory(job.source.size,
+                                                                 job.target.size)))
+        if not jobs:
+            return
         work.sort(key=lambda w: (-w.jobs[0].target.size, w.jobs[0].name))
-        pool = min(workers, len(work))
-        say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole by "
-            f"rule, {sum(len(w.jobs) for w in work)} to diff"
-            + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
-        if work:
-            decided.update(_run_diffs(work, cache_dir, pool, timeout, memory_limit, engine,
-                                      say, reader))
-    return {name: decided[name] for name in names}
+        pool = min(self.workers, len(work))
+        self._say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole "
+                  f"by rule, {sum(len(w.jobs) for w in work)} to diff"
+                  + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
+        # waiting work stays largest first, whatever `add` it came in
+        waiting = [*self._queue, *((i, w, False) for i, w in enumerate(work, self._to_diff))]
+        waiting.sort(key=lambda queued: (-queued[1].jobs[0].target.size, queued[1].jobs[0].name))
+        self._queue = deque(waiting)
+        self._to_diff += len(work)
+        self._start_ready()
+
+    def outcomes(self) -> dict[str, PatchOutcome]:
+        """Wait for every diff; the outcome of every job added, by name, in the order added."""
+        while self._queue or self._running:
+            self._start_ready()
+            deadline = min(r.started for r in self._running.values()) + self.timeout
+            self._collect_finished(set(wait(list(self._running),
+                                            max(0.0, deadline - time.monotonic()))))
+        outcomes = {}
+        for name, key in self._names.items():
+            patch, reason, size, seconds, cached = self._results[key]
+            outcomes[name] = PatchOutcome(name, patch, reason, size, seconds, cached)
+        return outcomes
+
+    def _scratch(self) -> Path:
+        if self._run_dir is None:
+            try:
+                self._run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-",
+                                                      dir=self.cache_dir))
+            except OSError as exc:
+                raise DfotaError(f"cannot write to the patch cache ({exc.strerror})",
+                                 self.cache_dir) from exc
+        return self._run_dir
+
+    def _preload(self, blob: Blob) -> bytes | None:
+        if blob.size > _PRELOAD_MAX:
+            return None
+        try:
+            return self._reader.read(blob)
+        except _READ_ERRORS:
+            return None  # the worker meets the same error and reports it
+
+    def _next_batch(self) -> list[tuple[_Work, _Task]]:
+        queue, run_dir = self._queue, self._scratch()
+        batch: list[tuple[_Work, _Task]] = []
+        size = 0
+        while queue and (not batch or (
+                _batchable(queue[0][1]) and not queue[0][2] and len(batch) < _BATCH_PAIRS
+                and size + queue[0][1].jobs[0].target.size <= _BATCH_BYTES)):
+            index, item, alone = queue.popleft()
+            first = item.jobs[0]
+            batch.append((item, _Task(first.source, first.target, run_dir / f"{index}.p",
+                                      run_dir / f"{index}.json", item.memory, self.engine,
+                                      self._preload(first.source),
+                                      self._preload(first.target))))
+            size += first.target.size
+            if alone or not _batchable(item):
+                break
+        return batch
+
+    def _start_ready(self) -> None:
+        """Start workers while there are free ones and the memory allows."""
+        if self._queue:
+            import detools  # noqa: F401  (here: every forked worker has it loaded)
+        while self._queue and len(self._running) < self.workers and (
+                not self._running or sum(max(w.memory for w, _ in r.batch)
+                                         for r in self._running.values())
+                + self._queue[0][1].memory <= self.memory_limit):
+            batch = self._next_batch()
+            process = worker_context().Process(target=_worker, args=([t for _, t in batch],),
+                                               daemon=True,
+                                               name=f"diff {batch[0][0].jobs[0].name}")
+            process.start()
+            self._running[process.sentinel] = _Running(process, batch, time.monotonic())
+
+    def _collect_finished(self, ready: set[Any]) -> None:
+        """Take the results of the workers that ended; kill those past the time-out."""
+        now = time.monotonic()
+        for sentinel in list(self._running):
+            entry = self._running[sentinel]
+            if sentinel in ready:
+                entry.process.join()
+                lost = f"diff failed: {_exit_text(entry.process.exitcode)}"
+            elif now - entry.started >= self.timeout:
+                entry.process.kill()
+                entry.process.join()
+                lost = f"diff timed out after {self.timeout:g} s"
+            else:
+                continue
+            del self._running[sentinel]
+            for item, task in entry.batch:
+                if not task.result.exists() and len(entry.batch) > 1:
+                    # the pair that stopped the batch is found by trying each alone
+                    self._queue.appendleft((int(task.result.stem), item, True))
+                    continue
+                patch, reason, size = (_collect(item, task, self.cache_dir, self._scratch())
+                                       if task.result.exists() else (None, lost, 0))
+                self._results[item.key] = (patch, reason, size, now - entry.started, False)
+                self._diffed += 1
+                self._say(_progress_line(self._diffed, self._to_diff, item, patch, reason,
+                                         size))
 
 
 def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
@@ -476,96 +616,6 @@ _BATCH_PAIRS = 64
 def _batchable(item: _Work) -> bool:
     first = item.jobs[0]
     return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
-
-
-def _run_diffs(work: list[_Work], cache_dir: Path, workers: int, timeout: float,
-               memory_limit: int, engine: Engine | None, say: Callable[[str], None],
-               reader: _Reader) -> dict[str, PatchOutcome]:
-    import detools  # noqa: F401  (once here: every forked worker has it loaded)
-
-    ctx = worker_context()
-    try:
-        run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-", dir=cache_dir))
-    except OSError as exc:
-        raise DfotaError(f"cannot write to the patch cache ({exc.strerror})", cache_dir) from exc
-    queue: deque[tuple[int, _Work, bool]] = deque((i, w, False) for i, w in enumerate(work))
-    running: dict[Any, _Running] = {}
-    outcomes: dict[str, PatchOutcome] = {}
-    done = 0
-
-    def preload(blob: Blob) -> bytes | None:
-        if blob.size > _PRELOAD_MAX:
-            return None
-        try:
-            return reader.read(blob)
-        except _READ_ERRORS:
-            return None  # the worker meets the same error and reports it
-
-    def next_batch() -> list[tuple[_Work, _Task]]:
-        batch: list[tuple[_Work, _Task]] = []
-        size = 0
-        while queue and (not batch or (
-                _batchable(queue[0][1]) and not queue[0][2] and len(batch) < _BATCH_PAIRS
-                and size + queue[0][1].jobs[0].target.size <= _BATCH_BYTES)):
-            index, item, alone = queue.popleft()
-            first = item.jobs[0]
-            batch.append((item, _Task(first.source, first.target, run_dir / f"{index}.p",
-                                      run_dir / f"{index}.json", item.memory, engine,
-                                      preload(first.source), preload(first.target))))
-            size += first.target.size
-            if alone or not _batchable(item):
-                break
-        return batch
-
-    def finish(item: _Work, patch: Path | None, reason: str, size: int,
-               seconds: float) -> None:
-        nonlocal done
-        for job in item.jobs:
-            outcomes[job.name] = PatchOutcome(job.name, patch, reason, size, seconds, False)
-        done += 1
-        say(_progress_line(done, len(work), item, patch, reason, size))
-
-    try:
-        while queue or running:
-            while queue and len(running) < workers and (
-                    not running or sum(max(w.memory for w, _ in r.batch)
-                                       for r in running.values())
-                    + queue[0][1].memory <= memory_limit):
-                batch = next_batch()
-                process = ctx.Process(target=_worker, args=([t for _, t in batch],),
-                                      daemon=True, name=f"diff {batch[0][0].jobs[0].name}")
-                process.start()
-                running[process.sentinel] = _Running(process, batch, time.monotonic())
-            deadline = min(r.started for r in running.values()) + timeout
-            ready = set(wait(list(running), max(0.0, deadline - time.monotonic())))
-            now = time.monotonic()
-            for sentinel in list(running):
-                entry = running[sentinel]
-                if sentinel in ready:
-                    entry.process.join()
-                    lost = f"diff failed: {_exit_text(entry.process.exitcode)}"
-                elif now - entry.started >= timeout:
-                    entry.process.kill()
-                    entry.process.join()
-                    lost = f"diff timed out after {timeout:g} s"
-                else:
-                    continue
-                del running[sentinel]
-                for item, task in entry.batch:
-                    if not task.result.exists() and len(entry.batch) > 1:
-                        # the pair that stopped the batch is found by trying each alone
-                        index = int(task.result.stem)
-                        queue.appendleft((index, item, True))
-                        continue
-                    patch, reason, size = (_collect(item, task, cache_dir, run_dir)
-                                           if task.result.exists() else (None, lost, 0))
-                    finish(item, patch, reason, size, now - entry.started)
-    finally:
-        for entry in running.values():
-            entry.process.kill()
-            entry.process.join()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return outcomes
 
 
 def _collect(item: _Work, task: _Task, cache_dir: Path,

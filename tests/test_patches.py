@@ -24,6 +24,7 @@ from tasks.patches import (
     Blob,
     PatchJob,
     PatchOutcome,
+    PatchRun,
     apply_patch_bytes,
     bsdiff40,
     compressed_kind,
@@ -460,6 +461,38 @@ def test_works_with_threads_running(tmp_path: Path) -> None:
         stop.set()
         thread.join()
     assert_patched(out["system/bin/t"], source, target, tmp_path)
+
+
+def test_a_run_diffs_while_the_caller_goes_on(tmp_path: Path) -> None:
+    """`add` starts the diffs at once; later adds join the same run; a pair added again
+    under another name is diffed once; a name is taken once."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    head = str(calls).encode() + b"\n"
+    files = {name: (head + binary(seed, 300_000), edited(head + binary(seed, 300_000), seed))
+             for seed, name in enumerate(["kernel", "lib/a.so", "lib/b.so"], start=120)}
+    pair = Pair(tmp_path, files)
+    lines: list[str] = []
+    with PatchRun(cache_dir=tmp_path / "cache", workers=2, engine=_pid_engine,
+                  progress=lines.append) as run:
+        run.add([pair.job("kernel")])
+        deadline = time.monotonic() + 30
+        while not any(calls.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(list(calls.iterdir())) == 1  # diffed before anything else was added
+        kernel = pair.job("kernel")
+        again = PatchJob("system/kernel-copy", kernel.source, kernel.target)
+        run.add([pair.job("lib/a.so"), pair.job("lib/b.so"), again])
+        with pytest.raises(ValueError, match="same name"):
+            run.add([pair.job("lib/a.so")])
+        out = run.outcomes()
+    assert list(out) == ["system/kernel", "system/lib/a.so", "system/lib/b.so",
+                         "system/kernel-copy"]
+    for name, (source, target) in files.items():
+        assert_patched(out[f"system/{name}"], source, target, tmp_path)
+    assert out["system/kernel-copy"].patch == out["system/kernel"].patch
+    assert len(list(calls.iterdir())) == 3
+    assert len(diff_lines(lines)) == 3 and diff_lines(lines)[-1].startswith("diff 3/3: ")
 
 
 def test_stale_scratch_of_a_dead_run_is_removed(tmp_path: Path) -> None:
