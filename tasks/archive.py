@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
 _STAGING_PREFIX = ".staging-"
+# a file written this recently may be written again within the same clock tick, unseen
+_RACY_NS = 2_000_000_000
 
 
 def sha256_file(path: Path) -> str:
@@ -61,20 +64,32 @@ def _record_hash(record: Path | None, path: Path, sha256: str) -> None:
         atomic.write_text(record, json.dumps(hashes, indent=0, sort_keys=True) + "\n")
 
 
-def recorded_sha256(record: Path | None, path: Path) -> str:
-    """The sha256 of `path`: the one `record` holds while the file is as it was when recorded
-    (`file_stamp`), else hashed anew (and recorded)."""
-    try:
-        stamp = file_stamp(path.stat())
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+def _recorded(record: Path | None, path: Path, stamp: list[int]) -> str | None:
+    """The sha256 `record` holds for `path` as `stamp` shows it, if any."""
     entry = (atomic.read_json_object(record).get(os.fsdecode(path.absolute()))
              if record is not None else None)
     if isinstance(entry, list) and len(entry) == 5 and entry[:4] == stamp:
         return str(entry[4])
+    return None
+
+
+def recorded_sha256(record: Path | None, path: Path) -> str:
+    """The sha256 of `path`: the one `record` holds while the file is as it was when recorded
+    (`file_stamp`), else hashed anew (and recorded unless written in the last seconds: a
+    write within the same clock tick would leave the times as they were)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    stamp = file_stamp(st)
+    known = _recorded(record, path, stamp)
+    if known is not None:
+        return known
     sha256 = sha256_file(path)
     with contextlib.suppress(OSError):
-        if file_stamp(path.stat()) == stamp:  # unchanged while hashed
+        # unchanged while hashed, and not racy
+        if file_stamp(path.stat()) == stamp and \
+                time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
             _record_hash(record, path, sha256)
     return sha256
 
@@ -85,6 +100,27 @@ def _hard_link(src: Path, dest: Path) -> bool:
         os.link(src, dest)
     except OSError:
         return False
+    return True
+
+
+def _copy_vouched(src: Path, dest: Path, record: Path | None, sha256: str) -> bool:
+    """Copy `src` to `dest` (synced to disk) when `record` vouches that it holds `sha256` and
+    it stays as recorded while copied (the kernel copies, nothing is hashed); False, with
+    nothing copied, when the record does not vouch for it."""
+    try:
+        inp = open(src, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", src) from exc
+    with inp:
+        stamp = file_stamp(os.fstat(inp.fileno()))
+        if _recorded(record, src, stamp) != sha256:
+            return False
+        with open(dest, "wb") as out:  # a failed write is the archive's (see _staging)
+            while os.sendfile(out.fileno(), inp.fileno(), None, 1 << 30):
+                pass
+            os.fsync(out.fileno())
+        if file_stamp(os.fstat(inp.fileno())) != stamp:
+            raise DfotaError("changed while it was being archived; run again", src)
     return True
 
 
@@ -227,6 +263,8 @@ class Archive:
             dest = staging / ZIP_NAME
             if take and _hard_link(zip_path, dest):
                 copied = sha256 or sha256_file(dest)
+            elif sha256 is not None and _copy_vouched(zip_path, dest, self.hash_record, sha256):
+                copied = sha256
             else:
                 copied = _copy_hashing(zip_path, dest)
             if sha256 is not None and copied != sha256:

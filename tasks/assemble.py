@@ -7,7 +7,6 @@ the archive (a version is never replaced by other content), archived, and only t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -23,6 +22,7 @@ from tasks.config import SAMPLE_BASE, Settings
 from tasks.errors import DfotaError
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
+from tasks.sdk_image import ImageTreeReader
 from tasks.targetfiles import (
     SdkOutput,
     check_source,
@@ -79,10 +79,22 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
 
 @dataclass(frozen=True, slots=True)
 class ScannedRootfs:
-    """The rootfs as the inputs manifest saw it, and the hash cache that served it."""
+    """The rootfs as the inputs manifest saw it, the hash cache that served it, and the SDK
+    image's tree as it is being read (None: no image, or its metadata is taken instead)."""
 
     scan: FolderScan
     cache: HashCache
+    image: ImageTreeReader | None
+
+
+def start_image_tree(settings: Settings, sdk: SdkOutput,
+                     cache: HashCache) -> ImageTreeReader | None:
+    """The reader of the SDK image's tree, for the drift warnings: from the record, or read
+    in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
+    if sdk.sysfs_ubi is None or settings.metadata_from_image:
+        return None
+    return ImageTreeReader(sdk.sysfs_ubi, settings.image_tree_cache,
+                           cache.sha1_of(sdk.sysfs_ubi))
 
 
 def inputs_manifest(settings: Settings, meter: Meter = SILENT
@@ -91,6 +103,7 @@ def inputs_manifest(settings: Settings, meter: Meter = SILENT
     and the rootfs scan it was made from."""
     sdk = locate_sdk(settings.sdk)
     cache = HashCache(settings.hash_cache)
+    image = start_image_tree(settings, sdk, cache)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
     archive = Archive(settings.archive_dir, settings.archive_hashes)
@@ -100,14 +113,15 @@ def inputs_manifest(settings: Settings, meter: Meter = SILENT
         "abl": {"path": str(sdk.abl), "sha1": cache.sha1_of(sdk.abl)},
         "rootfs": {"path": str(sdk.rootfs), "tree_sha1": digest_tree(scan.entries),
                    "entries": len(scan.entries)},
-        # by content only: the sample's base and its archived copy are the same source
-        "source_sha1": cache.sha1_of(source),
+        # by content only: the sample's base and its archived copy are the same source (its
+        # sha256 as the archive records it: archiving it then needs no other hashing)
+        "source_sha256": archive.sha256_of(source),
         "target_version": target.key,
         "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
         "metadata_from_image": settings.metadata_from_image,
     }
     cache.save()
-    return manifest, ScannedRootfs(scan, cache)
+    return manifest, ScannedRootfs(scan, cache, image)
 
 
 def write_inputs_manifest(settings: Settings, meter: Meter = SILENT) -> ScannedRootfs:
@@ -153,33 +167,31 @@ def build_targetfiles(settings: Settings, log: RunLog,
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
-    from tasks.firmware import sdk_image_drift
-    from tasks.patches import worker_context
+    from tasks.firmware import image_drift_from_tree
 
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
     if scanned is None:
         cache = HashCache(settings.hash_cache)
+        image = start_image_tree(settings, sdk, cache)
         scan = scan_rootfs(sdk.rootfs, cache, log)
     else:
-        scan, cache = scanned.scan, scanned.cache
+        scan, cache, image = scanned.scan, scanned.cache, scanned.image
     target_version = rootfs_version(sdk.rootfs, scan)
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
-    with contextlib.ExitStack() as stack:
-        image_warnings: Callable[[], list[str]]
-        if sdk.sysfs_ubi is not None and not settings.metadata_from_image:
-            # the image only gives warnings: read it (seconds of decompressing) beside the
-            # zipping, in a worker that is killed if the build stops first
-            pool = stack.enter_context(worker_context().Pool(1))
-            image_warnings = pool.apply_async(sdk_image_drift, (
-                scan.entries, sdk.sysfs_ubi, settings.image_tree_cache,
-                cache.sha1_of(sdk.sysfs_ubi))).get
-        else:
-            scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
-            image_warnings = found.copy
-        result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
-                           image_warnings)
+    image_warnings: Callable[[], list[str]]
+    if image is not None:
+        # the image only gives warnings: its tree is asked for once the zip is written
+        reader, entries = image, scan.entries
+
+        def image_warnings() -> list[str]:
+            return image_drift_from_tree(entries, reader.tree(), reader.sysfs_ubi)
+    else:
+        scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
+        image_warnings = found.copy
+    result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
+                       image_warnings)
     cache.save()
     return result
 
@@ -212,22 +224,23 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
         with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=settings.state_dir) as tmp, \
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
-            write_zip(staged, plan.items, meter=log)
-            # a source not archived yet is hashed once, as it is copied into the archive
+            # the rootfs files hashed in this run need not be hashed again as they are zipped
+            write_zip(staged, plan.items, meter=log, vouch=cache.vouches)
+            # a source not archived yet is copied by the kernel if the sha256 record (which
+            # the inputs manifest filled) vouches for it, else hashed as it is copied
             source_new = archive.get(source_version.key) is None
-            source_sha256 = None if source_new else archive.sha256_of(source_path)
+            source_sha256 = archive.sha256_of(source_path)
             target_sha256 = sha256_file(staged)
-            if source_sha256 is not None:
-                archive.admit(source_version.key, source_sha256)
+            archive.admit(source_version.key, source_sha256)
             target_new = archive.admit(target_version.key, target_sha256)
             shutil.copyfile(staged, out)  # out/ gets it only when renamed, at the end
             warnings.add(image_warnings())  # with --strict, a warning stops the archiving
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if source_new:
-                source_sha256 = archive.add(source_version.key, source_path, {
+                archive.add(source_version.key, source_path, {
                     "origin": "source", "imported_from": str(source_path),
                     "version": source_version.to_json(), "created": created, "tool": TOOL,
-                    "source": None}).sha256
+                    "source": None}, sha256=source_sha256)
             if target_new:
                 archive.add(target_version.key, staged, {
                     "origin": "targetfiles", "version": target_version.to_json(),

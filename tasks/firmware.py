@@ -12,7 +12,6 @@ Device nodes (the image's dev/) cannot live in a zip: they are listed, never com
 from __future__ import annotations
 
 import hashlib
-import json
 import stat
 import tempfile
 import xml.etree.ElementTree as ET
@@ -22,11 +21,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tasks import __version__, atomic
+from tasks import __version__
 from tasks.archive import Archive
 from tasks.bootimg import read_boot_image
 from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError, shown_path
+from tasks.sdk_image import ROOTFS_VOLUME, ImageTreeReader
 from tasks.targetfiles import (
     ABL,
     BOOT_IMAGE,
@@ -53,7 +53,6 @@ ABL_IMG = "update/abl.elf"
 SYSFS_UBI = "update/sdxlemur-sysfs.ubi"
 MODEM_UBI = "update/NON-HLOS.ubi"
 REQUIRED_IMAGES = (BOOT_IMG, SYSFS_UBI, MODEM_UBI)
-ROOTFS_VOLUME = "rootfs"
 FIRMWARE = "firmware"  # SYSTEM/firmware: the modem's UBIFS, mounted from NON-HLOS.ubi
 TEMPLATE_FOLDERS = ("OTA", "RADIO", "RECOVERY")
 # Zip times carry no time zone and a package is made some time after its build: a package time
@@ -615,26 +614,16 @@ def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path,
     """`image_drift` against the SDK's sysfs image. `record` (a file) keeps the image's tree
     by the image's sha1 (`image_sha1`) and the UBI reader's code: reading the image takes
     seconds, and it seldom changes between builds."""
-    from tasks import ubi
-
-    key = f"{image_sha1} {hashlib.sha1(Path(ubi.__file__).read_bytes()).hexdigest()}"
-    image_tree = _recorded_image_tree(record, key) if record is not None and image_sha1 else None
-    if image_tree is None:
-        image_tree = read_sdk_image(sysfs_ubi).entries
-        if record is not None and image_sha1:
-            atomic.write_text(record, json.dumps({"key": key, "entries": [
-                e.to_json() for e in image_tree.values()]}) + "\n")
-    return _drift(rootfs_tree, image_tree, sysfs_ubi)
+    if record is None or not image_sha1:
+        return _drift(rootfs_tree, read_sdk_image(sysfs_ubi).entries, sysfs_ubi)
+    return _drift(rootfs_tree, ImageTreeReader(sysfs_ubi, record, image_sha1,
+                                               background=False).tree(), sysfs_ubi)
 
 
-def _recorded_image_tree(record: Path, key: str) -> Tree | None:
-    saved = atomic.read_json_object(record)
-    if saved.get("key") != key:
-        return None
-    try:
-        return {e["path"]: Entry.from_json(e) for e in saved["entries"]}
-    except (KeyError, TypeError):
-        return None
+def image_drift_from_tree(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
+                          image: Path) -> list[str]:
+    """`image_drift` against an image's tree read earlier (`ImageTreeReader`)."""
+    return _drift(rootfs_tree, image_tree, image)
 
 
 def take_image_metadata(rootfs_tree: Mapping[str, Entry],

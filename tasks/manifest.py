@@ -61,6 +61,11 @@ class HashCache:
             self._new[key] = [*stamp, sha1]
         return sha1
 
+    def vouches(self, path: Path, st: os.stat_result, sha1: str) -> bool:
+        """`path` (as `st` shows it) has content `sha1`: it was hashed in this run and was
+        not racy then (any write since moves its change time)."""
+        return self._new.get(os.fsdecode(path)) == [*file_stamp(st), sha1]
+
     def save(self) -> None:
         if self.path is not None and self._new != self._old:
             atomic.write_text(self.path, json.dumps({"files": self._new}, sort_keys=True))

@@ -26,7 +26,7 @@ from typing import IO, Any
 from tasks.atomic import atomic_path
 from tasks.errors import DfotaError
 from tasks.runlog import SILENT, Meter
-from tasks.tree import DIR, FILE, SYMLINK
+from tasks.tree import DIR, FILE, SYMLINK, file_stamp
 
 FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
 _UNIX = 3
@@ -94,12 +94,18 @@ def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
     return info
 
 
+# (file, its fstat, the sha1 it should have) -> the caller knows the file has that content
+Vouch = Callable[[Path, os.stat_result, str], bool]
+
+
 def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
-              meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None
-              ) -> None:
+              meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None,
+              vouch: Vouch | None = None) -> None:
     """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
     `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
-    where the caller has their zip open already."""
+    where the caller has their zip open already. A file item with a `sha1` is hashed again
+    as it is copied, unless `vouch` knows the file as it is (then its `file_stamp` must not
+    move while it is copied)."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
@@ -112,7 +118,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             bar = meter.progress(f"zipping {dest.name}", len(ordered))
             for item in ordered:
-                _write_item(out, item, compress, opened, sources)
+                _write_item(out, item, compress, opened, sources, vouch)
                 bar.advance()
             bar.finish()
     finally:
@@ -122,7 +128,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
 
 def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
                 opened: Mapping[Path, zipfile.ZipFile],
-                sources: dict[Path, zipfile.ZipFile]) -> None:
+                sources: dict[Path, zipfile.ZipFile], vouch: Vouch | None) -> None:
     if item.kind == DIR:
         out.writestr(_zipinfo(item, 0, compress), b"")
     elif item.kind == SYMLINK:
@@ -130,7 +136,7 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     elif item.data is not None:
         out.writestr(_zipinfo(item, len(item.data), compress), item.data)
     elif item.source_path is not None:
-        _write_path(out, item, compress)
+        _write_path(out, item, compress, vouch)
     elif item.source_zip is not None and item.source_member is not None:
         zf = opened.get(item.source_zip) or sources.get(item.source_zip)
         if zf is None:
@@ -153,10 +159,11 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
 _CORRUPT = (zipfile.BadZipFile, OSError, EOFError, zlib.error)
 
 
-def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool) -> None:
+def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool,
+                vouch: Vouch | None) -> None:
     """Copy a regular file. Never blocks on a FIFO; with `item.sha1`, the bytes written must be
     the bytes checked before (a file swapped meanwhile, for a link to a host file say, is
-    refused rather than packed)."""
+    refused rather than packed): hashed again, or vouched for by the caller and unchanged."""
     path = item.source_path
     assert path is not None
     def changed() -> DfotaError:
@@ -170,9 +177,12 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise changed() if item.sha1 else DfotaError("is not a regular file", path)
-        digest = hashlib.sha1() if item.sha1 else None
+        vouched = bool(item.sha1) and vouch is not None and vouch(path, st, item.sha1)
+        digest = hashlib.sha1() if item.sha1 and not vouched else None
         _stream(out, _zipinfo(item, st.st_size, compress), src,
                 lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path), digest)
+        if vouched and file_stamp(os.fstat(fd)) != file_stamp(st):
+            raise changed()
     if digest is not None and digest.hexdigest() != item.sha1:
         raise changed()
 

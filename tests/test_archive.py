@@ -58,6 +58,7 @@ def test_a_users_file_is_copied_a_temporary_is_linked_a_wrong_sha256_is_refused(
 
 def test_an_archived_zip_is_hashed_again_only_when_its_inode_size_or_times_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive_module, "_RACY_NS", 0)  # the files here are seconds old
     archive = Archive(tmp_path / "archive", tmp_path / "state/archive-sha256.json")
     ours = zip_file(tmp_path, "staged.zip", b"built")
     added = archive.add("T@20220201T0000", ours,
@@ -142,3 +143,35 @@ def test_resolve_takes_a_zip_path_or_an_intact_archived_version(tmp_path: Path) 
     added.zip_path.write_bytes(b"two")
     with pytest.raises(DfotaError, match="the archive was altered"):
         archive.resolve("R1", "base")
+
+
+def test_a_file_the_record_vouches_for_is_copied_without_hashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive_module, "_RACY_NS", 0)
+    archive = Archive(tmp_path / "archive", tmp_path / "state/archive-sha256.json")
+    hashing: list[Path] = []
+    real = archive_module._copy_hashing
+    monkeypatch.setattr(archive_module, "_copy_hashing",
+                        lambda src, dest: hashing.append(src) or real(src, dest))
+    users = zip_file(tmp_path, "users.zip", b"user's")
+    sha256 = archive.sha256_of(users)  # now in the record
+    added = archive.add("U@20220101T0000", users, manifest("2022-01-01,00:00"), sha256=sha256)
+    assert hashing == [] and added.sha256 == sha256
+    assert added.zip_path.read_bytes() == users.read_bytes()
+    assert not os.path.samefile(added.zip_path, users)
+    archive.check_intact(added)
+    other = zip_file(tmp_path, "other.zip", b"other")  # not in the record: hashed as copied
+    archive.add("O@20220201T0000", other, manifest("2022-02-01,00:00"),
+                sha256=sha256_file(other))
+    assert hashing == [other]
+    racy = zip_file(tmp_path, "racy.zip", b"just written")
+    monkeypatch.setattr(archive_module, "_RACY_NS", 60_000_000_000)
+    archive.sha256_of(racy)  # written this minute: not recorded
+    monkeypatch.setattr(archive_module, "_RACY_NS", 0)
+    archive.add("R@20220301T0000", racy, manifest("2022-03-01,00:00"),
+                sha256=sha256_file(racy))
+    assert hashing == [other, racy]
+    old = sha256_file(users)  # rewritten since recorded: the record no longer vouches
+    users.write_bytes(users.read_bytes() + b"more")
+    with pytest.raises(DfotaError, match=r"users\.zip: changed while it was being archived"):
+        archive.add("V@20220401T0000", users, manifest("2022-04-01,00:00"), sha256=old)

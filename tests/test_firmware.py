@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 
 from tasks import sample
 from tasks.archive import Archive
+from tasks.config import PROJECT_DIR
 from tasks.errors import DfotaError
 from tasks.firmware import (
     FS_CONFIG,
@@ -33,7 +37,8 @@ from tasks.firmware import (
     take_image_metadata,
 )
 from tasks.manifest import scan_rootfs
-from tasks.tree import FILE, Entry
+from tasks.sdk_image import ImageTreeReader
+from tasks.tree import FILE, Entry, sha1_file
 from tasks.version import parse_version
 from tasks.zipio import ZipSource
 from tests.builders import Node, d, f, ln, version_text, write_targetfiles
@@ -374,6 +379,29 @@ def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_pa
     record.write_text("{damaged")
     assert sdk_image_drift(tree, image, record, sha1.hexdigest()) == []
     assert json.loads(record.read_text()) == kept
+
+
+def test_the_sdk_image_is_read_in_a_worker_and_recorded(sample_sdk: Path, tmp_path: Path
+                                                        ) -> None:
+    image = sample_sdk / "ql-ol-extsdk/target/sdxlemur-sysfs.ubi"
+    record, sha1 = tmp_path / "state/sdk-image-tree.json", sha1_file(image)
+    record.parent.mkdir()
+    reader = ImageTreeReader(image, record, sha1)  # starts reading at once
+    tree = reader.tree()
+    assert tree == read_sdk_image(image).entries
+    assert json.loads(record.read_text())["key"].startswith(sha1 + " ")
+    assert ImageTreeReader(tmp_path / "gone.ubi", record, sha1).tree() == tree  # the record
+    bad = tmp_path / "bad.ubi"
+    bad.write_bytes(bytes(4096))
+    with pytest.raises(DfotaError, match=r"^" + re.escape(str(bad)) + ": "):
+        ImageTreeReader(bad, record, "1" * 40).tree()  # the worker's error, one line
+    # never asked for: the interpreter waits for the worker at exit, so it is recorded
+    record.unlink()
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from tasks.sdk_image import ImageTreeReader; "
+                    "ImageTreeReader(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])",
+                    str(image), str(record), sha1], check=True, cwd=PROJECT_DIR)
+    assert json.loads(record.read_text())["key"].startswith(sha1 + " ")
 
 
 def test_sdk_image_drift_by_path(sample_sdk: Path, tmp_path: Path) -> None:

@@ -121,6 +121,19 @@ def test_hash_cache_serves_unchanged_files_and_sees_changes(tmp_path: Path) -> N
         b"changed")
 
 
+def test_the_hash_cache_vouches_for_what_it_hashed_unless_racy_or_changed(tmp_path: Path
+                                                                         ) -> None:
+    path = make_tree(tmp_path / "r") / "bin/busybox"
+    racy = HashCache(None)  # the file was written just now
+    assert not racy.vouches(path, path.stat(), racy.sha1(path, path.stat()))
+    cache = HashCache(None, racy_ns=0)
+    sha1 = cache.sha1(path, path.stat())
+    assert cache.vouches(path, path.stat(), sha1)
+    assert not cache.vouches(path, path.stat(), "f" * 40)
+    path.write_bytes(b"changed")
+    assert not cache.vouches(path, path.stat(), sha1)
+
+
 def test_empty_dirs_of_a_mapping() -> None:
     scan = {"a": None, "a/b": None, "c": None}
     from tasks.tree import Entry

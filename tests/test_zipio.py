@@ -218,3 +218,24 @@ def test_declared_sizes_beyond_the_file_are_refused(tmp_path: Path) -> None:
     bomb.write_bytes(bytes(data))
     with pytest.raises(DfotaError, match="truncated or forged"):
         ZipSource(bomb)
+
+
+def test_a_vouched_file_is_not_hashed_again_but_must_not_change(tmp_path: Path) -> None:
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"abc" * 1000)
+    lying = path_item("SYSTEM/p", payload, 0o644, "0" * 40)  # a sha1 the bytes do not have
+    write_zip(tmp_path / "vouched.zip", [lying], vouch=lambda path, st, sha1: True)
+    with zipfile.ZipFile(tmp_path / "vouched.zip") as zf:
+        assert zf.read("SYSTEM/p") == payload.read_bytes()  # not hashed: written as it is
+    with pytest.raises(DfotaError, match="changed while the zip was being written"):
+        write_zip(tmp_path / "hashed.zip", [lying])  # not vouched: hashed, refused
+    right = path_item("SYSTEM/p", payload, 0o644, hashlib.sha1(payload.read_bytes()).hexdigest())
+
+    def vouch_then_change(path: Path, st: os.stat_result, sha1: str) -> bool:
+        with open(path, "ab") as f:
+            f.write(b"written meanwhile")
+        return True
+
+    with pytest.raises(DfotaError, match="changed while the zip was being written"):
+        write_zip(tmp_path / "changed.zip", [right], vouch=vouch_then_change)
+    assert not (tmp_path / "changed.zip").exists()

@@ -1,0 +1,104 @@
+"""The tree of the SDK's own sysfs image (`target/sdxlemur-sysfs.ubi`), kept in a record.
+
+Reading the image takes seconds of decompressing and it seldom changes between builds: its
+tree is kept by the image's sha1 and the UBI reader's code, and read again only when either
+changes, in a worker process that starts as soon as the image is hashed. This module is light
+(the UBI reader is imported only to read): every `doit` run passes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from tasks import atomic
+from tasks.errors import DfotaError
+from tasks.tree import Entry, Tree
+
+ROOTFS_VOLUME = "rootfs"
+_UBI_READER = Path(__file__).with_name("ubi.py")
+
+
+def image_key(image_sha1: str) -> str:
+    """What a record must say to hold this image's tree: its sha1 and the reader's code."""
+    return f"{image_sha1} {hashlib.sha1(_UBI_READER.read_bytes()).hexdigest()}"
+
+
+def recorded_image_tree(record: Path, key: str) -> Tree | None:
+    saved = atomic.read_json_object(record)
+    if saved.get("key") != key:
+        return None
+    try:
+        return {e["path"]: Entry.from_json(e) for e in saved["entries"]}
+    except (KeyError, TypeError):
+        return None
+
+
+def read_and_record(sysfs_ubi: Path, record: Path, key: str) -> Tree:
+    """Read volume rootfs of the image and record its tree under `key`."""
+    from tasks.ubi import read_ubifs
+
+    tree = read_ubifs(sysfs_ubi, ROOTFS_VOLUME).entries
+    atomic.write_text(record, json.dumps({"key": key, "entries": [
+        e.to_json() for e in tree.values()]}) + "\n")
+    return tree
+
+
+def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None:
+    """`read_and_record` in a worker; says None, or the one-line message of what stopped it."""
+    try:
+        read_and_record(sysfs_ubi, record, key)
+    except DfotaError as exc:
+        report.send(str(exc))
+    else:
+        report.send(None)
+
+
+class ImageTreeReader:
+    """The image's tree: from `record` when it holds this image, else read and recorded; with
+    `background`, in a worker process that starts at once while the caller goes on.
+
+    The worker is not a daemon: if `tree` is never asked for, the interpreter waits for it at
+    exit, so the next run finds the tree recorded."""
+
+    def __init__(self, sysfs_ubi: Path, record: Path, image_sha1: str, *,
+                 background: bool = True) -> None:
+        self.sysfs_ubi, self.record = sysfs_ubi, record
+        self.key = image_key(image_sha1)
+        self._tree = recorded_image_tree(record, self.key)
+        self._worker: tuple[multiprocessing.process.BaseProcess, Connection] | None = None
+        if self._tree is None and background:
+            from tasks.patches import worker_context
+
+            context = worker_context()
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, name="read sysfs image",
+                                      args=(sysfs_ubi, record, self.key, send))
+            process.start()
+            send.close()
+            self._worker = (process, receive)
+
+    def tree(self) -> Tree:
+        if self._tree is None and self._worker is None:
+            self._tree = read_and_record(self.sysfs_ubi, self.record, self.key)
+        elif self._tree is None and self._worker is not None:
+            process, receive = self._worker
+            try:
+                problem = receive.recv()
+            except EOFError:
+                problem = None  # it died without a word: its record tells
+            finally:
+                receive.close()
+                process.join()
+                self._worker = None
+            if problem is not None:
+                raise DfotaError(problem)
+            self._tree = recorded_image_tree(self.record, self.key)
+            if self._tree is None:
+                raise DfotaError(f"reading the image stopped (exit code {process.exitcode})",
+                                 self.sysfs_ubi)
+        assert self._tree is not None
+        return self._tree
