@@ -224,8 +224,10 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
         with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=settings.state_dir) as tmp, \
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
-            # the rootfs files hashed in this run need not be hashed again as they are zipped
-            write_zip(staged, plan.items, meter=log, vouch=cache.vouches)
+            # the rootfs files hashed in this run need not be hashed again as they are zipped;
+            # the disk writes the zip while it is hashed and copied
+            write_zip(staged, plan.items, meter=log, vouch=cache.vouches, durable=False)
+            staged_synced = atomic.background_sync(staged)
             # a source not archived yet is copied by the kernel if the sha256 record (which
             # the inputs manifest filled) vouches for it, else hashed as it is copied
             source_new = archive.get(source_version.key) is None
@@ -234,6 +236,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
             archive.admit(source_version.key, source_sha256)
             target_new = archive.admit(target_version.key, target_sha256)
             shutil.copyfile(staged, out)  # out/ gets it only when renamed, at the end
+            out_synced = atomic.background_sync(out)
             warnings.add(image_warnings())  # with --strict, a warning stops the archiving
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if source_new:
@@ -241,6 +244,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                     "origin": "source", "imported_from": str(source_path),
                     "version": source_version.to_json(), "created": created, "tool": TOOL,
                     "source": None}, sha256=source_sha256)
+            staged_synced()  # on disk before it is linked into the archive
             if target_new:
                 archive.add(target_version.key, staged, {
                     "origin": "targetfiles", "version": target_version.to_json(),
@@ -255,6 +259,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                         "rootfs_tree_sha1": digest_tree(scan.entries),
                         "source_sha256": source_sha256,
                     }}, sha256=target_sha256, take=True)
+            out_synced()
     archive.note_copy(settings.target_zip, target_sha256)
     return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,

@@ -8,7 +8,8 @@ import glob
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from tasks.errors import DfotaError
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it is synced and renamed over `dest`.
+def atomic_path(dest: Path, mode: int = 0o644, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is synced and renamed over `dest`
+    (`durable=False`: not synced, for a file the caller syncs itself, `background_sync`).
 
     On any exception (or a kill) the temporary file is removed or left under a dot-name that no
     reader looks at; `dest` keeps its old content. A successful write removes what killed
@@ -34,9 +36,11 @@ def atomic_path(dest: Path, mode: int = 0o644) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, mode)  # mkstemp makes 0600; the result should not depend on the umask
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, dest)
-        _fsync(parent)
+        if durable:
+            _fsync(parent)
         remove_leftovers(dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -69,6 +73,28 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 def write_text(dest: Path, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
+
+
+def background_sync(path: Path) -> Callable[[], None]:
+    """Start syncing `path` to disk in a thread (the wait is the disk's, not the CPU's: the
+    caller goes on meanwhile); the function returned waits for it, raising what it met."""
+    failed: list[OSError] = []
+
+    def run() -> None:
+        try:
+            _fsync(path)
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name=f"sync {path.name}")
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise DfotaError(f"cannot write file ({failed[0].strerror})", path) from failed[0]
+
+    return wait
 
 
 def _fsync(path: Path) -> None:

@@ -100,12 +100,12 @@ Vouch = Callable[[Path, os.stat_result, str], bool]
 
 def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
               meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None,
-              vouch: Vouch | None = None) -> None:
+              vouch: Vouch | None = None, durable: bool = True) -> None:
     """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
     `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
     where the caller has their zip open already. A file item with a `sha1` is hashed again
     as it is copied, unless `vouch` knows the file as it is (then its `file_stamp` must not
-    move while it is copied)."""
+    move while it is copied). `durable=False`: not synced to disk (`atomic_path`)."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
@@ -115,7 +115,8 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
     sources: dict[Path, zipfile.ZipFile] = {}
     opened = dict(open_zips or {})
     try:
-        with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+        with atomic_path(dest, durable=durable) as tmp, \
+                zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             bar = meter.progress(f"zipping {dest.name}", len(ordered))
             for item in ordered:
                 _write_item(out, item, compress, opened, sources, vouch)
