@@ -76,7 +76,7 @@ _COMPRESSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x04\x22\x4d\x18", "lz4"),
 )
 
-_PRELOAD_MAX = 8 << 20  # bytes of one side read by the parent for a worker
+_PRELOAD_MAX = 32 << 20  # bytes of one side read by the parent for a worker
 
 Engine = Callable[[bytes, bytes], bytes]
 
