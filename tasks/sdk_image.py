@@ -53,6 +53,8 @@ def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None
         read_and_record(sysfs_ubi, record, key)
     except DfotaError as exc:
         report.send(str(exc))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reached the whole process group: the parent says what happened
     else:
         report.send(None)
 
