@@ -158,6 +158,7 @@ class _Abort(Exception):
         super().__init__(message)
 
 
+@functools.lru_cache(maxsize=4096)  # scripts pass the same few numbers again and again
 def _c_number(text: bytes, base: int) -> tuple[int, int]:
     """(value, end) as strtol/strtoul read `text`; end 0 when no digit was read."""
     i, size = 0, len(text)
@@ -282,7 +283,7 @@ class _Updater:
     # evaluation
 
     def value(self, node: Node) -> Value:
-        if isinstance(node, Literal):
+        if type(node) is Literal:
             return node.value
         if isinstance(node, Call):
             return self.functions[node.name](node.name, node.args)
@@ -310,6 +311,8 @@ class _Updater:
         raise TypeError(f"unknown node {node!r}")
 
     def string(self, node: Node) -> bytes:
+        if type(node) is Literal:  # the common case, without the dispatch
+            return node.value
         value = self.value(node)
         if isinstance(value, Blob):
             raise _Abort("expecting string, got blob")
@@ -762,7 +765,7 @@ class _Updater:
                 return b""
             data, ok = self.zip.read(entry)
             try:
-                self.dev.write_file(target, data, new_mode=0o644)
+                self.dev.write_file(target, data, new_mode=0o644, sha1=self.zip.sha1(entry))
             except FsError as exc:
                 self.fs_failed(exc, "extract to")
                 if exc.code != "ENOSPC":
@@ -814,7 +817,8 @@ class _Updater:
         if len(values) == 1:
             return Blob(data if ok else None)
         try:
-            self.dev.write_file(_text(values[1]), data, new_mode=0o600)
+            self.dev.write_file(_text(values[1]), data, new_mode=0o600,
+                                sha1=self.zip.sha1(entry))
         except FsError as exc:
             self.fs_failed(exc, "extract to")
             return b""

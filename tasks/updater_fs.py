@@ -20,6 +20,7 @@ and a corrupt deflated entry cut short (see `DeviceZip`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import struct
 import zlib
@@ -171,6 +172,12 @@ class Loaded:
     mode: int
     uid: int
     gid: int
+
+
+@functools.lru_cache(maxsize=8192)  # a script names the same paths at every re-run
+def _components(path: str) -> tuple[str, ...]:
+    """The components of `path` still to walk, last first, without the empty and "." ones."""
+    return tuple(p for p in reversed(path.split("/")) if p not in ("", "."))
 
 
 @dataclass(frozen=True)
@@ -496,12 +503,43 @@ class Device:
 
     def _resolve(self, path: str, follow: bool, every_mount: bool,
                  start: FsNode | None = None) -> _Where:
+        """Where `path` leads. A path without links to follow and without ".." (nearly
+        every one a script names) is walked here in one pass; any other by `_walk`."""
         if path == "":
             raise FsError("ENOENT", path)
+        parts = _components(path)  # last first
+        must_dir = path.endswith("/")
+        current = start or self.root
+        parent: FsNode | None = None
+        name = ""
+        for left in range(len(parts) - 1, -1, -1):
+            step = parts[left]
+            if step == "..":
+                return self._walk(path, follow, every_mount, start)
+            if current.kind != DIR:
+                raise FsError("ENOTDIR", path)
+            child = current.children.get(step)
+            if child is None:
+                if left:
+                    raise FsError("ENOENT", path)
+                return _Where(current, step, None)
+            if child.mount is not None and (child.mount.active or every_mount):
+                child = child.mount.fs.root
+            if child.kind == SYMLINK and (left or follow or must_dir):
+                return self._walk(path, follow, every_mount, start)
+            if not left:
+                if must_dir and child.kind != DIR:
+                    raise FsError("ENOTDIR", path)
+                return _Where(current, step, child)
+            parent, current, name = current, child, step
+        return _Where(parent, name, current)
+
+    def _walk(self, path: str, follow: bool, every_mount: bool,
+              start: FsNode | None) -> _Where:
+        """`_resolve` for any path: links followed (at most `_MAX_LINKS`), ".." taken."""
         top = start or self.root
         stack: list[tuple[str, FsNode]] = [("", top)]
-        # the components still to walk, last first, without the empty and "." ones
-        parts = [p for p in reversed(path.split("/")) if p not in ("", ".")]
+        parts = list(_components(path))
         must_dir = path.endswith("/")
         hops = 0
         while parts:
@@ -761,6 +799,7 @@ class DeviceZip:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._read: dict[ZipEntry, tuple[bytes, bool]] = {}
+        self._sha1s: dict[ZipEntry, str] = {}
         found = _central_directory(data)
         found.sort(key=lambda e: e.name)  # stable: among equal names the first stays first
         self.entries: list[ZipEntry] = []
@@ -778,6 +817,12 @@ class DeviceZip:
         if entry not in self._read:  # every power-loss replay reads the same entries
             self._read[entry] = self._read_entry(entry)
         return self._read[entry]
+
+    def sha1(self, entry: ZipEntry) -> str:
+        """The sha1 of `read(entry)`'s bytes (kept: replays write the same entries again)."""
+        if entry not in self._sha1s:
+            self._sha1s[entry] = hashlib.sha1(self.read(entry)[0]).hexdigest()
+        return self._sha1s[entry]
 
     def _read_entry(self, entry: ZipEntry) -> tuple[bytes, bool]:
         start = entry.offset
