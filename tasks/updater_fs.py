@@ -26,6 +26,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 
@@ -163,8 +164,7 @@ class Partition:
         return self.data + b"\xff" * (count - len(self.data))
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(NamedTuple):  # a tuple: made for every read a script does
     """A file or partition read whole, with the metadata apply_patch copies."""
 
     data: bytes
@@ -188,8 +188,7 @@ class DeviceState:
     partitions: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Where:
+class _Where(NamedTuple):  # a tuple: made for every path a script resolves
     parent: FsNode | None  # None for the root and for paths ending in '..'
     name: str
     node: FsNode | None  # None when nothing is there yet
