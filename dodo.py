@@ -4,6 +4,7 @@
 from tasks.dodo_tasks import (
     Reporter,
     StatChecker,
+    db_backend,
     task_bench,
     task_delta,
     task_import_base,
@@ -15,7 +16,7 @@ from tasks.dodo_tasks import (
 
 DOIT_CONFIG = {
     "default_tasks": ["targetfiles", "delta", "verify"],
-    "backend": "sqlite3",
+    "backend": db_backend(),
     "dep_file": ".doit.db",
     "action_string_formatting": "new",
     "reporter": Reporter,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doit import task_params
-from doit.dependency import FileChangedChecker
+from doit.dependency import FileChangedChecker, SqliteDB
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
@@ -59,6 +59,27 @@ FAILURES: list[str] = []
 
 class ReportedFailure(TaskFailed):
     """A failure whose one-line message was already printed."""
+
+
+class WalSqliteDB(SqliteDB):
+    """doit's sqlite3 backend with a write-ahead log whose commits are not synced to disk: a
+    power cut may lose doit's record of the last run (its tasks then run again, and each
+    finds its work done), never corrupt it. The synced commit cost every `doit` 0.2 s, half
+    of a run with nothing to do. Registered in pyproject.toml (`[tool.doit.plugins.backend]`)."""
+
+    desc = "sqlite3 with a write-ahead log"
+
+    def _sqlite3(self, name: str) -> Any:
+        conn = super()._sqlite3(name)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+
+def db_backend() -> str:
+    """The backend for DOIT_CONFIG: doit finds the plugin in the pyproject.toml of the folder
+    it runs in, so elsewhere (`doit -f .../dodo.py`) the stock sqlite3 serves."""
+    return "sqlite3-wal" if Path.cwd().resolve() == PROJECT_DIR else "sqlite3"
 
 
 class StatChecker(FileChangedChecker):

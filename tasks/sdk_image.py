@@ -27,6 +27,21 @@ def image_key(image_sha1: str) -> str:
     return f"{image_sha1} {hashlib.sha1(_UBI_READER.read_bytes()).hexdigest()}"
 
 
+def _record_head(key: str) -> bytes:
+    return json.dumps({"key": key})[:-1].encode("utf-8") + b", "
+
+
+def holds(record: Path, key: str) -> bool:
+    """The record says it holds the tree under `key` (its first bytes: a `doit` with nothing
+    to do must not parse the whole tree to learn that)."""
+    head = _record_head(key)
+    try:
+        with open(record, "rb") as f:
+            return f.read(len(head)) == head
+    except OSError:
+        return False
+
+
 def recorded_image_tree(record: Path, key: str) -> Tree | None:
     saved = atomic.read_json_object(record)
     if saved.get("key") != key:
@@ -70,9 +85,9 @@ class ImageTreeReader:
                  background: bool = True) -> None:
         self.sysfs_ubi, self.record = sysfs_ubi, record
         self.key = image_key(image_sha1)
-        self._tree = recorded_image_tree(record, self.key)
+        self._tree: Tree | None = None
         self._worker: tuple[multiprocessing.process.BaseProcess, Connection] | None = None
-        if self._tree is None and background:
+        if background and not holds(record, self.key):
             from tasks.patches import worker_context
 
             context = worker_context()
@@ -85,7 +100,8 @@ class ImageTreeReader:
 
     def tree(self) -> Tree:
         if self._tree is None and self._worker is None:
-            self._tree = read_and_record(self.sysfs_ubi, self.record, self.key)
+            self._tree = (recorded_image_tree(self.record, self.key)
+                          or read_and_record(self.sysfs_ubi, self.record, self.key))
         elif self._tree is None and self._worker is not None:
             process, receive = self._worker
             try:

@@ -147,3 +147,20 @@ def test_a_file_dependency_changes_with_its_inode_size_or_time_not_by_reading_it
     os.utime(staged, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns))
     os.replace(staged, dep)
     assert checker.check_modified(str(dep), os.stat(dep), state)
+
+
+def test_doits_record_is_a_write_ahead_log_in_the_project_and_stock_sqlite3_elsewhere(
+        tmp_path: Path) -> None:
+    db = tmp_path / "doit.db"
+    listing = subprocess.run([sys.executable, "-m", "doit", "list", "--db-file", str(db)],
+                             cwd=PROJECT, capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "import os, sys; sys.path.insert(0, sys.argv[1]); "
+         "os.chdir(sys.argv[2]); from tasks.dodo_tasks import db_backend; print(db_backend())",
+         str(PROJECT), str(tmp_path)], capture_output=True, text=True, check=True)
+    assert elsewhere.stdout.strip() == "sqlite3"
