@@ -599,11 +599,12 @@ def _comparable(tree: Mapping[str, Entry]) -> Tree:
 def image_drift(rootfs_tree: Mapping[str, Entry], image: UbifsTree) -> list[str]:
     """Warnings, by path, where the SDK's rootfs folder (as scanned: the build user's files
     recorded as root) differs from the UBI image the module will run."""
-    return _drift(rootfs_tree, image.entries, image.image)
+    return image_tree_drift(rootfs_tree, image.entries, image.image)
 
 
-def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
-           image: Path) -> list[str]:
+def image_tree_drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
+                     image: Path) -> list[str]:
+    """`image_drift` against an image's tree read earlier (`ImageTreeReader`)."""
     lines = compare_trees(_comparable(image_tree), _comparable(rootfs_tree),
                           names=("the image", "ql-ol-rootfs"))
     return [f"{image}: {line}" for line in lines]
@@ -615,15 +616,9 @@ def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path,
     by the image's sha1 (`image_sha1`) and the UBI reader's code: reading the image takes
     seconds, and it seldom changes between builds."""
     if record is None or not image_sha1:
-        return _drift(rootfs_tree, read_sdk_image(sysfs_ubi).entries, sysfs_ubi)
-    return _drift(rootfs_tree, ImageTreeReader(sysfs_ubi, record, image_sha1,
-                                               background=False).tree(), sysfs_ubi)
-
-
-def image_drift_from_tree(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
-                          image: Path) -> list[str]:
-    """`image_drift` against an image's tree read earlier (`ImageTreeReader`)."""
-    return _drift(rootfs_tree, image_tree, image)
+        return image_tree_drift(rootfs_tree, read_sdk_image(sysfs_ubi).entries, sysfs_ubi)
+    reader = ImageTreeReader(sysfs_ubi, record, image_sha1, background=False)
+    return image_tree_drift(rootfs_tree, reader.tree(), sysfs_ubi)
 
 
 def take_image_metadata(rootfs_tree: Mapping[str, Entry],
