@@ -23,14 +23,13 @@ from pathlib import Path
 from tasks import atomic
 from tasks.config import resolve_path
 from tasks.errors import DfotaError
-from tasks.tree import file_stamp
+from tasks.tree import RACY_NS, file_stamp, settled
 
 ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
 _STAGING_PREFIX = ".staging-"
-# a file written this recently may be written again within the same clock tick, unseen
-_RACY_NS = 2_000_000_000
+_RACY_NS = RACY_NS  # by this name here, for the tests to shorten
 
 
 def sha256_file(path: Path) -> str:
@@ -87,9 +86,8 @@ def recorded_sha256(record: Path | None, path: Path) -> str:
         return known
     sha256 = sha256_file(path)
     with contextlib.suppress(OSError):
-        # unchanged while hashed, and not racy
-        if file_stamp(path.stat()) == stamp and \
-                time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        # unchanged while hashed, and not written too lately to tell
+        if file_stamp(path.stat()) == stamp and settled(st, time.time_ns(), _RACY_NS):
             _record_hash(record, path, sha256)
     return sha256
 

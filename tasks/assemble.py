@@ -167,7 +167,7 @@ def build_targetfiles(settings: Settings, log: RunLog,
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
-    from tasks.firmware import image_tree_drift
+    from tasks.firmware import sdk_image_drift
 
     sdk = locate_sdk(settings.sdk)
     read_boot_image(sdk.boot_image)
@@ -186,7 +186,7 @@ def build_targetfiles(settings: Settings, log: RunLog,
         reader, entries = image, scan.entries
 
         def image_warnings() -> list[str]:
-            return image_tree_drift(entries, reader.tree(), reader.sysfs_ubi)
+            return sdk_image_drift(entries, reader)
     else:
         scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
         image_warnings = found.copy

@@ -599,26 +599,20 @@ def _comparable(tree: Mapping[str, Entry]) -> Tree:
 def image_drift(rootfs_tree: Mapping[str, Entry], image: UbifsTree) -> list[str]:
     """Warnings, by path, where the SDK's rootfs folder (as scanned: the build user's files
     recorded as root) differs from the UBI image the module will run."""
-    return image_tree_drift(rootfs_tree, image.entries, image.image)
+    return _drift(rootfs_tree, image.entries, image.image)
 
 
-def image_tree_drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
-                     image: Path) -> list[str]:
-    """`image_drift` against an image's tree read earlier (`ImageTreeReader`)."""
+def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
+           image: Path) -> list[str]:
     lines = compare_trees(_comparable(image_tree), _comparable(rootfs_tree),
                           names=("the image", "ql-ol-rootfs"))
     return [f"{image}: {line}" for line in lines]
 
 
-def sdk_image_drift(rootfs_tree: Mapping[str, Entry], sysfs_ubi: Path,
-                    record: Path | None = None, image_sha1: str = "") -> list[str]:
-    """`image_drift` against the SDK's sysfs image. `record` (a file) keeps the image's tree
-    by the image's sha1 (`image_sha1`) and the UBI reader's code: reading the image takes
-    seconds, and it seldom changes between builds."""
-    if record is None or not image_sha1:
-        return image_tree_drift(rootfs_tree, read_sdk_image(sysfs_ubi).entries, sysfs_ubi)
-    reader = ImageTreeReader(sysfs_ubi, record, image_sha1, background=False)
-    return image_tree_drift(rootfs_tree, reader.tree(), sysfs_ubi)
+def sdk_image_drift(rootfs_tree: Mapping[str, Entry], image: ImageTreeReader) -> list[str]:
+    """`image_drift` against the SDK's sysfs image, its tree as `image` gives it (from its
+    record, or read: seconds of decompressing)."""
+    return _drift(rootfs_tree, image.tree(), image.sysfs_ubi)
 
 
 def take_image_metadata(rootfs_tree: Mapping[str, Entry],

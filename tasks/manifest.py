@@ -17,16 +17,13 @@ from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.runlog import SILENT, Meter
 from tasks.targetfiles import KEPT_FROM_SOURCE
-from tasks.tree import FolderScan, file_stamp, scan_folder, sha1_file
-
-# a file changed within this window of the scan may change again unseen: never cache it
-_RACY_NS = 2_000_000_000
+from tasks.tree import RACY_NS, FolderScan, file_stamp, scan_folder, settled, sha1_file
 
 
 class HashCache:
     """sha1 by path, valid while the file's size, mtime, ctime and inode stay the same."""
 
-    def __init__(self, path: Path | None, racy_ns: int = _RACY_NS) -> None:
+    def __init__(self, path: Path | None, racy_ns: int = RACY_NS) -> None:
         self.path = path
         self._racy_ns = racy_ns
         self._old: dict[str, list[object]] = {}
@@ -57,7 +54,7 @@ class HashCache:
             sha1 = str(cached[4])
         else:
             sha1 = sha1_file(path, st)
-        if self._started - max(st.st_mtime_ns, st.st_ctime_ns) > self._racy_ns:
+        if settled(st, self._started, self._racy_ns):
             self._new[key] = [*stamp, sha1]
         return sha1
 

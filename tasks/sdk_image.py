@@ -75,19 +75,19 @@ def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None
 
 
 class ImageTreeReader:
-    """The image's tree: from `record` when it holds this image, else read and recorded; with
-    `background`, in a worker process that starts at once while the caller goes on.
+    """The image's tree: from `record` when it holds this image, else read and recorded in a
+    worker process that starts at once, while the caller goes on (a record that says it holds
+    the tree but is damaged is read again when the tree is asked for).
 
     The worker is not a daemon: if `tree` is never asked for, the interpreter waits for it at
     exit, so the next run finds the tree recorded."""
 
-    def __init__(self, sysfs_ubi: Path, record: Path, image_sha1: str, *,
-                 background: bool = True) -> None:
+    def __init__(self, sysfs_ubi: Path, record: Path, image_sha1: str) -> None:
         self.sysfs_ubi, self.record = sysfs_ubi, record
         self.key = image_key(image_sha1)
         self._tree: Tree | None = None
         self._worker: tuple[multiprocessing.process.BaseProcess, Connection] | None = None
-        if background and not holds(record, self.key):
+        if not holds(record, self.key):
             from tasks.patches import worker_context
 
             context = worker_context()

@@ -359,7 +359,7 @@ def test_package_time_against_the_version(sample_sdk: Path, package: Path,
 def test_sdk_image_matches_its_rootfs(sample_sdk: Path) -> None:
     sdk = sample_sdk / "ql-ol-extsdk"
     scan = scan_rootfs(sdk / "ql-ol-rootfs")
-    assert sdk_image_drift(scan.entries, sdk / "target/sdxlemur-sysfs.ubi") == []
+    assert image_drift(scan.entries, read_sdk_image(sdk / "target/sdxlemur-sysfs.ubi")) == []
 
 
 def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_path: Path
@@ -369,15 +369,15 @@ def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_pa
     tree = scan_rootfs(sdk / "ql-ol-rootfs").entries
     record, sha1 = tmp_path / "state/sdk-image-tree.json", hashlib.sha1(image.read_bytes())
     record.parent.mkdir()
-    assert sdk_image_drift(tree, image, record, sha1.hexdigest()) == []
+    assert sdk_image_drift(tree, ImageTreeReader(image, record, sha1.hexdigest())) == []
     kept = json.loads(record.read_text())
     assert len(kept["entries"]) == len(read_sdk_image(image).entries)
     gone = tmp_path / "gone.ubi"  # not read again: the record serves
-    assert sdk_image_drift(tree, gone, record, sha1.hexdigest()) == []
+    assert sdk_image_drift(tree, ImageTreeReader(gone, record, sha1.hexdigest())) == []
     with pytest.raises(DfotaError, match=r"gone\.ubi"):  # another image: read
-        sdk_image_drift(tree, gone, record, "0" * 40)
+        sdk_image_drift(tree, ImageTreeReader(gone, record, "0" * 40))
     record.write_text("{damaged")
-    assert sdk_image_drift(tree, image, record, sha1.hexdigest()) == []
+    assert sdk_image_drift(tree, ImageTreeReader(image, record, sha1.hexdigest())) == []
     assert json.loads(record.read_text()) == kept
 
 
