@@ -1,7 +1,10 @@
 """Read UBI images (`sdxlemur-sysfs.ubi`, `NON-HLOS.ubi`) and the UBIFS in their volumes.
 
 The only module that imports ubi_reader. ubi_reader finds the erase blocks, the volume table
-and the volumes, and parses the superblock, the master node and the node structures. Around it:
+and the volumes, and parses the superblock, the master node, inodes and directory-entry keys;
+index branches and data-node headers are unpacked here, in place in the mapped image (parsing
+tens of thousands of nodes into ubi_reader's objects cost more than decompressing them). Around
+it:
 
 - it prints to stdout and calls `sys.exit` on fatal errors: it runs with stdout and stderr
   captured, `SystemExit` and its other exceptions become one `DfotaError` naming the image;
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import mmap
 import os
 import stat
 import struct
@@ -31,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ubireader import ubi as ubi_mod
 from ubireader import ubi_io
@@ -57,10 +61,17 @@ _HDR_SZ = ubi_defs.UBI_EC_HDR_SZ  # EC and VID headers are both 64 bytes
 
 _CH = struct.Struct("<4sIQIBB2x")  # UBIFS common header: magic, crc, sqnum, len, type, group
 _DENT = struct.Struct(fs_defs.UBIFS_DENT_NODE_FORMAT)
-_DATA = struct.Struct(fs_defs.UBIFS_DATA_NODE_FORMAT)
+# data node after the common header: key (inode number, type and block number, 8 unused
+# bytes), size, compression type, compressed size
+_DATA = struct.Struct("<II8xIHH")
+assert _DATA.size == struct.calcsize(fs_defs.UBIFS_DATA_NODE_FORMAT)
+_IDX = struct.Struct("<HH")  # index node after the common header: child count, level
+_BRANCH = struct.Struct("<IIIII")  # branch: LEB, offset, length, key (8 bytes)
+assert _BRANCH.size == fs_defs.UBIFS_BRANCH_SZ + 8 - fs_defs.UBIFS_SK_LEN
 _INO_SZ = fs_defs.UBIFS_INO_NODE_SZ
 _BLOCK = fs_defs.UBIFS_BLOCK_SIZE
 _KEY_BLOCK_MASK = fs_defs.UBIFS_S_KEY_BLOCK_MASK
+_KEY_INO_MASK = fs_defs.UBIFS_S_KEY_HASH_MASK
 _KEY_TYPE_SHIFT = fs_defs.UBIFS_S_KEY_BLOCK_BITS
 _ROOT_INO = fs_defs.UBIFS_ROOT_INO
 _ITYPES = {  # directory-entry type -> file type bits of the inode mode
@@ -106,8 +117,7 @@ class SpecialNode:
     minor: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _DataRef:
+class _DataRef(NamedTuple):
     inum: int
     block: int  # block number inside the file (4 KiB each)
     lnum: int
@@ -143,12 +153,9 @@ class UbifsTree:
             raise DfotaError(f"{shown_path(path)} is not a regular file of volume "
                              f"{self.volume}", self.image)
         size, refs = self._files[path]
-        reader = _LebReader(self.image, self.volume, self._lebs, self._leb_size)
-        try:
-            with _opened(self.image) as f:
-                yield from reader.file_chunks(f, path, size, refs)
-        except OSError as exc:
-            raise DfotaError(f"cannot read file ({exc.strerror})", self.image) from exc
+        with _mapped(self.image) as data:
+            reader = _LebReader(self.image, self.volume, self._lebs, self._leb_size, data)
+            yield from reader.file_chunks(path, size, refs)
 
     def read(self, path: str) -> bytes:
         return b"".join(self.chunks(path))
@@ -172,6 +179,18 @@ def _opened(image: Path) -> Iterator[BinaryIO]:
         raise DfotaError(f"cannot read file ({exc.strerror})", image) from exc
     with f:
         yield f
+
+
+@contextlib.contextmanager
+def _mapped(image: Path) -> Iterator[mmap.mmap]:
+    """The image mapped read-only (a UBIFS is read node by node all over it)."""
+    with _opened(image) as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise DfotaError(f"cannot read file ({exc})", image) from exc
+    with data:
+        yield data
 
 
 @contextlib.contextmanager
@@ -334,45 +353,46 @@ def list_volumes(image: Path, *, peb_size: int | None = None) -> list[UbiVolume]
 
 
 class _LebReader:
-    """Nodes of one volume, read straight from the image file, CRC checked."""
+    """Nodes of one volume, read from the image mapped in memory, CRC checked. A node is
+    addressed by its position in the image: the callers unpack what they need in place
+    (tens of thousands of nodes: copying each and parsing it into objects cost seconds)."""
 
-    def __init__(self, image: Path, volume: str, lebs: Mapping[int, int],
-                 leb_size: int) -> None:
+    def __init__(self, image: Path, volume: str, lebs: Mapping[int, int], leb_size: int,
+                 data: mmap.mmap) -> None:
         self.image, self.volume, self.lebs, self.leb_size = image, volume, lebs, leb_size
+        self.data = data
 
     def fail(self, message: str) -> DfotaError:
         return DfotaError(f"volume {self.volume}: {message}", self.image)
 
-    def node(self, f: BinaryIO, lnum: int, offs: int,
-             what: Callable[[], str] | None = None) -> tuple[int, bytes]:
-        """(node type, whole node) at `lnum`:`offs`; `what` names the node's owner in errors
-        (called only then: there are tens of thousands of nodes)."""
+    def node(self, lnum: int, offs: int,
+             what: Callable[[], str] | None = None) -> tuple[int, int, int]:
+        """(node type, position in the image, length) of the node at `lnum`:`offs`; `what`
+        names the node's owner in errors (called only then)."""
 
         def where() -> str:
             return f"{what() + ': ' if what else ''}the UBIFS node at LEB {lnum} offset {offs}"
-        if lnum not in self.lebs:
+        start = self.lebs.get(lnum)
+        if start is None:
             raise self.fail(f"{where()} lies in a logical erase block the image does not hold "
                             "(truncated or damaged)")
         if offs < 0 or offs + _CH.size > self.leb_size:
             raise self.fail(f"{where()} lies outside its erase block")
-        f.seek(self.lebs[lnum] + offs)
-        head = f.read(_CH.size)
-        if len(head) < _CH.size:
+        pos = start + offs
+        if pos + _CH.size > len(self.data):
             raise self.fail(f"the image ends inside {where()} (truncated)")
-        magic, crc, _sqnum, length, node_type, _group = _CH.unpack(head)
+        magic, crc, _sqnum, length, node_type, _group = _CH.unpack_from(self.data, pos)
         if magic != fs_defs.UBIFS_NODE_MAGIC:
             raise self.fail(f"{where()} is missing (damaged)")
         if length < _CH.size or offs + length > self.leb_size:
             raise self.fail(f"{where()} has an impossible length {length}")
-        node = head + f.read(length - _CH.size)
-        if len(node) != length:
+        if pos + length > len(self.data):
             raise self.fail(f"the image ends inside {where()} (truncated)")
-        if _crc(node[8:]) != crc:
+        if zlib.crc32(self.data[pos + 8:pos + length]) ^ 0xFFFFFFFF != crc:
             raise self.fail(f"{where()} fails its CRC (damaged)")
-        return node_type, node
+        return node_type, pos, length
 
-    def file_chunks(self, f: BinaryIO, path: str, size: int,
-                    refs: tuple[_DataRef, ...]) -> Iterator[bytes]:
+    def file_chunks(self, path: str, size: int, refs: tuple[_DataRef, ...]) -> Iterator[bytes]:
         done = 0
         for ref in refs:
             start = ref.block * _BLOCK
@@ -381,7 +401,7 @@ class _LebReader:
             if start > done:  # a hole reads as zeros
                 yield bytes(start - done)
                 done = start
-            data = self.data_block(f, path, ref)
+            data = self.data_block(path, ref)
             if done + len(data) > size:
                 raise self.fail(f"{shown_path(path)}: data beyond the file's size {size}")
             done += len(data)
@@ -389,25 +409,24 @@ class _LebReader:
         if done < size:
             yield bytes(size - done)
 
-    def data_block(self, f: BinaryIO, path: str, ref: _DataRef) -> bytes:
-        node_type, node = self.node(f, ref.lnum, ref.offs,
-                                    lambda: f"{shown_path(path)}, data block {ref.block}")
-        if node_type != fs_defs.UBIFS_DATA_NODE or len(node) < _CH.size + _DATA.size:
+    def data_block(self, path: str, ref: _DataRef) -> bytes:
+        node_type, pos, length = self.node(
+            ref.lnum, ref.offs, lambda: f"{shown_path(path)}, data block {ref.block}")
+        if node_type != fs_defs.UBIFS_DATA_NODE or length < _CH.size + _DATA.size:
             raise self.fail(f"{shown_path(path)}: the index points at a node that is not its "
                             f"data (LEB {ref.lnum} offset {ref.offs})")
-        key, size, compr_type, _plain = _DATA.unpack_from(node, _CH.size)
-        parsed = fs_misc.parse_key(key)
-        if (parsed["ino_num"], parsed["khash"] & _KEY_BLOCK_MASK) != (ref.inum, ref.block):
+        high, low, size, compr_type, _plain = _DATA.unpack_from(self.data, pos + _CH.size)
+        if (high & _KEY_INO_MASK, low & _KEY_BLOCK_MASK) != (ref.inum, ref.block):
             raise self.fail(f"{shown_path(path)}: the index points at another file's data "
                             f"(LEB {ref.lnum} offset {ref.offs})")
-        payload = node[_CH.size + _DATA.size:]
         if size > _BLOCK:
             raise self.fail(f"{shown_path(path)}: data block {ref.block} claims {size} bytes")
+        payload = self.data[pos + _CH.size + _DATA.size:pos + length]
         data = fs_misc.decompress(compr_type, size, payload)
         if data is None or len(data) != size:
             raise self.fail(f"{shown_path(path)}: data block {ref.block} does not decompress "
                             f"to its {size} bytes (compression type {compr_type})")
-        return bytes(data)
+        return data
 
 
 @dataclass(slots=True)
@@ -427,9 +446,10 @@ class _Index:
     data: dict[int, list[_DataRef]] = field(default_factory=dict)
 
 
-def _walk_index(reader: _LebReader, f: BinaryIO, root: tuple[int, int]) -> _Index:
+def _walk_index(reader: _LebReader, root: tuple[int, int]) -> _Index:
     """Every leaf node the committed index points at: inodes, directory entries, data."""
     index = _Index()
+    data = reader.data
     stack = [root]
     seen: set[tuple[int, int]] = set()
     while stack:
@@ -437,31 +457,38 @@ def _walk_index(reader: _LebReader, f: BinaryIO, root: tuple[int, int]) -> _Inde
         if (lnum, offs) in seen:
             raise reader.fail(f"the UBIFS index points twice at LEB {lnum} offset {offs}")
         seen.add((lnum, offs))
-        node_type, node = reader.node(f, lnum, offs)
-        body = node[_CH.size:]
+        node_type, pos, length = reader.node(lnum, offs)
+        body = pos + _CH.size
         try:
             if node_type == fs_defs.UBIFS_IDX_NODE:
-                child_cnt = struct.unpack_from("<H", body)[0]
+                child_cnt, level = _IDX.unpack_from(data, body)
                 if child_cnt == 0:
                     raise reader.fail(f"empty UBIFS index node at LEB {lnum} offset {offs}")
-                idx = fs_nodes.idx_node(body)
-                for b in reversed(idx.branches):
-                    if idx.level == 0 and b.key["type"] == fs_defs.UBIFS_DATA_KEY:
+                # a branch may carry a hash after its key (authenticated UBIFS)
+                branch_size = (length - _CH.size - _IDX.size) // child_cnt
+                if branch_size < _BRANCH.size:
+                    raise reader.fail(f"UBIFS index node at LEB {lnum} offset {offs} is too "
+                                      f"short for its {child_cnt} branches")
+                first = body + _IDX.size
+                for i in reversed(range(child_cnt)):
+                    b_lnum, b_offs, _len, high, low = _BRANCH.unpack_from(
+                        data, first + i * branch_size)
+                    if level == 0 and low >> _KEY_TYPE_SHIFT == fs_defs.UBIFS_DATA_KEY:
                         # read (and CRC checked) with the file's content, not here
-                        index.data.setdefault(b.key["ino_num"], []).append(_DataRef(
-                            b.key["ino_num"], b.key["khash"] & _KEY_BLOCK_MASK, b.lnum,
-                            b.offs))
+                        inum = high & _KEY_INO_MASK
+                        index.data.setdefault(inum, []).append(
+                            _DataRef(inum, low & _KEY_BLOCK_MASK, b_lnum, b_offs))
                     else:
-                        stack.append((b.lnum, b.offs))
+                        stack.append((b_lnum, b_offs))
             elif node_type == fs_defs.UBIFS_INO_NODE:
-                ino = fs_nodes.ino_node(body)
+                ino = fs_nodes.ino_node(data[body:pos + length])
                 if len(ino.data) != ino.data_len:
                     raise reader.fail(f"inode {ino.key['ino_num']} has a bad data length")
                 index.inodes[ino.key["ino_num"]] = _Inode(ino.mode, ino.uid, ino.gid,
                                                           ino.size, ino.flags, ino.data)
             elif node_type == fs_defs.UBIFS_DENT_NODE:
-                key, inum, _pad, itype, nlen, _cookie = _DENT.unpack_from(body)
-                name = body[_DENT.size:_DENT.size + nlen]
+                key, inum, _pad, itype, nlen, _cookie = _DENT.unpack_from(data, body)
+                name = data[body + _DENT.size:min(body + _DENT.size + nlen, pos + length)]
                 if len(name) != nlen:
                     raise reader.fail(f"directory entry at LEB {lnum} offset {offs} is cut")
                 parent = fs_misc.parse_key(key)["ino_num"]
@@ -482,7 +509,7 @@ def _device_numbers(data: bytes) -> tuple[int, int]:
     return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
-def _build_tree(reader: _LebReader, f: BinaryIO, index: _Index,
+def _build_tree(reader: _LebReader, index: _Index,
                 image: Path, volume: str, lebs: Mapping[int, int]) -> UbifsTree:
     root = index.inodes.get(_ROOT_INO)
     if root is None or not stat.S_ISDIR(root.mode):
@@ -531,7 +558,7 @@ def _build_tree(reader: _LebReader, f: BinaryIO, index: _Index,
                 files[path] = (ino.size, refs)
                 if inum not in hashes:
                     digest = hashlib.sha1()
-                    for chunk in reader.file_chunks(f, path, ino.size, refs):
+                    for chunk in reader.file_chunks(path, ino.size, refs):
                         digest.update(chunk)
                     hashes[inum] = digest.hexdigest()
                 entries[path] = Entry(path, FILE, perm, ino.uid, ino.gid, ino.size,
@@ -570,14 +597,11 @@ def read_ubifs(image: Path, volume: str | None = None, *,
                          f"{sb.leb_cnt} erase blocks of its file system: the image is "
                          "truncated or damaged", image)
 
-    reader = _LebReader(image, name, chosen.lebs, chosen.leb_size)
-    try:
-        with _opened(image) as f:
-            reader.node(f, 0, 0, lambda: "superblock")  # ubi_reader does not check its CRC
-            index = _walk_index(reader, f, (master.root_lnum, master.root_offs))
-            return _build_tree(reader, f, index, image, name, chosen.lebs)
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", image) from exc
+    with _mapped(image) as data:
+        reader = _LebReader(image, name, chosen.lebs, chosen.leb_size, data)
+        reader.node(0, 0, lambda: "superblock")  # ubi_reader does not check its CRC
+        index = _walk_index(reader, (master.root_lnum, master.root_offs))
+        return _build_tree(reader, index, image, name, chosen.lebs)
 
 
 def _choose_volume(image: Path, volumes: list[_Volume], wanted: str | None) -> _Volume:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -354,6 +355,31 @@ def test_damaged_file_data_names_the_file(plain: Path, tmp_path: Path,
     bad = patched(plain, tmp_path / "data.ubi", [(at, b"!")])
     _fails(capfd, bad, r"volume rootfs: a, data block 1: the UBIFS node at LEB \d+ offset \d+ "
                        r"fails its CRC \(damaged\)")
+
+
+def _nodes_of_type(image: bytes, node_type: int) -> list[int]:
+    """Offsets of the UBIFS nodes of a type: common header magic, then the type at 20."""
+    magic = struct.pack("<I", 0x06101831)
+    found, at = [], image.find(magic)
+    while at >= 0:
+        if image[at + 20] == node_type:
+            found.append(at)
+        at = image.find(magic, at + 1)
+    return found
+
+
+@pytest.mark.parametrize(("node_type", "byte"), [(9, 28 + 4), (2, 24 + 8 + 8 + 9)],
+                         ids=["index branch", "directory entry name"])
+def test_damaged_index_or_entry_node(plain: Path, tmp_path: Path, node_type: int, byte: int,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
+    data = plain.read_bytes()
+    nodes = _nodes_of_type(data, node_type)
+    assert nodes
+    # every copy (the index may be written twice): whichever the master points at is damaged
+    bad = patched(plain, tmp_path / "index.ubi",
+                  [(at + byte, bytes([data[at + byte] ^ 0x40])) for at in nodes])
+    _fails(capfd, bad, r"volume rootfs: the UBIFS node at LEB \d+ offset \d+ fails its CRC "
+                       r"\(damaged\)")
 
 
 def test_not_a_ubi_image(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
