@@ -178,6 +178,20 @@ def test_empty_directories_are_warned_one_by_one_and_strict_fails(ws: Workspace)
     assert not (ws.out / "targetfiles.zip").exists()
 
 
+
+def test_a_strict_build_stopped_late_archives_nothing(ws: Workspace) -> None:
+    """The rootfs against the SDK's image is compared once the zip is written, while the
+    source is being copied into the archive: a --strict build stopped there drops that copy."""
+    for folder in [p for p in ws.rootfs.rglob("*")
+                   if p.is_dir() and not p.is_symlink() and not any(p.iterdir())]:
+        (folder / "README").write_text("kept\n")  # no early warning; late ones: not in the image
+    strict = ws.doit("--strict")
+    assert strict.returncode != 0 and "--strict is set" in strict.stderr
+    assert any(line.startswith("warning: ") and "sdxlemur-sysfs.ubi" in line
+               for line in strict.stdout.splitlines()), strict.stdout
+    assert not (ws.out / "targetfiles.zip").exists()
+    assert sorted(p.name for p in ws.archive.iterdir()) in ([], ["index.json"])
+
 def error_line(run: Run) -> str:
     lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert run.returncode != 0
