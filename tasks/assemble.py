@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import __version__, atomic
+from tasks import __version__, ahead, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import SAMPLE_BASE, Settings
 from tasks.errors import DfotaError
@@ -215,6 +215,8 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                       *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs)])
+        made_ahead = _start_ahead(settings, archive, cache, sdk, source_path,
+                                  source_version.key)
         plan = plan_target(sdk, src, scan)
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -261,9 +263,22 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                     }}, sha256=target_sha256, take=True)
             out_synced()
     archive.note_copy(settings.target_zip, target_sha256)
+    log.detail(made_ahead())
     return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
                              tuple(warnings.lines))
+
+
+def _start_ahead(settings: Settings, archive: Archive, cache: HashCache, sdk: SdkOutput,
+                 source_path: Path, source_key: str) -> Callable[[], str]:
+    """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
+    patch), in a worker beside the build: writing the zips leaves a core idle."""
+    member_sha1s = None if archive.built_here(source_key, source_path) else \
+        settings.member_sha1s(archive.sha256_of(source_path))
+    return ahead.start(ahead.AheadWork(
+        source_path, member_sha1s if member_sha1s and not member_sha1s.exists() else None,
+        sdk.boot_image, cache.sha1_of(sdk.boot_image), settings.patch_cache,
+        settings.diff_timeout))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

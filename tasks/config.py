@@ -88,10 +88,9 @@ class Settings:
         """The tree read from the SDK's sysfs image, by the image's sha1."""
         return self.state_dir / "sdk-image-tree.json"
 
-    @property
-    def member_sha1s(self) -> Path:
-        """sha1s of the entries of bases not built here, one file per zip sha256."""
-        return self.state_dir / "member-sha1s"
+    def member_sha1s(self, zip_sha256: str) -> Path:
+        """The sha1s of the entries of a base not built here, kept by the zip's sha256."""
+        return self.state_dir / "member-sha1s" / f"{zip_sha256}.json"
 
     @property
     def archive_hashes(self) -> Path:

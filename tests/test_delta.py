@@ -355,8 +355,9 @@ def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
     monkeypatch.setattr(ZipSource, "_streamed_sha1", counting(streamed))
     build_delta(settings, quiet())
     first = settings.pending_zip.read_bytes()
-    (kept,) = settings.member_sha1s.iterdir()
-    assert kept.name == hashlib.sha256(Path(settings.base).read_bytes()).hexdigest() + ".json"
+    (kept,) = (settings.state_dir / "member-sha1s").iterdir()
+    assert kept == settings.member_sha1s(hashlib.sha256(Path(settings.base).read_bytes())
+                                         .hexdigest())
     assert len(hashed) > 10
     hashed.clear()
     build_delta(settings, quiet())

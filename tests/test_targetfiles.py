@@ -193,6 +193,40 @@ def test_a_strict_build_stopped_late_archives_nothing(ws: Workspace) -> None:
     assert not ws.archive.exists() or sorted(p.name for p in ws.archive.iterdir()) in (
         [], ["index.json"])
 
+
+def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
+    """Beside its own work, targetfiles keeps the sha1s of a source not built here and the
+    kernel's patch where delta looks: delta then hashes no source entry and diffs no kernel."""
+    run = ws.build()
+    state = ws.root / "state"
+    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
+                                         .read_text())
+    (kept,) = (state / "member-sha1s").iterdir()
+    assert kept.name == hashlib.sha256(ws.source.read_bytes()).hexdigest() + ".json"
+    with zipfile.ZipFile(ws.source) as src:
+        files = {i.filename: hashlib.sha1(src.read(i)).hexdigest() for i in src.infolist()
+                 if stat.S_ISREG(i.external_attr >> 16)}
+        source_boot = hashlib.sha1(src.read("BOOTABLE_IMAGES/boot.img")).hexdigest()
+    assert json.loads(kept.read_text()) == files
+    target_boot = hashlib.sha1((ws.sdk / "target/sdxlemur-boot.img").read_bytes()).hexdigest()
+    assert source_boot != target_boot, "the sample's kernel changes"
+    assert list((state / "patch-cache").glob(f"{source_boot}-{target_boot}-*.p"))
+    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
+    delta = ws.run("targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source),
+                   *ws.folders, "delta", *ws.folders, "--config", str(config))
+    assert delta.returncode == 0, delta.stdout + delta.stderr
+    log = sorted((state / "logs").glob("*-delta.log"))[-1].read_text()
+    assert "patches: 1 files, 1 from the cache, 0 whole by rule, 0 to diff" in log, log
+    assert run.returncode == 0
+    # the next build's source is this one, built here: its sha1s are in its manifest already
+    version_file = ws.rootfs / "etc/quectel-project-version"
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-07-16,10:00"))
+    ws.build(default_source=True)
+    assert list((state / "member-sha1s").iterdir()) == [kept]
+    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
+                                         .read_text())
+
 def error_line(run: Run) -> str:
     lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert run.returncode != 0

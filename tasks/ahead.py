@@ -1,0 +1,96 @@
+"""Work that `doit delta` will ask for, done by `doit targetfiles` in a worker process while
+its own work leaves a core idle (writing and syncing the zips is the disk's work).
+
+Two things, each kept where delta already looks, so delta's code does not change:
+- the sha1 of every entry of a source not built here, by the zip's sha256 (`member_sha1s`);
+- the kernel's patch, from the source's boot image to the SDK's, in the patch cache.
+Nothing here is trusted more than delta's own work: the sha1s are keyed by the zip's bytes,
+and a patch from the cache is applied and checked again when delta takes it. A failure here
+says nothing: delta meets the same input and reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from tasks import atomic
+from tasks.errors import DfotaError
+from tasks.targetfiles import BOOT_IMAGE
+from tasks.tree import FILE
+
+
+@dataclass(frozen=True)
+class AheadWork:
+    source_zip: Path
+    member_sha1s: Path | None  # where to keep the source's sha1s; None: not needed
+    boot_image: Path  # the SDK's: the target's kernel
+    boot_sha1: str
+    patch_cache: Path
+    diff_timeout: float
+
+
+def _run(work: AheadWork) -> str:
+    """Do `work`; a line on what was done."""
+    from tasks.patches import Blob, PatchJob, PatchRun
+    from tasks.zipio import ZipSource
+
+    started, done = time.monotonic(), []
+    with ZipSource(work.source_zip) as source:
+        if work.member_sha1s is not None:
+            for name, member in source.members.items():
+                if member.kind == FILE:
+                    source.sha1(name)
+            atomic.write_text(work.member_sha1s,
+                              json.dumps(source.known_sha1s(), sort_keys=True) + "\n")
+            done.append(f"the sha1s of the source's {len(source.known_sha1s())} files")
+        if BOOT_IMAGE in source.members and source.sha1(BOOT_IMAGE) != work.boot_sha1:
+            job = PatchJob(BOOT_IMAGE,
+                           Blob.in_zip(source.path, BOOT_IMAGE, source.sha1(BOOT_IMAGE),
+                                       source.members[BOOT_IMAGE].size),
+                           Blob.on_disk(work.boot_image, work.boot_sha1,
+                                        work.boot_image.stat().st_size))
+            with PatchRun(cache_dir=work.patch_cache, workers=1, timeout=work.diff_timeout,
+                          open_zips={source.path: source.zipfile}) as run:
+                run.add([job])
+                outcome = run.outcomes()[BOOT_IMAGE]
+            done.append("the kernel's patch" + (" (from the cache)" if outcome.cached else ""))
+    return (f"made ahead for delta in {time.monotonic() - started:.1f} s: "
+            + (", ".join(done) or "nothing"))
+
+
+def _worker(work: AheadWork, report: Connection) -> None:
+    try:
+        report.send(_run(work))
+    except (DfotaError, OSError) as exc:
+        report.send(f"made ahead for delta: nothing ({exc})")
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reached the whole process group: the parent says what happened
+
+
+def start(work: AheadWork) -> Callable[[], str]:
+    """Start `work` in a worker process; the function returned waits for it and returns a
+    line on what was done."""
+    from tasks.patches import worker_context
+
+    context = worker_context()
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_worker, name="ahead for delta", args=(work, send))
+    process.start()
+    send.close()
+
+    def wait() -> str:
+        try:
+            said = receive.recv()
+        except EOFError:
+            said = None  # it died without a word
+        finally:
+            receive.close()
+            process.join()
+        return str(said or f"made ahead for delta: nothing (exit code {process.exitcode})")
+
+    return wait

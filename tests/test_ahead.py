@@ -1,0 +1,26 @@
+"""What targetfiles makes ahead for delta: a failure there costs nothing but the time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks import ahead
+
+
+def _work(tmp_path: Path, source: Path) -> ahead.AheadWork:
+    boot = tmp_path / "boot.img"
+    boot.write_bytes(b"ANDROID!" + bytes(4096))
+    return ahead.AheadWork(source, tmp_path / "kept.json", boot, "0" * 40,
+                           tmp_path / "patch-cache", 30.0)
+
+
+def test_a_missing_or_damaged_source_makes_nothing_and_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.zip"
+    said = ahead.start(_work(tmp_path, missing))()
+    assert said.startswith("made ahead for delta: nothing (") and str(missing) in said
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(b"PK\x03\x04 not a zip")
+    said = ahead.start(_work(tmp_path, damaged))()
+    assert said.startswith("made ahead for delta: nothing (") and str(damaged) in said
+    assert not (tmp_path / "kept.json").exists()
+    assert not (tmp_path / "patch-cache").exists()
