@@ -12,6 +12,7 @@ says nothing: delta meets the same input and reports it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ def _run(work: AheadWork) -> str:
 
 
 def _worker(work: AheadWork, report: Connection) -> None:
+    os.nice(10)  # the build's own work first: this takes what it leaves idle
     try:
         report.send(_run(work))
     except (DfotaError, OSError) as exc:

@@ -318,10 +318,21 @@ class ZipSource:
         return self._zf.open(self.members[name].info)
 
     def read(self, name: str) -> bytes:
+        info = self.members[name].info
+        if info.compress_type == zipfile.ZIP_STORED:
+            # read in place, its CRC checked: zipfile's reader costs more than the copy
+            data = self._pread(info.file_size, self._stored_offset(name), name)
+            self._check_crc(name, zlib.crc32(data))
+            return data
         try:
-            return self._zf.read(self.members[name].info)
+            return self._zf.read(info)
         except _CORRUPT as exc:
             raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
+
+    def _check_crc(self, name: str, crc: int) -> None:
+        if crc != self.members[name].info.CRC:
+            raise DfotaError(f"entry {name!r} is corrupt (Bad CRC-32 for file {name!r})",
+                             self.path)
 
     def read_hashed(self, name: str) -> bytes:
         """`read`, the sha1 of the bytes kept for `sha1` (one pass where both are needed)."""
@@ -366,9 +377,7 @@ class ZipSource:
             digest.update(chunk)
             crc = zlib.crc32(chunk, crc)
             at, left = at + len(chunk), left - len(chunk)
-        if crc != info.CRC:
-            raise DfotaError(f"entry {name!r} is corrupt (Bad CRC-32 for file {name!r})",
-                             self.path)
+        self._check_crc(name, crc)
         return digest.hexdigest()
 
     def known_sha1s(self) -> dict[str, str]:
