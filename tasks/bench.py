@@ -657,6 +657,11 @@ print(f"{len(tree.entries)} entries, {total} bytes of file data")
 """
 
 
+# the commands run as in a user's shell: Python writes the bytecode of the modules it compiles
+# (a machine that sets PYTHONDONTWRITEBYTECODE would compile the tool's modules in every run)
+_USERS_ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def measure(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DIR,
             env: Mapping[str, str] | None = None) -> Measure:
     """Run `argv` under the wrapper, its output into `log`; raise when it fails."""
@@ -665,7 +670,7 @@ def measure(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DI
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(result), *map(str, argv)],
                                 cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**_USERS_ENVIRONMENT, **(env or {})})
         sampler = _TreeSampler(proc.pid)
         proc.wait()
         tree_peak = sampler.stop()
@@ -768,6 +773,12 @@ noisy: read the ratios (each measured in the same run), not the absolute times.
   and the changed `MULTIFOTA` images, uncompressed; `update.zip` is deflated.
 - `doit delta` and `doit verify` are timed alone (`doit -s`); the first chain is the sum of
   the three steps. The repeated chains are one `doit targetfiles delta verify` each.
+- `doit targetfiles` makes ahead, in a worker beside its own work, the kernel's patch and the
+  base's sha1s, which `delta` then takes from the state folder (`tasks/ahead.py`): that work
+  is in targetfiles' time as far as it did not fit in its idle core, and not in delta's. The
+  notes compare targetfiles and delta together with the shell procedure and the bsdiff loop.
+- Commands run with Python writing bytecode as usual (`PYTHONDONTWRITEBYTECODE`, which this
+  machine sets, is removed from their environment).
 - The first steps but verify run several times, in turns, in fresh folders; the median counts
   (see the runs column and the notes).
 - The one-file change edits one rootfs file (24-byte patches) and bumps `Package Time`
@@ -971,7 +982,7 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
             [*doit(i, f"targetfiles-{i}"), "targetfiles", "--sdk", sdk, "--source", source,
              *folders(i)]))
         runs.setdefault("delta", []).append(step(
-            f"delta-{i}", "doit delta (empty patch cache)",
+            f"delta-{i}", "doit delta (fresh state but for targetfiles')",
             [*doit(i, f"delta-{i}"), "-s", "delta", "--config", CONFIG_DIR, *folders(i)]))
         if i == 0:  # the loop's inputs, extracted once and not timed
             target_zip = run / "trial0" / "out" / "targetfiles.zip"
@@ -1078,11 +1089,15 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     notes = (
         f"the shell procedure, doit targetfiles, doit delta and the bsdiff loop ran {repeat} "
         "times each, in turns, each time in fresh folders (empty archive, state and patch "
-        "cache); wall s is their median, the memory their largest.",
+        "cache before targetfiles); wall s is their median, the memory their largest.",
         f"first chain: {first_chain:.1f} s (targetfiles {first_tf.seconds:.1f} + delta "
         f"{first_dl.seconds:.1f} + verify {first_vf.seconds:.1f}); delta's own clock: diffing "
         f"{timings.get('diff_seconds', '?')} s of {timings.get('total_seconds', '?')} s; "
         f"verify's own clock: {verify.get('seconds', '?')} s.",
+        f"doit targetfiles + doit delta: {first_tf.seconds + first_dl.seconds:.1f} s; shell "
+        f"procedure + bsdiff loop: {shell.seconds + bsdiff_loop.seconds:.1f} s "
+        f"({(first_tf.seconds + first_dl.seconds) / (shell.seconds + bsdiff_loop.seconds):.2f}x)"
+        ".",
         f"second chain: tasks that ran: {', '.join(ran_again) or 'none'}.",
         f"one-file change ({plan.changes.one_file}): {cache_line}.",
     )

@@ -41,12 +41,12 @@ class HashCache:
         except OSError as exc:
             raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
 
-    def cached(self, path: Path, st: os.stat_result) -> bool:
+    def cached(self, path: str | Path, st: os.stat_result) -> bool:
         """`sha1` will not read the file."""
         cached = self._old.get(os.fsdecode(path))
         return isinstance(cached, list) and cached[:4] == file_stamp(st)
 
-    def sha1(self, path: Path, st: os.stat_result) -> str:
+    def sha1(self, path: str | Path, st: os.stat_result) -> str:
         key = os.fsdecode(path)
         stamp = file_stamp(st)
         cached = self._old.get(key)

@@ -70,7 +70,7 @@ class FolderScan:
     warnings: tuple[str, ...]
 
 
-def sha1_file(path: Path, expect: os.stat_result | None = None) -> str:
+def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
     """The sha1 of a file's content.
 
     With `expect` (the file's lstat from a folder walk) the very file walked is read: a path
@@ -142,8 +142,8 @@ def scan_folder(
     *,
     skip_top: Iterable[str] = (),
     build_owner: tuple[int, int] | None = None,
-    hash_file: Callable[[Path, os.stat_result], str] | None = None,
-    cached: Callable[[Path, os.stat_result], bool] | None = None,
+    hash_file: Callable[[str, os.stat_result], str] | None = None,
+    cached: Callable[[str, os.stat_result], bool] | None = None,
     meter: Meter = SILENT,
 ) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
@@ -157,43 +157,38 @@ def scan_folder(
     if not root.is_dir():
         raise DfotaError("is not a folder", root)
     root = root.resolve()  # the folder itself may be a link; nothing below it is followed
-    skipped = set(skip_top)
-    hasher = hash_file or (lambda path, st: sha1_file(path, st))
+    hasher = hash_file or sha1_file
     entries: Tree = {}
     warnings: list[str] = []
-
-    def owner(st: os.stat_result) -> tuple[int, int]:
-        if build_owner is None:
-            return st.st_uid, st.st_gid
-        return (0 if st.st_uid == build_owner[0] else st.st_uid,
-                0 if st.st_gid == build_owner[1] else st.st_gid)
-
-    walked = list(_walk(root, skipped))
-    files = {rel: root / rel for rel, st in walked if stat.S_ISREG(st.st_mode)}
+    # paths as text, the loop kept lean: every `doit` walks the rootfs (thousands of entries)
+    top = os.fspath(root)
+    walked = list(_walk(root, set(skip_top)))
+    files = {rel: f"{top}/{rel}" for rel, st in walked if stat.S_ISREG(st.st_mode)}
     to_hash = {rel for rel, st in walked if rel in files
                and not (cached and cached(files[rel], st))}
     bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
-    top = os.fspath(root)
+    owner_uid, owner_gid = build_owner if build_owner is not None else (-1, -1)
     for rel, st in walked:
         if not rel.isascii():  # an ASCII name is always fine (and most are)
             checked_name(rel, root / rel)
-        uid, gid = owner(st)
-        perm = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            entries[rel] = Entry(rel, DIR, perm, uid, gid)
-        elif stat.S_ISLNK(st.st_mode):
+        mode = st.st_mode
+        uid = 0 if st.st_uid == owner_uid else st.st_uid
+        gid = 0 if st.st_gid == owner_gid else st.st_gid
+        if stat.S_ISREG(mode):
+            sha1 = hasher(files[rel], st)
+            entries[rel] = Entry(rel, FILE, mode & 0o7777, uid, gid, st.st_size, sha1)
+            if rel in to_hash:
+                bar.advance()
+        elif stat.S_ISDIR(mode):
+            entries[rel] = Entry(rel, DIR, mode & 0o7777, uid, gid)
+        elif stat.S_ISLNK(mode):
             target = os.readlink(f"{top}/{rel}")
             if not target.isascii():
                 checked_name(target, root / rel)
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
                                  target)
-        elif stat.S_ISREG(st.st_mode):
-            sha1 = hasher(files[rel], st)
-            entries[rel] = Entry(rel, FILE, perm, uid, gid, st.st_size, sha1)
-            if rel in to_hash:
-                bar.advance()
         else:
-            warnings.append(f"{root / rel}: {_special_kind(st.st_mode)} cannot be packed; left out")
+            warnings.append(f"{root / rel}: {_special_kind(mode)} cannot be packed; left out")
     bar.finish()
     entries = dict(sorted(entries.items()))
     return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
