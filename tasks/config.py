@@ -72,6 +72,11 @@ class Settings:
         return self.state_dir / "verified"
 
     @property
+    def bspatch_record(self) -> Path:
+        """The patches Debian's bspatch proved, by the bytes involved (see `verify`)."""
+        return self.state_dir / "bspatch-proven.json"
+
+    @property
     def patch_cache(self) -> Path:
         return self.state_dir / "patch-cache"
 

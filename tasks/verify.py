@@ -9,6 +9,7 @@ Debian's `bspatch` applies it. A package that fails is moved out of `out/` with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -272,17 +273,44 @@ def info_zip_test(package: Path) -> list[str]:
     return [f"unzip -tq: {(done.stdout + done.stderr).strip().splitlines()[-1:]}"]
 
 
-def bspatch_check(package: Path, base: ZipSource, target: ZipSource) -> tuple[list[str], int]:
+# the patches proven in earlier runs, newest first, at most this many
+_BSPATCH_RECORD_MAX = 4096
+
+
+def _bspatch_tool() -> str:
+    """What a proof by bspatch holds for: the sha1 of the `bspatch` program."""
+    found = shutil.which("bspatch")
+    if found is None:
+        raise DfotaError("not found: install Debian's bsdiff package (`bspatch`)", "bspatch")
+    return hashlib.sha1(Path(found).read_bytes()).hexdigest()
+
+
+def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
+                  record: Path | None = None) -> tuple[list[str], int, int]:
     """Each patch applied by Debian's bspatch to the source must give the target's bytes
-    (a bspatch per core at a time)."""
+    (a bspatch per core at a time). `record` keeps the patches proven, by the sha1s of
+    source, patch and target bytes and of the bspatch program: a patch proven in an earlier
+    run is not applied again. Problems, patches, patches proven earlier."""
+    tool = _bspatch_tool()
+    saved = atomic.read_json_object(record) if record is not None else {}
+    earlier = saved.get("checked") if saved.get("bspatch") == tool else None
+    proven_before = [key for key in earlier if isinstance(key, str)] \
+        if isinstance(earlier, list) else []
+    proven = set(proven_before)
     with ZipSource(package) as pkg, tempfile.TemporaryDirectory(prefix="bspatch.") as tmp:
-        jobs = []
+        jobs, keys = [], {}
         for index, name in enumerate(sorted(pkg.names("patch/"))):
             member = (BOOT_IMAGE if name == "patch/boot.img.p"
                       else system_path(name[len("patch/system/"):-len(".p")]))
+            patch_bytes = pkg.read(name)
+            # every part of the key from the bytes (not from a record): the proof is of them
+            keys[name] = (f"{base.sha1(member)}-{hashlib.sha1(patch_bytes).hexdigest()}-"
+                          f"{hashlib.sha1(target.read(member)).hexdigest()}")
+            if keys[name] in proven:
+                continue
             old, patch = Path(tmp, f"{index}.old"), Path(tmp, f"{index}.patch")
             old.write_bytes(base.read(member))
-            patch.write_bytes(pkg.read(name))
+            patch.write_bytes(patch_bytes)
             jobs.append((name, member, old, patch))
 
         def run(job: tuple[str, str, Path, Path]) -> str | None:
@@ -294,13 +322,20 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource) -> tuple[li
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             failures = list(pool.map(run, jobs))
-        problems = []
+        problems, failed_names = [], set()
         for (name, member, old, _), failed in zip(jobs, failures, strict=True):
+            if failed is None and old.with_suffix(".new").read_bytes() != target.read(member):
+                failed = f"{name}: bspatch gives other bytes than the target's"
             if failed is not None:
                 problems.append(failed)
-            elif old.with_suffix(".new").read_bytes() != target.read(member):
-                problems.append(f"{name}: bspatch gives other bytes than the target's")
-    return problems, len(jobs)
+                failed_names.add(name)
+    if record is not None:
+        newest = [keys[name] for name in sorted(keys) if name not in failed_names]
+        shown = set(newest)
+        older = [key for key in proven_before if key not in shown]
+        atomic.write_text(record, json.dumps({"bspatch": tool, "checked": (
+            newest + older)[:_BSPATCH_RECORD_MAX]}, indent=0) + "\n")
+    return problems, len(keys), len(keys) - len(jobs)
 
 
 def _tamper_target(device: Device, package: Path) -> str | None:
@@ -320,14 +355,17 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
-                   target_recorded: bool = False) -> VerifyReport:
+                   target_recorded: bool = False, bspatch_record: Path | None = None
+                   ) -> VerifyReport:
     """`permission_replays`: at most this many of the permission steps get a power loss
     (evenly spread, first and last included); every other step always does. None: all.
 
     `target_recorded`: the target is a zip this tool built and archived, byte for byte: the
     sha1s its manifest recorded stand for its files. A wrong record could only fail the
     checks, never pass them: the source's files are hashed from their bytes, and so is every
-    file the package writes on the modeled module."""
+    file the package writes on the modeled module.
+
+    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`)."""
     started = time.monotonic()
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
@@ -397,8 +435,9 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             report.add("a source changed by hand stops with 510, nothing written", problems,
                        f"{changed} changed: 510, nothing written")
 
-        problems, count = bspatch_check(package, base, target)
-        report.add("Debian bspatch gives the target's bytes", problems, f"{count} patches")
+        problems, count, earlier = bspatch_check(package, base, target, bspatch_record)
+        report.add("Debian bspatch gives the target's bytes", problems, f"{count} patches" + (
+            f" ({earlier} of them proven by an earlier run, the same bytes)" if earlier else ""))
     report.seconds = time.monotonic() - started
     return report
 
@@ -436,7 +475,8 @@ def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
     report = verify_package(settings.pending_zip, Path(str(summary["base_zip"])), target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
-                                                               target_zip))
+                                                               target_zip),
+                            bspatch_record=settings.bspatch_record)
     summary["verify"] = report.to_json()
     if report.ok:
         atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)

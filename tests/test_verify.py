@@ -18,6 +18,7 @@ from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
 from tasks.targetfiles import SYSTEM_MANIFEST
 from tasks.verify import VerifyReport, verify_delta, verify_package
+from tasks.zipio import ZipSource
 from tests.test_delta import pair, quiet
 from tests.workspace import Workspace
 
@@ -207,3 +208,36 @@ def test_power_losses_skip_only_permission_steps_beyond_the_budget() -> None:
     chmods = [i for i in picked if log[i - 1].startswith("chmod")]
     assert [i for i in picked if not log[i - 1].startswith("chmod")] == [1, 4, 13]
     assert len(chmods) == 3 and chmods[0] == 2 and chmods[-1] == 12
+
+
+def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: Path) -> None:
+    """A patch Debian's bspatch proved (source, patch and target bytes the same, the same
+    bspatch) is not applied again; one it failed is never kept, and is failed again."""
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    record = tmp_path / "bspatch-proven.json"
+
+    def check() -> tuple[list[str], int, int]:
+        with ZipSource(Path(settings.base)) as base, ZipSource(settings.target_zip) as target:
+            return verify_module.bspatch_check(settings.pending_zip, base, target, record)
+
+    problems, count, earlier = check()
+    assert problems == [] and count > 2 and earlier == 0
+    saved = json.loads(record.read_text())
+    assert len(saved["checked"]) == count and len(saved["bspatch"]) == 40
+    assert check() == ([], count, count)
+    # another bspatch proves nothing that this one did
+    record.write_text(json.dumps({**saved, "bspatch": "0" * 40}))
+    assert check() == ([], count, 0)
+    # a patch damaged: bspatch fails it, it is not kept, and it fails again next time
+    with zipfile.ZipFile(settings.pending_zip) as zf:
+        name = sorted(n for n in zf.namelist() if n.startswith("patch/system/"))[0]
+        data = bytearray(zf.read(name))
+    data[24] ^= 1  # the new file's size in the BSDIFF40 header
+    rewrite(settings.pending_zip, {name: bytes(data)})
+    record.write_text(json.dumps(saved))
+    for _ in range(2):
+        problems, again, earlier = check()
+        assert again == count and earlier == count - 1
+        assert len(problems) == 1 and problems[0].startswith(f"{name}: bspatch")
+        assert len(json.loads(record.read_text())["checked"]) == count  # the old one, kept
