@@ -23,6 +23,7 @@ from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.targetfiles import BOOT_IMAGE
 from tasks.tree import FILE
+from tasks.workers import OneShot
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,10 @@ def _worker(work: AheadWork, report: Connection) -> None:
 def start(work: AheadWork) -> Callable[[], str]:
     """Start `work` in a worker process; the function returned waits for it and returns a
     line on what was done."""
-    from tasks.patches import worker_context
-
-    context = worker_context()
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_worker, name="ahead for delta", args=(work, send))
-    process.start()
-    send.close()
+    worker = OneShot(_worker, (work,), "ahead for delta")
 
     def wait() -> str:
-        try:
-            said = receive.recv()
-        except EOFError:
-            said = None  # it died without a word
-        finally:
-            receive.close()
-            process.join()
-        return str(said or f"made ahead for delta: nothing (exit code {process.exitcode})")
+        said, exit_code = worker.wait()
+        return str(said or f"made ahead for delta: nothing (exit code {exit_code})")
 
     return wait

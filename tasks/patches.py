@@ -36,7 +36,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 import zipfile
 import zlib
@@ -50,6 +49,7 @@ from typing import IO, Any
 import bsdiff4
 
 from tasks.errors import DfotaError
+from tasks.workers import worker_context
 
 MAGIC = b"BSDIFF40"
 MAX_PATCH_PERCENT = 95
@@ -356,9 +356,9 @@ class PatchRun:
                                          for r in self._running.values())
                 + self._queue[0][1].memory <= self.memory_limit):
             batch = self._next_batch()
-            process = worker_context().Process(target=_worker, args=([t for _, t in batch],),
-                                               daemon=True,
-                                               name=f"diff {batch[0][0].jobs[0].name}")
+            process = worker_context([__name__, "detools"]).Process(
+                target=_worker, args=([t for _, t in batch],), daemon=True,
+                name=f"diff {batch[0][0].jobs[0].name}")
             process.start()
             self._running[process.sentinel] = _Running(process, batch, time.monotonic())
 
@@ -584,19 +584,6 @@ def _limit_memory(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ImportError, OSError, ValueError):
         pass  # no /proc or no RLIMIT_AS: the estimate alone bounds the memory
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """How worker processes start: fork when it is safe (one thread): cheap, nothing to pickle
-    or re-import; else a fork server, which needs the work importable by name."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, "detools"])
-        return ctx
-    return multiprocessing.get_context("spawn")
 
 
 @dataclass

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.tree import Entry, Tree
+from tasks.workers import OneShot
 
 ROOTFS_VOLUME = "rootfs"
 _UBI_READER = Path(__file__).with_name("ubi.py")
@@ -86,37 +86,22 @@ class ImageTreeReader:
         self.sysfs_ubi, self.record = sysfs_ubi, record
         self.key = image_key(image_sha1)
         self._tree: Tree | None = None
-        self._worker: tuple[multiprocessing.process.BaseProcess, Connection] | None = None
+        self._worker: OneShot | None = None
         if not holds(record, self.key):
-            from tasks.patches import worker_context
-
-            context = worker_context()
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_worker, name="read sysfs image",
-                                      args=(sysfs_ubi, record, self.key, send))
-            process.start()
-            send.close()
-            self._worker = (process, receive)
+            self._worker = OneShot(_worker, (sysfs_ubi, record, self.key), "read sysfs image")
 
     def tree(self) -> Tree:
         if self._tree is None and self._worker is None:
             self._tree = (recorded_image_tree(self.record, self.key)
                           or read_and_record(self.sysfs_ubi, self.record, self.key))
         elif self._tree is None and self._worker is not None:
-            process, receive = self._worker
-            try:
-                problem = receive.recv()
-            except EOFError:
-                problem = None  # it died without a word: its record tells
-            finally:
-                receive.close()
-                process.join()
-                self._worker = None
+            problem, exit_code = self._worker.wait()  # None: done, or it died without a word
+            self._worker = None
             if problem is not None:
-                raise DfotaError(problem)
+                raise DfotaError(str(problem))
             self._tree = recorded_image_tree(self.record, self.key)
             if self._tree is None:
-                raise DfotaError(f"reading the image stopped (exit code {process.exitcode})",
+                raise DfotaError(f"reading the image stopped (exit code {exit_code})",
                                  self.sysfs_ubi)
         assert self._tree is not None
         return self._tree

@@ -1,0 +1,45 @@
+"""Worker processes: how they start, and a worker that does one job and says one thing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Sequence
+
+
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """How worker processes start: fork when it is safe (one thread): cheap, nothing to pickle
+    or re-import; else a fork server (importing `preload` once), which needs the work
+    importable by name."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(list(preload))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class OneShot:
+    """`target(*args, report)` in a worker process that starts at once; the worker sends one
+    object through `report`. It is not a daemon: a process that never waits for it still
+    lets it finish at exit."""
+
+    def __init__(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
+        context = worker_context()
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=target, name=name, args=(*args, send))
+        self._process.start()
+        send.close()
+
+    def wait(self) -> tuple[object, int | None]:
+        """What the worker sent (None if it ended without a word), and its exit code."""
+        try:
+            said = self._receive.recv()
+        except EOFError:
+            said = None
+        finally:
+            self._receive.close()
+            self._process.join()
+        return said, self._process.exitcode
