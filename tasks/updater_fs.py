@@ -633,15 +633,15 @@ class Device:
                                                              where.parent.fs, where.parent)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
-        self._set_data(node, b"")
-        room = node.fs.free()
-        if len(data) <= room:
-            self._set_data(node, data, sha1)
-        else:
-            self._set_data(node, data[:room])
+        room = node.fs.free() + len(node.data)  # once truncated
+        # the same bytes again (a re-run after a power loss rewrites what is there) change
+        # nothing: no undo to keep, no digest to forget
+        if not (len(data) <= room and (node.data is data or node.data == data)):
+            self._set_data(node, b"")
+            self._set_data(node, data if len(data) <= room else data[:room],
+                           sha1 if len(data) <= room else None)
         if meta is not None:
-            self._remember(node, "mode", "uid", "gid")
-            node.mode, node.uid, node.gid = meta[0] & 0o7777, meta[1], meta[2]
+            self.set_owner_mode(node, meta[1], meta[2], meta[0], path, step=False)
         self._done(f"write {path}")
         if len(data) > room:
             raise FsError("ENOSPC", path)
@@ -723,16 +723,16 @@ class Device:
         self._done(f"rename {src} {dst}")
 
     def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,
-                       mode: int | None, what: str) -> None:
-        """chown/chmod on a node already found; None leaves a field as it is."""
-        self._remember(node, "uid", "gid", "mode")
-        if uid is not None:
-            node.uid = uid
-        if gid is not None:
-            node.gid = gid
-        if mode is not None:
-            node.mode = mode & 0o7777
-        self._done(f"chmod {what}")
+                       mode: int | None, what: str, *, step: bool = True) -> None:
+        """chown/chmod on a node already found; None leaves a field as it is. `step`: it
+        is a step of its own (else part of the caller's)."""
+        new = (node.uid if uid is None else uid, node.gid if gid is None else gid,
+               node.mode if mode is None else mode & 0o7777)
+        if new != (node.uid, node.gid, node.mode):  # the same again changes nothing
+            self._remember(node, "uid", "gid", "mode")
+            node.uid, node.gid, node.mode = new
+        if step:
+            self._done(f"chmod {what}")
 
     def write_partition(self, name: str, data: bytes, digest: bytes | None = None) -> bool:
         """Write `data` (sha1 `digest`, when known); False when it does not fit."""

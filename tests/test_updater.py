@@ -886,6 +886,25 @@ def test_the_digest_sees_everything_the_updater_can() -> None:
         assert twin.digest() == fresh_digest(twin), name
 
 
+def test_the_same_bytes_or_owner_and_mode_again_change_nothing_but_are_a_step() -> None:
+    """A re-run rewrites what is there: nothing to undo and no digest forgotten for that."""
+    dev = device()
+    dev.mount("/system")
+    before = dev.digest()
+    steps: list[str] = []
+    with dev.trial():
+        dev.hook = steps.append
+        node = dev.lstat("/system/bin/app")
+        dev.write_file("/system/bin/app", bytes(dev.load("/system/bin/app").data),
+                       new_mode=0o600, meta=(node.mode, node.uid, node.gid))
+        dev.set_owner_mode(node, node.uid, node.gid, node.mode, "/system/bin/app")
+        assert dev._journal == [] and node._digest is not None
+        dev.write_file("/system/bin/app", b"other", new_mode=0o600)
+        assert dev._journal and node._digest is None
+    assert steps == ["write /system/bin/app", "chmod /system/bin/app", "write /system/bin/app"]
+    assert dev.digest() == before == fresh_digest(dev)
+
+
 @pytest.mark.parametrize("tight", [False, True], ids=["roomy", "tight-system"])
 def test_a_re_run_that_rejoins_the_whole_run_would_have_ended_as_it(
         tmp_path: Path, tight: bool) -> None:
