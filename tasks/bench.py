@@ -888,12 +888,12 @@ def _tasks_run(log: Path) -> list[str]:
 
 
 def _cache_line(state: Path) -> str:
-    """The patch cache line of the newest delta log."""
+    """The patch cache lines of the newest delta log (the kernel's, then the files')."""
     logs = sorted((state / "logs").glob("*-delta.log"))
-    for line in logs[-1].read_text(errors="replace").splitlines() if logs else []:
-        if "patches: " in line:
-            return line[line.index("patches: "):]
-    return "no patch line in the delta log"
+    found = [line[line.index("patches: "):]
+             for line in (logs[-1].read_text(errors="replace").splitlines() if logs else [])
+             if "patches: " in line]
+    return "; ".join(found) or "no patch line in the delta log"
 
 
 def _size_mb(size: int) -> str:
