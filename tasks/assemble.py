@@ -227,7 +227,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                 atomic.atomic_path(settings.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
             # the rootfs files hashed in this run need not be hashed again as they are zipped;
-            # the disk writes the zip as it is made, and while it is hashed and copied
+            # the disk writes the zip while it is hashed and copied
             write_zip(staged, plan.items, meter=log, vouch=cache.vouches, durable=False)
             staged_synced = atomic.background_sync(staged)
             # a source not archived yet is copied by the kernel if the sha256 record (which

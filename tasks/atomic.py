@@ -75,31 +75,6 @@ def write_text(dest: Path, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
-@contextlib.contextmanager
-def flushing(path: Path, every: float = 0.2) -> Iterator[None]:
-    """While the body writes `path`, a thread hands what is written so far to the disk every
-    `every` seconds, so the final sync (`background_sync`) finds little left: the disk works
-    while the CPU does. Best effort: a failure here is the final sync's to report."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(every):
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
-
-    thread = threading.Thread(target=run, name=f"flush {path.name}")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def background_sync(path: Path) -> Callable[[], None]:
     """Start syncing `path` to disk in a thread (the wait is the disk's, not the CPU's: the
     caller goes on meanwhile); the function returned waits for it, raising what it met."""

@@ -12,7 +12,6 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.atomic import atomic_path, flushing
+from tasks.atomic import atomic_path
 from tasks.errors import DfotaError
 from tasks.runlog import SILENT, Meter
 from tasks.tree import DIR, FILE, SYMLINK, file_stamp
@@ -106,8 +105,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
     `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
     where the caller has their zip open already. A file item with a `sha1` is hashed again
     as it is copied, unless `vouch` knows the file as it is (then its `file_stamp` must not
-    move while it is copied). `durable=False`: not synced to disk (`atomic_path`), for the
-    caller to sync; the disk is handed what is written as it goes (`flushing`)."""
+    move while it is copied). `durable=False`: not synced to disk (`atomic_path`)."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
@@ -118,7 +116,6 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
     opened = dict(open_zips or {})
     try:
         with atomic_path(dest, durable=durable) as tmp, \
-                (contextlib.nullcontext() if durable else flushing(tmp)), \
                 zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             bar = meter.progress(f"zipping {dest.name}", len(ordered))
             for item in ordered:

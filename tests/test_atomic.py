@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -32,23 +31,3 @@ def test_a_write_left_to_sync_later_is_renamed_and_synced_in_the_background(
     wait = atomic.background_sync(tmp_path / "gone.bin")
     with pytest.raises(DfotaError, match=r"gone\.bin: cannot write file \(No such file"):
         wait()
-
-
-def test_flushing_hands_the_disk_what_is_written_and_stops_with_the_body(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
-    path = tmp_path / "growing.bin"
-    with atomic.flushing(path, every=0.01):  # the file appears only later: nothing to say
-        time.sleep(0.05)
-        with open(path, "wb") as f:
-            for _ in range(20):
-                f.write(b"x" * 4096)
-                f.flush()
-                time.sleep(0.01)
-    assert synced  # it was handed to the disk while written
-    count = len(synced)
-    time.sleep(0.05)
-    assert len(synced) == count  # and no more once the body is done
-    assert path.read_bytes() == b"x" * 4096 * 20
