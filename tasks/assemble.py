@@ -273,12 +273,13 @@ def _start_ahead(settings: Settings, archive: Archive, cache: HashCache, sdk: Sd
                  source_path: Path, source_key: str) -> Callable[[], str]:
     """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
     patch), in a worker beside the build: writing the zips leaves a core idle."""
-    member_sha1s = None if archive.built_here(source_key, source_path) else \
+    kept = None if archive.built_here(source_key, source_path) else \
         settings.member_sha1s(archive.sha256_of(source_path))
-    return ahead.start(ahead.AheadWork(
-        source_path, member_sha1s if member_sha1s and not member_sha1s.exists() else None,
-        sdk.boot_image, cache.sha1_of(sdk.boot_image), settings.patch_cache,
-        settings.diff_timeout))
+    if kept is not None and kept.exists():
+        kept = None  # kept by an earlier run
+    return ahead.start(ahead.AheadWork(source_path, kept, sdk.boot_image,
+                                       cache.sha1_of(sdk.boot_image), settings.patch_cache,
+                                       settings.diff_timeout))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

@@ -298,23 +298,24 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
         if isinstance(earlier, list) else []
     proven = set(proven_before)
     with ZipSource(package) as pkg, tempfile.TemporaryDirectory(prefix="bspatch.") as tmp:
-        jobs, keys = [], {}
+        jobs, keys, wanted = [], {}, {}
         for index, name in enumerate(sorted(pkg.names("patch/"))):
             member = (BOOT_IMAGE if name == "patch/boot.img.p"
                       else system_path(name[len("patch/system/"):-len(".p")]))
             patch_bytes = pkg.read(name)
             # every part of the key from the bytes (not from a record): the proof is of them
+            wanted[name] = hashlib.sha1(target.read(member)).hexdigest()
             keys[name] = (f"{base.sha1(member)}-{hashlib.sha1(patch_bytes).hexdigest()}-"
-                          f"{hashlib.sha1(target.read(member)).hexdigest()}")
+                          f"{wanted[name]}")
             if keys[name] in proven:
                 continue
             old, patch = Path(tmp, f"{index}.old"), Path(tmp, f"{index}.patch")
             old.write_bytes(base.read(member))
             patch.write_bytes(patch_bytes)
-            jobs.append((name, member, old, patch))
+            jobs.append((name, old, patch))
 
-        def run(job: tuple[str, str, Path, Path]) -> str | None:
-            name, _, old, patch = job
+        def run(job: tuple[str, Path, Path]) -> str | None:
+            name, old, patch = job
             done = subprocess.run(["bspatch", str(old), str(old.with_suffix(".new")),
                                    str(patch)], capture_output=True, text=True)
             return None if done.returncode == 0 else f"{name}: bspatch failed: " \
@@ -323,8 +324,9 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             failures = list(pool.map(run, jobs))
         problems, failed_names = [], set()
-        for (name, member, old, _), failed in zip(jobs, failures, strict=True):
-            if failed is None and old.with_suffix(".new").read_bytes() != target.read(member):
+        for (name, old, _), failed in zip(jobs, failures, strict=True):
+            if failed is None and hashlib.sha1(
+                    old.with_suffix(".new").read_bytes()).hexdigest() != wanted[name]:
                 failed = f"{name}: bspatch gives other bytes than the target's"
             if failed is not None:
                 problems.append(failed)
