@@ -855,6 +855,46 @@ def machine() -> tuple[tuple[str, str], ...]:
             ("bsdiff4", bsdiff4.__version__), ("detools", detools.__version__))
 
 
+_SPIN = "import sys\nx = 0\nfor i in range(int(sys.argv[1])):\n    x += i\n"
+
+
+def _spin_seconds(processes: int, loops: int) -> float:
+    """Wall time of `processes` Pythons each counting to `loops`, started together."""
+    started = time.monotonic()
+    spinning = [subprocess.Popen([sys.executable, "-c", _SPIN, str(loops)])
+                for _ in range(processes)]
+    for proc in spinning:
+        proc.wait()
+    return time.monotonic() - started
+
+
+def parallel_throughput(loops: int = 5_000_000, repeat: int = 3) -> float:
+    """How much more CPU work two busy processes get done at once than one alone (2.0: two
+    whole cores): twice one's time alone over the pair's time (medians of `repeat`)."""
+    alone = statistics.median(_spin_seconds(1, loops) for _ in range(repeat))
+    pair = statistics.median(_spin_seconds(2, loops) for _ in range(repeat))
+    return 2 * alone / pair
+
+
+def disk_sync_rate(folder: Path, size: int = 256 * MB) -> float:
+    """MB/s of writing `size` bytes to a new file in `folder` and syncing them to the disk:
+    what each byte the archive keeps costs (a copy left to the page cache costs no disk)."""
+    os.sync()  # nothing else's dirty pages in the way
+    block = os.urandom(MB)
+    path = folder / ".disk-rate"
+    started = time.monotonic()
+    try:
+        with open(path, "wb") as out:
+            for _ in range(size // MB):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        seconds = time.monotonic() - started
+    finally:
+        path.unlink(missing_ok=True)
+    return size / MB / seconds
+
+
 def loop_inputs(old: Path, new: Path) -> tuple[list[str], list[str]]:
     """(files to diff, files shipped whole) between two extracted targetfiles trees: every
     regular file of `SYSTEM/` that changed, and `boot.img`; new files and changed
@@ -949,6 +989,9 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     shutil.copytree(data / "ql-ol-extsdk", sdk, symlinks=True)
     source = data / "firmware" / "upgrade" / "targetfiles.zip"
     measures: list[Measure] = []
+    say("bench: the machine's cores and disk ...")
+    cores = parallel_throughput()
+    disk_rate = disk_sync_rate(run)
 
     def step(label: str, name: str, argv: Sequence[object], **kw: object) -> Measure:
         say(f"bench: {name} ...")
@@ -1086,6 +1129,7 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
                    f"power-loss replays"),
     )
     timings = summary.get("timings", {})
+    synced = 2 * (out / "targetfiles.zip").stat().st_size + source.stat().st_size
     notes = (
         f"the shell procedure, doit targetfiles, doit delta and the bsdiff loop ran {repeat} "
         "times each, in turns, each time in fresh folders (empty archive, state and patch "
@@ -1098,13 +1142,20 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         f"procedure + bsdiff loop: {shell.seconds + bsdiff_loop.seconds:.1f} s "
         f"({(first_tf.seconds + first_dl.seconds) / (shell.seconds + bsdiff_loop.seconds):.2f}x)"
         ".",
+        f"doit targetfiles syncs {_size_mb(synced)} to the disk (the zip, which is archived "
+        "as it is, its copy in out/, the archived source): at the disk's rate measured "
+        f"above, {synced / MB / disk_rate:.1f} s, {synced / MB / disk_rate / shell.seconds:.2f}x"
+        " the shell procedure's time by itself (the shell procedure syncs nothing).",
         f"second chain: tasks that ran: {', '.join(ran_again) or 'none'}.",
         f"one-file change ({plan.changes.one_file}): {cache_line}.",
     )
     if tool_digest() != tool:
         notes += ("the tool's code changed during the run (tasks/*.py or templates/): doit "
                   "took every output as out of date; goals 3 and 4 are not meaningful",)
-    table = Table(scale, machine(), data_rows, tuple(measures), goals, notes)
+    machine_rows = (*machine(),
+                    ("two busy processes at once", f"{cores:.2f}x the work of one alone"),
+                    ("disk, written and synced", f"{disk_rate:.0f} MB/s"))
+    table = Table(scale, machine_rows, data_rows, tuple(measures), goals, notes)
     say(format_table(table))
     for note in notes:
         say(f"- {note}")

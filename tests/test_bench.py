@@ -20,6 +20,7 @@ from tasks.bench import (
     bench_plan,
     bench_rootfs_pair,
     combine,
+    disk_sync_rate,
     folder_counts,
     format_goals,
     format_measures,
@@ -27,6 +28,7 @@ from tasks.bench import (
     generate_bench,
     loop_inputs,
     measure,
+    parallel_throughput,
     render_report,
     tree_changes,
 )
@@ -163,3 +165,13 @@ def test_table_lists_steps_and_ratios_against_their_goals() -> None:
     for part in ("## Machine", "| CPU | Test CPU |", "## Data set", "## Steps", "## Goals",
                  "- a note"):
         assert part in report
+
+
+def test_parallel_throughput_is_between_one_and_the_cores() -> None:
+    found = parallel_throughput(loops=300_000, repeat=1)
+    assert 0.5 < found <= len(os.sched_getaffinity(0)) + 0.5
+
+
+def test_disk_sync_rate_writes_syncs_and_leaves_nothing(tmp_path: Path) -> None:
+    assert disk_sync_rate(tmp_path, size=4 * MB) > 0
+    assert list(tmp_path.iterdir()) == []
