@@ -781,6 +781,10 @@ noisy: read the ratios (each measured in the same run), not the absolute times.
   machine sets, is removed from their environment).
 - The first steps but verify run several times, in turns, in fresh folders; the median counts
   (see the runs column and the notes).
+- Before the steps, the machine itself: how much work two busy Python processes get done at
+  once against one alone (2.00x: two whole cores; a shared machine gives less), and the rate
+  at which 256 MB written to the run's disk are synced. The archive's versions are synced to
+  the disk; the shell procedure leaves its zip to the page cache.
 - The one-file change edits one rootfs file (24-byte patches) and bumps `Package Time`
   (a changed version must be a new version); the target is still built on the same base, so
   every other patch can come from the cache.
