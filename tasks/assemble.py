@@ -228,7 +228,8 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
             staged = Path(tmp) / "targetfiles.zip"
             # the rootfs files hashed in this run need not be hashed again as they are zipped;
             # the disk writes the zip while it is hashed and copied
-            write_zip(staged, plan.items, meter=log, vouch=cache.vouches, durable=False)
+            write_zip(staged, plan.items, meter=log, vouch=cache.vouches, durable=False,
+                      open_zips={source_path: src.zipfile})
             staged_synced = atomic.background_sync(staged)
             # a source not archived yet is copied by the kernel if the sha256 record (which
             # the inputs manifest filled) vouches for it, else hashed as it is copied
