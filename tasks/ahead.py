@@ -1,5 +1,5 @@
 """Work that `doit delta` will ask for, done by `doit targetfiles` in a worker process while
-its own work leaves a core idle (writing and syncing the zips is the disk's work).
+its own work leaves part of a core idle (while it waits on the kernel's copying and syncing).
 
 Two things, each kept where delta already looks, so delta's code does not change:
 - the sha1 of every entry of a source not built here, by the zip's sha256 (`member_sha1s`);
