@@ -131,6 +131,10 @@ def test_measure_reports_the_largest_process_and_fails_loudly(tmp_path: Path) ->
     m = measure("hold 80 MB", [sys.executable, "-c", hold], tmp_path / "hold.log")
     assert m.process_kb >= 80 * 1024 and m.peak_kb >= m.process_kb
     assert m.returncode == 0 and m.seconds > 0
+    assert m.system_s > 0  # touching 80 MB of new pages is the kernel's work
+    spin = measure("spin", [sys.executable, "-c", "x = 0\nfor i in range(3_000_000): x += i"],
+                   tmp_path / "spin.log")
+    assert spin.user_s > 0.05 and spin.user_s + spin.system_s <= spin.seconds * 1.2
     with pytest.raises(DfotaError, match=r"broken failed \(exit 3\): boom"):
         measure("broken", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
                 tmp_path / "broken.log")
@@ -139,10 +143,11 @@ def test_measure_reports_the_largest_process_and_fails_loudly(tmp_path: Path) ->
 def _table() -> Table:
     return Table(
         1.0, (("CPU", "Test CPU"), ("cores (nproc)", "2")), (("rootfs", "5,000 entries"),),
-        (Measure("shell procedure", 10.04, 2048, 14 * 1024),
-         combine([Measure("doit delta", 3.25, 100 * 1024, 300 * 1024),
-                  Measure("doit delta", 3.1, 600 * 1024, 200 * 1024),
-                  Measure("doit delta", 9.0, 500 * 1024, 100 * 1024)])),
+        (Measure("shell procedure", 10.04, 2048, 14 * 1024, user_s=2.04, system_s=7.5),
+         combine([Measure("doit delta", 3.25, 100 * 1024, 300 * 1024, user_s=4.0, system_s=0.3),
+                  Measure("doit delta", 3.1, 600 * 1024, 200 * 1024, user_s=3.5, system_s=0.2),
+                  Measure("doit delta", 9.0, 500 * 1024, 100 * 1024, user_s=9.0,
+                          system_s=0.6)])),
         (Goal("1", "doit targetfiles / shell procedure", 0.5, 0.5, "x"),
          Goal("3", "second chain / first chain", 0.0612, 0.05, "x"),
          Goal("5", "peak memory of the chain (MB)", 612.4, 1536, "MB")),
@@ -157,8 +162,8 @@ def test_table_lists_steps_and_ratios_against_their_goals() -> None:
     assert goals[3] == "| 3 | second chain / first chain | 0.061x | <= 0.050x | MISS |"
     assert goals[4] == "| 5 | peak memory of the chain (MB) | 612 MB | <= 1,536 MB | PASS |"
     steps = format_measures(table.measures).splitlines()
-    assert steps[2] == "| shell procedure | 10.0 | 1 | 2 | 14 |"
-    assert steps[3] == "| doit delta | 3.2 | 3.2, 3.1, 9.0 | 600 | 300 |"
+    assert steps[2] == "| shell procedure | 10.0 | 1 | 2.0 | 7.5 | 2 | 14 |"
+    assert steps[3] == "| doit delta | 3.2 | 3.2, 3.1, 9.0 | 4.0 | 0.3 | 600 | 300 |"
     assert format_table(table) == "\n".join(steps) + "\n\n" + "\n".join(goals) + "\n"
     report = render_report(table)
     assert "2 of 3 goals met" in report
