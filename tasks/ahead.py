@@ -11,7 +11,6 @@ says nothing: delta meets the same input and reports it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.targetfiles import BOOT_IMAGE
 from tasks.tree import FILE
@@ -47,9 +45,8 @@ def _run(work: AheadWork) -> str:
             for name, member in source.members.items():
                 if member.kind == FILE:
                     source.sha1(name)
-            atomic.write_text(work.member_sha1s,
-                              json.dumps(source.known_sha1s(), sort_keys=True) + "\n")
-            done.append(f"the sha1s of the source's {len(source.known_sha1s())} files")
+            kept = source.keep_sha1s(work.member_sha1s)
+            done.append(f"the sha1s of the source's {kept} files")
         if BOOT_IMAGE in source.members and source.sha1(BOOT_IMAGE) != work.boot_sha1:
             job = PatchJob(BOOT_IMAGE,
                            Blob.in_zip(source.path, BOOT_IMAGE, source.sha1(BOOT_IMAGE),

@@ -273,7 +273,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
 def _start_ahead(settings: Settings, archive: Archive, cache: HashCache, sdk: SdkOutput,
                  source_path: Path, source_key: str) -> Callable[[], str]:
     """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
-    patch), in a worker beside the build: writing the zips leaves a core idle."""
+    patch), in a worker beside the build, which waits on the kernel for part of its time."""
     kept = None if archive.built_here(source_key, source_path) else \
         settings.member_sha1s(archive.sha256_of(source_path))
     if kept is not None and kept.exists():

@@ -137,12 +137,10 @@ def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
             recorded = (archive.built_here(zip_version(base).key, base_path),
                         archive.built_here(target_version.key, target_path))
             kept = None if recorded[0] else settings.member_sha1s(archive.sha256_of(base_path))
-            known = atomic.read_json_object(kept) if kept is not None else None
-            if known:
-                base.learn_sha1s(known)
+            known = kept is not None and base.learn_kept_sha1s(kept)
             result = _build(settings, log, parts, lists, base, target, started, recorded)
             if kept is not None and not known:
-                atomic.write_text(kept, json.dumps(base.known_sha1s(), sort_keys=True) + "\n")
+                base.keep_sha1s(kept)
             return result
 
 

@@ -13,6 +13,7 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import struct
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.atomic import atomic_path
+from tasks.atomic import atomic_path, read_json_object, write_text
 from tasks.errors import DfotaError
 from tasks.runlog import SILENT, Meter
 from tasks.tree import DIR, FILE, SYMLINK, file_stamp
@@ -380,14 +381,19 @@ class ZipSource:
         self._check_crc(name, crc)
         return digest.hexdigest()
 
-    def known_sha1s(self) -> dict[str, str]:
-        """The sha1s of the entries hashed so far, by name."""
-        return dict(self._sha1s)
+    def keep_sha1s(self, record: Path) -> int:
+        """Write the sha1s of the entries hashed so far to `record` (named by the caller
+        after this zip's bytes, its sha256); how many."""
+        write_text(record, json.dumps(self._sha1s, sort_keys=True) + "\n")
+        return len(self._sha1s)
 
-    def learn_sha1s(self, sha1s: Mapping[str, str]) -> None:
-        """Take sha1s found earlier for this very zip (the caller vouches for its bytes)."""
-        self._sha1s.update({name: sha1 for name, sha1 in sha1s.items()
-                            if name in self.members})
+    def learn_kept_sha1s(self, record: Path) -> bool:
+        """Take the sha1s `keep_sha1s` wrote for this very zip (the caller vouches that the
+        record is this zip's); False when there is none to take."""
+        kept = read_json_object(record)
+        self._sha1s.update({name: sha1 for name, sha1 in kept.items()
+                            if name in self.members and isinstance(sha1, str)})
+        return bool(kept)
 
     def sha1(self, name: str) -> str:
         """An entry's sha1 (kept: the zip is read, never written, while open)."""
