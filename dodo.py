@@ -1,18 +1,12 @@
-"""doit entry point: `doit` runs the default chain on the SDK named in pyproject.toml
-(the sample SDK unless configured); `doit list` shows every task."""
+"""doit entry point: `doit` runs the default chain (targetfiles, delta, verify) on the SDK
+that pyproject.toml's [tool.dfota] names (the sample SDK, in its own workspace, when none);
+`doit list` shows every task.
 
-from tasks.dodo_tasks import (
-    Reporter,
-    StatChecker,
-    db_backend,
-    task_bench,
-    task_delta,
-    task_import_base,
-    task_sample,
-    task_targetfiles,
-    task_verify,
-    task_versions,
-)
+The tasks are made by the project's loader (`[tool.doit] loader = "dfota"` in pyproject.toml)
+from the one configuration of the command: see tasks/configure.py.
+"""
+
+from tasks.dodo_tasks import Reporter, StatChecker, db_backend
 
 DOIT_CONFIG = {
     "default_tasks": ["targetfiles", "delta", "verify"],
@@ -22,14 +16,3 @@ DOIT_CONFIG = {
     "reporter": Reporter,
     "check_file_uptodate": StatChecker,
 }
-
-__all__ = [
-    "DOIT_CONFIG",
-    "task_bench",
-    "task_delta",
-    "task_import_base",
-    "task_sample",
-    "task_targetfiles",
-    "task_verify",
-    "task_versions",
-]

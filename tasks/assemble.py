@@ -11,14 +11,14 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import __version__, ahead, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import SAMPLE_BASE, Settings
+from tasks.config import DEFAULT_DIFF_TIMEOUT, SAMPLE_BASE, TargetfilesSettings
 from tasks.errors import DfotaError
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
@@ -39,23 +39,25 @@ TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
 
 
-def resolve_source(settings: Settings, archive: Archive, target_key: str | None) -> Path:
-    """The source targetfiles.zip: the one asked for, else the newest other archived version.
+def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: str | None,
+                   known: Collection[str]) -> Path:
+    """The source targetfiles.zip: the one asked for, else the newest version this workspace
+    built or imported (`known`) other than the target.
 
-    With an empty archive only the sample SDK falls back to the sample's base; a user's SDK
-    never does (its versions must not be built on the sample's).
+    With none, only the sample SDK falls back to the sample's base; a user's SDK never does
+    (its versions must not be built on the sample's).
     """
     if settings.source:
         return archive.resolve(settings.source, "source")
-    candidates = [v for v in archive.versions() if v.key != target_key]
+    candidates = [v for v in archive.versions() if v.key != target_key and v.key in known]
     if candidates:
         archive.check_intact(candidates[-1])
         return candidates[-1].zip_path
     if settings.sdk_is_sample:
         return SAMPLE_BASE
-    raise DfotaError("the archive holds no version to build on: run `doit import_base "
-                     "--firmware DIR` once, or pass `--source` a targetfiles.zip",
-                     settings.archive_dir)
+    raise DfotaError("this workspace has no version to build on: run `doit import_base "
+                     "--firmware DIR` once, or give `--source` a targetfiles.zip or an "
+                     "archived version", settings.workspace.archive_dir)
 
 
 def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
@@ -87,27 +89,28 @@ class ScannedRootfs:
     image: ImageTreeReader | None
 
 
-def start_image_tree(settings: Settings, sdk: SdkOutput,
+def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
                      cache: HashCache) -> ImageTreeReader | None:
     """The reader of the SDK image's tree, for the drift warnings: from the record, or read
     in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
     if sdk.sysfs_ubi is None or settings.metadata_from_image:
         return None
-    return ImageTreeReader(sdk.sysfs_ubi, settings.image_tree_cache,
+    return ImageTreeReader(sdk.sysfs_ubi, settings.workspace.image_tree_cache,
                            cache.sha1_of(sdk.sysfs_ubi))
 
 
-def inputs_manifest(settings: Settings, meter: Meter = SILENT
-                    ) -> tuple[dict[str, object], ScannedRootfs]:
+def inputs_manifest(settings: TargetfilesSettings, known: Collection[str],
+                    meter: Meter = SILENT) -> tuple[dict[str, object], ScannedRootfs]:
     """Everything the target is made from, by content: what `doit targetfiles` depends on;
-    and the rootfs scan it was made from."""
+    and the rootfs scan it was made from. `known`: the versions this workspace built or
+    imported (the default source is one of them)."""
     sdk = locate_sdk(settings.sdk)
-    cache = HashCache(settings.hash_cache)
+    cache = HashCache(settings.workspace.hash_cache)
     image = start_image_tree(settings, sdk, cache)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
-    source = resolve_source(settings, archive, target.key)
+    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    source = resolve_source(settings, archive, target.key, known)
     manifest = {
         "boot_image": {"path": str(sdk.boot_image), "sha1": cache.sha1_of(sdk.boot_image)},
         "abl": {"path": str(sdk.abl), "sha1": cache.sha1_of(sdk.abl)},
@@ -124,11 +127,12 @@ def inputs_manifest(settings: Settings, meter: Meter = SILENT
     return manifest, ScannedRootfs(scan, cache, image)
 
 
-def write_inputs_manifest(settings: Settings, meter: Meter = SILENT) -> ScannedRootfs:
+def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str],
+                          meter: Meter = SILENT) -> ScannedRootfs:
     """Write the inputs manifest (unless it says that already); the rootfs scan, which
     `build_targetfiles` can take in the same run instead of walking the rootfs again."""
-    manifest, scanned = inputs_manifest(settings, meter)
-    write_if_changed(settings.inputs_manifest, manifest)
+    manifest, scanned = inputs_manifest(settings, known, meter)
+    write_if_changed(settings.workspace.inputs_manifest, manifest)
     return scanned
 
 
@@ -160,10 +164,11 @@ class _Warnings:
                              self.strict_folder)
 
 
-def build_targetfiles(settings: Settings, log: RunLog,
+def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collection[str],
                       scanned: ScannedRootfs | None = None) -> TargetfilesResult:
-    """`scanned`: what `write_inputs_manifest` found just before (each file is checked
-    against its hash again while it is zipped, so a change since is still refused)."""
+    """`known`: the versions this workspace built or imported; `scanned`: what
+    `write_inputs_manifest` found just before (each file is checked against its hash again
+    while it is zipped, so a change since is still refused)."""
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
@@ -173,7 +178,7 @@ def build_targetfiles(settings: Settings, log: RunLog,
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
     if scanned is None:
-        cache = HashCache(settings.hash_cache)
+        cache = HashCache(settings.workspace.hash_cache)
         image = start_image_tree(settings, sdk, cache)
         scan = scan_rootfs(sdk.rootfs, cache, log)
     else:
@@ -191,19 +196,20 @@ def build_targetfiles(settings: Settings, log: RunLog,
         scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
         image_warnings = found.copy
     result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
-                       image_warnings)
+                       image_warnings, known)
     cache.save()
     return result
 
 
-def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
+def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache: HashCache,
               scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
-              image_warnings: Callable[[], list[str]]) -> TargetfilesResult:
+              image_warnings: Callable[[], list[str]], known: Collection[str]
+              ) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
     the SDK's image) is asked for once the zip is written, before anything is archived."""
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
+    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
     archive.clean_staging()
-    source_path = resolve_source(settings, archive, target_version.key)
+    source_path = resolve_source(settings, archive, target_version.key, known)
 
     with ZipSource(source_path) as src:
         source_version = zip_version(src)
@@ -214,17 +220,18 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
         warnings.add([*check_source(src), *scan.warnings,
                       *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
-                        for d in scan.empty_dirs)])
+                        for d in scan.empty_dirs if d not in settings.empty_by_nature)])
         made_ahead = _start_ahead(settings, archive, cache, sdk, source_path,
                                   source_version.key)
         plan = plan_target(sdk, src, scan)
 
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        remove_staging_leftovers(settings.state_dir)
+        settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
+        remove_staging_leftovers(settings.workspace.state_dir)
         # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
         # archived and renamed into place last: a full or read-only out/ archives nothing
-        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=settings.state_dir) as tmp, \
-                atomic.atomic_path(settings.target_zip) as out:
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX,
+                                         dir=settings.workspace.state_dir) as tmp, \
+                atomic.atomic_path(settings.workspace.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
             # the rootfs files hashed in this run need not be hashed again as they are zipped;
             # the disk writes the zip while it is hashed and copied
@@ -263,24 +270,24 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                         "source_sha256": source_sha256,
                     }}, sha256=target_sha256, take=True)
             out_synced()
-    archive.note_copy(settings.target_zip, target_sha256)
+    archive.note_copy(settings.workspace.target_zip, target_sha256)
     log.detail(made_ahead())
-    return TargetfilesResult(settings.target_zip, target_version.key, source_version.key,
+    return TargetfilesResult(settings.workspace.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
                              tuple(warnings.lines))
 
 
-def _start_ahead(settings: Settings, archive: Archive, cache: HashCache, sdk: SdkOutput,
+def _start_ahead(settings: TargetfilesSettings, archive: Archive, cache: HashCache, sdk: SdkOutput,
                  source_path: Path, source_key: str) -> Callable[[], str]:
     """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
     patch), in a worker beside the build, which waits on the kernel for part of its time."""
     kept = None if archive.built_here(source_key, source_path) else \
-        settings.member_sha1s(archive.sha256_of(source_path))
+        settings.workspace.member_sha1s(archive.sha256_of(source_path))
     if kept is not None and kept.exists():
         kept = None  # kept by an earlier run
     return ahead.start(ahead.AheadWork(source_path, kept, sdk.boot_image,
-                                       cache.sha1_of(sdk.boot_image), settings.patch_cache,
-                                       settings.diff_timeout))
+                                       cache.sha1_of(sdk.boot_image),
+                                       settings.workspace.patch_cache, DEFAULT_DIFF_TIMEOUT))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from doit.doit_cmd import DoitMain
 
 from tasks import dodo_tasks
+from tasks.errors import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
+__all__ = ["EXIT_CHECK", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
 def exit_code(doit_code: int, failures: Sequence[str]) -> int:
@@ -36,7 +37,7 @@ def exit_code(doit_code: int, failures: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     dodo_tasks.FAILURES.clear()
-    code = DoitMain().run(list(sys.argv[1:] if argv is None else argv))
+    code = DoitMain(dodo_tasks.DfotaLoader()).run(list(sys.argv[1:] if argv is None else argv))
     return exit_code(code, dodo_tasks.FAILURES)
 
 

@@ -1,11 +1,14 @@
-"""The run's settings: one frozen value, built once from doit's parameters.
+"""The settings each task reads: small frozen values, cut from the one configuration that
+`tasks.configure` builds and checks when a command starts.
 
-Defaults of the parameters live in pyproject.toml (`[tool.doit.tasks.NAME]`); relative paths
-are taken from the project folder (where dodo.py is).
+A task's up-to-date key is its settings value itself (`key_of`), so a task cannot read a
+setting that is not in its key. Paths are absolute by the time a settings value exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,30 +17,28 @@ SAMPLE_DIR = PROJECT_DIR / "sample_sdk"
 TEMPLATES = PROJECT_DIR / "templates"
 SAMPLE_SDK = SAMPLE_DIR / "ql-ol-extsdk"
 SAMPLE_BASE = SAMPLE_DIR / "firmware" / "upgrade" / "targetfiles.zip"
+SAMPLE_CONFIG = SAMPLE_DIR / "config"
+SAMPLE_WORK = SAMPLE_DIR / "work"  # the sample's own workspace: out/, archive/, state/
+
+# rootfs folders that are empty on every build (mount points, run-time folders): carried by
+# the package, never warned about
+EMPTY_BY_NATURE = ("proc", "sys", "dev", "tmp", "run", "var/volatile", "mnt", "media")
+DEFAULT_DIFF_TIMEOUT = 300.0
+DEFAULT_SIZE_BUDGET_MB = 70.0
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    sdk: Path  # the ql-ol-extsdk folder
-    source: str  # a version key, a unique prefix of one, a path to a zip, or "" for the default
-    out_dir: Path
-    archive_dir: Path
-    state_dir: Path  # bookkeeping between runs (hash cache, input manifests); safe to delete
-    strict: bool = False
-    metadata_from_image: bool = False  # SYSTEM's modes/owners from target/sdxlemur-sysfs.ubi
-    base: str = ""  # delta: a version key, a unique prefix, a zip, or "" for the target's source
-    mode: str = "all"  # delta: all, rootfs, modem, kernel (or a, l, m, o), alone or combined
-    config_dir: Path = SAMPLE_DIR / "config"  # the vendor's config lists
-    size_budget: int = 70 * 1024 * 1024  # bytes; a larger package is warned about (note 2.4)
-    diff_timeout: float = 300.0  # seconds per diff; past it the file is shipped whole
-    workers: int = 0  # diff processes; 0 = one per core
-    permission_replays: int | None = 32  # verify: power losses among permission steps
-    bases: str = ""  # delta: "N" (the last N archived versions) or a comma list; "" = one base
-    target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
+class Workspace:
+    """Where one chain keeps its outputs, its state between runs, and the archive it uses.
 
-    @property
-    def sdk_is_sample(self) -> bool:
-        return self.sdk.resolve() == SAMPLE_SDK.resolve()
+    The workspace is the pair (outputs, state); the archive may be shared between workspaces.
+    """
+
+    out_dir: Path
+    state_dir: Path
+    archive_dir: Path
+    target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
 
     @property
     def target_zip(self) -> Path:
@@ -60,6 +61,16 @@ class Settings:
     @property
     def update_report(self) -> Path:
         return self.out_dir / "update.html"
+
+    @property
+    def deltas_dir(self) -> Path:
+        """The packages from several bases (`doit delta --bases`)."""
+        return self.out_dir / "deltas"
+
+    @property
+    def record(self) -> Path:
+        """What this workspace built and with which settings (`tasks.workspace_record`)."""
+        return self.state_dir / "workspace.json"
 
     @property
     def log_dir(self) -> Path:
@@ -103,30 +114,66 @@ class Settings:
         return self.state_dir / "archive-sha256.json"
 
 
-def resolve_path(value: str | Path, base: Path = PROJECT_DIR) -> Path:
+@dataclass(frozen=True, slots=True)
+class TargetfilesSettings:
+    """What `doit targetfiles` reads."""
+
+    workspace: Workspace
+    sdk: Path  # the ql-ol-extsdk folder
+    source: str = ""  # a version key, a unique prefix of one, a zip, or "" for the default
+    strict: bool = False
+    metadata_from_image: bool = False  # SYSTEM's modes/owners from target/sdxlemur-sysfs.ubi
+    empty_by_nature: tuple[str, ...] = EMPTY_BY_NATURE  # rootfs folders empty on every build
+
+    @property
+    def sdk_is_sample(self) -> bool:
+        return is_sample_sdk(self.sdk)
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaSettings:
+    """What `doit delta` reads."""
+
+    workspace: Workspace
+    config_dir: Path | None  # the vendor's config lists; None: no lists apply
+    base: str = ""  # a version key, a unique prefix, a zip, or "" for the target's source
+    mode: str = "all"  # all, rootfs, modem, kernel (or a, l, m, o), alone or combined
+    size_budget: int = int(DEFAULT_SIZE_BUDGET_MB * MB)  # bytes; larger is warned about
+    diff_timeout: float = DEFAULT_DIFF_TIMEOUT  # seconds per diff; past it: shipped whole
+    workers: int = 0  # diff processes; 0 = one per core
+    bases: str = ""  # "N" (the N newest older versions) or a comma list; "" = one base
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySettings:
+    """What `doit verify` reads."""
+
+    workspace: Workspace
+    permission_replays: int | None = 32  # power losses among permission steps
+
+
+def key_of(settings: object) -> dict[str, object]:
+    """A settings value as doit's `config_changed` key (paths as text)."""
+    assert dataclasses.is_dataclass(settings) and not isinstance(settings, type)
+    return {k: _plain(v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def is_sample_sdk(sdk: Path) -> bool:
+    return sdk.resolve() == SAMPLE_SDK.resolve()
+
+
+def resolve_path(value: str | Path, base: Path | None = None) -> Path:
+    """`value` as an absolute path; a relative one is taken from `base` (default: the
+    current folder, where the command was started)."""
     path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def make_settings(*, sdk: str = "", source: str = "", out: str = "out",
-                  archive: str = "archive", state: str = "build", strict: bool = False,
-                  metadata_from_image: bool = False,
-                  base: str = "", mode: str = "all", config: str = "",
-                  size_budget_mb: float = 70, diff_timeout: float = 300.0,
-                  workers: int = 0, bases: str = "") -> Settings:
-    return Settings(
-        sdk=resolve_path(sdk) if sdk else SAMPLE_SDK,
-        source=source,
-        out_dir=resolve_path(out),
-        archive_dir=resolve_path(archive),
-        state_dir=resolve_path(state),
-        strict=strict,
-        metadata_from_image=metadata_from_image,
-        base=base,
-        mode=mode,
-        config_dir=resolve_path(config) if config else SAMPLE_DIR / "config",
-        size_budget=int(size_budget_mb * 1024 * 1024),
-        diff_timeout=diff_timeout,
-        workers=workers,
-        bases=bases,
-    )
+    return path if path.is_absolute() else (base or Path.cwd()) / path

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import Settings
+from tasks.config import DeltaSettings, Workspace
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
 from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import (
     FileLists,
     changed_noota_files,
     check_file_lists,
+    lists_in,
     noota_changed_error,
-    read_file_lists,
 )
 from tasks.package import (
     BINARY_ENTRY,
@@ -65,25 +66,33 @@ USRDATA_NEED = 60 * 1024 * 1024  # free usrdata the note asks for within a basel
 USRDATA_NEED_CROSS = 110 * 1024 * 1024
 
 
-def resolve_target(settings: Settings) -> Path:
-    if not settings.target_zip.is_file():
+def resolve_target(workspace: Workspace) -> Path:
+    if not workspace.target_zip.is_file():
         raise DfotaError("no target targetfiles.zip: run `doit targetfiles` first",
-                         settings.target_zip)
-    return settings.target_zip
+                         workspace.target_zip)
+    return workspace.target_zip
 
 
-def resolve_base(settings: Settings, archive: Archive, target_key: str) -> Path:
-    """The base: the one asked for, else the source the target was built on (its manifest)."""
+def resolve_base(settings: DeltaSettings, archive: Archive, target_key: str,
+                 recorded_source: str) -> Path:
+    """The base: the one asked for, else the source this workspace built the target on."""
     if settings.base:
         return archive.resolve(settings.base, "base")
-    archived = archive.get(target_key)
-    source = archived.manifest.get("source") if archived else None
-    if not source:
-        raise DfotaError(f"the archive does not say which version {target_key} was built on; "
-                         "pass --base VERSION", settings.archive_dir)
-    version = archive.find(str(source))
+    if not recorded_source:
+        raise DfotaError(f"this workspace does not say which version {target_key} was built "
+                         "on; pass --base VERSION", settings.workspace.record)
+    version = archive.find(recorded_source)
     archive.check_intact(version)
     return version.zip_path
+
+
+def downgrade_warning(base: ProjectVersion, target: ProjectVersion) -> str | None:
+    """A package from a newer version to an older one, said plainly (made only when the base
+    is named)."""
+    if (base.package_time, base.key) <= (target.package_time, target.key):
+        return None
+    return (f"downgrade: the base {base.key} is newer than the target {target.key}; the "
+            "package takes modules back to an older version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,33 +130,39 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
     return writes, items
 
 
-def build_delta(settings: Settings, log: RunLog) -> DeltaResult:
+def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
+                build_warnings: Sequence[str] = ()) -> DeltaResult:
+    """`recorded_source`: the version this workspace built the target on (the default base);
+    `build_warnings`: the target's build's, carried into the summary and the report."""
     started = time.monotonic()
     parts = parse_mode(settings.mode)
-    lists = read_file_lists(settings.config_dir)
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
-    target_path = resolve_target(settings)
+    lists = lists_in(settings.config_dir)
+    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    target_path = resolve_target(settings.workspace)
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
-        base_path = resolve_base(settings, archive, target_version.key)
+        base_path = resolve_base(settings, archive, target_version.key, recorded_source)
         with ZipSource(base_path) as base:
             # the sha1s recorded in zips built here spare hashing every member (verify, the
             # independent check, hashes them all); a base from elsewhere is hashed once and
             # its sha1s kept by the zip's sha256
             recorded = (archive.built_here(zip_version(base).key, base_path),
                         archive.built_here(target_version.key, target_path))
-            kept = None if recorded[0] else settings.member_sha1s(archive.sha256_of(base_path))
+            kept = None if recorded[0] else \
+                settings.workspace.member_sha1s(archive.sha256_of(base_path))
             known = kept is not None and base.learn_kept_sha1s(kept)
-            result = _build(settings, log, parts, lists, base, target, started, recorded)
+            result = _build(settings, log, parts, lists, base, target, started, recorded,
+                            tuple(build_warnings))
             if kept is not None and not known:
                 base.keep_sha1s(kept)
             return result
 
 
-def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
            base: ZipSource, target: ZipSource, started: float,
-           recorded_sha1s: tuple[bool, bool]) -> DeltaResult:
+           recorded_sha1s: tuple[bool, bool], build_warnings: tuple[str, ...]) -> DeltaResult:
     source_version, target_version = zip_version(base), zip_version(target)
+    downgrade = downgrade_warning(source_version, target_version)
     if source_version.key == target_version.key:
         raise DfotaError(f"base and target have the same version {target_version.key}: a module "
                          "could not tell them apart", target.path)
@@ -155,7 +170,7 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
     boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
     progress = _DiffProgress(log)
-    with PatchRun(cache_dir=settings.patch_cache, workers=settings.workers or None,
+    with PatchRun(cache_dir=settings.workspace.patch_cache, workers=settings.workers or None,
                   timeout=settings.diff_timeout, progress=progress.line,
                   open_zips={base.path: base.zipfile, target.path: target.zipfile}) as diffs:
         if boot_changed:
@@ -166,7 +181,8 @@ def _build(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileL
                                 Blob.in_zip(target.path, BOOT_IMAGE, target.sha1(BOOT_IMAGE),
                                             target.members[BOOT_IMAGE].size))])
         return _build_on(settings, log, parts, lists, base, target, started, recorded_sha1s,
-                         (source_version, target_version), boot_changed, diffs, progress)
+                         (source_version, target_version), boot_changed, diffs, progress,
+                         [downgrade] if downgrade else [], build_warnings)
 
 
 class _DiffProgress:
@@ -190,11 +206,12 @@ class _DiffProgress:
         return self.bar
 
 
-def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
               base: ZipSource, target: ZipSource, started: float,
               recorded_sha1s: tuple[bool, bool],
               versions: tuple[ProjectVersion, ProjectVersion], boot_changed: bool,
-              diffs: PatchRun, progress: _DiffProgress) -> DeltaResult:
+              diffs: PatchRun, progress: _DiffProgress, first_warnings: list[str],
+              build_warnings: tuple[str, ...]) -> DeltaResult:
     source_version, target_version = versions
     source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
     target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
@@ -202,7 +219,7 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
     changed_noota = changed_noota_files(lists, _file_paths(source_tree), _file_paths(target_tree))
     if changed_noota:
         raise noota_changed_error(lists, changed_noota)
-    warnings = check_file_lists(lists, [*target.members, *(n + "/" for n, m in
+    warnings = first_warnings + check_file_lists(lists, [*target.members, *(n + "/" for n, m in
                                                            target.members.items()
                                                            if m.kind == "dir")])
     rel = SYSTEM + "/"
@@ -248,13 +265,13 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
 
     nothing = (all(c.kind is Kind.UNCHANGED for c in changes) and boot is None and not minor)
     if nothing:
-        for stale in (settings.update_zip, settings.pending_zip, settings.update_report):
+        ws = settings.workspace
+        for stale in (ws.update_zip, ws.pending_zip, ws.update_report):
             stale.unlink(missing_ok=True)  # a package of another pair would mislead
         summary = {"changed": False, "source": source_version.key,
                    "target": target_version.key, "mode": sorted(p.value for p in parts),
-                   "warnings": warnings}
-        atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
-                          + "\n")
+                   "warnings": warnings, "build_warnings": list(build_warnings)}
+        atomic.write_text(ws.update_summary, json.dumps(summary, indent=1, sort_keys=True) + "\n")
         log.say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
             f"{settings.mode}; no package written")
         return DeltaResult(None, summary, tuple(warnings))
@@ -291,12 +308,12 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    write_zip(settings.pending_zip, items, compress=True, meter=log,
+    write_zip(settings.workspace.pending_zip, items, compress=True, meter=log,
               open_zips={target.path: target.zipfile})
     # the published package (of the previous pair) goes: only a proven one is ever there
-    for stale in (settings.update_zip, settings.update_report):
+    for stale in (settings.workspace.update_zip, settings.workspace.update_report):
         stale.unlink(missing_ok=True)
-    size = settings.pending_zip.stat().st_size
+    size = settings.workspace.pending_zip.stat().st_size
 
     summary = _summary(settings, base.path, source_version.key, target_version.key, parts, changes,
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
@@ -305,29 +322,33 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
     warnings += [f"/system/{d}: empty directory, carried by a placeholder file (other tools "
                  "lose it; note 2.2.2.4)" for d in empty_new_dirs(changes, target_tree)]
     summary["warnings"] = warnings
-    atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
-                      + "\n")
-    return DeltaResult(settings.pending_zip, summary, tuple(warnings))
+    summary["build_warnings"] = list(build_warnings)
+    summary["diff_timeouts"] = sum(1 for o in outcomes.values()
+                                   if o.whole_reason.startswith("diff timed out"))
+    atomic.write_text(settings.workspace.update_summary,
+                      json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return DeltaResult(settings.workspace.pending_zip, summary, tuple(warnings))
 
 
-def _budget_warnings(settings: Settings, size: int, changes: Sequence[Change]) -> list[str]:
+def _budget_warnings(settings: DeltaSettings, size: int, changes: Sequence[Change]) -> list[str]:
     mb = 1024 * 1024
     warnings = []
     if size > settings.size_budget:
-        warnings.append(f"{settings.update_zip}: {size / mb:.1f} MB, over the "
+        warnings.append(f"{settings.workspace.update_zip}: {size / mb:.1f} MB, over the "
                         f"{settings.size_budget / mb:.0f} MB budget (note 2.4)")
     largest = max((c.target.size for c in changes if c.target is not None
                    and c.target.kind == FILE and c.kind is not Kind.UNCHANGED), default=0)
     need = size + largest
     if need > USRDATA_NEED:
-        warnings.append(f"{settings.update_zip}: the module needs about {need / mb:.1f} MB free "
+        warnings.append(f"{settings.workspace.update_zip}: the module needs about "
+                        f"{need / mb:.1f} MB free "
                         f"in usrdata (package + largest file); the note asks for more than "
                         f"{USRDATA_NEED / mb:.0f} MB within a baseline and "
                         f"{USRDATA_NEED_CROSS / mb:.0f} MB across baselines (4.1)")
     return warnings
 
 
-def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: str,
+def _summary(settings: DeltaSettings, base_zip: Path, source_key: str, target_key: str,
              parts: frozenset[Part],
              changes: Sequence[Change], outcomes: Mapping[str, PatchOutcome],
              boot: PartitionWrite | None,
@@ -356,15 +377,16 @@ def _summary(settings: Settings, base_zip: Path, source_key: str, target_key: st
     return {
         "tool": f"quecopen-dfota {__version__}",
         "changed": True,
-        "package": str(settings.update_zip),
+        "package": str(settings.workspace.pending_zip),  # until `doit verify` publishes it
+        "published": False,
         "package_size": size,
         "source": source_key,
         "target": target_key,
         "size_budget": settings.size_budget,
         "base_zip": str(base_zip),
-        "target_zip": str(settings.target_zip),
-        "package_sha256": sha256_file(settings.pending_zip),
-        "config": str(settings.config_dir),
+        "target_zip": str(settings.workspace.target_zip),
+        "package_sha256": sha256_file(settings.workspace.pending_zip),
+        "config": str(settings.config_dir) if settings.config_dir else None,
         "mode": sorted(p.value for p in parts),
         "counts": dict(sorted(counts.items())),
         "unchanged": sum(1 for c in changes if c.kind is Kind.UNCHANGED),
@@ -399,8 +421,9 @@ def describe(result: DeltaResult) -> str:
     if not s.get("changed"):
         return "delta: nothing to update"
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items())  # type: ignore[union-attr]
-    return (f"delta: {s['package']} ({s['package_size']} bytes) {s['source']} -> {s['target']}"
-            f" [{','.join(s['mode'])}]: {counts or 'partitions only'}")
+    return (f"delta: {s['package']} ({s['package_size']} bytes, unverified: `doit verify` "
+            f"proves and publishes it) {s['source']} -> {s['target']} [{','.join(s['mode'])}]: "
+            f"{counts or 'partitions only'}")
 
 
 
@@ -413,51 +436,68 @@ class BaseOutcome:
     package_size: int = 0
 
 
-def pick_bases(spec: str, archive: Archive, target_key: str) -> list[str]:
-    """`N`: the newest N archived versions other than the target; else a comma list of keys,
-    unique key prefixes or targetfiles.zip paths."""
+def pick_bases(spec: str, archive: Archive, target: ProjectVersion,
+               known: Collection[str]) -> tuple[list[str], list[str]]:
+    """The bases of `--bases` and the warnings about them. `N`: the N newest versions older
+    than the target among those this workspace built or imported (`known`); else a comma
+    list of keys, unique key prefixes or targetfiles.zip paths (a newer one only so, by name)."""
     spec = spec.strip()
-    if spec.isdigit():
-        others = [v.key for v in archive.versions() if v.key != target_key]
-        if int(spec) < 1 or not others:
-            raise DfotaError(f"--bases {spec}: the archive has {len(others)} other versions",
-                             archive.root)
-        return list(reversed(others[-int(spec):]))
-    return [word.strip() for word in spec.split(",") if word.strip()]
+    if not spec.isdigit():
+        return [word.strip() for word in spec.split(",") if word.strip()], []
+    wanted = int(spec)
+    older = [v.key for v in archive.versions() if v.key in known
+             and (v.package_time, v.key) < (f"{target.package_time:%Y-%m-%d,%H:%M}", target.key)]
+    if not older:
+        raise DfotaError(f"--bases {spec}: this workspace has no version older than "
+                         f"{target.key}", archive.root)
+    warnings = [] if len(older) >= wanted else [
+        f"--bases {spec}: this workspace has only {len(older)} version(s) older than "
+        f"{target.key}; making {len(older)} package(s)"]
+    return list(reversed(older[-wanted:])), warnings
 
 
-def build_for_bases(settings: Settings, log: RunLog,
-                    verify: Callable[[Settings, RunLog], object]) -> list[BaseOutcome]:
+def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str],
+                    verify: Callable[[Workspace, RunLog], object]) -> list[BaseOutcome]:
     """One verified package per base, each in `<out>/deltas/<base>_to_<target>/`, and an index.
 
-    A base that fails does not stop the others; the index says which failed, and a CheckFailed
-    at the end makes the run's exit code say so.
+    `out/deltas/` holds this run's packages only. A base that fails does not stop the
+    others; the index says which failed, and a CheckFailed at the end makes the run's exit
+    code say so.
     """
-    target_path = resolve_target(settings)
+    target_path = resolve_target(settings.workspace)
     with ZipSource(target_path) as target:
-        target_key = zip_version(target).key
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
-    root = settings.out_dir / "deltas"
+        target_version = zip_version(target)
+    target_key = target_version.key
+    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    root = settings.workspace.deltas_dir
+    bases, warnings = pick_bases(settings.bases, archive, target_version, known)
+    for warning in warnings:
+        log.say(f"warning: {warning}")
+    shutil.rmtree(root, ignore_errors=True)  # packages of an earlier run or target
     outcomes: list[BaseOutcome] = []
-    for base in pick_bases(settings.bases, archive, target_key):
+    for base in bases:
         label = Path(base).stem if base.endswith(".zip") else base
         folder = root / f"{label}_to_{target_key}"
-        one = dataclasses.replace(settings, base=base, bases="", out_dir=folder,
-                                  target=target_path)
+        workspace = dataclasses.replace(settings.workspace, out_dir=folder, target=target_path)
+        one = dataclasses.replace(settings, base=base, bases="", workspace=workspace)
         log.say(f"delta: base {base}")
         try:
             result = build_delta(one, log)
+            for warning in result.warnings:
+                log.say(f"warning: {warning}")
             if result.package is not None:
-                verify(one, log)
+                verify(workspace, log)
             size = int(result.summary.get("package_size", 0))  # type: ignore[call-overload]
             outcomes.append(BaseOutcome(base, folder, True, "verified" if result.package
                                         else "nothing changed", size))
         except DfotaError as exc:
             log.say(f"error: {exc}")
             outcomes.append(BaseOutcome(base, folder, False, str(exc)))
-    index = {"target": target_key, "packages": [
-        {"base": o.base, "folder": str(o.folder), "package": str(o.folder / "update.zip"),
-         "ok": o.ok, "result": o.message, "package_size": o.package_size} for o in outcomes]}
+    index = {"target": target_key, "warnings": warnings, "packages": [
+        {"base": o.base, "folder": str(o.folder) if o.folder.exists() else None,
+         "package": str(o.folder / "update.zip") if (o.folder / "update.zip").is_file()
+         else None, "ok": o.ok, "result": o.message, "package_size": o.package_size}
+        for o in outcomes]}
     atomic.write_text(root / "index.json", json.dumps(index, indent=1) + "\n")
     failed = [o for o in outcomes if not o.ok]
     if failed:

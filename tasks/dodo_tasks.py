@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from doit import task_params
+from doit import get_initial_workdir
+from doit.cmd_base import DodoTaskLoader
 from doit.dependency import FileChangedChecker, SqliteDB
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
@@ -26,13 +28,23 @@ from tasks.config import (
     PROJECT_DIR,
     SAMPLE_DIR,
     TEMPLATES,
-    Settings,
-    make_settings,
+    TargetfilesSettings,
+    VerifySettings,
+    Workspace,
+    key_of,
     resolve_path,
 )
-from tasks.errors import CheckFailed, DfotaError
+from tasks.configure import TASK_PARAMS, Configuration, check_versions, configure, params_of
+from tasks.errors import EXIT_INPUT, CheckFailed, DfotaError
 from tasks.runlog import RunLog
 from tasks.tree import file_stamp
+from tasks.workspace_record import (
+    WorkspaceRecord,
+    read_record,
+    record_target,
+    record_task,
+    record_versions,
+)
 
 if TYPE_CHECKING:  # the work modules are imported by the actions that run them
     from tasks.assemble import ScannedRootfs
@@ -100,7 +112,21 @@ class StatChecker(FileChangedChecker):
 
 
 class Reporter(ConsoleReporter):
-    """doit's console reporter, without repeating a message the task already printed."""
+    """doit's console reporter, without repeating a message the task already printed; a run
+    in which every task was up to date says so in one line."""
+
+    up_to_date_line = "up to date: nothing changed"  # set by the loader for the command
+
+    def __init__(self, outstream: Any, options: Any) -> None:
+        super().__init__(outstream, options)
+        self.ran = False
+
+    def execute_task(self, task: Any) -> None:
+        self.ran = self.ran or not task.name.startswith("_")
+        super().execute_task(task)
+
+    def skip_uptodate(self, task: Any) -> None:
+        pass  # one line at the end instead
 
     def add_failure(self, task: Any, fail: Any) -> None:
         if isinstance(fail, ReportedFailure):
@@ -109,6 +135,8 @@ class Reporter(ConsoleReporter):
         super().add_failure(task, fail)
 
     def complete_run(self) -> None:
+        if not self.ran and not self.failures:
+            self.write(self.up_to_date_line + "\n")
         self.failures = [f for f in self.failures
                          if not isinstance(f["exception"], ReportedFailure)]
         super().complete_run()
@@ -139,30 +167,6 @@ def guarded(name: str, log_dir: Path | None,
     return action
 
 
-COMMON_PARAMS: list[dict[str, Any]] = [
-    {"name": "out", "long": "out", "type": str, "default": "out",
-     "help": "folder for the outputs [default: %(default)s]"},
-    {"name": "archive", "long": "archive", "type": str, "default": "archive",
-     "help": "folder holding every version's targetfiles.zip [default: %(default)s]"},
-    {"name": "state", "long": "state", "type": str, "default": "build",
-     "help": "folder for bookkeeping between runs [default: %(default)s]"},
-]
-
-TARGETFILES_PARAMS: list[dict[str, Any]] = [
-    {"name": "sdk", "long": "sdk", "type": str, "default": "",
-     "help": "the ql-ol-extsdk folder of the SDK build [default: the sample SDK]"},
-    {"name": "source", "long": "source", "type": str, "default": "",
-     "help": "source version: an archived version key (or unique prefix) or a targetfiles.zip "
-             "[default: the newest archived version other than the target's]"},
-    {"name": "strict", "long": "strict", "type": bool, "default": False,
-     "help": "treat warnings (empty directories, special files, image drift) as errors"},
-    {"name": "metadata_from_image", "long": "metadata-from-image", "type": bool,
-     "default": False,
-     "help": "take SYSTEM's modes and owners from target/sdxlemur-sysfs.ubi, not the folder"},
-    *COMMON_PARAMS,
-]
-
-
 def task_sample() -> TaskDict:
     """generate the sample SDK (sample_sdk/): a base firmware package and the next SDK build"""
     return {
@@ -184,186 +188,204 @@ def _sample_is_current() -> bool:
     return sample_is_current(SAMPLE_DIR)
 
 
-@task_params(TARGETFILES_PARAMS)
-def task_targetfiles(sdk: str, source: str, strict: bool, metadata_from_image: bool, out: str,
-                     archive: str, state: str) -> Iterator[TaskDict]:
-    """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
-    settings = make_settings(sdk=sdk, source=source, strict=strict, out=out, archive=archive,
-                             state=state, metadata_from_image=metadata_from_image)
-    scans: list[ScannedRootfs] = []  # the rootfs scan, handed from the first action to the second
-    yield {
-        "basename": "_targetfiles_inputs",
-        "doc": "record what the target is made from (SDK images, rootfs tree, source) by content",
-        "actions": [guarded("_targetfiles_inputs", settings.log_dir,
-                            lambda log: _targetfiles_inputs(settings, log, scans))],
-        "task_dep": ["sample"] if settings.sdk_is_sample else [],
-        "targets": [settings.inputs_manifest],
-        "uptodate": [False],
-        "verbosity": 2,  # hashing the rootfs shows its progress
-    }
-    yield {
-        "basename": "targetfiles",
-        "doc": task_targetfiles.__doc__,
-        "actions": [guarded("targetfiles", settings.log_dir,
-                            lambda log: _targetfiles(settings, log, scans))],
-        "file_dep": [settings.inputs_manifest],
-        "targets": [settings.target_zip],
-        "uptodate": [config_changed({"tool": TOOL, "strict": strict,
-                                     "metadata_from_image": metadata_from_image,
-                                     "archive": str(settings.archive_dir)}),
-                     lambda task, values: _still_archived(settings, values)],
-        "verbosity": 2,
-    }
 
 
-def _targetfiles_inputs(settings: Settings, log: RunLog, scans: list[ScannedRootfs]) -> None:
+def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
+    """The task creators of one command, each wired to its settings from `conf`; doit's
+    own parsing of their options (`params_of`) only serves `doit help` and the command line's
+    shape: the values come from `conf`."""
+    ws = conf.workspace
+
+    def task_targetfiles(**_: object) -> Iterator[TaskDict]:
+        """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
+        settings = conf.targetfiles
+        scans: list[ScannedRootfs] = []  # the rootfs scan, from the first action to the second
+        yield {
+            "basename": "_targetfiles_inputs",
+            "doc": "record what the target is made from (SDK images, rootfs tree, source)",
+            "actions": [guarded("_targetfiles_inputs", ws.log_dir,
+                                lambda log: _targetfiles_inputs(settings, log, scans))],
+            "task_dep": ["sample"] if settings.sdk_is_sample else [],
+            "targets": [ws.inputs_manifest],
+            "uptodate": [False],
+            "verbosity": 2,  # hashing the rootfs shows its progress
+        }
+        yield {
+            "basename": "targetfiles",
+            "doc": task_targetfiles.__doc__,
+            "actions": [guarded("targetfiles", ws.log_dir,
+                                lambda log: _targetfiles(conf, log, scans))],
+            "file_dep": [ws.inputs_manifest],
+            "targets": [ws.target_zip],
+            "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
+                         lambda task, values: _still_archived(ws, values)],
+            "verbosity": 2,
+        }
+
+    def task_delta(**_: object) -> TaskDict:
+        """make the DFOTA update.zip from the base version to this workspace's target"""
+        settings = conf.delta
+        lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt")) \
+            if settings.config_dir else []
+        return {
+            "actions": [guarded("delta", ws.log_dir, lambda log: _delta(conf, log))],
+            "task_dep": ["targetfiles"],
+            "file_dep": [ws.target_zip, *lists, TEMPLATES / "updater-script.j2"],
+            "targets": [ws.update_summary],
+            "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
+                         lambda task, values: _no_diff_timeout(ws)],
+            "verbosity": 2,
+        }
+
+    def task_verify(**_: object) -> TaskDict:
+        """prove the package on the host (apply, power loss at every step), then publish it
+        as out/update.zip; reject it on failure"""
+        return {
+            "actions": [guarded("verify", ws.log_dir, lambda log: _verify(conf.verify, log))],
+            "task_dep": ["delta"],
+            "file_dep": [ws.update_summary, ws.target_zip],
+            "targets": [ws.verify_stamp],
+            "uptodate": [config_changed({"tool": TOOL, **key_of(conf.verify)})],
+            "verbosity": 2,
+        }
+
+    def task_import_base(**_: object) -> TaskDict:
+        """check a release firmware package against its images and archive it as a base version"""
+        return {
+            "actions": [guarded("import_base", ws.log_dir,
+                                lambda log: _import_base(ws, conf.import_options, log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def task_versions(**_: object) -> TaskDict:
+        """list the archived versions, oldest first, with the source each was built on"""
+        return {
+            "actions": [guarded("versions", None, lambda log: _list_versions(ws, log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    creators: dict[str, Callable[..., Any]] = {
+        "task_targetfiles": task_targetfiles, "task_delta": task_delta,
+        "task_verify": task_verify, "task_import_base": task_import_base,
+        "task_versions": task_versions, "task_sample": task_sample, "task_bench": task_bench}
+    for name, creator in creators.items():
+        task = name.removeprefix("task_")
+        if task in TASK_PARAMS:
+            creator._task_creator_params = params_of(task)  # type: ignore[attr-defined]
+    return creators
+
+
+def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog,
+                        scans: list[ScannedRootfs]) -> None:
     from tasks.assemble import write_inputs_manifest
 
-    scans[:] = [write_inputs_manifest(settings, log)]
+    known = read_record(settings.workspace.record).versions
+    scans[:] = [write_inputs_manifest(settings, known, log)]
 
 
-def _targetfiles(settings: Settings, log: RunLog, scans: list[ScannedRootfs]) -> dict[str, str]:
+def _targetfiles(conf: Configuration, log: RunLog, scans: list[ScannedRootfs]
+                 ) -> dict[str, str]:
     from tasks.assemble import build_targetfiles, describe
 
-    result = build_targetfiles(settings, log, scans.pop() if scans else None)
+    settings = conf.targetfiles
+    record = settings.workspace.record
+    result = build_targetfiles(settings, log, read_record(record).versions,
+                               scans.pop() if scans else None)
+    record_target(record, conf.recorded_options["targetfiles"],
+                  {"key": result.target_key, "sha256": result.sha256,
+                   "source": result.source_key, "warnings": list(result.warnings)},
+                  [result.source_key, result.target_key])
     log.say(describe(result))
     return {"target_key": result.target_key, "sha256": result.sha256}
 
 
-def _still_archived(settings: Settings, values: dict[str, Any]) -> bool:
+def _still_archived(ws: Workspace, values: dict[str, Any]) -> bool:
     """The last build's target is still in the archive (else rebuild and re-archive it)."""
     key = values.get("target_key")
     if not key:
         return False
     try:
-        version = Archive(settings.archive_dir, settings.archive_hashes).get(key)
+        version = Archive(ws.archive_dir, ws.archive_hashes).get(key)
     except DfotaError:
         return False
     return version is not None and version.sha256 == values.get("sha256")
 
 
-DELTA_PARAMS: list[dict[str, Any]] = [
-    {"name": "base", "long": "base", "type": str, "default": "",
-     "help": "base version: an archived version key (or unique prefix) or a targetfiles.zip "
-             "[default: the version the newest target was built on]"},
-    {"name": "mode", "long": "mode", "type": str, "default": "all",
-     "help": "what the package updates: all, rootfs, modem, kernel (or the vendor letters "
-             "a, l, m, o), alone or combined as l,m [default: %(default)s]"},
-    {"name": "config", "long": "config", "type": str, "default": "",
-     "help": "folder of the vendor config lists (quectel_*_filelist.txt) "
-             "[default: sample_sdk/config]"},
-    {"name": "size_budget_mb", "long": "size-budget-mb", "type": float, "default": 70,
-     "help": "warn when the package is larger [default: %(default)s]"},
-    {"name": "diff_timeout", "long": "diff-timeout", "type": float, "default": 300.0,
-     "help": "seconds per diff before the file is shipped whole [default: %(default)s]"},
-    {"name": "workers", "long": "workers", "type": int, "default": 0,
-     "help": "diff processes [default: one per core]"},
-    {"name": "bases", "long": "bases", "type": str, "default": "",
-     "help": "also make and verify one package from each of these bases: N (the last N "
-             "archived versions) or a comma list of versions, into out/deltas/"},
-    *COMMON_PARAMS,
-]
+def _no_diff_timeout(ws: Workspace) -> bool:
+    """A package in which a diff ran out of time is never up to date."""
+    try:
+        summary = atomic.read_json_object(ws.update_summary)
+    except DfotaError:
+        return False
+    return not summary.get("diff_timeouts")
 
 
-@task_params(DELTA_PARAMS)
-def task_delta(base: str, mode: str, config: str, size_budget_mb: float, diff_timeout: float,
-               workers: int, bases: str, out: str, archive: str, state: str) -> TaskDict:
-    """make out/update.zip (DFOTA package) from the base version to the newest target"""
-    settings = make_settings(base=base, mode=mode, config=config, size_budget_mb=size_budget_mb,
-                             diff_timeout=diff_timeout, workers=workers, bases=bases, out=out,
-                             archive=archive, state=state)
-    lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt"))
-    return {
-        "actions": [guarded("delta", settings.log_dir, lambda log: _delta(settings, log))],
-        "task_dep": ["targetfiles"],
-        "file_dep": [settings.target_zip, *lists, TEMPLATES / "updater-script.j2"],
-        "targets": [settings.update_summary],
-        "uptodate": [config_changed({"tool": TOOL, "base": base, "mode": mode,
-                                     "config": str(settings.config_dir), "bases": bases,
-                                     "budget": size_budget_mb})],
-        "verbosity": 2,
-    }
-
-
-def _delta(settings: Settings, log: RunLog) -> None:
+def _delta(conf: Configuration, log: RunLog) -> None:
     from tasks.delta import build_delta, build_for_bases
     from tasks.delta import describe as delta_describe
 
-    result = build_delta(settings, log)
+    settings, ws = conf.delta, conf.workspace
+    record = read_record(ws.record)
+    check_target_is_recorded(ws, record)
+    result = build_delta(settings, log, record.source_key, record.build_warnings)
     for warning in result.warnings:
         log.say(f"warning: {warning}")
     log.say(delta_describe(result))
     if settings.bases:
-        from tasks.verify import verify_delta
-
-        outcomes = build_for_bases(settings, log, verify_delta)
-        log.say(f"delta: {len(outcomes)} verified packages in {settings.out_dir / 'deltas'}")
-
-
-@task_params(COMMON_PARAMS)
-def task_verify(out: str, archive: str, state: str) -> TaskDict:
-    """prove out/update.zip on the host (apply, power loss at every step); reject it on failure"""
-    settings = make_settings(out=out, archive=archive, state=state)
-    return {
-        "actions": [guarded("verify", settings.log_dir, lambda log: _verify(settings, log))],
-        "task_dep": ["delta"],
-        "file_dep": [settings.update_summary, settings.target_zip],
-        "targets": [settings.verify_stamp],
-        "uptodate": [config_changed({"tool": TOOL})],
-        "verbosity": 2,
-    }
+        outcomes = build_for_bases(settings, log, record.versions, _verify_one)
+        log.say(f"delta: {len(outcomes)} packages in {ws.deltas_dir} (index.json)")
+    else:
+        shutil.rmtree(ws.deltas_dir, ignore_errors=True)  # packages of an earlier run
+    record_task(ws.record, "delta", conf.recorded_options["delta"])
 
 
-def _verify(settings: Settings, log: RunLog) -> None:
+def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord) -> None:
+    """out/targetfiles.zip is the target this workspace's last `doit targetfiles` built."""
+    from tasks.archive import sha256_file
+
+    if not record.target_key:
+        raise DfotaError("this workspace has no target yet: run `doit targetfiles` first",
+                         ws.record)
+    if ws.target_zip.is_file() and sha256_file(ws.target_zip) != record.target.get("sha256"):
+        raise DfotaError(f"is not the target this workspace built ({record.target_key}): run "
+                         "`doit targetfiles` again", ws.target_zip)
+
+
+def _verify_one(ws: Workspace, log: RunLog) -> None:
+    from tasks.verify import verify_delta
+
+    verify_delta(VerifySettings(ws), log)
+
+
+def _verify(settings: VerifySettings, log: RunLog) -> None:
     from tasks.verify import verify_delta, verify_needed
 
-    if not verify_needed(settings):
+    ws = settings.workspace
+    if not verify_needed(ws):
         log.say("verify: nothing to verify (no package, or this package was verified)")
     else:
         report = verify_delta(settings, log)
         for check in report.checks:
             log.say(f"verify: ok  {check.name}: {check.detail}")
-        log.say(f"verify: {settings.update_zip} passed {len(report.checks)} checks in "
-                f"{report.seconds:.1f} s; report: {settings.update_report}")
-    atomic.write_text(settings.verify_stamp, "verified\n")
+        log.say(f"verify: {ws.update_zip} passed {len(report.checks)} checks in "
+                f"{report.seconds:.1f} s and is published; report: {ws.update_report}")
+    atomic.write_text(ws.verify_stamp, "verified\n")
 
 
-IMPORT_PARAMS: list[dict[str, Any]] = [
-    {"name": "firmware", "long": "firmware", "type": str, "default": "",
-     "help": "a release firmware package folder (update/, upgrade/, md5.txt, contents.xml)"},
-    {"name": "template", "long": "template", "type": str, "default": "",
-     "help": "a targetfiles.zip whose OTA/, RADIO/, RECOVERY/ complete a base built from the "
-             "images [default: the package's own upgrade/targetfiles.zip]"},
-    {"name": "from_images", "long": "from-images", "type": bool, "default": False,
-     "help": "build the base from the images even when upgrade/targetfiles.zip is there"},
-    *COMMON_PARAMS,
-]
-
-
-@task_params(IMPORT_PARAMS)
-def task_import_base(firmware: str, template: str, from_images: bool, out: str, archive: str,
-                     state: str) -> TaskDict:
-    """check a release firmware package against its images and archive it as a base version"""
-    settings = make_settings(out=out, archive=archive, state=state)
-    return {
-        "actions": [guarded("import_base", settings.log_dir,
-                            lambda log: _import_base(settings, firmware, template, from_images,
-                                                     log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
-
-
-def _import_base(settings: Settings, firmware: str, template: str, from_images: bool,
-                 log: RunLog) -> None:
+def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
     from tasks.firmware import import_base
 
+    firmware, template = str(options["firmware"]), str(options["template"])
     if not firmware:
         raise DfotaError("name the firmware package: doit import_base --firmware DIR")
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
-    import_base(resolve_path(firmware), archive,
-                template=resolve_path(template) if template else None,
-                from_images=from_images, say=log.say, work_dir=settings.state_dir)
+    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    key = import_base(resolve_path(firmware), archive,
+                      template=resolve_path(template) if template else None,
+                      from_images=bool(options["from_images"]), say=log.say,
+                      work_dir=ws.state_dir)
+    record_versions(ws.record, [key])
 
 
 def task_bench() -> TaskDict:
@@ -381,23 +403,52 @@ def _bench(log: RunLog) -> None:
     run_benchmark(PROJECT_DIR / "build" / "bench", 1.0, log.say, PROJECT_DIR / "BENCHMARKS.md")
 
 
-@task_params(COMMON_PARAMS)
-def task_versions(out: str, archive: str, state: str) -> TaskDict:
-    """list the archived versions, oldest first, with the source each was built on"""
-    settings = make_settings(out=out, archive=archive, state=state)
-    return {
-        "actions": [guarded("versions", None, lambda log: _list_versions(settings, log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
-
-
-def _list_versions(settings: Settings, log: RunLog) -> None:
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
+def _list_versions(ws: Workspace, log: RunLog) -> None:
+    archive = Archive(ws.archive_dir, ws.archive_hashes)
     versions = archive.versions()
+    known = set(read_record(ws.record).versions)
     if not versions:
-        log.say(f"{settings.archive_dir}: no archived version yet")
+        log.say(f"{ws.archive_dir}: no archived version yet")
     for v in versions:
         source = v.manifest.get("source") or "-"
-        log.say(f"{v.key}  {v.manifest.get('origin', '?'):<11}  built on {source}  "
-            f"sha256 {v.sha256[:12]}  {v.manifest.get('size', '?')} bytes")
+        mark = "*" if v.key in known else " "
+        log.say(f"{mark} {v.key}  {v.manifest.get('origin', '?'):<11}  built on {source}  "
+                f"sha256 {v.sha256[:12]}  {v.manifest.get('size', '?')} bytes")
+    if known:
+        log.say("(* built or imported by this workspace)")
+
+
+class DfotaLoader(DodoTaskLoader):
+    """doit's loader of dodo.py, with this project's tasks made from the command's one
+    configuration (`tasks.configure`), built and checked before any task runs. Named in
+    pyproject.toml (`[tool.doit] loader`); `dfota` uses it wherever it runs."""
+
+    def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
+        starting = bool(getattr(cmd, "execute_tasks", False))
+        selected = list(getattr(cmd, "sel_tasks", None) or pos_args)
+        project_dir = Path(get_initial_workdir() or Path.cwd())
+        try:
+            conf = configure(project_dir, pos_args, selected)
+            if starting:
+                check_versions(conf, selected)
+        except DfotaError as exc:
+            FAILURES.append("input")
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INPUT) from None
+        if starting:
+            for warning in conf.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+        Reporter.up_to_date_line = up_to_date_line(conf.workspace)
+        self.namespace = {**self.namespace, **task_creators(conf)}
+        return super().load_tasks(cmd, pos_args)
+
+
+def up_to_date_line(ws: Workspace) -> str:
+    try:
+        summary = atomic.read_json_object(ws.update_summary)
+    except DfotaError:
+        summary = {}
+    if summary.get("published") and ws.update_zip.is_file():
+        return (f"up to date: nothing changed; {ws.update_zip} ({summary.get('source')} -> "
+                f"{summary.get('target')}) stays published")
+    return "up to date: nothing changed"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# the exit codes of `dfota` (see tasks.cli)
+EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
+
 
 def shown_path(path: str | os.PathLike[str]) -> str:
     """A path fit for a one-line message: bytes that are not UTF-8, and control characters,

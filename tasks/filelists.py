@@ -1,6 +1,9 @@
 """The vendor's configuration lists: fullota, noota, chmod, multifota and project.
 
-All five live in one folder under the vendor's file names; a missing file is an empty list.
+All five live in one folder under the vendor's file names. The note requires the first four
+(fullota, noota, chmod, multifota): a folder without one of them is refused, naming the
+missing ones; the project list is optional. `lists_in(None)` gives no lists at all
+(`config = "none"`).
 Every list reads UTF-8 text (a leading BOM and CRLF line ends are accepted). A line whose first
 non-blank character is ``#`` is a comment, blank lines are ignored; there are no comments at the
 end of a line, because file names may contain ``#``.
@@ -103,7 +106,7 @@ class FileLists:
     chmod: tuple[ChmodRule, ...]
     multifota: tuple[tuple[str, str | None], ...]
     project: tuple[str, ...]
-    folder: Path
+    folder: Path | None  # None: no lists apply
 
 
 @dataclass(frozen=True)
@@ -295,11 +298,25 @@ def _read_multifota(where: _ListFile) -> tuple[tuple[str, str | None], ...]:
     return tuple(result)
 
 
+REQUIRED_LISTS = (FULLOTA_LIST, NOOTA_LIST, CHMOD_LIST, MULTIFOTA_LIST)
+NO_LISTS = FileLists((), (), (), (), (), None)
+
+
+def lists_in(folder: str | Path | None) -> FileLists:
+    """The lists of `folder`; none at all for None (or the empty text)."""
+    return read_file_lists(Path(folder)) if folder else NO_LISTS
+
+
 def read_file_lists(folder: Path) -> FileLists:
-    """Read and check the five lists in `folder`; a missing list file is an empty list."""
+    """Read and check the lists in `folder`: the four the note requires, and the project
+    list when there is one."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DfotaError("config folder not found", folder)
+    missing = [name for name in REQUIRED_LISTS if not (folder / name).exists()]
+    if missing:
+        raise DfotaError(f"vendor lists missing: {', '.join(missing)} (an empty file is an "
+                         "empty list)", folder)
     project = tuple(
         where.raw[line.number - 1]
         for where in [_ListFile(folder / PROJECT_LIST)]

@@ -213,7 +213,9 @@ def render_report(summary: Mapping[str, object]) -> str:
     changed = bool(s.get("changed", False))
     _require(s, CHANGED_KEYS if changed else ("source", "target", "mode"))
     context: dict[str, object] = {"s": s, "changed": changed, "verify": s.get("verify"),
-                                  "warnings": list(s.get("warnings") or ())}
+                                  "warnings": [*(f"targetfiles: {w}" for w in
+                                                 s.get("build_warnings") or ()),
+                                               *(s.get("warnings") or ())]}
     if changed:
         budget = s.get("size_budget")
         context.update(

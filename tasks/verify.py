@@ -25,9 +25,9 @@ from pathlib import Path
 
 from tasks import atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import Settings
+from tasks.config import VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError
-from tasks.filelists import FileLists, chmod_for, read_file_lists
+from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers
 from tasks.report import write_report
@@ -444,63 +444,67 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     return report
 
 
-def _read_summary(settings: Settings) -> dict[str, object]:
+def _read_summary(workspace: Workspace) -> dict[str, object]:
     try:
-        return json.loads(settings.update_summary.read_text("utf-8"))
+        return json.loads(workspace.update_summary.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise DfotaError("no readable package summary: run `doit delta` first",
-                         settings.update_summary) from exc
+                         workspace.update_summary) from exc
 
 
-def verify_needed(settings: Settings) -> bool:
+def verify_needed(workspace: Workspace) -> bool:
     """False when the last `doit delta` found nothing to update (and wrote no package), or when
     its package was already proven and published."""
-    summary = _read_summary(settings)
+    summary = _read_summary(workspace)
     if not summary.get("changed", True):
         return False
     done = summary.get("verify")
-    return not (isinstance(done, dict) and done.get("ok") and not settings.pending_zip.exists()
-                and settings.update_zip.is_file()
-                and sha256_file(settings.update_zip) == summary.get("package_sha256"))
+    return not (isinstance(done, dict) and done.get("ok") and not workspace.pending_zip.exists()
+                and workspace.update_zip.is_file()
+                and sha256_file(workspace.update_zip) == summary.get("package_sha256"))
 
 
-def verify_delta(settings: Settings, log: RunLog) -> VerifyReport:
+def verify_delta(settings: VerifySettings, log: RunLog) -> VerifyReport:
     """Verify the package `doit delta` left aside, as `out/update.json` describes it; publish it
     at `out/update.zip` when it passes, move it to `out/rejected/` when it fails."""
-    summary = _read_summary(settings)
-    if not settings.pending_zip.is_file():
-        raise DfotaError("no package to verify: run `doit delta` first", settings.pending_zip)
+    workspace = settings.workspace
+    summary = _read_summary(workspace)
+    if not workspace.pending_zip.is_file():
+        raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
-    lists = read_file_lists(Path(str(summary["config"])))
+    lists = lists_in(summary.get("config"))
     target_zip = Path(str(summary["target_zip"]))
-    archive = Archive(settings.archive_dir, settings.archive_hashes)
-    report = verify_package(settings.pending_zip, Path(str(summary["base_zip"])), target_zip,
+    archive = Archive(workspace.archive_dir, workspace.archive_hashes)
+    report = verify_package(workspace.pending_zip, Path(str(summary["base_zip"])), target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
                                                                target_zip),
-                            bspatch_record=settings.bspatch_record)
+                            bspatch_record=workspace.bspatch_record)
     summary["verify"] = report.to_json()
     if report.ok:
-        atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
+        # what the summary records is where the package is once published
+        summary["package"] = summary["verify"]["package"] = str(workspace.update_zip)
+        summary["published"] = True
+        atomic.write_text(workspace.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                           + "\n")
-        write_report(settings.update_summary, settings.update_report)
-        os.replace(settings.pending_zip, settings.update_zip)  # published: proven
+        write_report(workspace.update_summary, workspace.update_report)
+        os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
         return report
-    rejected = reject(settings, summary)
+    rejected = reject(workspace, summary)
     failed = next(c for c in report.checks if not c.ok)
     raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
-                      f"{rejected}", settings.pending_zip)
+                      f"{rejected}", workspace.pending_zip)
 
 
-def reject(settings: Settings, summary: Mapping[str, object]) -> Path:
+def reject(workspace: Workspace, summary: Mapping[str, object]) -> Path:
     """Move the package and its report out of the way of anything that publishes out/."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    folder = settings.out_dir / "rejected" / stamp
+    folder = workspace.out_dir / "rejected" / stamp
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
     write_report(folder / "update.json", folder / "update.html")
-    shutil.move(str(settings.pending_zip), folder / "update.zip")
-    settings.update_summary.unlink(missing_ok=True)
-    settings.update_report.unlink(missing_ok=True)
+    shutil.move(str(workspace.pending_zip), folder / "update.zip")
+    workspace.update_summary.unlink(missing_ok=True)
+    workspace.update_report.unlink(missing_ok=True)
     return folder

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Settings, make_settings
+from tasks.config import DeltaSettings
+from tasks.config import Workspace as Folders
 from tasks.delta import build_delta
 from tasks.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
 from tasks.elf import build_abl_elf
@@ -43,11 +44,13 @@ LISTS = {
 MUTATING = {"delete", "delete_recursive", "apply_patch", "package_extract_dir", "symlink",
             "set_perm", "set_perm_recursive", "write_raw_image"}
 
+Pair = tuple[DeltaSettings, dict]
+
 
 def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
          boot_changed: bool = True,
          abl_changed: bool = True, lists: dict[str, str] | None = None, **options: object
-         ) -> Settings:
+         ) -> DeltaSettings:
     base = write_targetfiles(tmp / "base.zip", source or base_system(), boot=boot_image(1),
                              abl=build_abl_elf(b"a" * 900), meta=False)
     (tmp / "out").mkdir(exist_ok=True)
@@ -58,8 +61,8 @@ def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
     config.mkdir(exist_ok=True)
     for name, text in (LISTS if lists is None else lists).items():
         (config / name).write_text(text)
-    settings = make_settings(base=str(base), out=str(tmp / "out"), archive=str(tmp / "archive"),
-                             state=str(tmp / "state"), config=str(config))
+    settings = DeltaSettings(Folders(tmp / "out", tmp / "state", tmp / "archive"),
+                             config_dir=config, base=str(base))
     return dataclasses.replace(settings, **options) if options else settings
 
 
@@ -78,30 +81,30 @@ def args(call: Call) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
+def full(tmp_path_factory: pytest.TempPathFactory) -> Pair:
     tmp = tmp_path_factory.mktemp("delta")
     settings = pair(tmp)
     result = build_delta(settings, quiet())
-    assert result.package == settings.pending_zip
+    assert result.package == settings.workspace.pending_zip
     return settings, dict(result.summary)
 
 
-def test_every_change_kind_is_classified_and_counted(full: tuple[Settings, dict]) -> None:
+def test_every_change_kind_is_classified_and_counted(full: Pair) -> None:
     settings, summary = full
     expected: dict[str, int] = {}
     for kind in EXPECTED_KINDS.values():
         expected[kind] = expected.get(kind, 0) + 1
     assert summary["counts"] == dict(sorted(expected.items()))
-    on_disk = json.loads(settings.update_summary.read_text())
+    on_disk = json.loads(settings.workspace.update_summary.read_text())
     assert on_disk["counts"] == summary["counts"]
-    assert on_disk["package_size"] == settings.pending_zip.stat().st_size
+    assert on_disk["package_size"] == settings.workspace.pending_zip.stat().st_size
 
 
-def test_package_layout_binary_version_and_no_bootable_images(full: tuple[Settings, dict]
+def test_package_layout_binary_version_and_no_bootable_images(full: Pair
                                                               ) -> None:
     settings, _ = full
-    with zipfile.ZipFile(settings.pending_zip) as zf, \
-            zipfile.ZipFile(settings.target_zip) as tgt, \
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf, \
+            zipfile.ZipFile(settings.workspace.target_zip) as tgt, \
             zipfile.ZipFile(settings.base) as src:
         names = zf.namelist()
         assert not any(n.startswith("BOOTABLE_IMAGES/") for n in names)
@@ -119,16 +122,17 @@ def test_package_layout_binary_version_and_no_bootable_images(full: tuple[Settin
                 assert zf.read(name) == tgt.read("SYSTEM/" + name[len("system/"):])
         assert "system/etc/webui/test.cfg" not in names  # noota: left alone
         assert "system/usr/bin/ql_fullota_demo" in names  # fullota: whole though unchanged
-    test = subprocess.run(["unzip", "-tq", settings.pending_zip], capture_output=True, text=True)
+    test = subprocess.run(["unzip", "-tq", settings.workspace.pending_zip], capture_output=True,
+                          text=True)
     assert test.returncode == 0 and "No errors" in test.stdout
 
 
 def test_every_patch_applied_by_debian_bspatch_gives_the_target(
-        full: tuple[Settings, dict], tmp_path: Path) -> None:
+        full: Pair, tmp_path: Path) -> None:
     settings, summary = full
     checked = 0
-    with zipfile.ZipFile(settings.pending_zip) as zf, \
-            zipfile.ZipFile(settings.target_zip) as tgt, \
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf, \
+            zipfile.ZipFile(settings.workspace.target_zip) as tgt, \
             zipfile.ZipFile(settings.base) as src:
         for name in zf.namelist():
             if not name.startswith("patch/"):
@@ -144,9 +148,9 @@ def test_every_patch_applied_by_debian_bspatch_gives_the_target(
     assert checked == summary["counts"]["patched"] + 1  # and the boot image
 
 
-def test_script_parses_verifies_first_and_quotes_every_name(full: tuple[Settings, dict]) -> None:
+def test_script_parses_verifies_first_and_quotes_every_name(full: Pair) -> None:
     settings, _ = full
-    script, found = script_calls(settings.pending_zip)
+    script, found = script_calls(settings.workspace.pending_zip)
     assert b"\r" not in script and script.endswith(b"\n")
     names = [c.name for c in found]
     first_write = min(i for i, n in enumerate(names) if n in MUTATING)
@@ -167,9 +171,9 @@ def test_script_parses_verifies_first_and_quotes_every_name(full: tuple[Settings
             assert all(m.startswith("0") for m in modes), c
 
 
-def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: tuple[Settings, dict]) -> None:
+def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: Pair) -> None:
     settings, _ = full
-    _, found = script_calls(settings.pending_zip)
+    _, found = script_calls(settings.workspace.pending_zip)
     made = {a for c in found if c.name == "symlink" for a in args(c)[1:]}
     assert made == {"/system/bin/retarget", "/system/bin/file_to_link"}
     order = [(c.name, args(c)) for c in found]
@@ -182,13 +186,13 @@ def test_symlinks_are_made_by_the_script_after_stale_ones_go(full: tuple[Setting
 
 
 def test_empty_new_dirs_travel_as_placeholders_and_get_their_modes(
-        full: tuple[Settings, dict]) -> None:
+        full: Pair) -> None:
     settings, _ = full
-    with zipfile.ZipFile(settings.pending_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
         holders = sorted(n for n in zf.namelist() if n.endswith(PLACEHOLDER))
     assert holders == [f"system/new_empty/{PLACEHOLDER}",
                        f"system/usr/lib/newdir/empty/{PLACEHOLDER}"]
-    _, found = script_calls(settings.pending_zip)
+    _, found = script_calls(settings.workspace.pending_zip)
     deleted = {args(c)[0] for c in found if c.name == "delete"}
     assert {"/system/new_empty/" + PLACEHOLDER,
             "/system/usr/lib/newdir/empty/" + PLACEHOLDER} <= deleted
@@ -198,9 +202,9 @@ def test_empty_new_dirs_travel_as_placeholders_and_get_their_modes(
 
 
 def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
-        full: tuple[Settings, dict]) -> None:
+        full: Pair) -> None:
     settings, _ = full
-    _, found = script_calls(settings.pending_zip)
+    _, found = script_calls(settings.workspace.pending_zip)
     perms = [args(c) for c in found if c.name in ("set_perm", "set_perm_recursive")]
     by_path = {a[-1]: a for a in perms}
     assert by_path["/system/etc/mode_only.sh"] == ["0", "0", "0755", "/system/etc/mode_only.sh"]
@@ -211,14 +215,15 @@ def test_permissions_cover_new_patched_and_metadata_and_end_with_the_chmod_list(
                           ["0", "0", "0700", "/system/usr/bin/ql_secret_tool"]]
 
 
-def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path: Path) -> None:
+def test_same_inputs_give_the_same_package(full: Pair, tmp_path: Path) -> None:
     settings, _ = full
-    first = settings.pending_zip.read_bytes()
-    again = dataclasses.replace(settings, out_dir=tmp_path / "out", state_dir=tmp_path / "state")
+    first = settings.workspace.pending_zip.read_bytes()
+    again = dataclasses.replace(settings, workspace=dataclasses.replace(
+        settings.workspace, out_dir=tmp_path / "out", state_dir=tmp_path / "state"))
     (tmp_path / "out").mkdir()
-    (tmp_path / "out/targetfiles.zip").write_bytes(settings.target_zip.read_bytes())
+    (tmp_path / "out/targetfiles.zip").write_bytes(settings.workspace.target_zip.read_bytes())
     build_delta(again, quiet())
-    assert again.pending_zip.read_bytes() == first
+    assert again.workspace.pending_zip.read_bytes() == first
 
 
 @pytest.mark.parametrize(("mode", "prefixes"), [
@@ -230,7 +235,7 @@ def test_same_inputs_give_the_same_package(full: tuple[Settings, dict], tmp_path
 def test_each_mode_covers_only_its_part(tmp_path: Path, mode: str, prefixes: set[str]) -> None:
     settings = pair(tmp_path, mode=mode)
     build_delta(settings, quiet())
-    with zipfile.ZipFile(settings.pending_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
         payload = [n for n in zf.namelist()
                    if not n.startswith("META-INF/") and n != "quectel-project-version"]
     assert payload
@@ -265,11 +270,11 @@ def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
     target["etc/quectel-project-version"] = next_system()["etc/quectel-project-version"]
     settings = pair(tmp_path, source=source, target=target, boot_changed=False,
                     abl_changed=False, lists={}, mode="kernel")
-    settings.update_zip.write_bytes(b"stale package of another pair")
+    settings.workspace.update_zip.write_bytes(b"stale package of another pair")
     log = quiet()
     result = build_delta(settings, log)
-    assert result.package is None and not settings.update_zip.exists()
-    assert json.loads(settings.update_summary.read_text())["changed"] is False
+    assert result.package is None and not settings.workspace.update_zip.exists()
+    assert json.loads(settings.workspace.update_summary.read_text())["changed"] is False
     assert "nothing changed" in log.stream.getvalue()  # type: ignore[attr-defined]
 
 
@@ -282,24 +287,24 @@ def test_size_budget_and_usrdata_needs_are_warned_with_figures(tmp_path: Path) -
 
 def test_changed_minor_image_without_a_partition_is_refused(tmp_path: Path) -> None:
     settings = pair(tmp_path, lists={})
-    with zipfile.ZipFile(settings.target_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.target_zip) as zf:
         items = {i.filename: (i, zf.read(i)) for i in zf.infolist()}
-    with zipfile.ZipFile(settings.target_zip, "w") as out:
+    with zipfile.ZipFile(settings.workspace.target_zip, "w") as out:
         for name, (info, data) in items.items():
             out.writestr(info, b"" if name == "RADIO/filesmap" else data)
     with pytest.raises(DfotaError, match="no partition is known for it"):
         build_delta(settings, quiet())
 
 
-def test_summary_bytes_match_the_package(full: tuple[Settings, dict]) -> None:
+def test_summary_bytes_match_the_package(full: Pair) -> None:
     settings, summary = full
-    with zipfile.ZipFile(settings.pending_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
         patches = sum(i.file_size for i in zf.infolist()
                       if i.filename.startswith("patch/system/"))
         whole = sum(i.file_size for i in zf.infolist() if i.filename.startswith("system/"))
         script = zf.getinfo(SCRIPT_ENTRY).file_size
     assert summary["bytes"] == {"patches": patches, "whole_files": whole, "script": script}
-    digest = hashlib.sha256(settings.pending_zip.read_bytes()).hexdigest()
+    digest = hashlib.sha256(settings.workspace.pending_zip.read_bytes()).hexdigest()
     assert len(digest) == 64
 
 
@@ -317,7 +322,7 @@ def test_doit_targetfiles_then_delta_on_the_sample(ws: Workspace) -> None:
     with zipfile.ZipFile(package) as zf:
         parse(zf.read(SCRIPT_ENTRY), DEVICE_FUNCTIONS)
     again = ws.run(*chain)
-    assert "-- delta\n" in again.stdout
+    assert "up to date: nothing changed" in again.stdout
     rootfs_only = ws.run(*chain, "--mode", "l")
     assert rootfs_only.returncode == 0 and ".  delta\n" in rootfs_only.stdout
     assert json.loads((ws.out / "update.json").read_text())["mode"] == ["rootfs"]
@@ -332,7 +337,7 @@ def test_a_listed_path_that_does_not_exist_is_a_warning_and_never_a_set_perm(
     settings = pair(tmp_path, lists=lists)
     result = build_delta(settings, quiet())
     assert any("not_there" in w for w in result.warnings)
-    _, found = script_calls(settings.pending_zip)
+    _, found = script_calls(settings.workspace.pending_zip)
     assert not any("/system/usr/bin/not_there" in args(c) for c in found)
 
 
@@ -354,15 +359,15 @@ def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
     monkeypatch.setattr(ZipSource, "_stored_sha1", counting(stored))
     monkeypatch.setattr(ZipSource, "_streamed_sha1", counting(streamed))
     build_delta(settings, quiet())
-    first = settings.pending_zip.read_bytes()
-    (kept,) = (settings.state_dir / "member-sha1s").iterdir()
-    assert kept == settings.member_sha1s(hashlib.sha256(Path(settings.base).read_bytes())
+    first = settings.workspace.pending_zip.read_bytes()
+    (kept,) = (settings.workspace.state_dir / "member-sha1s").iterdir()
+    assert kept == settings.workspace.member_sha1s(hashlib.sha256(Path(settings.base).read_bytes())
                                          .hexdigest())
     assert len(hashed) > 10
     hashed.clear()
     build_delta(settings, quiet())
-    assert hashed == [] and settings.pending_zip.read_bytes() == first
+    assert hashed == [] and settings.workspace.pending_zip.read_bytes() == first
     kept.write_text("{damaged")  # hashed again, and kept again
     build_delta(settings, quiet())
-    assert len(hashed) > 10 and settings.pending_zip.read_bytes() == first
+    assert len(hashed) > 10 and settings.workspace.pending_zip.read_bytes() == first
     assert json.loads(kept.read_text())

@@ -10,6 +10,7 @@ from tasks.filelists import (
     FULLOTA_LIST,
     LIST_NAMES,
     MULTIFOTA_LIST,
+    NO_LISTS,
     NOOTA_LIST,
     PROJECT_LIST,
     ChmodRule,
@@ -17,6 +18,7 @@ from tasks.filelists import (
     changed_noota_files,
     check_file_lists,
     chmod_for,
+    lists_in,
     noota_changed_error,
     read_file_lists,
 )
@@ -74,6 +76,8 @@ def write_lists(folder: Path, **texts: str) -> Path:
         "project": PROJECT_LIST,
     }
     folder.mkdir(parents=True, exist_ok=True)
+    for key in ("fullota", "noota", "chmod", "multifota"):
+        (folder / names[key]).touch()
     for key, text in texts.items():
         (folder / names[key]).write_text(text, encoding="utf-8")
     return folder
@@ -92,9 +96,28 @@ def error_of(tmp_path: Path, **texts: str) -> str:
 # ---------------------------------------------------------------- the folder
 
 
-def test_missing_files_are_empty_lists(tmp_path: Path) -> None:
+def test_empty_files_are_empty_lists_and_the_project_list_is_optional(tmp_path: Path) -> None:
     lists = read(tmp_path)
     assert lists == FileLists((), (), (), (), (), tmp_path / "config")
+    assert not (tmp_path / "config" / PROJECT_LIST).exists()
+
+
+def test_a_folder_without_a_required_list_names_the_missing_ones(tmp_path: Path) -> None:
+    folder = write_lists(tmp_path / "config")
+    (folder / NOOTA_LIST).unlink()
+    (folder / MULTIFOTA_LIST).unlink()
+    with pytest.raises(DfotaError) as info:
+        read_file_lists(folder)
+    assert str(info.value) == (f"{folder}: vendor lists missing: {NOOTA_LIST}, "
+                               f"{MULTIFOTA_LIST} (an empty file is an empty list)")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DfotaError, match="vendor lists missing: " + FULLOTA_LIST):
+        read_file_lists(tmp_path / "empty")
+
+
+def test_no_lists_at_all() -> None:
+    assert lists_in(None) == NO_LISTS
+    assert NO_LISTS.folder is None and not NO_LISTS.chmod
 
 
 def test_missing_folder_is_an_error(tmp_path: Path) -> None:
@@ -103,7 +126,8 @@ def test_missing_folder_is_an_error(tmp_path: Path) -> None:
 
 
 def test_list_file_that_is_a_folder_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "config" / CHMOD_LIST).mkdir(parents=True)
+    (write_lists(tmp_path / "config") / CHMOD_LIST).unlink()
+    (tmp_path / "config" / CHMOD_LIST).mkdir()
     with pytest.raises(DfotaError, match="is a folder, expected a text file"):
         read_file_lists(tmp_path / "config")
 
@@ -150,8 +174,7 @@ def test_path_list_forms(tmp_path: Path, key: str) -> None:
 
 
 def test_crlf_and_bom(tmp_path: Path) -> None:
-    folder = tmp_path / "config"
-    folder.mkdir()
+    folder = write_lists(tmp_path / "config")
     (folder / NOOTA_LIST).write_bytes(b"\xef\xbb\xbf# c\r\nSYSTEM/etc/a\r\n/etc/b\r\n")
     assert read_file_lists(folder).noota == ("SYSTEM/etc/a", "SYSTEM/etc/b")
 
@@ -179,8 +202,7 @@ def test_path_list_errors(tmp_path: Path, key: str, name: str, line: str, messag
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path: Path) -> None:
-    folder = tmp_path / "config"
-    folder.mkdir()
+    folder = write_lists(tmp_path / "config")
     (folder / FULLOTA_LIST).write_bytes(b"SYSTEM/a\nSYSTEM/b\xff\n")
     with pytest.raises(DfotaError) as info:
         read_file_lists(folder)

@@ -17,6 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from tasks.config import VerifySettings
 from tasks.delta import build_delta
 from tasks.errors import DfotaError
 from tasks.report import render_report, write_report
@@ -59,8 +60,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict:
     target[ANGLED] = f(binary(11, 200_000))
     settings = pair(tmp_path_factory.mktemp("hostile"), target=target)
     build_delta(settings, quiet())
-    verify_delta(settings, quiet())
-    return json.loads(settings.update_summary.read_text("utf-8"))
+    verify_delta(VerifySettings(settings.workspace), quiet())
+    return json.loads(settings.workspace.update_summary.read_text("utf-8"))
 
 
 def unchanged_summary() -> dict:

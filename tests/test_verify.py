@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -10,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tasks import verify as verify_module
-from tasks.config import Settings
+from tasks.config import DeltaSettings, VerifySettings
 from tasks.delta import build_delta
 from tasks.errors import DfotaError
-from tasks.filelists import read_file_lists
+from tasks.filelists import lists_in
 from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
 from tasks.targetfiles import SYSTEM_MANIFEST
@@ -28,9 +27,10 @@ CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply t
           "Debian bspatch gives the target's bytes"]
 
 
-def verify(settings: Settings) -> VerifyReport:
-    return verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                          parse_mode(settings.mode), read_file_lists(settings.config_dir),
+def verify(settings: DeltaSettings) -> VerifyReport:
+    return verify_package(settings.workspace.pending_zip, Path(settings.base),
+                          settings.workspace.target_zip,
+                          parse_mode(settings.mode), lists_in(settings.config_dir),
                           quiet())
 
 
@@ -117,7 +117,7 @@ def test_a_hand_broken_package_is_caught_with_the_right_code(
         tmp_path: Path, damage, check: str, detail: str) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    damage(settings.pending_zip)
+    damage(settings.workspace.pending_zip)
     report = verify(settings)
     assert not report.ok
     failed = next(c for c in report.checks if not c.ok)
@@ -130,7 +130,7 @@ def test_re_runs_that_rejoin_the_whole_run_find_what_full_re_runs_find(
     settings = pair(tmp_path)
     build_delta(settings, quiet())
     if damage is not None:
-        damage(settings.pending_zip)
+        damage(settings.workspace.pending_zip)
     quick = verify(settings)
     replay = verify_module.replay_power_losses
     monkeypatch.setattr(verify_module, "replay_power_losses",
@@ -146,20 +146,22 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
         tmp_path: Path, which: str) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    report = verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                            parse_mode(settings.mode), read_file_lists(settings.config_dir),
+    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
+                          settings.workspace.target_zip,
+                            parse_mode(settings.mode), lists_in(settings.config_dir),
                             quiet(), target_recorded=True)
     assert report.ok, report.checks
-    with zipfile.ZipFile(settings.target_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.target_zip) as zf:
         manifest = json.loads(zf.read(SYSTEM_MANIFEST))
-    patched = {n[len("patch/system/"):-2] for n in zipfile.ZipFile(settings.pending_zip)
+    patched = {n[len("patch/system/"):-2] for n in zipfile.ZipFile(settings.workspace.pending_zip)
                .namelist() if n.startswith("patch/system/")}
     entry = next(e for e in manifest["entries"] if e["kind"] == "file"
                  and (e["path"] in patched) == (which == "patched"))
     entry["sha1"] = "0" * 40
-    rewrite(settings.target_zip, {SYSTEM_MANIFEST: json.dumps(manifest).encode()})
-    report = verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                            parse_mode(settings.mode), read_file_lists(settings.config_dir),
+    rewrite(settings.workspace.target_zip, {SYSTEM_MANIFEST: json.dumps(manifest).encode()})
+    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
+                          settings.workspace.target_zip,
+                            parse_mode(settings.mode), lists_in(settings.config_dir),
                             quiet(), target_recorded=True)
     failed = next(c for c in report.checks if not c.ok)
     assert failed.name == "result equals the target" and entry["path"] in failed.detail
@@ -168,11 +170,12 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    _wrong_sha1(settings.pending_zip)
+    _wrong_sha1(settings.workspace.pending_zip)
     with pytest.raises(DfotaError, match=r"package failed verification \(apply to the source"):
-        verify_delta(settings, quiet())
-    assert not settings.pending_zip.exists() and not settings.update_summary.exists()
-    (rejected,) = (settings.out_dir / "rejected").iterdir()
+        verify_delta(VerifySettings(settings.workspace), quiet())
+    ws = settings.workspace
+    assert not ws.pending_zip.exists() and not ws.update_summary.exists()
+    (rejected,) = (settings.workspace.out_dir / "rejected").iterdir()
     report = json.loads((rejected / "update.json").read_text())
     assert report["verify"]["ok"] is False
     assert (rejected / "update.zip").is_file()
@@ -181,8 +184,8 @@ def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> Non
 def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    verify_delta(dataclasses.replace(settings), quiet())
-    summary = json.loads(settings.update_summary.read_text())
+    verify_delta(VerifySettings(settings.workspace), quiet())
+    summary = json.loads(settings.workspace.update_summary.read_text())
     assert summary["verify"]["ok"] is True and summary["verify"]["seconds"] > 0
     assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS
 
@@ -195,7 +198,7 @@ def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
     assert "verify: ok  power loss at every step" in run.stdout
     summary = json.loads((ws.out / "update.json").read_text())
     assert summary["verify"]["ok"] and summary["verify"]["power_loss_replays"] > 10
-    assert "-- verify\n" in ws.run(*chain).stdout
+    assert "up to date: nothing changed" in ws.run(*chain).stdout
 
 
 def test_power_losses_skip_only_permission_steps_beyond_the_budget() -> None:
@@ -218,8 +221,9 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
     record = tmp_path / "bspatch-proven.json"
 
     def check() -> tuple[list[str], int, int]:
-        with ZipSource(Path(settings.base)) as base, ZipSource(settings.target_zip) as target:
-            return verify_module.bspatch_check(settings.pending_zip, base, target, record)
+        with ZipSource(Path(settings.base)) as base, \
+                ZipSource(settings.workspace.target_zip) as target:
+            return verify_module.bspatch_check(settings.workspace.pending_zip, base, target, record)
 
     problems, count, earlier = check()
     assert problems == [] and count > 2 and earlier == 0
@@ -230,11 +234,11 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
     record.write_text(json.dumps({**saved, "bspatch": "0" * 40}))
     assert check() == ([], count, 0)
     # a patch damaged: bspatch fails it, it is not kept, and it fails again next time
-    with zipfile.ZipFile(settings.pending_zip) as zf:
+    with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
         name = sorted(n for n in zf.namelist() if n.startswith("patch/system/"))[0]
         data = bytearray(zf.read(name))
     data[24] ^= 1  # the new file's size in the BSDIFF40 header
-    rewrite(settings.pending_zip, {name: bytes(data)})
+    rewrite(settings.workspace.pending_zip, {name: bytes(data)})
     record.write_text(json.dumps(saved))
     for _ in range(2):
         problems, again, earlier = check()

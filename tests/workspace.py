@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+SAMPLE_LISTS = PROJECT / "sample_sdk" / "config"
 
 
 @dataclass
@@ -55,7 +56,10 @@ class Workspace:
 
     def run(self, *argv: str, env: dict[str, str] | None = None,
             without_dac_override: bool = False) -> Run:
-        """doit with these arguments (tasks and their options), its own dependency file."""
+        """doit with these arguments (tasks and their options), its own dependency file; the
+        sample's vendor lists unless the arguments name others (a user's SDK must name them)."""
+        if "--config" not in argv:
+            argv = (*argv, "--config", str(SAMPLE_LISTS))
         command = [sys.executable, "-m", "doit", "--db-file", str(self.root / "doit.db"), *argv]
         if without_dac_override:  # root that cannot read past file modes, like any user
             command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
