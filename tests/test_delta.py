@@ -387,3 +387,19 @@ def test_a_path_the_updater_cannot_create_is_refused_with_one_line(tmp_path: Pat
     assert str(caught.value).startswith("SYSTEM/dddd")
     assert "path on the module is 4104 bytes (the limit is 4095)" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_folder_of_a_kept_noota_file_is_not_removed(tmp_path: Path) -> None:
+    target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
+    settings = pair(tmp_path, target=target)  # a cross-baseline target without etc/webui/
+    build_delta(settings, quiet())
+    script, found = script_calls(settings.pending_zip)
+    assert b"/system/etc/webui" not in script
+    assert any(c.name == "delete_recursive" for c in found)  # other folders still go
+
+
+def test_a_noota_folder_turned_into_a_file_is_refused(tmp_path: Path) -> None:
+    target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
+    settings = pair(tmp_path, target={**target, "etc/webui": f("now a file")})
+    with pytest.raises(DfotaError, match=r"^SYSTEM/etc/webui: the target makes it a file"):
+        build_delta(settings, quiet())

@@ -3,6 +3,7 @@ the same outcome, tree, partitions and command pipe."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,29 @@ def test_a_package_that_patches_a_252_byte_name_fails_verify_as_the_module_abort
                             parse_mode("all"), read_file_lists(settings.config_dir), quiet())
     assert not report.ok
     assert "510" in next(c for c in report.checks if not c.ok).detail
+
+
+def test_a_noota_file_keeps_its_folder_when_the_target_has_none(oracle: Path,
+                                                                tmp_path: Path) -> None:
+    target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
+    settings = pair(tmp_path, target=target)  # the lists name SYSTEM/etc/webui/test.cfg
+    build_delta(settings, quiet())
+    real = agree(oracle, Path(settings.base), settings.pending_zip)
+    assert real.exit == 0
+    assert real.system[b"etc/webui/test.cfg"][4] == hashlib.sha1(b"user settings\n").hexdigest()
+    assert real.system[b"etc/webui"][0] == "d"
+    assert verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
+                          parse_mode("all"), read_file_lists(settings.config_dir), quiet()).ok
+
+
+def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
+                                                            tmp_path: Path) -> None:
+    source = {p: n for p, n in base_system().items() if not p.startswith("etc/webui")}
+    target = {**{p: n for p, n in next_system().items() if not p.startswith("etc/webui")},
+              "etc/webui/other.cfg": f("other\n")}  # a target with it is refused (fullota)
+    settings = pair(tmp_path, source=source, target=target)
+    build_delta(settings, quiet())
+    real = agree(oracle, Path(settings.base), settings.pending_zip)
+    assert real.exit == 0 and b"etc/webui/test.cfg" not in real.system
+    assert verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
+                          parse_mode("all"), read_file_lists(settings.config_dir), quiet()).ok
