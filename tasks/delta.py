@@ -42,7 +42,7 @@ from tasks.package import (
     whole_entry,
 )
 from tasks.patches import Blob, PatchJob, PatchOutcome, PatchRun
-from tasks.plan import Change, Kind, Part, parse_mode, plan_changes
+from tasks.plan import Change, Kind, Part, parse_mode, plan_changes, refuse_unwritable
 from tasks.runlog import Progress, RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
@@ -227,6 +227,9 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
         source_tree, target_tree, parts=parts,
         fullota=[p.removeprefix(rel) for p in lists.fullota],
         noota=[p.removeprefix(rel) for p in lists.noota])
+    refuse_unwritable([*(c.path for c in changes if c.target is not None
+                         and c.kind not in (Kind.UNCHANGED, Kind.METADATA)),
+                       *(f"{d}/{PLACEHOLDER}" for d in empty_new_dirs(changes, target_tree))])
 
     jobs = [PatchJob(c.path,
                      Blob.in_zip(base.path, system_path(c.path), c.source.sha1, c.source.size),

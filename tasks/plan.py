@@ -106,21 +106,72 @@ def classify(source: Entry | None, target: Entry | None, *, fullota: bool) -> Ki
     return Kind.UNCHANGED if source.same_metadata(target) else Kind.METADATA
 
 
+DEVICE_NAME_MAX = 255  # bytes in one component of a path the module's kernel takes
+DEVICE_PATH_MAX = 4096  # bytes in a whole path, its closing NUL included
+PATCH_SUFFIX = ".patch"  # apply_patch writes the patched file beside it under this name
+
+
+def name_limit(path: str, mount: str = "/system") -> str | None:
+    """The kernel limit the module's path `mount/path` breaks, said in words; None if it fits."""
+    raw = f"{mount}/{path}".encode("utf-8", "surrogateescape")
+    if len(raw) >= DEVICE_PATH_MAX:
+        return f"its path on the module is {len(raw)} bytes (the limit is {DEVICE_PATH_MAX - 1})"
+    longest = max(len(part) for part in raw.split(b"/"))
+    if longest > DEVICE_NAME_MAX:
+        return f"a name in its path is {longest} bytes (the limit is {DEVICE_NAME_MAX})"
+    return None
+
+
+def patchable(path: str, mount: str = "/system") -> bool:
+    """Whether apply_patch can write `<path>.patch` beside the file."""
+    return name_limit(path + PATCH_SUFFIX, mount) is None
+
+
+def refuse_unwritable(paths: Iterable[str], mount: str = "/system") -> None:
+    """One line naming the first path the module could not create, and the limit."""
+    for path in paths:
+        why = name_limit(path, mount)
+        if why is not None:
+            raise DfotaError(f"the module's updater cannot create it: {why}",
+                             f"SYSTEM/{path}")
+
+
+def noota_kept(noota: Iterable[str], source: Mapping[str, Entry]) -> set[str]:
+    """The noota rule: what a package leaves as the source has it. A noota path present in the
+    source stays (content, mode, owner), and so do the folders above it; a noota path absent
+    from the source is not created (the caller skips every noota path). SYSTEM-relative."""
+    kept = set()
+    for path in noota:
+        if path in source:
+            parts = path.split("/")
+            kept.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    return kept
+
+
 def plan_changes(source: Mapping[str, Entry], target: Mapping[str, Entry], *,
                  parts: frozenset[Part], fullota: Iterable[str] = (),
                  noota: Iterable[str] = ()) -> list[Change]:
     """One change per covered path of either tree, in path order.
 
     `fullota` and `noota` are SYSTEM-relative paths: fullota files are always shipped whole;
-    noota files are left alone (neither touched nor checked).
+    noota files are left alone (neither touched nor checked), and so are the folders above
+    one the source holds (`noota_kept`).
     """
     forced, kept = set(fullota), set(noota)
+    above = noota_kept(kept, source) - kept  # folders that hold a noota file of the source
     changes = []
     for path in sorted(set(source) | set(target)):
         if path in kept or not covers(parts, path):
             continue
         src, tgt = source.get(path), target.get(path)
+        if path in above and (tgt is None or tgt.kind != DIR):
+            if tgt is not None:
+                raise DfotaError(f"the target makes it a {tgt.kind}, but it holds a file of "
+                                 "the noota list that the module keeps", f"SYSTEM/{path}")
+            continue  # stays as the source has it
         kind = classify(src, tgt, fullota=path in forced)
         reason = "fullota list" if kind is Kind.WHOLE else ""
+        if kind is Kind.PATCHED and not patchable(path):
+            kind, reason = Kind.WHOLE, f"name too long for the updater's {PATCH_SUFFIX} file"
         changes.append(Change(path, kind, src, tgt, reason))
     return changes

@@ -62,6 +62,13 @@ UPDATER_DIED = 502
 CHECK_FAILED = 510
 NO_SPACE = 511
 
+# what the updater writes to the command pipe as it starts, before the script: the LE build
+# looks for its volume configuration twice, and a recovery has neither file
+STARTUP_PIPE = b"".join(b"ui_print %s not found\nui_print %s not found\n" % (name, name)
+                        for name in (b"/res/recovery_volume_config",
+                                     b"/tmp/recovery_volume_detected"))
+
+_NO_ERROR = -1  # the updater's "no error code" (kNoError): never logged
 _PATCH_MIN_FREE = 256 << 10
 _MAX_PATCH_OUTPUT = 1 << 31
 _SPACE = b" \t\n\v\f\r"
@@ -90,6 +97,8 @@ class UpdateResult:
     steps: int = 0
     log: tuple[str, ...] = ()
     step_log: tuple[str, ...] = ()  # what each mutating step did ("write ...", "chmod ...")
+    # the bytes the updater wrote to recovery's command pipe (`ui_print`, `progress`, ...)
+    pipe: bytes = b""
     # a run that followed an earlier one: the top-level statement after which the device was
     # as that run left it there (the rest would go as it went, so it was not run)
     rejoined: int | None = None
@@ -256,6 +265,7 @@ class _Updater:
         self.step_log: list[str] = []
         self.log: list[str] = []
         self.progress: list[float] = []
+        self.pipe = bytearray(STARTUP_PIPE)
         self.scope = (0.0, 0.0)  # start and size of the current progress segment
         self.no_space: list[str] = []
         self.functions: dict[str, Function] = {
@@ -274,6 +284,9 @@ class _Updater:
 
     def say(self, line: str) -> None:
         self.log.append(line)
+
+    def to_pipe(self, line: bytes) -> None:
+        self.pipe += line + b"\n"
 
     def fs_failed(self, exc: FsError, doing: str) -> None:
         if exc.code == "ENOSPC":
@@ -525,23 +538,29 @@ class _Updater:
     # --- user interface --------------------------------------------------------------------
 
     def fn_ui_print(self, name: str, args: Sequence[Node]) -> Value:
-        text = b"".join(self.strings(args))
+        text = b"".join(self.strings(args)) + b"\n"
         for line in text.split(b"\n"):
             if line:
                 self.say("ui_print " + _text(line))
+                self.to_pipe(b"ui_print " + line)
+                self.to_pipe(b"ui_print")
         return text
 
     def fn_show_progress(self, name: str, args: Sequence[Node]) -> Value:
         _argc(name, args, 2)
-        fraction, _seconds = self.strings(args)
+        fraction, seconds = self.strings(args)
         start, size = self.scope
         self.set_progress(start + size, _strtod(fraction), 0.0)
+        value, end = _c_number(seconds, 10)  # seconds not wholly a number: 0
+        self.to_pipe(b"progress %f %d" % (_strtod(fraction), value if end == len(seconds)
+                                          else 0))
         return fraction
 
     def fn_set_progress(self, name: str, args: Sequence[Node]) -> Value:
         _argc(name, args, 1)
         fraction = self.string(args[0])
         self.set_progress(*self.scope, _strtod(fraction))
+        self.to_pipe(b"set_progress %f" % _strtod(fraction))
         return fraction
 
     # --- mounts ----------------------------------------------------------------------------
@@ -1068,6 +1087,18 @@ def _pick(loaded: Loaded, sha1s: Sequence[bytes]) -> int | None:
     return None
 
 
+def _pipe_abort(run: _Updater, message: str) -> None:
+    """What an aborted script leaves on the command pipe: each non-empty line of the message,
+    an empty `ui_print`, and `log error: N` when a line reports `EN:`."""
+    for line in message.encode("utf-8", "surrogateescape").split(b"\n"):
+        if line:
+            run.to_pipe(b"ui_print " + line)
+    run.to_pipe(b"ui_print")
+    code = _error_code(message)
+    if code is not None and code != _NO_ERROR:
+        run.to_pipe(b"log error: %d" % code)
+
+
 def _result(run: _Updater | None, exit_code: int, message: str,
             cause: int | None = None) -> UpdateResult:
     no_space = run.no_space if run is not None else []
@@ -1085,7 +1116,7 @@ def _result(run: _Updater | None, exit_code: int, message: str,
     if run is None:
         return UpdateResult(code, exit_code, message)
     return UpdateResult(code, exit_code, message, tuple(run.progress), run.steps,
-                        tuple(run.log), tuple(run.step_log))
+                        tuple(run.log), tuple(run.step_log), pipe=bytes(run.pipe))
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -1171,6 +1202,7 @@ def apply_package(package: Path | Package, device: Device, *,
             raise _Abort("expecting string, got blob")
     except _Abort as abort:
         run.say(f"script aborted: {abort.message}")
+        _pipe_abort(run, abort.message)
         return _result(run, 7, abort.message, abort.cause)
     except _Rejoined as joined:
         return dataclasses.replace(_result(run, 0, "as the run followed from here"),
@@ -1178,6 +1210,7 @@ def apply_package(package: Path | Package, device: Device, *,
     finally:
         device.hook = None
     run.say(f"script succeeded: result was [{_text(outcome)}]")
+    run.to_pipe(b"ui_print script succeeded: result was [" + outcome + b"]")
     return _result(run, 0, "script succeeded")
 
 

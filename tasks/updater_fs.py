@@ -31,6 +31,8 @@ from typing import NamedTuple
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 
 _MAX_LINKS = 40
+NAME_MAX = 255  # bytes in one component of a path (Linux)
+PATH_MAX = 4096  # bytes in a path given to the kernel, its closing NUL included
 _UNLIMITED = 1 << 62
 _INFLATE_BUFFER = 32 * 1024
 
@@ -178,6 +180,14 @@ class Loaded(NamedTuple):  # a tuple: made for every read a script does
 def _components(path: str) -> tuple[str, ...]:
     """The components of `path` still to walk, last first, without the empty and "." ones."""
     return tuple(p for p in reversed(path.split("/")) if p not in ("", "."))
+
+
+@functools.lru_cache(maxsize=8192)
+def _too_long(path: str) -> bool:
+    """Whether the kernel refuses `path` (ENAMETOOLONG): PATH_MAX bytes or more, or a
+    component longer than NAME_MAX bytes."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return len(raw) >= PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/"))
 
 
 @dataclass(frozen=True)
@@ -506,6 +516,8 @@ class Device:
         every one a script names) is walked here in one pass; any other by `_walk`."""
         if path == "":
             raise FsError("ENOENT", path)
+        if _too_long(path):
+            raise FsError("ENAMETOOLONG", path)
         parts = _components(path)  # last first
         must_dir = path.endswith("/")
         current = start or self.root
@@ -564,6 +576,8 @@ class Device:
                     raise FsError("ELOOP", path)
                 if child.link == "":
                     raise FsError("ENOENT", path)
+                if _too_long(child.link):
+                    raise FsError("ENAMETOOLONG", path)
                 if child.link.startswith("/"):
                     stack = [stack[0]]
                 parts.extend(p for p in reversed(child.link.split("/")) if p not in ("", "."))
@@ -682,6 +696,8 @@ class Device:
         self._done(f"rmdir {path}")
 
     def symlink(self, target: str, path: str) -> None:
+        if len(target.encode("utf-8", "surrogateescape")) >= PATH_MAX:  # names are not checked
+            raise FsError("ENAMETOOLONG", target)
         where = self._resolve(path, False, False)
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)

@@ -29,7 +29,7 @@ from tasks.config import VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError
 from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
-from tasks.plan import Part, covers
+from tasks.plan import Part, covers, noota_kept
 from tasks.report import write_report
 from tasks.runlog import RunLog
 from tasks.targetfiles import (
@@ -123,9 +123,10 @@ def expected_system(source: Tree, target: Tree, parts: frozenset[Part],
     """What /system must hold after the update: the target where the package covers it, the
     source elsewhere and for noota files, with the chmod list applied as the script does."""
     noota = {p.removeprefix(SYSTEM + "/") for p in lists.noota}
+    kept = noota | {p for p in noota_kept(noota, source) if p not in target}
     result: Tree = {}
     for path in sorted(set(source) | set(target)):
-        chosen = source if path in noota or not covers(parts, path) else target
+        chosen = source if path in kept or not covers(parts, path) else target
         if path in chosen:
             result[path] = chosen[path]
     applicable = [r for r in lists.chmod

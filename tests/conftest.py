@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.sample import generate_sample
+from tests.oracle import ENV, OracleMissing, oracle_folder
 from tests.workspace import Workspace
 
 
@@ -33,3 +34,17 @@ def ws(sample_sdk: Path) -> Iterator[Workspace]:
     shutil.copyfile(sample_sdk / "firmware/upgrade/targetfiles.zip", source)
     yield Workspace(root, root / "sdk", source)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def oracle() -> Path:
+    """The real updater's folder (`DFOTA_ORACLE`): the test skips when it is unset and fails
+    when it names no runnable oracle."""
+    try:
+        folder = oracle_folder()
+    except OracleMissing as exc:
+        pytest.fail(str(exc))
+    if folder is None:
+        pytest.skip(f"{ENV} is not set: no real updater to compare the host model with "
+                    "(.ci/run sets it)")
+    return folder

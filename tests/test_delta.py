@@ -371,3 +371,40 @@ def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
     build_delta(settings, quiet())
     assert len(hashed) > 10 and settings.workspace.pending_zip.read_bytes() == first
     assert json.loads(kept.read_text())
+
+
+def test_a_file_the_updater_cannot_patch_in_place_is_shipped_whole(tmp_path: Path) -> None:
+    name = "usr/share/" + "n" * 250  # <name>.patch would be 256 bytes
+    data = binary(9, 20_000)
+    settings = pair(tmp_path, source={**base_system(), name: f(data)},
+                    target={**next_system(), name: f(data[:-1] + b"!")})
+    change = next(c for c in build_delta(settings, quiet()).summary["changes"]
+                  if c["path"] == name)
+    assert (change["kind"], change["reason"]) == ("whole", "name too long for the updater's "
+                                                  ".patch file")
+
+
+def test_a_path_the_updater_cannot_create_is_refused_with_one_line(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 250] * 16) + "/" + "x" * 80  # 4,096 bytes; /system/ makes 4,104
+    settings = pair(tmp_path, target={**next_system(), deep: f("deep")})
+    with pytest.raises(DfotaError) as caught:
+        build_delta(settings, quiet())
+    assert str(caught.value).startswith("SYSTEM/dddd")
+    assert "path on the module is 4104 bytes (the limit is 4095)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_folder_of_a_kept_noota_file_is_not_removed(tmp_path: Path) -> None:
+    target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
+    settings = pair(tmp_path, target=target)  # a cross-baseline target without etc/webui/
+    build_delta(settings, quiet())
+    script, found = script_calls(settings.pending_zip)
+    assert b"/system/etc/webui" not in script
+    assert any(c.name == "delete_recursive" for c in found)  # other folders still go
+
+
+def test_a_noota_folder_turned_into_a_file_is_refused(tmp_path: Path) -> None:
+    target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
+    settings = pair(tmp_path, target={**target, "etc/webui": f("now a file")})
+    with pytest.raises(DfotaError, match=r"^SYSTEM/etc/webui: the target makes it a file"):
+        build_delta(settings, quiet())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.oracle import check_published
 from tests.workspace import PROJECT, Workspace
 
 # names whose bytes would change with the locale's encoding if a run depended on it
@@ -87,6 +88,7 @@ def test_two_runs_on_different_machines_states_give_the_same_bytes(
         names = set(zf.namelist())
     for name in ODD_NAMES:
         assert f"SYSTEM/usr/share/odd/{name}" in names
+    check_published(first.out)  # the real updater too, when DFOTA_ORACLE names it
 
 
 def test_a_latin1_locale_is_refused_for_non_ascii_names_and_utf8_mode_gives_the_same_bytes(

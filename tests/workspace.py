@@ -6,8 +6,10 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.oracle import check_published
 
 PROJECT = Path(__file__).resolve().parent.parent
 SAMPLE_LISTS = PROJECT / "sample_sdk" / "config"
@@ -27,6 +29,8 @@ class Workspace:
     root: Path
     sdk: Path
     source: Path
+    # packages (sha256) the real updater already applied (tests.oracle)
+    checked: set[str] = field(default_factory=set)
 
     @property
     def out(self) -> Path:
@@ -65,6 +69,7 @@ class Workspace:
             command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
         done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True,
                               env={**os.environ, **(env or {})}, check=False)
+        check_published(self.out, self.checked)
         return Run(done.returncode, done.stdout, done.stderr)
 
     def build(self, *args: str, env: dict[str, str] | None = None,
