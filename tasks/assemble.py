@@ -19,7 +19,7 @@ from pathlib import Path
 from tasks import __version__, ahead, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import SAMPLE_BASE, Settings
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, shown_path
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
 from tasks.sdk_image import ImageTreeReader
@@ -212,7 +212,8 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
         warnings.add([*check_source(src), *scan.warnings,
-                      *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
+                      *(f"{shown_path(sdk.rootfs / d)}: "
+                        "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs)])
         made_ahead = _start_ahead(settings, archive, cache, sdk, source_path,

@@ -19,7 +19,7 @@ from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import Settings
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
-from tasks.errors import CheckFailed, DfotaError
+from tasks.errors import CheckFailed, DfotaError, shown_path
 from tasks.filelists import (
     FileLists,
     changed_noota_files,
@@ -222,7 +222,8 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
     bar.done = bar.total  # files served by the cache or decided by rule count as done
     bar.finish()
     diff_seconds = time.monotonic() - diff_started
-    warnings += [f"{system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE}: shipped whole "
+    warnings += [f"{shown_path(system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE)}: "
+                 "shipped whole "
                  f"({o.whole_reason})" for o in outcomes.values() if o.is_fallback]
     changes = [Change(c.path, Kind.WHOLE, c.source, c.target, outcomes[c.path].whole_reason)
                if c.kind is Kind.PATCHED and outcomes[c.path].patch is None else c
@@ -302,7 +303,8 @@ def _build_on(settings: Settings, log: RunLog, parts: frozenset[Part], lists: Fi
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
                        time.monotonic() - started)
     warnings += _budget_warnings(settings, size, changes)
-    warnings += [f"/system/{d}: empty directory, carried by a placeholder file (other tools "
+    warnings += [f"/system/{shown_path(d)}: empty directory, carried by a placeholder file "
+                 "(other tools "
                  "lose it; note 2.2.2.4)" for d in empty_new_dirs(changes, target_tree)]
     summary["warnings"] = warnings
     atomic.write_text(settings.update_summary, json.dumps(summary, indent=1, sort_keys=True)
@@ -314,13 +316,14 @@ def _budget_warnings(settings: Settings, size: int, changes: Sequence[Change]) -
     mb = 1024 * 1024
     warnings = []
     if size > settings.size_budget:
-        warnings.append(f"{settings.update_zip}: {size / mb:.1f} MB, over the "
+        warnings.append(f"{shown_path(settings.update_zip)}: {size / mb:.1f} MB, over the "
                         f"{settings.size_budget / mb:.0f} MB budget (note 2.4)")
     largest = max((c.target.size for c in changes if c.target is not None
                    and c.target.kind == FILE and c.kind is not Kind.UNCHANGED), default=0)
     need = size + largest
     if need > USRDATA_NEED:
-        warnings.append(f"{settings.update_zip}: the module needs about {need / mb:.1f} MB free "
+        warnings.append(f"{shown_path(settings.update_zip)}: the module needs about "
+                        f"{need / mb:.1f} MB free "
                         f"in usrdata (package + largest file); the note asks for more than "
                         f"{USRDATA_NEED / mb:.0f} MB within a baseline and "
                         f"{USRDATA_NEED_CROSS / mb:.0f} MB across baselines (4.1)")
@@ -444,7 +447,7 @@ def build_for_bases(settings: Settings, log: RunLog,
         folder = root / f"{label}_to_{target_key}"
         one = dataclasses.replace(settings, base=base, bases="", out_dir=folder,
                                   target=target_path)
-        log.say(f"delta: base {base}")
+        log.say(f"delta: base {shown_path(base)}")
         try:
             result = build_delta(one, log)
             if result.package is not None:

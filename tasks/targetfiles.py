@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, shown_path
 from tasks.tree import DIR, FILE, SYMLINK, Entry, FolderScan, Tree
 from tasks.version import VERSION_FILE, ProjectVersion, parse_version
 from tasks.zipio import (
@@ -58,7 +58,7 @@ def check_source(src: ZipSource) -> list[str]:
     for name in (SYSTEM, f"{SYSTEM}/firmware"):
         if src.members[name].kind != DIR:
             raise DfotaError(f"{name} is not a folder", src.path)
-    return [f"{src.path}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
+    return [f"{shown_path(src.path)}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
             if not any(src.names(folder + "/")) and folder not in src.members]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, shown_path
 from tasks.runlog import SILENT, Meter
 
 FILE = "file"
@@ -188,7 +188,8 @@ def scan_folder(
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
                                  target)
         else:
-            warnings.append(f"{root / rel}: {_special_kind(mode)} cannot be packed; left out")
+            warnings.append(f"{shown_path(root / rel)}: {_special_kind(mode)} cannot be packed; "
+                            "left out")
     bar.finish()
     entries = dict(sorted(entries.items()))
     return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
