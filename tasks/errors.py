@@ -46,5 +46,10 @@ class DfotaError(Exception):
                          else message)
 
 
+def bad_zip_name(raw: bytes, zip_path: str | os.PathLike[str]) -> DfotaError:
+    """The refusal of a zip entry name that is not UTF-8 (decisions: names), from its bytes."""
+    return DfotaError(f"entry name {quoted(raw)} is not valid UTF-8", zip_path)
+
+
 class CheckFailed(DfotaError):
     """A product of the tool failed a check (a package that does not prove out on the host)."""

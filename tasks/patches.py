@@ -50,6 +50,7 @@ import bsdiff4
 
 from tasks.errors import DfotaError, quoted, shown_path
 from tasks.workers import worker_context
+from tasks.zipio import open_zip
 
 MAGIC = b"BSDIFF40"
 MAX_PATCH_PERCENT = 95
@@ -472,7 +473,7 @@ class _Reader:
         assert blob.zip_path is not None and blob.member is not None
         zf = self._opened.get(blob.zip_path) or self._zips.get(blob.zip_path)
         if zf is None:
-            zf = self._zips[blob.zip_path] = zipfile.ZipFile(blob.zip_path)
+            zf = self._zips[blob.zip_path] = open_zip(blob.zip_path)
         return zf.open(blob.member)
 
     def read(self, blob: Blob) -> bytes:

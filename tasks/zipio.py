@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tasks.atomic import atomic_path, read_json_object, write_text
-from tasks.errors import DfotaError, quoted
+from tasks.errors import DfotaError, bad_zip_name, quoted
 from tasks.runlog import SILENT, Meter
 from tasks.tree import DIR, FILE, SYMLINK, file_stamp
 
@@ -142,7 +142,7 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     elif item.source_zip is not None and item.source_member is not None:
         zf = opened.get(item.source_zip) or sources.get(item.source_zip)
         if zf is None:
-            zf = sources[item.source_zip] = zipfile.ZipFile(item.source_zip)
+            zf = sources[item.source_zip] = open_zip(item.source_zip)
         member = item.source_member
         info = zf.getinfo(member)
         try:
@@ -244,6 +244,19 @@ def _check_name(raw: str, path: Path) -> str:
     return name
 
 
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """A zip opened for reading, every entry named from its raw bytes as UTF-8.
+
+    With the UTF-8 flag (0x800) the names are UTF-8; without it they are taken as UTF-8 too
+    when they are valid UTF-8 (Info-ZIP on Linux writes them so; zipfile alone would read
+    them as code page 437: `münchen.bin` as `m├╝nchen.bin`); any other name is refused.
+    """
+    try:
+        return zipfile.ZipFile(path, metadata_encoding="utf-8")
+    except UnicodeDecodeError as exc:  # `object` holds the name's bytes
+        raise bad_zip_name(bytes(exc.object), path) from None
+
+
 class ZipSource:
     """A zip opened once for reading, checked as a whole before any entry is used."""
 
@@ -252,7 +265,7 @@ class ZipSource:
         self._sha1s: dict[str, str] = {}  # by entry, once hashed
         self._raw: IO[bytes] | None = None  # the file, for hashing stored entries in place
         try:
-            self._zf = zipfile.ZipFile(path)
+            self._zf = open_zip(path)
         except FileNotFoundError as exc:
             raise DfotaError("file not found", path) from exc
         except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:

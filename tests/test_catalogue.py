@@ -36,6 +36,7 @@ from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.manifest import scan_rootfs
 from tasks.targetfiles import locate_sdk, plan_target
+from tasks.updater import load_package
 from tasks.zipio import ZipSource, path_item, write_zip
 from tests.workspace import Run, Workspace, snapshot
 
@@ -798,6 +799,167 @@ def test_source_zip_bomb_overlapping_entries(ws: Workspace) -> None:
     assert line.startswith(f"{ws.source}: entries declare ")
     assert line.endswith(f"bytes of data but the file holds {file_size}; it is truncated or "
                          "forged")
+
+
+# --- zip entry names -------------------------------------------------------------------------
+
+UTF8_FIRMWARE = "SYSTEM/firmware/image/münchen.bin"
+UTF8_KEPT = "usr/share/ünï/cödé.txt"  # in the source and the rootfs, unchanged
+UTF8_CHANGED = "etc/größe.conf"  # in both, other bytes in the rootfs
+
+
+def info_zip(tree: Path, dest: Path) -> None:
+    """`zip -qry0` of a folder, as the note's procedure runs it (Debian's Info-ZIP writes
+    UTF-8 names without the UTF-8 flag)."""
+    dest.unlink(missing_ok=True)
+    subprocess.run(["zip", "-qry0", str(dest), "."], cwd=tree, check=True)
+
+
+def unzip_names(path: Path) -> list[bytes]:
+    """The entry names as Info-ZIP's `unzip -Z1` prints them, as bytes."""
+    done = subprocess.run(["unzip", "-Z1", str(path)], capture_output=True, check=True,
+                          env={**os.environ, "LC_ALL": "C.UTF-8"})
+    return done.stdout.splitlines()
+
+
+def unpacked_source(ws: Workspace) -> Path:
+    """The source targetfiles.zip unpacked by Info-ZIP (links and modes kept)."""
+    tree = ws.root / "source-tree"
+    subprocess.run(["unzip", "-q", str(ws.source), "-d", str(tree)], check=True)
+    return tree
+
+
+def _info_zip_source(ws: Workspace) -> None:
+    """The sample's source with non-ASCII names in SYSTEM/firmware/ and in the rootfs part,
+    another Package Time (a version of its own), zipped by Info-ZIP; the rootfs has the same
+    names, one of them changed, and a new Package Time."""
+    tree = unpacked_source(ws)
+    (tree / UTF8_FIRMWARE).write_bytes(b"modem blob\n" * 100)
+    for rel, data in ((UTF8_KEPT, b"kept as it is\n"), (UTF8_CHANGED, b"size=1\n" * 40)):
+        for top in (tree / "SYSTEM", ws.rootfs):
+            (top / rel).parent.mkdir(exist_ok=True)
+            (top / rel).write_bytes(data)
+    (ws.rootfs / UTF8_CHANGED).write_bytes(b"size=2\n" * 40)
+    version = tree / "SYSTEM" / VERSION_FILE
+    version.write_text(version.read_text().replace("2022-06-22,15:50", "2022-06-23,15:50"))
+    info_zip(tree, ws.source)
+    bump(ws)
+
+
+@pytest.fixture(scope="module")
+def info_zip_chain(earlier: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[Workspace, Run]:
+    """`doit targetfiles delta verify` on a source made by Info-ZIP with non-ASCII names."""
+    root = tmp_path_factory.mktemp("info-zip") / "ws"
+    shutil.copytree(earlier, root, symlinks=True)
+    ws = Workspace(root, root / "sdk", root / "source.zip")
+    _info_zip_source(ws)
+    return ws, chain(ws, "delta", "verify")
+
+
+def test_source_zipped_by_info_zip_keeps_non_ascii_names(
+        info_zip_chain: tuple[Workspace, Run]) -> None:
+    """Fed: a source targetfiles.zip made with `zip -qry0` (UTF-8 names, no UTF-8 flag: read
+    as code page 437, `münchen.bin` would be `m├╝nchen.bin`) holding
+    `SYSTEM/firmware/image/münchen.bin` and, in its rootfs part, `usr/share/ünï/cödé.txt`
+    (the same in the SDK's rootfs) and `etc/größe.conf` (changed in the rootfs).
+    Outcome: accepted (exit 0) through targetfiles, delta and verify. The target keeps every
+    name exactly (as Info-ZIP's `unzip -Z1` sees them), writes non-ASCII names with the
+    UTF-8 flag and ASCII ones without; the package ships `etc/größe.conf` and neither the
+    unchanged `cödé.txt` nor the firmware file."""
+    ws, run = info_zip_chain
+    assert run.returncode == 0, run.stdout + run.stderr
+    with zipfile.ZipFile(ws.source) as zf:  # the source is what Info-ZIP writes
+        assert not any(i.flag_bits & 0x800 for i in zf.infolist())
+    target = ws.out / "targetfiles.zip"
+    names = unzip_names(target)
+    for name in (UTF8_FIRMWARE, f"SYSTEM/{UTF8_KEPT}", f"SYSTEM/{UTF8_CHANGED}"):
+        assert name.encode() in names
+    assert not [n for n in names if "├".encode() in n]
+    with ZipSource(target) as tgt:
+        assert tgt.read(UTF8_FIRMWARE) == b"modem blob\n" * 100
+        assert tgt.read(f"SYSTEM/{UTF8_CHANGED}") == b"size=2\n" * 40
+    with zipfile.ZipFile(target) as zf:  # how names are written: the flag for non-ASCII
+        for info in zf.infolist():
+            assert bool(info.flag_bits & 0x800) == (not info.filename.isascii()), info
+    package = unzip_names(ws.out / "update.zip")
+    changed = UTF8_CHANGED.encode()
+    assert (b"system/" + changed in package) != (b"patch/system/" + changed + b".p" in package)
+    assert not [n for n in package if "cödé".encode() in n or "münchen".encode() in n]
+    summary = json.loads((ws.out / "update.json").read_text())
+    assert summary["verify"]["ok"] is True
+
+
+ORACLE = os.environ.get("DFOTA_ORACLE")
+
+
+@pytest.mark.skipif(not ORACLE, reason="DFOTA_ORACLE is not set: the module's real updater "
+                    "(apply-package.py, root only) is not run")
+def test_real_updater_gives_the_target_names(info_zip_chain: tuple[Workspace, Run]) -> None:
+    """Fed: the package of the Info-ZIP source above, run by the module's real updater
+    (`$DFOTA_ORACLE/apply-package.py`, which builds /system from the source's name bytes).
+    Outcome: the updater succeeds, and /system holds exactly the target's SYSTEM names and
+    file bytes, non-ASCII names included."""
+    ws, run = info_zip_chain
+    assert run.returncode == 0, run.stdout + run.stderr
+    done = subprocess.run([sys.executable, str(Path(str(ORACLE)) / "apply-package.py"),
+                           str(ws.source), str(ws.out / "update.zip")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["exit"] == 0, result["log_tail"]
+    device = {e["path"].encode("utf-8", "surrogateescape"): e for e in result["system"]}
+    with zipfile.ZipFile(ws.out / "targetfiles.zip") as zf:
+        target = {i.filename.removeprefix("SYSTEM/").rstrip("/").encode(): i
+                  for i in zf.infolist() if i.filename.startswith("SYSTEM/")
+                  and i.filename != "SYSTEM/"}
+        for name in (UTF8_FIRMWARE, f"SYSTEM/{UTF8_KEPT}", f"SYSTEM/{UTF8_CHANGED}"):
+            rel = name.removeprefix("SYSTEM/").encode()
+            assert device[rel]["sha1"] == hashlib.sha1(zf.read(name)).hexdigest()
+    assert sorted(device) == sorted(target)
+
+
+@pytest.mark.parametrize("flagged", [False, True], ids=["no-flag", "utf8-flag"])
+def test_source_entry_name_that_is_not_utf8_is_refused(ws: Workspace, flagged: bool) -> None:
+    """Fed: a source made by `zip -qry0` holding `SYSTEM/etc/bad\\xffname` (the byte 0xff is
+    not UTF-8), without the UTF-8 flag as Info-ZIP writes it, or with the flag set.
+    Outcome: exit 1, `error: <source>: entry name 'SYSTEM/etc/bad\\xffname' is not valid
+    UTF-8` (the byte shown escaped, never read as code page 437); out/ and archive/
+    unchanged."""
+    tree = unpacked_source(ws)
+    os.close(os.open(os.fsencode(tree / "SYSTEM/etc") + b"/bad\xffname",
+                     os.O_CREAT | os.O_WRONLY))
+    info_zip(tree, ws.source)
+    if flagged:
+        data = bytearray(ws.source.read_bytes())
+        for magic, at in ((b"PK\x01\x02", 9), (b"PK\x03\x04", 7)):
+            start = 0
+            while (start := data.find(magic, start)) >= 0:
+                name_at = start + (46 if magic == b"PK\x01\x02" else 30)
+                if data[name_at:name_at + 16] == b"SYSTEM/etc/bad\xffn":
+                    data[start + at] |= 0x08  # bit 11 of the general purpose flags
+                start += 4
+        ws.source.write_bytes(data)
+        with pytest.raises(UnicodeDecodeError):  # the flag is set: zipfile reads UTF-8
+            zipfile.ZipFile(ws.source)
+    with unchanged(ws):
+        line = refused(ws.doit())
+    assert line == f"{ws.source}: entry name 'SYSTEM/etc/bad\\xffname' is not valid UTF-8"
+
+
+def test_host_updater_refuses_a_package_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Fed: to the host updater (`doit verify`'s model of the module), a package made by
+    Info-ZIP whose entry `system/bad\\xffname` is not UTF-8.
+    Outcome: one line naming the package and the escaped bytes (exit 1 in a run)."""
+    tree = tmp_path / "pkg"
+    (tree / "system").mkdir(parents=True)
+    os.close(os.open(os.fsencode(tree / "system") + b"/bad\xffname",
+                     os.O_CREAT | os.O_WRONLY))
+    info_zip(tree, tmp_path / "update.zip")
+    with pytest.raises(DfotaError) as caught:
+        load_package(tmp_path / "update.zip")
+    assert str(caught.value) == (f"{tmp_path / 'update.zip'}: entry name "
+                                 "'system/bad\\xffname' is not valid UTF-8")
 
 
 # --- images ----------------------------------------------------------------------------------
