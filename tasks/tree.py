@@ -82,8 +82,8 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if expect is not None and exc.errno == errno.ELOOP:
-            raise DfotaError("changed while it was being read; run again", path) from exc
+        if expect is not None and exc.errno in _GONE:
+            raise changed_error(path) from exc
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     try:
         with os.fdopen(fd, "rb") as f:
@@ -91,12 +91,21 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
                         expect.st_dev, expect.st_ino):
-                    raise DfotaError("changed while it was being read; run again", path)
+                    raise changed_error(path)
             while chunk := f.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     return digest.hexdigest()
+
+
+# what reading an entry a walk has just seen raises when the tree changed meanwhile: gone
+# (deleted, or a folder above it swapped), a link where a file was, a folder where a link was
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL})
+
+
+def changed_error(path: str | os.PathLike[str]) -> DfotaError:
+    return DfotaError("changed while it was being read; run again", path)
 
 
 def file_stamp(st: os.stat_result) -> list[int]:
@@ -145,6 +154,7 @@ def scan_folder(
     hash_file: Callable[[str, os.stat_result], str] | None = None,
     cached: Callable[[str, os.stat_result], bool] | None = None,
     meter: Meter = SILENT,
+    seen: Callable[[str], None] | None = None,
 ) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
 
@@ -153,6 +163,9 @@ def scan_folder(
     `hash_file` may serve hashes from a cache (hash each file once), which `cached` tells in
     advance; `meter` shows the progress of the hashing still to do (nothing when none is).
     Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
+    A tree that changes under the walk (an entry gone, a link swapped for a folder) is
+    refused: `<path>: changed while it was being read; run again`. `seen` is called with each
+    entry's relative path as soon as the walk has seen it (tests change the tree there).
     """
     if not root.is_dir():
         raise DfotaError("is not a folder", root)
@@ -162,7 +175,7 @@ def scan_folder(
     warnings: list[str] = []
     # paths as text, the loop kept lean: every `doit` walks the rootfs (thousands of entries)
     top = os.fspath(root)
-    walked = list(_walk(root, set(skip_top)))
+    walked = list(_walk(root, set(skip_top), seen))
     files = {rel: f"{top}/{rel}" for rel, st in walked if stat.S_ISREG(st.st_mode)}
     to_hash = {rel for rel, st in walked if rel in files
                and not (cached and cached(files[rel], st))}
@@ -182,7 +195,7 @@ def scan_folder(
         elif stat.S_ISDIR(mode):
             entries[rel] = Entry(rel, DIR, mode & 0o7777, uid, gid)
         elif stat.S_ISLNK(mode):
-            target = os.readlink(f"{top}/{rel}")
+            target = _readlink(f"{top}/{rel}")
             if not target.isascii():
                 checked_name(target, root / rel)
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
@@ -195,7 +208,17 @@ def scan_folder(
     return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
 
 
-def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]:
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        if exc.errno in _GONE:  # no longer a link
+            raise changed_error(path) from exc
+        raise DfotaError(f"cannot read link ({exc.strerror})", path) from exc
+
+
+def _walk(root: Path, skipped: set[str], seen: Callable[[str], None] | None = None
+          ) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of every entry, in sorted order, never following links."""
     top = os.fspath(root)  # paths as text: pathlib costs more than the walk itself
     stack = [""]
@@ -205,13 +228,22 @@ def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
+            if rel_dir and exc.errno in _GONE:  # seen as a folder, no longer one
+                raise changed_error(folder) from exc
             raise DfotaError(f"cannot list folder ({exc.strerror})", Path(folder)) from exc
         subdirs = []
         for name in names:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if not rel_dir and name in skipped:
                 continue
-            st = os.lstat(f"{top}/{rel}")
+            try:
+                st = os.lstat(f"{top}/{rel}")
+            except OSError as exc:
+                if exc.errno in _GONE:  # listed, then gone
+                    raise changed_error(f"{top}/{rel}") from exc
+                raise DfotaError(f"cannot read ({exc.strerror})", f"{top}/{rel}") from exc
+            if seen is not None:
+                seen(rel)
             yield rel, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(rel)

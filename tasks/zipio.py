@@ -12,6 +12,7 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -174,6 +175,8 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
+        if item.sha1 and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone since checked
+            raise changed() from exc
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(fd)

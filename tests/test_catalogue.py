@@ -26,7 +26,7 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,8 @@ from tasks.bootimg import build_boot_image
 from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.manifest import scan_rootfs
-from tasks.targetfiles import locate_sdk, plan_target
+from tasks.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
+from tasks.tree import scan_folder
 from tasks.updater import load_package
 from tasks.zipio import ZipSource, path_item, write_zip
 from tests.workspace import Run, Workspace, snapshot
@@ -576,6 +577,82 @@ def test_rootfs_file_swapped_for_a_link_after_the_check_is_refused(ws: Workspace
             write_zip(dest, plan.items)
     assert str(caught.value) == f"{victim}: changed while the zip was being written; run again"
     assert not dest.exists() and not list(tmp_path.glob(".targetfiles.zip.*"))
+
+
+def _scan_changing(ws: Workspace, at: str, change: Callable[[], None]) -> str:
+    """The rootfs scanned as the build scans it, `change` made to the tree as soon as the walk
+    has seen `at` (deterministic: the walk's own hook, not a race); the error it gives."""
+    def seen(rel: str) -> None:
+        if rel == at:
+            change()
+
+    with pytest.raises(DfotaError) as caught:
+        scan_folder(ws.rootfs, skip_top=KEPT_FROM_SOURCE, seen=seen)
+    return str(caught.value)
+
+
+def _regular_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink())
+
+
+def test_rootfs_file_deleted_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs file deleted right after the walk saw it, before it is hashed.
+    Outcome: `<file>: changed while it was being read; run again` (a DfotaError: exit 1 in
+    a run), never FileNotFoundError."""
+    victim = _regular_files(ws.rootfs / "etc")[0]
+    rel = victim.relative_to(ws.rootfs).as_posix()
+    assert _scan_changing(ws, rel, victim.unlink) == \
+        f"{victim}: changed while it was being read; run again"
+
+
+def test_rootfs_file_deleted_between_listing_and_lstat(ws: Workspace) -> None:
+    """Fed: a file of a folder deleted after the folder was listed, before the walk reaches
+    it (the walk sees its elder sibling first).
+    Outcome: `<file>: changed while it was being read; run again`."""
+    first, victim = sorted((ws.rootfs / "etc").iterdir())[:2]
+    rel = first.relative_to(ws.rootfs).as_posix()
+    remove = (lambda: shutil.rmtree(victim)) if victim.is_dir() and not victim.is_symlink() \
+        else victim.unlink
+    assert _scan_changing(ws, rel, remove) == \
+        f"{victim}: changed while it was being read; run again"
+
+
+def test_rootfs_link_swapped_for_a_folder_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs symlink replaced by a folder right after the walk saw it as a link.
+    Outcome: `<link>: changed while it was being read; run again`, never the OSError of
+    readlink (which escaped as an internal error, exit 2)."""
+    link = next(p for p in sorted(ws.rootfs.rglob("*")) if p.is_symlink())
+    rel = link.relative_to(ws.rootfs).as_posix()
+
+    def swap() -> None:
+        link.unlink()
+        link.mkdir()
+
+    assert _scan_changing(ws, rel, swap) == \
+        f"{link}: changed while it was being read; run again"
+
+
+def test_rootfs_folder_removed_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs folder removed right after the walk saw it, before it is listed.
+    Outcome: `<folder>: changed while it was being read; run again`."""
+    folder = ws.rootfs / "usr/share"
+    assert _scan_changing(ws, "usr/share", lambda: shutil.rmtree(folder)) == \
+        f"{folder}: changed while it was being read; run again"
+
+
+def test_rootfs_file_deleted_before_it_is_zipped(ws: Workspace, tmp_path: Path) -> None:
+    """Fed: the rootfs scanned and the target planned; then a checked file is deleted before
+    the zip is written.
+    Outcome: `<file>: changed while the zip was being written; run again`, no zip."""
+    sdk = locate_sdk(ws.sdk)
+    with ZipSource(ws.source) as src:
+        plan = plan_target(sdk, src, scan_rootfs(sdk.rootfs))
+        victim = ws.rootfs / "etc/ql_manager.conf"
+        victim.unlink()
+        with pytest.raises(DfotaError) as caught:
+            write_zip(tmp_path / "targetfiles.zip", plan.items)
+    assert str(caught.value) == f"{victim}: changed while the zip was being written; run again"
+    assert not (tmp_path / "targetfiles.zip").exists()
 
 
 # --- source targetfiles.zip ------------------------------------------------------------------
