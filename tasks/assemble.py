@@ -29,9 +29,10 @@ from tasks.targetfiles import (
     locate_sdk,
     plan_target,
     rootfs_version,
+    unknown_owners,
     zip_version,
 )
-from tasks.tree import FolderScan, digest_tree
+from tasks.tree import FolderScan, check_outside_links, digest_tree
 from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipSource, write_zip
 
@@ -160,10 +161,12 @@ class _Warnings:
                              self.strict_folder)
 
 
-def build_targetfiles(settings: Settings, log: RunLog,
-                      scanned: ScannedRootfs | None = None) -> TargetfilesResult:
+def build_targetfiles(settings: Settings, log: RunLog, scanned: ScannedRootfs | None = None,
+                      *, allow_outside_links: bool = False) -> TargetfilesResult:
     """`scanned`: what `write_inputs_manifest` found just before (each file is checked
-    against its hash again while it is zipped, so a change since is still refused)."""
+    against its hash again while it is zipped, so a change since is still refused).
+    `allow_outside_links`: a rootfs file hard-linked from outside the rootfs is packed with
+    a warning instead of refused."""
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
@@ -179,7 +182,9 @@ def build_targetfiles(settings: Settings, log: RunLog,
     else:
         scan, cache, image = scanned.scan, scanned.cache, scanned.image
     target_version = rootfs_version(sdk.rootfs, scan)
+    linked = check_outside_links(scan, sdk.rootfs, allow_outside_links)
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
+    warnings.add(linked)
     image_warnings: Callable[[], list[str]]
     if image is not None:
         # the image only gives warnings: its tree is asked for once the zip is written
@@ -211,7 +216,7 @@ def _assemble(settings: Settings, log: RunLog, sdk: SdkOutput, cache: HashCache,
             raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
-        warnings.add([*check_source(src), *scan.warnings,
+        warnings.add([*check_source(src), *scan.warnings, *unknown_owners(sdk.rootfs, scan),
                       *(f"{shown_path(sdk.rootfs / d)}: "
                         "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"

@@ -68,6 +68,8 @@ class FolderScan:
     entries: Tree
     empty_dirs: tuple[str, ...]
     warnings: tuple[str, ...]
+    # regular files with more hard links than names in the walk: (their names, link count)
+    outside_links: tuple[tuple[tuple[str, ...], int], ...] = ()
 
 
 def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
@@ -181,6 +183,7 @@ def scan_folder(
                and not (cached and cached(files[rel], st))}
     bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
     owner_uid, owner_gid = build_owner if build_owner is not None else (-1, -1)
+    linked: dict[tuple[int, int], list[str]] = {}
     for rel, st in walked:
         if not rel.isascii():  # an ASCII name is always fine (and most are)
             checked_name(rel, root / rel)
@@ -190,6 +193,8 @@ def scan_folder(
         if stat.S_ISREG(mode):
             sha1 = hasher(files[rel], st)
             entries[rel] = Entry(rel, FILE, mode & 0o7777, uid, gid, st.st_size, sha1)
+            if st.st_nlink > 1:
+                linked.setdefault((st.st_dev, st.st_ino), []).append(rel)
             if rel in to_hash:
                 bar.advance()
         elif stat.S_ISDIR(mode):
@@ -205,7 +210,26 @@ def scan_folder(
                             "left out")
     bar.finish()
     entries = dict(sorted(entries.items()))
-    return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
+    nlinks = {rel: st.st_nlink for rel, st in walked if rel in files}
+    outside = tuple((tuple(names), nlinks[names[0]]) for names in linked.values()
+                    if nlinks[names[0]] > len(names))
+    return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings), outside)
+
+
+def check_outside_links(scan: FolderScan, root: Path, allow: bool = False) -> list[str]:
+    """A regular file with more hard links than names in the scanned tree has a name
+    elsewhere: it may be a host file linked in (`ln /etc/shadow rootfs/etc/x`). Refused,
+    naming the first such file and its link count, unless `allow`: then one warning each.
+    Files whose names are all in the tree pass without a word."""
+    def what(names: tuple[str, ...], count: int) -> str:
+        return (f"regular file with {count} hard links, only {len(names)} of them in the "
+                "rootfs (another name is outside it: a host file?)")
+
+    if scan.outside_links and not allow:
+        names, count = scan.outside_links[0]
+        raise DfotaError(f"{what(names, count)}; unlink it or copy it in", root / names[0])
+    return [f"{shown_path(root / names[0])}: {what(names, count)}; packed as allowed"
+            for names, count in scan.outside_links]
 
 
 def _readlink(path: str) -> str:

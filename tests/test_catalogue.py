@@ -36,7 +36,7 @@ from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.manifest import scan_rootfs
 from tasks.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
-from tasks.tree import scan_folder
+from tasks.tree import check_outside_links, scan_folder
 from tasks.updater import load_package
 from tasks.zipio import ZipSource, path_item, write_zip
 from tests.workspace import Run, Workspace, snapshot
@@ -355,6 +355,122 @@ def test_hard_links_are_stored_as_two_files(ws: Workspace) -> None:
     members = zip_members(ws.out / "targetfiles.zip")
     assert members["SYSTEM/usr/bin/hard"] == members["SYSTEM/usr/bin/hard2"] == (
         stat.S_IFREG | 0o755, b"\x7fELF hard linked\n")
+
+
+def test_hard_link_to_a_file_outside_the_rootfs_is_refused(ws: Workspace) -> None:
+    """Fed: `etc/x` hard-linked to a host file outside the rootfs (`ln /etc/shadow
+    rootfs/etc/x`); the version bumped.
+    Outcome: exit 1, `error: <rootfs>/etc/x: regular file with 2 hard links, only 1 of them in
+    the rootfs (another name is outside it: a host file?); unlink it or copy it in`; the
+    secret is in no zip; out/ and archive/ unchanged."""
+    secret = host_secret(ws)
+    os.link(secret, ws.rootfs / "etc/x")
+    bump(ws)
+    with unchanged(ws):
+        line = refused(chain(ws, "delta", "verify"))
+    assert line == (f"{ws.rootfs / 'etc/x'}: regular file with 2 hard links, only 1 of them in "
+                    "the rootfs (another name is outside it: a host file?); unlink it or copy "
+                    "it in")
+    assert_no_secret(ws.out / "targetfiles.zip", ws.out / "update.zip")
+
+
+def test_hard_link_from_outside_is_packed_with_a_warning_when_allowed(ws: Workspace) -> None:
+    """Fed: the same link, the build's check asked to allow it (`allow_outside_links`).
+    Outcome: one warning naming the file and its link count (`...; packed as allowed`); a
+    link whose names are all in the rootfs gives none."""
+    secret = host_secret(ws)
+    os.link(secret, ws.rootfs / "etc/x")
+    os.link(ws.rootfs / VERSION_FILE, ws.rootfs / "etc/version-again")
+    scan = scan_rootfs(ws.rootfs)
+    assert check_outside_links(scan, ws.rootfs, allow=True) == [
+        f"{ws.rootfs / 'etc/x'}: regular file with 2 hard links, only 1 of them in the rootfs "
+        "(another name is outside it: a host file?); packed as allowed"]
+    with pytest.raises(DfotaError):
+        check_outside_links(scan, ws.rootfs)
+
+
+def test_owners_unknown_to_the_rootfs_passwd_and_group_warn(ws: Workspace) -> None:
+    """Fed: rootfs files owned by uid 4242 and group 4343, which the rootfs's etc/passwd and
+    etc/group do not list (the build user, owner of the rootfs folder, counts as root); the
+    version bumped.
+    Outcome: accepted (exit 0) with `warning: <rootfs>: uid 4242 is not in etc/passwd:
+    usr/bin/a, usr/bin/b` and the same for gid 4343 and etc/group; known owners give none."""
+    for name in ("a", "b"):
+        path = ws.rootfs / "usr/bin" / name
+        path.write_bytes(b"owned\n")
+        os.chown(path, 4242, 4343)
+    os.chown(ws.rootfs / "etc", 0, 1001)  # radio: in the sample's etc/group
+    bump(ws)
+    run = ws.doit()
+    assert run.returncode == 0, run.stdout + run.stderr
+    owners = [w for w in warnings_of(run) if " is not in etc/" in w]
+    assert owners == [f"{ws.rootfs}: uid 4242 is not in etc/passwd: usr/bin/a, usr/bin/b",
+                      f"{ws.rootfs}: gid 4343 is not in etc/group: usr/bin/a, usr/bin/b"]
+
+
+def test_rootfs_without_passwd_and_group_warns_that_owners_are_unchecked(ws: Workspace
+                                                                          ) -> None:
+    """Fed: a rootfs without etc/passwd and etc/group; the version bumped.
+    Outcome: accepted (exit 0) with one warning, `<rootfs>: has no etc/passwd nor etc/group;
+    owners and groups are not checked`."""
+    (ws.rootfs / "etc/passwd").unlink()
+    (ws.rootfs / "etc/group").unlink()
+    bump(ws)
+    run = ws.doit()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [w for w in warnings_of(run) if "owners and groups" in w] == [
+        f"{ws.rootfs}: has no etc/passwd nor etc/group; owners and groups are not checked"]
+
+
+def test_sample_builds_without_owner_warnings(ws: Workspace) -> None:
+    """Fed: the sample's next version, bumped (the default chain's input).
+    Outcome: accepted (exit 0) with no warning about owners: the sample's rootfs lists every
+    owner and group it uses."""
+    bump(ws)
+    run = chain(ws, "delta", "verify")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert not [w for w in warnings_of(run) if "etc/passwd" in w or "etc/group" in w]
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def test_names_with_newlines_and_escape_sequences_are_escaped_in_every_warning(
+        ws: Workspace) -> None:
+    """Fed: an empty folder named `x\\nerror: forged line`, a FIFO named with a colour escape
+    sequence, a new file with a title-setting sequence owned by an unknown uid, a file named
+    with a C1 CSI, all new in the rootfs (so the SDK image's drift names them too), and a
+    fullota line naming a missing path with a clear-screen sequence; the version bumped.
+    Outcome: accepted (exit 0) through targetfiles, delta and verify; every warning (empty
+    folder, special file, unknown owner, image drift, placeholder, config list) names them
+    escaped (`\\x0a`, `\\x1b`, `\\xc2\\x9b`), no line starts with the forged `error:`, and no
+    control byte but each line's own newline reaches stdout, stderr or the run's logs."""
+    odd = ws.rootfs / "usr/share/odd"
+    odd.mkdir()
+    (odd / "x\nerror: forged line").mkdir()
+    os.mkfifo(odd / "\x1b[31mred fifo\x1b[0m")
+    owned = odd / "\x1b]0;pwned\x07title"
+    owned.write_bytes(b"owned\n")
+    os.chown(owned, 4242, 0)
+    (odd / "c1\x9b2Jcsi").write_bytes(b"c1\n")
+    with (config_of(ws) / "quectel_fullota_filelist.txt").open("a") as lists:
+        lists.write("/usr/\x1b[2Jgone\n")
+    bump(ws)
+    run = chain(ws, "delta", "verify")
+    assert run.returncode == 0, run.stdout + run.stderr
+    logs = [p.read_text() for p in (ws.root / "state/logs").iterdir()]
+    for text in (run.stdout, run.stderr, *logs):
+        assert not _CONTROL.search(text), _CONTROL.search(text)
+        assert not [line for line in text.splitlines() if line.startswith("error: forged")]
+    said = "\n".join(warnings_of(run))
+    for expected in (f"{odd}/x\\x0aerror: forged line: empty directory",
+                     f"{odd}/\\x1b[31mred fifo\\x1b[0m: FIFO cannot be packed",
+                     "usr/share/odd/\\x1b]0;pwned\\x07title",
+                     "uid 4242 is not in etc/passwd: usr/share/odd/\\x1b]0;pwned\\x07title",
+                     "usr/share/odd/c1\\xc2\\x9b2Jcsi: in ql-ol-rootfs only",
+                     "/system/usr/share/odd/x\\x0aerror: forged line: empty directory, carried",
+                     "SYSTEM/usr/\\x1b[2Jgone is not in the target"):
+        assert expected in said, expected
 
 
 @contextlib.contextmanager
