@@ -19,7 +19,7 @@ from pathlib import Path
 from tasks import __version__, ahead, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import DEFAULT_DIFF_TIMEOUT, SAMPLE_BASE, TargetfilesSettings
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, shown_path
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
 from tasks.sdk_image import ImageTreeReader
@@ -29,9 +29,10 @@ from tasks.targetfiles import (
     locate_sdk,
     plan_target,
     rootfs_version,
+    unknown_owners,
     zip_version,
 )
-from tasks.tree import FolderScan, digest_tree
+from tasks.tree import FolderScan, check_outside_links, digest_tree
 from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipSource, write_zip
 
@@ -168,7 +169,8 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
                       scanned: ScannedRootfs | None = None) -> TargetfilesResult:
     """`known`: the versions this workspace built or imported; `scanned`: what
     `write_inputs_manifest` found just before (each file is checked against its hash again
-    while it is zipped, so a change since is still refused)."""
+    while it is zipped, so a change since is still refused). A rootfs file hard-linked from
+    outside the rootfs is refused, or packed with a warning with `allow_outside_links`."""
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
@@ -184,7 +186,9 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     else:
         scan, cache, image = scanned.scan, scanned.cache, scanned.image
     target_version = rootfs_version(sdk.rootfs, scan)
+    linked = check_outside_links(scan, sdk.rootfs, settings.allow_outside_links)
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
+    warnings.add(linked)
     image_warnings: Callable[[], list[str]]
     if image is not None:
         # the image only gives warnings: its tree is asked for once the zip is written
@@ -217,8 +221,9 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
             raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
-        warnings.add([*check_source(src), *scan.warnings,
-                      *(f"{sdk.rootfs / d}: empty directory (the module's update drops empty "
+        warnings.add([*check_source(src), *scan.warnings, *unknown_owners(sdk.rootfs, scan),
+                      *(f"{shown_path(sdk.rootfs / d)}: "
+                        "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs if d not in settings.empty_by_nature)])
         made_ahead = _start_ahead(settings, archive, cache, sdk, source_path,

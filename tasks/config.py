@@ -124,6 +124,7 @@ class TargetfilesSettings:
     strict: bool = False
     metadata_from_image: bool = False  # SYSTEM's modes/owners from target/sdxlemur-sysfs.ubi
     empty_by_nature: tuple[str, ...] = EMPTY_BY_NATURE  # rootfs folders empty on every build
+    allow_outside_links: bool = False  # pack files hard-linked from outside, with a warning
 
     @property
     def sdk_is_sample(self) -> bool:

@@ -90,6 +90,8 @@ TASK_PARAMS: dict[str, list[Param]] = {
                                       "image drift) as errors"),
         _param("metadata_from_image", bool, False, "take SYSTEM's modes and owners from "
                                                    "target/sdxlemur-sysfs.ubi"),
+        _param("allow_outside_links", bool, False, "pack rootfs files hard-linked from "
+                                                   "outside the rootfs, with a warning"),
     ],
     "delta": [
         _param("base", str, "", "base version: an archived version key (or unique prefix) or "
@@ -397,7 +399,8 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
     targetfiles = TargetfilesSettings(
         workspace=workspace, sdk=Path(str(t["sdk"])), source=str(t["source"]),
         strict=bool(t["strict"]), metadata_from_image=bool(t["metadata_from_image"]),
-        empty_by_nature=_empty_by_nature(t["empty_by_nature"], project))
+        empty_by_nature=_empty_by_nature(t["empty_by_nature"], project),
+        allow_outside_links=bool(t.get("allow_outside_links", False)))
     if targetfiles.sdk_is_sample != sample:
         raise DfotaError(f"the workspace {workspace.out_dir} was built from "
                          f"{targetfiles.sdk}; run `doit targetfiles` for this SDK",

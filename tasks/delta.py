@@ -20,7 +20,7 @@ from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import DeltaSettings, Workspace
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
-from tasks.errors import CheckFailed, DfotaError
+from tasks.errors import CheckFailed, DfotaError, shown_path
 from tasks.filelists import (
     FileLists,
     changed_noota_files,
@@ -242,7 +242,8 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
     bar.done = bar.total  # files served by the cache or decided by rule count as done
     bar.finish()
     diff_seconds = time.monotonic() - diff_started
-    warnings += [f"{system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE}: shipped whole "
+    warnings += [f"{shown_path(system_path(o.name) if o.name != BOOT_IMAGE else BOOT_IMAGE)}: "
+                 "shipped whole "
                  f"({o.whole_reason})" for o in outcomes.values() if o.is_fallback]
     changes = [Change(c.path, Kind.WHOLE, c.source, c.target, outcomes[c.path].whole_reason)
                if c.kind is Kind.PATCHED and outcomes[c.path].patch is None else c
@@ -322,7 +323,8 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
                        time.monotonic() - started)
     warnings += _budget_warnings(settings, size, changes)
-    warnings += [f"/system/{d}: empty directory, carried by a placeholder file (other tools "
+    warnings += [f"/system/{shown_path(d)}: empty directory, carried by a placeholder file "
+                 "(other tools "
                  "lose it; note 2.2.2.4)" for d in empty_new_dirs(changes, target_tree)]
     summary["warnings"] = warnings
     summary["build_warnings"] = list(build_warnings)
@@ -337,13 +339,14 @@ def _budget_warnings(settings: DeltaSettings, size: int, changes: Sequence[Chang
     mb = 1024 * 1024
     warnings = []
     if size > settings.size_budget:
-        warnings.append(f"{settings.workspace.update_zip}: {size / mb:.1f} MB, over the "
+        warnings.append(f"{shown_path(settings.workspace.update_zip)}: {size / mb:.1f} MB, "
+                        "over the "
                         f"{settings.size_budget / mb:.0f} MB budget (note 2.4)")
     largest = max((c.target.size for c in changes if c.target is not None
                    and c.target.kind == FILE and c.kind is not Kind.UNCHANGED), default=0)
     need = size + largest
     if need > USRDATA_NEED:
-        warnings.append(f"{settings.workspace.update_zip}: the module needs about "
+        warnings.append(f"{shown_path(settings.workspace.update_zip)}: the module needs about "
                         f"{need / mb:.1f} MB free "
                         f"in usrdata (package + largest file); the note asks for more than "
                         f"{USRDATA_NEED / mb:.0f} MB within a baseline and "
@@ -483,7 +486,7 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
         folder = root / f"{label}_to_{target_key}"
         workspace = dataclasses.replace(settings.workspace, out_dir=folder, target=target_path)
         one = dataclasses.replace(settings, base=base, bases="", workspace=workspace)
-        log.say(f"delta: base {base}")
+        log.say(f"delta: base {shown_path(base)}")
         try:
             result = build_delta(one, log)
             for warning in result.warnings:

@@ -1,4 +1,4 @@
-"""The one exception type for problems a user can fix."""
+"""The one exception type for problems a user can fix, and the one way a name is printed."""
 
 from __future__ import annotations
 
@@ -6,13 +6,37 @@ import os
 
 # the exit codes of `dfota` (see tasks.cli)
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
+_SURROGATES = range(0xDC80, 0xDD00)  # bytes 0x80-0xff that are not UTF-8 (surrogateescape)
 
 
-def shown_path(path: str | os.PathLike[str]) -> str:
-    """A path fit for a one-line message: bytes that are not UTF-8, and control characters,
-    are shown escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def shown_path(name: str | bytes | os.PathLike[str]) -> str:
+    """A name (a path, a zip entry, a link target) fit for a message, a warning or a log line.
+
+    Every byte a terminal could act on is shown as `\\xHH`: control bytes, DEL, C1 controls
+    (as their UTF-8 bytes), any other character that does not print as itself, and bytes
+    that are not UTF-8; a backslash is doubled. The text thus stays on its line, and the
+    name's bytes can be read back from it exactly.
+    """
+    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) \
+        else os.fspath(name)
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # most names: nothing to escape
+    return "".join(_shown_char(c) for c in text)
+
+
+def _shown_char(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    if ord(char) in _SURROGATES:
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    if char.isprintable():
+        return char
+    return "".join(f"\\x{b:02x}" for b in char.encode("utf-8", "surrogatepass"))
+
+
+def quoted(name: str | bytes | os.PathLike[str]) -> str:
+    """`shown_path` between single quotes, for a name inside a sentence."""
+    return f"'{shown_path(name)}'"
 
 
 class DfotaError(Exception):
@@ -22,6 +46,11 @@ class DfotaError(Exception):
         self.path = None if path is None else os.fspath(path)
         super().__init__(f"{shown_path(self.path)}: {message}" if self.path is not None
                          else message)
+
+
+def bad_zip_name(raw: bytes, zip_path: str | os.PathLike[str]) -> DfotaError:
+    """The refusal of a zip entry name that is not UTF-8 (decisions: names), from its bytes."""
+    return DfotaError(f"entry name {quoted(raw)} is not valid UTF-8", zip_path)
 
 
 class CheckFailed(DfotaError):

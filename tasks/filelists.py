@@ -58,7 +58,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, quoted, shown_path
 
 FULLOTA_LIST = "quectel_fullota_filelist.txt"
 NOOTA_LIST = "quectel_noota_filelist.txt"
@@ -149,8 +149,8 @@ def _read_lines(path: Path) -> list[str]:
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            shown = raw.decode("utf-8", "backslashreplace")
-            raise DfotaError(f"line is not valid UTF-8: {shown}", f"{path}:{number}") from None
+            raise DfotaError(f"line is not valid UTF-8: {shown_path(raw)}",
+                             f"{path}:{number}") from None
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -160,7 +160,7 @@ def _plain_parts(rest: str, shown: str, where: _ListFile, number: int) -> list[s
     """The components of a relative path, refusing `.` and `..`; empty ones are dropped."""
     parts = [part for part in rest.split("/") if part]
     if any(part in (".", "..") for part in parts):
-        raise where.error(number, f"'{shown}' contains a '.' or '..' component")
+        raise where.error(number, f"{quoted(shown)} contains a '.' or '..' component")
     return parts
 
 
@@ -168,17 +168,18 @@ def _zip_file_path(text: str, where: _ListFile, number: int) -> str:
     """A fullota / noota line in zip form."""
     if text.endswith("/"):
         raise where.error(
-            number, f"'{text}' is a folder: only single files are supported in this list"
+            number, f"{quoted(text)} is a folder: only single files are supported in this list"
         )
     if text.startswith("/"):
         rest = text
     elif text == SYSTEM or text.startswith(SYSTEM + "/"):
         rest = text[len(SYSTEM) :]
     else:
-        raise where.error(number, f"'{text}' is outside {SYSTEM}/: write SYSTEM/<path> or /<path>")
+        raise where.error(number, f"{quoted(text)} is outside {SYSTEM}/: write SYSTEM/<path> "
+                                  "or /<path>")
     parts = _plain_parts(rest, text, where, number)
     if not parts:
-        raise where.error(number, f"'{text}' names no file below {SYSTEM}/")
+        raise where.error(number, f"{quoted(text)} names no file below {SYSTEM}/")
     return "/".join([SYSTEM, *parts])
 
 
@@ -243,7 +244,7 @@ def _read_chmod(where: _ListFile) -> tuple[ChmodRule, ...]:
         else:
             raise where.error(
                 line.number,
-                f"'{line.text}' is neither a comment, a 'default' line nor a path starting "
+                f"{quoted(line.text)} is neither a comment, a 'default' line nor a path starting "
                 "with '/'",
             )
     rules: list[ChmodRule] = []
@@ -255,7 +256,7 @@ def _read_chmod(where: _ListFile) -> tuple[ChmodRule, ...]:
             raise where.error(line.number, "'/' names the whole root filesystem")
         path = "/".join([SYSTEM, *parts])
         if path in seen:
-            raise where.error(line.number, f"'{text}' is already listed on line {seen[path]}")
+            raise where.error(line.number, f"{quoted(text)} is already listed on line {seen[path]}")
         seen[path] = line.number
         mode, uid, gid, dir_mode = _parse_values(fields[1:], defaults, where, line.number)
         rules.append(ChmodRule(path, text.endswith("/"), mode, uid, gid, dir_mode, line.number))
@@ -364,18 +365,21 @@ def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:
                 continue
             reported.add(path)
             if listed.count(path) > 1:
-                warnings.append(f"{name}: {path} is listed {listed.count(path)} times")
+                warnings.append(f"{name}: {shown_path(path)} is listed {listed.count(path)} times")
             if path in folders:
-                warnings.append(f"{name}: {path} is a folder in the target; list its files")
+                warnings.append(f"{name}: {shown_path(path)} is a folder in the target; "
+                                "list its files")
             elif path not in present:
-                warnings.append(f"{name}: {path} is not in the target")
+                warnings.append(f"{name}: {shown_path(path)} is not in the target")
     for rule in lists.chmod:
         if rule.path not in present and rule.path not in folders:
             kind = "folder" if rule.is_folder else "file"
-            warnings.append(f"{CHMOD_LIST}:{rule.line}: {kind} {rule.path} is not in the target")
+            warnings.append(f"{CHMOD_LIST}:{rule.line}: {kind} {shown_path(rule.path)} "
+                            "is not in the target")
     for image, _partition in lists.multifota:
         if f"{MULTIFOTA}/{image}" not in present:
-            warnings.append(f"{MULTIFOTA_LIST}: {MULTIFOTA}/{image} is not in the target")
+            warnings.append(f"{MULTIFOTA_LIST}: {shown_path(MULTIFOTA + '/' + image)} "
+                            "is not in the target")
     return warnings
 
 
@@ -397,10 +401,11 @@ def changed_noota_files(
 def noota_changed_error(lists: FileLists, changed: Sequence[str]) -> DfotaError:
     """The restriction-2 error for `changed` (from :func:`changed_noota_files`)."""
     if len(changed) == 1:
-        what = f"{changed[0]} changed between source and target: move it"
+        what = f"{shown_path(changed[0])} changed between source and target: move it"
     else:
         what = (
-            f"{len(changed)} files changed between source and target ({', '.join(changed)}): "
+            f"{len(changed)} files changed between source and target "
+            f"({', '.join(map(shown_path, changed))}): "
             "move them"
         )
     return DfotaError(

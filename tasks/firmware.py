@@ -25,7 +25,7 @@ from tasks import __version__
 from tasks.archive import Archive
 from tasks.bootimg import read_boot_image
 from tasks.elf import read_abl_elf
-from tasks.errors import DfotaError, shown_path
+from tasks.errors import DfotaError, quoted, shown_path
 from tasks.sdk_image import ROOTFS_VOLUME, ImageTreeReader
 from tasks.targetfiles import (
     ABL,
@@ -99,12 +99,12 @@ def _md5_lines(listing: Path) -> list[tuple[str, str]]:
         else:
             name, _sep, last = line.rpartition(" ")
             if not _is_md5(last) or not name.strip():
-                raise DfotaError(f"line {number} is not 'md5  path': {line[:80]!r}", listing)
+                raise DfotaError(f"line {number} is not 'md5  path': {quoted(line[:80])}", listing)
             digest, name = last, name.strip()
         name = name.replace("\\", "/").removeprefix("./")
         parts = name.split("/")
         if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise DfotaError(f"line {number} names a path outside the package: {name!r}",
+            raise DfotaError(f"line {number} names a path outside the package: {quoted(name)}",
                              listing)
         entries.append((digest.lower(), name))
     if not entries:
@@ -140,7 +140,8 @@ def check_md5(firmware_dir: Path) -> list[str]:
     for rel in (*REQUIRED_IMAGES, ABL_IMG, TARGETFILES):
         path = firmware_dir / rel
         if path.is_file() and path.resolve() not in covered:
-            warnings.append(f"{path}: not listed in {MD5_LIST}; its integrity is unchecked")
+            warnings.append(f"{shown_path(path)}: not listed in {MD5_LIST}; "
+                            "its integrity is unchecked")
     return warnings
 
 
@@ -191,8 +192,8 @@ def compare_trees(expected: Mapping[str, Entry], actual: Mapping[str, Entry], *,
             lines.append(f"{shown}: content differs ({a.size} bytes, sha1 {a.sha1[:12]} in "
                          f"{a_name}; {b.size} bytes, sha1 {b.sha1[:12]} in {b_name})")
         if a.kind == SYMLINK and a.link != b.link:
-            lines.append(f"{shown}: link target {shown_path(a.link)!r} in {a_name}, "
-                         f"{shown_path(b.link)!r} in {b_name}")
+            lines.append(f"{shown}: link target {quoted(a.link)} in {a_name}, "
+                         f"{quoted(b.link)} in {b_name}")
         if a.kind != SYMLINK and a.mode != b.mode:
             lines.append(f"{shown}: mode {a.mode:04o} in {a_name}, {b.mode:04o} in {b_name}")
         if owners and (a.uid, a.gid) != (b.uid, b.gid):
@@ -359,15 +360,18 @@ def package_time_warnings(firmware_dir: Path, version: ProjectVersion) -> list[s
             when, shown_from = datetime.fromtimestamp(max(stamps)), "the images in update/"
     stated = f"{version.package_time:%Y-%m-%d,%H:%M}"
     if when is None:
-        warnings.append(f"{firmware_dir}: shows no generation time to check Package Time "
+        warnings.append(f"{shown_path(firmware_dir)}: shows no generation time to check "
+                        "Package Time "
                         f"{stated} against")
     elif abs(when - version.package_time) > PACKAGE_TIME_TOLERANCE:
-        warnings.append(f"{firmware_dir}: {shown_from} dates from {when:%Y-%m-%d,%H:%M}, but "
+        warnings.append(f"{shown_path(firmware_dir)}: {shown_from} dates from "
+                        f"{when:%Y-%m-%d,%H:%M}, but "
                         f"the images' Package Time is {stated}: is this the package of the "
                         "firmware the module runs? (note 2.2.1)")
     build_id = _contents_build_id(firmware_dir / CONTENTS)
     if build_id is not None and build_id != version.project_rev:
-        warnings.append(f"{firmware_dir / CONTENTS}: apps build id {build_id} is not the "
+        warnings.append(f"{shown_path(firmware_dir / CONTENTS)}: apps build id "
+                        f"{shown_path(build_id)} is not the "
                         f"images' Project Rev {version.project_rev}")
     return warnings
 
@@ -606,7 +610,7 @@ def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
            image: Path) -> list[str]:
     lines = compare_trees(_comparable(image_tree), _comparable(rootfs_tree),
                           names=("the image", "ql-ol-rootfs"))
-    return [f"{image}: {line}" for line in lines]
+    return [f"{shown_path(image)}: {line}" for line in lines]
 
 
 def sdk_image_drift(rootfs_tree: Mapping[str, Entry], image: ImageTreeReader) -> list[str]:
@@ -624,7 +628,7 @@ def take_image_metadata(rootfs_tree: Mapping[str, Entry],
     for path, entry in rootfs_tree.items():
         other = image.entries.get(path)
         if other is None or other.kind != entry.kind:
-            warnings.append(f"{image.image}: {shown_path(path)}: not in the image as "
+            warnings.append(f"{shown_path(image.image)}: {shown_path(path)}: not in the image as "
                             f"{_kind_name(entry.kind)}; its mode and owner stay the folder's")
             out[path] = entry
         else:

@@ -48,8 +48,9 @@ from typing import IO, Any
 
 import bsdiff4
 
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, quoted, shown_path
 from tasks.workers import worker_context
+from tasks.zipio import open_zip
 
 MAGIC = b"BSDIFF40"
 MAX_PATCH_PERCENT = 95
@@ -448,7 +449,7 @@ def _parse_big(text: str) -> int | None:
 
 def _check_blob(data: bytes, blob: Blob, role: str, name: str) -> None:
     if len(data) != blob.size or hashlib.sha1(data).hexdigest() != blob.sha1:
-        raise DfotaError(f"{role} of {name!r} does not match its recorded size and sha1 "
+        raise DfotaError(f"{role} of {quoted(name)} does not match its recorded size and sha1 "
                          f"({blob.size} bytes, {blob.sha1})", blob.zip_path or blob.path)
 
 
@@ -472,7 +473,7 @@ class _Reader:
         assert blob.zip_path is not None and blob.member is not None
         zf = self._opened.get(blob.zip_path) or self._zips.get(blob.zip_path)
         if zf is None:
-            zf = self._zips[blob.zip_path] = zipfile.ZipFile(blob.zip_path)
+            zf = self._zips[blob.zip_path] = open_zip(blob.zip_path)
         return zf.open(blob.member)
 
     def read(self, blob: Blob) -> bytes:
@@ -616,11 +617,11 @@ def _collect(item: _Work, task: _Task, cache_dir: Path,
     status = result.get("status")
     if status == "input":
         blob = job.source if result["role"] == "source" else job.target
-        raise DfotaError(f"{result['role']} of {job.name!r} does not match its recorded size "
+        raise DfotaError(f"{result['role']} of {quoted(job.name)} does not match its recorded size "
                          f"and sha1 ({blob.size} bytes, {blob.sha1})",
                          blob.zip_path or blob.path)
     if status == "mismatch":
-        raise RuntimeError(f"internal error: the patch made for {job.name!r} "
+        raise RuntimeError(f"internal error: the patch made for {quoted(job.name)} "
                            f"{result['message']}")
     if status != "ok":
         return None, f"diff failed: {result.get('message', 'unknown error')}", 0
@@ -651,7 +652,7 @@ def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reaso
     first = work.jobs[0]
     extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""
     result = _human(size) if patch is not None else f"whole: {reason}"
-    return (f"diff {done}/{total}: {first.name}{extra} ({_human(first.target.size)}) "
+    return (f"diff {done}/{total}: {shown_path(first.name)}{extra} ({_human(first.target.size)}) "
             f"-> {result}")
 
 

@@ -9,12 +9,14 @@ carried over. `META/` gets the owner/mode sidecars of SYSTEM (see `system_meta_i
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DfotaError
-from tasks.tree import DIR, FILE, SYMLINK, Entry, FolderScan, Tree
+from tasks.errors import DfotaError, shown_path
+from tasks.tree import DIR, FILE, SYMLINK, Entry, FolderScan, Tree, changed_error
 from tasks.version import VERSION_FILE, ProjectVersion, parse_version
 from tasks.zipio import (
     ZipItem,
@@ -58,7 +60,7 @@ def check_source(src: ZipSource) -> list[str]:
     for name in (SYSTEM, f"{SYSTEM}/firmware"):
         if src.members[name].kind != DIR:
             raise DfotaError(f"{name} is not a folder", src.path)
-    return [f"{src.path}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
+    return [f"{shown_path(src.path)}: has no {folder}/ folder" for folder in EXPECTED_FOLDERS
             if not any(src.names(folder + "/")) and folder not in src.members]
 
 
@@ -212,6 +214,55 @@ def rootfs_version(rootfs: Path, scan: FolderScan | None = None) -> ProjectVersi
         return parse_version(path.read_bytes(), str(path))
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+
+
+PASSWD, GROUP = "etc/passwd", "etc/group"
+_SHOWN_PATHS = 5
+
+
+def _known_ids(rootfs: Path, scan: FolderScan, rel: str) -> set[int] | None:
+    """The numeric ids (third field) of the rootfs's own etc/passwd or etc/group; None when
+    it has no such regular file (never read through a link)."""
+    entry = scan.entries.get(rel)
+    if entry is None or entry.kind != FILE:
+        return None
+    path = rootfs / rel
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise changed_error(path)
+        text = f.read().decode("utf-8", "replace")
+    fields = (line.split(":") for line in text.splitlines())
+    return {int(f[2]) for f in fields if len(f) >= 3 and f[2].strip().isdigit()}
+
+
+def unknown_owners(rootfs: Path, scan: FolderScan) -> list[str]:
+    """Warnings for owners (uids) and groups (gids) of the rootfs, as recorded (the build
+    user mapped to root), that its own etc/passwd and etc/group do not list; 0 is always
+    known. One warning per unknown id, naming its paths; one when neither file is there."""
+    users, groups = _known_ids(rootfs, scan, PASSWD), _known_ids(rootfs, scan, GROUP)
+    if users is None and groups is None:
+        return [f"{shown_path(rootfs)}: has no {PASSWD} nor {GROUP}; owners and groups are "
+                "not checked"]
+    lines: list[str] = []
+    for word, known, listing in (("uid", users, PASSWD), ("gid", groups, GROUP)):
+        if known is None:
+            lines.append(f"{shown_path(rootfs / listing)}: missing; {word}s are not checked")
+            continue
+        unknown: dict[int, list[str]] = {}
+        for entry in scan.entries.values():
+            number = entry.uid if word == "uid" else entry.gid
+            if number != 0 and number not in known:
+                unknown.setdefault(number, []).append(entry.path)
+        for number, paths in sorted(unknown.items()):
+            shown = ", ".join(shown_path(p) for p in paths[:_SHOWN_PATHS])
+            more = f" and {len(paths) - _SHOWN_PATHS} more" if len(paths) > _SHOWN_PATHS else ""
+            lines.append(f"{shown_path(rootfs)}: {word} {number} is not in {listing}: "
+                         f"{shown}{more}")
+    return lines
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, shown_path
 from tasks.runlog import SILENT, Meter
 
 FILE = "file"
@@ -68,6 +68,8 @@ class FolderScan:
     entries: Tree
     empty_dirs: tuple[str, ...]
     warnings: tuple[str, ...]
+    # regular files with more hard links than names in the walk: (their names, link count)
+    outside_links: tuple[tuple[tuple[str, ...], int], ...] = ()
 
 
 def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
@@ -82,8 +84,8 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if expect is not None and exc.errno == errno.ELOOP:
-            raise DfotaError("changed while it was being read; run again", path) from exc
+        if expect is not None and exc.errno in _GONE:
+            raise changed_error(path) from exc
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     try:
         with os.fdopen(fd, "rb") as f:
@@ -91,12 +93,21 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
                         expect.st_dev, expect.st_ino):
-                    raise DfotaError("changed while it was being read; run again", path)
+                    raise changed_error(path)
             while chunk := f.read(_HASH_CHUNK):
                 digest.update(chunk)
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     return digest.hexdigest()
+
+
+# what reading an entry a walk has just seen raises when the tree changed meanwhile: gone
+# (deleted, or a folder above it swapped), a link where a file was, a folder where a link was
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL})
+
+
+def changed_error(path: str | os.PathLike[str]) -> DfotaError:
+    return DfotaError("changed while it was being read; run again", path)
 
 
 def file_stamp(st: os.stat_result) -> list[int]:
@@ -145,6 +156,7 @@ def scan_folder(
     hash_file: Callable[[str, os.stat_result], str] | None = None,
     cached: Callable[[str, os.stat_result], bool] | None = None,
     meter: Meter = SILENT,
+    seen: Callable[[str], None] | None = None,
 ) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
 
@@ -153,6 +165,9 @@ def scan_folder(
     `hash_file` may serve hashes from a cache (hash each file once), which `cached` tells in
     advance; `meter` shows the progress of the hashing still to do (nothing when none is).
     Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
+    A tree that changes under the walk (an entry gone, a link swapped for a folder) is
+    refused: `<path>: changed while it was being read; run again`. `seen` is called with each
+    entry's relative path as soon as the walk has seen it (tests change the tree there).
     """
     if not root.is_dir():
         raise DfotaError("is not a folder", root)
@@ -162,12 +177,13 @@ def scan_folder(
     warnings: list[str] = []
     # paths as text, the loop kept lean: every `doit` walks the rootfs (thousands of entries)
     top = os.fspath(root)
-    walked = list(_walk(root, set(skip_top)))
+    walked = list(_walk(root, set(skip_top), seen))
     files = {rel: f"{top}/{rel}" for rel, st in walked if stat.S_ISREG(st.st_mode)}
     to_hash = {rel for rel, st in walked if rel in files
                and not (cached and cached(files[rel], st))}
     bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
     owner_uid, owner_gid = build_owner if build_owner is not None else (-1, -1)
+    linked: dict[tuple[int, int], list[str]] = {}
     for rel, st in walked:
         if not rel.isascii():  # an ASCII name is always fine (and most are)
             checked_name(rel, root / rel)
@@ -177,24 +193,56 @@ def scan_folder(
         if stat.S_ISREG(mode):
             sha1 = hasher(files[rel], st)
             entries[rel] = Entry(rel, FILE, mode & 0o7777, uid, gid, st.st_size, sha1)
+            if st.st_nlink > 1:
+                linked.setdefault((st.st_dev, st.st_ino), []).append(rel)
             if rel in to_hash:
                 bar.advance()
         elif stat.S_ISDIR(mode):
             entries[rel] = Entry(rel, DIR, mode & 0o7777, uid, gid)
         elif stat.S_ISLNK(mode):
-            target = os.readlink(f"{top}/{rel}")
+            target = _readlink(f"{top}/{rel}")
             if not target.isascii():
                 checked_name(target, root / rel)
             entries[rel] = Entry(rel, SYMLINK, 0o777, uid, gid, len(os.fsencode(target)), "",
                                  target)
         else:
-            warnings.append(f"{root / rel}: {_special_kind(mode)} cannot be packed; left out")
+            warnings.append(f"{shown_path(root / rel)}: {_special_kind(mode)} cannot be packed; "
+                            "left out")
     bar.finish()
     entries = dict(sorted(entries.items()))
-    return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings))
+    nlinks = {rel: st.st_nlink for rel, st in walked if rel in files}
+    outside = tuple((tuple(names), nlinks[names[0]]) for names in linked.values()
+                    if nlinks[names[0]] > len(names))
+    return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings), outside)
 
 
-def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]:
+def check_outside_links(scan: FolderScan, root: Path, allow: bool = False) -> list[str]:
+    """A regular file with more hard links than names in the scanned tree has a name
+    elsewhere: it may be a host file linked in (`ln /etc/shadow rootfs/etc/x`). Refused,
+    naming the first such file and its link count, unless `allow`: then one warning each.
+    Files whose names are all in the tree pass without a word."""
+    def what(names: tuple[str, ...], count: int) -> str:
+        return (f"regular file with {count} hard links, only {len(names)} of them in the "
+                "rootfs (another name is outside it: a host file?)")
+
+    if scan.outside_links and not allow:
+        names, count = scan.outside_links[0]
+        raise DfotaError(f"{what(names, count)}; unlink it or copy it in", root / names[0])
+    return [f"{shown_path(root / names[0])}: {what(names, count)}; packed as allowed"
+            for names, count in scan.outside_links]
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        if exc.errno in _GONE:  # no longer a link
+            raise changed_error(path) from exc
+        raise DfotaError(f"cannot read link ({exc.strerror})", path) from exc
+
+
+def _walk(root: Path, skipped: set[str], seen: Callable[[str], None] | None = None
+          ) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of every entry, in sorted order, never following links."""
     top = os.fspath(root)  # paths as text: pathlib costs more than the walk itself
     stack = [""]
@@ -204,13 +252,22 @@ def _walk(root: Path, skipped: set[str]) -> Iterator[tuple[str, os.stat_result]]
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
+            if rel_dir and exc.errno in _GONE:  # seen as a folder, no longer one
+                raise changed_error(folder) from exc
             raise DfotaError(f"cannot list folder ({exc.strerror})", Path(folder)) from exc
         subdirs = []
         for name in names:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if not rel_dir and name in skipped:
                 continue
-            st = os.lstat(f"{top}/{rel}")
+            try:
+                st = os.lstat(f"{top}/{rel}")
+            except OSError as exc:
+                if exc.errno in _GONE:  # listed, then gone
+                    raise changed_error(f"{top}/{rel}") from exc
+                raise DfotaError(f"cannot read ({exc.strerror})", f"{top}/{rel}") from exc
+            if seen is not None:
+                seen(rel)
             yield rel, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(rel)

@@ -46,7 +46,7 @@ from tasks.edify_parse import (
     parse,
     source,
 )
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, bad_zip_name
 from tasks.tree import DIR, FILE, SYMLINK
 from tasks.updater_fs import Device, DeviceZip, FsError, FsNode, Loaded, ZipFormatError
 
@@ -134,6 +134,14 @@ def load_package(path: Path) -> Package:
         archive = DeviceZip(data)
     except ZipFormatError as exc:
         return Package(path, failure=(3, f"not a usable zip: {exc}"))
+    # the device takes a name's bytes as they are; the host reads them as UTF-8, as every
+    # reader of the project does, and refuses other bytes
+    for found in archive.entries:
+        if not found.name.isascii():
+            try:
+                found.name.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad_zip_name(found.name, path) from None
     entry = archive.find(SCRIPT_NAME.encode())
     if entry is None:
         return Package(path, archive, failure=(4, f"no {SCRIPT_NAME} in the package"))

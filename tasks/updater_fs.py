@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tasks.errors import quoted, shown_path
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 
 _MAX_LINKS = 40
@@ -46,7 +47,7 @@ class FsError(Exception):
     def __init__(self, code: str, path: str) -> None:
         self.code = code
         self.path = path
-        super().__init__(f"{path}: {code}")
+        super().__init__(f"{shown_path(path)}: {code}")
 
 
 class _Fs:
@@ -887,12 +888,12 @@ def _central_directory(data: bytes) -> list[ZipEntry]:
             raise ZipFormatError(f"central directory entry {index} has a bad name")
         name = data[at + 46 : at + 46 + name_len]
         if made_by >> 8 not in (0, 3):
-            raise ZipFormatError(f"entry {name!r} was made on host {made_by >> 8}, "
+            raise ZipFormatError(f"entry {quoted(name)} was made on host {made_by >> 8}, "
                                  "not MS-DOS or Unix")
         if 0xFFFFFFFF in (comp, full, local):
-            raise ZipFormatError(f"entry {name!r} needs ZIP64")
+            raise ZipFormatError(f"entry {quoted(name)} needs ZIP64")
         if local + 30 > size or _u32(data, local) != 0x04034B50:
-            raise ZipFormatError(f"entry {name!r} has no local header")
+            raise ZipFormatError(f"entry {quoted(name)} has no local header")
         offset = local + 30 + _u16(data, local + 26) + _u16(data, local + 28)
         entries.append(ZipEntry(name, method, comp, full, offset))
         at += 46 + name_len + extra_len + comment_len

@@ -26,7 +26,7 @@ from pathlib import Path
 from tasks import atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import VerifySettings, Workspace
-from tasks.errors import CheckFailed, DfotaError
+from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers, noota_kept
@@ -152,7 +152,7 @@ def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry])
     lines = []
     for path in sorted(set(actual) | set(expected)):
         a, e = actual.get(path), expected.get(path)
-        where = f"/system/{path}"
+        where = f"/system/{shown_path(path)}"
         if a is None:
             lines.append(f"{where}: missing (expected {e.kind})")  # type: ignore[union-attr]
         elif e is None:
@@ -161,7 +161,7 @@ def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry])
             lines.append(f"{where}: is a {a.kind}, expected a {e.kind}")
         elif a.kind == SYMLINK:
             if a.link != e.link:
-                lines.append(f"{where}: points to {a.link!r}, expected {e.link!r}")
+                lines.append(f"{where}: points to {quoted(a.link)}, expected {quoted(e.link)}")
         elif a.kind == FILE and a.sha1 != e.sha1:
             lines.append(f"{where}: content differs")
         elif (a.mode, a.uid, a.gid) != (e.mode, e.uid, e.gid):
@@ -319,7 +319,7 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
             name, old, patch = job
             done = subprocess.run(["bspatch", str(old), str(old.with_suffix(".new")),
                                    str(patch)], capture_output=True, text=True)
-            return None if done.returncode == 0 else f"{name}: bspatch failed: " \
+            return None if done.returncode == 0 else f"{shown_path(name)}: bspatch failed: " \
                 f"{done.stderr.strip()}"
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -328,7 +328,7 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
         for (name, old, _), failed in zip(jobs, failures, strict=True):
             if failed is None and hashlib.sha1(
                     old.with_suffix(".new").read_bytes()).hexdigest() != wanted[name]:
-                failed = f"{name}: bspatch gives other bytes than the target's"
+                failed = f"{shown_path(name)}: bspatch gives other bytes than the target's"
             if failed is not None:
                 problems.append(failed)
                 failed_names.add(name)
@@ -388,7 +388,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         report.add("unzip -tq", info_zip_test(package), "No errors")
         pre = precheck(package, device)
         report.add("project version and format (module pre-check)",
-                   [f"{pre.code}: {pre.message}"] if pre is not None else [],
+                   [f"{pre.code}: {shown_path(pre.message)}"] if pre is not None else [],
                    f"{VERSION_ENTRY} matches the source")
         if not report.ok:
             report.seconds = time.monotonic() - started
@@ -400,7 +400,8 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         result = host_apply(pkg, clean, marks=marks)
         report.steps = result.steps
         log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
-        problems = [] if result.code == 0 else [f"result {result.code}: {result.message}"]
+        problems = [] if result.code == 0 else [f"result {result.code}: "
+                                                f"{shown_path(result.message)}"]
         progress = list(result.progress)
         if not problems and (progress != sorted(progress) or not progress
                              or round(progress[-1], 2) != 100):

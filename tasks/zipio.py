@@ -12,6 +12,7 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tasks.atomic import atomic_path, read_json_object, write_text
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, bad_zip_name, quoted
 from tasks.runlog import SILENT, Meter
 from tasks.tree import DIR, FILE, SYMLINK, file_stamp
 
@@ -111,7 +112,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
     seen: set[str] = set()
     for item in ordered:
         if item.name in seen:
-            raise DfotaError(f"two entries named {item.name!r} would be written", dest)
+            raise DfotaError(f"two entries named {quoted(item.name)} would be written", dest)
         seen.add(item.name)
     sources: dict[Path, zipfile.ZipFile] = {}
     opened = dict(open_zips or {})
@@ -142,19 +143,19 @@ def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     elif item.source_zip is not None and item.source_member is not None:
         zf = opened.get(item.source_zip) or sources.get(item.source_zip)
         if zf is None:
-            zf = sources[item.source_zip] = zipfile.ZipFile(item.source_zip)
+            zf = sources[item.source_zip] = open_zip(item.source_zip)
         member = item.source_member
         info = zf.getinfo(member)
         try:
             src = zf.open(info)
         except _CORRUPT as exc:
-            raise DfotaError(f"entry {member!r} is corrupt ({exc})", item.source_zip) from exc
+            raise DfotaError(f"entry {quoted(member)} is corrupt ({exc})", item.source_zip) from exc
         with src:
             _stream(out, _zipinfo(item, info.file_size, compress), src,
-                    lambda exc: DfotaError(f"entry {member!r} is corrupt ({exc})",
+                    lambda exc: DfotaError(f"entry {quoted(member)} is corrupt ({exc})",
                                            item.source_zip))
     else:
-        raise ValueError(f"zip item {item.name!r} has no data")
+        raise ValueError(f"zip item {quoted(item.name)} has no data")
 
 
 # what reading a damaged zip member can raise
@@ -174,6 +175,8 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool,
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
+        if item.sha1 and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone since checked
+            raise changed() from exc
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(fd)
@@ -237,11 +240,24 @@ def _check_name(raw: str, path: Path) -> str:
     name = raw[:-1] if raw.endswith("/") else raw
     parts = name.split("/")
     if not name or raw.startswith("/") or "\0" in raw:
-        raise DfotaError(f"entry {raw!r} has an absolute or empty name", path)
+        raise DfotaError(f"entry {quoted(raw)} has an absolute or empty name", path)
     if any(p in ("..", ".", "") for p in parts):
-        raise DfotaError(f"entry {raw!r} would escape its folder ('..', '.' or '//' in name)",
+        raise DfotaError(f"entry {quoted(raw)} would escape its folder ('..', '.' or '//' in name)",
                          path)
     return name
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """A zip opened for reading, every entry named from its raw bytes as UTF-8.
+
+    With the UTF-8 flag (0x800) the names are UTF-8; without it they are taken as UTF-8 too
+    when they are valid UTF-8 (Info-ZIP on Linux writes them so; zipfile alone would read
+    them as code page 437: `münchen.bin` as `m├╝nchen.bin`); any other name is refused.
+    """
+    try:
+        return zipfile.ZipFile(path, metadata_encoding="utf-8")
+    except UnicodeDecodeError as exc:  # `object` holds the name's bytes
+        raise bad_zip_name(bytes(exc.object), path) from None
 
 
 class ZipSource:
@@ -252,7 +268,7 @@ class ZipSource:
         self._sha1s: dict[str, str] = {}  # by entry, once hashed
         self._raw: IO[bytes] | None = None  # the file, for hashing stored entries in place
         try:
-            self._zf = zipfile.ZipFile(path)
+            self._zf = open_zip(path)
         except FileNotFoundError as exc:
             raise DfotaError("file not found", path) from exc
         except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
@@ -272,14 +288,14 @@ class ZipSource:
         for info in self._zf.infolist():
             name = _check_name(info.filename, self.path)
             if name in members:
-                raise DfotaError(f"entry {name!r} appears twice", self.path)
+                raise DfotaError(f"entry {quoted(name)} appears twice", self.path)
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise DfotaError(f"entry {name!r} uses an unsupported compression method "
+                raise DfotaError(f"entry {quoted(name)} uses an unsupported compression method "
                                  f"{info.compress_type}", self.path)
             limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
                      else info.compress_size * _MAX_DEFLATE_RATIO + 1024)
             if info.file_size > limit:
-                raise DfotaError(f"entry {name!r} declares {info.file_size} bytes that its "
+                raise DfotaError(f"entry {quoted(name)} declares {info.file_size} bytes that its "
                                  f"{info.compress_size} stored bytes cannot hold", self.path)
             declared += info.compress_size
             kind, mode = member_kind_and_mode(info)
@@ -290,7 +306,8 @@ class ZipSource:
             above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
                           if p in links), None)
             if above is not None:  # extracting it would write through the link
-                raise DfotaError(f"entry {name!r} lies below the symlink {above!r}", self.path)
+                raise DfotaError(f"entry {quoted(name)} lies below the symlink "
+                                 f"{quoted(above)}", self.path)
         if declared > file_size:
             raise DfotaError(f"entries declare {declared} bytes of data but the file holds "
                              f"{file_size}; it is truncated or forged", self.path)
@@ -328,11 +345,12 @@ class ZipSource:
         try:
             return self._zf.read(info)
         except _CORRUPT as exc:
-            raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
+            raise DfotaError(f"entry {quoted(name)} is corrupt ({exc})", self.path) from exc
 
     def _check_crc(self, name: str, crc: int) -> None:
         if crc != self.members[name].info.CRC:
-            raise DfotaError(f"entry {name!r} is corrupt (Bad CRC-32 for file {name!r})",
+            raise DfotaError(f"entry {quoted(name)} is corrupt (Bad CRC-32 for file "
+                             f"{quoted(name)})",
                              self.path)
 
     def read_hashed(self, name: str) -> bytes:
@@ -353,7 +371,7 @@ class ZipSource:
         except OSError as exc:
             raise DfotaError(f"cannot read file ({exc.strerror})", self.path) from exc
         if len(data) != size:
-            raise DfotaError(f"entry {name!r} is corrupt (cut short)", self.path)
+            raise DfotaError(f"entry {quoted(name)} is corrupt (cut short)", self.path)
         return data
 
     def _stored_offset(self, name: str) -> int:
@@ -361,7 +379,7 @@ class ZipSource:
         info = self.members[name].info
         header = self._pread(30, info.header_offset, name)
         if header[:4] != b"PK\x03\x04":
-            raise DfotaError(f"entry {name!r} is corrupt (no local header)", self.path)
+            raise DfotaError(f"entry {quoted(name)} is corrupt (no local header)", self.path)
         name_len, extra_len = struct.unpack_from("<HH", header, 26)
         return info.header_offset + 30 + name_len + extra_len
 
@@ -408,5 +426,5 @@ class ZipSource:
                 while chunk := f.read(_COPY_CHUNK):
                     digest.update(chunk)
         except _CORRUPT as exc:
-            raise DfotaError(f"entry {name!r} is corrupt ({exc})", self.path) from exc
+            raise DfotaError(f"entry {quoted(name)} is corrupt ({exc})", self.path) from exc
         return digest.hexdigest()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,9 @@ from tasks.bootimg import build_boot_image
 from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.manifest import scan_rootfs
-from tasks.targetfiles import locate_sdk, plan_target
+from tasks.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
+from tasks.tree import check_outside_links, scan_folder
+from tasks.updater import load_package
 from tasks.zipio import ZipSource, path_item, write_zip
 from tests.workspace import Run, Workspace, snapshot
 
@@ -355,6 +357,122 @@ def test_hard_links_are_stored_as_two_files(ws: Workspace) -> None:
         stat.S_IFREG | 0o755, b"\x7fELF hard linked\n")
 
 
+def test_hard_link_to_a_file_outside_the_rootfs_is_refused(ws: Workspace) -> None:
+    """Fed: `etc/x` hard-linked to a host file outside the rootfs (`ln /etc/shadow
+    rootfs/etc/x`); the version bumped.
+    Outcome: exit 1, `error: <rootfs>/etc/x: regular file with 2 hard links, only 1 of them in
+    the rootfs (another name is outside it: a host file?); unlink it or copy it in`; the
+    secret is in no zip; out/ and archive/ unchanged."""
+    secret = host_secret(ws)
+    os.link(secret, ws.rootfs / "etc/x")
+    bump(ws)
+    with unchanged(ws):
+        line = refused(chain(ws, "delta", "verify"))
+    assert line == (f"{ws.rootfs / 'etc/x'}: regular file with 2 hard links, only 1 of them in "
+                    "the rootfs (another name is outside it: a host file?); unlink it or copy "
+                    "it in")
+    assert_no_secret(ws.out / "targetfiles.zip", ws.out / "update.zip")
+
+
+def test_hard_link_from_outside_is_packed_with_a_warning_when_allowed(ws: Workspace) -> None:
+    """Fed: the same link, the build's check asked to allow it (`allow_outside_links`).
+    Outcome: one warning naming the file and its link count (`...; packed as allowed`); a
+    link whose names are all in the rootfs gives none."""
+    secret = host_secret(ws)
+    os.link(secret, ws.rootfs / "etc/x")
+    os.link(ws.rootfs / VERSION_FILE, ws.rootfs / "etc/version-again")
+    scan = scan_rootfs(ws.rootfs)
+    assert check_outside_links(scan, ws.rootfs, allow=True) == [
+        f"{ws.rootfs / 'etc/x'}: regular file with 2 hard links, only 1 of them in the rootfs "
+        "(another name is outside it: a host file?); packed as allowed"]
+    with pytest.raises(DfotaError):
+        check_outside_links(scan, ws.rootfs)
+
+
+def test_owners_unknown_to_the_rootfs_passwd_and_group_warn(ws: Workspace) -> None:
+    """Fed: rootfs files owned by uid 4242 and group 4343, which the rootfs's etc/passwd and
+    etc/group do not list (the build user, owner of the rootfs folder, counts as root); the
+    version bumped.
+    Outcome: accepted (exit 0) with `warning: <rootfs>: uid 4242 is not in etc/passwd:
+    usr/bin/a, usr/bin/b` and the same for gid 4343 and etc/group; known owners give none."""
+    for name in ("a", "b"):
+        path = ws.rootfs / "usr/bin" / name
+        path.write_bytes(b"owned\n")
+        os.chown(path, 4242, 4343)
+    os.chown(ws.rootfs / "etc", 0, 1001)  # radio: in the sample's etc/group
+    bump(ws)
+    run = ws.doit()
+    assert run.returncode == 0, run.stdout + run.stderr
+    owners = [w for w in warnings_of(run) if " is not in etc/" in w]
+    assert owners == [f"{ws.rootfs}: uid 4242 is not in etc/passwd: usr/bin/a, usr/bin/b",
+                      f"{ws.rootfs}: gid 4343 is not in etc/group: usr/bin/a, usr/bin/b"]
+
+
+def test_rootfs_without_passwd_and_group_warns_that_owners_are_unchecked(ws: Workspace
+                                                                          ) -> None:
+    """Fed: a rootfs without etc/passwd and etc/group; the version bumped.
+    Outcome: accepted (exit 0) with one warning, `<rootfs>: has no etc/passwd nor etc/group;
+    owners and groups are not checked`."""
+    (ws.rootfs / "etc/passwd").unlink()
+    (ws.rootfs / "etc/group").unlink()
+    bump(ws)
+    run = ws.doit()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [w for w in warnings_of(run) if "owners and groups" in w] == [
+        f"{ws.rootfs}: has no etc/passwd nor etc/group; owners and groups are not checked"]
+
+
+def test_sample_builds_without_owner_warnings(ws: Workspace) -> None:
+    """Fed: the sample's next version, bumped (the default chain's input).
+    Outcome: accepted (exit 0) with no warning about owners: the sample's rootfs lists every
+    owner and group it uses."""
+    bump(ws)
+    run = chain(ws, "delta", "verify")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert not [w for w in warnings_of(run) if "etc/passwd" in w or "etc/group" in w]
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def test_names_with_newlines_and_escape_sequences_are_escaped_in_every_warning(
+        ws: Workspace) -> None:
+    """Fed: an empty folder named `x\\nerror: forged line`, a FIFO named with a colour escape
+    sequence, a new file with a title-setting sequence owned by an unknown uid, a file named
+    with a C1 CSI, all new in the rootfs (so the SDK image's drift names them too), and a
+    fullota line naming a missing path with a clear-screen sequence; the version bumped.
+    Outcome: accepted (exit 0) through targetfiles, delta and verify; every warning (empty
+    folder, special file, unknown owner, image drift, placeholder, config list) names them
+    escaped (`\\x0a`, `\\x1b`, `\\xc2\\x9b`), no line starts with the forged `error:`, and no
+    control byte but each line's own newline reaches stdout, stderr or the run's logs."""
+    odd = ws.rootfs / "usr/share/odd"
+    odd.mkdir()
+    (odd / "x\nerror: forged line").mkdir()
+    os.mkfifo(odd / "\x1b[31mred fifo\x1b[0m")
+    owned = odd / "\x1b]0;pwned\x07title"
+    owned.write_bytes(b"owned\n")
+    os.chown(owned, 4242, 0)
+    (odd / "c1\x9b2Jcsi").write_bytes(b"c1\n")
+    with (config_of(ws) / "quectel_fullota_filelist.txt").open("a") as lists:
+        lists.write("/usr/\x1b[2Jgone\n")
+    bump(ws)
+    run = chain(ws, "delta", "verify")
+    assert run.returncode == 0, run.stdout + run.stderr
+    logs = [p.read_text() for p in (ws.root / "state/logs").iterdir()]
+    for text in (run.stdout, run.stderr, *logs):
+        assert not _CONTROL.search(text), _CONTROL.search(text)
+        assert not [line for line in text.splitlines() if line.startswith("error: forged")]
+    said = "\n".join(warnings_of(run))
+    for expected in (f"{odd}/x\\x0aerror: forged line: empty directory",
+                     f"{odd}/\\x1b[31mred fifo\\x1b[0m: FIFO cannot be packed",
+                     "usr/share/odd/\\x1b]0;pwned\\x07title",
+                     "uid 4242 is not in etc/passwd: usr/share/odd/\\x1b]0;pwned\\x07title",
+                     "usr/share/odd/c1\\xc2\\x9b2Jcsi: in ql-ol-rootfs only",
+                     "/system/usr/share/odd/x\\x0aerror: forged line: empty directory, carried",
+                     "SYSTEM/usr/\\x1b[2Jgone is not in the target"):
+        assert expected in said, expected
+
+
 @contextlib.contextmanager
 def _cwd(path: Path) -> Iterator[None]:
     old = os.getcwd()
@@ -575,6 +693,82 @@ def test_rootfs_file_swapped_for_a_link_after_the_check_is_refused(ws: Workspace
             write_zip(dest, plan.items)
     assert str(caught.value) == f"{victim}: changed while the zip was being written; run again"
     assert not dest.exists() and not list(tmp_path.glob(".targetfiles.zip.*"))
+
+
+def _scan_changing(ws: Workspace, at: str, change: Callable[[], None]) -> str:
+    """The rootfs scanned as the build scans it, `change` made to the tree as soon as the walk
+    has seen `at` (deterministic: the walk's own hook, not a race); the error it gives."""
+    def seen(rel: str) -> None:
+        if rel == at:
+            change()
+
+    with pytest.raises(DfotaError) as caught:
+        scan_folder(ws.rootfs, skip_top=KEPT_FROM_SOURCE, seen=seen)
+    return str(caught.value)
+
+
+def _regular_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink())
+
+
+def test_rootfs_file_deleted_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs file deleted right after the walk saw it, before it is hashed.
+    Outcome: `<file>: changed while it was being read; run again` (a DfotaError: exit 1 in
+    a run), never FileNotFoundError."""
+    victim = _regular_files(ws.rootfs / "etc")[0]
+    rel = victim.relative_to(ws.rootfs).as_posix()
+    assert _scan_changing(ws, rel, victim.unlink) == \
+        f"{victim}: changed while it was being read; run again"
+
+
+def test_rootfs_file_deleted_between_listing_and_lstat(ws: Workspace) -> None:
+    """Fed: a file of a folder deleted after the folder was listed, before the walk reaches
+    it (the walk sees its elder sibling first).
+    Outcome: `<file>: changed while it was being read; run again`."""
+    first, victim = sorted((ws.rootfs / "etc").iterdir())[:2]
+    rel = first.relative_to(ws.rootfs).as_posix()
+    remove = (lambda: shutil.rmtree(victim)) if victim.is_dir() and not victim.is_symlink() \
+        else victim.unlink
+    assert _scan_changing(ws, rel, remove) == \
+        f"{victim}: changed while it was being read; run again"
+
+
+def test_rootfs_link_swapped_for_a_folder_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs symlink replaced by a folder right after the walk saw it as a link.
+    Outcome: `<link>: changed while it was being read; run again`, never the OSError of
+    readlink (which escaped as an internal error, exit 2)."""
+    link = next(p for p in sorted(ws.rootfs.rglob("*")) if p.is_symlink())
+    rel = link.relative_to(ws.rootfs).as_posix()
+
+    def swap() -> None:
+        link.unlink()
+        link.mkdir()
+
+    assert _scan_changing(ws, rel, swap) == \
+        f"{link}: changed while it was being read; run again"
+
+
+def test_rootfs_folder_removed_while_it_is_scanned(ws: Workspace) -> None:
+    """Fed: a rootfs folder removed right after the walk saw it, before it is listed.
+    Outcome: `<folder>: changed while it was being read; run again`."""
+    folder = ws.rootfs / "usr/share"
+    assert _scan_changing(ws, "usr/share", lambda: shutil.rmtree(folder)) == \
+        f"{folder}: changed while it was being read; run again"
+
+
+def test_rootfs_file_deleted_before_it_is_zipped(ws: Workspace, tmp_path: Path) -> None:
+    """Fed: the rootfs scanned and the target planned; then a checked file is deleted before
+    the zip is written.
+    Outcome: `<file>: changed while the zip was being written; run again`, no zip."""
+    sdk = locate_sdk(ws.sdk)
+    with ZipSource(ws.source) as src:
+        plan = plan_target(sdk, src, scan_rootfs(sdk.rootfs))
+        victim = ws.rootfs / "etc/ql_manager.conf"
+        victim.unlink()
+        with pytest.raises(DfotaError) as caught:
+            write_zip(tmp_path / "targetfiles.zip", plan.items)
+    assert str(caught.value) == f"{victim}: changed while the zip was being written; run again"
+    assert not (tmp_path / "targetfiles.zip").exists()
 
 
 # --- source targetfiles.zip ------------------------------------------------------------------
@@ -798,6 +992,167 @@ def test_source_zip_bomb_overlapping_entries(ws: Workspace) -> None:
     assert line.startswith(f"{ws.source}: entries declare ")
     assert line.endswith(f"bytes of data but the file holds {file_size}; it is truncated or "
                          "forged")
+
+
+# --- zip entry names -------------------------------------------------------------------------
+
+UTF8_FIRMWARE = "SYSTEM/firmware/image/münchen.bin"
+UTF8_KEPT = "usr/share/ünï/cödé.txt"  # in the source and the rootfs, unchanged
+UTF8_CHANGED = "etc/größe.conf"  # in both, other bytes in the rootfs
+
+
+def info_zip(tree: Path, dest: Path) -> None:
+    """`zip -qry0` of a folder, as the note's procedure runs it (Debian's Info-ZIP writes
+    UTF-8 names without the UTF-8 flag)."""
+    dest.unlink(missing_ok=True)
+    subprocess.run(["zip", "-qry0", str(dest), "."], cwd=tree, check=True)
+
+
+def unzip_names(path: Path) -> list[bytes]:
+    """The entry names as Info-ZIP's `unzip -Z1` prints them, as bytes."""
+    done = subprocess.run(["unzip", "-Z1", str(path)], capture_output=True, check=True,
+                          env={**os.environ, "LC_ALL": "C.UTF-8"})
+    return done.stdout.splitlines()
+
+
+def unpacked_source(ws: Workspace) -> Path:
+    """The source targetfiles.zip unpacked by Info-ZIP (links and modes kept)."""
+    tree = ws.root / "source-tree"
+    subprocess.run(["unzip", "-q", str(ws.source), "-d", str(tree)], check=True)
+    return tree
+
+
+def _info_zip_source(ws: Workspace) -> None:
+    """The sample's source with non-ASCII names in SYSTEM/firmware/ and in the rootfs part,
+    another Package Time (a version of its own), zipped by Info-ZIP; the rootfs has the same
+    names, one of them changed, and a new Package Time."""
+    tree = unpacked_source(ws)
+    (tree / UTF8_FIRMWARE).write_bytes(b"modem blob\n" * 100)
+    for rel, data in ((UTF8_KEPT, b"kept as it is\n"), (UTF8_CHANGED, b"size=1\n" * 40)):
+        for top in (tree / "SYSTEM", ws.rootfs):
+            (top / rel).parent.mkdir(exist_ok=True)
+            (top / rel).write_bytes(data)
+    (ws.rootfs / UTF8_CHANGED).write_bytes(b"size=2\n" * 40)
+    version = tree / "SYSTEM" / VERSION_FILE
+    version.write_text(version.read_text().replace("2022-06-22,15:50", "2022-06-23,15:50"))
+    info_zip(tree, ws.source)
+    bump(ws)
+
+
+@pytest.fixture(scope="module")
+def info_zip_chain(earlier: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[Workspace, Run]:
+    """`doit targetfiles delta verify` on a source made by Info-ZIP with non-ASCII names."""
+    root = tmp_path_factory.mktemp("info-zip") / "ws"
+    shutil.copytree(earlier, root, symlinks=True)
+    ws = Workspace(root, root / "sdk", root / "source.zip")
+    _info_zip_source(ws)
+    return ws, chain(ws, "delta", "verify")
+
+
+def test_source_zipped_by_info_zip_keeps_non_ascii_names(
+        info_zip_chain: tuple[Workspace, Run]) -> None:
+    """Fed: a source targetfiles.zip made with `zip -qry0` (UTF-8 names, no UTF-8 flag: read
+    as code page 437, `münchen.bin` would be `m├╝nchen.bin`) holding
+    `SYSTEM/firmware/image/münchen.bin` and, in its rootfs part, `usr/share/ünï/cödé.txt`
+    (the same in the SDK's rootfs) and `etc/größe.conf` (changed in the rootfs).
+    Outcome: accepted (exit 0) through targetfiles, delta and verify. The target keeps every
+    name exactly (as Info-ZIP's `unzip -Z1` sees them), writes non-ASCII names with the
+    UTF-8 flag and ASCII ones without; the package ships `etc/größe.conf` and neither the
+    unchanged `cödé.txt` nor the firmware file."""
+    ws, run = info_zip_chain
+    assert run.returncode == 0, run.stdout + run.stderr
+    with zipfile.ZipFile(ws.source) as zf:  # the source is what Info-ZIP writes
+        assert not any(i.flag_bits & 0x800 for i in zf.infolist())
+    target = ws.out / "targetfiles.zip"
+    names = unzip_names(target)
+    for name in (UTF8_FIRMWARE, f"SYSTEM/{UTF8_KEPT}", f"SYSTEM/{UTF8_CHANGED}"):
+        assert name.encode() in names
+    assert not [n for n in names if "├".encode() in n]
+    with ZipSource(target) as tgt:
+        assert tgt.read(UTF8_FIRMWARE) == b"modem blob\n" * 100
+        assert tgt.read(f"SYSTEM/{UTF8_CHANGED}") == b"size=2\n" * 40
+    with zipfile.ZipFile(target) as zf:  # how names are written: the flag for non-ASCII
+        for info in zf.infolist():
+            assert bool(info.flag_bits & 0x800) == (not info.filename.isascii()), info
+    package = unzip_names(ws.out / "update.zip")
+    changed = UTF8_CHANGED.encode()
+    assert (b"system/" + changed in package) != (b"patch/system/" + changed + b".p" in package)
+    assert not [n for n in package if "cödé".encode() in n or "münchen".encode() in n]
+    summary = json.loads((ws.out / "update.json").read_text())
+    assert summary["verify"]["ok"] is True
+
+
+ORACLE = os.environ.get("DFOTA_ORACLE")
+
+
+@pytest.mark.skipif(not ORACLE, reason="DFOTA_ORACLE is not set: the module's real updater "
+                    "(apply-package.py, root only) is not run")
+def test_real_updater_gives_the_target_names(info_zip_chain: tuple[Workspace, Run]) -> None:
+    """Fed: the package of the Info-ZIP source above, run by the module's real updater
+    (`$DFOTA_ORACLE/apply-package.py`, which builds /system from the source's name bytes).
+    Outcome: the updater succeeds, and /system holds exactly the target's SYSTEM names and
+    file bytes, non-ASCII names included."""
+    ws, run = info_zip_chain
+    assert run.returncode == 0, run.stdout + run.stderr
+    done = subprocess.run([sys.executable, str(Path(str(ORACLE)) / "apply-package.py"),
+                           str(ws.source), str(ws.out / "update.zip")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["exit"] == 0, result["log_tail"]
+    device = {e["path"].encode("utf-8", "surrogateescape"): e for e in result["system"]}
+    with zipfile.ZipFile(ws.out / "targetfiles.zip") as zf:
+        target = {i.filename.removeprefix("SYSTEM/").rstrip("/").encode(): i
+                  for i in zf.infolist() if i.filename.startswith("SYSTEM/")
+                  and i.filename != "SYSTEM/"}
+        for name in (UTF8_FIRMWARE, f"SYSTEM/{UTF8_KEPT}", f"SYSTEM/{UTF8_CHANGED}"):
+            rel = name.removeprefix("SYSTEM/").encode()
+            assert device[rel]["sha1"] == hashlib.sha1(zf.read(name)).hexdigest()
+    assert sorted(device) == sorted(target)
+
+
+@pytest.mark.parametrize("flagged", [False, True], ids=["no-flag", "utf8-flag"])
+def test_source_entry_name_that_is_not_utf8_is_refused(ws: Workspace, flagged: bool) -> None:
+    """Fed: a source made by `zip -qry0` holding `SYSTEM/etc/bad\\xffname` (the byte 0xff is
+    not UTF-8), without the UTF-8 flag as Info-ZIP writes it, or with the flag set.
+    Outcome: exit 1, `error: <source>: entry name 'SYSTEM/etc/bad\\xffname' is not valid
+    UTF-8` (the byte shown escaped, never read as code page 437); out/ and archive/
+    unchanged."""
+    tree = unpacked_source(ws)
+    os.close(os.open(os.fsencode(tree / "SYSTEM/etc") + b"/bad\xffname",
+                     os.O_CREAT | os.O_WRONLY))
+    info_zip(tree, ws.source)
+    if flagged:
+        data = bytearray(ws.source.read_bytes())
+        for magic, at in ((b"PK\x01\x02", 9), (b"PK\x03\x04", 7)):
+            start = 0
+            while (start := data.find(magic, start)) >= 0:
+                name_at = start + (46 if magic == b"PK\x01\x02" else 30)
+                if data[name_at:name_at + 16] == b"SYSTEM/etc/bad\xffn":
+                    data[start + at] |= 0x08  # bit 11 of the general purpose flags
+                start += 4
+        ws.source.write_bytes(data)
+        with pytest.raises(UnicodeDecodeError):  # the flag is set: zipfile reads UTF-8
+            zipfile.ZipFile(ws.source)
+    with unchanged(ws):
+        line = refused(ws.doit())
+    assert line == f"{ws.source}: entry name 'SYSTEM/etc/bad\\xffname' is not valid UTF-8"
+
+
+def test_host_updater_refuses_a_package_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Fed: to the host updater (`doit verify`'s model of the module), a package made by
+    Info-ZIP whose entry `system/bad\\xffname` is not UTF-8.
+    Outcome: one line naming the package and the escaped bytes (exit 1 in a run)."""
+    tree = tmp_path / "pkg"
+    (tree / "system").mkdir(parents=True)
+    os.close(os.open(os.fsencode(tree / "system") + b"/bad\xffname",
+                     os.O_CREAT | os.O_WRONLY))
+    info_zip(tree, tmp_path / "update.zip")
+    with pytest.raises(DfotaError) as caught:
+        load_package(tmp_path / "update.zip")
+    assert str(caught.value) == (f"{tmp_path / 'update.zip'}: entry name "
+                                 "'system/bad\\xffname' is not valid UTF-8")
 
 
 # --- images ----------------------------------------------------------------------------------

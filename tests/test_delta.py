@@ -398,7 +398,7 @@ def test_the_folder_of_a_kept_noota_file_is_not_removed(tmp_path: Path) -> None:
     target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
     settings = pair(tmp_path, target=target)  # a cross-baseline target without etc/webui/
     build_delta(settings, quiet())
-    script, found = script_calls(settings.pending_zip)
+    script, found = script_calls(settings.workspace.pending_zip)
     assert b"/system/etc/webui" not in script
     assert any(c.name == "delete_recursive" for c in found)  # other folders still go
 

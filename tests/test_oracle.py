@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tasks import plan
-from tasks.config import Settings
+from tasks.config import DeltaSettings
 from tasks.delta import build_delta
 from tasks.elf import build_abl_elf
-from tasks.filelists import read_file_lists
+from tasks.filelists import lists_in
 from tasks.plan import parse_mode
 from tasks.updater import SCRIPT_NAME
 from tasks.verify import verify_package
@@ -35,7 +35,7 @@ def test_every_change_kind_gives_the_same_result_on_both_updaters(
         oracle: Path, tmp_path: Path, mode: str) -> None:
     settings = pair(tmp_path, mode=mode)
     build_delta(settings, quiet())
-    assert agree(oracle, Path(settings.base), settings.pending_zip).exit == 0
+    assert agree(oracle, Path(settings.base), settings.workspace.pending_zip).exit == 0
 
 
 def script_package(tmp: Path, script: bytes) -> tuple[Path, Path]:
@@ -83,7 +83,7 @@ def test_the_command_pipe_is_the_real_updaters(oracle: Path, tmp_path: Path,
     agree(oracle, *script_package(tmp_path, script))
 
 
-def long_name_pair(tmp: Path, length: int) -> tuple[Settings, str]:
+def long_name_pair(tmp: Path, length: int) -> tuple[DeltaSettings, str]:
     """The sample pair plus a rootfs file with a `length`-byte name, changed a little."""
     name = "usr/share/" + "n" * length
     data = binary(9, 20_000)
@@ -98,7 +98,7 @@ def test_a_file_whose_patch_name_would_be_too_long_is_shipped_whole(
     settings, name = long_name_pair(tmp_path, length)
     changes = {c["path"]: c for c in build_delta(settings, quiet()).summary["changes"]}
     assert changes[name]["kind"] == kind
-    assert agree(oracle, Path(settings.base), settings.pending_zip).exit == 0
+    assert agree(oracle, Path(settings.base), settings.workspace.pending_zip).exit == 0
 
 
 def test_a_package_that_patches_a_252_byte_name_fails_verify_as_the_module_aborts(
@@ -106,10 +106,11 @@ def test_a_package_that_patches_a_252_byte_name_fails_verify_as_the_module_abort
     settings, _ = long_name_pair(tmp_path, 252)
     monkeypatch.setattr(plan, "patchable", lambda path, mount="/system": True)  # the old writer
     build_delta(settings, quiet())
-    real = agree(oracle, Path(settings.base), settings.pending_zip)
+    real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
     assert (real.exit, real.error) == (7, 510)
-    report = verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                            parse_mode("all"), read_file_lists(settings.config_dir), quiet())
+    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
+                            settings.workspace.target_zip,
+                            parse_mode("all"), lists_in(settings.config_dir), quiet())
     assert not report.ok
     assert "510" in next(c for c in report.checks if not c.ok).detail
 
@@ -119,12 +120,13 @@ def test_a_noota_file_keeps_its_folder_when_the_target_has_none(oracle: Path,
     target = {p: n for p, n in next_system().items() if not p.startswith("etc/webui")}
     settings = pair(tmp_path, target=target)  # the lists name SYSTEM/etc/webui/test.cfg
     build_delta(settings, quiet())
-    real = agree(oracle, Path(settings.base), settings.pending_zip)
+    real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
     assert real.exit == 0
     assert real.system[b"etc/webui/test.cfg"][4] == hashlib.sha1(b"user settings\n").hexdigest()
     assert real.system[b"etc/webui"][0] == "d"
-    assert verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                          parse_mode("all"), read_file_lists(settings.config_dir), quiet()).ok
+    assert verify_package(settings.workspace.pending_zip, Path(settings.base),
+                          settings.workspace.target_zip,
+                          parse_mode("all"), lists_in(settings.config_dir), quiet()).ok
 
 
 def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
@@ -134,7 +136,8 @@ def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
               "etc/webui/other.cfg": f("other\n")}  # a target with it is refused (fullota)
     settings = pair(tmp_path, source=source, target=target)
     build_delta(settings, quiet())
-    real = agree(oracle, Path(settings.base), settings.pending_zip)
+    real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
     assert real.exit == 0 and b"etc/webui/test.cfg" not in real.system
-    assert verify_package(settings.pending_zip, Path(settings.base), settings.target_zip,
-                          parse_mode("all"), read_file_lists(settings.config_dir), quiet()).ok
+    assert verify_package(settings.workspace.pending_zip, Path(settings.base),
+                          settings.workspace.target_zip,
+                          parse_mode("all"), lists_in(settings.config_dir), quiet()).ok
