@@ -437,17 +437,17 @@ def _needs(task: str, other: str) -> bool:
 
 def check_versions(conf: Configuration, selected: Sequence[str]) -> None:
     """The versions the command names resolve (a key, a unique prefix, or a zip), before any
-    task runs."""
+    task runs; whether each is intact is checked where it is used."""
     from tasks.archive import Archive
 
     named = {t.split(":", 1)[0] for t in selected}
     ws = conf.workspace
     archive = Archive(ws.archive_dir, ws.archive_hashes)
     if any(_needs(t, "targetfiles") for t in named) and conf.targetfiles.source:
-        archive.resolve(conf.targetfiles.source, "source")
+        archive.resolve(conf.targetfiles.source, "source", intact=False)
     if any(_needs(t, "delta") for t in named):
         if conf.delta.base:
-            archive.resolve(conf.delta.base, "base")
+            archive.resolve(conf.delta.base, "base", intact=False)
         if conf.delta.bases and not conf.delta.bases.isdigit():
             for base in conf.delta.bases.split(","):
-                archive.resolve(base, "base")
+                archive.resolve(base, "base", intact=False)

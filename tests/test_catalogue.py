@@ -1492,14 +1492,15 @@ def test_output_folder_read_only(ws: Workspace) -> None:
 
 def test_archive_folder_missing(ws: Workspace) -> None:
     """Fed: the archive folder deleted (or never mounted), and no `--source`.
-    Outcome: exit 1, `error: <archive>: the archive holds no version to build on: run `doit
-    import_base --firmware DIR` once, or pass `--source` a targetfiles.zip`; no archive folder
-    is created; out/ unchanged."""
+    Outcome: exit 1, `error: <archive>: this workspace has no version to build on: run `doit
+    import_base --firmware DIR` once, or give `--source` a targetfiles.zip or an archived
+    version`; no archive folder is created; out/ unchanged."""
     shutil.rmtree(ws.archive)
     with unchanged(ws):
         line = refused(ws.doit(default_source=True))
-    assert line == (f"{ws.archive}: the archive holds no version to build on: run `doit "
-                    "import_base --firmware DIR` once, or pass `--source` a targetfiles.zip")
+    assert line == (f"{ws.archive}: this workspace has no version to build on: run `doit "
+                    "import_base --firmware DIR` once, or give `--source` a targetfiles.zip or "
+                    "an archived version")
     assert not ws.archive.exists()
 
 

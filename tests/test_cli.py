@@ -15,7 +15,7 @@ import pytest
 
 from tasks.cli import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_code
 from tasks.package import SCRIPT_ENTRY
-from tests.workspace import PROJECT, Workspace
+from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
 
 @pytest.mark.parametrize(("doit_code", "failures", "expected"), [
@@ -28,13 +28,16 @@ def test_exit_codes_tell_failures_apart(doit_code: int, failures: list[str],
 
 
 def dfota(ws: Workspace, *argv: str) -> subprocess.CompletedProcess[str]:
+    if "--config" not in argv and argv[0] != "no_such_task":
+        argv = (*argv, "--config", str(SAMPLE_LISTS))
     return subprocess.run([sys.executable, "-m", "tasks.cli", "--db-file",
                            str(ws.root / "doit.db"), *argv], cwd=PROJECT, capture_output=True,
                           text=True, check=False)
 
 
 def chain(ws: Workspace, *tasks: str) -> list[str]:
-    argv = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders]
+    argv = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+            "--config", str(SAMPLE_LISTS)]
     for task in tasks:
         argv += [task, *ws.folders]
     return argv

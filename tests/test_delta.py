@@ -19,6 +19,7 @@ from tasks.delta import build_delta
 from tasks.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
 from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
+from tasks.filelists import REQUIRED_LISTS
 from tasks.package import PLACEHOLDER, SCRIPT_ENTRY
 from tasks.runlog import RunLog
 from tasks.zipio import ZipSource
@@ -59,6 +60,8 @@ def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
                       abl=build_abl_elf(b"b" * 900 if abl_changed else b"a" * 900))
     config = tmp / "config"
     config.mkdir(exist_ok=True)
+    for name in REQUIRED_LISTS:  # the lists a test leaves out are empty
+        (config / name).touch()
     for name, text in (LISTS if lists is None else lists).items():
         (config / name).write_text(text)
     settings = DeltaSettings(Folders(tmp / "out", tmp / "state", tmp / "archive"),

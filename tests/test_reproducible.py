@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracle import check_published
-from tests.workspace import PROJECT, Workspace
+from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
 # names whose bytes would change with the locale's encoding if a run depended on it
 ODD_NAMES = ["ünï cödé", "new\nline", "日本語", 'quo"te and space']
@@ -39,7 +39,7 @@ def workspace(sample_sdk: Path, root: Path) -> Workspace:
 def build(ws: Workspace, *, env: dict[str, str], umask: int,
           wrapper: list[str]) -> subprocess.CompletedProcess[str]:
     argv = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
-            "delta", *ws.folders]
+            "delta", *ws.folders, "--config", str(SAMPLE_LISTS)]
     command = [*wrapper, sys.executable, "-m", "doit", "--db-file", str(ws.root / "doit.db"),
                *argv]
     clean = {k: v for k, v in os.environ.items()
