@@ -211,32 +211,46 @@ def test_5_a_worse_package_is_never_kept_as_up_to_date(project: Project) -> None
     assert project.summary()["diff_timeouts"] == 0
 
 
-@pytest.mark.parametrize(("option", "readers"), [
-    (("--strict",), {"targetfiles", "delta", "verify"}),
-    (("--mode", "l"), {"delta", "verify"}),
-    (("--size-budget-mb", "60"), {"delta", "verify"}),
-    (("--diff-timeout", "200"), {"delta", "verify"}),
-    (("--workers", "1"), {"delta", "verify"}),
+ALL = {"targetfiles", "delta", "verify"}
+
+
+@pytest.mark.parametrize(("where", "setting", "readers"), [
+    ("targetfiles", ("--strict",), ALL),
+    ("targetfiles", ("--metadata-from-image",), ALL),
+    ("targetfiles", ("--allow-outside-links",), ALL),
+    ("delta", ("--mode", "l"), {"delta", "verify"}),
+    ("delta", ("--base", BASE_KEY), {"delta", "verify"}),
+    ("delta", ("--bases", "1"), {"delta", "verify"}),
+    ("delta", ("--size-budget-mb", "60"), {"delta", "verify"}),
+    ("delta", ("--diff-timeout", "200"), {"delta", "verify"}),
+    ("delta", ("--workers", "1"), {"delta", "verify"}),
+    ("pyproject", ("config", "lists-copy"), {"delta", "verify"}),
+    ("pyproject", ("empty_by_nature", ["proc"]), ALL),
+    ("pyproject", ("source", BASE_KEY[:40]), ALL),  # the same base, by a key prefix
 ])
-def test_5_a_changed_setting_reruns_the_tasks_that_read_it(project: Project,
-                                                           option: tuple[str, ...],
-                                                           readers: set[str]) -> None:
-    project.configure(f'sdk = "{project.sdk}"\nconfig = "{SAMPLE_LISTS}"\n'
-                      f'source = "{project.base}"')
-    project.ok()
-    task = "targetfiles" if option[0] == "--strict" else "delta"
-    args = [*(["targetfiles", *option, "delta"] if task == "targetfiles"
-              else ["targetfiles", "delta", *option]), "verify"]
-    if option[0] == "--strict":  # the sample's own empty folders would stop --strict
+def test_5_a_changed_setting_reruns_the_tasks_that_read_it(project: Project, where: str,
+                                                           setting: tuple, readers: set[str]
+                                                           ) -> None:
+    """Each setting in turn: the tasks that read it run again (and those after them, whose
+    inputs they rewrite), the tasks before them do not; the same command again does nothing."""
+    lines = f'sdk = "{project.sdk}"\nconfig = "{SAMPLE_LISTS}"\nsource = "{project.base}"'
+    project.configure(lines)
+    if setting[0] == "--strict":  # the sample's own empty folders would stop --strict
         for folder in ("usrdata/empty_dir", "usrdata/new_empty_dir"):
             (project.sdk / "ql-ol-rootfs" / folder).rmdir()
         (project.sdk / "ql-ol-rootfs" / "usrdata" / "kept").write_text("x")
         (project.sdk / "target" / "sdxlemur-sysfs.ubi").unlink()  # no drift warnings
-        project.bump("2022-08-01,08:00")
-        project.ok()  # the rootfs changed: every task runs once
+    project.ok()
+    args = ["targetfiles", *(setting if where == "targetfiles" else ()), "delta",
+            *(setting if where == "delta" else ()), "verify"]
+    if where == "pyproject":
+        key, value = setting
+        if key == "config":
+            value = str(shutil.copytree(SAMPLE_LISTS, project.root / value))
+        lines = "\n".join(line for line in lines.splitlines() if not line.startswith(key))
+        project.configure(f"{lines}\n{key} = {json.dumps(value)}")
     ran = project.ok(*args)
-    assert {t for t in ("targetfiles", "delta", "verify") if f".  {t}\n" in ran.stdout} \
-        == readers, ran.stdout
+    assert {t for t in ALL if f".  {t}\n" in ran.stdout} == readers, ran.stdout
     assert "up to date" in project.ok(*args).stdout
 
 
