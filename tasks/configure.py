@@ -332,10 +332,12 @@ def _defaults(task: str, project: ProjectFile) -> dict[str, object]:
 
 
 def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, object],
-                 configured: Mapping[str, object], workspace: Workspace
-                 ) -> tuple[dict[str, object], list[str]]:
+                 configured: Mapping[str, object], workspace: Workspace,
+                 in_file: Iterable[str]) -> tuple[dict[str, object], list[str]]:
     """A task the command does not name: the options of its last run here. A chain-wide
-    option on the command line that this task reads must agree with them."""
+    option on the command line that this task reads must agree with them; one that
+    pyproject.toml sets otherwise is said in a warning."""
+    in_file = set(in_file)
     recorded = dict(record.tasks.get(task) or {})
     if not recorded:
         if task == "targetfiles":
@@ -351,7 +353,7 @@ def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, o
                              f"record ({recorded[key] or 'the default'}, from its last "
                              f"`doit {task}`): run `doit {task}` with it to change it",
                              workspace.record)
-        if configured[key] != recorded[key]:
+        if key in in_file and configured[key] != recorded[key]:
             warnings.append(f"{key}: the configuration says {configured[key] or 'the default'}"
                             f", this workspace's last `doit {task}` used "
                             f"{recorded[key] or 'the default'}; `doit {task}` applies the "
@@ -393,7 +395,7 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
             options[task] = configured[task]
         else:
             options[task], more = _from_record(task, record, given_chain, configured[task],
-                                               workspace)
+                                               workspace, project.chain)
             warnings += more
     t = options["targetfiles"]
     targetfiles = TargetfilesSettings(
