@@ -18,7 +18,12 @@ from pathlib import Path
 
 from tasks import __version__, ahead, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import DEFAULT_DIFF_TIMEOUT, SAMPLE_BASE, TargetfilesSettings
+from tasks.config import (
+    DEFAULT_DIFF_TIMEOUT,
+    SAMPLE_BASE,
+    TargetfilesSettings,
+    public_name,
+)
 from tasks.errors import DfotaError, shown_path
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
@@ -256,7 +261,8 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if source_new:
                 archive.add(source_version.key, source_path, {
-                    "origin": "source", "imported_from": str(source_path),
+                    "origin": "source",
+                    "imported_from": public_name(source_path, settings.workspace.root),
                     "version": source_version.to_json(), "created": created, "tool": TOOL,
                     "source": None}, sha256=source_sha256)
             staged_synced()  # on disk before it is linked into the archive
@@ -267,7 +273,7 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
                     "system_metadata": ("sdxlemur-sysfs.ubi" if settings.metadata_from_image
                                         else "ql-ol-rootfs"),
                     "inputs": {
-                        "sdk": str(sdk.folder),
+                        "sdk": public_name(sdk.folder, settings.workspace.root),
                         "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
                         "boot_image_sha1": cache.sha1_of(sdk.boot_image),
                         "abl_sha1": cache.sha1_of(sdk.abl),

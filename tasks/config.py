@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,11 @@ class Workspace:
     state_dir: Path
     archive_dir: Path
     target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the outputs and the state: what `out/` names files against."""
+        return Path(os.path.commonpath([self.out_dir, self.state_dir]))
 
     @property
     def target_zip(self) -> Path:
@@ -115,6 +121,44 @@ class Workspace:
 
 
 @dataclass(frozen=True, slots=True)
+class PackageInputs:
+    """The files a package was made from, by their paths on this machine: kept in the state
+    folder for `doit verify`; `out/` names them by `public_name` only."""
+
+    base_zip: Path
+    target_zip: Path
+    config_dir: Path | None
+    sdk: Path | None = None  # whose folder the target's build warnings name
+    base_sha256: str = ""
+    target_sha256: str = ""
+
+    def places(self, workspace: Workspace) -> dict[Path, str]:
+        """Each path of this machine that the package's summary may name, and its public
+        name."""
+        paths = (self.base_zip, self.target_zip, self.config_dir, self.sdk, workspace.out_dir,
+                 workspace.state_dir)
+        return {p: public_name(p, workspace.root) for p in paths if p is not None}
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"base_zip": str(self.base_zip), "target_zip": str(self.target_zip),
+                "config": str(self.config_dir) if self.config_dir else None,
+                "sdk": str(self.sdk) if self.sdk else None,
+                "base_sha256": self.base_sha256, "target_sha256": self.target_sha256}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> PackageInputs:
+        def path(key: str) -> Path | None:
+            value = data.get(key)
+            return Path(str(value)) if value else None
+
+        base, target = path("base_zip"), path("target_zip")
+        if base is None or target is None:
+            raise ValueError("no base or target")
+        return cls(base, target, path("config"), path("sdk"), str(data.get("base_sha256", "")),
+                   str(data.get("target_sha256", "")))
+
+
+@dataclass(frozen=True, slots=True)
 class TargetfilesSettings:
     """What `doit targetfiles` reads."""
 
@@ -178,3 +222,36 @@ def resolve_path(value: str | Path, base: Path | None = None) -> Path:
     current folder, where the command was started)."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base or Path.cwd()) / path
+
+
+def public_name(path: Path, root: Path) -> str:
+    """How `out/` and the archive name a file of the build machine: by its path relative to
+    the workspace's folder when inside it, else by its base name (the build machine's layout
+    stays in the state folder and the logs)."""
+    root = root.resolve()
+    if root == root.parent:  # outputs and state share no folder but /
+        return path.name
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def without_host_paths(value: object, places: Mapping[Path, str]) -> object:
+    """`value` (JSON-like) with every absolute path of `places` in its text replaced by its
+    public name (the longest first, so a folder inside another keeps its own name)."""
+    order = sorted(((os.fspath(p), name) for p, name in places.items()),
+                   key=lambda item: -len(item[0]))
+
+    def scrub(item: object) -> object:
+        if isinstance(item, str):
+            for path, name in order:
+                item = item.replace(path, name)
+            return item
+        if isinstance(item, dict):
+            return {k: scrub(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [scrub(v) for v in item]
+        return item
+
+    return scrub(value)

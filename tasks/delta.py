@@ -18,7 +18,13 @@ from pathlib import Path
 
 from tasks import __version__, atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import DeltaSettings, Workspace
+from tasks.config import (
+    DeltaSettings,
+    PackageInputs,
+    Workspace,
+    public_name,
+    without_host_paths,
+)
 from tasks.edify_parse import DEVICE_FUNCTIONS, EdifySyntaxError, parse
 from tasks.errors import CheckFailed, DfotaError, shown_path
 from tasks.filelists import (
@@ -43,6 +49,7 @@ from tasks.package import (
 )
 from tasks.patches import Blob, PatchJob, PatchOutcome, PatchRun
 from tasks.plan import Change, Kind, Part, parse_mode, plan_changes, refuse_unwritable
+from tasks.report import write_summary
 from tasks.runlog import Progress, RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
@@ -100,6 +107,7 @@ class DeltaResult:
     package: Path | None  # None when nothing changed
     summary: Mapping[str, object]
     warnings: tuple[str, ...]
+    inputs: PackageInputs  # what `doit verify` needs to prove the package
 
 
 def _file_paths(tree: Tree) -> dict[str, str]:
@@ -131,9 +139,10 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
 
 
 def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
-                build_warnings: Sequence[str] = ()) -> DeltaResult:
+                build_warnings: Sequence[str] = (), sdk: Path | None = None) -> DeltaResult:
     """`recorded_source`: the version this workspace built the target on (the default base);
-    `build_warnings`: the target's build's, carried into the summary and the report."""
+    `build_warnings`: the target's build's, carried into the summary and the report; `sdk`:
+    the SDK folder those warnings name (the summary names it without the host's layout)."""
     started = time.monotonic()
     parts = parse_mode(settings.mode)
     lists = lists_in(settings.config_dir)
@@ -151,8 +160,10 @@ def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
             kept = None if recorded[0] else \
                 settings.workspace.member_sha1s(archive.sha256_of(base_path))
             known = kept is not None and base.learn_kept_sha1s(kept)
+            inputs = PackageInputs(base_path, target_path, settings.config_dir, sdk,
+                                   archive.sha256_of(base_path), archive.sha256_of(target_path))
             result = _build(settings, log, parts, lists, base, target, started, recorded,
-                            tuple(build_warnings))
+                            tuple(build_warnings), inputs)
             if kept is not None and not known:
                 base.keep_sha1s(kept)
             return result
@@ -160,7 +171,8 @@ def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
 
 def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
            base: ZipSource, target: ZipSource, started: float,
-           recorded_sha1s: tuple[bool, bool], build_warnings: tuple[str, ...]) -> DeltaResult:
+           recorded_sha1s: tuple[bool, bool], build_warnings: tuple[str, ...],
+           inputs: PackageInputs) -> DeltaResult:
     source_version, target_version = zip_version(base), zip_version(target)
     downgrade = downgrade_warning(source_version, target_version)
     if source_version.key == target_version.key:
@@ -182,7 +194,7 @@ def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: 
                                             target.members[BOOT_IMAGE].size))])
         return _build_on(settings, log, parts, lists, base, target, started, recorded_sha1s,
                          (source_version, target_version), boot_changed, diffs, progress,
-                         [downgrade] if downgrade else [], build_warnings)
+                         [downgrade] if downgrade else [], build_warnings, inputs)
 
 
 class _DiffProgress:
@@ -211,7 +223,7 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
               recorded_sha1s: tuple[bool, bool],
               versions: tuple[ProjectVersion, ProjectVersion], boot_changed: bool,
               diffs: PatchRun, progress: _DiffProgress, first_warnings: list[str],
-              build_warnings: tuple[str, ...]) -> DeltaResult:
+              build_warnings: tuple[str, ...], inputs: PackageInputs) -> DeltaResult:
     source_version, target_version = versions
     source_tree = system_tree(base, recorded_sha1s=recorded_sha1s[0])
     target_tree = system_tree(target, recorded_sha1s=recorded_sha1s[1])
@@ -275,10 +287,10 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
         summary = {"changed": False, "source": source_version.key,
                    "target": target_version.key, "mode": sorted(p.value for p in parts),
                    "warnings": warnings, "build_warnings": list(build_warnings)}
-        atomic.write_text(ws.update_summary, json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        write_summary(ws.update_summary, summary, inputs.places(ws))
         log.say(f"delta: nothing changed from {source_version.key} to {target_version.key} in "
             f"{settings.mode}; no package written")
-        return DeltaResult(None, summary, tuple(warnings))
+        return DeltaResult(None, summary, tuple(warnings), inputs)
 
     version_sha1s = [source_tree[VERSION_FILE].sha1] if VERSION_FILE in source_tree else []
     version_change = next((c for c in changes if c.path == VERSION_FILE), None)
@@ -319,7 +331,7 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
         stale.unlink(missing_ok=True)
     size = settings.workspace.pending_zip.stat().st_size
 
-    summary = _summary(settings, base.path, source_version.key, target_version.key, parts, changes,
+    summary = _summary(settings, inputs, source_version.key, target_version.key, parts, changes,
                        outcomes, boot, minor, size, script_bytes, diff_seconds,
                        time.monotonic() - started)
     warnings += _budget_warnings(settings, size, changes)
@@ -330,9 +342,9 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
     summary["build_warnings"] = list(build_warnings)
     summary["diff_timeouts"] = sum(1 for o in outcomes.values()
                                    if o.whole_reason.startswith("diff timed out"))
-    atomic.write_text(settings.workspace.update_summary,
-                      json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    return DeltaResult(settings.workspace.pending_zip, summary, tuple(warnings))
+    write_summary(settings.workspace.update_summary, summary,
+                  inputs.places(settings.workspace))
+    return DeltaResult(settings.workspace.pending_zip, summary, tuple(warnings), inputs)
 
 
 def _budget_warnings(settings: DeltaSettings, size: int, changes: Sequence[Change]) -> list[str]:
@@ -354,7 +366,7 @@ def _budget_warnings(settings: DeltaSettings, size: int, changes: Sequence[Chang
     return warnings
 
 
-def _summary(settings: DeltaSettings, base_zip: Path, source_key: str, target_key: str,
+def _summary(settings: DeltaSettings, inputs: PackageInputs, source_key: str, target_key: str,
              parts: frozenset[Part],
              changes: Sequence[Change], outcomes: Mapping[str, PatchOutcome],
              boot: PartitionWrite | None,
@@ -383,16 +395,20 @@ def _summary(settings: DeltaSettings, base_zip: Path, source_key: str, target_ke
     return {
         "tool": f"quecopen-dfota {__version__}",
         "changed": True,
-        "package": str(settings.workspace.pending_zip),  # until `doit verify` publishes it
+        # where the package is until `doit verify` publishes it
+        "package": public_name(settings.workspace.pending_zip, settings.workspace.root),
         "published": False,
         "package_size": size,
         "source": source_key,
         "target": target_key,
         "size_budget": settings.size_budget,
-        "base_zip": str(base_zip),
-        "target_zip": str(settings.workspace.target_zip),
+        "base_zip": public_name(inputs.base_zip, settings.workspace.root),
+        "base_sha256": inputs.base_sha256,
+        "target_zip": public_name(inputs.target_zip, settings.workspace.root),
+        "target_sha256": inputs.target_sha256,
         "package_sha256": sha256_file(settings.workspace.pending_zip),
-        "config": str(settings.config_dir) if settings.config_dir else None,
+        "config": public_name(settings.config_dir, settings.workspace.root)
+        if settings.config_dir else None,
         "mode": sorted(p.value for p in parts),
         "counts": dict(sorted(counts.items())),
         "unchanged": sum(1 for c in changes if c.kind is Kind.UNCHANGED),
@@ -427,7 +443,7 @@ def describe(result: DeltaResult) -> str:
     if not s.get("changed"):
         return "delta: nothing to update"
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items())  # type: ignore[union-attr]
-    return (f"delta: {s['package']} ({s['package_size']} bytes, unverified: `doit verify` "
+    return (f"delta: {result.package} ({s['package_size']} bytes, unverified: `doit verify` "
             f"proves and publishes it) {s['source']} -> {s['target']} [{','.join(s['mode'])}]: "
             f"{counts or 'partitions only'}")
 
@@ -463,7 +479,8 @@ def pick_bases(spec: str, archive: Archive, target: ProjectVersion,
 
 
 def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str],
-                    verify: Callable[[Workspace, RunLog], object]) -> list[BaseOutcome]:
+                    verify: Callable[[Workspace, RunLog, PackageInputs], object]
+                    ) -> list[BaseOutcome]:
     """One verified package per base, each in `<out>/deltas/<base>_to_<target>/`, and an index.
 
     `out/deltas/` holds this run's packages only. A base that fails does not stop the
@@ -492,19 +509,24 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
             for warning in result.warnings:
                 log.say(f"warning: {warning}")
             if result.package is not None:
-                verify(workspace, log)
+                verify(workspace, log, result.inputs)
             size = int(result.summary.get("package_size", 0))  # type: ignore[call-overload]
             outcomes.append(BaseOutcome(base, folder, True, "verified" if result.package
                                         else "nothing changed", size))
         except DfotaError as exc:
             log.say(f"error: {exc}")
             outcomes.append(BaseOutcome(base, folder, False, str(exc)))
+    ws = settings.workspace
     index = {"target": target_key, "warnings": warnings, "packages": [
-        {"base": o.base, "folder": str(o.folder) if o.folder.exists() else None,
-         "package": str(o.folder / "update.zip") if (o.folder / "update.zip").is_file()
-         else None, "ok": o.ok, "result": o.message, "package_size": o.package_size}
+        {"base": public_name(Path(o.base), ws.root) if o.base.endswith(".zip") else o.base,
+         "folder": public_name(o.folder, ws.root) if o.folder.exists() else None,
+         "package": public_name(o.folder / "update.zip", ws.root)
+         if (o.folder / "update.zip").is_file() else None,
+         "ok": o.ok, "result": o.message, "package_size": o.package_size}
         for o in outcomes]}
-    atomic.write_text(root / "index.json", json.dumps(index, indent=1) + "\n")
+    public = without_host_paths(index, {ws.out_dir: public_name(ws.out_dir, ws.root),
+                                        ws.state_dir: public_name(ws.state_dir, ws.root)})
+    atomic.write_text(root / "index.json", json.dumps(public, indent=1) + "\n")
     failed = [o for o in outcomes if not o.ok]
     if failed:
         raise CheckFailed(f"{len(failed)} of {len(outcomes)} bases failed: "

@@ -28,6 +28,7 @@ from tasks.config import (
     PROJECT_DIR,
     SAMPLE_DIR,
     TEMPLATES,
+    PackageInputs,
     TargetfilesSettings,
     VerifySettings,
     Workspace,
@@ -41,8 +42,8 @@ from tasks.tree import file_stamp
 from tasks.workspace_record import (
     WorkspaceRecord,
     read_record,
+    record_package,
     record_target,
-    record_task,
     record_versions,
 )
 
@@ -329,7 +330,9 @@ def _delta(conf: Configuration, log: RunLog) -> None:
     settings, ws = conf.delta, conf.workspace
     record = read_record(ws.record)
     check_target_is_recorded(ws, record)
-    result = build_delta(settings, log, record.source_key, record.build_warnings)
+    sdk = record.tasks.get("targetfiles", {}).get("sdk")
+    result = build_delta(settings, log, record.source_key, record.build_warnings,
+                         Path(str(sdk)) if sdk else None)
     for warning in result.warnings:
         log.say(f"warning: {warning}")
     log.say(delta_describe(result))
@@ -338,7 +341,7 @@ def _delta(conf: Configuration, log: RunLog) -> None:
         log.say(f"delta: {len(outcomes)} packages in {ws.deltas_dir} (index.json)")
     else:
         shutil.rmtree(ws.deltas_dir, ignore_errors=True)  # packages of an earlier run
-    record_task(ws.record, "delta", conf.recorded_options["delta"])
+    record_package(ws.record, conf.recorded_options["delta"], result.inputs.to_json())
 
 
 def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord) -> None:
@@ -353,10 +356,19 @@ def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord) -> None:
                          "`doit targetfiles` again", ws.target_zip)
 
 
-def _verify_one(ws: Workspace, log: RunLog) -> None:
+def _verify_one(ws: Workspace, log: RunLog, inputs: PackageInputs) -> None:
     from tasks.verify import verify_delta
 
-    verify_delta(VerifySettings(ws), log)
+    verify_delta(VerifySettings(ws), log, inputs)
+
+
+def package_inputs(ws: Workspace) -> PackageInputs:
+    """What the workspace's package was made from (its record says; `out/` does not)."""
+    try:
+        return PackageInputs.from_json(read_record(ws.record).package)
+    except ValueError as exc:
+        raise DfotaError("this workspace's record does not say what its package was made "
+                         "from: run `doit delta` again", ws.record) from exc
 
 
 def _verify(settings: VerifySettings, log: RunLog) -> None:
@@ -366,7 +378,7 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
     if not verify_needed(ws):
         log.say("verify: nothing to verify (no package, or this package was verified)")
     else:
-        report = verify_delta(settings, log)
+        report = verify_delta(settings, log, package_inputs(ws))
         for check in report.checks:
             log.say(f"verify: ok  {check.name}: {check.detail}")
         log.say(f"verify: {ws.update_zip} passed {len(report.checks)} checks in "

@@ -546,7 +546,7 @@ def import_base(firmware_dir: Path, archive: Archive, *, template: Path | None =
         say(f"warning: {warning}")
     zip_path = firmware_dir / TARGETFILES
     manifest: dict[str, object] = {
-        "origin": "firmware", "imported_from": str(firmware_dir), "version": version.to_json(),
+        "origin": "firmware", "imported_from": firmware_dir.name, "version": version.to_json(),
         "source": None, "tool": TOOL,
         "images": {rel: sha1_file(firmware_dir / rel) for rel in REQUIRED_IMAGES},
     }

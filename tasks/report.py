@@ -17,7 +17,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from tasks import atomic
-from tasks.config import TEMPLATES
+from tasks.config import TEMPLATES, without_host_paths
 from tasks.errors import DfotaError
 
 TEMPLATE = "report.html.j2"
@@ -246,3 +246,11 @@ def write_report(summary_path: Path, html_path: Path) -> None:
         raise DfotaError(f"not a package summary ({type(exc).__name__}: {exc})",
                          summary_path) from exc
     atomic.write_text(html_path, html)
+
+
+def write_summary(path: Path, summary: Mapping[str, object],
+                  places: Mapping[Path, str]) -> None:
+    """Write a package summary (`update.json`) naming no path of this machine: each of
+    `places` by its public name (see `tasks.config.public_name`)."""
+    public = without_host_paths(dict(summary), places)
+    atomic.write_text(path, json.dumps(public, indent=1, sort_keys=True) + "\n")

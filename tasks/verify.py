@@ -25,12 +25,12 @@ from pathlib import Path
 
 from tasks import atomic
 from tasks.archive import Archive, sha256_file
-from tasks.config import VerifySettings, Workspace
+from tasks.config import PackageInputs, VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers, noota_kept
-from tasks.report import write_report
+from tasks.report import write_report, write_summary
 from tasks.runlog import RunLog
 from tasks.targetfiles import (
     BOOT_IMAGE,
@@ -466,45 +466,45 @@ def verify_needed(workspace: Workspace) -> bool:
                 and sha256_file(workspace.update_zip) == summary.get("package_sha256"))
 
 
-def verify_delta(settings: VerifySettings, log: RunLog) -> VerifyReport:
-    """Verify the package `doit delta` left aside, as `out/update.json` describes it; publish it
-    at `out/update.zip` when it passes, move it to `out/rejected/` when it fails."""
+def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -> VerifyReport:
+    """Verify the package `doit delta` left aside, made from `inputs` as `out/update.json`
+    describes it; publish it at `out/update.zip` when it passes, move it to `out/rejected/`
+    when it fails."""
     workspace = settings.workspace
     summary = _read_summary(workspace)
     if not workspace.pending_zip.is_file():
         raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
-    lists = lists_in(summary.get("config"))
-    target_zip = Path(str(summary["target_zip"]))
+    lists = lists_in(inputs.config_dir)
     archive = Archive(workspace.archive_dir, workspace.archive_hashes)
-    report = verify_package(workspace.pending_zip, Path(str(summary["base_zip"])), target_zip,
+    report = verify_package(workspace.pending_zip, inputs.base_zip, inputs.target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
-                                                               target_zip),
+                                                               inputs.target_zip),
                             bspatch_record=workspace.bspatch_record)
     summary["verify"] = report.to_json()
+    places = inputs.places(workspace)
     if report.ok:
         # what the summary records is where the package is once published
         summary["package"] = summary["verify"]["package"] = str(workspace.update_zip)
         summary["published"] = True
-        atomic.write_text(workspace.update_summary, json.dumps(summary, indent=1, sort_keys=True)
-                          + "\n")
+        write_summary(workspace.update_summary, summary, places)
         write_report(workspace.update_summary, workspace.update_report)
         os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
         return report
-    rejected = reject(workspace, summary)
+    rejected = reject(workspace, summary, places)
     failed = next(c for c in report.checks if not c.ok)
     raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
                       f"{rejected}", workspace.pending_zip)
 
 
-def reject(workspace: Workspace, summary: Mapping[str, object]) -> Path:
+def reject(workspace: Workspace, summary: Mapping[str, object],
+           places: Mapping[Path, str]) -> Path:
     """Move the package and its report out of the way of anything that publishes out/."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = workspace.out_dir / "rejected" / stamp
     folder.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
-                      + "\n")
+    write_summary(folder / "update.json", summary, places)
     write_report(folder / "update.json", folder / "update.html")
     shutil.move(str(workspace.pending_zip), folder / "update.zip")
     workspace.update_summary.unlink(missing_ok=True)

@@ -4,6 +4,8 @@
   command that runs the task without naming it uses them again (see `tasks.configure`);
 - `target`: the last target `doit targetfiles` built (key, sha256, the source it was built on)
   and that build's warnings, which the package's report carries;
+- `package`: the files `out/`'s package was made from, by their paths here (`out/` names
+  them without the host's layout), for `doit verify`;
 - `versions`: every version this workspace built or imported, oldest first: default sources
   and bases are chosen among these only, so an archive shared with other workspaces never
   hands this one another product's version.
@@ -27,6 +29,7 @@ class WorkspaceRecord:
     tasks: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     target: Mapping[str, object] = field(default_factory=dict)
     versions: tuple[str, ...] = ()
+    package: Mapping[str, object] = field(default_factory=dict)  # PackageInputs of out/'s
 
     @property
     def target_key(self) -> str:
@@ -42,7 +45,7 @@ class WorkspaceRecord:
 
     def to_json(self) -> dict[str, object]:
         return {"format": FORMAT, "tasks": dict(self.tasks), "target": dict(self.target),
-                "versions": list(self.versions)}
+                "versions": list(self.versions), "package": dict(self.package)}
 
 
 def read_record(path: Path) -> WorkspaceRecord:
@@ -54,7 +57,8 @@ def read_record(path: Path) -> WorkspaceRecord:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format') if isinstance(data, dict) else '?'}")
         return WorkspaceRecord(dict(data["tasks"]), dict(data["target"]),
-                               tuple(str(v) for v in data["versions"]))
+                               tuple(str(v) for v in data["versions"]),
+                               dict(data.get("package") or {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DfotaError(f"unreadable workspace record ({exc}); remove it and run "
                          "`doit targetfiles` again", path) from exc
@@ -65,10 +69,12 @@ def _with_versions(known: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:
     return (*seen, *(v for v in dict.fromkeys(new) if v and v not in seen))
 
 
-def record_task(path: Path, task: str, options: Mapping[str, object]) -> None:
-    """The options task `task` just ran with."""
+def record_package(path: Path, options: Mapping[str, object],
+                   inputs: Mapping[str, object]) -> None:
+    """What `doit delta` just made its package from, with the options it ran with."""
     old = read_record(path)
-    _write(path, WorkspaceRecord({**old.tasks, task: dict(options)}, old.target, old.versions))
+    _write(path, WorkspaceRecord({**old.tasks, "delta": dict(options)}, old.target,
+                                 old.versions, dict(inputs)))
 
 
 def record_target(path: Path, options: Mapping[str, object], target: Mapping[str, object],
@@ -76,13 +82,14 @@ def record_target(path: Path, options: Mapping[str, object], target: Mapping[str
     """What `doit targetfiles` just built, with the options it ran with."""
     old = read_record(path)
     _write(path, WorkspaceRecord({**old.tasks, "targetfiles": dict(options)}, dict(target),
-                                 _with_versions(old.versions, versions)))
+                                 _with_versions(old.versions, versions), old.package))
 
 
 def record_versions(path: Path, versions: Iterable[str]) -> None:
     """Versions this workspace imported."""
     old = read_record(path)
-    _write(path, WorkspaceRecord(old.tasks, old.target, _with_versions(old.versions, versions)))
+    _write(path, WorkspaceRecord(old.tasks, old.target, _with_versions(old.versions, versions),
+                                 old.package))
 
 
 def _write(path: Path, record: WorkspaceRecord) -> None:

@@ -4,6 +4,7 @@ pyproject.toml is edited as the README says, one command at a time."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -105,7 +106,7 @@ def test_1_the_samples_versions_never_become_the_base_of_a_users_build(project: 
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
     assert project.archived() == [BASE_KEY, NEXT_KEY]
     assert (project.summary()["source"], project.summary()["target"]) == (BASE_KEY, NEXT_KEY)
-    assert project.summary()["package"] == str(project.root / "out" / "update.zip")
+    assert project.summary()["package"] == "out/update.zip"
 
 
 # ------------------------------------------------------------------ case 2: a typo
@@ -278,7 +279,7 @@ def test_6_bases_count_older_versions_and_a_downgrade_is_named(project: Project)
     assert "this workspace has only 2 version(s) older than" in run.stdout
     index = json.loads((project.root / "out" / "deltas" / "index.json").read_text())
     assert [p["base"] for p in index["packages"]] == [NEXT_KEY, BASE_KEY]
-    assert all(Path(p["package"]).is_file() for p in index["packages"])
+    assert all((project.root / p["package"]).is_file() for p in index["packages"])
     down = project.ok("delta", "--base", newer, "verify")
     line = (f"downgrade: the base {newer} is newer than the target {older}; the package takes "
             "modules back to an older version")
@@ -302,13 +303,13 @@ def test_7_out_holds_only_this_targets_outputs(project: Project) -> None:
     pending = project.root / "out" / ".unverified" / "update.zip"
     assert f"delta: {pending} (" in made.stdout and "unverified" in made.stdout
     assert not (project.root / "out" / "deltas").exists()
-    assert project.summary()["package"] == str(pending) and pending.is_file()
+    assert project.summary()["package"] == "out/.unverified/update.zip" and pending.is_file()
     project.ok("verify")
     summary = project.summary()
     for path in (summary["package"], summary["verify"]["package"], summary["target_zip"],
-                 summary["base_zip"]):
-        assert Path(path).is_file(), path
-    assert summary["package"] == str(project.root / "out" / "update.zip")
+                 summary["base_zip"]):  # named from the workspace's folder
+        assert (project.root / path).is_file(), path
+    assert summary["package"] == "out/update.zip"
     quiet = project.ok()
     assert quiet.stdout.splitlines()[-1].startswith("up to date: nothing changed; ")
     assert (project.root / "out" / "update.zip").is_file()
@@ -358,10 +359,32 @@ def test_folders_empty_by_nature_are_carried_without_a_word(project: Project) ->
     assert stopped.returncode == 1 and "usrdata/fresh: empty directory" in stopped.stdout
 
 
+def test_out_and_the_archive_name_no_path_of_the_build_machine(project: Project) -> None:
+    """Inputs inside the workspace's folder by relative path, outside it by base name (the
+    state folder and the logs may keep the machine's paths)."""
+    outside = project.root.parent / f"{project.root.name}-lists"
+    shutil.copytree(SAMPLE_LISTS, outside)
+    own_sdk(project, str(outside))
+    project.ok("targetfiles", "--source", str(project.base), "delta", "--bases", "1", "verify")
+    for folder in (project.root / "out", project.root / "archive"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert str(project.root.parent).encode() not in data, path
+    manifest = json.loads((project.root / "archive" / NEXT_KEY / "manifest.json").read_text())
+    assert manifest["inputs"]["sdk"] == "my-sdk"
+    source = json.loads((project.root / "archive" / BASE_KEY / "manifest.json").read_text())
+    assert source["imported_from"] == "base.zip"
+    summary = project.summary()
+    assert (summary["config"], summary["base_zip"]) == (outside.name,
+                                                       f"archive/{BASE_KEY}/targetfiles.zip")
+    assert summary["base_sha256"] == hashlib.sha256(project.base.read_bytes()).hexdigest()
+
+
 def test_build_warnings_reach_the_summary_and_the_report(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
-    warning = f"{project.sdk / 'ql-ol-rootfs' / 'usrdata/empty_dir'}: empty directory"
+    warning = "my-sdk/ql-ol-rootfs/usrdata/empty_dir: empty directory"  # no host layout
     assert any(w.startswith(warning) for w in project.summary()["build_warnings"])
     assert warning in (project.root / "out" / "update.html").read_text()
 

@@ -59,8 +59,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict:
     target = next_system()
     target[ANGLED] = f(binary(11, 200_000))
     settings = pair(tmp_path_factory.mktemp("hostile"), target=target)
-    build_delta(settings, quiet())
-    verify_delta(VerifySettings(settings.workspace), quiet())
+    made = build_delta(settings, quiet())
+    verify_delta(VerifySettings(settings.workspace), quiet(), made.inputs)
     return json.loads(settings.workspace.update_summary.read_text("utf-8"))
 
 

@@ -169,10 +169,10 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
 
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, quiet())
+    made = build_delta(settings, quiet())
     _wrong_sha1(settings.workspace.pending_zip)
     with pytest.raises(DfotaError, match=r"package failed verification \(apply to the source"):
-        verify_delta(VerifySettings(settings.workspace), quiet())
+        verify_delta(VerifySettings(settings.workspace), quiet(), made.inputs)
     ws = settings.workspace
     assert not ws.pending_zip.exists() and not ws.update_summary.exists()
     (rejected,) = (settings.workspace.out_dir / "rejected").iterdir()
@@ -183,8 +183,8 @@ def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> Non
 
 def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) -> None:
     settings = pair(tmp_path)
-    build_delta(settings, quiet())
-    verify_delta(VerifySettings(settings.workspace), quiet())
+    made = build_delta(settings, quiet())
+    verify_delta(VerifySettings(settings.workspace), quiet(), made.inputs)
     summary = json.loads(settings.workspace.update_summary.read_text())
     assert summary["verify"]["ok"] is True and summary["verify"]["seconds"] > 0
     assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS
