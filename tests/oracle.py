@@ -193,13 +193,14 @@ def agree(folder: Path, source_zip: Path, package: Path) -> Outcome:
 
 def published(out: Path) -> Iterator[tuple[Path, Path]]:
     """(base targetfiles, package) of every package a run left under `out`: published,
-    waiting for `doit verify`, or made for one of several bases."""
+    waiting for `doit verify`, or made for one of several bases. A summary names the base
+    from the workspace's folder (here the one holding `out`)."""
     pairs = [(out / "update.json", out / "update.zip"),
              (out / "update.json", out / ".unverified/update.zip"),
              *((s, s.with_name("update.zip")) for s in sorted(out.glob("deltas/*/update.json")))]
     for summary, package in pairs:
         if summary.is_file() and package.is_file():
-            yield Path(json.loads(summary.read_text())["base_zip"]), package
+            yield out.parent / json.loads(summary.read_text())["base_zip"], package
 
 
 def check_published(out: Path, seen: set[str] | None = None) -> int:

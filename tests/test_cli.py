@@ -106,7 +106,7 @@ def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:
     assert all(p["ok"] and p["result"] == "verified" for p in index["packages"])
     for package in index["packages"]:
         assert Path(package["folder"]).name == f"{package['base']}_to_{keys[2]}"
-        assert zipfile.ZipFile(package["package"]).testzip() is None
+        assert zipfile.ZipFile(ws.root / package["package"]).testzip() is None
     # the oldest base's archived zip is damaged: that base fails, the other is still made
     broken = ws.archive / keys[0] / "targetfiles.zip"
     broken.chmod(0o644)
