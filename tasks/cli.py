@@ -8,6 +8,8 @@ doit itself exits 1 for any failed task. A nightly job needs more:
     3  usage error: unknown task or option (doit's own message)
     4  a check failed: a package did not prove out on the host (moved to out/rejected/), or,
        with several bases, at least one of them failed
+    5  the workspace is busy: another run holds its lock
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ def exit_code(doit_code: int, failures: Sequence[str]) -> int:
     return EXIT_USAGE if doit_code == 3 else doit_code
 
 
+def version_line() -> str:
+    from doit import __version__ as doit_version
+
+    from tasks import __version__
+
+    return f"dfota {__version__} (doit {'.'.join(map(str, doit_version))})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:
+        print(version_line())
+        return EXIT_OK
     dodo_tasks.FAILURES.clear()
-    code = DoitMain(dodo_tasks.DfotaLoader()).run(list(sys.argv[1:] if argv is None else argv))
+    code = DoitMain(dodo_tasks.DfotaLoader()).run(args)
     return exit_code(code, dodo_tasks.FAILURES)
 
 

@@ -21,6 +21,7 @@ archive of a user's SDK, and nothing of the sample is used for a user's SDK.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from tasks.config import (
     is_sample_sdk,
     resolve_path,
 )
-from tasks.errors import DfotaError
+from tasks.errors import DfotaError, UsageError
 from tasks.workspace_record import WorkspaceRecord, read_record
 
 if sys.version_info >= (3, 11):
@@ -77,9 +78,11 @@ CHAIN_PARAMS: list[Param] = [
                                "build]"),
     _param("config", str, None, "folder of the vendor lists (quectel_*_filelist.txt), or "
                                 "'none' [chain-wide; required for your own SDK]"),
+    _param("wait", float, None, "wait up to SECONDS for another run of this workspace to end "
+                                "[chain-wide; default: 0, say it is busy]"),
 ]
 CHAIN_DEFAULTS: dict[str, object] = {"out": "out", "archive": "archive", "state": "build",
-                                     "source": "", "sdk": "", "config": "",
+                                     "source": "", "sdk": "", "config": "", "wait": 0.0,
                                      "empty_by_nature": list(EMPTY_BY_NATURE)}
 TABLE_ONLY = ("empty_by_nature",)  # chain-wide settings only pyproject.toml can give
 FOLDERS = ("out", "archive", "state")
@@ -108,6 +111,16 @@ TASK_PARAMS: dict[str, list[Param]] = {
                                  "list of versions, into out/deltas/"),
     ],
     "verify": [],
+    "prune": [
+        _param("keep", int, 0, "how many of the newest archived versions to keep"),
+        _param("force", bool, False, "also remove versions a kept version was built on"),
+    ],
+    "bench": [
+        _param("folder", str, "", "where the benchmark's data and runs go [default: "
+                                  "<state>/bench]"),
+        _param("keep_data", bool, False, "keep the benchmark's folder (gigabytes) afterwards"),
+        _param("update_benchmarks", bool, False, "rewrite BENCHMARKS.md with the results"),
+    ],
     "import_base": [
         _param("firmware", str, "", "a release firmware package folder (update/, upgrade/, "
                                     "md5.txt, contents.xml)"),
@@ -206,7 +219,7 @@ def command_line_options(args: Sequence[str], tasks: Iterable[str]
         try:
             values, _ = TaskParse([CmdOption(p) for p in params_of(task)]).parse(args[pos + 1:])
         except CmdParseError as exc:
-            raise DfotaError(f"{task}: {exc}") from exc
+            raise UsageError(_option_error(task, str(exc))) from None
         given = {k: v for k, v in values.items() if k in values._non_default_keys}
         own[task] = {k: v for k, v in given.items() if k not in chain_keys()}
         for key, value in given.items():
@@ -217,6 +230,21 @@ def command_line_options(args: Sequence[str], tasks: Iterable[str]
                                  f"values ({chain[key]} and {value}); give it once")
             chain[key] = value
     return chain, own
+
+
+def _option_error(task: str, text: str) -> str:
+    """getopt's complaint as one line naming the option and the task."""
+    found = re.search(r"option (-+[\w-]+) (not recognized|requires argument|must not have an "
+                      r"argument)", text)
+    if not found:
+        return f"{task}: bad options"
+    option, what = found.groups()
+    longs = [f"--{p['long']}" for p in params_of(task)]
+    hint = _nearest(option, longs) if what == "not recognized" else ""
+    said = {"not recognized": f"unknown option {option}{hint}",
+            "requires argument": f"{option} needs a value",
+            "must not have an argument": f"{option} takes no value"}[what]
+    return f"{task}: {said} (`doit help {task}` lists its options)"
 
 
 def chain_keys() -> tuple[str, ...]:
@@ -232,6 +260,9 @@ class Configuration:
     delta: DeltaSettings
     verify: VerifySettings
     import_options: Mapping[str, object]
+    prune_options: Mapping[str, object]
+    bench_options: Mapping[str, object]
+    wait: float
     record: WorkspaceRecord
     # each recorded task's options as they go into the workspace record after its run
     recorded_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -417,6 +448,9 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
         workspace=workspace, targetfiles=targetfiles, delta=delta,
         verify=VerifySettings(workspace=workspace),
         import_options={**_defaults("import_base", project), **given_own.get("import_base", {})},
+        prune_options={**_defaults("prune", project), **given_own.get("prune", {})},
+        bench_options={**_defaults("bench", project), **given_own.get("bench", {})},
+        wait=_number(values, "wait", float, 0, False),
         record=record, recorded_options=options, warnings=tuple(warnings), sample=sample)
 
 

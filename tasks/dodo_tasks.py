@@ -6,12 +6,13 @@ with every task up to date imports none of them (half a second of a doit start).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,17 @@ from tasks.config import (
     resolve_path,
 )
 from tasks.configure import TASK_PARAMS, Configuration, check_versions, configure, params_of
-from tasks.errors import EXIT_INPUT, CheckFailed, DfotaError
+from tasks.errors import (
+    EXIT_BUSY,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CheckFailed,
+    DfotaError,
+    UsageError,
+)
+from tasks.lock import WorkspaceBusy, WorkspaceLock
+from tasks.lock import take as take_lock
 from tasks.runlog import RunLog
 from tasks.tree import file_stamp
 from tasks.workspace_record import (
@@ -117,10 +128,16 @@ class Reporter(ConsoleReporter):
     in which every task was up to date says so in one line."""
 
     up_to_date_line = "up to date: nothing changed"  # set by the loader for the command
+    published: Path | None = None  # where verify publishes (set by the loader)
 
     def __init__(self, outstream: Any, options: Any) -> None:
         super().__init__(outstream, options)
         self.ran = False
+        self.succeeded: list[str] = []
+
+    def add_success(self, task: Any) -> None:
+        self.succeeded.append(task.name)
+        super().add_success(task)
 
     def execute_task(self, task: Any) -> None:
         self.ran = self.ran or not task.name.startswith("_")
@@ -136,6 +153,11 @@ class Reporter(ConsoleReporter):
         super().add_failure(task, fail)
 
     def complete_run(self) -> None:
+        if sys.exc_info()[0] is KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+            done = "verify" in self.succeeded and self.published is not None
+            print(f"interrupted after publishing {self.published}" if done
+                  else "interrupted: nothing published", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)  # the workers ended with their pools; the lock with us
         if not self.ran and not self.failures:
             self.write(self.up_to_date_line + "\n")
         self.failures = [f for f in self.failures
@@ -220,6 +242,7 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "targets": [ws.target_zip],
             "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
                          lambda task, values: _still_archived(ws, values)],
+            "clean": [lambda: clean_workspace(ws)],
             "verbosity": 2,
         }
 
@@ -235,6 +258,7 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "targets": [ws.update_summary],
             "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
                          lambda task, values: _no_diff_timeout(ws)],
+            "clean": [lambda: clean_workspace(ws)],
             "verbosity": 2,
         }
 
@@ -247,6 +271,7 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "file_dep": [ws.update_summary, ws.target_zip],
             "targets": [ws.verify_stamp],
             "uptodate": [config_changed({"tool": TOOL, **key_of(conf.verify)})],
+            "clean": [lambda: clean_workspace(ws)],
             "verbosity": 2,
         }
 
@@ -255,6 +280,24 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
         return {
             "actions": [guarded("import_base", ws.log_dir,
                                 lambda log: _import_base(ws, conf.import_options, log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def task_prune(**_: object) -> TaskDict:
+        """remove old archived versions: keep the newest --keep N (and what they need)"""
+        return {
+            "actions": [guarded("prune", ws.log_dir,
+                                lambda log: _prune(ws, conf.prune_options, log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def task_bench(**_: object) -> TaskDict:
+        """measure the chain on a production-size SDK pair against the alternatives"""
+        return {
+            "actions": [guarded("bench", ws.log_dir,
+                                lambda log: _bench(ws, conf.bench_options, log))],
             "uptodate": [False],
             "verbosity": 2,
         }
@@ -270,7 +313,8 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
     creators: dict[str, Callable[..., Any]] = {
         "task_targetfiles": task_targetfiles, "task_delta": task_delta,
         "task_verify": task_verify, "task_import_base": task_import_base,
-        "task_versions": task_versions, "task_sample": task_sample, "task_bench": task_bench}
+        "task_versions": task_versions, "task_sample": task_sample, "task_bench": task_bench,
+        "task_prune": task_prune}
     for name, creator in creators.items():
         task = name.removeprefix("task_")
         if task in TASK_PARAMS:
@@ -400,19 +444,40 @@ def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> N
     record_versions(ws.record, [key])
 
 
-def task_bench() -> TaskDict:
-    """measure the chain on a production-size SDK pair against the alternatives (BENCHMARKS.md)"""
-    return {
-        "actions": [guarded("bench", PROJECT_DIR / "build" / "logs", _bench)],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
-
-
-def _bench(log: RunLog) -> None:
+def _bench(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
     from tasks.bench import run_benchmark
 
-    run_benchmark(PROJECT_DIR / "build" / "bench", 1.0, log.say, PROJECT_DIR / "BENCHMARKS.md")
+    folder = resolve_path(str(options["folder"])) if options["folder"] else ws.state_dir / "bench"
+    report = PROJECT_DIR / "BENCHMARKS.md" if options["update_benchmarks"] else None
+    try:
+        run_benchmark(folder, 1.0, log.say, report)
+    finally:
+        if not options["keep_data"]:
+            shutil.rmtree(folder, ignore_errors=True)
+    if report is None:
+        log.say("bench: BENCHMARKS.md left as it is (--update-benchmarks rewrites it)")
+
+
+def clean_workspace(ws: Workspace) -> None:
+    """`doit clean`: the workspace's outputs and state go; the archive never does."""
+    for folder in (ws.out_dir, ws.state_dir):
+        if ws.archive_dir.resolve().is_relative_to(folder.resolve()):
+            raise DfotaError(f"holds the archive ({ws.archive_dir}): not removed", folder)
+    for folder in (ws.out_dir, ws.state_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+            print(f"clean: removed {folder}", flush=True)
+
+
+def _prune(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+    from tasks.prune import kept_by_workspace, prune
+
+    keep = int(options["keep"])  # type: ignore[call-overload]
+    if keep < 1:
+        raise DfotaError("name how many versions to keep: doit prune --keep N (N >= 1)")
+    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    removed = prune(archive, keep, kept_by_workspace(ws), bool(options["force"]), log.say)
+    log.say(f"prune: {len(removed)} version(s) removed from {ws.archive_dir}")
 
 
 def _list_versions(ws: Workspace, log: RunLog) -> None:
@@ -444,15 +509,50 @@ class DfotaLoader(DodoTaskLoader):
             if starting:
                 check_versions(conf, selected)
         except DfotaError as exc:
-            FAILURES.append("input")
+            usage = isinstance(exc, UsageError)
+            FAILURES.append("usage" if usage else "input")
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_INPUT) from None
+            raise SystemExit(EXIT_USAGE if usage else EXIT_INPUT) from None
         if starting:
             for warning in conf.warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if _writes(cmd, selected):
+            self.lock = _lock(conf, cmd, pos_args or selected)
         Reporter.up_to_date_line = up_to_date_line(conf.workspace)
+        Reporter.published = conf.workspace.update_zip
         self.namespace = {**self.namespace, **task_creators(conf)}
         return super().load_tasks(cmd, pos_args)
+
+
+WRITERS = ("targetfiles", "delta", "verify", "import_base", "prune", "_targetfiles_inputs")
+
+
+def _writes(cmd: Any, selected: Sequence[str]) -> bool:
+    """The command writes the workspace (its outputs, state or archive entries)."""
+    if getattr(cmd, "name", "") == "clean":
+        return True
+    return bool(getattr(cmd, "execute_tasks", False)) and any(
+        t.split(":", 1)[0] in WRITERS for t in selected)
+
+
+def _lock(conf: Configuration, cmd: Any, args: Sequence[str]) -> WorkspaceLock:
+    """The workspace's lock, or one line and the busy exit code."""
+    try:
+        lock = take_lock(conf.workspace.state_dir,
+                         ["doit", getattr(cmd, "name", "run"), *args], conf.wait)
+    except WorkspaceBusy as exc:
+        FAILURES.append("busy")
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BUSY) from None
+    except DfotaError as exc:
+        FAILURES.append("input")
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INPUT) from None
+    if lock.stale is not None:
+        print(f"warning: {lock.path}: taken over from {lock.stale.line()}, which ended "
+              "without letting go", file=sys.stderr, flush=True)
+    atexit.register(lock.release)
+    return lock
 
 
 def up_to_date_line(ws: Workspace) -> str:

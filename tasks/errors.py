@@ -6,6 +6,8 @@ import os
 
 # the exit codes of `dfota` (see tasks.cli)
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
+EXIT_BUSY = 5  # another run holds the workspace (see tasks.lock)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
 _SURROGATES = range(0xDC80, 0xDD00)  # bytes 0x80-0xff that are not UTF-8 (surrogateescape)
 
 
@@ -55,3 +57,7 @@ def bad_zip_name(raw: bytes, zip_path: str | os.PathLike[str]) -> DfotaError:
 
 class CheckFailed(DfotaError):
     """A product of the tool failed a check (a package that does not prove out on the host)."""
+
+
+class UsageError(DfotaError):
+    """The command line is wrong (an unknown option, a missing value)."""

@@ -1,0 +1,180 @@
+"""Many runs, one workspace: the lock, `doit clean`, `doit prune`, Ctrl-C and the messages a
+nightly job reads. Run as a user runs them (doit in a project folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
+from tests.test_configuration import BASE_KEY, NEXT_KEY, Project, own_sdk
+from tests.workspace import PROJECT
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from tasks.lock import take
+take(Path(sys.argv[1]), ["doit", "nightly", "chain"])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(state: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another run holding the workspace's lock for `seconds`."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(state), str(seconds)],
+                              cwd=PROJECT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_writer_is_told_who_holds_the_workspace(project: Project) -> None:
+    own_sdk(project)
+    project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
+    published = (project.root / "out" / "update.zip").read_bytes()
+    holder = hold_lock(project.root / "build", 30)
+    try:
+        busy = project.doit()
+        assert busy.returncode == EXIT_BUSY
+        lines = busy.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: workspace busy: pid {holder.pid} since ")
+        assert lines[0].endswith(": doit nightly chain")
+        # reading is never locked out
+        assert project.doit("versions").returncode == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (project.root / "out" / "update.zip").read_bytes() == published
+    # the holder died without letting go: taken over, with a word
+    taken = project.ok("targetfiles")
+    assert f"taken over from pid {holder.pid} since " in taken.stderr
+    assert "ended without letting go" in taken.stderr
+
+
+def test_wait_takes_the_workspace_when_the_other_run_ends(project: Project) -> None:
+    own_sdk(project)
+    holder = hold_lock(project.root / "build", 1.5)
+    try:
+        started = time.monotonic()
+        run = project.ok("targetfiles", "--source", str(project.base), "--wait", "20")
+        assert time.monotonic() - started > 1.0
+        assert "busy" not in run.stderr
+    finally:
+        holder.wait()
+
+
+def test_two_chains_at_once_in_one_workspace(project: Project) -> None:
+    """One publishes, the other is told the workspace is busy; the published package is the
+    one its run proved."""
+    own_sdk(project)
+    (project.sdk / "ql-ol-rootfs" / "usr" / "big.bin").write_bytes(os.urandom(20 << 20))
+    runs = [subprocess.Popen([sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"),
+                              "-d", str(project.root), "targetfiles", "--source",
+                              str(project.base), "delta", "verify"], cwd=project.root,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT)})
+            for _ in range(2)]
+    done = [(r.wait(), r.stderr.read() if r.stderr else "") for r in runs]
+    codes = sorted(code for code, _ in done)
+    assert codes in ([0, 0], [0, EXIT_BUSY]), done
+    summary = project.summary()
+    assert summary["published"] and summary["verify"]["ok"]
+    assert (summary["source"], summary["target"]) == (BASE_KEY, NEXT_KEY)
+
+
+def test_clean_removes_outputs_and_state_never_the_archive(project: Project) -> None:
+    own_sdk(project)
+    project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
+    archived = project.archived()
+    clean = project.ok("clean")
+    assert f"clean: removed {project.root / 'out'}" in clean.stdout
+    assert not (project.root / "out").exists() and not (project.root / "build").exists()
+    assert project.archived() == archived
+    project.ok("targetfiles", "--source", BASE_KEY)  # builds again, on the archived base
+
+
+def test_prune_keeps_the_newest_and_what_they_need(project: Project) -> None:
+    own_sdk(project)
+    project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
+    third = project.bump("2022-08-01,08:00")
+    project.ok()
+    fourth = project.bump("2022-09-01,08:00")
+    project.ok()
+    assert project.archived() == sorted([BASE_KEY, NEXT_KEY, third, fourth])
+    assert project.doit("prune").returncode == 1  # --keep is required
+    run = project.ok("prune", "--keep", "1")
+    assert f"prune: kept {third}: out/ points to it" in run.stdout
+    assert f"prune: removed {BASE_KEY}" in run.stdout
+    assert f"prune: removed {NEXT_KEY}" in run.stdout
+    assert project.archived() == sorted([third, fourth])
+    index = json.loads((project.root / "archive" / "index.json").read_text())
+    assert [v["key"] for v in index["versions"]] == [third, fourth]
+
+
+def test_prune_never_removes_the_source_of_a_kept_version_unless_forced(
+        project: Project, sample_sdk: Path) -> None:
+    own_sdk(project)
+    project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
+    third = project.bump("2022-08-01,08:00")
+    project.ok()
+    fourth = project.bump("2022-09-01,08:00")
+    project.ok("targetfiles", "--source", NEXT_KEY, "delta", "verify")  # 4 built on 2
+    # pruned from another workspace of the shared archive: its out/ points to none of them
+    other = Project(project.root / "other", sample_sdk)
+    other.configure(f'sdk = "{other.sdk}"\narchive = "{project.root / "archive"}"')
+    run = other.ok("prune", "--keep", "1")
+    assert f"prune: kept {NEXT_KEY}: a kept version was built on it (--force removes it)" \
+        in run.stdout
+    assert project.archived() == sorted([NEXT_KEY, fourth])
+    forced = other.ok("prune", "--keep", "1", "--force")
+    assert f"prune: removed {NEXT_KEY}" in forced.stdout
+    assert project.archived() == [fourth]
+    assert third not in project.archived()
+
+
+def test_ctrl_c_says_one_line_and_exits_130(project: Project) -> None:
+    own_sdk(project)
+    (project.sdk / "ql-ol-rootfs" / "usr" / "big.bin").write_bytes(os.urandom(200 << 20))
+    run = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d",
+                            str(project.root), "targetfiles", "--source", str(project.base),
+                            "delta", "verify"], cwd=project.root, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert run.stdout is not None and run.stderr is not None
+    while "hashing" not in (line := run.stdout.readline()):
+        assert line, "the run ended before it was interrupted"
+    run.send_signal(signal.SIGINT)
+    assert run.wait(60) == EXIT_INTERRUPTED
+    errors = run.stderr.read()
+    assert errors.splitlines()[-1] == "interrupted: nothing published", errors
+    assert "Traceback" not in errors
+    assert not (project.root / "out" / "update.zip").exists()
+    assert project.archived() == []
+
+
+def test_option_errors_and_the_version(project: Project) -> None:
+    run = project.doit("targetfiles", "--strikt")
+    assert run.returncode == EXIT_USAGE
+    assert run.stderr.splitlines() == [
+        "error: targetfiles: unknown option --strikt (did you mean --strict?) "
+        "(`doit help targetfiles` lists its options)"]
+    version = subprocess.run([sys.executable, "-m", "tasks.cli", "--version"], cwd=PROJECT,
+                             capture_output=True, text=True, check=True)
+    import doit
+
+    from tasks import __version__
+    assert version.stdout == (f"dfota {__version__} "
+                              f"(doit {'.'.join(map(str, doit.__version__))})\n")
+
+
+@pytest.fixture
+def project(sample_sdk: Path, tmp_path: Path) -> Project:
+    return Project(tmp_path, sample_sdk)
