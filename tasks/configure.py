@@ -364,14 +364,14 @@ def _defaults(task: str, project: ProjectFile) -> dict[str, object]:
 
 def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, object],
                  configured: Mapping[str, object], workspace: Workspace,
-                 in_file: Iterable[str]) -> tuple[dict[str, object], list[str]]:
+                 in_file: Iterable[str], starting: bool) -> tuple[dict[str, object], list[str]]:
     """A task the command does not name: the options of its last run here. A chain-wide
     option on the command line that this task reads must agree with them; one that
     pyproject.toml sets otherwise is said in a warning."""
     in_file = set(in_file)
     recorded = dict(record.tasks.get(task) or {})
     if not recorded:
-        if task == "targetfiles":
+        if task == "targetfiles" and starting:
             raise DfotaError("this workspace has no target yet: run `doit targetfiles` first",
                              workspace.record)
         return dict(configured), []
@@ -393,9 +393,10 @@ def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, o
 
 
 def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
-              doit_tasks: Iterable[str] = TASK_PARAMS) -> Configuration:
+              doit_tasks: Iterable[str] = TASK_PARAMS, starting: bool = True) -> Configuration:
     """The command's configuration. `args`: the command's task names and their options;
-    `selected`: the tasks it runs (named, or doit's default tasks)."""
+    `selected`: the tasks it runs (named, or doit's default tasks); `starting`: the command
+    runs them (not `doit help` or `doit list`, which need no workspace record)."""
     project = read_project_file(project_dir)
     named = {t.split(":", 1)[0] for t in selected}
     given_chain, given_own = command_line_options(args, doit_tasks)
@@ -426,7 +427,7 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
             options[task] = configured[task]
         else:
             options[task], more = _from_record(task, record, given_chain, configured[task],
-                                               workspace, project.chain)
+                                               workspace, project.chain, starting)
             warnings += more
     t = options["targetfiles"]
     targetfiles = TargetfilesSettings(

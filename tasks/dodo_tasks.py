@@ -505,7 +505,7 @@ class DfotaLoader(DodoTaskLoader):
         selected = list(getattr(cmd, "sel_tasks", None) or pos_args)
         project_dir = Path(get_initial_workdir() or Path.cwd())
         try:
-            conf = configure(project_dir, pos_args, selected)
+            conf = configure(project_dir, pos_args, selected, starting=starting)
             if starting:
                 check_versions(conf, selected)
         except DfotaError as exc:
