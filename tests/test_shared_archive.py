@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import queue
 import random
+import shutil
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,8 @@ import pytest
 
 from tasks.archive import Archive
 from tasks.errors import DfotaError
+from tests.test_catalogue import refused, small_disk, unchanged
+from tests.workspace import Workspace
 
 RACES = 200  # the same version, the same bytes, archived by two processes at once
 CONFLICTS = 40  # the same version with other bytes
@@ -222,3 +225,46 @@ def test_runs_racing_on_one_archive_keep_one_whole_copy_and_agree(
     assert sum(len(folders(root)) for root in roots) == RACES + CONFLICTS + 2 * NEIGHBOURS
     assert [p for root in roots for p in root.iterdir() if p.name.startswith(".")] == []
 
+
+PAGE = 4096
+
+
+def pages(path: Path) -> int:
+    return -(-path.stat().st_size // PAGE)
+
+
+def test_a_run_that_fills_the_archives_disk_archives_nothing(ws: Workspace) -> None:
+    """Fed: a first `doit targetfiles` (both the source and the target new to the archive)
+    with `archive/` on a tmpfs of every size at which one of its writes runs out of room:
+    1 page; half the source; the source zip; its manifest; half the target; the target zip;
+    its manifest; the index (all but one page of what the run needs); then exactly what it
+    needs. Outcome wanted: below, exit 1 with the one line `error: <archive>: cannot write
+    the archive (No space left on device)`, out/ and archive/ as they were (no version, no
+    index, no staging folder, no temporary file); at the size it needs, both versions
+    archived and indexed. The needs are measured on a run with room to spare."""
+    with small_disk(ws.archive, "64m"):
+        ws.build()
+        used = os.statvfs(ws.archive)
+        needed = used.f_blocks - used.f_bfree
+    index = json.loads((ws.archive / "index.json").read_text())
+    source, target = (ws.archive / v["key"] / "targetfiles.zip" for v in index["versions"])
+    assert (source.parent.name, target.parent.name) == tuple(
+        v["key"] for v in index["versions"])
+    src, tgt = pages(source), pages(target)
+    assert needed == src + tgt + 3  # two zips, two manifests, the index
+    shutil.rmtree(ws.archive)
+    ws.archive.mkdir()
+    sizes = [1, src // 2, src, src + 1, src + 1 + tgt // 2, src + 1 + tgt, src + tgt + 2]
+    for size in sizes:
+        with small_disk(ws.archive, f"{size * PAGE}"), unchanged(ws):
+            line = refused(ws.doit())
+        assert line == f"{ws.archive}: cannot write the archive (No space left on device)", \
+            size
+        assert list(ws.archive.iterdir()) == [], size
+    with small_disk(ws.archive, f"{needed * PAGE}"):
+        ws.build()
+        assert sorted(v["key"] for v in json.loads(
+            (ws.archive / "index.json").read_text())["versions"]) == sorted(
+            [source.parent.name, target.parent.name])
+        assert sorted(p.name for p in ws.archive.iterdir()) == sorted(
+            [source.parent.name, target.parent.name, "index.json"])
