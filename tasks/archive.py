@@ -222,8 +222,12 @@ class Archive:
         """Every archived version, oldest package time first."""
         if not self.root.is_dir():
             return []
+        try:
+            folders = sorted(self.root.iterdir())
+        except OSError as exc:
+            raise DfotaError(f"cannot read the archive ({exc.strerror})", self.root) from exc
         found = []
-        for folder in sorted(self.root.iterdir()):
+        for folder in folders:
             if folder.name.startswith(".") or not folder.is_dir():
                 continue
             manifest_path = folder / MANIFEST_NAME

@@ -11,10 +11,11 @@ import os
 import queue
 import random
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -268,3 +269,100 @@ def test_a_run_that_fills_the_archives_disk_archives_nothing(ws: Workspace) -> N
             [source.parent.name, target.parent.name])
         assert sorted(p.name for p in ws.archive.iterdir()) == sorted(
             [source.parent.name, target.parent.name, "index.json"])
+
+
+TEAM, MEMBER, OUTSIDER = 4217, 4218, 4219  # a group, a user in it, a user not in it
+
+
+def as_user(uid: int, gid: int, work: Callable[[], str],
+            results: multiprocessing.Queue[str]) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        results.put(work())
+    except DfotaError as exc:
+        results.put(str(exc))
+
+
+def seen_by(uid: int, gid: int, work: Callable[[], str]) -> str:
+    """What `work` gives when run by another user (a forked child that drops root)."""
+    results: multiprocessing.Queue[str] = FORK.Queue()
+    child = FORK.Process(target=as_user, args=(uid, gid, work, results))
+    child.start()
+    outcome = results.get(timeout=30)
+    child.join(30)
+    return outcome
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *sorted(root.rglob("*"))]}
+
+
+@pytest.fixture
+def team_folder() -> Iterator[Path]:
+    """A folder other users can reach (/tmp/dfota-modes-*; pytest's own are root's alone)."""
+    as_root()
+    base = Path(tempfile.mkdtemp(prefix="dfota-modes-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o002])
+def test_archived_files_are_the_groups_to_read_whatever_the_umask(
+        team_folder: Path, umask: int) -> None:
+    """Fed: versions archived under umask `umask`, by default and with group_readable off.
+    Outcome wanted: by default folders 0750, archived files 0440, the index 0640 (the archive
+    folder too when the tool makes it); off: 0700, 0400, 0600; the same whatever the umask."""
+    zip_path = team_folder / "a.zip"
+    zip_path.write_bytes(b"zip")
+    old = os.umask(umask)
+    try:
+        for group_readable, folder, file, index in [(True, 0o750, 0o440, 0o640),
+                                                    (False, 0o700, 0o400, 0o600)]:
+            root = team_folder / f"archive-{group_readable}"
+            Archive(root, group_readable=group_readable).add(
+                "A@20220101T0000", zip_path, manifest("2022-01-01,00:00"))
+            assert modes(root) == {".": folder, "A@20220101T0000": folder,
+                                   "A@20220101T0000/targetfiles.zip": file,
+                                   "A@20220101T0000/manifest.json": file,
+                                   "index.json": index}, oct(umask)
+    finally:
+        os.umask(old)
+
+
+def test_a_group_shares_an_archive_an_outsider_cannot_read_it(team_folder: Path) -> None:
+    """Fed: a team's archive folder (group TEAM, mode 2770, as an administrator makes it) in
+    which root archives a version; a user of TEAM then archives another, and a user outside
+    TEAM tries to read it. Outcome wanted: the version folders take the group and keep the
+    set-group-ID bit; the member reads root's version whole (intact against its manifest) and
+    adds its own, which root reads; the outsider gets one line naming the archive folder."""
+    root = team_folder / "archive"
+    root.mkdir()
+    os.chown(root, 0, TEAM)
+    root.chmod(0o2770)
+    for name in ("a.zip", "b.zip"):
+        (team_folder / name).write_bytes(name.encode())
+    Archive(root).add("A@20220101T0000", team_folder / "a.zip", manifest("2022-01-01,00:00"))
+    folder = (root / "A@20220101T0000").stat()
+    assert folder.st_gid == TEAM and folder.st_mode & stat.S_ISGID
+    assert (root / "A@20220101T0000/targetfiles.zip").stat().st_gid == TEAM
+
+    def read_and_add() -> str:
+        archive = Archive(root)
+        for version in archive.versions():
+            archive.check_intact(version)
+        archive.add("B@20220201T0000", team_folder / "b.zip", manifest("2022-02-01,00:00"))
+        return ",".join(v.key for v in archive.versions())
+
+    def read() -> str:
+        return ",".join(v.key for v in Archive(root).versions())
+
+    assert seen_by(MEMBER, TEAM, read_and_add) == "A@20220101T0000,B@20220201T0000"
+    added = Archive(root).get("B@20220201T0000")
+    assert added is not None and added.zip_path.read_bytes() == b"b.zip"
+    assert added.zip_path.stat().st_uid == MEMBER
+    assert seen_by(OUTSIDER, OUTSIDER, read) == \
+        f"{root}: cannot read the archive (Permission denied)"
