@@ -459,11 +459,17 @@ class Batch:
         kept, in that order."""
         archive = self.archive
         placed: list[ArchivedVersion] = []
-        with archive.writing(), archive.index_replaced(
-                [*archive.versions(), *(s.version for s in self._staged)]):
-            for staged in self._staged:
-                placed.append(archive.put_in_place(staged.folder, staged.version))
-            atomic.fsync_path(archive.root)
+        try:
+            with archive.writing(), archive.index_replaced(
+                    [*archive.versions(), *(s.version for s in self._staged)]):
+                for staged in self._staged:
+                    placed.append(archive.put_in_place(staged.folder, staged.version))
+                atomic.fsync_path(archive.root)
+        except DfotaError:
+            if placed:  # another run put a later version in place with other bytes meanwhile
+                with contextlib.suppress(DfotaError):
+                    archive.write_index()
+            raise
         for version in placed:
             _record_hash(archive.hash_record, version.zip_path, version.sha256)
         archive.write_index()  # another run's version may have appeared meanwhile
