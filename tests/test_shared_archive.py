@@ -13,6 +13,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from tasks import owner
 from tasks.archive import Archive
+from tasks.assemble import remove_staging_leftovers
 from tasks.errors import DfotaError
 from tests.test_catalogue import refused, small_disk, unchanged
-from tests.workspace import Workspace
+from tests.workspace import PROJECT, Workspace
 
 RACES = 200  # the same version, the same bytes, archived by two processes at once
 CONFLICTS = 40  # the same version with other bytes
@@ -366,3 +369,18 @@ def test_a_group_shares_an_archive_an_outsider_cannot_read_it(team_folder: Path)
     assert added.zip_path.stat().st_uid == MEMBER
     assert seen_by(OUTSIDER, OUTSIDER, read) == \
         f"{root}: cannot read the archive (Permission denied)"
+
+
+def test_the_state_folders_staging_of_a_live_run_is_kept(tmp_path: Path) -> None:
+    """Fed: in a state folder, the staging folders (`targetfiles.*`) of this process (a run
+    still going), of a process that exited and of an older tool (no tag). Outcome wanted: the
+    clean-up at the start of `doit targetfiles` removes the last two only."""
+    dead = subprocess.run([sys.executable, "-c",
+                           "from tasks import owner; print(owner.run_tag())"], cwd=PROJECT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    live = tmp_path / f"targetfiles.abc{owner.suffix()}"
+    for folder in (live, tmp_path / f"targetfiles.def.{dead}", tmp_path / "targetfiles.ghi"):
+        folder.mkdir()
+        (folder / "targetfiles.zip").write_bytes(b"zip")
+    remove_staging_leftovers(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
