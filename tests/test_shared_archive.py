@@ -95,7 +95,7 @@ def cleaner(base: Path, stop: Event, passes: Synchronized[int]) -> None:
                 Archive(root).clean_staging()
         with passes.get_lock():
             passes.value += 1
-        time.sleep(0.002)  # two cores: the racers need them too
+        time.sleep(0.005)  # two cores: the racers need them too
 
 
 def settled(passes: Synchronized[int]) -> None:
@@ -131,7 +131,7 @@ def reader(base: Path, stop: Event, seen: multiprocessing.Queue[str]) -> None:
                         != entry["sha256"]:
                     seen.put(f"index has other bytes for {entry['key']}")
         checks += 1
-        time.sleep(0.002)
+        time.sleep(0.005)
     seen.put(f"checks {checks}")
 
 
