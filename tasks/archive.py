@@ -5,23 +5,31 @@ version, plus `<archive>/index.json`, rebuilt from the folders after every chang
 folder appears by one rename of a complete staging folder, so a kill never leaves a partial
 version; an archived version is never overwritten: the same content again is a no-op, other
 content under the same key is refused.
+
+The archive may be shared by runs of several workspaces (and hosts) at once: two runs archiving
+the same version both succeed with one copy when their bytes agree (the second rename finds the
+first's folder and compares); each run's staging folders and temporary files carry its tag
+(tasks.owner) and clean-up removes only those of runs that are gone; whoever changes the index
+checks it against the folders again after writing it, so the last writer leaves it right.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import atomic
-from tasks.config import resolve_path
+from tasks import atomic, owner
+from tasks.config import Workspace, resolve_path
 from tasks.errors import DfotaError
 from tasks.tree import RACY_NS, file_stamp, settled
 
@@ -164,13 +172,45 @@ class ArchivedVersion:
         return str(version.get("package_time", "")) if isinstance(version, dict) else ""
 
 
+def _index_text(versions: Iterable[ArchivedVersion]) -> str:
+    """index.json for these versions (one per key, the first given; in `versions()` order)."""
+    by_key: dict[str, ArchivedVersion] = {}
+    for version in versions:
+        by_key.setdefault(version.key, version)
+    ordered = sorted(by_key.values(), key=lambda v: (v.package_time, v.key))
+    return json.dumps({"versions": [
+        {"key": v.key, "sha256": v.sha256, "package_time": v.package_time,
+         "source": v.manifest.get("source"), "origin": v.manifest.get("origin")}
+        for v in ordered]}, indent=1) + "\n"
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _chmod_keeping_setgid(path: Path, mode: int) -> None:
+    """Set `path`'s mode, keeping its set-group-ID bit (a folder of a group-shared archive
+    passes its group on)."""
+    os.chmod(path, mode | (os.stat(path).st_mode & stat.S_ISGID))
+
+
 class Archive:
-    def __init__(self, root: Path, hash_record: Path | None = None) -> None:
+    def __init__(self, root: Path, hash_record: Path | None = None, *,
+                 group_readable: bool = True) -> None:
         """`hash_record`: a file (outside the archive) where the sha256s of archived zips
         and of their copies are kept by path (with size, times and inode), so an unchanged
-        zip is not hashed again."""
+        zip is not hashed again. `group_readable`: the folders and files it makes can be
+        read by their group (version folders 0750, archived files 0440, the index 0640; the
+        archive folder too when it makes it), else by their owner alone (0700, 0400, 0600);
+        whatever the umask."""
         self.root = root
         self.hash_record = hash_record
+        self.folder_mode = 0o750 if group_readable else 0o700
+        self.file_mode = 0o440 if group_readable else 0o400
+        self.index_mode = self.file_mode | 0o200
 
     def check_intact(self, version: ArchivedVersion) -> None:
         """The zip is still the one archived (archives live for years)."""
@@ -182,8 +222,12 @@ class Archive:
         """Every archived version, oldest package time first."""
         if not self.root.is_dir():
             return []
+        try:
+            folders = sorted(self.root.iterdir())
+        except OSError as exc:
+            raise DfotaError(f"cannot read the archive ({exc.strerror})", self.root) from exc
         found = []
-        for folder in sorted(self.root.iterdir()):
+        for folder in folders:
             if folder.name.startswith(".") or not folder.is_dir():
                 continue
             manifest_path = folder / MANIFEST_NAME
@@ -248,77 +292,199 @@ class Archive:
             return True
         if existing.sha256 == sha256:
             return False
-        raise DfotaError(
-            f"version {key} is already archived with other content; bump 'Package Time' or "
-            "'Project Rev' in etc/quectel-project-version of the new build", existing.zip_path)
+        raise _conflict(existing)
 
     def add(self, key: str, zip_path: Path, manifest: Mapping[str, object], *,
             sha256: str | None = None, take: bool = False) -> ArchivedVersion:
-        """Copy `zip_path` into the archive under `key` (checked with `admit`). `sha256`, when
-        the caller has it, is checked on the copy; `take` says the file is the caller's own
-        temporary: it is hard-linked in place of a copy where the file system allows."""
-        if sha256 is not None and not self.admit(key, sha256):
-            return self._existing(key)
-        with self._staging(key) as staging:
+        """Copy `zip_path` into the archive under `key` (see `Batch.stage`)."""
+        with self.batch() as batch:
+            batch.stage(key, zip_path, manifest, sha256=sha256, take=take)
+            return batch.commit()[0]
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Versions staged whole, then put in place together (`Batch.commit`); whatever is
+        left staged when the batch ends (an error, no commit) is removed."""
+        batch = Batch(self)
+        try:
+            yield batch
+        finally:
+            batch.discard()
+
+    def cannot_write(self, exc: OSError) -> DfotaError:
+        """The one line for a failed write into the archive: it names the folder."""
+        return DfotaError(f"cannot write the archive ({exc.strerror})", self.root)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise self.cannot_write(exc) from exc
+
+    def make_staging(self, key: str) -> Path:
+        """An empty staging folder for `key`, named for this run (tasks.owner)."""
+        with self.writing():
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True)
+                _chmod_keeping_setgid(self.root, self.folder_mode)
+            return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{key}.",
+                                         suffix=owner.suffix(), dir=self.root))
+
+    def put_in_place(self, staging: Path, version: ArchivedVersion) -> ArchivedVersion:
+        """Rename the complete `staging` folder to `version`'s; when another run put that key
+        in place meanwhile: its version if it holds the same bytes (`staging` is then left to
+        the caller to remove), else the conflict is refused."""
+        try:
+            os.rename(staging, version.folder)
+        except OSError as exc:
+            existing = (self.get(version.key) if exc.errno in (errno.ENOTEMPTY, errno.EEXIST)
+                        else None)
+            if existing is None:
+                raise
+            if existing.sha256 != version.sha256:
+                raise _conflict(existing) from exc
+            return existing
+        return version
+
+    @contextlib.contextmanager
+    def index_replaced(self, versions: Iterable[ArchivedVersion]) -> Iterator[None]:
+        """index.json for `versions` written (and synced) before the block and renamed into
+        place after it: a failure in the block leaves the index as it was; nothing is written
+        when the index says that already."""
+        text = _index_text(versions)
+        path = self.root / INDEX_NAME
+        if self._index_reads(text):
+            yield
+            return
+        with atomic.atomic_path(path, self.index_mode, failure=self.cannot_write) as tmp:
+            _write_synced(tmp, text.encode("utf-8"))
+            yield
+
+    def _index_reads(self, text: str) -> bool:
+        try:
+            return (self.root / INDEX_NAME).read_text("utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def write_index(self) -> None:
+        """Rebuild index.json from the version folders (rewritten only when it differs); read
+        the folders again after writing, until the index agrees with them: a run that wrote
+        what it saw before another run's version appeared does not leave it out."""
+        for _ in range(100):
+            versions = self.versions()
+            if self._index_reads(_index_text(versions)) or not (
+                    versions or (self.root / INDEX_NAME).exists()):
+                return  # as it should be (an empty archive needs no index)
+            with self.index_replaced(versions):
+                pass
+        raise DfotaError("the version folders keep changing; the index could not follow them",
+                         self.root / INDEX_NAME)
+
+    def clean_staging(self) -> None:
+        """Repair what a killed run left: its staging folders are removed (never a version
+        folder, never the staging folder of a run still going: tasks.owner), and an index
+        that lags behind the folders (a kill between the rename of a version folder and the
+        index) is rebuilt."""
+        if self.root.is_dir():
+            for leftover in self.root.glob(_STAGING_PREFIX + "*"):
+                if owner.is_leftover(leftover.name):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            atomic.remove_leftovers(self.root / INDEX_NAME)
+            self.write_index()
+
+
+def _conflict(existing: ArchivedVersion) -> DfotaError:
+    return DfotaError(
+        f"version {existing.key} is already archived with other content; bump 'Package Time' "
+        "or 'Project Rev' in etc/quectel-project-version of the new build", existing.zip_path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    folder: Path  # complete: the zip and its manifest, synced, with their final modes
+    version: ArchivedVersion  # what it becomes once in place
+
+
+class Batch:
+    """Versions staged whole, beside the archive's folders, then put in place together: the
+    renames and the index need no new disk space, so a run that fails (a full disk, a
+    conflict, a warning under --strict) archives nothing; only a kill between the renames
+    can leave part of a batch in place (each version whole; a rerun completes it)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._staged: list[_Staged] = []
+        self._kept: list[str] = []  # keys whose bytes were archived already
+        self._folders: list[Path] = []
+
+    def stage(self, key: str, zip_path: Path, manifest: Mapping[str, object], *,
+              sha256: str | None = None, take: bool = False) -> None:
+        """Copy `zip_path` into a staging folder for `key` (checked with `admit`; the same
+        bytes already archived: nothing to do). `sha256`, when the caller has it, is checked
+        on the copy; `take` says the file is the caller's own temporary: it is hard-linked in
+        place of a copy where the file system allows."""
+        archive = self.archive
+        if sha256 is not None and not archive.admit(key, sha256):
+            self._kept.append(key)
+            return
+        staging = archive.make_staging(key)
+        self._folders.append(staging)
+        with archive.writing():
             dest = staging / ZIP_NAME
             if take and _hard_link(zip_path, dest):
                 copied = sha256 or sha256_file(dest)
-            elif sha256 is not None and _copy_vouched(zip_path, dest, self.hash_record, sha256):
+            elif sha256 is not None and _copy_vouched(zip_path, dest, archive.hash_record,
+                                                      sha256):
                 copied = sha256
             else:
                 copied = _copy_hashing(zip_path, dest)
             if sha256 is not None and copied != sha256:
                 raise DfotaError("changed while it was being archived; run again", zip_path)
-            if sha256 is None and not self.admit(key, copied):
-                return self._existing(key)
-            full = {**manifest, "key": key, "sha256": copied, "size": dest.stat().st_size}
-            atomic.write_text(staging / MANIFEST_NAME,
-                              json.dumps(full, indent=1, sort_keys=True) + "\n")
-            for name in (ZIP_NAME, MANIFEST_NAME):
-                os.chmod(staging / name, 0o444)
-            os.rename(staging, self.root / key)
-        _record_hash(self.hash_record, self.root / key / ZIP_NAME, copied)
-        self.write_index()
-        return ArchivedVersion(key, self.root / key, full)
-
-    def _existing(self, key: str) -> ArchivedVersion:
-        existing = self.get(key)
-        assert existing is not None
-        return existing
-
-    @contextlib.contextmanager
-    def _staging(self, key: str) -> Iterator[Path]:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{key}.", dir=self.root))
-        except OSError as exc:
-            raise DfotaError(f"cannot write the archive ({exc.strerror})", self.root) from exc
-        try:
-            yield staging
-        except OSError as exc:
-            raise DfotaError(f"cannot write the archive ({exc.strerror})", self.root) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def write_index(self) -> None:
-        """Rebuild index.json from the version folders (rewritten only when it differs)."""
-        index = {"versions": [
-            {"key": v.key, "sha256": v.sha256, "package_time": v.package_time,
-             "source": v.manifest.get("source"), "origin": v.manifest.get("origin")}
-            for v in self.versions()]}
-        text = json.dumps(index, indent=1) + "\n"
-        path = self.root / INDEX_NAME
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            if path.read_text("utf-8") == text:
+            if sha256 is None and not archive.admit(key, copied):
+                self._kept.append(key)
                 return
-        atomic.write_text(path, text)
+            full = {**manifest, "key": key, "sha256": copied, "size": dest.stat().st_size}
+            _write_synced(staging / MANIFEST_NAME,
+                          (json.dumps(full, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+            for name in (ZIP_NAME, MANIFEST_NAME):
+                os.chmod(staging / name, archive.file_mode)
+            _chmod_keeping_setgid(staging, archive.folder_mode)
+            atomic.fsync_path(staging)
+        self._staged.append(_Staged(staging, ArchivedVersion(key, archive.root / key, full)))
 
-    def clean_staging(self) -> None:
-        """Repair what a killed run left: staging folders are removed (never a version folder),
-        and an index that lags behind the folders (a kill between the rename of a version
-        folder and the index) is rebuilt."""
-        if self.root.is_dir():
-            for leftover in self.root.glob(_STAGING_PREFIX + "*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            atomic.remove_leftovers(self.root / INDEX_NAME)
-            self.write_index()
+    def commit(self) -> list[ArchivedVersion]:
+        """Put the staged versions in place, in the order staged, and the index with them
+        (written before the renames, renamed into place after them); every version staged or
+        kept, in that order."""
+        archive = self.archive
+        placed: list[ArchivedVersion] = []
+        try:
+            with archive.writing(), archive.index_replaced(
+                    [*archive.versions(), *(s.version for s in self._staged)]):
+                for staged in self._staged:
+                    placed.append(archive.put_in_place(staged.folder, staged.version))
+                atomic.fsync_path(archive.root)
+        except DfotaError:
+            if placed:  # another run put a later version in place with other bytes meanwhile
+                with contextlib.suppress(DfotaError):
+                    archive.write_index()
+            raise
+        for version in placed:
+            _record_hash(archive.hash_record, version.zip_path, version.sha256)
+        archive.write_index()  # another run's version may have appeared meanwhile
+        kept = [archive.get(key) for key in self._kept]
+        self._staged = []
+        return [*placed, *(v for v in kept if v is not None)]
+
+    def discard(self) -> None:
+        """Remove what is still staged (a version put in place has left its staging name)."""
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._folders, self._staged = [], []
+
+
+def archive_of(workspace: Workspace) -> Archive:
+    """The archive a workspace uses, with its settings and its hash record."""
+    return Archive(workspace.archive_dir, workspace.archive_hashes,
+                   group_readable=workspace.archive_group_readable)

@@ -1,8 +1,8 @@
 """`doit targetfiles`: check the inputs, assemble the target targetfiles.zip, archive both versions.
 
 Nothing is written until every input has been read and checked; the zip is staged, admitted by
-the archive (a version is never replaced by other content), archived, and only then copied to
-`out/targetfiles.zip` by an atomic rename.
+the archive (a version is never replaced by other content), the source and target staged whole
+in the archive, put in place together, and only then `out/targetfiles.zip` renamed into place.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import __version__, ahead, atomic
-from tasks.archive import Archive, sha256_file
+from tasks import __version__, ahead, atomic, owner
+from tasks.archive import Archive, archive_of, sha256_file
 from tasks.config import (
     DEFAULT_DIFF_TIMEOUT,
     SAMPLE_BASE,
@@ -115,7 +115,7 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str],
     image = start_image_tree(settings, sdk, cache)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
-    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    archive = archive_of(settings.workspace)
     source = resolve_source(settings, archive, target.key, known)
     manifest = {
         "boot_image": {"path": str(sdk.boot_image), "sha1": cache.sha1_of(sdk.boot_image)},
@@ -216,7 +216,7 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
               ) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
     the SDK's image) is asked for once the zip is written, before anything is archived."""
-    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    archive = archive_of(settings.workspace)
     archive.clean_staging()
     source_path = resolve_source(settings, archive, target_version.key, known)
 
@@ -239,7 +239,7 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
         remove_staging_leftovers(settings.workspace.state_dir)
         # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
         # archived and renamed into place last: a full or read-only out/ archives nothing
-        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX,
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, suffix=owner.suffix(),
                                          dir=settings.workspace.state_dir) as tmp, \
                 atomic.atomic_path(settings.workspace.target_zip) as out:
             staged = Path(tmp) / "targetfiles.zip"
@@ -259,28 +259,34 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
             out_synced = atomic.background_sync(out)
             warnings.add(image_warnings())  # with --strict, a warning stops the archiving
             created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if source_new:
-                archive.add(source_version.key, source_path, {
-                    "origin": "source",
-                    "imported_from": public_name(source_path, settings.workspace.root),
-                    "version": source_version.to_json(), "created": created, "tool": TOOL,
-                    "source": None}, sha256=source_sha256)
-            staged_synced()  # on disk before it is linked into the archive
-            if target_new:
-                archive.add(target_version.key, staged, {
-                    "origin": "targetfiles", "version": target_version.to_json(),
-                    "source": source_version.key, "created": created, "tool": TOOL,
-                    "system_metadata": ("sdxlemur-sysfs.ubi" if settings.metadata_from_image
-                                        else "ql-ol-rootfs"),
-                    "inputs": {
-                        "sdk": public_name(sdk.folder, settings.workspace.root),
-                        "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
-                        "boot_image_sha1": cache.sha1_of(sdk.boot_image),
-                        "abl_sha1": cache.sha1_of(sdk.abl),
-                        "rootfs_tree_sha1": digest_tree(scan.entries),
-                        "source_sha256": source_sha256,
-                    }}, sha256=target_sha256, take=True)
-            out_synced()
+            # both versions staged whole before either is put in place: a failure (a full
+            # disk, a conflict with another run) archives nothing
+            with archive.batch() as batch:
+                if source_new:
+                    batch.stage(source_version.key, source_path, {
+                        "origin": "source",
+                        "imported_from": public_name(source_path, settings.workspace.root),
+                        "version": source_version.to_json(), "created": created,
+                        "tool": TOOL, "source": None}, sha256=source_sha256)
+                staged_synced()  # on disk before it is linked into the archive
+                if target_new:
+                    batch.stage(target_version.key, staged, {
+                        "origin": "targetfiles", "version": target_version.to_json(),
+                        "source": source_version.key, "created": created, "tool": TOOL,
+                        "system_metadata": ("sdxlemur-sysfs.ubi"
+                                            if settings.metadata_from_image
+                                            else "ql-ol-rootfs"),
+                        "inputs": {
+                            "sdk": public_name(sdk.folder, settings.workspace.root),
+                            "sysfs_ubi_sha1": (cache.sha1_of(sdk.sysfs_ubi)
+                                               if sdk.sysfs_ubi else None),
+                            "boot_image_sha1": cache.sha1_of(sdk.boot_image),
+                            "abl_sha1": cache.sha1_of(sdk.abl),
+                            "rootfs_tree_sha1": digest_tree(scan.entries),
+                            "source_sha256": source_sha256,
+                        }}, sha256=target_sha256, take=True)
+                out_synced()  # out/'s copy is on disk too: only renames are left
+                batch.commit()
     archive.note_copy(settings.workspace.target_zip, target_sha256)
     log.detail(made_ahead())
     return TargetfilesResult(settings.workspace.target_zip, target_version.key, source_version.key,
@@ -302,9 +308,10 @@ def _start_ahead(settings: TargetfilesSettings, archive: Archive, cache: HashCac
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:
-    """Staging folders that a killed run left in the state folder (each holds a whole zip)."""
+    """Staging folders that a killed run left in the state folder (each holds a whole zip);
+    never one of a run still going (tasks.owner)."""
     for leftover in state_dir.glob(STAGING_PREFIX + "*"):
-        if leftover.is_dir() and not leftover.is_symlink():
+        if leftover.is_dir() and not leftover.is_symlink() and owner.is_leftover(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -13,48 +13,58 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tasks import owner
 from tasks.errors import DfotaError
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path, mode: int = 0o644, *, durable: bool = True) -> Iterator[Path]:
+def atomic_path(dest: Path, mode: int = 0o644, *, durable: bool = True,
+                failure: Callable[[OSError], DfotaError] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is synced and renamed over `dest`
     (`durable=False`: not synced, for a file the caller syncs itself, `background_sync`).
+    `failure`: the error that reports a failed write (default: one naming `dest`, or its
+    folder when no temporary file can be made there).
 
     On any exception (or a kill) the temporary file is removed or left under a dot-name that no
-    reader looks at; `dest` keeps its old content. A successful write removes what killed
-    writers of `dest` left behind (so a kill does not cost the disk space of a file for good).
+    reader looks at, `.<name>.<random>.<run tag>.tmp` (tasks.owner); `dest` keeps its old
+    content. A successful write removes what killed writers of `dest` left behind (so a kill
+    does not cost the disk space of a file for good), never the file of a live writer.
     """
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{owner.suffix()}.tmp",
+                                        dir=parent)
     except OSError as exc:
-        raise DfotaError(f"cannot write here ({exc.strerror})", parent) from exc
+        raise (failure(exc) if failure else
+               DfotaError(f"cannot write here ({exc.strerror})", parent)) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, mode)  # mkstemp makes 0600; the result should not depend on the umask
         if durable:
-            _fsync(tmp)
+            fsync_path(tmp)
         os.replace(tmp, dest)
         if durable:
-            _fsync(parent)
+            fsync_path(parent)
         remove_leftovers(dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DfotaError(f"cannot write file ({exc.strerror})", dest) from exc
+        raise (failure(exc) if failure else
+               DfotaError(f"cannot write file ({exc.strerror})", dest)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
 def remove_leftovers(dest: Path) -> None:
-    """Remove the temporary files that killed writers of `dest` left beside it."""
+    """Remove the temporary files that killed writers of `dest` left beside it (the files of
+    writers still running are theirs: tasks.owner)."""
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+        if owner.is_leftover(stale.name):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def write_bytes(dest: Path, data: bytes) -> None:
@@ -82,7 +92,7 @@ def background_sync(path: Path) -> Callable[[], None]:
 
     def run() -> None:
         try:
-            _fsync(path)
+            fsync_path(path)
         except OSError as exc:
             failed.append(exc)
 
@@ -97,7 +107,7 @@ def background_sync(path: Path) -> Callable[[], None]:
     return wait
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

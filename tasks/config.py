@@ -40,6 +40,7 @@ class Workspace:
     state_dir: Path
     archive_dir: Path
     target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
+    archive_group_readable: bool = True  # archive folders 0750, files 0440 (else 0700, 0400)
 
     @property
     def root(self) -> Path:

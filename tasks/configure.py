@@ -78,11 +78,15 @@ CHAIN_PARAMS: list[Param] = [
                                "build]"),
     _param("config", str, None, "folder of the vendor lists (quectel_*_filelist.txt), or "
                                 "'none' [chain-wide; required for your own SDK]"),
+    {**_param("archive_group_readable", bool, None, "archive folders and files readable by "
+                                                    "the group [chain-wide; default: on]"),
+     "inverse": "archive-private"},
     _param("wait", float, None, "wait up to SECONDS for another run of this workspace to end "
                                 "[chain-wide; default: 0, say it is busy]"),
 ]
 CHAIN_DEFAULTS: dict[str, object] = {"out": "out", "archive": "archive", "state": "build",
                                      "source": "", "sdk": "", "config": "", "wait": 0.0,
+                                     "archive_group_readable": True,
                                      "empty_by_nature": list(EMPTY_BY_NATURE)}
 TABLE_ONLY = ("empty_by_nature",)  # chain-wide settings only pyproject.toml can give
 FOLDERS = ("out", "archive", "state")
@@ -287,12 +291,13 @@ def _workspace(values: Mapping[str, object], project: ProjectFile, sample: bool,
         if set_in_file:
             warnings.append(f"{project.path}: [{TABLE}] sets {', '.join(set_in_file)} but no "
                             f"sdk: the sample SDK builds in {SAMPLE_WORK}")
-        return Workspace(SAMPLE_WORK / "out", SAMPLE_WORK / "state",
-                         SAMPLE_WORK / "archive"), warnings
+        return Workspace(SAMPLE_WORK / "out", SAMPLE_WORK / "state", SAMPLE_WORK / "archive",
+                         archive_group_readable=bool(values["archive_group_readable"])), warnings
     folder = project.folder
     return Workspace(resolve_path(str(values["out"]), folder),
                      resolve_path(str(values["state"]), folder),
-                     resolve_path(str(values["archive"]), folder)), warnings
+                     resolve_path(str(values["archive"]), folder),
+                     archive_group_readable=bool(values["archive_group_readable"])), warnings
 
 
 def _version_reference(value: str, folder: Path) -> str:
@@ -475,11 +480,11 @@ def _needs(task: str, other: str) -> bool:
 def check_versions(conf: Configuration, selected: Sequence[str]) -> None:
     """The versions the command names resolve (a key, a unique prefix, or a zip), before any
     task runs; whether each is intact is checked where it is used."""
-    from tasks.archive import Archive
+    from tasks.archive import archive_of
 
     named = {t.split(":", 1)[0] for t in selected}
     ws = conf.workspace
-    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    archive = archive_of(ws)
     if any(_needs(t, "targetfiles") for t in named) and conf.targetfiles.source:
         archive.resolve(conf.targetfiles.source, "source", intact=False)
     if any(_needs(t, "delta") for t in named):

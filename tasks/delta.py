@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import __version__, atomic
-from tasks.archive import Archive, sha256_file
+from tasks.archive import Archive, archive_of, sha256_file
 from tasks.config import (
     DeltaSettings,
     PackageInputs,
@@ -146,7 +146,7 @@ def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
     started = time.monotonic()
     parts = parse_mode(settings.mode)
     lists = lists_in(settings.config_dir)
-    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    archive = archive_of(settings.workspace)
     target_path = resolve_target(settings.workspace)
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
@@ -491,7 +491,7 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
     target_key = target_version.key
-    archive = Archive(settings.workspace.archive_dir, settings.workspace.archive_hashes)
+    archive = archive_of(settings.workspace)
     root = settings.workspace.deltas_dir
     bases, warnings = pick_bases(settings.bases, archive, target_version, known)
     for warning in warnings:

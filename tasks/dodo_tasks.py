@@ -24,7 +24,7 @@ from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
 from tasks import __version__, atomic
-from tasks.archive import Archive
+from tasks.archive import archive_of
 from tasks.config import (
     PROJECT_DIR,
     SAMPLE_DIR,
@@ -352,7 +352,7 @@ def _still_archived(ws: Workspace, values: dict[str, Any]) -> bool:
     if not key:
         return False
     try:
-        version = Archive(ws.archive_dir, ws.archive_hashes).get(key)
+        version = archive_of(ws).get(key)
     except DfotaError:
         return False
     return version is not None and version.sha256 == values.get("sha256")
@@ -436,7 +436,7 @@ def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> N
     firmware, template = str(options["firmware"]), str(options["template"])
     if not firmware:
         raise DfotaError("name the firmware package: doit import_base --firmware DIR")
-    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    archive = archive_of(ws)
     key = import_base(resolve_path(firmware), archive,
                       template=resolve_path(template) if template else None,
                       from_images=bool(options["from_images"]), say=log.say,
@@ -475,13 +475,13 @@ def _prune(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
     keep = int(options["keep"])  # type: ignore[call-overload]
     if keep < 1:
         raise DfotaError("name how many versions to keep: doit prune --keep N (N >= 1)")
-    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    archive = archive_of(ws)
     removed = prune(archive, keep, kept_by_workspace(ws), bool(options["force"]), log.say)
     log.say(f"prune: {len(removed)} version(s) removed from {ws.archive_dir}")
 
 
 def _list_versions(ws: Workspace, log: RunLog) -> None:
-    archive = Archive(ws.archive_dir, ws.archive_hashes)
+    archive = archive_of(ws)
     versions = archive.versions()
     known = set(read_record(ws.record).versions)
     if not versions:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import atomic
-from tasks.archive import Archive, sha256_file
+from tasks.archive import archive_of, sha256_file
 from tasks.config import PackageInputs, VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
@@ -476,7 +476,7 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -
         raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = lists_in(inputs.config_dir)
-    archive = Archive(workspace.archive_dir, workspace.archive_hashes)
+    archive = archive_of(workspace)
     report = verify_package(workspace.pending_zip, inputs.base_zip, inputs.target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),

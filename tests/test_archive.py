@@ -175,3 +175,32 @@ def test_a_file_the_record_vouches_for_is_copied_without_hashing(
     users.write_bytes(users.read_bytes() + b"more")
     with pytest.raises(DfotaError, match=r"users\.zip: changed while it was being archived"):
         archive.add("V@20220401T0000", users, manifest("2022-04-01,00:00"), sha256=old)
+
+
+def test_a_batch_puts_its_versions_in_place_together_or_refuses(tmp_path: Path) -> None:
+    """Fed: a batch staging two versions; once with nothing in the way, once with another
+    run archiving the second key with other bytes between the staging and the commit.
+    Outcome wanted: nothing visible before the commit, both after; the conflict refused with
+    its line, the first version (already renamed) indexed, no staging folder left."""
+    archive = Archive(tmp_path / "archive")
+    a, b = zip_file(tmp_path, "a", b"a"), zip_file(tmp_path, "b", b"b")
+    with archive.batch() as batch:
+        batch.stage("A@20220101T0000", a, manifest("2022-01-01,00:00"))
+        batch.stage("B@20220201T0000", b, manifest("2022-02-01,00:00"))
+        assert archive.versions() == []
+        assert [v.key for v in batch.commit()] == ["A@20220101T0000", "B@20220201T0000"]
+    index = json.loads((tmp_path / "archive/index.json").read_text())
+    assert [v["key"] for v in index["versions"]] == ["A@20220101T0000", "B@20220201T0000"]
+    with archive.batch() as batch:
+        batch.stage("C@20220301T0000", a, manifest("2022-03-01,00:00"))
+        batch.stage("D@20220401T0000", b, manifest("2022-04-01,00:00"))
+        Archive(tmp_path / "archive").add("D@20220401T0000", zip_file(tmp_path, "d", b"d"),
+                                          manifest("2022-04-01,00:00"))
+        with pytest.raises(DfotaError, match=r"D@20220401T0000/targetfiles\.zip: version "
+                           "D@20220401T0000 is already archived with other content"):
+            batch.commit()
+    index = json.loads((tmp_path / "archive/index.json").read_text())
+    assert [v["key"] for v in index["versions"]] == [
+        "A@20220101T0000", "B@20220201T0000", "C@20220301T0000", "D@20220401T0000"]
+    assert archive.get("D@20220401T0000").zip_path.read_bytes() == b"d"  # type: ignore[union-attr]
+    assert not [p for p in archive.root.iterdir() if p.name.startswith(".")]
