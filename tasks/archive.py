@@ -36,7 +36,7 @@ from tasks.tree import RACY_NS, file_stamp, settled
 ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
-_STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = ".staging-"
 _RACY_NS = RACY_NS  # by this name here, for the tests to shorten
 
 
@@ -328,7 +328,7 @@ class Archive:
             if not self.root.is_dir():
                 self.root.mkdir(parents=True, exist_ok=True)
                 _chmod_keeping_setgid(self.root, self.folder_mode)
-            return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{key}.",
+            return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}.",
                                          suffix=owner.suffix(), dir=self.root))
 
     def put_in_place(self, staging: Path, version: ArchivedVersion) -> ArchivedVersion:
@@ -387,7 +387,7 @@ class Archive:
         that lags behind the folders (a kill between the rename of a version folder and the
         index) is rebuilt."""
         if self.root.is_dir():
-            for leftover in self.root.glob(_STAGING_PREFIX + "*"):
+            for leftover in self.root.glob(STAGING_PREFIX + "*"):
                 if owner.is_leftover(leftover.name):
                     shutil.rmtree(leftover, ignore_errors=True)
             atomic.remove_leftovers(self.root / INDEX_NAME)

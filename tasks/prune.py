@@ -17,7 +17,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.archive import Archive
+from tasks import owner
+from tasks.archive import STAGING_PREFIX, Archive
 from tasks.config import Workspace
 from tasks.errors import DfotaError
 from tasks.workspace_record import read_record
@@ -67,7 +68,8 @@ def prune(archive: Archive, keep: int, protected: set[str], force: bool,
 
 
 def _remove(archive: Archive, folder: Path) -> None:
-    aside = folder.with_name(f".pruned-{folder.name}.{os.getpid()}")
+    # a staging name of this run: what a kill leaves behind, a later run's clean-up removes
+    aside = folder.with_name(f"{STAGING_PREFIX}pruned-{folder.name}{owner.suffix()}")
     try:
         os.rename(folder, aside)
     except OSError as exc:
