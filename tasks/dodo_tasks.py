@@ -425,7 +425,8 @@ class DfotaLoader(DodoTaskLoader):
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
         starting = bool(getattr(cmd, "execute_tasks", False))
-        selected = list(getattr(cmd, "sel_tasks", None) or pos_args)
+        # `doit help delta` names a task it does not run: nothing it needs is checked
+        selected = list(getattr(cmd, "sel_tasks", None) or pos_args) if starting else []
         project_dir = Path(get_initial_workdir() or Path.cwd())
         try:
             conf = configure(project_dir, pos_args, selected)
