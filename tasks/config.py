@@ -151,6 +151,12 @@ class VerifySettings:
 
     workspace: Workspace
     permission_replays: int | None = 32  # power losses among permission steps
+    # `doit verify --package PATH`: prove that update.zip, from `source` (a version key or a
+    # zip; "": the version its quectel-project-version names) to `target` ("": the one the
+    # update.json beside it names); never moved or published
+    package: Path | None = None
+    source: str = ""
+    target: str = ""
 
 
 def key_of(settings: object) -> dict[str, object]:

@@ -107,7 +107,13 @@ TASK_PARAMS: dict[str, list[Param]] = {
                                  "N (the N newest versions older than the target) or a comma "
                                  "list of versions, into out/deltas/"),
     ],
-    "verify": [],
+    "verify": [
+        _param("package", str, "", "prove this update.zip instead of the workspace's package "
+                                   "(never moved or published; --source KEY overrides the "
+                                   "version its quectel-project-version names)"),
+        _param("target", str, "", "with --package: the target version (key or zip) [default: "
+                                  "the one the update.json beside the package names]"),
+    ],
     "import_base": [
         _param("firmware", str, "", "a release firmware package folder (update/, upgrade/, "
                                     "md5.txt, contents.xml)"),
@@ -366,8 +372,9 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
     """The command's configuration. `args`: the command's task names and their options;
     `selected`: the tasks it runs (named, or doit's default tasks)."""
     project = read_project_file(project_dir)
-    named = {t.split(":", 1)[0] for t in selected}
     given_chain, given_own = command_line_options(args, doit_tasks)
+    verify = {**_defaults("verify", project), **given_own.get("verify", {})}
+    named = chained({t.split(":", 1)[0] for t in selected}, bool(verify["package"]))
     values = _chain_values(project, given_chain)
     sdk_text = str(values["sdk"]) or _recorded_sdk(values, project)
     sdk = resolve_path(sdk_text, project.folder) if sdk_text else SAMPLE_SDK
@@ -415,9 +422,28 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
         delta = DeltaSettings(workspace=workspace, config_dir=None)
     return Configuration(
         workspace=workspace, targetfiles=targetfiles, delta=delta,
-        verify=VerifySettings(workspace=workspace),
+        verify=verify_settings(workspace, verify, given_chain, project),
         import_options={**_defaults("import_base", project), **given_own.get("import_base", {})},
         record=record, recorded_options=options, warnings=tuple(warnings), sample=sample)
+
+
+def chained(named: set[str], package: bool) -> set[str]:
+    """The named tasks that run the chain before them: all but `verify --package`, which
+    proves a package of its own and runs nothing else."""
+    return named - {"verify"} if package else named
+
+
+def verify_settings(workspace: Workspace, options: Mapping[str, object],
+                    given_chain: Mapping[str, object], project: ProjectFile) -> VerifySettings:
+    package, target = str(options["package"]), str(options["target"])
+    if not package:
+        if target:
+            raise DfotaError("--target: only with --package PATH")
+        return VerifySettings(workspace=workspace)
+    return VerifySettings(
+        workspace=workspace, package=resolve_path(package, project.folder),
+        source=_version_reference(str(given_chain.get("source") or ""), project.folder),
+        target=_version_reference(target, project.folder))
 
 
 def _recorded_sdk(values: Mapping[str, object], project: ProjectFile) -> str:
@@ -442,7 +468,7 @@ def check_versions(conf: Configuration, selected: Sequence[str]) -> None:
     task runs; whether each is intact is checked where it is used."""
     from tasks.archive import Archive
 
-    named = {t.split(":", 1)[0] for t in selected}
+    named = chained({t.split(":", 1)[0] for t in selected}, conf.verify.package is not None)
     ws = conf.workspace
     archive = Archive(ws.archive_dir, ws.archive_hashes)
     if any(_needs(t, "targetfiles") for t in named) and conf.targetfiles.source:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from tasks import atomic
 from tasks.archive import Archive, sha256_file
 from tasks.config import VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
-from tasks.filelists import FileLists, chmod_for, lists_in
+from tasks.filelists import NO_LISTS, FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
-from tasks.plan import Part, covers, noota_kept
+from tasks.plan import Part, covers, noota_kept, parse_mode
 from tasks.report import write_report
 from tasks.runlog import RunLog
 from tasks.targetfiles import (
@@ -51,7 +52,7 @@ from tasks.updater import (
 )
 from tasks.updater import apply_package as host_apply
 from tasks.updater_fs import entry_key
-from tasks.version import VERSION_FILE
+from tasks.version import VERSION_FILE, parse_version
 from tasks.zipio import ZipSource
 
 MINOR_PREFIX = "MULTIFOTA/"
@@ -462,22 +463,40 @@ def verify_needed(workspace: Workspace) -> bool:
         return False
     done = summary.get("verify")
     return not (isinstance(done, dict) and done.get("ok") and not workspace.pending_zip.exists()
-                and workspace.update_zip.is_file()
-                and sha256_file(workspace.update_zip) == summary.get("package_sha256"))
+                and published_is_proven(workspace, summary))
+
+
+def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | None = None
+                        ) -> bool:
+    """`out/update.zip`, when there is one, has the sha256 of the package that was proven."""
+    if not workspace.update_zip.is_file():
+        return True
+    if summary is None:
+        try:
+            summary = _read_summary(workspace)
+        except DfotaError:
+            return False
+    return sha256_file(workspace.update_zip) == summary.get("package_sha256")
 
 
 def verify_delta(settings: VerifySettings, log: RunLog) -> VerifyReport:
     """Verify the package `doit delta` left aside, as `out/update.json` describes it; publish it
-    at `out/update.zip` when it passes, move it to `out/rejected/` when it fails."""
+    at `out/update.zip` when it passes, move it to `out/rejected/` when it fails. With no
+    package aside, a published `out/update.zip` that is not the one proven is proven again:
+    kept when it passes, moved out when it fails."""
     workspace = settings.workspace
     summary = _read_summary(workspace)
-    if not workspace.pending_zip.is_file():
+    changed = not workspace.pending_zip.is_file() and workspace.update_zip.is_file()
+    package = workspace.update_zip if changed else workspace.pending_zip
+    if not package.is_file():
         raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
+    if changed:
+        log.say(f"verify: {shown_path(package)} changed after it was verified: proving it again")
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = lists_in(summary.get("config"))
     target_zip = Path(str(summary["target_zip"]))
     archive = Archive(workspace.archive_dir, workspace.archive_hashes)
-    report = verify_package(workspace.pending_zip, Path(str(summary["base_zip"])), target_zip,
+    report = verify_package(package, Path(str(summary["base_zip"])), target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
                                                                target_zip),
@@ -486,19 +505,22 @@ def verify_delta(settings: VerifySettings, log: RunLog) -> VerifyReport:
     if report.ok:
         # what the summary records is where the package is once published
         summary["package"] = summary["verify"]["package"] = str(workspace.update_zip)
+        summary["package_sha256"] = sha256_file(package)
         summary["published"] = True
         atomic.write_text(workspace.update_summary, json.dumps(summary, indent=1, sort_keys=True)
                           + "\n")
         write_report(workspace.update_summary, workspace.update_report)
-        os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
+        if not changed:
+            os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
         return report
-    rejected = reject(workspace, summary)
+    rejected = reject(workspace, summary, package)
     failed = next(c for c in report.checks if not c.ok)
-    raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
-                      f"{rejected}", workspace.pending_zip)
+    why = "changed after it was verified, and" if changed else "package"
+    raise CheckFailed(f"{why} failed verification ({failed.name}: {failed.detail}); moved to "
+                      f"{rejected}", package)
 
 
-def reject(workspace: Workspace, summary: Mapping[str, object]) -> Path:
+def reject(workspace: Workspace, summary: Mapping[str, object], package: Path) -> Path:
     """Move the package and its report out of the way of anything that publishes out/."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = workspace.out_dir / "rejected" / stamp
@@ -506,7 +528,67 @@ def reject(workspace: Workspace, summary: Mapping[str, object]) -> Path:
     atomic.write_text(folder / "update.json", json.dumps(summary, indent=1, sort_keys=True)
                       + "\n")
     write_report(folder / "update.json", folder / "update.html")
-    shutil.move(str(workspace.pending_zip), folder / "update.zip")
+    shutil.move(str(package), folder / "update.zip")
     workspace.update_summary.unlink(missing_ok=True)
     workspace.update_report.unlink(missing_ok=True)
     return folder
+
+
+def _summary_beside(package: Path) -> dict[str, object]:
+    """The update.json beside a package, when there is a readable one."""
+    try:
+        found = json.loads(package.with_name("update.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _package_source(package: Path) -> str:
+    """The version key of the source a package was made for: its quectel-project-version."""
+    try:
+        with ZipSource(package) as pkg:
+            if VERSION_ENTRY not in pkg.members:
+                raise DfotaError(f"no {VERSION_ENTRY} in the package: give --source KEY",
+                                 package)
+            return parse_version(pkg.read(VERSION_ENTRY), f"{package}:{VERSION_ENTRY}").key
+    except DfotaError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DfotaError(f"cannot be read as a zip ({exc})", package) from exc
+
+
+def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, Path]:
+    """`doit verify --package PATH`: prove any update.zip against archived versions, without
+    moving or publishing it; the report goes to the state folder. The source is the version
+    its quectel-project-version names (or `--source`), the target the one the update.json
+    beside it names (or `--target`), with that summary's mode and lists (else all, none)."""
+    package, workspace = settings.package, settings.workspace
+    assert package is not None
+    if not package.is_file():
+        raise DfotaError("no such package", package)
+    summary = _summary_beside(package)
+    source = settings.source or _package_source(package)
+    target = settings.target or str(summary.get("target") or "")
+    if not target:
+        raise DfotaError("no update.json beside it names the target: give --target KEY|ZIP",
+                         package)
+    archive = Archive(workspace.archive_dir, workspace.archive_hashes)
+    base_zip, target_zip = archive.resolve(source, "source"), archive.resolve(target, "target")
+    modes = summary.get("mode") if isinstance(summary.get("mode"), list) else None
+    parts = frozenset(Part(str(v)) for v in modes) if modes else parse_mode("all")
+    lists = lists_in(summary.get("config")) if summary.get("config") else NO_LISTS
+    report = verify_package(package, base_zip, target_zip, parts, lists, log,
+                            permission_replays=settings.permission_replays,
+                            target_recorded=archive.built_here(target, target_zip),
+                            bspatch_record=workspace.bspatch_record)
+    digest = sha256_file(package)
+    where = workspace.state_dir / "proven-packages" / f"{digest}.json"
+    atomic.write_text(where, json.dumps({
+        "package": str(package), "package_sha256": digest, "source_zip": str(base_zip),
+        "target_zip": str(target_zip), "mode": sorted(p.value for p in parts),
+        "verify": report.to_json()}, indent=1, sort_keys=True) + "\n")
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise CheckFailed(f"not proven ({failed.name}: {failed.detail}); report: {where}",
+                          package)
+    return report, where
