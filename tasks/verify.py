@@ -206,15 +206,19 @@ class _Replays:
 
 
 _REPLAY: _Replays | None = None
+_POLL = 1.0  # seconds between looks at the workers' replays (progress lines)
 
 
-def _replay(steps: Sequence[int]) -> list[str]:
-    """Cut the power after each step, re-run the package, compare (in a worker process)."""
+def _replay(steps: Sequence[int], advance: Callable[[int], None] | None = None) -> list[str]:
+    """Cut the power after each step, re-run the package, compare (in a worker process).
+    `advance(1)` after each (in this process only)."""
     assert _REPLAY is not None
     job = _REPLAY
     problems = []
 
     def check(step: int, again: UpdateResult, after: Device) -> None:
+        if advance is not None:
+            advance(1)
         if again.code != 0:
             problems.append(f"power loss after step {step}: re-run gave {again.code} "
                             f"({again.message})")
@@ -253,15 +257,18 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
                        {path: entry_key(e) for path, e in expected.items()}, marks, differs)
     try:
         if workers == 1 or len(chunks) < 2:
-            results = []
-            for chunk in chunks:
-                results.append(_replay(chunk))
-                advance(len(chunk))
+            results = [_replay(chunk, advance) for chunk in chunks]
         else:
             with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
                 results = []
-                for chunk, found in zip(chunks, pool.imap(_replay, chunks), strict=True):
-                    results.append(found)
+                found = pool.imap(_replay, chunks)
+                for chunk in chunks:
+                    while True:
+                        try:
+                            results.append(found.next(timeout=_POLL))
+                            break
+                        except multiprocessing.TimeoutError:
+                            advance(0)  # the bar may say how long it has run
                     advance(len(chunk))
     finally:
         _REPLAY = None
