@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.space import DEFAULT_VOLUMES, Volumes
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_DIR / "sample_sdk"
 TEMPLATES = PROJECT_DIR / "templates"
@@ -143,6 +145,7 @@ class DeltaSettings:
     diff_timeout: float = DEFAULT_DIFF_TIMEOUT  # seconds per diff; past it: shipped whole
     workers: int = 0  # diff processes; 0 = one per core
     bases: str = ""  # "N" (the N newest older versions) or a comma list; "" = one base
+    volumes: Volumes = DEFAULT_VOLUMES  # the module's system volume and /cache, in bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from tasks.config import (
     resolve_path,
 )
 from tasks.errors import DfotaError
+from tasks.space import DEFAULT_CACHE_SIZE_MB, DEFAULT_SYSTEM_SIZE_MB, Volumes
 from tasks.workspace_record import WorkspaceRecord, read_record
 
 if sys.version_info >= (3, 11):
@@ -103,6 +104,10 @@ TASK_PARAMS: dict[str, list[Param]] = {
         _param("diff_timeout", float, DEFAULT_DIFF_TIMEOUT,
                "seconds per diff before the file is shipped whole [default: %(default)s]"),
         _param("workers", int, 0, "diff processes [default: one per core]"),
+        _param("system_size_mb", float, DEFAULT_SYSTEM_SIZE_MB,
+               "the module's system volume, MiB [default: %(default)s]"),
+        _param("cache_size_mb", float, DEFAULT_CACHE_SIZE_MB,
+               "the module's /cache, MiB [default: %(default)s]"),
         _param("bases", str, "", "also make and verify one package from each of these bases: "
                                  "N (the N newest versions older than the target) or a comma "
                                  "list of versions, into out/deltas/"),
@@ -327,6 +332,8 @@ def delta_settings(workspace: Workspace, options: Mapping[str, object],
         size_budget=int(_number(options, "size_budget_mb", float, 0, True) * MB),
         diff_timeout=_number(options, "diff_timeout", float, 0, True),
         workers=_number(options, "workers", int, 0, False),
+        volumes=Volumes(int(_number(options, "system_size_mb", float, 0, True) * MB),
+                        int(_number(options, "cache_size_mb", float, 0, True) * MB)),
         bases=",".join(_version_reference(b.strip(), project.folder)
                        for b in bases.split(",") if b.strip()) if not bases.isdigit()
         else bases,

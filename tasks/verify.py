@@ -33,6 +33,7 @@ from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers, noota_kept, parse_mode
 from tasks.report import write_report
 from tasks.runlog import RunLog
+from tasks.space import DEFAULT_VOLUMES, Volumes
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -100,9 +101,11 @@ def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
             if MINOR_PREFIX + image in src.members}
 
 
-def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> tuple[Device, Tree]:
-    """A module running this targetfiles: /system from SYSTEM/, partitions from the images;
-    and its `system_tree`. Each file is read once, its sha1 taken from the bytes read."""
+def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
+                            volumes: Volumes = DEFAULT_VOLUMES) -> tuple[Device, Tree]:
+    """A module running this targetfiles: /system from SYSTEM/, partitions from the images,
+    the system volume and /cache of `volumes`' sizes; and its `system_tree`. Each file is
+    read once, its sha1 taken from the bytes read."""
     contents = {name: src.read_hashed(name) for name in src.names(SYSTEM + "/")
                 if src.members[name].kind == FILE}
     tree = system_tree(src)
@@ -115,7 +118,8 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> tuple[D
     partitions.update({part: src.read(MINOR_PREFIX + image) for image, part in minor.items()
                        if MINOR_PREFIX + image in src.members})
     device = Device.from_system(entries, partitions, sha1s={
-        p: e.sha1 for p, e in tree.items() if e.kind == FILE})
+        p: e.sha1 for p, e in tree.items() if e.kind == FILE},
+        system_capacity=volumes.system, cache_capacity=volumes.cache)
     return device, tree
 
 
@@ -366,8 +370,8 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
-                   target_recorded: bool = False, bspatch_record: Path | None = None
-                   ) -> VerifyReport:
+                   target_recorded: bool = False, bspatch_record: Path | None = None,
+                   volumes: Volumes = DEFAULT_VOLUMES) -> VerifyReport:
     """`permission_replays`: at most this many of the permission steps get a power loss
     (evenly spread, first and last included); every other step always does. None: all.
 
@@ -376,12 +380,15 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     checks, never pass them: the source's files are hashed from their bytes, and so is every
     file the package writes on the modeled module.
 
-    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`)."""
+    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`).
+
+    `volumes`: the module's system volume and /cache the package was made for: a write the
+    room does not allow fails on the host as on the module."""
     started = time.monotonic()
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
         minor = minor_partitions(target, lists)
-        device, source_tree = device_from_targetfiles(base, minor)
+        device, source_tree = device_from_targetfiles(base, minor, volumes)
         device.state()  # hash every partition once: each copy keeps the hashes
         expected = expected_system(source_tree,
                                    system_tree(target, recorded_sha1s=target_recorded),
@@ -507,7 +514,8 @@ def verify_delta(settings: VerifySettings, log: RunLog) -> VerifyReport:
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
                                                                target_zip),
-                            bspatch_record=workspace.bspatch_record)
+                            bspatch_record=workspace.bspatch_record,
+                            volumes=Volumes.from_json(summary.get("volumes")))
     summary["verify"] = report.to_json()
     if report.ok:
         # what the summary records is where the package is once published
@@ -587,7 +595,8 @@ def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, P
     report = verify_package(package, base_zip, target_zip, parts, lists, log,
                             permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(target, target_zip),
-                            bspatch_record=workspace.bspatch_record)
+                            bspatch_record=workspace.bspatch_record,
+                            volumes=Volumes.from_json(summary.get("volumes")))
     digest = sha256_file(package)
     where = workspace.state_dir / "proven-packages" / f"{digest}.json"
     atomic.write_text(where, json.dumps({

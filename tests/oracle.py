@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.space import DEFAULT_VOLUMES, Volumes
 from tasks.targetfiles import BOOT_IMAGE
 from tasks.tree import DIR, FILE, SYMLINK
 from tasks.updater import (
@@ -139,28 +140,18 @@ def host_listing(folder: Path) -> Listing:
     return dict(sorted(found.items()))
 
 
-@dataclass(frozen=True)
-class Volumes:
-    """The sizes of the oracle's /system and /cache (tmpfs sizes: `512m`, `4096k`, bytes)."""
-
-    system: str = ""
-    cache: str = ""
-
-    def env(self) -> dict[str, str]:
-        sizes = {"ORACLE_SYSTEM_SIZE": self.system, "ORACLE_CACHE_SIZE": self.cache}
-        return {name: value for name, value in sizes.items() if value}
-
-
 def real_run_device(folder: Path, device: Device, package: Path,
-                    volumes: Volumes = Volumes()) -> Outcome:
+                    volumes: Volumes = DEFAULT_VOLUMES) -> Outcome:
     """The package applied by the real updater (`run-updater.sh`) to the model's device as it
-    is: its /system and /cache trees and its partitions are the real updater's start."""
+    is: its /system and /cache trees and its partitions are the real updater's start, on
+    volumes of `volumes`' sizes (give the model's device the same)."""
     with tempfile.TemporaryDirectory(prefix="dfota-oracle-") as tmp:
         system, cache, mtd, run = (Path(tmp, n) for n in ("system", "cache", "mtd", "run"))
         write_device_tree(device, "/system", system)
         write_device_tree(device, "/cache", cache)
         env = {**os.environ, "ORACLE_WORK": str(Path(tmp, "work")), "ORACLE_RUN_DIR": str(run),
-               "ORACLE_QUIET": "1", **volumes.env()}
+               "ORACLE_QUIET": "1", "ORACLE_SYSTEM_SIZE": str(volumes.system),
+               "ORACLE_CACHE_SIZE": str(volumes.cache)}
         env.pop("ORACLE_MTD_INIT", None)
         if device.partitions:
             mtd.mkdir()
@@ -209,12 +200,13 @@ def oracle_partitions(src: ZipSource) -> dict[str, str]:
     return {image: part for image, part in found.items() if image in src.members}
 
 
-def model_device(source_zip: Path) -> Device:
-    """The host model's module running the source, with the oracle's partitions."""
+def model_device(source_zip: Path, volumes: Volumes = DEFAULT_VOLUMES) -> Device:
+    """The host model's module running the source, with the oracle's partitions and volumes
+    of `volumes`' sizes (the defaults are the oracle's)."""
     with ZipSource(source_zip) as src:
         minor = {image.removeprefix("MULTIFOTA/"): part
                  for image, part in oracle_partitions(src).items() if image == ABL_IMAGE}
-        device, _ = device_from_targetfiles(src, minor)
+        device, _ = device_from_targetfiles(src, minor, volumes)
     return device
 
 
