@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.space import DEFAULT_VOLUMES, Volumes
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_DIR / "sample_sdk"
 TEMPLATES = PROJECT_DIR / "templates"
@@ -188,6 +190,7 @@ class DeltaSettings:
     diff_timeout: float = DEFAULT_DIFF_TIMEOUT  # seconds per diff; past it: shipped whole
     workers: int = 0  # diff processes; 0 = one per core
     bases: str = ""  # "N" (the N newest older versions) or a comma list; "" = one base
+    volumes: Volumes = DEFAULT_VOLUMES  # the module's system volume and /cache, in bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,13 @@ class VerifySettings:
 
     workspace: Workspace
     permission_replays: int | None = 32  # power losses among permission steps
+    # `doit verify --package PATH`: prove that update.zip, from `source` (a version key or a
+    # zip; "": the version its quectel-project-version names) to `target` ("": the one the
+    # update.json beside it names); never moved or published
+    package: Path | None = None
+    source: str = ""
+    target: str = ""
+    config_dir: Path | None = None  # with `package`: the vendor lists it was made with
 
 
 def key_of(settings: object) -> dict[str, object]:

@@ -46,6 +46,7 @@ from tasks.config import (
     resolve_path,
 )
 from tasks.errors import DfotaError, UsageError
+from tasks.space import DEFAULT_CACHE_SIZE_MB, DEFAULT_SYSTEM_SIZE_MB, Volumes
 from tasks.workspace_record import WorkspaceRecord, read_record
 
 if sys.version_info >= (3, 11):
@@ -110,11 +111,21 @@ TASK_PARAMS: dict[str, list[Param]] = {
         _param("diff_timeout", float, DEFAULT_DIFF_TIMEOUT,
                "seconds per diff before the file is shipped whole [default: %(default)s]"),
         _param("workers", int, 0, "diff processes [default: one per core]"),
+        _param("system_size_mb", float, DEFAULT_SYSTEM_SIZE_MB,
+               "the module's system volume, MiB [default: %(default)s]"),
+        _param("cache_size_mb", float, DEFAULT_CACHE_SIZE_MB,
+               "the module's /cache, MiB [default: %(default)s]"),
         _param("bases", str, "", "also make and verify one package from each of these bases: "
                                  "N (the N newest versions older than the target) or a comma "
                                  "list of versions, into out/deltas/"),
     ],
-    "verify": [],
+    "verify": [
+        _param("package", str, "", "prove this update.zip instead of the workspace's package "
+                                   "(never moved or published; --source KEY overrides the "
+                                   "version its quectel-project-version names)"),
+        _param("target", str, "", "with --package: the target version (key or zip) [default: "
+                                  "the one the update.json beside the package names]"),
+    ],
     "prune": [
         _param("keep", int, 0, "how many of the newest archived versions to keep"),
         _param("force", bool, False, "also remove versions a kept version was built on"),
@@ -357,6 +368,8 @@ def delta_settings(workspace: Workspace, options: Mapping[str, object],
         size_budget=int(_number(options, "size_budget_mb", float, 0, True) * MB),
         diff_timeout=_number(options, "diff_timeout", float, 0, True),
         workers=_number(options, "workers", int, 0, False),
+        volumes=Volumes(int(_number(options, "system_size_mb", float, 0, True) * MB),
+                        int(_number(options, "cache_size_mb", float, 0, True) * MB)),
         bases=",".join(_version_reference(b.strip(), project.folder)
                        for b in bases.split(",") if b.strip()) if not bases.isdigit()
         else bases,
@@ -403,8 +416,9 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
     `selected`: the tasks it runs (named, or doit's default tasks); `starting`: the command
     runs them (not `doit help` or `doit list`, which need no workspace record)."""
     project = read_project_file(project_dir)
-    named = {t.split(":", 1)[0] for t in selected}
     given_chain, given_own = command_line_options(args, doit_tasks)
+    verify = {**_defaults("verify", project), **given_own.get("verify", {})}
+    named = chained({t.split(":", 1)[0] for t in selected}, bool(verify["package"]))
     values = _chain_values(project, given_chain)
     sdk_text = str(values["sdk"]) or _recorded_sdk(values, project)
     sdk = resolve_path(sdk_text, project.folder) if sdk_text else SAMPLE_SDK
@@ -452,12 +466,35 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
         delta = DeltaSettings(workspace=workspace, config_dir=None)
     return Configuration(
         workspace=workspace, targetfiles=targetfiles, delta=delta,
-        verify=VerifySettings(workspace=workspace),
+        verify=verify_settings(workspace, verify, given_chain, values, project, sample),
         import_options={**_defaults("import_base", project), **given_own.get("import_base", {})},
         prune_options={**_defaults("prune", project), **given_own.get("prune", {})},
         bench_options={**_defaults("bench", project), **given_own.get("bench", {})},
         wait=_number(values, "wait", float, 0, False),
         record=record, recorded_options=options, warnings=tuple(warnings), sample=sample)
+
+
+def chained(named: set[str], package: bool) -> set[str]:
+    """The named tasks that run the chain before them: all but `verify --package`, which
+    proves a package of its own and runs nothing else."""
+    return named - {"verify"} if package else named
+
+
+def verify_settings(workspace: Workspace, options: Mapping[str, object],
+                    given_chain: Mapping[str, object], values: Mapping[str, object],
+                    project: ProjectFile, sample: bool) -> VerifySettings:
+    """`doit verify`'s settings; with `--package`, the package, its versions and the vendor
+    lists it was made with (the command's `config`)."""
+    package, target = str(options["package"]), str(options["target"])
+    if not package:
+        if target:
+            raise DfotaError("--target: only with --package PATH")
+        return VerifySettings(workspace=workspace)
+    lists, _ = _lists_folder(str(values["config"] or ""), sample, project)
+    return VerifySettings(
+        workspace=workspace, package=resolve_path(package, project.folder),
+        source=_version_reference(str(given_chain.get("source") or ""), project.folder),
+        target=_version_reference(target, project.folder), config_dir=lists)
 
 
 def _recorded_sdk(values: Mapping[str, object], project: ProjectFile) -> str:
@@ -482,7 +519,7 @@ def check_versions(conf: Configuration, selected: Sequence[str]) -> None:
     task runs; whether each is intact is checked where it is used."""
     from tasks.archive import archive_of
 
-    named = {t.split(":", 1)[0] for t in selected}
+    named = chained({t.split(":", 1)[0] for t in selected}, conf.verify.package is not None)
     ws = conf.workspace
     archive = archive_of(ws)
     if any(_needs(t, "targetfiles") for t in named) and conf.targetfiles.source:

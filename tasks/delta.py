@@ -51,6 +51,7 @@ from tasks.patches import Blob, PatchJob, PatchOutcome, PatchRun
 from tasks.plan import Change, Kind, Part, parse_mode, plan_changes, refuse_unwritable
 from tasks.report import write_summary
 from tasks.runlog import Progress, RunLog
+from tasks.space import cache_reason, refuse_beyond_system, ship_whole_beyond_cache
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -63,6 +64,7 @@ from tasks.targetfiles import (
     zip_version,
 )
 from tasks.tree import FILE, Tree
+from tasks.verify import expected_system
 from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
 
@@ -239,6 +241,9 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
         source_tree, target_tree, parts=parts,
         fullota=[p.removeprefix(rel) for p in lists.fullota],
         noota=[p.removeprefix(rel) for p in lists.noota])
+    changes = ship_whole_beyond_cache(changes, settings.volumes)
+    refuse_beyond_system(expected_system(source_tree, target_tree, parts, lists),
+                         settings.volumes)
     refuse_unwritable([*(c.path for c in changes if c.target is not None
                          and c.kind not in (Kind.UNCHANGED, Kind.METADATA)),
                        *(f"{d}/{PLACEHOLDER}" for d in empty_new_dirs(changes, target_tree))])
@@ -265,12 +270,14 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
     boot = None
     if boot_changed:
         outcome = outcomes[BOOT_IMAGE]
-        patched = outcome.patch is not None
+        # a partition is patched through a copy of it in /cache
+        patched = outcome.patch is not None and \
+            not cache_reason(base.members[BOOT_IMAGE].size, settings.volumes)
         boot = PartitionWrite(boot_partition(target),
                               BOOT_PATCH_ENTRY if patched else BOOT_WHOLE_ENTRY, patched,
                               base.members[BOOT_IMAGE].size, base.sha1(BOOT_IMAGE),
                               target.members[BOOT_IMAGE].size, target.sha1(BOOT_IMAGE))
-        items.append(path_item(BOOT_PATCH_ENTRY, outcome.patch, 0o644) if outcome.patch
+        items.append(path_item(BOOT_PATCH_ENTRY, outcome.patch, 0o644) if patched
                      else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, FILE, 0o644))
     minor: list[PartitionWrite] = []
     if Part.MINOR in parts:
@@ -410,6 +417,7 @@ def _summary(settings: DeltaSettings, inputs: PackageInputs, source_key: str, ta
         "config": public_name(settings.config_dir, settings.workspace.root)
         if settings.config_dir else None,
         "mode": sorted(p.value for p in parts),
+        "volumes": settings.volumes.to_json(),
         "counts": dict(sorted(counts.items())),
         "unchanged": sum(1 for c in changes if c.kind is Kind.UNCHANGED),
         "bytes": {"patches": patch_bytes, "whole_files": whole_bytes,

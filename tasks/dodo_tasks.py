@@ -265,12 +265,19 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
     def task_verify(**_: object) -> TaskDict:
         """prove the package on the host (apply, power loss at every step), then publish it
         as out/update.zip; reject it on failure"""
+        if conf.verify.package is not None:  # a package of the user's: proven every time
+            return {"actions": [guarded("verify", ws.log_dir,
+                                        lambda log: _verify_named(conf.verify, log))],
+                    "uptodate": [False], "verbosity": 2}
         return {
             "actions": [guarded("verify", ws.log_dir, lambda log: _verify(conf.verify, log))],
             "task_dep": ["delta"],
             "file_dep": [ws.update_summary, ws.target_zip],
             "targets": [ws.verify_stamp],
-            "uptodate": [config_changed({"tool": TOOL, **key_of(conf.verify)})],
+            # what is published must be what was proven: a changed out/update.zip is proven
+            # again
+            "uptodate": [config_changed({"tool": TOOL, **key_of(conf.verify)}),
+                         lambda task, values: _published_is_proven(ws)],
             "clean": [lambda: clean_workspace(ws)],
             "verbosity": 2,
         }
@@ -430,6 +437,22 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
     atomic.write_text(ws.verify_stamp, "verified\n")
 
 
+def _published_is_proven(ws: Workspace) -> bool:
+    from tasks.verify import published_is_proven
+
+    return published_is_proven(ws)
+
+
+def _verify_named(settings: VerifySettings, log: RunLog) -> None:
+    from tasks.verify import verify_named
+
+    report, where = verify_named(settings, log)
+    for check in report.checks:
+        log.say(f"verify: ok  {check.name}: {check.detail}")
+    log.say(f"verify: {settings.package} is proven ({len(report.checks)} checks in "
+            f"{report.seconds:.1f} s); report: {where}")
+
+
 def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
     from tasks.firmware import import_base
 
@@ -502,7 +525,8 @@ class DfotaLoader(DodoTaskLoader):
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
         starting = bool(getattr(cmd, "execute_tasks", False))
-        selected = list(getattr(cmd, "sel_tasks", None) or pos_args)
+        # `doit help delta` names a task it does not run: nothing it needs is checked
+        selected = list(getattr(cmd, "sel_tasks", None) or pos_args) if starting else []
         project_dir = Path(get_initial_workdir() or Path.cwd())
         try:
             conf = configure(project_dir, pos_args, selected, starting=starting)

@@ -215,6 +215,8 @@ def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],
     if last is not None:  # the segments add up to exactly 1 despite rounding
         others = sum(round(v / total, 4) for k, v in weights.items() if k != last)
         progress[last] = _fraction(1 - others)
+    else:  # nothing weighs (every file empty): the whole bar at the end
+        progress["end"] = _fraction(1)
     patch_total = weights["patches"] or 1.0
     done = 0.0
     patches = []

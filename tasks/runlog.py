@@ -1,19 +1,22 @@
 """What a run tells people: lines on stdout, a progress bar on a terminal, a log file per run.
 
 On a terminal a long step draws one bar that it redraws in place; elsewhere (CI, cron) it
-prints a line when it starts and when it ends, and nothing in between. Every line, and the
-detail lines that stdout does not get (one per diff, say), also go to the run's log file.
+prints a line when it starts, one with the count done at least every 10 s while it runs (so a
+job's watchdog sees it alive), and one when it ends. Every line, and the detail lines that
+stdout does not get (one per diff, say), also go to the run's log file.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, TextIO
 
 _BAR = 30
+PLAIN_EVERY = 10.0  # seconds at most between two progress lines off a terminal
 
 
 class Bar(Protocol):
@@ -48,18 +51,25 @@ class Progress:
     def __init__(self, log: RunLog, label: str, total: int) -> None:
         self.log, self.label, self.total = log, label, max(total, 0)
         self.done = 0
-        self.started = time.monotonic()
+        self.started = log.clock()
         self._drawn = 0.0
+        self._said = self.started
         if not log.interactive:
             log.say(f"{label}: {self.total} to do")
 
     def advance(self, count: int = 1) -> None:
         self.done += count
-        if self.log.interactive and time.monotonic() - self._drawn > 0.1:
-            self._draw()
+        now = self.log.clock()
+        if self.log.interactive:
+            if now - self._drawn > 0.1:
+                self._draw()
+        elif now - self._said >= PLAIN_EVERY:
+            self._said = now
+            self.log.say(f"{self.label}: {self.done}/{self.total} done in "
+                         f"{now - self.started:.0f} s")
 
     def _draw(self) -> None:
-        self._drawn = time.monotonic()
+        self._drawn = self.log.clock()
         share = self.done / self.total if self.total else 1.0
         filled = int(share * _BAR)
         self.log.stream.write(f"\r{self.label} [{'#' * filled}{' ' * (_BAR - filled)}] "
@@ -67,7 +77,7 @@ class Progress:
         self.log.stream.flush()
 
     def finish(self) -> None:
-        seconds = time.monotonic() - self.started
+        seconds = self.log.clock() - self.started
         if self.log.interactive:
             self._draw()
             self.log.stream.write("\n")
@@ -75,8 +85,10 @@ class Progress:
 
 
 class RunLog:
-    def __init__(self, log_dir: Path | None, task: str, stream: TextIO | None = None) -> None:
+    def __init__(self, log_dir: Path | None, task: str, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stdout
+        self.clock = clock  # seconds, for progress lines and their timings
         self.interactive = self.stream.isatty()
         self.path: Path | None = None
         self._file: TextIO | None = None

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,9 +30,10 @@ from tasks.config import PackageInputs, VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
-from tasks.plan import Part, covers, noota_kept
+from tasks.plan import Part, covers, noota_kept, parse_mode
 from tasks.report import write_report, write_summary
 from tasks.runlog import RunLog
+from tasks.space import DEFAULT_VOLUMES, Volumes
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -51,7 +53,7 @@ from tasks.updater import (
 )
 from tasks.updater import apply_package as host_apply
 from tasks.updater_fs import entry_key
-from tasks.version import VERSION_FILE
+from tasks.version import VERSION_FILE, parse_version
 from tasks.zipio import ZipSource
 
 MINOR_PREFIX = "MULTIFOTA/"
@@ -99,9 +101,11 @@ def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
             if MINOR_PREFIX + image in src.members}
 
 
-def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> tuple[Device, Tree]:
-    """A module running this targetfiles: /system from SYSTEM/, partitions from the images;
-    and its `system_tree`. Each file is read once, its sha1 taken from the bytes read."""
+def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
+                            volumes: Volumes = DEFAULT_VOLUMES) -> tuple[Device, Tree]:
+    """A module running this targetfiles: /system from SYSTEM/, partitions from the images,
+    the system volume and /cache of `volumes`' sizes; and its `system_tree`. Each file is
+    read once, its sha1 taken from the bytes read."""
     contents = {name: src.read_hashed(name) for name in src.names(SYSTEM + "/")
                 if src.members[name].kind == FILE}
     tree = system_tree(src)
@@ -114,7 +118,8 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str]) -> tuple[D
     partitions.update({part: src.read(MINOR_PREFIX + image) for image, part in minor.items()
                        if MINOR_PREFIX + image in src.members})
     device = Device.from_system(entries, partitions, sha1s={
-        p: e.sha1 for p, e in tree.items() if e.kind == FILE})
+        p: e.sha1 for p, e in tree.items() if e.kind == FILE},
+        system_capacity=volumes.system, cache_capacity=volumes.cache)
     return device, tree
 
 
@@ -205,15 +210,19 @@ class _Replays:
 
 
 _REPLAY: _Replays | None = None
+_POLL = 1.0  # seconds between looks at the workers' replays (progress lines)
 
 
-def _replay(steps: Sequence[int]) -> list[str]:
-    """Cut the power after each step, re-run the package, compare (in a worker process)."""
+def _replay(steps: Sequence[int], advance: Callable[[int], None] | None = None) -> list[str]:
+    """Cut the power after each step, re-run the package, compare (in a worker process).
+    `advance(1)` after each (in this process only)."""
     assert _REPLAY is not None
     job = _REPLAY
     problems = []
 
     def check(step: int, again: UpdateResult, after: Device) -> None:
+        if advance is not None:
+            advance(1)
         if again.code != 0:
             problems.append(f"power loss after step {step}: re-run gave {again.code} "
                             f"({again.message})")
@@ -252,15 +261,18 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
                        {path: entry_key(e) for path, e in expected.items()}, marks, differs)
     try:
         if workers == 1 or len(chunks) < 2:
-            results = []
-            for chunk in chunks:
-                results.append(_replay(chunk))
-                advance(len(chunk))
+            results = [_replay(chunk, advance) for chunk in chunks]
         else:
             with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
                 results = []
-                for chunk, found in zip(chunks, pool.imap(_replay, chunks), strict=True):
-                    results.append(found)
+                found = pool.imap(_replay, chunks)
+                for chunk in chunks:
+                    while True:
+                        try:
+                            results.append(found.next(timeout=_POLL))
+                            break
+                        except multiprocessing.TimeoutError:
+                            advance(0)  # the bar may say how long it has run
                     advance(len(chunk))
     finally:
         _REPLAY = None
@@ -358,8 +370,8 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
-                   target_recorded: bool = False, bspatch_record: Path | None = None
-                   ) -> VerifyReport:
+                   target_recorded: bool = False, bspatch_record: Path | None = None,
+                   volumes: Volumes = DEFAULT_VOLUMES) -> VerifyReport:
     """`permission_replays`: at most this many of the permission steps get a power loss
     (evenly spread, first and last included); every other step always does. None: all.
 
@@ -368,12 +380,15 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     checks, never pass them: the source's files are hashed from their bytes, and so is every
     file the package writes on the modeled module.
 
-    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`)."""
+    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`).
+
+    `volumes`: the module's system volume and /cache the package was made for: a write the
+    room does not allow fails on the host as on the module."""
     started = time.monotonic()
     report = VerifyReport(str(package))
     with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
         minor = minor_partitions(target, lists)
-        device, source_tree = device_from_targetfiles(base, minor)
+        device, source_tree = device_from_targetfiles(base, minor, volumes)
         device.state()  # hash every partition once: each copy keeps the hashes
         expected = expected_system(source_tree,
                                    system_tree(target, recorded_sha1s=target_recorded),
@@ -462,51 +477,133 @@ def verify_needed(workspace: Workspace) -> bool:
         return False
     done = summary.get("verify")
     return not (isinstance(done, dict) and done.get("ok") and not workspace.pending_zip.exists()
-                and workspace.update_zip.is_file()
-                and sha256_file(workspace.update_zip) == summary.get("package_sha256"))
+                and published_is_proven(workspace, summary))
+
+
+def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | None = None
+                        ) -> bool:
+    """`out/update.zip`, when there is one, has the sha256 of the package that was proven."""
+    if not workspace.update_zip.is_file():
+        return True
+    if summary is None:
+        try:
+            summary = _read_summary(workspace)
+        except DfotaError:
+            return False
+    return sha256_file(workspace.update_zip) == summary.get("package_sha256")
 
 
 def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -> VerifyReport:
     """Verify the package `doit delta` left aside, made from `inputs` as `out/update.json`
     describes it; publish it at `out/update.zip` when it passes, move it to `out/rejected/`
-    when it fails."""
+    when it fails. With no package aside, a published `out/update.zip` that is not the one
+    proven is proven again: kept when it passes, moved out when it fails."""
     workspace = settings.workspace
     summary = _read_summary(workspace)
-    if not workspace.pending_zip.is_file():
+    changed = not workspace.pending_zip.is_file() and workspace.update_zip.is_file()
+    package = workspace.update_zip if changed else workspace.pending_zip
+    if not package.is_file():
         raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
+    if changed:
+        log.say(f"verify: {shown_path(package)} changed after it was verified: proving it again")
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = lists_in(inputs.config_dir)
     archive = archive_of(workspace)
-    report = verify_package(workspace.pending_zip, inputs.base_zip, inputs.target_zip,
+    report = verify_package(package, inputs.base_zip, inputs.target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
                                                                inputs.target_zip),
-                            bspatch_record=workspace.bspatch_record)
+                            bspatch_record=workspace.bspatch_record,
+                            volumes=Volumes.from_json(summary.get("volumes")))
     summary["verify"] = report.to_json()
     places = inputs.places(workspace)
     if report.ok:
         # what the summary records is where the package is once published
         summary["package"] = summary["verify"]["package"] = str(workspace.update_zip)
+        summary["package_sha256"] = sha256_file(package)
         summary["published"] = True
         write_summary(workspace.update_summary, summary, places)
         write_report(workspace.update_summary, workspace.update_report)
-        os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
+        if not changed:
+            os.replace(workspace.pending_zip, workspace.update_zip)  # published: proven
         return report
-    rejected = reject(workspace, summary, places)
+    rejected = reject(workspace, summary, places, package)
     failed = next(c for c in report.checks if not c.ok)
-    raise CheckFailed(f"package failed verification ({failed.name}: {failed.detail}); moved to "
-                      f"{rejected}", workspace.pending_zip)
+    why = "changed after it was verified, and" if changed else "package"
+    raise CheckFailed(f"{why} failed verification ({failed.name}: {failed.detail}); moved to "
+                      f"{rejected}", package)
 
 
-def reject(workspace: Workspace, summary: Mapping[str, object],
-           places: Mapping[Path, str]) -> Path:
+def reject(workspace: Workspace, summary: Mapping[str, object], places: Mapping[Path, str],
+           package: Path) -> Path:
     """Move the package and its report out of the way of anything that publishes out/."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = workspace.out_dir / "rejected" / stamp
     folder.mkdir(parents=True, exist_ok=True)
     write_summary(folder / "update.json", summary, places)
     write_report(folder / "update.json", folder / "update.html")
-    shutil.move(str(workspace.pending_zip), folder / "update.zip")
+    shutil.move(str(package), folder / "update.zip")
     workspace.update_summary.unlink(missing_ok=True)
     workspace.update_report.unlink(missing_ok=True)
     return folder
+
+
+def _summary_beside(package: Path) -> dict[str, object]:
+    """The update.json beside a package, when there is a readable one."""
+    try:
+        found = json.loads(package.with_name("update.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _package_source(package: Path) -> str:
+    """The version key of the source a package was made for: its quectel-project-version."""
+    try:
+        with ZipSource(package) as pkg:
+            if VERSION_ENTRY not in pkg.members:
+                raise DfotaError(f"no {VERSION_ENTRY} in the package: give --source KEY",
+                                 package)
+            return parse_version(pkg.read(VERSION_ENTRY), f"{package}:{VERSION_ENTRY}").key
+    except DfotaError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DfotaError(f"cannot be read as a zip ({exc})", package) from exc
+
+
+def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, Path]:
+    """`doit verify --package PATH`: prove any update.zip against archived versions, without
+    moving or publishing it; the report goes to the state folder. The source is the version
+    its quectel-project-version names (or `--source`), the target the one the update.json
+    beside it names (or `--target`), with that summary's mode and lists (else all, none)."""
+    package, workspace = settings.package, settings.workspace
+    assert package is not None
+    if not package.is_file():
+        raise DfotaError("no such package", package)
+    summary = _summary_beside(package)
+    source = settings.source or _package_source(package)
+    target = settings.target or str(summary.get("target") or "")
+    if not target:
+        raise DfotaError("no update.json beside it names the target: give --target KEY|ZIP",
+                         package)
+    archive = archive_of(workspace)
+    base_zip, target_zip = archive.resolve(source, "source"), archive.resolve(target, "target")
+    modes = summary.get("mode") if isinstance(summary.get("mode"), list) else None
+    parts = frozenset(Part(str(v)) for v in modes) if modes else parse_mode("all")
+    lists = lists_in(settings.config_dir)
+    report = verify_package(package, base_zip, target_zip, parts, lists, log,
+                            permission_replays=settings.permission_replays,
+                            target_recorded=archive.built_here(target, target_zip),
+                            bspatch_record=workspace.bspatch_record,
+                            volumes=Volumes.from_json(summary.get("volumes")))
+    digest = sha256_file(package)
+    where = workspace.state_dir / "proven-packages" / f"{digest}.json"
+    atomic.write_text(where, json.dumps({
+        "package": str(package), "package_sha256": digest, "source_zip": str(base_zip),
+        "target_zip": str(target_zip), "mode": sorted(p.value for p in parts),
+        "verify": report.to_json()}, indent=1, sort_keys=True) + "\n")
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise CheckFailed(f"not proven ({failed.name}: {failed.detail}); report: {where}",
+                          package)
+    return report, where

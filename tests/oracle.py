@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.space import DEFAULT_VOLUMES, Volumes
 from tasks.targetfiles import BOOT_IMAGE
 from tasks.tree import DIR, FILE, SYMLINK
 from tasks.updater import (
@@ -95,6 +97,84 @@ def real_run(folder: Path, source_zip: Path, package: Path) -> Outcome:
     return Outcome(result["exit"], log_error(pipe), pipe, system, dict(result["partitions"]))
 
 
+def write_device_tree(device: Device, mount: str, folder: Path) -> None:
+    """The model's filesystem mounted at `mount` written to a host folder as it is: names as
+    bytes, types, content, link targets, modes and owners (owners need root)."""
+    top = os.fsencode(folder)
+    os.makedirs(top, exist_ok=True)
+    entries = device.entries(mount)
+    for path, e in entries.items():  # sorted: a folder before what it holds
+        full = os.path.join(top, path.encode("utf-8", "surrogateescape"))
+        if e.kind == DIR:
+            os.mkdir(full)
+        elif e.kind == SYMLINK:
+            os.symlink(e.link.encode("utf-8", "surrogateescape"), full)
+        else:
+            with open(full, "wb") as out:
+                out.write(device.host_read(f"{mount}/{path}") or b"")
+    root = device.stat(mount, every_mount=True)
+    for path, e in [*reversed(entries.items()), ("", root)]:  # chown clears set-id bits
+        full = os.path.join(top, path.encode("utf-8", "surrogateescape")) if path else top
+        os.chown(full, e.uid, e.gid, follow_symlinks=False)
+        if e.kind != SYMLINK:
+            os.chmod(full, e.mode)
+
+
+def host_listing(folder: Path) -> Listing:
+    """A host folder as the oracle lists it: path bytes -> (type, mode, owner, sha1 or target)."""
+    top = os.fsencode(folder)
+    found: Listing = {}
+    for where, dirs, files in os.walk(top):
+        for name in dirs + files:
+            full = os.path.join(where, name)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                kind, what = "l", os.fsdecode(os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                kind, what = "d", ""
+            else:
+                with open(full, "rb") as data:
+                    kind, what = "f", hashlib.sha1(data.read()).hexdigest()
+            found[os.path.relpath(full, top)] = (kind, stat.S_IMODE(st.st_mode), st.st_uid,
+                                                 st.st_gid, what)
+    return dict(sorted(found.items()))
+
+
+def real_run_device(folder: Path, device: Device, package: Path,
+                    volumes: Volumes = DEFAULT_VOLUMES) -> Outcome:
+    """The package applied by the real updater (`run-updater.sh`) to the model's device as it
+    is: its /system and /cache trees and its partitions are the real updater's start, on
+    volumes of `volumes`' sizes (give the model's device the same)."""
+    with tempfile.TemporaryDirectory(prefix="dfota-oracle-") as tmp:
+        system, cache, mtd, run = (Path(tmp, n) for n in ("system", "cache", "mtd", "run"))
+        write_device_tree(device, "/system", system)
+        write_device_tree(device, "/cache", cache)
+        env = {**os.environ, "ORACLE_WORK": str(Path(tmp, "work")), "ORACLE_RUN_DIR": str(run),
+               "ORACLE_QUIET": "1", "ORACLE_SYSTEM_SIZE": str(volumes.system),
+               "ORACLE_CACHE_SIZE": str(volumes.cache)}
+        env.pop("ORACLE_MTD_INIT", None)
+        if device.partitions:
+            mtd.mkdir()
+            for name, part in device.partitions.items():
+                (mtd / name).write_bytes(part.data)
+            # each partition one erase block past its image (the oracle's floor): the
+            # default 32 MiB each makes the run four times slower
+            env.update(ORACLE_MTD_INIT=str(mtd), ORACLE_MTD_SIZE=str(ERASE_BLOCK))
+        done = subprocess.run(["bash", str(folder / "run-updater.sh"), str(system),
+                               str(package), str(cache)], env=env, capture_output=True,
+                              check=False)
+        if done.returncode in (64, 90) or not (run / "result").is_dir():
+            raise OracleMissing(f"run-updater.sh did not run (exit {done.returncode}): "
+                                f"{done.stderr.decode(errors='replace').strip()}")
+        text = (run / "cmd_pipe.txt").read_bytes().decode("utf-8", "backslashreplace")
+        pipe = tuple(line for line in text.splitlines() if line != NOT_ON_THE_MODULE)
+        images = run / "result" / "images"
+        partitions = {p.name: hashlib.sha1(p.read_bytes()).hexdigest()
+                      for p in sorted(images.iterdir())} if images.is_dir() else {}
+        return Outcome(done.returncode, log_error(pipe), pipe,
+                       host_listing(run / "result" / "system"), partitions)
+
+
 def log_error(pipe: tuple[str, ...]) -> int | None:
     errors = [int(line.split(":", 1)[1]) for line in pipe if line.startswith("log error:")]
     return errors[-1] if errors else None
@@ -120,12 +200,13 @@ def oracle_partitions(src: ZipSource) -> dict[str, str]:
     return {image: part for image, part in found.items() if image in src.members}
 
 
-def model_device(source_zip: Path) -> Device:
-    """The host model's module running the source, with the oracle's partitions."""
+def model_device(source_zip: Path, volumes: Volumes = DEFAULT_VOLUMES) -> Device:
+    """The host model's module running the source, with the oracle's partitions and volumes
+    of `volumes`' sizes (the defaults are the oracle's)."""
     with ZipSource(source_zip) as src:
         minor = {image.removeprefix("MULTIFOTA/"): part
                  for image, part in oracle_partitions(src).items() if image == ABL_IMAGE}
-        device, _ = device_from_targetfiles(src, minor)
+        device, _ = device_from_targetfiles(src, minor, volumes)
     return device
 
 

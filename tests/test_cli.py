@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -167,3 +168,67 @@ def test_doits_record_is_a_write_ahead_log_in_the_project_and_stock_sqlite3_else
          "os.chdir(sys.argv[2]); from tasks.dodo_tasks import db_backend; print(db_backend())",
          str(PROJECT), str(tmp_path)], capture_output=True, text=True, check=True)
     assert elsewhere.stdout.strip() == "sqlite3"
+
+
+def break_a_patch(package: Path, into: Path | None = None) -> None:
+    """The package with a patch whose target sha1 is wrong (written to `into`, or in place)."""
+    with zipfile.ZipFile(package) as zf:
+        kept = [(i, zf.read(i)) for i in zf.infolist()]
+    with zipfile.ZipFile(into or package, "w") as out:
+        for info, data in kept:
+            if info.filename == SCRIPT_ENTRY:
+                data = data.replace(b'apply_patch("/system/bin/busybox", "-", "',
+                                    b'apply_patch("/system/bin/busybox", "-", "0', 1)
+            out.writestr(info, data)
+
+
+def test_a_published_package_changed_after_verify_is_proven_again(ws: Workspace) -> None:
+    assert dfota(ws, *chain(ws, "delta", "verify")).returncode == EXIT_OK
+    published = ws.out / "update.zip"
+    with zipfile.ZipFile(published, "a") as zf:  # other bytes, still a good package
+        zf.comment = b"signed off"
+    again = dfota(ws, *chain(ws, "delta", "verify"))
+    assert again.returncode == EXIT_OK, again.stdout + again.stderr
+    assert "changed after it was verified: proving it again" in again.stdout
+    summary = json.loads((ws.out / "update.json").read_text())
+    assert summary["package_sha256"] == hashlib.sha256(published.read_bytes()).hexdigest()
+    assert "up to date" in dfota(ws, *chain(ws, "delta", "verify")).stdout
+    # a package that no longer proves out is moved out of out/
+    break_a_patch(published)
+    failed = dfota(ws, *chain(ws, "delta", "verify"))
+    assert failed.returncode == EXIT_CHECK, failed.stdout + failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {published}: changed after it was verified"), line
+    assert not published.exists() and not (ws.out / "update.json").exists()
+    assert len(list((ws.out / "rejected").glob("*/update.zip"))) == 1
+
+
+def test_verify_proves_a_package_named_without_moving_it(ws: Workspace) -> None:
+    assert dfota(ws, *chain(ws, "delta", "verify")).returncode == EXIT_OK
+    elsewhere = ws.root / "elsewhere"
+    elsewhere.mkdir()
+    package = elsewhere / "update.zip"
+    shutil.copyfile(ws.out / "update.zip", package)
+    shutil.copyfile(ws.out / "update.json", elsewhere / "update.json")
+    target = json.loads((ws.out / "update.json").read_text())["target"]
+    proven = dfota(ws, "verify", "--package", str(package), *ws.folders)
+    assert proven.returncode == EXIT_OK, proven.stdout + proven.stderr
+    assert f"{package} is proven" in proven.stdout
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()
+    report = json.loads((ws.root / "state/proven-packages" / f"{digest}.json").read_text())
+    assert report["verify"]["ok"] and report["package"] == str(package)
+    assert package.is_file() and (ws.out / "update.zip").is_file()
+    # a broken package, no summary beside it: the target must be named; never moved
+    broken = ws.root / "broken.zip"
+    break_a_patch(package, broken)
+    bad_input = dfota(ws, "verify", "--package", str(broken), *ws.folders)
+    assert bad_input.returncode == EXIT_INPUT, bad_input.stdout + bad_input.stderr
+    assert bad_input.stderr.strip() == (f"error: {broken}: no update.json beside it names the "
+                                        "target: give --target KEY|ZIP")
+    failed = dfota(ws, "verify", "--package", str(broken), "--target", target, *ws.folders)
+    assert failed.returncode == EXIT_CHECK, failed.stdout + failed.stderr
+    assert f"error: {broken}: not proven (" in failed.stderr
+    assert broken.is_file() and not (ws.out / "rejected").exists()
+    missing = dfota(ws, "verify", "--package", str(ws.root / "none.zip"), *ws.folders)
+    assert missing.returncode == EXIT_INPUT
+    assert missing.stderr.strip() == f"error: {ws.root / 'none.zip'}: no such package"

@@ -225,6 +225,7 @@ ALL = {"targetfiles", "delta", "verify"}
     ("delta", ("--size-budget-mb", "60"), {"delta", "verify"}),
     ("delta", ("--diff-timeout", "200"), {"delta", "verify"}),
     ("delta", ("--workers", "1"), {"delta", "verify"}),
+    ("delta", ("--cache-size-mb", "32"), {"delta", "verify"}),
     ("pyproject", ("config", "lists-copy"), {"delta", "verify"}),
     ("pyproject", ("empty_by_nature", ["proc"]), ALL),
     ("pyproject", ("source", BASE_KEY[:40]), ALL),  # the same base, by a key prefix

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import html.parser
+import io
+import itertools
 import json
 import os
 import re
@@ -20,8 +22,20 @@ import pytest
 from tasks.config import VerifySettings
 from tasks.delta import build_delta
 from tasks.errors import DfotaError
+from tasks.filelists import lists_in
+from tasks.plan import parse_mode
 from tasks.report import render_report, write_report
-from tasks.verify import verify_delta
+from tasks.runlog import RunLog
+from tasks.targetfiles import system_tree
+from tasks.updater import load_package
+from tasks.verify import (
+    device_from_targetfiles,
+    expected_system,
+    minor_partitions,
+    replay_power_losses,
+    verify_delta,
+)
+from tasks.zipio import ZipSource
 from tests.builders import binary, f, next_system
 from tests.test_delta import pair, quiet
 from tests.test_verify import CHECKS
@@ -232,3 +246,46 @@ def test_headless_chromium_screenshots_the_sample_report(sample: dict, tmp_path:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     assert struct.unpack(">II", data[16:24]) == (1200, 1600)
     assert len(data) > 20_000  # a blank page compresses to a few kilobytes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_a_long_step_prints_a_line_at_least_every_10_seconds() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    bar = RunLog(None, "test", out, clock=clock).progress("verify: power loss", 100)
+    for _ in range(30):  # 3 s a step: a line after the 4th, the 8th, ...
+        clock.now += 3
+        bar.advance()
+    clock.now += 10.5
+    bar.advance(0)  # nothing done, still a line: the step is alive
+    bar.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "verify: power loss: 100 to do"
+    assert lines[1:4] == ["verify: power loss: 4/100 done in 12 s",
+                          "verify: power loss: 8/100 done in 24 s",
+                          "verify: power loss: 12/100 done in 36 s"]
+    assert lines[-2] == "verify: power loss: 30/100 done in 100 s"
+    assert lines[-1] == "verify: power loss: 30 done in 100.5 s"
+    said = [0.0] + [float(line.split(" in ")[1].split()[0]) for line in lines[1:-2]]
+    assert max(b - a for a, b in itertools.pairwise(said)) <= 12  # 3 s steps: 12 s at most
+
+
+def test_each_power_loss_replay_advances_the_bar(tmp_path: Path) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    calls: list[int] = []
+    with ZipSource(Path(settings.base)) as base, ZipSource(settings.workspace.target_zip) as tz:
+        minor = minor_partitions(tz, lists_in(settings.config_dir))
+        device, source = device_from_targetfiles(base, minor)
+        expected = expected_system(source, system_tree(tz), parse_mode("all"),
+                                   lists_in(settings.config_dir))
+    pkg = load_package(settings.workspace.pending_zip)
+    steps = list(range(1, 21))
+    assert replay_power_losses(pkg, device, expected, {}, steps, calls.append, workers=1) == []
+    assert calls == [1] * len(steps)

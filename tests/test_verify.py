@@ -18,6 +18,7 @@ from tasks.plan import parse_mode
 from tasks.targetfiles import SYSTEM_MANIFEST
 from tasks.verify import VerifyReport, verify_delta, verify_package
 from tasks.zipio import ZipSource
+from tests.builders import base_system, f, next_system
 from tests.test_delta import pair, quiet
 from tests.workspace import Workspace
 
@@ -245,3 +246,19 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
         assert again == count and earlier == count - 1
         assert len(problems) == 1 and problems[0].startswith(f"{name}: bspatch")
         assert len(json.loads(record.read_text())["checked"]) == count  # the old one, kept
+
+
+def test_progress_rises_to_100_when_nothing_the_package_writes_weighs(tmp_path: Path) -> None:
+    # found by tests/test_property_trees.py: a modem-only package whose files are all empty
+    # weighed nothing, so its progress stayed at 0 and verify refused it
+    source = {**base_system(), "firmware/image/empty.bin": f("")}
+    target = {**next_system(), "firmware/image/empty.bin": f("", 0o600),
+              "firmware/image/new.bin": f(""),
+              "firmware/image/modem.b00": base_system()["firmware/image/modem.b00"]}
+    settings = pair(tmp_path, source=source, target=target, mode="modem",
+                    boot_changed=False, abl_changed=False)
+    build_delta(settings, quiet())
+    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
+                            settings.workspace.target_zip, parse_mode("modem"),
+                            lists_in(settings.config_dir), quiet())
+    assert report.ok, [c for c in report.checks if not c.ok]
