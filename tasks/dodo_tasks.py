@@ -578,7 +578,8 @@ class DfotaLoader(DodoTaskLoader):
         selected = list(getattr(cmd, "sel_tasks", None) or pos_args)
         project_dir = Path(get_initial_workdir() or Path.cwd())
         try:
-            conf = configure(project_dir, pos_args, selected)
+            # a command that runs nothing (help, list) needs no record of earlier runs
+            conf = configure(project_dir, pos_args, selected if starting else [])
             if starting:
                 check_versions(conf, selected)
         except DfotaError as exc:

@@ -686,7 +686,7 @@ class Twin(adb_wire.SyncFiles):
                 result = apply_package(pkg, self.device, power_loss_at=power_cut)
             except PowerLoss as lost:
                 self.say(f"twin: {lost}; the module boots into recovery again")
-                log.append(f"attempt {attempt}: {lost}")
+                log.append(f"run {attempt}: {lost}")
                 self.flash.save(self.device)
                 power_cut = None
                 time.sleep(BOOT_SECONDS)
@@ -699,7 +699,8 @@ class Twin(adb_wire.SyncFiles):
             code = result.code
             if code == 0:
                 break
-            log.append(f"E{code}: attempt {attempt} failed: {result.message}")
+            run = "the update" if attempt == 1 else f"retry {attempt - 1} of {RETRIES}"
+            log.append(f"E{code}: {run} failed: {result.message}")
         self.flash.save(self.device)
         self._write(RESULT_FILE, RESULT_TEXT.get(code, IN_PROGRESS) + "\n")
         if code != 0:

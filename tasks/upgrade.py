@@ -426,9 +426,11 @@ def conclude(adb: Adb, err: int | None, started: bool, chosen: Chosen, options: 
     if err != 0:
         if started:
             log = adb.pull(LAST_LOG)
-            lines = [ln for ln in (log or b"").decode("utf-8", "replace").splitlines()
+            found = [ln for ln in (log or b"").decode("utf-8", "replace").splitlines()
                      if _ERROR_LINE.search(ln)]
-            for line in lines[-5:]:
+            # the last error lines, each once (the retries repeat them)
+            lines = list(reversed(dict.fromkeys(reversed(found))))
+            for line in lines[-4:]:
                 run.line(f"last_log: {shown_path(line)}")
             run.record["last_log_errors"] = lines[-20:]
         run.line(f"END {err}: {at_port.meaning(err)}; what to do: {at_port.advice(err)}")
