@@ -312,6 +312,15 @@ class Follower:
             self.channel.close()
             self.channel = None
 
+    def drain(self, quiet: float) -> None:
+        """Drop what the port says until it has been quiet for `quiet` seconds."""
+        channel = self.open()
+        while True:
+            try:
+                channel.next_line(quiet)
+            except TimeoutError:
+                return
+
     def command(self, text: str, wait: float) -> str:
         """Send; the module's OK or ERROR ("" when it said nothing in `wait` seconds). URCs
         seen meanwhile are put back for the follower."""
@@ -335,6 +344,7 @@ def trigger(follower: Follower, target: str, run: Run) -> None:
                 break
         else:
             raise Stop(EXIT_LOST, f"the AT port {follower.open().name} does not answer AT")
+        follower.drain(0.5)  # a late OK to an earlier AT must not pass for this command's
         answer = follower.command(at_port.fotadl(target), 15.0)
     except at_port.PortLost as exc:
         raise Stop(EXIT_REFUSED if follower.options.at.startswith("/") else EXIT_LOST,
@@ -484,6 +494,8 @@ def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,
         code, message = stop.code, str(stop)
     except AdbTimeout as exc:
         code, message = EXIT_LOST, str(exc)
+    except DfotaError as exc:  # a package or file that cannot be used: nothing was sent
+        code, message = EXIT_REFUSED, str(exc)
     finally:
         follower.close()
     run.record.update({"finished": _now(), "exit_code": code, "result": message,

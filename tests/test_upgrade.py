@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,6 +261,27 @@ def test_a_busy_at_port_is_named_or_freed(env: Env, twins: list[Twin]) -> None:
     assert "killed (--kill-port-users)" in run.stdout
 
 
+def test_an_unproven_package_needs_unverified(env: Env, twins: list[Twin]) -> None:
+    copy = env.root / "copy.zip"  # the same entries in other bytes: not what verify proved
+    with zipfile.ZipFile(env.root / "out" / "update.zip") as src, \
+            zipfile.ZipFile(copy, "w") as dst:
+        dst.comment = b"repacked"
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    twin = start(env, twins, "unproven")
+    run = env.upgrade("--device", twin.serial, "--package", str(copy))
+    assert run.returncode == EXIT_REFUSED, run.stdout + run.stderr
+    assert f"error: {copy}: not a package `doit verify` proved in this workspace; " \
+        "--unverified sends it anyway (exit 6)" in run.stdout
+    assert pushed(twin) == []
+    run = env.upgrade("--device", twin.serial, "--package", str(copy), "--unverified",
+                      "--update-timeout", "60")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"warning: {copy} was not proven by `doit verify`; sent because of --unverified" \
+        in run.stdout
+    assert_flash_is_the_target(env, twin)
+
+
 def test_the_usb_at_port_with_pyserial(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "usb", "--at-pty")
     run = env.upgrade("--device", twin.serial, "--at", twin.pty, "--update-timeout", "60")
@@ -347,6 +369,15 @@ def test_serve_http_ranges_and_a_download_by_the_twin(env: Env, twins: list[Twin
         assert run.returncode == 0, run.stdout + run.stderr
         assert_flash_is_the_target(env, twin)
         assert pushed(twin) == ["ipth_config_dfs.txt", "ipth_package.bin"]
+
+        # a download damaged on the way: the module checks it against the served .md5
+        twin = start(env, twins, "damaged", "--fault", "corrupt-download")
+        run = env.upgrade("--device", twin.serial, "--transfer", "url", "--serve-url",
+                          f"http://127.0.0.1:{port}", "--update-timeout", "60")
+        assert run.returncode == EXIT_FAILED, run.stdout + run.stderr
+        assert "END 503: MD5 checksum error of the package; what to do: transfer the " \
+            "package again" in run.stdout
+        assert "Package Time: 2022-06-22,15:50" in twin.version()
     finally:
         server.send_signal(signal.SIGTERM)
         log, _ = server.communicate(timeout=30)
