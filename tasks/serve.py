@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -164,6 +165,9 @@ def make_handler(catalogue: Catalogue, say: Callable[[str], None], scheme: str
             if not body:
                 return
             with package.path.open("rb") as f:
+                if os.fstat(f.fileno()).st_size != size:  # replaced since it was looked up
+                    self.close_connection = True
+                    return
                 f.seek(first)
                 left = last - first + 1
                 while left > 0:

@@ -282,6 +282,16 @@ def test_an_unproven_package_needs_unverified(env: Env, twins: list[Twin]) -> No
     assert_flash_is_the_target(env, twin)
 
 
+def test_all_connected_modules_over_smd11(env: Env, twins: list[Twin]) -> None:
+    twin = start(env, twins, "all")
+    subprocess.run(["adb", "connect", twin.serial], env=env.env, capture_output=True,
+                   timeout=30, check=True)
+    run = env.upgrade("--device", "all", "--at", "smd11", "--update-timeout", "60")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"upgrade: {twin.serial}: AT+QFOTADL=" in run.stdout
+    assert_flash_is_the_target(env, twin)
+
+
 def test_the_usb_at_port_with_pyserial(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "usb", "--at-pty")
     run = env.upgrade("--device", twin.serial, "--at", twin.pty, "--update-timeout", "60")
