@@ -9,6 +9,9 @@ doit itself exits 1 for any failed task. A nightly job needs more:
     4  a check failed: a package did not prove out on the host (moved to out/rejected/), or,
        with several bases, at least one of them failed
     5  the workspace is busy: another run holds its lock
+    6  upgrade: refused before anything was pushed (see tasks.upgrade)
+    7  upgrade: the module reported a failure
+    8  upgrade: contact with a module lost, or timed out
   130  interrupted (Ctrl-C)
 """
 
@@ -20,7 +23,14 @@ from collections.abc import Sequence
 from doit.doit_cmd import DoitMain
 
 from tasks import dodo_tasks
-from tasks.errors import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
+from tasks.errors import (
+    EXIT_CHECK,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    worst_upgrade,
+)
 
 __all__ = ["EXIT_CHECK", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -28,6 +38,9 @@ __all__ = ["EXIT_CHECK", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE",
 def exit_code(doit_code: int, failures: Sequence[str]) -> int:
     if doit_code == 0:
         return EXIT_OK
+    upgrades = [int(f.split(":", 1)[1]) for f in failures if f.startswith("exit:")]
+    if upgrades:  # `upgrade`: the worst module's code
+        return worst_upgrade(upgrades)
     if "check" in failures:
         return EXIT_CHECK
     if doit_code == 2:  # an exception in a task: never the user's fault

@@ -146,7 +146,50 @@ TASK_PARAMS: dict[str, list[Param]] = {
                                            "upgrade/targetfiles.zip is there"),
     ],
     "versions": [],
+    "twin": [
+        _param("version", str, "", "the archived version (key or unique prefix) whose flash "
+                                   "the module starts with, when --root holds another or none"),
+        _param("root", str, "", "the folder holding the module's flash (system tree, "
+                                "partitions, usrdata)"),
+        _param("adb", str, "127.0.0.1:5600", "HOST:PORT the module listens on for `adb connect` "
+                                             "[default: %(default)s; adb's server probes "
+                                             "5555-5585 for emulators]"),
+        _param("at_pty", bool, False, "also give the module a USB AT port (a pty; its path is "
+                                      "printed)"),
+        _param("fault", list, [], "a fault to simulate (repeatable): power-cut:N, "
+                                  "low-space:MB, wrong-version, corrupt-download, "
+                                  "modified-file:PATH, slow-link:KBPS, port-busy:NAME, "
+                                  "cut-download:KB"),
+        _param("cafile", str, "", "certificates the module trusts for HTTPS downloads "
+                                  "[default: the system's]"),
+    ],
+    "upgrade": [
+        _param("device", list, [], "a module's adb serial (repeatable), or 'all' online"),
+        _param("package", str, "", "the update.zip to send [default: for each module, the "
+                                   "proven package whose source is the version it runs]"),
+        _param("transfer", str, "adb", "adb (push it) or url (the module downloads it from "
+                                       "--serve-url) [default: %(default)s]"),
+        _param("at", str, "smd7", "the AT port: smd7 or smd11 (through adb shell) or the USB "
+                                  "AT port's device [default: %(default)s]"),
+        _param("serve_url", str, "", "the address of a `doit serve` the modules reach "
+                                     "(http(s)://HOST:PORT), for --transfer url"),
+        _param("unverified", bool, False, "send a package `doit verify` did not prove (with a "
+                                          "warning)"),
+        _param("kill_port_users", bool, False, "kill what holds the AT port (note 4.2.1 "
+                                               "step 1)"),
+        _param("push_timeout", float, 600.0, "seconds for adb push [default: %(default)s]"),
+        _param("update_timeout", float, 1800.0, "seconds from AT+QFOTADL to the module back "
+                                                "with its result [default: %(default)s]"),
+    ],
+    "serve": [
+        _param("bind", str, "127.0.0.1", "the address to listen on; modules need one they "
+                                         "reach [default: %(default)s]"),
+        _param("port", int, 8070, "the port (0: any free one) [default: %(default)s]"),
+        _param("cert", str, "", "serve HTTPS with this certificate (PEM)"),
+        _param("key", str, "", "the certificate's private key (PEM), with --cert"),
+    ],
 }
+DEVICE_TASKS = ("twin", "upgrade", "serve")  # tasks that deal with modules; none writes
 # the chain-wide settings each task reads (the folders: every task)
 CHAIN_READS: dict[str, tuple[str, ...]] = {
     "targetfiles": ("sdk", "source", "empty_by_nature"),
@@ -235,7 +278,9 @@ def command_line_options(args: Sequence[str], tasks: Iterable[str]
             values, _ = TaskParse([CmdOption(p) for p in params_of(task)]).parse(args[pos + 1:])
         except CmdParseError as exc:
             raise UsageError(_option_error(task, str(exc))) from None
-        given = {k: v for k, v in values.items() if k in values._non_default_keys}
+        # a list option (given again and again) is appended to in place: not marked given
+        given = {k: v for k, v in values.items()
+                 if k in values._non_default_keys or (isinstance(v, list) and v)}
         own[task] = {k: v for k, v in given.items() if k not in chain_keys()}
         for key, value in given.items():
             if key not in chain_keys():
@@ -283,6 +328,8 @@ class Configuration:
     recorded_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     sample: bool = False
+    # the options of twin, upgrade and serve, as given over their defaults
+    device_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 def _chain_values(project: ProjectFile, given: Mapping[str, object]) -> dict[str, object]:
@@ -382,14 +429,14 @@ def _defaults(task: str, project: ProjectFile) -> dict[str, object]:
 
 def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, object],
                  configured: Mapping[str, object], workspace: Workspace,
-                 in_file: Iterable[str], starting: bool) -> tuple[dict[str, object], list[str]]:
+                 in_file: Iterable[str]) -> tuple[dict[str, object], list[str]]:
     """A task the command does not name: the options of its last run here. A chain-wide
     option on the command line that this task reads must agree with them; one that
     pyproject.toml sets otherwise is said in a warning."""
     in_file = set(in_file)
     recorded = dict(record.tasks.get(task) or {})
     if not recorded:
-        if task == "targetfiles" and starting:
+        if task == "targetfiles":
             raise DfotaError("this workspace has no target yet: run `doit targetfiles` first",
                              workspace.record)
         return dict(configured), []
@@ -411,10 +458,10 @@ def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, o
 
 
 def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
-              doit_tasks: Iterable[str] = TASK_PARAMS, starting: bool = True) -> Configuration:
+              doit_tasks: Iterable[str] = TASK_PARAMS) -> Configuration:
     """The command's configuration. `args`: the command's task names and their options;
-    `selected`: the tasks it runs (named, or doit's default tasks); `starting`: the command
-    runs them (not `doit help` or `doit list`, which need no workspace record)."""
+    `selected`: the tasks it runs (named, or doit's default tasks; none for `doit help` or
+    `doit list`, which need no workspace record)."""
     project = read_project_file(project_dir)
     given_chain, given_own = command_line_options(args, doit_tasks)
     verify = {**_defaults("verify", project), **given_own.get("verify", {})}
@@ -446,7 +493,7 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
             options[task] = configured[task]
         else:
             options[task], more = _from_record(task, record, given_chain, configured[task],
-                                               workspace, project.chain, starting)
+                                               workspace, project.chain)
             warnings += more
     t = options["targetfiles"]
     targetfiles = TargetfilesSettings(
@@ -471,7 +518,9 @@ def configure(project_dir: Path, args: Sequence[str], selected: Sequence[str],
         prune_options={**_defaults("prune", project), **given_own.get("prune", {})},
         bench_options={**_defaults("bench", project), **given_own.get("bench", {})},
         wait=_number(values, "wait", float, 0, False),
-        record=record, recorded_options=options, warnings=tuple(warnings), sample=sample)
+        record=record, recorded_options=options, warnings=tuple(warnings), sample=sample,
+        device_options={t: {**_defaults(t, project), **given_own.get(t, {})}
+                        for t in DEVICE_TASKS})
 
 
 def chained(named: set[str], package: bool) -> set[str]:

@@ -64,10 +64,15 @@ if TYPE_CHECKING:  # the work modules are imported by the actions that run them
 TaskDict = dict[str, Any]
 
 
+# code that makes no output of the chain: a change to it leaves every package up to date
+NOT_IN_OUTPUTS = ("bench.py", "cli.py", "adb_wire.py", "adb_client.py", "at_port.py", "twin.py",
+                  "upgrade.py", "serve.py", "proven.py")
+
+
 def _tool_digest() -> str:
     """The tool's own code and templates: a change to them makes every output out of date."""
     digest = hashlib.sha1(__version__.encode())
-    code = [p for p in Path(__file__).parent.glob("*.py") if p.name not in ("bench.py", "cli.py")]
+    code = [p for p in Path(__file__).parent.glob("*.py") if p.name not in NOT_IN_OUTPUTS]
     for path in sorted([*code, *TEMPLATES.glob("*")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -175,7 +180,8 @@ def guarded(name: str, log_dir: Path | None,
         try:
             result = step(log)
         except DfotaError as exc:
-            FAILURES.append("check" if isinstance(exc, CheckFailed) else "input")
+            FAILURES.append(getattr(exc, "failure", None)
+                            or ("check" if isinstance(exc, CheckFailed) else "input"))
             log.detail(f"error: {exc}")
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return ReportedFailure(str(exc))
@@ -317,11 +323,39 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "verbosity": 2,
         }
 
+    def task_twin(**_: object) -> TaskDict:
+        """run a simulated module (flash under --root) that adb and doit upgrade reach"""
+        return {
+            "actions": [guarded("twin", ws.log_dir, lambda log: _twin(
+                ws, conf.device_options["twin"], log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def task_upgrade(**_: object) -> TaskDict:
+        """upgrade modules over adb and their AT port with proven packages"""
+        return {
+            "actions": [guarded("upgrade", ws.log_dir, lambda log: _upgrade(
+                ws, conf.device_options["upgrade"], log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def task_serve(**_: object) -> TaskDict:
+        """serve the proven packages over HTTP(S) for AT+QFOTADL downloads"""
+        return {
+            "actions": [guarded("serve", ws.log_dir, lambda log: _serve(
+                ws, conf.device_options["serve"], log))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     creators: dict[str, Callable[..., Any]] = {
         "task_targetfiles": task_targetfiles, "task_delta": task_delta,
         "task_verify": task_verify, "task_import_base": task_import_base,
         "task_versions": task_versions, "task_sample": task_sample, "task_bench": task_bench,
-        "task_prune": task_prune}
+        "task_prune": task_prune, "task_twin": task_twin, "task_upgrade": task_upgrade,
+        "task_serve": task_serve}
     for name, creator in creators.items():
         task = name.removeprefix("task_")
         if task in TASK_PARAMS:
@@ -481,6 +515,45 @@ def _bench(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
         log.say("bench: BENCHMARKS.md left as it is (--update-benchmarks rewrites it)")
 
 
+def _twin(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+    from tasks.twin import parse_faults, run_twin
+
+    faults = parse_faults([str(f) for f in options["fault"]])  # type: ignore[attr-defined]
+    if not options["root"]:
+        raise DfotaError("name the folder of the module's flash: doit twin --root DIR")
+    zip_path, key = None, ""
+    if options["version"]:
+        version = archive_of(ws).find(str(options["version"]))
+        zip_path, key = version.zip_path, version.key
+    run_twin(resolve_path(str(options["root"])), zip_path, key, str(options["adb"]), faults,
+             at_pty=bool(options["at_pty"]),
+             cafile=str(resolve_path(str(options["cafile"]))) if options["cafile"] else "",
+             say=log.say)
+
+
+def _upgrade(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+    from tasks.upgrade import UpgradeOptions, run_upgrade
+
+    package = str(options["package"])
+    run_upgrade(ws, UpgradeOptions(
+        devices=tuple(str(d) for d in options["device"]),  # type: ignore[attr-defined]
+        package=resolve_path(package) if package else None,
+        transfer=str(options["transfer"]), at=str(options["at"]),
+        serve_url=str(options["serve_url"]), unverified=bool(options["unverified"]),
+        kill_port_users=bool(options["kill_port_users"]),
+        push_timeout=float(options["push_timeout"]),  # type: ignore[arg-type]
+        update_timeout=float(options["update_timeout"])), log.say)  # type: ignore[arg-type]
+
+
+def _serve(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+    from tasks.serve import serve
+
+    cert, key = str(options["cert"]), str(options["key"])
+    serve(ws, str(options["bind"]), int(options["port"]),  # type: ignore[call-overload]
+          str(resolve_path(cert)) if cert else "", str(resolve_path(key)) if key else "",
+          log.say)
+
+
 def clean_workspace(ws: Workspace) -> None:
     """`doit clean`: the workspace's outputs and state go; the archive never does."""
     for folder in (ws.out_dir, ws.state_dir):
@@ -529,7 +602,7 @@ class DfotaLoader(DodoTaskLoader):
         selected = list(getattr(cmd, "sel_tasks", None) or pos_args) if starting else []
         project_dir = Path(get_initial_workdir() or Path.cwd())
         try:
-            conf = configure(project_dir, pos_args, selected, starting=starting)
+            conf = configure(project_dir, pos_args, selected)
             if starting:
                 check_versions(conf, selected)
         except DfotaError as exc:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 # the exit codes of `dfota` (see tasks.cli)
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3, 4
 EXIT_BUSY = 5  # another run holds the workspace (see tasks.lock)
+# `dfota upgrade` (see tasks.upgrade): refused before anything was pushed, the module reported
+# a failure, contact lost or timed out
+EXIT_REFUSED, EXIT_FAILED, EXIT_LOST = 6, 7, 8
+_SEVERITY = (EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_LOST)  # upgrade's codes, worst last
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
 _SURROGATES = range(0xDC80, 0xDD00)  # bytes 0x80-0xff that are not UTF-8 (surrogateescape)
 
@@ -61,3 +66,21 @@ class CheckFailed(DfotaError):
 
 class UsageError(DfotaError):
     """The command line is wrong (an unknown option, a missing value)."""
+
+
+def worst_upgrade(codes: Iterable[int]) -> int:
+    """The worst of several modules' upgrade exit codes (lost over failed over refused)."""
+    return max(codes, key=lambda c: _SEVERITY.index(c) if c in _SEVERITY else len(_SEVERITY),
+               default=EXIT_OK)
+
+
+class UpgradeFailed(DfotaError):
+    """`doit upgrade` did not upgrade every module: `code` is the worst module's exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+    @property
+    def failure(self) -> str:
+        return f"exit:{self.code}"

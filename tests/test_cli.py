@@ -129,11 +129,14 @@ def test_every_public_task_has_a_description_and_help_shows_parameters() -> None
 
     listed = dict(line.split(None, 1) for line in doit("list").splitlines())
     assert set(listed) == {"sample", "targetfiles", "delta", "verify", "versions",
-                           "import_base", "bench", "prune"}
+                           "import_base", "bench", "prune", "twin", "upgrade", "serve"}
     assert all(len(text.strip()) > 20 for text in listed.values())
     help_delta = doit("help", "delta")
     for option in ("--base=", "--mode=", "--bases=", "--config=", "--out="):
         assert option in help_delta
+    help_upgrade = doit("help", "upgrade")
+    for option in ("--device=", "--transfer=", "--at=", "--unverified", "--kill-port-users"):
+        assert option in help_upgrade
     assert "--sdk=" in doit("help", "targetfiles")
 
 
