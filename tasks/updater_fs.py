@@ -63,6 +63,15 @@ class _Fs:
         return _UNLIMITED if self.capacity is None else max(0, self.capacity - self.used)
 
 
+SETGID = 0o2000
+
+
+def inherited_gid(parent: FsNode) -> int:
+    """The group of an entry the updater (root) makes in `parent`: the folder's own group when
+    it is set-group-ID, else root's (the kernel's rule; found by the differential tests)."""
+    return parent.gid if parent.mode & SETGID else 0
+
+
 class FsNode:
     """One file, directory or symlink of a filesystem."""
 
@@ -644,8 +653,8 @@ class Device:
             if where.parent is None:
                 raise FsError("EISDIR", path)
             self._remember_child(where.parent, where.name)
-            node = where.parent.children[where.name] = FsNode(FILE, new_mode, 0, 0,
-                                                             where.parent.fs, where.parent)
+            node = where.parent.children[where.name] = FsNode(
+                FILE, new_mode, 0, inherited_gid(where.parent), where.parent.fs, where.parent)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
         room = node.fs.free() + len(node.data)  # once truncated
@@ -666,8 +675,10 @@ class Device:
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
         self._remember_child(where.parent, where.name)
-        where.parent.children[where.name] = FsNode(DIR, mode, 0, 0, where.parent.fs,
-                                                   where.parent)
+        # a folder made in a set-group-ID folder is set-group-ID too (the kernel's rule)
+        where.parent.children[where.name] = FsNode(
+            DIR, mode | (where.parent.mode & SETGID), 0, inherited_gid(where.parent),
+            where.parent.fs, where.parent)
         self._done(f"mkdir {path}")
 
     def unlink(self, path: str) -> None:
@@ -703,8 +714,8 @@ class Device:
         if where.node is not None or where.parent is None:
             raise FsError("EEXIST", path)
         self._remember_child(where.parent, where.name)
-        node = where.parent.children[where.name] = FsNode(SYMLINK, 0o777, 0, 0, where.parent.fs,
-                                                          where.parent)
+        node = where.parent.children[where.name] = FsNode(
+            SYMLINK, 0o777, 0, inherited_gid(where.parent), where.parent.fs, where.parent)
         node.link = target
         self._done(f"symlink {path}")
 

@@ -21,8 +21,10 @@ from tests.builders import (
     base_system,
     binary,
     boot_image,
+    d,
     edited,
     f,
+    ln,
     next_system,
     write_targetfiles,
 )
@@ -141,3 +143,25 @@ def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
     assert verify_package(settings.workspace.pending_zip, Path(settings.base),
                           settings.workspace.target_zip,
                           parse_mode("all"), lists_in(settings.config_dir), quiet()).ok
+
+
+def test_entries_made_in_a_set_group_id_folder_take_its_group(oracle: Path,
+                                                              tmp_path: Path) -> None:
+    """The kernel's rule, which the real updater follows and the model now does too: a link,
+    a file or a folder the package makes inside a set-group-ID folder gets the folder's group
+    (a folder also keeps the set-group-ID bit). Found by the random pairs."""
+    source = {**base_system(), "srv": d(0o2775, 0, 1000), "srv/old": f("x", gid=1000)}
+    target = {**next_system(), "srv": d(0o2775, 0, 1000), "srv/old": f("x", gid=1000),
+              "srv/link": ln("old"), "srv/new": f("new\n"), "srv/sub": d(),
+              "srv/sub/file": f("in sub\n")}
+    settings = pair(tmp_path, source=source, target=target)
+    # the base records its owners (META/), as the real updater's /system then has them
+    write_targetfiles(Path(settings.base), source, boot=boot_image(1),
+                      abl=build_abl_elf(b"a" * 900), meta=True)
+    build_delta(settings, quiet())
+    real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
+    assert real.exit == 0
+    # the link keeps the folder's group (set_perm skips links); the file and the folder the
+    # package makes get their target owners set after
+    assert [real.system[name][3] for name in (b"srv/link", b"srv/new", b"srv/sub")] \
+        == [1000, 0, 0]  # (type, mode, uid, gid, ...)
