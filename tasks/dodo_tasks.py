@@ -401,11 +401,7 @@ def _still_archived(ws: Workspace, values: dict[str, Any]) -> bool:
 
 def _no_diff_timeout(ws: Workspace) -> bool:
     """A package in which a diff ran out of time is never up to date."""
-    try:
-        summary = atomic.read_json_object(ws.update_summary)
-    except DfotaError:
-        return False
-    return not summary.get("diff_timeouts")
+    return not atomic.read_json_object(ws.update_summary).get("diff_timeouts")
 
 
 def _delta(conf: Configuration, log: RunLog) -> None:
@@ -431,12 +427,12 @@ def _delta(conf: Configuration, log: RunLog) -> None:
 
 def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord) -> None:
     """out/targetfiles.zip is the target this workspace's last `doit targetfiles` built."""
-    from tasks.archive import sha256_file
-
     if not record.target_key:
         raise DfotaError("this workspace has no target yet: run `doit targetfiles` first",
                          ws.record)
-    if ws.target_zip.is_file() and sha256_file(ws.target_zip) != record.target.get("sha256"):
+    # targetfiles noted its copy's sha256 by stat: nothing is hashed while the file is as made
+    if ws.target_zip.is_file() and \
+            archive_of(ws).sha256_of(ws.target_zip) != record.target.get("sha256"):
         raise DfotaError(f"is not the target this workspace built ({record.target_key}): run "
                          "`doit targetfiles` again", ws.target_zip)
 
@@ -653,10 +649,7 @@ def _lock(conf: Configuration, cmd: Any, args: Sequence[str]) -> WorkspaceLock:
 
 
 def up_to_date_line(ws: Workspace) -> str:
-    try:
-        summary = atomic.read_json_object(ws.update_summary)
-    except DfotaError:
-        summary = {}
+    summary = atomic.read_json_object(ws.update_summary)
     if summary.get("published") and ws.update_zip.is_file():
         return (f"up to date: nothing changed; {ws.update_zip} ({summary.get('source')} -> "
                 f"{summary.get('target')}) stays published")

@@ -8,12 +8,12 @@ summary records: the published `out/update.zip` (with `out/update.json`) and eac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from tasks.archive import recorded_sha256
+from tasks.atomic import read_json_object
 from tasks.config import Workspace
 from tasks.errors import DfotaError
 
@@ -32,16 +32,8 @@ class ProvenPackage:
         return f"/{quote(self.source, safe='@')}/{quote(self.target, safe='@')}/update.zip"
 
 
-def _read(path: Path) -> dict[str, object]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _proven(summary_path: Path, zip_path: Path, ws: Workspace) -> ProvenPackage | None:
-    summary = _read(summary_path)
+    summary = read_json_object(summary_path)
     verify = summary.get("verify")
     if not (isinstance(verify, dict) and verify.get("ok")) or not zip_path.is_file():
         return None
@@ -58,12 +50,12 @@ def _proven(summary_path: Path, zip_path: Path, ws: Workspace) -> ProvenPackage 
 def proven_packages(ws: Workspace) -> list[ProvenPackage]:
     """Every proven package of the workspace, the published one first."""
     found: list[ProvenPackage] = []
-    summary = _read(ws.update_summary)
+    summary = read_json_object(ws.update_summary)
     if summary.get("published"):
         one = _proven(ws.update_summary, ws.update_zip, ws)
         if one is not None:
             found.append(one)
-    index = _read(ws.deltas_dir / "index.json")
+    index = read_json_object(ws.deltas_dir / "index.json")
     for entry in index.get("packages") or []:  # type: ignore[attr-defined]
         if not (isinstance(entry, dict) and entry.get("ok") and entry.get("folder")
                 and entry.get("package")):

@@ -10,8 +10,6 @@ then the index is rebuilt.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -19,25 +17,19 @@ from pathlib import Path
 
 from tasks import owner
 from tasks.archive import STAGING_PREFIX, Archive
+from tasks.atomic import read_json_object
 from tasks.config import Workspace
 from tasks.errors import DfotaError
 from tasks.workspace_record import read_record
-
-
-def _json(path: Path) -> dict[str, object]:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text("utf-8"))
-        return data if isinstance(data, dict) else {}
-    return {}
 
 
 def kept_by_workspace(ws: Workspace) -> set[str]:
     """The versions `out/` points to."""
     record = read_record(ws.record)
     keys = {record.target_key, record.source_key}
-    summary = _json(ws.update_summary)
+    summary = read_json_object(ws.update_summary)
     keys |= {str(summary.get("source") or ""), str(summary.get("target") or "")}
-    index = _json(ws.deltas_dir / "index.json")
+    index = read_json_object(ws.deltas_dir / "index.json")
     keys.add(str(index.get("target") or ""))
     for package in index.get("packages") or ():  # type: ignore[attr-defined]
         if isinstance(package, dict):

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks import atomic
-from tasks.archive import archive_of, sha256_file
+from tasks.archive import archive_of, recorded_sha256, sha256_file
 from tasks.config import PackageInputs, VerifySettings, Workspace
 from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
@@ -490,7 +490,9 @@ def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | No
             summary = _read_summary(workspace)
         except DfotaError:
             return False
-    return sha256_file(workspace.update_zip) == summary.get("package_sha256")
+    # by the stat-keyed record: any write to the file changes its stat, so it is hashed again
+    return recorded_sha256(workspace.archive_hashes, workspace.update_zip) == \
+        summary.get("package_sha256")
 
 
 def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -> VerifyReport:
@@ -548,15 +550,6 @@ def reject(workspace: Workspace, summary: Mapping[str, object], places: Mapping[
     return folder
 
 
-def _summary_beside(package: Path) -> dict[str, object]:
-    """The update.json beside a package, when there is a readable one."""
-    try:
-        found = json.loads(package.with_name("update.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 def _package_source(package: Path) -> str:
     """The version key of the source a package was made for: its quectel-project-version."""
     try:
@@ -580,7 +573,7 @@ def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, P
     assert package is not None
     if not package.is_file():
         raise DfotaError("no such package", package)
-    summary = _summary_beside(package)
+    summary = atomic.read_json_object(package.with_name("update.json"))
     source = settings.source or _package_source(package)
     target = settings.target or str(summary.get("target") or "")
     if not target:

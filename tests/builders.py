@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,3 +194,34 @@ EXPECTED_KINDS = {
     "firmware/image/modem.b00": "patched", f"odd/new {HOSTILE[3]}": "new",
     **{f"odd/{name}": "patched" for name in HOSTILE},
 }
+
+
+def make_tree(root: Path, tree: Mapping[str, Node]) -> None:
+    """Create the entries on the host (names may hold surrogates: they become raw bytes);
+    their modes come with `set_modes`, once nothing more is made below them."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(tree):
+        node, path = tree[rel], root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if node.kind == DIR:
+            path.mkdir(exist_ok=True)
+        elif node.kind == SYMLINK:
+            os.symlink(node.link, path)
+        else:
+            path.write_bytes(node.data)
+
+
+def set_modes(root: Path, tree: Mapping[str, Node], *, owners: bool = False) -> None:
+    """The entries' modes (and, with `owners`, their owners first: a chown clears set-ID
+    bits), deepest first; symlinks keep theirs."""
+    for rel in sorted(tree, key=lambda r: (-r.count("/"), r)):
+        if tree[rel].kind != SYMLINK:
+            if owners:
+                os.chown(root / rel, tree[rel].uid, tree[rel].gid)
+            os.chmod(root / rel, tree[rel].mode)
+
+
+def write_tree(root: Path, tree: Mapping[str, Node]) -> None:
+    """`make_tree` then `set_modes`."""
+    make_tree(root, tree)
+    set_modes(root, tree)

@@ -49,6 +49,8 @@ from tests.builders import (
     edited,
     f,
     ln,
+    make_tree,
+    set_modes,
     version_text,
     with_parents,
     write_targetfiles,
@@ -289,14 +291,7 @@ def write_rootfs(root: Path, tree: Mapping[str, Node], specials: list[tuple[str,
     """The tree as a rootfs folder on the host, with the special files; how many of those
     could be made (a device node needs root)."""
     full = with_parents(tree)
-    for rel, node in sorted(full.items()):
-        where = root / rel
-        if node.kind == DIR:
-            where.mkdir(parents=True)
-        elif node.kind == SYMLINK:
-            os.symlink(node.link, where)
-        else:
-            where.write_bytes(node.data)
+    make_tree(root, full)
     made = 0
     for rel, kind in specials:
         where = root / rel
@@ -309,11 +304,7 @@ def write_rootfs(root: Path, tree: Mapping[str, Node], specials: list[tuple[str,
         else:
             continue
         made += 1
-    for rel, node in sorted(full.items(), reverse=True):
-        if node.kind != SYMLINK:  # the owners as given where root may set them
-            if os.geteuid() == 0:
-                os.chown(root / rel, node.uid, node.gid)
-            os.chmod(root / rel, node.mode)
+    set_modes(root, full, owners=_owners_settable())  # owners as given where root may
     return made
 
 

@@ -18,7 +18,7 @@ from tasks.errors import DfotaError
 from tasks.targetfiles import KEPT_FROM_SOURCE
 from tasks.tree import DIR, FILE, SYMLINK, sha1_bytes
 from tasks.ubi import PEB_SIZE, SpecialNode, list_volumes, read_ubifs
-from tests.builders import Node, d, f, ln
+from tests.builders import Node, d, f, ln, write_tree
 
 LEB_SIZE = 253952
 DATA_OFFSET = 8192  # ubinize -m 4096 -s 4096: EC header, VID header, then data
@@ -36,23 +36,6 @@ def _tool(name: str) -> str:
 def _run(*args: str) -> None:
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
-
-
-def write_tree(root: Path, tree: Mapping[str, Node]) -> None:
-    """Create the entries (names may hold surrogates: they become raw bytes)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for rel in sorted(tree):
-        node, path = tree[rel], root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if node.kind == DIR:
-            path.mkdir(exist_ok=True)
-        elif node.kind == SYMLINK:
-            os.symlink(node.link, path)
-        else:
-            path.write_bytes(node.data)
-    for rel in sorted(tree, key=lambda r: -r.count("/")):
-        if tree[rel].kind != SYMLINK:
-            os.chmod(root / rel, tree[rel].mode)
 
 
 def _devtable(tree: Mapping[str, Node], devices: Iterable[Device]) -> str:
