@@ -198,7 +198,7 @@ class VerifySettings:
     """What `doit verify` reads."""
 
     workspace: Workspace
-    permission_replays: int | None = 32  # power losses among permission steps
+    permission_replays: int | None = None  # power losses among permission steps (None: all)
     # `doit verify --package PATH`: prove that update.zip, from `source` (a version key or a
     # zip; "": the version its quectel-project-version names) to `target` ("": the one the
     # update.json beside it names); never moved or published

@@ -16,7 +16,6 @@ Not modelled: IMGDIFF2 patches (applying one fails the way a corrupt patch does)
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import functools
@@ -25,6 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import bsdiff4
 
@@ -48,7 +48,15 @@ from tasks.edify_parse import (
 )
 from tasks.errors import DfotaError, bad_zip_name
 from tasks.tree import DIR, FILE, SYMLINK
-from tasks.updater_fs import Device, DeviceZip, FsError, FsNode, Loaded, ZipFormatError
+from tasks.updater_fs import (
+    Device,
+    DeviceZip,
+    FsError,
+    FsNode,
+    Loaded,
+    ZipEntry,
+    ZipFormatError,
+)
 
 SCRIPT_NAME = "META-INF/com/google/android/updater-script"
 VERSION_NAME = "quectel-project-version"
@@ -121,6 +129,8 @@ class Package:
     # patch outputs with their sha1, by (source sha1, patch sha1): replays reuse them
     patched: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict,
                                                                  repr=False)
+    # the file entries `package_extract_dir` takes, by zip prefix
+    extracted: dict[bytes, tuple[ZipEntry, ...]] = field(default_factory=dict, repr=False)
 
 
 def load_package(path: Path) -> Package:
@@ -261,9 +271,11 @@ Function = Callable[[str, Sequence[Node]], Value]
 
 class _Updater:
     def __init__(self, package: Package, device: Device, power_loss_at: int | None,
-                 after_step: Callable[[int], None] | None = None) -> None:
+                 after_step: Callable[[int], None] | None = None,
+                 units: Units | None = None) -> None:
         assert package.zip is not None
         self.after_step = after_step
+        self.units = units
         self.package = package
         self.script = package.script
         self.zip = package.zip
@@ -370,7 +382,7 @@ class _Updater:
         if len(tokens) < 2 + 2 * pairs or pairs < 1:
             self.say(f"bad partition name {spec}")
             return None
-        part = self.dev.partitions.get(tokens[1])
+        part = self.dev.partition(tokens[1])
         wanted = []
         for n in range(pairs):
             size, _ = _strtol10(tokens[2 + 2 * n].encode())
@@ -509,9 +521,10 @@ class _Updater:
             raise _Abort(f'{name}: failed to stat "{path}": {exc.code}') from None
         if node.kind != FILE:
             raise _Abort(f"{name}: failed to read {path}")
-        if len(node.data) > 65536:
+        data = self.dev.content(node)
+        if len(data) > 65536:
             raise _Abort(f"{path} too large for {name} (max 65536)")
-        for raw in node.data.split(b"\0", 1)[0].split(b"\n"):
+        for raw in data.split(b"\0", 1)[0].split(b"\n"):
             line = raw.lstrip(_SPACE)
             if not line or line.startswith(b"#") or b"=" not in line:
                 continue
@@ -648,7 +661,7 @@ class _Updater:
         if node.kind != DIR:
             self.dev.unlink(path)
             return
-        for child in sorted(node.children):
+        for child in self.dev.names(node):
             self.unlink_tree(f"{path}/{child}")
         self.dev.rmdir(path)
 
@@ -718,7 +731,7 @@ class _Updater:
             return True
         self.dev.set_owner_mode(node, uid, gid, dmode if node.kind == DIR else fmode, path)
         if node.kind == DIR:
-            for child in sorted(node.children):
+            for child in self.dev.names(node):
                 if not self.perm_tree(f"{path}/{child}", uid, gid, dmode, fmode):
                     return False
         return True
@@ -762,7 +775,7 @@ class _Updater:
         """nftw(FTW_PHYS | FTW_DEPTH): what is in a directory comes before it."""
         out: list[tuple[str, FsNode]] = []
         if node.kind == DIR:
-            for child in sorted(node.children):
+            for child in self.dev.names(node):
                 child_path = f"{path}/{child}"
                 out += self.depth_first(child_path, self.dev.lstat(child_path))
         out.append((path, node))
@@ -778,30 +791,43 @@ class _Updater:
             return b""
         prefix = zip_path + b"/" if zip_path and not zip_path.endswith(b"/") else zip_path
         base = dest if dest.endswith(b"/") else dest + b"/"
-        seen = False
-        for entry in self.zip.entries:
-            if not entry.name.startswith(prefix):
-                if seen:
-                    break  # names are sorted: the matching ones are all together
-                continue
-            seen = True
-            if entry.name.endswith(b"/"):
-                continue  # directory entries are ignored
-            target = _text(base + entry.name[len(prefix):])
-            if not self.create_hierarchy(target):
+        entries = self.package.extracted.get(prefix)
+        if entries is None:
+            entries = self.package.extracted[prefix] = self.zip.under(prefix)
+        index, units = 0, self.units
+        while index < len(entries):
+            if units is not None:
+                index = units.entry(self, index, len(entries))
+                if index >= len(entries):
+                    break
+            entry = entries[index]
+            outcome = self.extract_entry(entry, prefix, base)
+            if units is not None:
+                units.entry_done(self, index, outcome,
+                                 lambda run, e=entry: run.extract_entry(e, prefix, base))
+            if outcome == "stop":
                 return b""
-            data, ok = self.zip.read(entry)
-            try:
-                self.dev.write_file(target, data, new_mode=0o644, sha1=self.zip.sha1(entry))
-            except FsError as exc:
-                self.fs_failed(exc, "extract to")
-                if exc.code != "ENOSPC":
-                    return b""
+            if outcome == "break":
                 break  # the device stops here yet reports success
-            if not ok:
-                self.say(f"error extracting {target}: entry is corrupt")
-                break  # the same: truncated, the rest left out, success reported
+            index += 1
         return b"t"
+
+    def extract_entry(self, entry: ZipEntry, prefix: bytes, base: bytes) -> str:
+        """One file of `package_extract_dir`: "" to go on, "stop" to fail, "break" to stop
+        and report success (out of room, or a corrupt entry truncated)."""
+        target = _text(base + entry.name[len(prefix):])
+        if not self.create_hierarchy(target):
+            return "stop"
+        data, ok = self.zip.read(entry)
+        try:
+            self.dev.write_file(target, data, new_mode=0o644, sha1=self.zip.sha1(entry))
+        except FsError as exc:
+            self.fs_failed(exc, "extract to")
+            return "stop" if exc.code != "ENOSPC" else "break"
+        if not ok:
+            self.say(f"error extracting {target}: entry is corrupt")
+            return "break"
+        return ""
 
     def create_hierarchy(self, target: str) -> bool:
         """The parents of an extracted file, made 0755 as needed (links followed)."""
@@ -1151,68 +1177,75 @@ def precheck(package: Path, device: Device) -> UpdateResult | None:
     return None
 
 
-class _Rejoined(Exception):
+class Units(Protocol):
+    """What follows a run unit by unit (`tasks.power_loss`): each top-level statement is a
+    unit, but a statement that only extracts a folder, whose every file is one.
+
+    `statement` and `entry` are told where the run is about to go and say where it goes
+    (the same place, or further on: the units between are taken as done); the `_done` calls
+    follow each unit, with a way to run it again (`redo`)."""
+
+    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int: ...
+
+    def statement_done(self, run: _Updater, index: int, item: Node) -> None: ...
+
+    def entry(self, run: _Updater, index: int, count: int) -> int: ...
+
+    def entry_done(self, run: _Updater, index: int, outcome: str,
+                   redo: Callable[[_Updater], str]) -> None: ...
+
+
+class Rejoined(Exception):
+    """A re-run found the device as a whole run left it after the same unit."""
+
     def __init__(self, statement: int) -> None:
         self.statement = statement
 
 
-def _evaluate(run: _Updater, root: Node, marks: list[tuple[int, object]] | None,
-              follow: Sequence[object] | None) -> Value:
-    """The script's value, as `run.value(root)`; with `marks` or `follow`, statement by
-    statement at the top level, the device's digest taken after each."""
-    if marks is None and follow is None:
+def _evaluate(run: _Updater, root: Node) -> Value:
+    """The script's value, as `run.value(root)`; unit by unit with `run.units`."""
+    units = run.units
+    if units is None:
         return run.value(root)
     items = root.items if isinstance(root, Seq) else (root,)
-    for index, item in enumerate(items[:-1]):
-        run.string(item)
-        if run.no_space:  # a state with a write cut short is never compared
-            mark = None
-        elif marks is not None or (follow is not None and index < len(follow)
-                                   and follow[index] is not None):
-            mark = run.dev.digest()
-        else:
-            continue
-        if marks is not None:
-            marks.append((run.steps, mark))
-        if follow is not None and mark is not None and index < len(follow) \
-                and follow[index] == mark:
-            raise _Rejoined(index)
-    return run.value(items[-1])
+    last, index = len(items) - 1, 0
+    while True:
+        index = min(units.statement(run, index, items), last)
+        item = items[index]
+        outcome = run.value(item) if index == last else run.string(item)
+        units.statement_done(run, index, item)
+        if index == last:
+            return outcome
+        index += 1
 
 
 def apply_package(package: Path | Package, device: Device, *,
                   power_loss_at: int | None = None,
                   after_step: Callable[[int], None] | None = None,
-                  marks: list[tuple[int, object]] | None = None,
-                  follow: Sequence[object] | None = None) -> UpdateResult:
+                  units: Units | None = None) -> UpdateResult:
     """Start recovery on `device` (mounts and /tmp reset) and run the package's script.
 
     Raises PowerLoss after mutating step `power_loss_at`, leaving `device` as it is then;
     `after_step(n)` is called as each step n is done. The module's pre-checks are
-    `precheck`'s job and are not repeated here.
-
-    `marks` is filled, after each top-level statement, with the steps done so far and the
-    device's digest. `follow`: the digests of a run of the same package that succeeded (None
-    where not to compare); as soon as the device is as that run left it after the same
-    statement, the rest can only go as it went: this run stops there with result 0 and
-    `rejoined` set (the device is left as it is then, not at the end).
+    `precheck`'s job and are not repeated here. `units`: see `Units`; a run they stop with
+    `Rejoined` ends with result 0 and `rejoined` set (the device left as it is then).
     """
     pkg = package if isinstance(package, Package) else load_package(package)
     device.reboot()
     if pkg.failure is not None:
         return _result(None, *pkg.failure)
     assert pkg.root is not None
-    run = _Updater(pkg, device, power_loss_at, after_step)
+    run = _Updater(pkg, device, power_loss_at, after_step, units)
     device.hook = run.on_step
     try:
-        outcome = _evaluate(run, pkg.root, marks, follow)
+        outcome = _evaluate(run, pkg.root)
         if isinstance(outcome, Blob):
             raise _Abort("expecting string, got blob")
     except _Abort as abort:
         run.say(f"script aborted: {abort.message}")
         _pipe_abort(run, abort.message)
         return _result(run, 7, abort.message, abort.cause)
-    except _Rejoined as joined:
+    except Rejoined as joined:
         return dataclasses.replace(_result(run, 0, "as the run followed from here"),
                                    rejoined=joined.statement)
     finally:
@@ -1236,39 +1269,3 @@ def resume_after_power_loss(package: Path | Package, device: Device,
     with contextlib.suppress(PowerLoss):
         apply_package(pkg, twin, power_loss_at=step)
     return apply_package(pkg, twin), twin
-
-
-def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
-                        check: Callable[[int, UpdateResult, Device], None], *,
-                        follow: Sequence[tuple[int, object]] | None = None) -> None:
-    """`resume_after_power_loss` for each of `steps`, in order, each re-run and the device it
-    leaves handed to `check`. One run on a copy of `device` serves them all: at each step the
-    re-run is a trial on that copy, undone before the run goes on. A step the run does not
-    reach is tried on the state the run ends in.
-
-    `follow`: the `marks` of a whole run of the package on `device` that succeeded; each
-    re-run follows it and stops where it rejoins it (`UpdateResult.rejoined`): from there it
-    would end as that run did."""
-    wanted = set(steps)
-    twin = device.copy()
-    reached: set[int] = set()
-    ends = [done for done, _ in follow or ()]
-    digests = [digest for _, digest in follow or ()]
-
-    def rerun(step: int) -> None:
-        # compared from the statement that made step `step` on: before it, the device holds
-        # that step's change and the whole run's did not yet
-        start = bisect.bisect_left(ends, step)
-        with twin.trial():
-            check(step, apply_package(package, twin, follow=[None] * start + digests[start:]
-                                      if follow else None), twin)
-
-    def after_step(step: int) -> None:
-        if step in wanted:
-            reached.add(step)
-            rerun(step)
-
-    with contextlib.suppress(PowerLoss):
-        apply_package(package, twin, power_loss_at=max(wanted), after_step=after_step)
-    for step in sorted(wanted - reached):
-        rerun(step)

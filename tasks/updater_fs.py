@@ -19,14 +19,15 @@ and a corrupt deflated entry cut short (see `DeviceZip`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import hashlib
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tasks.errors import quoted, shown_path
 from tasks.tree import DIR, FILE, SYMLINK, Entry
@@ -176,6 +177,92 @@ class Partition:
         return self.data + b"\xff" * (count - len(self.data))
 
 
+# --- what a run reads and changes, for the power-loss proof (`tasks.power_loss`) -----------
+
+# (key, kind, object, detail): one thing about the device a run may read or change. The key
+# names it (two items with one key are the same thing); kinds: "c" what a folder holds under a
+# name (detail), "l" the names a folder holds, "d" a file's bytes, "o" a node's owner and mode,
+# "m" whether a filesystem is mounted, "f" a filesystem's free room (detail: the bytes needed,
+# None: the exact figure), "p" a partition's bytes, "x" something not followed (never the same)
+Item = tuple[tuple[object, ...], str, Any, Any]
+NOT_FOLLOWED: Item = (("x",), "x", None, None)
+
+
+def child_item(folder: FsNode, name: str) -> Item:
+    return (("c", id(folder), name), "c", folder, name)
+
+
+def listing_item(folder: FsNode) -> Item:
+    return (("l", id(folder)), "l", folder, None)
+
+
+def data_item(node: FsNode) -> Item:
+    return (("d", id(node)), "d", node, None)
+
+
+def owner_item(node: FsNode) -> Item:
+    return (("o", id(node)), "o", node, None)
+
+
+def mount_item(mount: _Mount) -> Item:
+    return (("m", id(mount)), "m", mount, None)
+
+
+def room_item(fs: _Fs, needed: int | None) -> Item:
+    return (("f", id(fs)), "f", fs, needed)
+
+
+def partition_item(part: Partition) -> Item:
+    return (("p", id(part)), "p", part, None)
+
+
+def item_value(item: Item) -> object:
+    """What `item` is on the device now."""
+    _, kind, obj, detail = item
+    if kind == "c":
+        return obj.children.get(detail)
+    if kind in ("d", "p"):
+        return obj.data
+    if kind == "o":
+        return (obj.uid, obj.gid, obj.mode)
+    if kind == "l":
+        return tuple(sorted(obj.children))
+    if kind == "m":
+        return obj.active
+    if kind == "f":
+        free = obj.free()
+        return free if detail is None else free >= detail
+    return object()  # "x": never equal to what was seen
+
+
+def same_value(item: Item, value: object, other: object) -> bool:
+    """Whether two values of `item` are the same to a run (a node by identity)."""
+    if value is other:
+        return True
+    return item[1] not in ("c", "x") and value == other
+
+
+def changed_items(obj: object, attrs: Sequence[str]) -> list[Item]:
+    """The items a change of `obj`'s `attrs` changes."""
+    if isinstance(obj, FsNode):
+        items = []
+        if "data" in attrs:
+            items.append(data_item(obj))
+        if "mode" in attrs:
+            items.append(owner_item(obj))
+        if "children" in attrs:
+            items.append(listing_item(obj))
+            items += [child_item(obj, name) for name in obj.children]
+        return items
+    if isinstance(obj, _Fs):
+        return [room_item(obj, None)]
+    if isinstance(obj, _Mount):
+        return [mount_item(obj)]
+    if isinstance(obj, Partition):
+        return [partition_item(obj)]
+    return []
+
+
 class Loaded(NamedTuple):  # a tuple: made for every read a script does
     """A file or partition read whole, with the metadata apply_patch copies."""
 
@@ -249,6 +336,10 @@ class Device:
         self.properties = dict(properties or {})
         self.hook: Callable[[str], None] | None = None
         self._journal: list[Callable[[], None]] | None = None
+        # the power-loss proof's instruments (`tasks.power_loss`): what a run reads is
+        # appended to `reads`, and `watch` hears of each change before it is made
+        self.reads: list[Item] | None = None
+        self.watch: Callable[[Item], None] | None = None
 
     @classmethod
     def from_system(
@@ -354,6 +445,8 @@ class Device:
         twin.properties = dict(self.properties)
         twin.hook = None
         twin._journal = None
+        twin.reads = None
+        twin.watch = None
         return twin
 
     # --- trials: changes undone ---------------------------------------------------------------
@@ -378,6 +471,9 @@ class Device:
         node = obj if isinstance(obj, FsNode) else None
         if node is not None:
             node.touch()
+        if self.watch is not None:
+            for item in changed_items(obj, attrs):
+                self.watch(item)
         if self._journal is not None:
             saved = [(name, getattr(obj, name)) for name in attrs]
 
@@ -393,6 +489,9 @@ class Device:
         """Record what `parent` holds under `name` now (or that it holds nothing), as
         `_remember` does."""
         parent.touch()
+        if self.watch is not None:
+            self.watch(child_item(parent, name))
+            self.watch(listing_item(parent))
         if self._journal is not None:
             children, old = parent.children, parent.children.get(name)
 
@@ -404,6 +503,18 @@ class Device:
                 parent.touch()
 
             self._journal.append(undo)
+
+    def journal_length(self) -> int:
+        return 0 if self._journal is None else len(self._journal)
+
+    def changed_in_trial(self, since: int = 0) -> bool:
+        """Whether the trial under way changed anything (after its first `since` changes)."""
+        return self._journal is not None and len(self._journal) > since
+
+    def _read(self, item: Item) -> None:
+        """Note that the run depends on `item` as it is now (when reads are followed)."""
+        if self.reads is not None:
+            self.reads.append((item, item_value(item)))
 
     def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
         self._remember(node, "data", "_sha1")
@@ -500,6 +611,8 @@ class Device:
 
     def mount(self, point: str) -> bool:
         mount = self.mounts.get(point)
+        if mount is not None:
+            self._read(mount_item(mount))
         if mount is None or mount.active:
             return False
         self._remember(mount, "active")
@@ -508,6 +621,8 @@ class Device:
 
     def unmount(self, point: str) -> bool:
         mount = self.mounts.get(point)
+        if mount is not None:
+            self._read(mount_item(mount))
         if mount is None or not mount.active:
             return False
         self._remember(mount, "active")
@@ -516,6 +631,8 @@ class Device:
 
     def is_mounted(self, point: str) -> bool:
         mount = self.mounts.get(point)
+        if mount is not None:
+            self._read(mount_item(mount))
         return mount is not None and mount.active
 
     # --- path resolution ----------------------------------------------------------------------
@@ -540,6 +657,10 @@ class Device:
             if current.kind != DIR:
                 raise FsError("ENOTDIR", path)
             child = current.children.get(step)
+            if self.reads is not None:
+                self._read(child_item(current, step))
+                if child is not None and child.mount is not None:
+                    self._read(mount_item(child.mount))
             if child is None:
                 if left:
                     raise FsError("ENOENT", path)
@@ -574,6 +695,10 @@ class Device:
                 raise FsError("ENOTDIR", path)
             more = bool(parts)
             child = current.children.get(name)
+            if self.reads is not None:
+                self._read(child_item(current, name))
+                if child is not None and child.mount is not None:
+                    self._read(mount_item(child.mount))
             if child is None:
                 if more:
                     raise FsError("ENOENT", path)
@@ -620,20 +745,41 @@ class Device:
         return True
 
     def free_space(self, path: str) -> int:
-        return self.stat(path).fs.free()
+        fs = self.stat(path).fs
+        self._read(room_item(fs, None))
+        return fs.free()
 
     def load(self, path: str) -> Loaded:
         """A regular file read whole, links followed."""
         node = self.stat(path)
         if node.kind != FILE:
             raise FsError("EISDIR", path)
+        if self.reads is not None:
+            self._read(data_item(node))
+            self._read(owner_item(node))
         return Loaded(node.data, node.sha1(), node.mode, node.uid, node.gid)
 
     def listdir(self, path: str) -> list[str]:
         node = self.stat(path)
         if node.kind != DIR:
             raise FsError("ENOTDIR", path)
-        return sorted(node.children)
+        return self.names(node)
+
+    def names(self, folder: FsNode) -> list[str]:
+        """What a folder already found holds, sorted."""
+        self._read(listing_item(folder))
+        return sorted(folder.children)
+
+    def content(self, node: FsNode) -> bytes:
+        """The bytes of a file already found."""
+        self._read(data_item(node))
+        return node.data
+
+    def partition(self, name: str) -> Partition | None:
+        part = self.partitions.get(name)
+        if part is not None:
+            self._read(partition_item(part))
+        return part
 
     # --- mutations (each reports one step through `hook` once done) ------------------------
 
@@ -657,6 +803,12 @@ class Device:
                 FILE, new_mode, 0, inherited_gid(where.parent), where.parent.fs, where.parent)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
+        if self.reads is not None:
+            self._read(data_item(node))
+            if len(data) > len(node.data):
+                self._read(room_item(node.fs, len(data) - len(node.data)))
+            if meta is not None:
+                self._read(owner_item(node))
         room = node.fs.free() + len(node.data)  # once truncated
         # the same bytes again (a re-run after a power loss rewrites what is there) change
         # nothing: no undo to keep, no digest to forget
@@ -701,6 +853,7 @@ class Device:
             raise FsError("ENOTDIR", path)
         if where.parent is None or node is node.fs.root or node.mount is not None:
             raise FsError("EBUSY", path)
+        self._read(listing_item(node))
         if node.children:
             raise FsError("ENOTEMPTY", path)
         self._remember_child(where.parent, where.name)
@@ -720,6 +873,7 @@ class Device:
         self._done(f"symlink {path}")
 
     def rename(self, src: str, dst: str) -> None:
+        self._read(NOT_FOLLOWED)  # a rename is done again, never taken as done
         old = self._resolve(src, False, False)
         new = self._resolve(dst, False, False)
         node = old.node
@@ -754,6 +908,7 @@ class Device:
                        mode: int | None, what: str, *, step: bool = True) -> None:
         """chown/chmod on a node already found; None leaves a field as it is. `step`: it
         is a step of its own (else part of the caller's)."""
+        self._read(owner_item(node))
         new = (node.uid if uid is None else uid, node.gid if gid is None else gid,
                node.mode if mode is None else mode & 0o7777)
         if new != (node.uid, node.gid, node.mode):  # the same again changes nothing
@@ -765,6 +920,7 @@ class Device:
     def write_partition(self, name: str, data: bytes, digest: bytes | None = None) -> bool:
         """Write `data` (sha1 `digest`, when known); False when it does not fit."""
         part = self.partitions[name]
+        self._read(partition_item(part))
         fits = part.size is None or len(data) <= part.size
         self._remember(part, "data", "digests")
         if fits:
@@ -838,6 +994,18 @@ class DeviceZip:
 
     def find(self, name: bytes) -> ZipEntry | None:
         return self.by_name.get(name)
+
+    def under(self, prefix: bytes) -> tuple[ZipEntry, ...]:
+        """The file entries `package_extract_dir` takes from `prefix`, in its order: the
+        sorted names that start with it, directory entries left out."""
+        at = bisect.bisect_left(self.entries, prefix, key=lambda e: e.name)
+        out = []
+        for entry in self.entries[at:]:
+            if not entry.name.startswith(prefix):
+                break  # names are sorted: the matching ones are all together
+            if not entry.name.endswith(b"/"):
+                out.append(entry)
+        return tuple(out)
 
     def read(self, entry: ZipEntry) -> tuple[bytes, bool]:
         """(the bytes the device gets, whether it calls the read a success)."""

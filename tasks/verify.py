@@ -31,6 +31,7 @@ from tasks.errors import CheckFailed, DfotaError, quoted, shown_path
 from tasks.filelists import FileLists, chmod_for, lists_in
 from tasks.package import VERSION_ENTRY
 from tasks.plan import Part, covers, noota_kept, parse_mode
+from tasks.power_loss import MarkRecorder, Marks, for_each_power_loss
 from tasks.report import write_report, write_summary
 from tasks.runlog import RunLog
 from tasks.space import DEFAULT_VOLUMES, Volumes
@@ -47,7 +48,6 @@ from tasks.updater import (
     Device,
     Package,
     UpdateResult,
-    for_each_power_loss,
     load_package,
     precheck,
 )
@@ -205,7 +205,7 @@ class _Replays:
     expected_keys: dict[str, tuple[object, ...]]
     # the marks of the whole run for re-runs to rejoin (None: each goes to its end), and
     # what a re-run that rejoins it ends as: that run's first difference, if any
-    whole_run: list[tuple[int, object]] | None
+    whole_run: Marks | None
     whole_run_differs: str | None
 
 
@@ -242,7 +242,7 @@ def _replay(steps: Sequence[int], advance: Callable[[int], None] | None = None) 
 def replay_power_losses(pkg: Package, device: Device, expected: Tree,
                         partitions: Mapping[str, str], steps: Sequence[int],
                         advance: Callable[[int], None], workers: int | None = None, *,
-                        whole_run: tuple[list[tuple[int, object]], str | None] | None = None
+                        whole_run: tuple[Marks, str | None] | None = None
                         ) -> list[str]:
     """Every replay is independent: spread them over the cores (forked workers share the
     loaded package and device), in chunks, and report problems in step order.
@@ -411,8 +411,8 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
 
         pkg = load_package(package)
         device.digest()  # once: each copy keeps it
-        clean, marks = device.copy(), []
-        result = host_apply(pkg, clean, marks=marks)
+        clean, marks = device.copy(), Marks()
+        result = host_apply(pkg, clean, units=MarkRecorder(marks))
         report.steps = result.steps
         log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
         problems = [] if result.code == 0 else [f"result {result.code}: "

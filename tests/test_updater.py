@@ -14,6 +14,7 @@ from pathlib import Path
 import bsdiff4
 import pytest
 
+from tasks.power_loss import MarkRecorder, Marks, for_each_power_loss
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 from tasks.updater import (
     SAVED_FILE,
@@ -22,7 +23,6 @@ from tasks.updater import (
     UpdateResult,
     apply_package,
     count_mutating_steps,
-    for_each_power_loss,
     load_package,
     precheck,
     resume_after_power_loss,
@@ -910,8 +910,8 @@ def test_a_re_run_that_rejoins_the_whole_run_would_have_ended_as_it(
         tmp_path: Path, tight: bool) -> None:
     base = roomy_or_tight(tight)
     pkg = load_package(full_package(tmp_path))
-    whole, marks = base.copy(), []
-    assert apply_package(pkg, whole, marks=marks).code == 0
+    whole, marks = base.copy(), Marks()
+    assert apply_package(pkg, whole, units=MarkRecorder(marks)).code == 0
     total = count_mutating_steps(pkg, base)
     rejoined: list[int] = []
 
