@@ -41,18 +41,27 @@ from tasks.updater import (
     _Updater,
     apply_package,
 )
-from tasks.updater_fs import Device, Item, item_value, same_value
+from tasks.updater_fs import Device, FsNode, Item, item_value, same_value
 
-Footprint = dict[tuple[object, ...], tuple[Item, object]]
+Key = tuple[object, ...]
+# key -> (item, value, set): what a unit read, or set whatever was there (set=True)
+Footprint = dict[Key, tuple[Item, object, bool]]
+Reads = list[tuple[Item, object, bool]]
+Walk = list[tuple[str, FsNode]]
 _LOOK_AHEAD = 64  # units checked one by one for a changed item before one is simply run
 
 
-def _extracts_only(item: Node) -> bool:
-    """`package_extract_dir("a", "/b")`, alone or `|| abort(...)`: its files are its units."""
+def _split(item: Node) -> bool:
+    """Whether a statement's units are its files or nodes: `package_extract_dir("a", "/b")`,
+    `set_perm_recursive` of one path or `set_metadata_recursive`, with literal arguments,
+    alone or `|| abort(...)`."""
     if isinstance(item, Or) and isinstance(item.right, Call) and item.right.name == "abort":
         item = item.left
-    return (isinstance(item, Call) and item.name == "package_extract_dir"
-            and len(item.args) == 2 and all(type(a) is Literal for a in item.args))
+    if not isinstance(item, Call) or not all(type(a) is Literal for a in item.args):
+        return False
+    count = len(item.args)
+    return {"package_extract_dir": count == 2, "set_perm_recursive": count == 5,
+            "set_metadata_recursive": count >= 3 and count % 2 == 1}.get(item.name, False)
 
 
 @dataclass
@@ -70,16 +79,18 @@ class _Numbering:
 
     def __init__(self, marks: Marks) -> None:
         self.marks = marks
-        self.split = False  # the current statement's units are its files
-        self.base = 0  # the first unit of the current statement
+        self.split = False  # the current statement's units are its files or nodes
+        self.unsplit = False  # ... but a re-run found another walk: it runs whole
+        self.index = 0  # the current statement
+        self.base = 0  # its first unit
         self.current = -1
 
     def begin(self, index: int, items: Sequence[Node]) -> int:
         first = self.marks.first_unit
         if index == len(first):
             first.append(len(self.marks.digests))
-        self.base = first[index]
-        self.split = _extracts_only(items[index])
+        self.index, self.base = index, first[index]
+        self.split, self.unsplit = _split(items[index]), False
         self.current = self.base
         return self.base
 
@@ -109,6 +120,14 @@ class MarkRecorder(_Numbering):
         if self.split:
             self._mark(run)
 
+    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+        if not self.split:
+            return compute()
+        self.entry_unit(0)
+        nodes = compute()
+        self._mark(run)
+        return nodes
+
     def _mark(self, run: _Updater) -> None:
         self.marks.digests.append(None if run.no_space else run.dev.digest())
 
@@ -122,10 +141,16 @@ class _Footprints(_Numbering):
         self.dev = device
         self.scratch = _Updater(package, device, None)
         self.footprints: list[Footprint | None] = []  # None: never settled
-        self.differing: list[set[tuple[object, ...]]] = []
+        self.differing: list[set[Key]] = []
         self.unsettled: list[int] = []  # sorted
-        self.holders: dict[tuple[object, ...], list[int]] = {}  # item key -> units, sorted
-        self.changes: dict[tuple[object, ...], Item] = {}  # not yet checked
+        self.holders: dict[Key, list[int]] = {}  # item key -> units, sorted
+        self.readers: dict[Key, list[int]] = {}  # the holders that read it, sorted
+        self.last_setter: dict[Key, int] = {}  # the newest unit that set it
+        self.walks: dict[int, Walk] = {}  # by statement: the nodes its walk found
+        self.unknown: list[int] = []  # units never settled (what they read is not known)
+        self.covering: dict[Key, set[int]] = {}  # units whose difference there is covered
+        self.whole_reruns = 0  # re-runs that found a covered difference read: run whole
+        self.changes: dict[Key, Item] = {}  # not yet checked
         device.watch = self.heard
 
     def heard(self, item: Item) -> None:
@@ -151,6 +176,14 @@ class _Footprints(_Numbering):
         if self.split:
             self._settle_new(redo, outcome)
 
+    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+        if not self.split:
+            return compute()
+        self.entry_unit(0)
+        nodes = self.walks[self.index] = compute()
+        self._settle_new(lambda _again: compute(), nodes)
+        return nodes
+
     def _settle_new(self, redo: Callable[[_Updater], object], outcome: object = None) -> None:
         """The unit just done, run again on the state it left."""
         unit = len(self.footprints)
@@ -161,15 +194,21 @@ class _Footprints(_Numbering):
         self.differing.append(set())
         if footprint is None:
             self.unsettled.append(unit)
+            self.unknown.append(unit)
             return
-        for key in footprint:
+        for key, (item, _, sets) in footprint.items():
             self.holders.setdefault(key, []).append(unit)
+            if sets:
+                self.last_setter[key] = unit
+                self._judge_all(key, item)  # what it sets again may cover earlier units
+            else:
+                self.readers.setdefault(key, []).append(unit)
 
     def _again(self, redo: Callable[[_Updater], object], outcome: object) -> Footprint | None:
         """The footprint of `redo` on the device as it is, if it changes nothing and ends as
         `outcome` (None: does not abort)."""
         dev, hook, watch = self.dev, self.dev.hook, self.dev.watch
-        reads: list[tuple[Item, object]] = []
+        reads: Reads = []
         dev.watch, dev.hook = None, self.scratch.on_step
         changed = same = False
         with dev.trial():
@@ -194,33 +233,79 @@ class _Footprints(_Numbering):
         """Check the footprints that hold an item the run changed since the last look."""
         changes, self.changes = self.changes, {}
         for key, item in changes.items():
-            value = item_value(item)
-            for unit in self.holders.get(key, ()):
-                footprint = self.footprints[unit]
-                if footprint is None or key not in footprint:
-                    continue
-                seen_item, seen = footprint[key]
-                differs = self.differing[unit]
-                was = bool(differs)
-                if same_value(seen_item, seen, value):
-                    differs.discard(key)
-                else:
-                    differs.add(key)
-                if was != bool(differs):
-                    if differs:
-                        bisect.insort(self.unsettled, unit)
-                    else:
-                        _discard(self.unsettled, unit)
+            self._judge_all(key, item)
+
+    def _judge_all(self, key: Key, item: Item) -> None:
+        value = item_value(item)
+        for unit in self.holders.get(key, ()):
+            self._judge(unit, key, value)
+
+    def _judge(self, unit: int, key: Key, value: object) -> None:
+        """Whether `unit` differs at `key`, now `value`: it read something else there, or
+        it set something else that no later unit sets back before anything reads it."""
+        footprint = self.footprints[unit]
+        if footprint is None or key not in footprint:
+            return
+        item, seen, sets = footprint[key]
+        differs = self.differing[unit]
+        was = bool(differs)
+        covered = False
+        if same_value(item, seen, value):
+            differs.discard(key)
+        elif sets and self._covered(unit, key, item, value):
+            differs.discard(key)
+            covered = True
+        else:
+            differs.add(key)
+        if covered:
+            self.covering.setdefault(key, set()).add(unit)
+        elif key in self.covering:
+            self.covering[key].discard(unit)
+        if was != bool(differs):
+            if differs:
+                bisect.insort(self.unsettled, unit)
+            else:
+                _discard(self.unsettled, unit)
+
+    def _covered(self, unit: int, key: Key, item: Item, value: object) -> bool:
+        """A later unit sets `key` to what it is now, and nothing between reads it: what
+        `unit` would set there, run again, is set back before it counts."""
+        setter = self.last_setter.get(key, -1)
+        found = self.footprints[setter] if setter > unit else None
+        if found is None or key not in found or not found[key][2] \
+                or not same_value(item, found[key][1], value):
+            return False
+        for between in (self.readers.get(key, ()), self.unknown):
+            at = bisect.bisect_right(between, unit)
+            if at < len(between) and between[at] < setter:
+                return False
+        return True
+
+    def in_flight(self, key: Key, unit: int) -> bool:
+        """Whether a re-run that reaches `unit` has skipped an earlier unit that would have
+        set `key` to something a later one sets back (so a read of it there could differ
+        from the module's)."""
+        covered = self.covering.get(key)
+        return bool(covered) and min(covered) < unit < self.last_setter.get(key, -1)
 
     def resettle(self, unit: int, footprint: Footprint) -> None:
         """`unit` changes nothing on the state as it is now, reading `footprint`."""
         old = self.footprints[unit]
-        for key in footprint:
+        for key, (_item, _, sets) in footprint.items():
             if old is None or key not in old:
                 bisect.insort(self.holders.setdefault(key, []), unit)
+            if not sets:
+                readers = self.readers.setdefault(key, [])
+                at = bisect.bisect_left(readers, unit)
+                if at == len(readers) or readers[at] != unit:
+                    readers.insert(at, unit)
         _discard(self.unsettled, unit)
+        _discard(self.unknown, unit)
         self.footprints[unit] = footprint
         self.differing[unit] = set()
+        for key, (item, _, sets) in footprint.items():
+            if not sets:  # a new reader may uncover what an earlier unit sets
+                self._judge_all(key, item)
 
 
 def _discard(ordered: list[int], unit: int) -> None:
@@ -229,11 +314,20 @@ def _discard(ordered: list[int], unit: int) -> None:
         del ordered[at]
 
 
-def _footprint(reads: Iterable[tuple[Item, object]]) -> Footprint:
+def _footprint(reads: Iterable[tuple[Item, object, bool]]) -> Footprint:
+    """The first value of each item; read, if it was read before or after it was set."""
     footprint: Footprint = {}
-    for item, value in reads:
-        footprint.setdefault(item[0], (item, value))
+    for item, value, sets in reads:
+        key = item[0]
+        if key not in footprint:
+            footprint[key] = (item, value, sets)
+        elif not sets and footprint[key][2]:
+            footprint[key] = (footprint[key][0], footprint[key][1], False)
     return footprint
+
+
+class _Unsound(Exception):
+    """A re-run read what a unit it skipped would have changed: it must run whole."""
 
 
 class _Rerun(_Numbering):
@@ -244,10 +338,10 @@ class _Rerun(_Numbering):
         self.f = followed
         self.cut = cut
         self.dev = followed.dev
-        self.before: dict[tuple[object, ...], tuple[Item, object]] = {}  # values at the cut
-        self.touched: dict[tuple[object, ...], Item] = {}
-        self.differs: dict[tuple[object, ...], Item] = {}  # items unlike the cut's state
-        self.reads: list[tuple[Item, object]] = []
+        self.before: dict[Key, tuple[Item, object]] = {}  # values at the cut
+        self.touched: dict[Key, Item] = {}
+        self.differs: dict[Key, Item] = {}  # items unlike the cut's state
+        self.reads: Reads = []
         self.calm = True  # nothing differed when the current unit began
         self.journal_mark = 0
         self.dev.watch = self.heard
@@ -287,7 +381,7 @@ class _Rerun(_Numbering):
                 footprint = self.f.footprints[holder]
                 if footprint is None or key not in footprint:
                     continue
-                seen_item, seen = footprint[key]
+                seen_item, seen, _ = footprint[key]
                 if looked == _LOOK_AHEAD - 1 or not same_value(seen_item, seen,
                                                                 item_value(item)):
                     best = holder
@@ -306,6 +400,9 @@ class _Rerun(_Numbering):
         self.dev.reads = None
         unit = self.current
         if unit < self.cut:
+            if any(not sets and self.f.in_flight(item[0], unit)
+                   for item, _, sets in self.reads):
+                raise _Unsound
             # run because it was unsettled: if it changed nothing, it is settled again
             if self.calm and outcome == "" and not self.dev.changed_in_trial(
                     since=self.journal_mark):
@@ -330,8 +427,23 @@ class _Rerun(_Numbering):
         return index
 
     def statement_done(self, run: _Updater, index: int, item: Node) -> None:
-        if not self.split:
+        if not self.split and not self.unsplit:
             self._unit_done(run, index)
+
+    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+        if not self.split:
+            return compute()
+        found = self.f.walks.get(self.index)
+        if found is not None and self.next_unit(self.base) > self.base:
+            return found  # taken as done: the nodes it found then
+        self.entry_unit(0)
+        self._begin_unit()
+        nodes = compute()
+        same = nodes == found
+        self._unit_done(run, self.index, "" if same else "another walk")
+        if not same:  # the nodes are not the units numbered: the statement runs whole
+            self.split, self.unsplit = False, True
+        return nodes
 
     def entry(self, run: _Updater, index: int, count: int) -> int:
         if not self.split:
@@ -350,7 +462,7 @@ class _Rerun(_Numbering):
 
 def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
                         check: Callable[[int, UpdateResult, Device], None], *,
-                        follow: Marks | None = None) -> None:
+                        follow: Marks | None = None) -> int:
     """For each of `steps`, in order: cut the power after that step on a copy of `device`,
     run the package again on what is left, as the module does at the next boot, and hand the
     re-run and the device it leaves to `check`. One run on a copy of `device` serves them all:
@@ -360,7 +472,8 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
     `follow`: the `Marks` of a whole run of the package on `device` that succeeded (see
     `MarkRecorder`): each re-run then skips what it may (see the module's docstring) and stops
     where it rejoins that run (`UpdateResult.rejoined`): from there it would end as that run
-    did. Without it, every re-run is run whole, statement by statement."""
+    did. Without it, every re-run is run whole, statement by statement. Returns how many
+    re-runs ran whole."""
     wanted = set(steps)
     twin = device.copy()
     reached: set[int] = set()
@@ -374,9 +487,13 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
         followed.check()
         watch = twin.watch
         with twin.trial():
-            again = _Rerun(followed, cut, follow)
             try:
-                result = apply_package(package, twin, units=again)
+                result = apply_package(package, twin, units=_Rerun(followed, cut, follow))
+            except _Unsound:
+                twin.watch, twin.reads = None, None
+                twin.undo_trial()
+                result = apply_package(package, twin)
+                followed.whole_reruns += 1
             finally:
                 twin.watch, twin.reads = watch, None
             check(step, result, twin)
@@ -391,3 +508,4 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
                       units=followed)
     for step in sorted(wanted - reached):
         rerun(step, len(follow.digests) if follow is not None else 0)
+    return followed.whole_reruns if followed is not None else len(wanted)

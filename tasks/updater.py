@@ -721,20 +721,53 @@ class _Updater:
     fn_set_perm_recursive = fn_set_perm
 
     def perm_tree(self, path: str, uid: int | None, gid: int | None, dmode: int,
-                  fmode: int) -> bool:
-        """set_perm_recursive on one path: stops at the first failure, which it hides."""
-        try:
-            node = self.dev.lstat(path)
-        except FsError:
-            return False
-        if node.kind == SYMLINK:
+                  fmode: int) -> None:
+        """set_perm_recursive on one path."""
+        def act(where: str, node: FsNode) -> None:
+            if node.kind != SYMLINK:
+                self.dev.set_owner_mode(node, uid, gid, dmode if node.kind == DIR else fmode,
+                                        where)
+
+        self.each_node(lambda: self.preorder(path), act)
+
+    def preorder(self, path: str) -> list[tuple[str, FsNode]]:
+        """What set_perm_recursive visits: each node before what it holds, a link not
+        followed, up to the first that cannot be looked up (there it stops, silently)."""
+        out: list[tuple[str, FsNode]] = []
+
+        def visit(where: str) -> bool:
+            try:
+                node = self.dev.lstat(where)
+            except FsError:
+                return False
+            out.append((where, node))
+            if node.kind == DIR:
+                for child in self.dev.names(node):
+                    if not visit(f"{where}/{child}"):
+                        return False
             return True
-        self.dev.set_owner_mode(node, uid, gid, dmode if node.kind == DIR else fmode, path)
-        if node.kind == DIR:
-            for child in self.dev.names(node):
-                if not self.perm_tree(f"{path}/{child}", uid, gid, dmode, fmode):
-                    return False
-        return True
+
+        visit(path)
+        return out
+
+    def each_node(self, walk: Callable[[], list[tuple[str, FsNode]]],
+                  act: Callable[[str, FsNode], None]) -> None:
+        """`act` on each node `walk` finds, in its order. With units, the walk is the
+        statement's first unit and each node one more."""
+        units = self.units
+        nodes = walk() if units is None else units.walk(self, walk)
+        index = 0
+        while index < len(nodes):
+            if units is not None:
+                index = units.entry(self, index + 1, len(nodes) + 1) - 1
+                if index >= len(nodes):
+                    break
+            where, node = nodes[index]
+            act(where, node)
+            if units is not None:
+                units.entry_done(self, index + 1, "",
+                                 lambda _run, w=where, n=node: act(w, n) or "")
+            index += 1
 
     def fn_set_metadata(self, name: str, args: Sequence[Node]) -> Value:
         if len(args) % 2 != 1:
@@ -757,16 +790,20 @@ class _Updater:
                     wanted[key] = _owner(number) if key in ("uid", "gid") else number
             elif key != "selabel":
                 self.say(f'ParsedPermArgs: unknown key "{key}", ignoring')
-        nodes = [(path, top)]
-        if name == "set_metadata_recursive":
-            nodes = list(self.depth_first(path, top))
-        for where, node in nodes:
+
+        def act(where: str, node: FsNode) -> None:
             if node.kind == SYMLINK:
-                continue
+                return
             mode = wanted.get("mode")
             mode = wanted.get("dmode", mode) if node.kind == DIR else wanted.get("fmode", mode)
             if mode is not None or "uid" in wanted or "gid" in wanted:
                 self.dev.set_owner_mode(node, wanted.get("uid"), wanted.get("gid"), mode, where)
+
+        if name == "set_metadata_recursive":
+            # the walk looks the top up again: so that what it found is in its footprint
+            self.each_node(lambda: self.depth_first(path, self.dev.lstat(path)), act)
+        else:
+            act(path, top)
         return b""
 
     fn_set_metadata_recursive = fn_set_metadata
@@ -1179,7 +1216,8 @@ def precheck(package: Path, device: Device) -> UpdateResult | None:
 
 class Units(Protocol):
     """What follows a run unit by unit (`tasks.power_loss`): each top-level statement is a
-    unit, but a statement that only extracts a folder, whose every file is one.
+    unit, but a statement that only extracts a folder, whose every file is one, or that only
+    sets modes down one tree, whose walk is one and every node one more.
 
     `statement` and `entry` are told where the run is about to go and say where it goes
     (the same place, or further on: the units between are taken as done); the `_done` calls
@@ -1193,6 +1231,9 @@ class Units(Protocol):
 
     def entry_done(self, run: _Updater, index: int, outcome: str,
                    redo: Callable[[_Updater], str]) -> None: ...
+
+    def walk(self, run: _Updater,
+             compute: Callable[[], list[tuple[str, FsNode]]]) -> list[tuple[str, FsNode]]: ...
 
 
 class Rejoined(Exception):

@@ -336,9 +336,10 @@ class Device:
         self.properties = dict(properties or {})
         self.hook: Callable[[str], None] | None = None
         self._journal: list[Callable[[], None]] | None = None
-        # the power-loss proof's instruments (`tasks.power_loss`): what a run reads is
-        # appended to `reads`, and `watch` hears of each change before it is made
-        self.reads: list[Item] | None = None
+        # the power-loss proof's instruments (`tasks.power_loss`): what a run reads (and what
+        # it sets whatever was there: True) is appended to `reads`, and `watch` hears of
+        # each change before it is made
+        self.reads: list[tuple[Item, object, bool]] | None = None
         self.watch: Callable[[Item], None] | None = None
 
     @classmethod
@@ -507,6 +508,13 @@ class Device:
     def journal_length(self) -> int:
         return 0 if self._journal is None else len(self._journal)
 
+    def undo_trial(self) -> None:
+        """Undo what the trial under way changed so far; the trial goes on."""
+        assert self._journal is not None
+        journal, self._journal = self._journal, []
+        for undo in reversed(journal):
+            undo()
+
     def changed_in_trial(self, since: int = 0) -> bool:
         """Whether the trial under way changed anything (after its first `since` changes)."""
         return self._journal is not None and len(self._journal) > since
@@ -514,7 +522,12 @@ class Device:
     def _read(self, item: Item) -> None:
         """Note that the run depends on `item` as it is now (when reads are followed)."""
         if self.reads is not None:
-            self.reads.append((item, item_value(item)))
+            self.reads.append((item, item_value(item), False))
+
+    def _set(self, item: Item, value: object) -> None:
+        """Note that the run sets `item` to `value`, whatever it was."""
+        if self.reads is not None:
+            self.reads.append((item, value, True))
 
     def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
         self._remember(node, "data", "_sha1")
@@ -804,11 +817,9 @@ class Device:
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
         if self.reads is not None:
-            self._read(data_item(node))
+            self._read(data_item(node))  # not set: what it had decides the room needed
             if len(data) > len(node.data):
                 self._read(room_item(node.fs, len(data) - len(node.data)))
-            if meta is not None:
-                self._read(owner_item(node))
         room = node.fs.free() + len(node.data)  # once truncated
         # the same bytes again (a re-run after a power loss rewrites what is there) change
         # nothing: no undo to keep, no digest to forget
@@ -908,9 +919,12 @@ class Device:
                        mode: int | None, what: str, *, step: bool = True) -> None:
         """chown/chmod on a node already found; None leaves a field as it is. `step`: it
         is a step of its own (else part of the caller's)."""
-        self._read(owner_item(node))
         new = (node.uid if uid is None else uid, node.gid if gid is None else gid,
                node.mode if mode is None else mode & 0o7777)
+        if uid is None or gid is None or mode is None:
+            self._read(owner_item(node))  # what is kept depends on what was there
+        else:
+            self._set(owner_item(node), new)
         if new != (node.uid, node.gid, node.mode):  # the same again changes nothing
             self._remember(node, "uid", "gid", "mode")
             node.uid, node.gid, node.mode = new
@@ -920,7 +934,8 @@ class Device:
     def write_partition(self, name: str, data: bytes, digest: bytes | None = None) -> bool:
         """Write `data` (sha1 `digest`, when known); False when it does not fit."""
         part = self.partitions[name]
-        self._read(partition_item(part))
+        self._set(partition_item(part), data if part.size is None or len(data) <= part.size
+                  else data[: part.size])
         fits = part.size is None or len(data) <= part.size
         self._remember(part, "data", "digests")
         if fits:
