@@ -1639,7 +1639,7 @@ def test_target_beyond_the_sdk_images_rootfs_volume(ws: Workspace,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     """Fed: the SDK's image made again with a rootfs volume of 30 LEBs (3.3 MB of room for
-    the sample's 8 MB of /system).
+    the sample's 4.7 MB of /system).
     Outcome: `doit delta` stops with one line naming the largest file, the total and the
     limit, from the image; `--system-size-mb` then makes the package."""
     image = replace_sdk_image(ws, monkeypatch, tmp_path, rootfs=30)
@@ -1649,8 +1649,10 @@ def test_target_beyond_the_sdk_images_rootfs_volume(ws: Workspace,
     assert line.endswith(
         f"more than the system volume's {room} (volume rootfs of the SDK's sdxlemur-sysfs.ubi; "
         "system_size_mb overrides it): no package could work")
-    run = chain(ws, "delta", "--system-size-mb", "64")
+    run = ws.run(*_chain(ws, config_of(ws), "delta"), "--system-size-mb", "64")
     assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((ws.out / "update.json").read_text())["volumes"]["from"]["system"] == \
+        "system_size_mb"
 
 
 def test_firmware_package_imports_once(ws: Workspace, firmware: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks import sample
+from tasks.configure import configure
 from tasks.delta import build_delta
 from tasks.errors import DfotaError
 from tasks.filelists import lists_in
@@ -191,6 +192,21 @@ def test_a_setting_wins_over_the_image_and_the_image_over_the_default() -> None:
     assert Volumes.from_json({"system": 5, "cache": 6}) == Volumes(5, 6)  # an older summary
     assert (DEFAULT_VOLUMES.system_from, DEFAULT_VOLUMES.cache_from) == (FROM_DEFAULT,
                                                                          FROM_DEFAULT)
+
+
+def test_a_size_in_pyproject_or_on_the_command_line_is_the_users_setting(
+        tmp_path: Path) -> None:
+    project = tmp_path / "pyproject.toml"
+    project.write_text("[tool.doit.tasks.delta]\nsystem_size_mb = 100\n")
+    volumes = configure(tmp_path, ["delta"], ["delta"]).delta.volumes
+    assert volumes == Volumes.given(system=100 * MB)
+    assert (volumes.system_from, volumes.cache_from) == (SYSTEM_SETTING, FROM_DEFAULT)
+    volumes = configure(tmp_path, ["delta", "--cache-size-mb", "8"], ["delta"]).delta.volumes
+    assert volumes == Volumes(100 * MB, 8 * MB, SYSTEM_SETTING, "cache_size_mb")
+    project.write_text("")
+    assert configure(tmp_path, ["delta"], ["delta"]).delta.volumes == DEFAULT_VOLUMES
+    with pytest.raises(DfotaError, match=r"^--system-size-mb 0.0: must be above 0$"):
+        configure(tmp_path, ["delta", "--system-size-mb", "0"], ["delta"])
 
 
 def replace_sdk_image(ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp: Path,
