@@ -27,7 +27,8 @@ from tasks.config import (
 from tasks.errors import DfotaError, shown_path
 from tasks.manifest import HashCache, scan_rootfs, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
-from tasks.sdk_image import ImageTreeReader
+from tasks.sdk_image import ImageTreeReader, image_volumes
+from tasks.space import Volumes
 from tasks.targetfiles import (
     SdkOutput,
     check_source,
@@ -66,23 +67,25 @@ def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: 
                      "archived version", settings.workspace.archive_dir)
 
 
-def against_sdk_image(sdk: SdkOutput, scan: FolderScan,
-                      metadata_from_image: bool) -> tuple[FolderScan, list[str]]:
+def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: bool
+                      ) -> tuple[FolderScan, list[str], Volumes | None]:
     """The SDK's own sysfs image is what the module will run: warn where the rootfs folder
-    drifts from it and, when asked, take SYSTEM's modes and owners from the image."""
+    drifts from it and, when asked, take SYSTEM's modes and owners from the image; and the
+    sizes of the module's volumes it gives (None: no image)."""
     if sdk.sysfs_ubi is None:
         if metadata_from_image:
             raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
                              sdk.folder / "target")
-        return scan, []
+        return scan, [], None
     from tasks.firmware import image_drift, read_sdk_image, take_image_metadata
 
     image = read_sdk_image(sdk.sysfs_ubi)
+    volumes = image_volumes(sdk.sysfs_ubi, image.volumes)
     warnings = image_drift(scan.entries, image)
     if metadata_from_image:
         entries, missing = take_image_metadata(scan.entries, image)
-        return dataclasses.replace(scan, entries=entries), [*warnings, *missing]
-    return scan, warnings
+        return dataclasses.replace(scan, entries=entries), [*warnings, *missing], volumes
+    return scan, warnings, volumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class TargetfilesResult:
     archived_target: bool
     archived_source: bool
     warnings: tuple[str, ...]
+    volumes: Volumes | None = None  # the sizes the SDK's image gives; None: no image
 
 
 class _Warnings:
@@ -195,19 +199,24 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
     warnings.add(linked)
     image_warnings: Callable[[], list[str]]
+    image_sizes: Callable[[], Volumes | None]
     if image is not None:
-        # the image only gives warnings: its tree is asked for once the zip is written
+        # the image only gives warnings and sizes: it is asked for once the zip is written
         reader, entries = image, scan.entries
 
         def image_warnings() -> list[str]:
             return sdk_image_drift(entries, reader)
+        image_sizes = reader.volumes
     else:
-        scan, found = against_sdk_image(sdk, scan, settings.metadata_from_image)
+        scan, found, volumes = against_sdk_image(sdk, scan, settings.metadata_from_image)
         image_warnings = found.copy
+
+        def image_sizes() -> Volumes | None:
+            return volumes
     result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
                        image_warnings, known)
     cache.save()
-    return result
+    return dataclasses.replace(result, volumes=image_sizes())
 
 
 def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache: HashCache,

@@ -190,7 +190,9 @@ class DeltaSettings:
     diff_timeout: float = DEFAULT_DIFF_TIMEOUT  # seconds per diff; past it: shipped whole
     workers: int = 0  # diff processes; 0 = one per core
     bases: str = ""  # "N" (the N newest older versions) or a comma list; "" = one base
-    volumes: Volumes = DEFAULT_VOLUMES  # the module's system volume and /cache, in bytes
+    # the module's system volume and /cache in bytes, as the user set them (else the
+    # defaults): a size not set is the target's SDK image's when it has one (`Volumes.over`)
+    volumes: Volumes = DEFAULT_VOLUMES
 
 
 @dataclass(frozen=True, slots=True)

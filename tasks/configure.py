@@ -111,10 +111,12 @@ TASK_PARAMS: dict[str, list[Param]] = {
         _param("diff_timeout", float, DEFAULT_DIFF_TIMEOUT,
                "seconds per diff before the file is shipped whole [default: %(default)s]"),
         _param("workers", int, 0, "diff processes [default: one per core]"),
-        _param("system_size_mb", float, DEFAULT_SYSTEM_SIZE_MB,
-               "the module's system volume, MiB [default: %(default)s]"),
-        _param("cache_size_mb", float, DEFAULT_CACHE_SIZE_MB,
-               "the module's /cache, MiB [default: %(default)s]"),
+        _param("system_size_mb", float, None,
+               "the room of the module's system volume, MiB [default: volume rootfs of the "
+               f"SDK's target/sdxlemur-sysfs.ubi, else {DEFAULT_SYSTEM_SIZE_MB}]"),
+        _param("cache_size_mb", float, None,
+               "the room of the module's /cache, MiB [default: volume cachefs of the SDK's "
+               f"target/sdxlemur-sysfs.ubi, else {DEFAULT_CACHE_SIZE_MB}]"),
         _param("bases", str, "", "also make and verify one package from each of these bases: "
                                  "N (the N newest versions older than the target) or a comma "
                                  "list of versions, into out/deltas/"),
@@ -399,6 +401,14 @@ def _number(values: Mapping[str, object], key: str, kind: type, low: float,
     return number
 
 
+def _size(options: Mapping[str, object], key: str) -> int | None:
+    """A volume size given in MiB, in bytes; None when not given (the SDK's image, else the
+    default, decides)."""
+    if options.get(key) is None:
+        return None
+    return int(_number(options, key, float, 0, True) * MB)
+
+
 def delta_settings(workspace: Workspace, options: Mapping[str, object],
                    project: ProjectFile, sample: bool) -> tuple[DeltaSettings, list[str]]:
     from tasks.plan import parse_mode
@@ -415,8 +425,7 @@ def delta_settings(workspace: Workspace, options: Mapping[str, object],
         size_budget=int(_number(options, "size_budget_mb", float, 0, True) * MB),
         diff_timeout=_number(options, "diff_timeout", float, 0, True),
         workers=_number(options, "workers", int, 0, False),
-        volumes=Volumes(int(_number(options, "system_size_mb", float, 0, True) * MB),
-                        int(_number(options, "cache_size_mb", float, 0, True) * MB)),
+        volumes=Volumes.given(_size(options, "system_size_mb"), _size(options, "cache_size_mb")),
         bases=",".join(_version_reference(b.strip(), project.folder)
                        for b in bases.split(",") if b.strip()) if not bases.isdigit()
         else bases,

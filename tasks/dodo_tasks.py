@@ -7,6 +7,7 @@ with every task up to date imports none of them (half a second of a doit start).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -49,6 +50,7 @@ from tasks.errors import (
 from tasks.lock import WorkspaceBusy, WorkspaceLock
 from tasks.lock import take as take_lock
 from tasks.runlog import RunLog
+from tasks.space import Volumes
 from tasks.tree import file_stamp
 from tasks.workspace_record import (
     WorkspaceRecord,
@@ -262,7 +264,7 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "task_dep": ["targetfiles"],
             "file_dep": [ws.target_zip, *lists, TEMPLATES / "updater-script.j2"],
             "targets": [ws.update_summary],
-            "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
+            "uptodate": [WithTargetVolumes({"tool": TOOL, **key_of(settings)}, ws),
                          lambda task, values: _no_diff_timeout(ws)],
             "clean": [lambda: clean_workspace(ws)],
             "verbosity": 2,
@@ -381,7 +383,8 @@ def _targetfiles(conf: Configuration, log: RunLog, scans: list[ScannedRootfs]
                                scans.pop() if scans else None)
     record_target(record, conf.recorded_options["targetfiles"],
                   {"key": result.target_key, "sha256": result.sha256,
-                   "source": result.source_key, "warnings": list(result.warnings)},
+                   "source": result.source_key, "warnings": list(result.warnings),
+                   "volumes": result.volumes.to_json() if result.volumes else None},
                   [result.source_key, result.target_key])
     log.say(describe(result))
     return {"target_key": result.target_key, "sha256": result.sha256}
@@ -399,6 +402,26 @@ def _still_archived(ws: Workspace, values: dict[str, Any]) -> bool:
     return version is not None and version.sha256 == values.get("sha256")
 
 
+def target_volumes(record: WorkspaceRecord) -> Volumes | None:
+    """The sizes of /system and /cache the target's SDK image gave (None: it had none)."""
+    volumes = record.target.get("volumes")
+    return Volumes.from_json(volumes) if isinstance(volumes, dict) else None
+
+
+class WithTargetVolumes(config_changed):
+    """doit's `config_changed` over a task's settings and the sizes the target's SDK image
+    gave, read when doit asks: after `targetfiles` ran, when the command runs it first."""
+
+    def __init__(self, settings: dict[str, object], ws: Workspace) -> None:
+        super().__init__(settings)
+        self.settings, self.ws = settings, ws
+
+    def _calc_digest(self) -> str:
+        image = target_volumes(read_record(self.ws.record))
+        self.config = {**self.settings, "image_volumes": image.to_json() if image else None}
+        return str(super()._calc_digest())
+
+
 def _no_diff_timeout(ws: Workspace) -> bool:
     """A package in which a diff ran out of time is never up to date."""
     return not atomic.read_json_object(ws.update_summary).get("diff_timeouts")
@@ -408,9 +431,12 @@ def _delta(conf: Configuration, log: RunLog) -> None:
     from tasks.delta import build_delta, build_for_bases
     from tasks.delta import describe as delta_describe
 
-    settings, ws = conf.delta, conf.workspace
+    ws = conf.workspace
     record = read_record(ws.record)
     check_target_is_recorded(ws, record)
+    # a size the user did not set is the one the target's SDK image gave, if any
+    settings = dataclasses.replace(conf.delta,
+                                   volumes=conf.delta.volumes.over(target_volumes(record)))
     sdk = record.tasks.get("targetfiles", {}).get("sdk")
     result = build_delta(settings, log, record.source_key, record.build_warnings,
                          Path(str(sdk)) if sdk else None)

@@ -49,6 +49,10 @@ PEB_SIZE = 256 * 1024
 LEB_SIZE = 253952
 MAX_LEB_COUNT = 2146
 SYSFS_VOLUMES = (("rootfs", 0), ("usrfs", 1), ("cachefs", 2), ("systemrw", 3))
+# the volumes' sizes in LEBs, as on a module's 512 MiB NAND: the rootfs's room for updates
+# (and for the bench's 210 MB of /system), a cache for the updater's copies; only the LEBs
+# that hold data take room in the image
+SYSFS_VOLUME_LEBS = {"rootfs": 1200, "usrfs": 16, "cachefs": 256, "systemrw": 24}
 MODEM_VOLUME = "modem"
 
 CMDLINE_BASE = (
@@ -949,7 +953,7 @@ class _Volume:
     name: str
     vol_id: int
     image: Path | None = None
-    size: int = 0  # bytes, for a volume without an image
+    size: int = 0  # bytes (at least the image's); 0: the image's size
     autoresize: bool = False
 
 
@@ -959,7 +963,8 @@ def _ubinize(dest: Path, volumes: Iterable[_Volume], image_seq: int, cfg: Path) 
         lines = [f"[{vol.name}_volume]", "mode=ubi", f"vol_id={vol.vol_id}", "vol_type=dynamic",
                  f"vol_name={vol.name}"]
         if vol.image is not None:
-            lines += [f"image={vol.image}", f"vol_size={vol.image.stat().st_size}"]
+            lines += [f"image={vol.image}",
+                      f"vol_size={max(vol.size, vol.image.stat().st_size)}"]
         else:
             lines.append(f"vol_size={vol.size}")
         if vol.autoresize:
@@ -977,11 +982,12 @@ def _sysfs_ubi(rootfs: Mapping[str, Node], work: Path, dest: Path, label: str,
     _write_tree(tree, work / f"{label}-rootfs", epoch)
     ubifs = work / f"{label}-rootfs.ubifs"
     _mkfs_ubifs(work / f"{label}-rootfs", ubifs, _devtable(tree, devices=True), label, epoch)
+    lebs = SYSFS_VOLUME_LEBS
     _ubinize(dest, [
-        _Volume("rootfs", 0, ubifs),
-        _Volume("usrfs", 1, size=16 * LEB_SIZE, autoresize=True),
-        _Volume("cachefs", 2, size=32 * LEB_SIZE),
-        _Volume("systemrw", 3, size=24 * LEB_SIZE),
+        _Volume("rootfs", 0, ubifs, size=lebs["rootfs"] * LEB_SIZE),
+        _Volume("usrfs", 1, size=lebs["usrfs"] * LEB_SIZE, autoresize=True),
+        _Volume("cachefs", 2, size=lebs["cachefs"] * LEB_SIZE),
+        _Volume("systemrw", 3, size=lebs["systemrw"] * LEB_SIZE),
     ], epoch & 0x7FFFFFFF, work / f"{label}-ubinize.cfg")
 
 

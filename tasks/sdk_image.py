@@ -1,30 +1,59 @@
-"""The tree of the SDK's own sysfs image (`target/sdxlemur-sysfs.ubi`), kept in a record.
+"""The tree of the SDK's own sysfs image (`target/sdxlemur-sysfs.ubi`) and the sizes of the
+module's volumes it gives, kept in a record.
 
 Reading the image takes seconds of decompressing and it seldom changes between builds: its
 tree is kept by the image's sha1 and the UBI reader's code, and read again only when either
 changes, in a worker process that starts as soon as the image is hashed. This module is light
 (the UBI reader is imported only to read): every `doit` run passes through it.
+
+The sizes (`image_volumes`): the room of the UBIFS in volume rootfs (the module's /system)
+and in volume cachefs (its /cache), from the same reading. An image without either volume,
+or whose table or headers are damaged, stops the build with one line naming it: the image is
+optional in an SDK, but one that is there is what the module will run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks import atomic
 from tasks.errors import DfotaError
+from tasks.space import FROM_IMAGE, Volumes
 from tasks.tree import Entry, Tree
 from tasks.workers import OneShot
 
-ROOTFS_VOLUME = "rootfs"
-_UBI_READER = Path(__file__).with_name("ubi.py")
+if TYPE_CHECKING:  # the UBI reader is imported only to read
+    from tasks.ubi import UbiVolume
+
+ROOTFS_VOLUME = "rootfs"  # the module's /system
+CACHE_VOLUME = "cachefs"  # the module's /cache
+_READERS = (Path(__file__).with_name("ubi.py"), Path(__file__))
 
 
 def image_key(image_sha1: str) -> str:
     """What a record must say to hold this image's tree: its sha1 and the reader's code."""
-    return f"{image_sha1} {hashlib.sha1(_UBI_READER.read_bytes()).hexdigest()}"
+    code = hashlib.sha1(b"".join(p.read_bytes() for p in _READERS)).hexdigest()
+    return f"{image_sha1} {code}"
+
+
+def image_volumes(sysfs_ubi: Path, volumes: Sequence[UbiVolume]) -> Volumes:
+    """The sizes of /system and /cache that the image's volumes rootfs and cachefs give."""
+    from tasks.ubi import ubifs_room
+
+    named = {v.name: v for v in volumes}
+    for name in (ROOTFS_VOLUME, CACHE_VOLUME):
+        if name not in named:
+            raise DfotaError(f"has no volume {name!r} (volumes: "
+                             + ", ".join(v.name for v in volumes) + "): the module's "
+                             f"{'/system' if name == ROOTFS_VOLUME else '/cache'} would have "
+                             "no size", sysfs_ubi)
+    return Volumes(ubifs_room(sysfs_ubi, named[ROOTFS_VOLUME]),
+                   ubifs_room(sysfs_ubi, named[CACHE_VOLUME]), FROM_IMAGE, FROM_IMAGE)
 
 
 def _record_head(key: str) -> bytes:
@@ -42,24 +71,29 @@ def holds(record: Path, key: str) -> bool:
         return False
 
 
-def recorded_image_tree(record: Path, key: str) -> Tree | None:
+def recorded_image(record: Path, key: str) -> tuple[Tree, Volumes] | None:
+    """The tree and the volume sizes a record holds under `key`; None for another key or a
+    damaged record."""
     saved = atomic.read_json_object(record)
-    if saved.get("key") != key:
+    if saved.get("key") != key or not isinstance(saved.get("volumes"), dict):
         return None
     try:
-        return {e["path"]: Entry.from_json(e) for e in saved["entries"]}
-    except (KeyError, TypeError):
+        return ({e["path"]: Entry.from_json(e) for e in saved["entries"]},
+                Volumes.from_json(saved["volumes"]))
+    except (KeyError, TypeError, ValueError):
         return None
 
 
-def read_and_record(sysfs_ubi: Path, record: Path, key: str) -> Tree:
-    """Read volume rootfs of the image and record its tree under `key`."""
+def read_and_record(sysfs_ubi: Path, record: Path, key: str) -> tuple[Tree, Volumes]:
+    """Read volume rootfs of the image and the sizes of the volumes, and record them under
+    `key`."""
     from tasks.ubi import read_ubifs
 
-    tree = read_ubifs(sysfs_ubi, ROOTFS_VOLUME).entries
-    atomic.write_text(record, json.dumps({"key": key, "entries": [
-        e.to_json() for e in tree.values()]}) + "\n")
-    return tree
+    read = read_ubifs(sysfs_ubi, ROOTFS_VOLUME)
+    volumes = image_volumes(sysfs_ubi, read.volumes)
+    atomic.write_text(record, json.dumps({"key": key, "volumes": volumes.to_json(), "entries": [
+        e.to_json() for e in read.entries.values()]}) + "\n")
+    return read.entries, volumes
 
 
 def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None:
@@ -75,9 +109,9 @@ def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None
 
 
 class ImageTreeReader:
-    """The image's tree: from `record` when it holds this image, else read and recorded in a
-    worker process that starts at once, while the caller goes on (a record that says it holds
-    the tree but is damaged is read again when the tree is asked for).
+    """The image's tree and volume sizes: from `record` when it holds this image, else read
+    and recorded in a worker process that starts at once, while the caller goes on (a record
+    that says it holds them but is damaged is read again when they are asked for).
 
     The worker is not a daemon: if `tree` is never asked for, the interpreter waits for it at
     exit, so the next run finds the tree recorded."""
@@ -85,23 +119,30 @@ class ImageTreeReader:
     def __init__(self, sysfs_ubi: Path, record: Path, image_sha1: str) -> None:
         self.sysfs_ubi, self.record = sysfs_ubi, record
         self.key = image_key(image_sha1)
-        self._tree: Tree | None = None
+        self._read: tuple[Tree, Volumes] | None = None
         self._worker: OneShot | None = None
         if not holds(record, self.key):
             self._worker = OneShot(_worker, (sysfs_ubi, record, self.key), "read sysfs image")
 
-    def tree(self) -> Tree:
-        if self._tree is None and self._worker is None:
-            self._tree = (recorded_image_tree(self.record, self.key)
+    def _image(self) -> tuple[Tree, Volumes]:
+        if self._read is None and self._worker is None:
+            self._read = (recorded_image(self.record, self.key)
                           or read_and_record(self.sysfs_ubi, self.record, self.key))
-        elif self._tree is None and self._worker is not None:
+        elif self._read is None and self._worker is not None:
             problem, exit_code = self._worker.wait()  # None: done, or it died without a word
             self._worker = None
             if problem is not None:
                 raise DfotaError(str(problem))
-            self._tree = recorded_image_tree(self.record, self.key)
-            if self._tree is None:
+            self._read = recorded_image(self.record, self.key)
+            if self._read is None:
                 raise DfotaError(f"reading the image stopped (exit code {exit_code})",
                                  self.sysfs_ubi)
-        assert self._tree is not None
-        return self._tree
+        assert self._read is not None
+        return self._read
+
+    def tree(self) -> Tree:
+        return self._image()[0]
+
+    def volumes(self) -> Volumes:
+        """The sizes of /system and /cache the image's volume table gives."""
+        return self._image()[1]

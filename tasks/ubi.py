@@ -89,6 +89,21 @@ def _crc(data: bytes) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class UbifsGeometry:
+    """What sizes a UBIFS, as its superblock says (`mkfs.ubifs` writes it) or as the kernel
+    chooses when it formats an empty volume at its first mount."""
+
+    leb_size: int
+    leb_cnt: int  # LEBs the file system spans now
+    max_leb_cnt: int  # LEBs it may grow to (mkfs.ubifs -c): the kernel grows it at mount
+    log_lebs: int
+    lpt_lebs: int
+    orph_lebs: int
+    jhead_cnt: int  # data journal heads, as the superblock counts them
+    fanout: int
+
+
+@dataclass(frozen=True, slots=True)
 class UbiVolume:
     """One volume of a UBI image, from the volume table and the blocks present."""
 
@@ -96,8 +111,10 @@ class UbiVolume:
     vol_id: int
     vol_type: str  # "dynamic" or "static"
     leb_count: int  # logical erase blocks the image holds for it
-    reserved_pebs: int
+    reserved_pebs: int  # its size on the flash, in LEBs (one LEB per PEB)
     autoresize: bool
+    leb_size: int = 0
+    ubifs: UbifsGeometry | None = None  # the superblock of the UBIFS it holds, if any
 
     @property
     def empty(self) -> bool:
@@ -139,6 +156,7 @@ class UbifsTree:
     _lebs: Mapping[int, int] = field(repr=False, compare=False)  # LEB -> file offset
     _leb_size: int = field(repr=False, compare=False)
     _files: Mapping[str, tuple[int, tuple[_DataRef, ...]]] = field(repr=False, compare=False)
+    volumes: tuple[UbiVolume, ...] = ()  # every volume of the image, by volume id
 
     @property
     def device_nodes(self) -> tuple[str, ...]:
@@ -333,19 +351,131 @@ def _volumes(image: Path, found: ubi_mod.ubi, peb: int) -> list[_Volume]:
                                  "stored twice", image)
             lebs[block.leb_num] = block.file_offset + block.ec_hdr.data_offset
             data_offset = block.ec_hdr.data_offset
+        leb_size = peb - data_offset - rec.data_pad
         info = UbiVolume(
             name=name, vol_id=vol.vol_id,
             vol_type="static" if rec.vol_type == ubi_defs.UBI_VID_STATIC else "dynamic",
             leb_count=len(lebs), reserved_pebs=rec.reserved_pebs,
-            autoresize=bool(rec.flags & ubi_defs.UBI_VTBL_AUTORESIZE_FLG))
-        volumes.append(_Volume(info, lebs, peb - data_offset - rec.data_pad))
+            autoresize=bool(rec.flags & ubi_defs.UBI_VTBL_AUTORESIZE_FLG), leb_size=leb_size,
+            ubifs=_superblock(image, name, lebs.get(0), leb_size))
+        volumes.append(_Volume(info, lebs, leb_size))
     return sorted(volumes, key=lambda v: v.info.vol_id)
+
+
+def _superblock(image: Path, volume: str, offset: int | None,
+                leb_size: int) -> UbifsGeometry | None:
+    """The geometry in the UBIFS superblock at the start of a volume's LEB 0 (its CRC
+    checked); None when the volume holds no UBIFS there."""
+    if offset is None:
+        return None
+    with _opened(image) as f:
+        f.seek(offset)
+        raw = f.read(min(leb_size, fs_defs.UBIFS_COMMON_HDR_SZ + fs_defs.UBIFS_SB_NODE_SZ))
+    if len(raw) < _CH.size or _CH.unpack_from(raw)[0] != fs_defs.UBIFS_NODE_MAGIC \
+            or _CH.unpack_from(raw)[4] != fs_defs.UBIFS_SB_NODE:
+        return None
+    _magic, crc, _sqnum, length, _type, _group = _CH.unpack_from(raw)
+    if length > len(raw) or length < _CH.size or _crc(raw[8:length]) != crc:
+        raise DfotaError(f"volume {volume}: the UBIFS superblock fails its CRC (damaged)",
+                         image)
+    body = raw[_CH.size:_CH.size + fs_defs.UBIFS_SB_NODE_SZ]
+    sb = fs_nodes.sb_node(body.ljust(fs_defs.UBIFS_SB_NODE_SZ, b"\0"))
+    geometry = UbifsGeometry(sb.leb_size, sb.leb_cnt, sb.max_leb_cnt, sb.log_lebs,
+                             sb.lpt_lebs, sb.orph_lebs, sb.jhead_cnt, sb.fanout)
+    if sb.leb_size != leb_size:
+        raise DfotaError(f"volume {volume}: the UBIFS was made for {sb.leb_size}-byte erase "
+                         f"blocks, the volume has {leb_size}", image)
+    if not 0 < sb.leb_cnt <= sb.max_leb_cnt or sb.fanout < 3 or sb.jhead_cnt < 1:
+        raise DfotaError(f"volume {volume}: the UBIFS superblock holds impossible sizes "
+                         f"({sb.leb_cnt} LEBs of at most {sb.max_leb_cnt}, fanout "
+                         f"{sb.fanout}, {sb.jhead_cnt} journal heads)", image)
+    return geometry
 
 
 def list_volumes(image: Path, *, peb_size: int | None = None) -> list[UbiVolume]:
     """The volumes of a UBI image, by volume id."""
     with _ubi(image, peb_size) as (_found, volumes):
         return [v.info for v in volumes]
+
+
+# ---------------------------------------------------------------------------------------------
+# The room a UBIFS volume gives its files
+#
+# Linux's UBIFS facts (fs/ubifs: ubifs-media.h, ubifs.h, sb.c, super.c, budget.c). The kernel
+# grows a file system to its volume at mount, up to the superblock's max_leb_cnt, and formats
+# an empty volume itself (create_default_filesystem). Of its LEBs, the superblock (1), the
+# master node (2), the log, the LEB-properties tree and the orphan area lie outside the main
+# area; statfs's size (`df`, init_constants_master) also keeps from the main area a LEB for
+# garbage collection, one for deletions, MIN_INDEX_LEBS for the index and all journal heads
+# but one; it counts each LEB less the tail no whole data node fills, and reports the rest as
+# file bytes: each 4 KiB block costs a 48-byte node header and its share of an index thrice
+# the size of a full one (ubifs_reported_space).
+
+_SB_MST_LEBS = 1 + 2
+_MIN_INDEX_LEBS = 2
+_NONDATA_JHEADS = 2  # the garbage collector's and the base journal heads
+_BLOCK_BYTES = 4096
+_MAX_DATA_NODE = 48 + _BLOCK_BYTES
+_IDX_NODE, _BRANCH_AND_KEY = 28, 12 + 8
+_MIN_MAIN_LEBS = 3 + 6
+# create_default_filesystem's choices for an empty volume
+_MIN_LEB_CNT = _SB_MST_LEBS + 2 + 2 + 1 + _MIN_MAIN_LEBS
+_JOURNAL_PERCENT, _MAX_JOURNAL = 5, 32 * 1024 * 1024
+_MIN_JOURNAL_LEBS, _MIN_BUDS = 2 + 3, 3
+_REF_NODE = 64
+# the LEB-properties tree takes more than its minimum of 2 LEBs only past one LEB of ~5
+# bytes per LEB of the volume: tens of thousands of LEBs (gigabytes) at 248 KiB
+_LPT_LEBS = 2
+_DEFAULT_FANOUT, _DEFAULT_JHEADS = 8, 1
+
+
+def default_geometry(leb_cnt: int, leb_size: int) -> UbifsGeometry:
+    """The UBIFS the kernel makes on an empty volume of `leb_cnt` LEBs at its first mount."""
+    journal = leb_cnt * _JOURNAL_PERCENT // 100
+    journal = max(journal, _MIN_JOURNAL_LEBS)
+    if journal * leb_size > _MAX_JOURNAL:
+        journal = _MAX_JOURNAL // leb_size
+    log = (2 * _REF_NODE * journal + leb_size - 1) // leb_size + 1
+    min_leb_cnt = _MIN_LEB_CNT
+    if leb_cnt - min_leb_cnt > 8:
+        log += 1
+        min_leb_cnt += 1
+    orphans = 1 + (leb_cnt - min_leb_cnt > 1)
+    return UbifsGeometry(leb_size, leb_cnt, leb_cnt, log, _LPT_LEBS, orphans,
+                         _DEFAULT_JHEADS, _DEFAULT_FANOUT)
+
+
+def ubifs_room(image: Path, volume: UbiVolume) -> int:
+    """The bytes of files the UBIFS of `volume` holds on the module: the size `df` reports for
+    it once mounted (the volume's LEBs, less what UBIFS keeps, as file bytes), from its
+    superblock, or from the file system the kernel makes on it when it is empty.
+
+    The kernel counts flash, not file bytes: compressed files take less, and each file's
+    last block and its inode some more; the module's updater asks statfs, as `df` does."""
+    if volume.ubifs is not None:
+        fs = volume.ubifs
+        if volume.reserved_pebs < fs.leb_cnt:
+            raise DfotaError(f"volume {volume.name}: its UBIFS spans {fs.leb_cnt} LEBs, the "
+                             f"volume reserves only {volume.reserved_pebs}", image)
+        leb_cnt = min(volume.reserved_pebs, fs.max_leb_cnt)
+    elif volume.empty:
+        fs = default_geometry(volume.reserved_pebs, volume.leb_size)
+        leb_cnt = volume.reserved_pebs
+    else:
+        raise DfotaError(f"volume {volume.name} holds no UBIFS (no superblock at its start): "
+                         "its size on the module is not known", image)
+    main = leb_cnt - _SB_MST_LEBS - fs.log_lebs - fs.lpt_lebs - fs.orph_lebs
+    if main < _MIN_MAIN_LEBS:
+        raise DfotaError(f"volume {volume.name} has {leb_cnt} LEBs of {fs.leb_size} bytes: too "
+                         f"few for a UBIFS ({main} in its main area, {_MIN_MAIN_LEBS} at "
+                         "least)", image)
+    usable = main - 1 - 1 - _MIN_INDEX_LEBS - (fs.jhead_cnt + _NONDATA_JHEADS) + 1
+    flash = usable * (fs.leb_size - fs.leb_size % _MAX_DATA_NODE)
+    index_node = _IDX_NODE + _BRANCH_AND_KEY * fs.fanout
+    index_node += -index_node % 8
+    half_fanout = fs.fanout >> 1 if fs.fanout > 3 else 2
+    per_block = _MAX_DATA_NODE + index_node * 3 // (half_fanout - 1)
+    return flash * _BLOCK_BYTES // per_block // _BLOCK_BYTES * _BLOCK_BYTES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,8 +639,8 @@ def _device_numbers(data: bytes) -> tuple[int, int]:
     return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
-def _build_tree(reader: _LebReader, index: _Index,
-                image: Path, volume: str, lebs: Mapping[int, int]) -> UbifsTree:
+def _build_tree(reader: _LebReader, index: _Index, image: Path, volume: str,
+                lebs: Mapping[int, int], volumes: tuple[UbiVolume, ...] = ()) -> UbifsTree:
     root = index.inodes.get(_ROOT_INO)
     if root is None or not stat.S_ISDIR(root.mode):
         raise reader.fail("the UBIFS has no root directory")
@@ -571,7 +701,7 @@ def _build_tree(reader: _LebReader, index: _Index,
                 raise reader.fail(f"{shown_path(path)} has an unknown file type")
     return UbifsTree(image, volume, dict(sorted(entries.items())),
                      tuple(sorted(special, key=lambda n: n.path)), lebs, reader.leb_size,
-                     files)
+                     files, volumes)
 
 
 def read_ubifs(image: Path, volume: str | None = None, *,
@@ -580,8 +710,8 @@ def read_ubifs(image: Path, volume: str | None = None, *,
 
     Every node read is CRC checked, file contents included (their sha1 is in the entries).
     """
-    with _ubi(image, peb_size) as (found, volumes):
-        chosen = _choose_volume(image, volumes, volume)
+    with _ubi(image, peb_size) as (found, all_volumes):
+        chosen = _choose_volume(image, all_volumes, volume)
         name = chosen.info.name
         with _library(image, f"read the UBIFS of volume {name}"):
             vol = found.images[0].volumes[name]
@@ -601,7 +731,8 @@ def read_ubifs(image: Path, volume: str | None = None, *,
         reader = _LebReader(image, name, chosen.lebs, chosen.leb_size, data)
         reader.node(0, 0, lambda: "superblock")  # ubi_reader does not check its CRC
         index = _walk_index(reader, (master.root_lnum, master.root_offs))
-        return _build_tree(reader, index, image, name, chosen.lebs)
+        return _build_tree(reader, index, image, name, chosen.lebs,
+                           tuple(v.info for v in all_volumes))
 
 
 def _choose_volume(image: Path, volumes: list[_Volume], wanted: str | None) -> _Volume:

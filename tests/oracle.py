@@ -77,12 +77,16 @@ def oracle_folder() -> Path | None:
     return folder
 
 
-def real_run(folder: Path, source_zip: Path, package: Path) -> Outcome:
-    """The package applied by the real updater to the source's /system and partitions."""
+def real_run(folder: Path, source_zip: Path, package: Path,
+             volumes: Volumes = DEFAULT_VOLUMES) -> Outcome:
+    """The package applied by the real updater to the source's /system and partitions, on
+    volumes of `volumes`' sizes."""
     with tempfile.TemporaryDirectory(prefix="dfota-oracle-") as tmp:
         out = Path(tmp) / "result.json"
         done = subprocess.run([sys.executable, str(folder / "apply-package.py"), str(source_zip),
-                               str(package), "--json", str(out)],
+                               str(package), "--json", str(out),
+                               "--system-size", str(volumes.system),
+                               "--cache-size", str(volumes.cache)],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise OracleMissing(f"the oracle did not run (exit {done.returncode}): "
@@ -231,9 +235,10 @@ def model_outcome(device: Device, result: UpdateResult) -> Outcome:
     return Outcome(result.updater_exit, log_error(pipe), pipe, system, partitions)
 
 
-def model_run(source_zip: Path, package: Path) -> tuple[Outcome, int]:
+def model_run(source_zip: Path, package: Path,
+              volumes: Volumes = DEFAULT_VOLUMES) -> tuple[Outcome, int]:
     """The model's outcome and its result code."""
-    device = model_device(source_zip)
+    device = model_device(source_zip, volumes)
     result = apply_package(package, device)
     return model_outcome(device, result), result.code
 
@@ -263,27 +268,29 @@ def _listing_differences(model: Mapping[bytes, tuple[object, ...]],
             for path in sorted(set(model) | set(real)) if model.get(path) != real.get(path)]
 
 
-def agree(folder: Path, source_zip: Path, package: Path) -> Outcome:
-    """Both runs of the package; an AssertionError listing every difference if they differ.
-    Returns the real updater's outcome."""
-    real = real_run(folder, source_zip, package)
-    found = differences(*model_run(source_zip, package), real)
+def agree(folder: Path, source_zip: Path, package: Path,
+          volumes: Volumes = DEFAULT_VOLUMES) -> Outcome:
+    """Both runs of the package on volumes of `volumes`' sizes; an AssertionError listing
+    every difference if they differ. Returns the real updater's outcome."""
+    real = real_run(folder, source_zip, package, volumes)
+    found = differences(*model_run(source_zip, package, volumes), real)
     assert not found, f"{package} on {source_zip}:\n" + "\n".join(found)
     return real
 
 
-def published(out: Path) -> Iterator[tuple[Path, Path]]:
-    """(base targetfiles, package) of every package a run left under `out`: published,
-    waiting for `doit verify`, or made for one of several bases. A summary names the base
-    from the workspace's folder (here the one holding `out`)."""
+def published(out: Path) -> Iterator[tuple[Path, Path, Volumes]]:
+    """(base targetfiles, package, the volumes it was made for) of every package a run left
+    under `out`: published, waiting for `doit verify`, or made for one of several bases. A
+    summary names the base from the workspace's folder (here the one holding `out`)."""
     pairs = [(out / "update.json", out / "update.zip"),
              (out / "update.json", out / ".unverified/update.zip"),
              *((s, s.with_name("update.zip")) for s in sorted(out.glob("deltas/*/update.json")))]
     for summary, package in pairs:
         if summary.is_file() and package.is_file():
-            base = out.parent / json.loads(summary.read_text())["base_zip"]
+            said = json.loads(summary.read_text())
+            base = out.parent / said["base_zip"]
             if base.is_file():  # a test may have removed the archive since
-                yield base, package
+                yield base, package, Volumes.from_json(said.get("volumes"))
 
 
 def check_published(out: Path, seen: set[str] | None = None) -> int:
@@ -293,11 +300,11 @@ def check_published(out: Path, seen: set[str] | None = None) -> int:
     if folder is None:
         return 0
     count = 0
-    for base, package in published(out):
+    for base, package, volumes in published(out):
         digest = hashlib.sha256(package.read_bytes()).hexdigest()
         if seen is not None and digest in seen:
             continue
-        agree(folder, base, package)
+        agree(folder, base, package, volumes)
         count += 1
         if seen is not None:
             seen.add(digest)

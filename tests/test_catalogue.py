@@ -35,10 +35,13 @@ from tasks.bootimg import build_boot_image
 from tasks.elf import build_abl_elf
 from tasks.errors import DfotaError
 from tasks.manifest import scan_rootfs
+from tasks.sdk_image import image_volumes
 from tasks.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
 from tasks.tree import check_outside_links, scan_folder
+from tasks.ubi import list_volumes
 from tasks.updater import load_package
 from tasks.zipio import ZipSource, path_item, write_zip
+from tests.test_volumes import replace_sdk_image, small_ubifs, ubinize
 from tests.workspace import Run, Workspace, snapshot
 
 BASE_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220622B_01.001@20220622T1550"
@@ -1617,6 +1620,39 @@ def test_sdk_sysfs_image_damaged(ws: Workspace) -> None:
     with unchanged(ws):
         line = refused(chain(ws))
     assert line.startswith(f"{image}: erase-counter header of erase block 1")
+
+
+def test_sdk_sysfs_image_without_cachefs(ws: Workspace, tmp_path: Path) -> None:
+    """Fed: an SDK image made by ubinize with volumes rootfs and usrfs only (a new version).
+    Outcome: one line naming the image and the volumes it has: /cache would have no size;
+    out/ and archive/ as they were."""
+    bump(ws)
+    image = ws.sdk / "target/sdxlemur-sysfs.ubi"
+    ubinize(image, [("rootfs", small_ubifs(tmp_path, "-c", "2146"), 100), ("usrfs", None, 16)])
+    with unchanged(ws):
+        line = refused(chain(ws))
+    assert line == (f"{image}: has no volume 'cachefs' (volumes: rootfs, usrfs): the module's "
+                    "/cache would have no size")
+
+
+def test_target_beyond_the_sdk_images_rootfs_volume(ws: Workspace,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """Fed: the SDK's image made again with a rootfs volume of 30 LEBs (3.3 MB of room for
+    the sample's 4.7 MB of /system).
+    Outcome: `doit delta` stops with one line naming the largest file, the total and the
+    limit, from the image; `--system-size-mb` then makes the package."""
+    image = replace_sdk_image(ws, monkeypatch, tmp_path, rootfs=30)
+    room = image_volumes(image, list_volumes(image)).system
+    line = refused(chain(ws, "delta"))
+    assert line.startswith("SYSTEM/") and ": the target's /system files take " in line
+    assert line.endswith(
+        f"more than the system volume's {room} (volume rootfs of the SDK's sdxlemur-sysfs.ubi; "
+        "system_size_mb overrides it): no package could work")
+    run = ws.run(*_chain(ws, config_of(ws), "delta"), "--system-size-mb", "64")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((ws.out / "update.json").read_text())["volumes"]["from"]["system"] == \
+        "system_size_mb"
 
 
 def test_firmware_package_imports_once(ws: Workspace, firmware: Path) -> None:

@@ -22,7 +22,7 @@ from tests.oracle import differences, model_device, model_outcome, real_run_devi
 from tests.test_delta import pair, quiet
 
 BIG = "usr/lib/libbig.so"
-SMALL_CACHE = Volumes(system=64 * MB, cache=256 * 1024)
+SMALL_CACHE = Volumes.given(system=64 * MB, cache=256 * 1024)
 
 
 def big_pair(tmp: Path, volumes: Volumes = DEFAULT_VOLUMES) -> DeltaSettings:
@@ -56,7 +56,7 @@ def test_a_file_whose_source_cache_cannot_hold_is_shipped_whole(tmp_path: Path) 
 
 
 def test_a_target_the_system_volume_cannot_hold_is_refused_in_one_line(tmp_path: Path) -> None:
-    settings = big_pair(tmp_path, Volumes(system=300_000, cache=64 * MB))
+    settings = big_pair(tmp_path, Volumes.given(system=300_000, cache=64 * MB))
     with pytest.raises(DfotaError) as refused:
         build_delta(settings, quiet())
     message = str(refused.value)
