@@ -15,11 +15,19 @@ rootfs is the core of it (`tasks.sample`), so the sample's config lists apply. T
 modifies about 2 % of the files with small edits, adds 1 %, removes 1 %, changes some modes and
 symlinks, the kernel and abl. `scale` multiplies every count and every size (floors apply).
 
+The cross-baseline package (goal 6b): the sample's release firmware (`generate_sample`, its
+`firmware/upgrade/targetfiles.zip`) as source, the pair's next SDK as target, the sample's
+lists; nearly the whole rootfs is new to it (at scale 1, 3,880 files, 628 symlinks and 693
+folders: `cross_baseline_new`), so its package has thousands of steps for `doit verify`.
+
 `run_benchmark(work_dir, scale, say)` runs each measured command as a subprocess of a small
 wrapper and measures its wall time, the largest single process (the wrapper's
 `getrusage(RUSAGE_CHILDREN).ru_maxrss`: exact, every waited-for descendant) and the process
 tree (the sum of PSS over the wrapper's descendants, or the RSS of the only one, sampled from
-/proc every 0.1 s). `python -m tasks.bench` runs it from the command line.
+/proc every 0.1 s). `python -m tasks.bench` runs it from the command line;
+`python -m tasks.bench --cases verify` runs only `doit targetfiles`, `doit delta` and
+`doit verify` of both packages (the pair's and the cross-baseline one) and prints goals 6 and
+6b, leaving BENCHMARKS.md as it is unless `--report` names it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tasks import atomic
 from tasks.bootimg import build_boot_image, make_arm_zimage, make_dtb
@@ -73,10 +82,12 @@ from tasks.sample import (
     abl_image,
     base_rootfs,
     base_targetfiles_tree,
+    generate_sample,
     next_rootfs,
+    sample_is_current,
     sample_stamp,
 )
-from tasks.tree import FILE, SYMLINK
+from tasks.tree import DIR, FILE, SYMLINK
 
 Say = Callable[[str], None]
 
@@ -318,6 +329,35 @@ def _parents(paths: Iterable[str]) -> set[str]:
         parts = path.split("/")
         out.update("/".join(parts[:d]) for d in range(1, len(parts) + 1))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class CrossNew:
+    """What the cross-baseline package creates: the entries of the pair's next rootfs that
+    the sample's base lacks (`firmware/` and `dev/` inside stay the source's)."""
+
+    files: int
+    symlinks: int
+    folders: int
+
+    @property
+    def least_steps(self) -> int:
+        """Each new file and each new symlink is a mutating step of its own."""
+        return self.files + self.symlinks
+
+
+def cross_baseline_new(plan: BenchPlan) -> CrossNew:
+    """The cross-baseline package's new entries, from the plan alone (no content)."""
+    kinds = {path: node.kind for path, node in next_rootfs().items()}
+    removed = set(plan.changes.removed)
+    kinds.update((f.path, FILE) for f in plan.files if f.path not in removed)
+    kinds.update((f.path, FILE) for f in plan.added_files)
+    kinds.update((path, SYMLINK) for path, _target in plan.links)
+    for path in _parents(list(kinds)):
+        kinds.setdefault(path, DIR)
+    source = base_rootfs()
+    new = [kind for path, kind in kinds.items() if path not in source and not _under_kept(path)]
+    return CrossNew(new.count(FILE), new.count(SYMLINK), new.count(DIR))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,6 +756,7 @@ class Table:
     measures: tuple[Measure, ...]
     goals: tuple[Goal, ...]
     notes: tuple[str, ...] = ()
+    cases: str = "all"  # what ran (`--cases`)
 
 
 def _figure(value: float, unit: str) -> str:
@@ -756,10 +797,11 @@ def render_report(table: Table) -> str:
     """BENCHMARKS.md."""
     passed = sum(g.passed for g in table.goals)
     notes = "".join(f"- {n}\n" for n in table.notes)
+    only = "" if table.cases == "all" else f" (`--cases {table.cases}` only)"
     return f"""# Benchmarks
 
 Latest figures of the production-size benchmark (`python -m tasks.bench`, `tasks/bench.py`),
-scale {table.scale:g}: {passed} of {len(table.goals)} goals met. The machine is shared and
+scale {table.scale:g}{only}: {passed} of {len(table.goals)} goals met. The machine is shared and
 noisy: read the ratios (each measured in the same run), not the absolute times.
 
 ## How it is measured
@@ -782,6 +824,12 @@ noisy: read the ratios (each measured in the same run), not the absolute times.
   and the changed `MULTIFOTA` images, uncompressed; `update.zip` is deflated.
 - `doit delta` and `doit verify` are timed alone (`doit -s`); the first chain is the sum of
   the three steps. The repeated chains are one `doit targetfiles delta verify` each.
+- The cross-baseline package (goal 6b) is made from the sample's release firmware
+  (`sample_sdk/firmware/upgrade/targetfiles.zip`, generated beside the pair) to the pair's
+  next SDK with the sample's lists (`sample_sdk/config`), in a workspace of its own: nearly
+  the whole rootfs is new to it, thousands of files, symlinks and permission steps for
+  `doit verify` to replay. Its `doit targetfiles` and `doit delta` run like the pair's, in
+  fresh folders, `doit delta` and `doit verify` timed alone.
 - `doit targetfiles` makes ahead, in a worker beside its own work, the kernel's patch and the
   base's sha1s, which `delta` then takes from the state folder (`tasks/ahead.py`): that work
   is in targetfiles' time as far as it did not fit in its idle core, and not in delta's. The
@@ -965,24 +1013,127 @@ def tool_digest() -> str:
     return digest.hexdigest()
 
 
-def _doit(run: Path, trial: int, profile: bool, label: str) -> list[str]:
+CASES = ("all", "verify")  # every step, or only `doit verify` against `doit delta` (goals 6, 6b)
+CROSS_STEPS = 4000  # the issue's cross-baseline package: 4,000 steps or more at scale 1
+StepRunner = Callable[..., Measure]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRun:
+    """One package made and proven, each command timed alone, and its `update.json`."""
+
+    targetfiles: Measure
+    delta: Measure
+    verify: Measure
+    summary: Mapping[str, Any]
+
+
+def _doit(where: Path, logs: Path, profile: bool, label: str) -> list[str]:
     base = [sys.executable]
     if profile:
-        base += ["-m", "cProfile", "-o", str(run / "logs" / f"{label}.prof")]
-    return [*base, "-m", "doit", "--db-file", str(run / f"trial{trial}" / "doit.db")]
+        base += ["-m", "cProfile", "-o", str(logs / f"{label}.prof")]
+    return [*base, "-m", "doit", "--db-file", str(where / "doit.db")]
+
+
+def _workspace(where: Path) -> list[object]:
+    """The options of a workspace of its own under `where`: out/, archive/, state/."""
+    return ["--out", where / "out", "--archive", where / "archive", "--state", where / "state"]
+
+
+def verify_goals(delta: Measure, verify: Measure, cross: PackageRun) -> tuple[Goal, Goal]:
+    """Goals 6 and 6b: `doit verify` against `doit delta`, each timed alone, on the pair and
+    on the cross-baseline package."""
+    steps = cross.summary.get("verify", {}).get("steps", 0)
+    return (Goal("6", "doit verify / doit delta", verify.seconds / delta.seconds, 1.0, "x"),
+            Goal("6b", f"doit verify / doit delta, cross-baseline package ({steps:,} steps)",
+                 cross.verify.seconds / cross.delta.seconds, 2.0, "x"))
+
+
+def _sample_release(work_dir: Path, say: Say) -> Path:
+    """The sample's release firmware (the cross-baseline source), generated under
+    `work_dir/sample` unless a current one is there."""
+    sample = work_dir / "sample"
+    if sample_is_current(sample):
+        say(f"bench: reusing the sample in {sample}")
+    else:
+        say(f"bench: generating the sample in {sample}")
+        generate_sample(sample)
+    return sample / "firmware" / "upgrade" / "targetfiles.zip"
+
+
+def cross_baseline(step: StepRunner, run: Path, sdk: Path, source: Path, profile: bool,
+                   repeat: int) -> PackageRun:
+    """The cross-baseline package: `source` (the sample's release firmware) to `sdk` (the
+    pair's next SDK) with the sample's lists, in its own workspaces `run/cross/trialN`:
+    targetfiles and delta `repeat` times in fresh folders (the median counts), verify once."""
+    logs = run / "logs"
+    made: dict[str, list[Measure]] = {"targetfiles": [], "delta": []}
+    for i in range(repeat):
+        where = run / "cross" / f"trial{i}"
+        where.mkdir(parents=True)
+        lists = ["--config", CONFIG_DIR, *_workspace(where)]
+        made["targetfiles"].append(step(
+            f"cross-targetfiles-{i}", "doit targetfiles, cross-baseline",
+            [*_doit(where, logs, profile, f"cross-targetfiles-{i}"), "targetfiles", "--sdk", sdk,
+             "--source", source, *lists]))
+        made["delta"].append(step(
+            f"cross-delta-{i}", "doit delta, cross-baseline (fresh state but for targetfiles')",
+            [*_doit(where, logs, profile, f"cross-delta-{i}"), "-s", "delta", *lists]))
+    first = run / "cross" / "trial0"
+    proven = step("cross-verify", "doit verify, cross-baseline",
+                  [*_doit(first, logs, profile, "cross-verify"), "-s", "verify",
+                   *_workspace(first)])
+    summary = json.loads((first / "out" / "update.json").read_text())
+    return PackageRun(combine(made["targetfiles"]), combine(made["delta"]), proven, summary)
+
+
+def _plan_line(summary: Mapping[str, Any]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(summary.get("counts", {}).items()))
+
+
+def _package_line(summary: Mapping[str, Any]) -> str:
+    return (f"{_size_mb(summary['package_size'])} (patches "
+            f"{_size_mb(summary['bytes']['patches'])}, whole files "
+            f"{_size_mb(summary['bytes']['whole_files'])}, uncompressed)")
+
+
+def _verify_line(summary: Mapping[str, Any]) -> str:
+    verify = summary.get("verify", {})
+    steps, replays = verify.get("steps"), verify.get("power_loss_replays")
+    return (f"{steps:,} steps, " if isinstance(steps, int) else "? steps, ") + (
+        f"{replays:,} power-loss replays" if isinstance(replays, int) else "? replays")
+
+
+def _replay_detail(summary: Mapping[str, Any]) -> str:
+    """What verify said of its power-loss replays (which steps it replayed)."""
+    return next((str(check.get("detail", "")) for check in summary.get("verify", {}).get(
+        "checks", []) if str(check.get("name", "")).startswith("power loss")), "?")
+
+
+def _clocks(summary: Mapping[str, Any]) -> str:
+    timings = summary.get("timings", {})
+    return (f"delta's own clock: diffing {timings.get('diff_seconds', '?')} s of "
+            f"{timings.get('total_seconds', '?')} s; verify's own clock: "
+            f"{summary.get('verify', {}).get('seconds', '?')} s")
 
 
 def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
-                  report: Path | None = None, profile: bool = False, repeat: int = 3) -> Table:
-    """Generate (or reuse) the pair under `work_dir/data`, run every measured command in
-    `work_dir/run`, print the table through `say` and return it; write it to `report`
-    (e.g. BENCHMARKS.md) when given. `profile` runs the doit commands under cProfile
-    (`run/logs/<step>.prof`); the times are then inflated and nothing is written to `report`.
-    The shell procedure, `doit targetfiles`, `doit delta` and the bsdiff loop run `repeat`
-    times each (fresh folders every time) and count by their median.
+                  report: Path | None = None, profile: bool = False, repeat: int = 3,
+                  cases: str = "all") -> Table:
+    """Generate (or reuse) the pair under `work_dir/data` and the sample under
+    `work_dir/sample`, run every measured command in `work_dir/run`, print the table through
+    `say` and return it; write it to `report` (e.g. BENCHMARKS.md) when given. `profile` runs
+    the doit commands under cProfile (`run/logs/<step>.prof`); the times are then inflated and
+    nothing is written to `report`. The shell procedure, `doit targetfiles`, `doit delta` and
+    the bsdiff loop run `repeat` times each (fresh folders every time) and count by their
+    median. `cases`: "all", or "verify": only `doit targetfiles`, `doit delta` and
+    `doit verify` of the pair and of the cross-baseline package (goals 6 and 6b).
     """
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
+    if cases not in CASES:
+        raise ValueError(f"cases must be one of: {', '.join(CASES)}")
+    full = cases == "all"
     work_dir = Path(work_dir).resolve()
     data = work_dir / "data"
     plan = bench_plan(scale)
@@ -993,6 +1144,7 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         started = time.monotonic()
         generate_bench(data, scale)
         say(f"bench: generated in {time.monotonic() - started:.0f} s")
+    cross_source = _sample_release(work_dir, say)
     tool = tool_digest()
     run = work_dir / "run"
     shutil.rmtree(run, ignore_errors=True)
@@ -1002,9 +1154,9 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     shutil.copytree(data / "ql-ol-extsdk", sdk, symlinks=True)
     source = data / "firmware" / "upgrade" / "targetfiles.zip"
     measures: list[Measure] = []
-    say("bench: the machine's cores and disk ...")
+    say("bench: the machine's cores and disk ..." if full else "bench: the machine's cores ...")
     cores = [parallel_throughput()]  # again at the end: a shared machine's second core varies
-    disk_rate = disk_sync_rate(run)
+    disk_rate = disk_sync_rate(run) if full else 0.0
 
     def step(label: str, name: str, argv: Sequence[object], **kw: object) -> Measure:
         say(f"bench: {name} ...")
@@ -1013,12 +1165,10 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         return m
 
     def folders(trial: int) -> list[object]:
-        where = run / f"trial{trial}"
-        return ["--out", where / "out", "--archive", where / "archive", "--state",
-                where / "state"]
+        return _workspace(run / f"trial{trial}")
 
     def doit(trial: int, label: str) -> list[str]:
-        return _doit(run, trial, profile, label)
+        return _doit(run / f"trial{trial}", logs, profile, label)
 
     # the first steps, each run `repeat` times in turns (shell, targetfiles, delta, loop) so a
     # change of the machine's load touches them alike; the median counts
@@ -1028,11 +1178,12 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     whole: list[str] = []
     for i in range(repeat):
         (run / f"trial{i}").mkdir()
-        (run / "shell").mkdir()
-        runs.setdefault("shell", []).append(step(
-            f"shell-{i}", "shell procedure (note 2.2.2)", ["bash", "-c", SHELL_PROCEDURE],
-            cwd=run / "shell", env={"SOURCE": str(source), "SDK": str(sdk)}))
-        shutil.rmtree(run / "shell")
+        if full:
+            (run / "shell").mkdir()
+            runs.setdefault("shell", []).append(step(
+                f"shell-{i}", "shell procedure (note 2.2.2)", ["bash", "-c", SHELL_PROCEDURE],
+                cwd=run / "shell", env={"SOURCE": str(source), "SDK": str(sdk)}))
+            shutil.rmtree(run / "shell")
         runs.setdefault("targetfiles", []).append(step(
             f"targetfiles-{i}", "doit targetfiles",
             [*doit(i, f"targetfiles-{i}"), "targetfiles", "--sdk", sdk, "--source", source,
@@ -1040,6 +1191,8 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         runs.setdefault("delta", []).append(step(
             f"delta-{i}", "doit delta (fresh state but for targetfiles')",
             [*doit(i, f"delta-{i}"), "-s", "delta", "--config", CONFIG_DIR, *folders(i)]))
+        if not full:
+            continue
         if i == 0:  # the loop's inputs, extracted once and not timed
             target_zip = run / "trial0" / "out" / "targetfiles.zip"
             loop.mkdir()
@@ -1057,70 +1210,84 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         runs.setdefault("bsdiff", []).append(step(
             f"bsdiff-{i}", "Debian bsdiff loop", ["bash", loop / "loop.sh"]))
     image = sdk / "target" / "sdxlemur-sysfs.ubi"
-    read_ubi = step("ubi", "read sdxlemur-sysfs.ubi (every file's data)",
-                    [sys.executable, "-c", _READ_UBI, image])
-    measures.append(read_ubi)
-    shell, first_tf, first_dl, bsdiff_loop = (combine(runs[k]) for k in (
-        "shell", "targetfiles", "delta", "bsdiff"))
+    if full:
+        read_ubi = step("ubi", "read sdxlemur-sysfs.ubi (every file's data)",
+                        [sys.executable, "-c", _READ_UBI, image])
+        measures.append(read_ubi)
+    first_tf, first_dl = combine(runs["targetfiles"]), combine(runs["delta"])
     first_vf = step("verify", "doit verify", [*doit(0, "verify"), "-s", "verify",
                                               *folders(0)])
-    measures += [shell, first_tf, first_dl, first_vf, bsdiff_loop]
+    if full:
+        shell, bsdiff_loop = combine(runs["shell"]), combine(runs["bsdiff"])
+        measures += [shell, first_tf, first_dl, first_vf, bsdiff_loop]
+    else:
+        measures += [first_tf, first_dl, first_vf]
     out, state = run / "trial0" / "out", run / "trial0" / "state"
     summary = json.loads((out / "update.json").read_text())
 
-    patch_bytes = sum(p.stat().st_size for p in (loop / "patch").rglob("*.p"))
-    whole_bytes = sum((loop / "new" / rel).stat().st_size for rel in whole)
-    with zipfile.ZipFile(loop / "loop.zip", "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted((loop / "patch").rglob("*.p")):
-            zf.write(p, "patch/" + p.relative_to(loop / "patch").as_posix())
-        for rel in whole:
-            zf.write(loop / "new" / rel, rel)
-    loop_zip = (loop / "loop.zip").stat().st_size
-    shutil.rmtree(loop)
+    if full:
+        patch_bytes = sum(p.stat().st_size for p in (loop / "patch").rglob("*.p"))
+        whole_bytes = sum((loop / "new" / rel).stat().st_size for rel in whole)
+        with zipfile.ZipFile(loop / "loop.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted((loop / "patch").rglob("*.p")):
+                zf.write(p, "patch/" + p.relative_to(loop / "patch").as_posix())
+            for rel in whole:
+                zf.write(loop / "new" / rel, rel)
+        loop_zip = (loop / "loop.zip").stat().st_size
+        shutil.rmtree(loop)
 
-    tf = ["targetfiles", "--sdk", sdk, "--source", source, *folders(0)]
-    dl = ["delta", "--config", CONFIG_DIR, *folders(0)]
-    vf = ["verify", *folders(0)]
-    chain = [*tf, *dl, *vf]
-    again = step("again", "second chain, nothing changed", [*doit(0, "again"), *chain])
-    measures.append(again)
-    ran_again = _tasks_run(logs / "again.log")
-    one = sdk / ROOTFS_DIR / plan.changes.one_file
-    one.write_bytes(_edit(one.read_bytes(), f"{_SEED}:one-file", 3))
-    version = sdk / ROOTFS_DIR / "etc" / "quectel-project-version"
-    version.write_text(version.read_text().replace(NEXT.package_time, BUMPED_TIME))
-    one_change = step("one-file", "chain after a one-file change",
-                      [*doit(0, "one-file"), *chain])
-    measures.append(one_change)
-    cache_line = _cache_line(state)
+        tf = ["targetfiles", "--sdk", sdk, "--source", source, *folders(0)]
+        dl = ["delta", "--config", CONFIG_DIR, *folders(0)]
+        vf = ["verify", *folders(0)]
+        chain = [*tf, *dl, *vf]
+        again = step("again", "second chain, nothing changed", [*doit(0, "again"), *chain])
+        measures.append(again)
+        ran_again = _tasks_run(logs / "again.log")
+        one = sdk / ROOTFS_DIR / plan.changes.one_file
+        one.write_bytes(_edit(one.read_bytes(), f"{_SEED}:one-file", 3))
+        version = sdk / ROOTFS_DIR / "etc" / "quectel-project-version"
+        version.write_text(version.read_text().replace(NEXT.package_time, BUMPED_TIME))
+        one_change = step("one-file", "chain after a one-file change",
+                          [*doit(0, "one-file"), *chain])
+        measures.append(one_change)
+        cache_line = _cache_line(state)
+
+    # the pair's SDK as generated (the one-file change above edits only the run's copy)
+    cross = cross_baseline(step, run, data / "ql-ol-extsdk", cross_source, profile, repeat)
+    measures += [cross.targetfiles, cross.delta, cross.verify]
     cores.append(parallel_throughput())
 
-    first_chain = first_tf.seconds + first_dl.seconds + first_vf.seconds
     package = summary["package_size"]
-    peak = max(m.peak_kb for m in (first_tf, first_dl, first_vf, again, one_change))
-    goals = (
-        Goal("1", "doit targetfiles / shell procedure", first_tf.seconds / shell.seconds, 0.5,
-             "x"),
-        Goal("2", "doit delta / Debian bsdiff loop (wall)", first_dl.seconds
-             / bsdiff_loop.seconds, 0.5, "x"),
-        Goal("2b", "update.zip / loop's patches + whole files (bytes)",
-             package / (patch_bytes + whole_bytes), 1.0, "x"),
-        Goal("3", "second chain, nothing changed / first chain", again.seconds / first_chain,
-             0.05, "x"),
-        Goal("4", "chain after a one-file change / first chain", one_change.seconds
-             / first_chain, 0.2, "x"),
-        Goal("5", "peak memory of the chain (MB)", peak / 1024, 1536, "MB"),
-        Goal("6", "doit verify / doit delta", first_vf.seconds / first_dl.seconds, 0.3, "x"),
-        Goal("U1", f"read the {_size_mb(image.stat().st_size)} sysfs image (s)",
-             read_ubi.seconds, 5.0, "s"),
-        Goal("U2", "peak memory reading it (MB)", read_ubi.peak_kb / 1024, 300, "MB"),
-    )
+    verify_pair, verify_cross = verify_goals(first_dl, first_vf, cross)
+    goals: tuple[Goal, ...] = (verify_pair, verify_cross)
+    if full:
+        first_chain = first_tf.seconds + first_dl.seconds + first_vf.seconds
+        peak = max(m.peak_kb for m in (first_tf, first_dl, first_vf, again, one_change))
+        goals = (
+            Goal("1", "doit targetfiles / shell procedure", first_tf.seconds / shell.seconds,
+                 0.5, "x"),
+            Goal("2", "doit delta / Debian bsdiff loop (wall)", first_dl.seconds
+                 / bsdiff_loop.seconds, 0.5, "x"),
+            Goal("2b", "update.zip / loop's patches + whole files (bytes)",
+                 package / (patch_bytes + whole_bytes), 1.0, "x"),
+            Goal("3", "second chain, nothing changed / first chain",
+                 again.seconds / first_chain, 0.05, "x"),
+            Goal("4", "chain after a one-file change / first chain", one_change.seconds
+                 / first_chain, 0.2, "x"),
+            Goal("5", "peak memory of the chain (MB)", peak / 1024, 1536, "MB"),
+            verify_pair,
+            verify_cross,
+            Goal("U1", f"read the {_size_mb(image.stat().st_size)} sysfs image (s)",
+                 read_ubi.seconds, 5.0, "s"),
+            Goal("U2", "peak memory reading it (MB)", read_ubi.peak_kb / 1024, 300, "MB"),
+        )
     with zipfile.ZipFile(source) as zf:
         base_entries = len(zf.infolist())
+    with zipfile.ZipFile(cross_source) as zf:
+        cross_entries = len(zf.infolist())
     next_tree = folder_counts(sdk / ROOTFS_DIR)
-    counts = summary.get("counts", {})
-    verify = summary.get("verify", {})
-    data_rows = (
+    new = cross_baseline_new(plan)
+    data_rows = [
         ("rootfs (next SDK)", f"{next_tree[0]:,} entries ({next_tree[1]:,} files, "
                               f"{next_tree[2]:,} symlinks, {next_tree[3]:,} folders), "
                               f"{_size_mb(next_tree[4])}"),
@@ -1133,44 +1300,67 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
                     f"removed, {len(plan.changes.mode_changed)} modes, "
                     f"{len(plan.changes.retargeted)} symlinks retargeted, "
                     f"{len(plan.changes.replaced)} replaced by another type; kernel and abl"),
-        ("delta plan", ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))),
-        ("update.zip", f"{_size_mb(package)} (patches {_size_mb(summary['bytes']['patches'])}, "
-                       f"whole files {_size_mb(summary['bytes']['whole_files'])}, "
-                       "uncompressed)"),
-        ("bsdiff loop", f"{len(diffs)} diffs: patches {_size_mb(patch_bytes)}; whole files "
-                        f"{_size_mb(whole_bytes)} ({len(whole)}); zipped {_size_mb(loop_zip)}"),
-        ("verify", f"{verify.get('steps', '?')} steps, {verify.get('power_loss_replays', '?')} "
-                   f"power-loss replays"),
+        ("delta plan", _plan_line(summary)),
+        ("update.zip", _package_line(summary)),
+    ]
+    if full:
+        data_rows.append(("bsdiff loop", f"{len(diffs)} diffs: patches {_size_mb(patch_bytes)}; "
+                                         f"whole files {_size_mb(whole_bytes)} ({len(whole)}); "
+                                         f"zipped {_size_mb(loop_zip)}"))
+    data_rows += [
+        ("verify", _verify_line(summary)),
+        ("cross-baseline source", f"the sample's release targetfiles.zip, {cross_entries:,} "
+                                  f"entries, {_size_mb(cross_source.stat().st_size)}"),
+        ("cross-baseline new entries", f"{new.files:,} files, {new.symlinks:,} symlinks, "
+                                       f"{new.folders:,} folders"),
+        ("cross-baseline delta plan", _plan_line(cross.summary)),
+        ("cross-baseline update.zip", _package_line(cross.summary)),
+        ("cross-baseline verify", _verify_line(cross.summary)),
+    ]
+    times = f"{repeat} time{'s' if repeat > 1 else ''} each, in turns"
+    times = (f"the shell procedure, doit targetfiles, doit delta and the bsdiff loop ran {times}"
+             if full else f"only the verify cases ran (--cases {cases}): doit targetfiles and "
+             f"doit delta ran {times}")
+    notes: tuple[str, ...] = (
+        f"{times}, each time in fresh folders (empty archive, state and patch cache before "
+        "targetfiles); wall s is their median, the memory their largest; doit verify ran once.",
     )
-    timings = summary.get("timings", {})
-    synced = 2 * (out / "targetfiles.zip").stat().st_size + source.stat().st_size
-    notes = (
-        f"the shell procedure, doit targetfiles, doit delta and the bsdiff loop ran {repeat} "
-        "times each, in turns, each time in fresh folders (empty archive, state and patch "
-        "cache before targetfiles); wall s is their median, the memory their largest.",
-        f"first chain: {first_chain:.1f} s (targetfiles {first_tf.seconds:.1f} + delta "
-        f"{first_dl.seconds:.1f} + verify {first_vf.seconds:.1f}); delta's own clock: diffing "
-        f"{timings.get('diff_seconds', '?')} s of {timings.get('total_seconds', '?')} s; "
-        f"verify's own clock: {verify.get('seconds', '?')} s.",
-        f"doit targetfiles + doit delta: {first_tf.seconds + first_dl.seconds:.1f} s; shell "
-        f"procedure + bsdiff loop: {shell.seconds + bsdiff_loop.seconds:.1f} s "
-        f"({(first_tf.seconds + first_dl.seconds) / (shell.seconds + bsdiff_loop.seconds):.2f}x)"
-        ".",
-        f"doit targetfiles syncs {_size_mb(synced)} to the disk (the zip, which is archived "
-        "as it is, its copy in out/, the archived source): at the disk's rate measured "
-        f"above, {synced / MB / disk_rate:.1f} s, {synced / MB / disk_rate / shell.seconds:.2f}x"
-        " the shell procedure's time by itself (the shell procedure syncs nothing).",
-        f"second chain: tasks that ran: {', '.join(ran_again) or 'none'}.",
-        f"one-file change ({plan.changes.one_file}): {cache_line}.",
+    if full:
+        synced = 2 * (out / "targetfiles.zip").stat().st_size + source.stat().st_size
+        notes += (
+            f"first chain: {first_chain:.1f} s (targetfiles {first_tf.seconds:.1f} + delta "
+            f"{first_dl.seconds:.1f} + verify {first_vf.seconds:.1f}); {_clocks(summary)}.",
+            f"doit targetfiles + doit delta: {first_tf.seconds + first_dl.seconds:.1f} s; shell "
+            f"procedure + bsdiff loop: {shell.seconds + bsdiff_loop.seconds:.1f} s "
+            f"({(first_tf.seconds + first_dl.seconds) / (shell.seconds + bsdiff_loop.seconds):.2f}"
+            "x).",
+            f"doit targetfiles syncs {_size_mb(synced)} to the disk (the zip, which is archived "
+            "as it is, its copy in out/, the archived source): at the disk's rate measured "
+            f"above, {synced / MB / disk_rate:.1f} s, "
+            f"{synced / MB / disk_rate / shell.seconds:.2f}x the shell procedure's time by itself"
+            " (the shell procedure syncs nothing).",
+            f"second chain: tasks that ran: {', '.join(ran_again) or 'none'}.",
+            f"one-file change ({plan.changes.one_file}): {cache_line}.",
+        )
+    else:
+        notes += (f"the pair: {_clocks(summary)}.",)
+    notes += (
+        "cross-baseline package (goal 6b): the sample's release firmware as source, the pair's"
+        " next SDK as target, the sample's lists, in a workspace of its own; delta "
+        f"{cross.delta.seconds:.1f} s, verify {cross.verify.seconds:.1f} s; "
+        f"{_clocks(cross.summary)}.",
+        f"verify's power-loss replays: the pair: {_replay_detail(summary)}; cross-baseline: "
+        f"{_replay_detail(cross.summary)}.",
     )
-    if tool_digest() != tool:
+    if full and tool_digest() != tool:
         notes += ("the tool's code changed during the run (tasks/*.py or templates/): doit "
                   "took every output as out of date; goals 3 and 4 are not meaningful",)
-    machine_rows = (*machine(),
-                    ("two busy processes at once", f"{cores[0]:.2f}x the work of one alone "
-                                                   f"before the steps, {cores[1]:.2f}x after"),
-                    ("disk, written and synced", f"{disk_rate:.0f} MB/s"))
-    table = Table(scale, machine_rows, data_rows, tuple(measures), goals, notes)
+    machine_rows: tuple[tuple[str, str], ...] = (
+        *machine(), ("two busy processes at once", f"{cores[0]:.2f}x the work of one alone "
+                                                   f"before the steps, {cores[1]:.2f}x after"))
+    if full:
+        machine_rows += (("disk, written and synced", f"{disk_rate:.0f} MB/s"),)
+    table = Table(scale, machine_rows, tuple(data_rows), tuple(measures), goals, notes, cases)
     say(format_table(table))
     for note in notes:
         say(f"- {note}")
@@ -1220,11 +1410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs of each of the first steps; the median counts [3]")
     parser.add_argument("--profile", action="store_true",
                         help="run the doit steps under cProfile (times inflated, no report)")
+    parser.add_argument("--cases", choices=CASES, default="all",
+                        help="all: every step; verify: only doit verify against doit delta, "
+                             "on the pair and on the cross-baseline package (goals 6 and 6b; "
+                             "BENCHMARKS.md only with --report) [all]")
     args = parser.parse_args(argv)
-    report = args.report or (REPORT if args.scale == 1.0 else None)
+    report = args.report or (REPORT if args.scale == 1.0 and args.cases == "all" else None)
     try:
         run_benchmark(args.work, args.scale, lambda line: print(line, flush=True), report,
-                      args.profile, args.repeat)
+                      args.profile, args.repeat, args.cases)
     except DfotaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

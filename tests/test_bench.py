@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import zipfile
@@ -11,15 +12,18 @@ from pathlib import Path
 import pytest
 
 from tasks.bench import (
+    CROSS_STEPS,
     MB,
     MODIFIED_BIG,
     Goal,
     Measure,
+    PackageRun,
     Table,
     bench_is_current,
     bench_plan,
     bench_rootfs_pair,
     combine,
+    cross_baseline_new,
     disk_sync_rate,
     folder_counts,
     format_goals,
@@ -30,11 +34,13 @@ from tasks.bench import (
     measure,
     parallel_throughput,
     render_report,
+    run_benchmark,
     tree_changes,
+    verify_goals,
 )
 from tasks.errors import DfotaError
-from tasks.sample import CHANGES
-from tasks.tree import FILE, digest_tree, scan_folder
+from tasks.sample import CHANGES, _under_kept, base_rootfs
+from tasks.tree import DIR, FILE, SYMLINK, digest_tree, scan_folder
 
 TINY = 0.02
 
@@ -180,3 +186,76 @@ def test_parallel_throughput_is_between_one_and_the_cores() -> None:
 def test_disk_sync_rate_writes_syncs_and_leaves_nothing(tmp_path: Path) -> None:
     assert disk_sync_rate(tmp_path, size=4 * MB) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cross_baseline_package_at_full_scale_has_over_4000_steps() -> None:
+    new = cross_baseline_new(bench_plan(1.0))
+    # every new file and symlink is a mutating step of its own (the small-scale run below
+    # checks that against the package verify replays)
+    assert new.least_steps >= CROSS_STEPS
+    assert new.folders > 0
+
+
+def test_cross_baseline_plan_counts_the_generated_trees_entries() -> None:
+    plan = bench_plan.__wrapped__(TINY)
+    _base, nxt = bench_rootfs_pair(plan)
+    source = base_rootfs()
+    new = [node.kind for path, node in nxt.items() if path not in source
+           and not _under_kept(path)]
+    found = cross_baseline_new(plan)
+    assert (found.files, found.symlinks, found.folders) == (
+        new.count(FILE), new.count(SYMLINK), new.count(DIR))
+    assert found.files and found.symlinks and found.folders
+
+
+def _cross(delta_s: float, verify_s: float, steps: int) -> PackageRun:
+    return PackageRun(Measure("doit targetfiles, cross-baseline", 9.0, 1024, 1024),
+                      Measure("doit delta, cross-baseline", delta_s, 1024, 1024),
+                      Measure("doit verify, cross-baseline", verify_s, 1024, 1024),
+                      {"verify": {"steps": steps, "power_loss_replays": 5270}})
+
+
+def test_verify_goals_are_the_measured_ratios_against_1x_and_2x() -> None:
+    pair, cross = verify_goals(Measure("doit delta", 2.5, 0, 0), Measure("doit verify", 2.5, 0, 0),
+                               _cross(10.0, 20.5, 9839))
+    assert (pair.number, pair.value, pair.limit, pair.passed) == ("6", 1.0, 1.0, True)
+    assert (cross.number, cross.value, cross.limit, cross.passed) == ("6b", 2.05, 2.0, False)
+    lines = format_goals((pair, cross)).splitlines()
+    assert lines[2] == "| 6 | doit verify / doit delta | 1.00x | <= 1.00x | PASS |"
+    assert lines[3] == ("| 6b | doit verify / doit delta, cross-baseline package (9,839 steps) "
+                        "| 2.05x | <= 2.00x | MISS |")
+    report = render_report(Table(1.0, (), (), (), (pair, cross), (), "verify"))
+    assert "scale 1 (`--cases verify` only): 1 of 2 goals met" in report
+    assert lines[3] in report
+
+
+@pytest.mark.slow
+def test_cross_baseline_case_at_small_scale(tmp_path: Path) -> None:
+    said: list[str] = []
+    report = tmp_path / "BENCHMARKS.md"
+    table = run_benchmark(tmp_path / "bench", TINY, said.append, report, repeat=1,
+                          cases="verify")
+    steps = {m.step: m for m in table.measures}
+    assert list(steps) == ["doit targetfiles", "doit delta (fresh state but for targetfiles')",
+                           "doit verify", "doit targetfiles, cross-baseline",
+                           "doit delta, cross-baseline (fresh state but for targetfiles')",
+                           "doit verify, cross-baseline"]
+    summary = json.loads((tmp_path / "bench/run/cross/trial0/out/update.json").read_text())
+    new = cross_baseline_new(bench_plan(TINY))
+    counts = summary["counts"]
+    assert (counts["new"], counts["symlink_created"], counts["new_dir"]) == (
+        new.files, new.symlinks, new.folders)
+    assert summary["verify"]["ok"] and summary["verify"]["steps"] >= new.least_steps
+    pair, cross = table.goals
+    assert pair.value == (steps["doit verify"].seconds
+                          / steps["doit delta (fresh state but for targetfiles')"].seconds)
+    assert cross.value == (steps["doit verify, cross-baseline"].seconds / steps[
+        "doit delta, cross-baseline (fresh state but for targetfiles')"].seconds)
+    assert (pair.limit, cross.limit) == (1.0, 2.0)
+    assert f"({summary['verify']['steps']:,} steps)" in cross.what
+    written = report.read_text()
+    for line in format_goals(table.goals).splitlines():
+        assert line in written
+    assert (f"| cross-baseline verify | {summary['verify']['steps']:,} steps, "
+            f"{summary['verify']['power_loss_replays']:,} power-loss replays |") in written
+    assert "| bsdiff loop |" not in written  # the other steps did not run
