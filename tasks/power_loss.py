@@ -286,7 +286,9 @@ class _Footprints(_Numbering):
         set `key` to something a later one sets back (so a read of it there could differ
         from the module's)."""
         covered = self.covering.get(key)
-        return bool(covered) and min(covered) < unit < self.last_setter.get(key, -1)
+        if not covered:
+            return False
+        return min(covered) < unit < self.last_setter.get(key, -1)
 
     def resettle(self, unit: int, footprint: Footprint) -> None:
         """`unit` changes nothing on the state as it is now, reading `footprint`."""
@@ -480,7 +482,7 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
     followed = _Footprints(follow, twin, package) if follow is not None else None
 
     def rerun(step: int, cut: int) -> None:
-        if followed is None:
+        if followed is None or follow is None:  # one is None exactly when the other is
             with twin.trial():
                 check(step, apply_package(package, twin), twin)
             return

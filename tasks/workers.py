@@ -5,9 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 
-def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+def worker_context(preload: Sequence[str] = ()) -> ForkContext | ForkServerContext | SpawnContext:
     """How worker processes start: fork when it is safe (one thread): cheap, nothing to pickle
     or re-import; else a fork server (importing `preload` once), which needs the work
     importable by name."""
