@@ -63,9 +63,10 @@ def rewrite(package: Path, change: dict[str, bytes | None]) -> None:
     with zipfile.ZipFile(package, "w") as out:
         for info, data in kept:
             if info.filename in change:
-                if change[info.filename] is None:
+                new = change[info.filename]
+                if new is None:
                     continue
-                data = change[info.filename]  # type: ignore[assignment]
+                data = new
             out.writestr(info, data)
 
 

@@ -291,6 +291,7 @@ def test_a_nearly_full_rootfs_volume_sends_the_patch_through_cache_on_both_updat
                     target={**target, "usr/share/filler": filler}, volumes=sizes)
     summary = build_delta(settings, quiet()).summary
     assert summary["volumes"] == sizes.to_json()
+    assert isinstance(summary["changes"], list)
     assert {c["path"]: c["kind"] for c in summary["changes"]}[LIB] == "patched"
     package, base = settings.workspace.pending_zip, Path(settings.base)
 
