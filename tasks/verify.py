@@ -462,11 +462,13 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
 
 def _read_summary(workspace: Workspace) -> dict[str, object]:
     try:
-        summary: dict[str, object] = json.loads(workspace.update_summary.read_text("utf-8"))
-        return summary
+        summary = json.loads(workspace.update_summary.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise DfotaError("no readable package summary: run `doit delta` first",
                          workspace.update_summary) from exc
+    if not isinstance(summary, dict):
+        raise DfotaError("not a package summary: not a JSON object", workspace.update_summary)
+    return summary
 
 
 def verify_needed(workspace: Workspace) -> bool:
