@@ -262,3 +262,16 @@ def test_progress_rises_to_100_when_nothing_the_package_writes_weighs(tmp_path: 
                             settings.workspace.target_zip, parse_mode("modem"),
                             lists_in(settings.config_dir), quiet())
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_replays_in_forked_workers_find_what_replays_here_find(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    _not_resumable(settings.workspace.pending_zip)
+    here = verify(settings)
+    monkeypatch.setattr(verify_module, "_STEPS_PER_FORK", 0)  # every package in workers
+    forked = verify(settings)
+    assert [(c.name, c.ok, c.detail) for c in here.checks] == \
+        [(c.name, c.ok, c.detail) for c in forked.checks]
+    assert not here.ok and here.replays == forked.replays > 10
