@@ -136,7 +136,9 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
         "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
         "metadata_from_image": settings.metadata_from_image,
     }
-    state.records.put(SOURCE_RECORD, _inputs_key(manifest), str(source), alone=True)
+    key = _inputs_key(manifest)
+    if state.records.get(SOURCE_RECORD, key) != str(source):  # a run with nothing to do writes none
+        state.records.put(SOURCE_RECORD, key, str(source), alone=True)
     return manifest, ScannedRootfs(scan, image)
 
 
