@@ -90,12 +90,12 @@ def _entry(value: object) -> list[Any] | None:
     return None
 
 
-def _read_digests(path: Path) -> dict[str, list[Any]]:
+def _read_digests(path: Path) -> dict[str, Any]:
+    """The entries of a digest file, each checked only when used (`_entry`): a run with
+    nothing to do asks for one or two of thousands."""
     saved = atomic.read_json_object(path)
     files = saved.get("files") if saved.get("format") == FORMAT else None
-    if not isinstance(files, dict):
-        return {}
-    return {k: e for k, v in files.items() if (e := _entry(v)) is not None}
+    return files if isinstance(files, dict) else {}
 
 
 def _read_legacy(path: Path, algorithm: str) -> dict[str, list[Any]]:
@@ -131,11 +131,11 @@ class DigestCache:
         self.racy_ns = racy_ns
         self._legacy = tuple(legacy)
         self._opened = time.time_ns()
-        self._entries: dict[str, list[Any]] | None = None  # read when first asked
+        self._entries: dict[str, Any] | None = None  # read when first asked
         self._touched: set[str] = set()  # paths hashed, served or noted by this cache
         self._dirty = False
 
-    def _all(self) -> dict[str, list[Any]]:
+    def _all(self) -> dict[str, Any]:
         if self._entries is None:
             self._entries = _read_digests(self.path) if self.path is not None else {}
             if self.path is not None and not self._entries and not self.path.exists():
@@ -146,7 +146,7 @@ class DigestCache:
 
     def _merge(self, key: str, entry: list[Any]) -> None:
         entries = self._all()
-        known = entries.get(key)
+        known = _entry(entries.get(key))
         if known is not None and known[:4] == entry[:4]:
             if any(known[4].get(a) != d for a, d in entry[4].items()):
                 known[4] = {**known[4], **entry[4]}
@@ -158,7 +158,7 @@ class DigestCache:
     def known(self, path: str | os.PathLike[str], st: os.stat_result,
               algorithm: str) -> str | None:
         """The digest kept for `path` as `st` shows it, if any."""
-        entry = self._all().get(os.fsdecode(path))
+        entry = _entry(self._all().get(os.fsdecode(path)))
         if entry is None or entry[:4] != file_stamp(st):
             return None
         return entry[4].get(algorithm)
@@ -225,10 +225,14 @@ class DigestCache:
             return
         ours = self._all()
         merged: dict[str, list[Any]] = {}
-        for key, entry in _read_digests(self.path).items():
-            if key not in self._touched and _still_true(key, entry):
+        for key, value in _read_digests(self.path).items():
+            entry = _entry(value)
+            if entry is not None and key not in self._touched and _still_true(key, entry):
                 merged[key] = entry
-        for key, entry in ours.items():
+        for key, value in ours.items():
+            entry = _entry(value)
+            if entry is None:
+                continue
             if key in self._touched:
                 other = merged.get(key)
                 merged[key] = ([*entry[:4], {**other[4], **entry[4]}]
