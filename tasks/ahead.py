@@ -1,8 +1,10 @@
 """Work that `doit delta` will ask for, done by `doit targetfiles` in a worker process while
 its own work leaves part of a core idle (while it waits on the kernel's copying and syncing).
 
-Two things, each kept where delta already looks, so delta's code does not change:
-- the sha1 of every entry of a source not built here, by the zip's sha256 (`member_sha1s`);
+Two things, each kept in the state (tasks.state) where delta already looks, so delta's code
+does not change:
+- the sha1 of every entry of a source not built here, in a record keyed by the zip's sha256
+  (`MEMBER_SHA1S`);
 - the kernel's patch, from the source's boot image to the SDK's, in the patch cache.
 Nothing here is trusted more than delta's own work: the sha1s are keyed by the zip's bytes,
 and a patch from the cache is applied and checked again when delta takes it. A failure here
@@ -19,18 +21,22 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tasks.errors import DfotaError
+from tasks.state import BlobCache, Records
 from tasks.targetfiles import BOOT_IMAGE
 from tasks.tree import FILE
 from tasks.workers import OneShot
+
+MEMBER_SHA1S = "member-sha1s"  # the record of a zip's entries' sha1s, by the zip's sha256
 
 
 @dataclass(frozen=True)
 class AheadWork:
     source_zip: Path
-    member_sha1s: Path | None  # where to keep the source's sha1s; None: not needed
+    source_sha256: str | None  # keep the source's sha1s under this key; None: not needed
     boot_image: Path  # the SDK's: the target's kernel
     boot_sha1: str
-    patch_cache: Path
+    records: Records
+    patch_cache: BlobCache
     diff_timeout: float
 
 
@@ -41,19 +47,20 @@ def _run(work: AheadWork) -> str:
 
     started, done = time.monotonic(), []
     with ZipSource(work.source_zip) as source:
-        if work.member_sha1s is not None:
+        if work.source_sha256 is not None:
             for name, member in source.members.items():
                 if member.kind == FILE:
                     source.sha1(name)
-            kept = source.keep_sha1s(work.member_sha1s)
-            done.append(f"the sha1s of the source's {kept} files")
+            kept = source.known_sha1s()
+            work.records.put(MEMBER_SHA1S, work.source_sha256, kept)
+            done.append(f"the sha1s of the source's {len(kept)} files")
         if BOOT_IMAGE in source.members and source.sha1(BOOT_IMAGE) != work.boot_sha1:
             job = PatchJob(BOOT_IMAGE,
                            Blob.in_zip(source.path, BOOT_IMAGE, source.sha1(BOOT_IMAGE),
                                        source.members[BOOT_IMAGE].size),
                            Blob.on_disk(work.boot_image, work.boot_sha1,
                                         work.boot_image.stat().st_size))
-            with PatchRun(cache_dir=work.patch_cache, workers=1, timeout=work.diff_timeout,
+            with PatchRun(cache=work.patch_cache, workers=1, timeout=work.diff_timeout,
                           open_zips={source.path: source.zipfile}) as run:
                 run.add([job])
                 outcome = run.outcomes()[BOOT_IMAGE]

@@ -23,7 +23,6 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,12 @@ from pathlib import Path
 from tasks import atomic, owner
 from tasks.config import Workspace, resolve_path
 from tasks.errors import DfotaError
-from tasks.tree import RACY_NS, file_stamp, settled
+from tasks.state import DigestCache, State, file_stamp
 
 ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
 STAGING_PREFIX = ".staging-"
-_RACY_NS = RACY_NS  # by this name here, for the tests to shorten
 
 
 def sha256_file(path: Path) -> str:
@@ -51,55 +49,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _still_true(path: str, entry: object) -> bool:
-    """A record entry [size, mtime, ctime, inode, sha256] of a file still as recorded."""
-    try:
-        return isinstance(entry, list) and entry[:4] == file_stamp(os.stat(path))
-    except OSError:
-        return False
-
-
-def _record_hash(record: Path | None, path: Path, sha256: str) -> None:
-    """Note `path`'s sha256 with its `file_stamp` in `record` (None: nowhere); entries of
-    files since changed or gone are dropped. A cache: losing it costs a hashing, no more."""
-    if record is None:
-        return
-    with contextlib.suppress(OSError):
-        hashes = {p: e for p, e in atomic.read_json_object(record).items() if _still_true(p, e)}
-        hashes[os.fsdecode(path.absolute())] = [*file_stamp(path.stat()), sha256]
-        record.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(record, json.dumps(hashes, indent=0, sort_keys=True) + "\n")
-
-
-def _recorded(record: Path | None, path: Path, stamp: list[int]) -> str | None:
-    """The sha256 `record` holds for `path` as `stamp` shows it, if any."""
-    entry = (atomic.read_json_object(record).get(os.fsdecode(path.absolute()))
-             if record is not None else None)
-    if isinstance(entry, list) and len(entry) == 5 and entry[:4] == stamp:
-        return str(entry[4])
-    return None
-
-
-def recorded_sha256(record: Path | None, path: Path) -> str:
-    """The sha256 of `path`: the one `record` holds while the file is as it was when recorded
-    (`file_stamp`), else hashed anew (and recorded unless written in the last seconds: a
-    write within the same clock tick would leave the times as they were)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    stamp = file_stamp(st)
-    known = _recorded(record, path, stamp)
-    if known is not None:
-        return known
-    sha256 = sha256_file(path)
-    with contextlib.suppress(OSError):
-        # unchanged while hashed, and not written too lately to tell
-        if file_stamp(path.stat()) == stamp and settled(st, time.time_ns(), _RACY_NS):
-            _record_hash(record, path, sha256)
-    return sha256
-
-
 def _hard_link(src: Path, dest: Path) -> bool:
     """Link `src` as `dest`; False where the file system cannot (another device, no links)."""
     try:
@@ -109,17 +58,18 @@ def _hard_link(src: Path, dest: Path) -> bool:
     return True
 
 
-def _copy_vouched(src: Path, dest: Path, record: Path | None, sha256: str) -> bool:
-    """Copy `src` to `dest` (synced to disk) when `record` vouches that it holds `sha256` and
+def _copy_vouched(src: Path, dest: Path, digests: DigestCache | None, sha256: str) -> bool:
+    """Copy `src` to `dest` (synced to disk) when `digests` vouch that it holds `sha256` and
     it stays as recorded while copied (the kernel copies, nothing is hashed); False, with
-    nothing copied, when the record does not vouch for it."""
+    nothing copied, when they do not vouch for it."""
     try:
         inp = open(src, "rb")  # noqa: SIM115
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", src) from exc
     with inp:
-        stamp = file_stamp(os.fstat(inp.fileno()))
-        if _recorded(record, src, stamp) != sha256:
+        st = os.fstat(inp.fileno())
+        stamp = file_stamp(st)
+        if digests is None or not digests.vouches(src.absolute(), st, "sha256", sha256):
             return False
         with open(dest, "wb") as out:  # a failed write is the archive's (see _staging)
             while os.sendfile(out.fileno(), inp.fileno(), None, 1 << 30):
@@ -198,16 +148,16 @@ def _chmod_keeping_setgid(path: Path, mode: int) -> None:
 
 
 class Archive:
-    def __init__(self, root: Path, hash_record: Path | None = None, *,
+    def __init__(self, root: Path, digests: DigestCache | None = None, *,
                  group_readable: bool = True) -> None:
-        """`hash_record`: a file (outside the archive) where the sha256s of archived zips
-        and of their copies are kept by path (with size, times and inode), so an unchanged
-        zip is not hashed again. `group_readable`: the folders and files it makes can be
-        read by their group (version folders 0750, archived files 0440, the index 0640; the
-        archive folder too when it makes it), else by their owner alone (0700, 0400, 0600);
-        whatever the umask."""
+        """`digests`: the workspace's digest cache (`tasks.state`), where the sha256s of
+        archived zips and of their copies are kept by path (with size, times and inode), so
+        an unchanged zip is not hashed again. `group_readable`: the folders and files it
+        makes can be read by their group (version folders 0750, archived files 0440, the
+        index 0640; the archive folder too when it makes it), else by their owner alone
+        (0700, 0400, 0600); whatever the umask."""
         self.root = root
-        self.hash_record = hash_record
+        self.digests = digests
         self.folder_mode = 0o750 if group_readable else 0o700
         self.file_mode = 0o440 if group_readable else 0o400
         self.index_mode = self.file_mode | 0o200
@@ -263,13 +213,14 @@ class Archive:
                 and self.sha256_of(zip_path) == archived.sha256)
 
     def sha256_of(self, path: Path) -> str:
-        """`path`'s sha256, from the hash record while the file is as recorded."""
-        return recorded_sha256(self.hash_record, path)
+        """`path`'s sha256, from the digest cache while the file is as recorded."""
+        return recorded_sha256(self.digests, path)
 
     def note_copy(self, path: Path, sha256: str) -> None:
         """`path` was just written as a copy of an archived zip whose sha256 is `sha256`:
         `built_here` need not hash it again while it stays as it is now."""
-        _record_hash(self.hash_record, path, sha256)
+        if self.digests is not None:
+            self.digests.note(path, "sha256", sha256)
 
     def resolve(self, wanted: str, role: str, *, intact: bool = True) -> Path:
         """The targetfiles.zip `wanted` names: a zip's path, or an archived version (its key
@@ -434,8 +385,7 @@ class Batch:
             dest = staging / ZIP_NAME
             if take and _hard_link(zip_path, dest):
                 copied = sha256 or sha256_file(dest)
-            elif sha256 is not None and _copy_vouched(zip_path, dest, archive.hash_record,
-                                                      sha256):
+            elif sha256 is not None and _copy_vouched(zip_path, dest, archive.digests, sha256):
                 copied = sha256
             else:
                 copied = _copy_hashing(zip_path, dest)
@@ -471,7 +421,7 @@ class Batch:
                     archive.write_index()
             raise
         for version in placed:
-            _record_hash(archive.hash_record, version.zip_path, version.sha256)
+            archive.note_copy(version.zip_path, version.sha256)
         archive.write_index()  # another run's version may have appeared meanwhile
         kept = [archive.get(key) for key in self._kept]
         self._staged = []
@@ -484,7 +434,16 @@ class Batch:
         self._folders, self._staged = [], []
 
 
-def archive_of(workspace: Workspace) -> Archive:
-    """The archive a workspace uses, with its settings and its hash record."""
-    return Archive(workspace.archive_dir, workspace.archive_hashes,
+def archive_of(workspace: Workspace, state: State | None = None) -> Archive:
+    """The archive a workspace uses, with its settings and the digest cache of `state` (None:
+    every zip asked about is hashed)."""
+    return Archive(workspace.archive_dir, state.digests if state is not None else None,
                    group_readable=workspace.archive_group_readable)
+
+
+def recorded_sha256(digests: DigestCache | None, path: Path) -> str:
+    """The sha256 of `path`: the one `digests` hold while the file is as it was when hashed
+    (`file_stamp`), else hashed anew (and kept unless written in the last seconds)."""
+    if digests is None:
+        return sha256_file(path)
+    return digests.file_digest(path, "sha256", lambda p: sha256_file(p))

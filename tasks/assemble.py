@@ -8,10 +8,11 @@ in the archive, put in place together, and only then `out/targetfiles.zip` renam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,10 +26,11 @@ from tasks.config import (
     public_name,
 )
 from tasks.errors import DfotaError, shown_path
-from tasks.manifest import HashCache, scan_rootfs, write_if_changed
+from tasks.manifest import scan_rootfs, sha1_of, write_if_changed
 from tasks.runlog import SILENT, Meter, RunLog
 from tasks.sdk_image import ImageTreeReader, image_volumes
 from tasks.space import Volumes
+from tasks.state import State
 from tasks.targetfiles import (
     SdkOutput,
     check_source,
@@ -44,6 +46,7 @@ from tasks.zipio import ZipSource, write_zip
 
 TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
+SOURCE_RECORD = "targetfiles-source"  # the source found for an inputs manifest, by its digest
 
 
 def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: str | None,
@@ -90,59 +93,76 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: boo
 
 @dataclass(frozen=True, slots=True)
 class ScannedRootfs:
-    """The rootfs as the inputs manifest saw it, the hash cache that served it, and the SDK
-    image's tree as it is being read (None: no image, or its metadata is taken instead)."""
+    """The rootfs as the inputs manifest saw it, and the SDK image's tree as it is being read
+    (None: no image, or its metadata is taken instead)."""
 
     scan: FolderScan
-    cache: HashCache
     image: ImageTreeReader | None
 
 
 def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
-                     cache: HashCache) -> ImageTreeReader | None:
+                     state: State) -> ImageTreeReader | None:
     """The reader of the SDK image's tree, for the drift warnings: from the record, or read
     in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
     if sdk.sysfs_ubi is None or settings.metadata_from_image:
         return None
-    return ImageTreeReader(sdk.sysfs_ubi, settings.workspace.image_tree_cache,
-                           cache.sha1_of(sdk.sysfs_ubi))
+    return ImageTreeReader(sdk.sysfs_ubi, state.records,
+                           sha1_of(state.digests, sdk.sysfs_ubi))
 
 
-def inputs_manifest(settings: TargetfilesSettings, known: Collection[str],
+def _inputs_key(manifest: Mapping[str, object]) -> str:
+    return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
                     meter: Meter = SILENT) -> tuple[dict[str, object], ScannedRootfs]:
     """Everything the target is made from, by content: what `doit targetfiles` depends on;
     and the rootfs scan it was made from. `known`: the versions this workspace built or
-    imported (the default source is one of them)."""
+    imported (the default source is one of them). The source found is kept in `state` for
+    this manifest (`recorded_source`): it is resolved once per run."""
     sdk = locate_sdk(settings.sdk)
-    cache = HashCache(settings.workspace.hash_cache)
-    image = start_image_tree(settings, sdk, cache)
+    cache = state.digests
+    image = start_image_tree(settings, sdk, state)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
-    archive = archive_of(settings.workspace)
+    archive = archive_of(settings.workspace, state)
     source = resolve_source(settings, archive, target.key, known)
     manifest = {
-        "boot_image": {"path": str(sdk.boot_image), "sha1": cache.sha1_of(sdk.boot_image)},
-        "abl": {"path": str(sdk.abl), "sha1": cache.sha1_of(sdk.abl)},
+        "boot_image": {"path": str(sdk.boot_image), "sha1": sha1_of(cache, sdk.boot_image)},
+        "abl": {"path": str(sdk.abl), "sha1": sha1_of(cache, sdk.abl)},
         "rootfs": {"path": str(sdk.rootfs), "tree_sha1": digest_tree(scan.entries),
                    "entries": len(scan.entries)},
         # by content only: the sample's base and its archived copy are the same source (its
         # sha256 as the archive records it: archiving it then needs no other hashing)
         "source_sha256": archive.sha256_of(source),
         "target_version": target.key,
-        "sysfs_ubi_sha1": cache.sha1_of(sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
+        "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
         "metadata_from_image": settings.metadata_from_image,
     }
-    cache.save()
-    return manifest, ScannedRootfs(scan, cache, image)
+    key = _inputs_key(manifest)
+    if state.records.get(SOURCE_RECORD, key) != str(source):  # a run with nothing to do writes none
+        state.records.put(SOURCE_RECORD, key, str(source), alone=True)
+    return manifest, ScannedRootfs(scan, image)
 
 
-def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str],
+def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
                           meter: Meter = SILENT) -> ScannedRootfs:
     """Write the inputs manifest (unless it says that already); the rootfs scan, which
     `build_targetfiles` can take in the same run instead of walking the rootfs again."""
-    manifest, scanned = inputs_manifest(settings, known, meter)
+    manifest, scanned = inputs_manifest(settings, known, state, meter)
     write_if_changed(settings.workspace.inputs_manifest, manifest)
     return scanned
+
+
+def recorded_source(settings: TargetfilesSettings, state: State) -> tuple[Path, str] | None:
+    """The source `write_inputs_manifest` found for the inputs manifest as it is now, and
+    its sha256 then; None when it kept none for it."""
+    manifest = atomic.read_json_object(settings.workspace.inputs_manifest)
+    found = state.records.get(SOURCE_RECORD, _inputs_key(manifest)) if manifest else None
+    sha256 = manifest.get("source_sha256")
+    if not isinstance(found, str) or not isinstance(sha256, str):
+        return None
+    return Path(found), sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +195,16 @@ class _Warnings:
 
 
 def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collection[str],
-                      scanned: ScannedRootfs | None = None) -> TargetfilesResult:
+                      scanned: ScannedRootfs | None = None, state: State | None = None
+                      ) -> TargetfilesResult:
     """`known`: the versions this workspace built or imported; `scanned`: what
     `write_inputs_manifest` found just before (each file is checked against its hash again
-    while it is zipped, so a change since is still refused). A rootfs file hard-linked from
-    outside the rootfs is refused, or packed with a warning with `allow_outside_links`."""
+    while it is zipped, so a change since is still refused), and then the source it found;
+    `state`: the workspace's (default: opened here). A rootfs file hard-linked from outside
+    the rootfs is refused, or packed with a warning with `allow_outside_links`."""
+    if state is None:
+        with settings.workspace.open_state() as opened:
+            return build_targetfiles(settings, log, known, scanned, opened)
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
@@ -189,11 +214,12 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
     if scanned is None:
-        cache = HashCache(settings.workspace.hash_cache)
-        image = start_image_tree(settings, sdk, cache)
-        scan = scan_rootfs(sdk.rootfs, cache, log)
+        image = start_image_tree(settings, sdk, state)
+        scan = scan_rootfs(sdk.rootfs, state.digests, log)
+        source = None
     else:
-        scan, cache, image = scanned.scan, scanned.cache, scanned.image
+        scan, image = scanned.scan, scanned.image
+        source = recorded_source(settings, state)
     target_version = rootfs_version(sdk.rootfs, scan)
     linked = check_outside_links(scan, sdk.rootfs, settings.allow_outside_links)
     warnings = _Warnings(log, sdk.folder if settings.strict else None)
@@ -213,21 +239,26 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
 
         def image_sizes() -> Volumes | None:
             return volumes
-    result = _assemble(settings, log, sdk, cache, scan, target_version, warnings,
-                       image_warnings, known)
-    cache.save()
+    result = _assemble(settings, log, sdk, state, scan, target_version, warnings,
+                       image_warnings, known, source)
     return dataclasses.replace(result, volumes=image_sizes())
 
 
-def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache: HashCache,
+def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state: State,
               scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
-              image_warnings: Callable[[], list[str]], known: Collection[str]
-              ) -> TargetfilesResult:
+              image_warnings: Callable[[], list[str]], known: Collection[str],
+              source: tuple[Path, str] | None) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
-    the SDK's image) is asked for once the zip is written, before anything is archived."""
-    archive = archive_of(settings.workspace)
+    the SDK's image) is asked for once the zip is written, before anything is archived.
+    `source`: the source the inputs manifest was made with, and its sha256 then (None:
+    found here)."""
+    archive = archive_of(settings.workspace, state)
+    cache = state.digests
     archive.clean_staging()
-    source_path = resolve_source(settings, archive, target_version.key, known)
+    if source is not None and source[0].is_file() and archive.sha256_of(source[0]) == source[1]:
+        source_path = source[0]
+    else:
+        source_path = resolve_source(settings, archive, target_version.key, known)
 
     with ZipSource(source_path) as src:
         source_version = zip_version(src)
@@ -240,8 +271,7 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
                         "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs if d not in settings.empty_by_nature)])
-        made_ahead = _start_ahead(settings, archive, cache, sdk, source_path,
-                                  source_version.key)
+        made_ahead = _start_ahead(archive, state, sdk, source_path, source_version.key)
         plan = plan_target(sdk, src, scan)
 
         settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +284,9 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
             staged = Path(tmp) / "targetfiles.zip"
             # the rootfs files hashed in this run need not be hashed again as they are zipped;
             # the disk writes the zip while it is hashed and copied
-            write_zip(staged, plan.items, meter=log, vouch=cache.vouches, durable=False,
+            write_zip(staged, plan.items, meter=log,
+                      vouch=lambda path, st, sha1: cache.vouches(path, st, "sha1", sha1),
+                      durable=False,
                       open_zips={source_path: src.zipfile})
             staged_synced = atomic.background_sync(staged)
             # a source not archived yet is copied by the kernel if the sha256 record (which
@@ -287,10 +319,10 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
                                             else "ql-ol-rootfs"),
                         "inputs": {
                             "sdk": public_name(sdk.folder, settings.workspace.root),
-                            "sysfs_ubi_sha1": (cache.sha1_of(sdk.sysfs_ubi)
+                            "sysfs_ubi_sha1": (sha1_of(cache, sdk.sysfs_ubi)
                                                if sdk.sysfs_ubi else None),
-                            "boot_image_sha1": cache.sha1_of(sdk.boot_image),
-                            "abl_sha1": cache.sha1_of(sdk.abl),
+                            "boot_image_sha1": sha1_of(cache, sdk.boot_image),
+                            "abl_sha1": sha1_of(cache, sdk.abl),
                             "rootfs_tree_sha1": digest_tree(scan.entries),
                             "source_sha256": source_sha256,
                         }}, sha256=target_sha256, take=True)
@@ -303,17 +335,17 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, cache:
                              tuple(warnings.lines))
 
 
-def _start_ahead(settings: TargetfilesSettings, archive: Archive, cache: HashCache, sdk: SdkOutput,
-                 source_path: Path, source_key: str) -> Callable[[], str]:
+def _start_ahead(archive: Archive, state: State, sdk: SdkOutput, source_path: Path,
+                 source_key: str) -> Callable[[], str]:
     """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
     patch), in a worker beside the build, which waits on the kernel for part of its time."""
     kept = None if archive.built_here(source_key, source_path) else \
-        settings.workspace.member_sha1s(archive.sha256_of(source_path))
-    if kept is not None and kept.exists():
+        archive.sha256_of(source_path)
+    if kept is not None and state.records.holds(ahead.MEMBER_SHA1S, kept):
         kept = None  # kept by an earlier run
     return ahead.start(ahead.AheadWork(source_path, kept, sdk.boot_image,
-                                       cache.sha1_of(sdk.boot_image),
-                                       settings.workspace.patch_cache, DEFAULT_DIFF_TIMEOUT))
+                                       sha1_of(state.digests, sdk.boot_image), state.records,
+                                       state.patches, DEFAULT_DIFF_TIMEOUT))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

@@ -8,12 +8,16 @@ setting that is not in its key. Paths are absolute by the time a settings value 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import __version__
 from tasks.space import DEFAULT_VOLUMES, Volumes
+from tasks.state import State
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_DIR / "sample_sdk"
@@ -29,6 +33,20 @@ EMPTY_BY_NATURE = ("proc", "sys", "dev", "tmp", "run", "var/volatile", "mnt", "m
 DEFAULT_DIFF_TIMEOUT = 300.0
 DEFAULT_SIZE_BUDGET_MB = 70.0
 MB = 1024 * 1024
+# code that makes no output of the chain: a change to it leaves every package up to date
+NOT_IN_OUTPUTS = ("bench.py", "cli.py", "adb_wire.py", "adb_client.py", "at_port.py", "twin.py",
+                  "upgrade.py", "serve.py", "proven.py")
+
+
+@functools.cache
+def tool_digest() -> str:
+    """The tool's own code and templates: a change to them makes every output out of date
+    and every record of `tasks.state` one to rebuild."""
+    digest = hashlib.sha1(__version__.encode())
+    code = [p for p in Path(__file__).parent.glob("*.py") if p.name not in NOT_IN_OUTPUTS]
+    for path in sorted([*code, *TEMPLATES.glob("*")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,35 +110,12 @@ class Workspace:
         return self.state_dir / "verified"
 
     @property
-    def bspatch_record(self) -> Path:
-        """The patches Debian's bspatch proved, by the bytes involved (see `verify`)."""
-        return self.state_dir / "bspatch-proven.json"
-
-    @property
-    def patch_cache(self) -> Path:
-        return self.state_dir / "patch-cache"
-
-    @property
     def inputs_manifest(self) -> Path:
         return self.state_dir / "targetfiles-inputs.json"
 
-    @property
-    def hash_cache(self) -> Path:
-        return self.state_dir / "hash-cache.json"
-
-    @property
-    def image_tree_cache(self) -> Path:
-        """The tree read from the SDK's sysfs image, by the image's sha1."""
-        return self.state_dir / "sdk-image-tree.json"
-
-    def member_sha1s(self, zip_sha256: str) -> Path:
-        """The sha1s of the entries of a base not built here, kept by the zip's sha256."""
-        return self.state_dir / "member-sha1s" / f"{zip_sha256}.json"
-
-    @property
-    def archive_hashes(self) -> Path:
-        """sha256s of archived zips and their copies, by path (see `Archive`)."""
-        return self.state_dir / "archive-sha256.json"
+    def open_state(self) -> State:
+        """What this workspace keeps between runs (`tasks.state`), for one task action."""
+        return State(self.state_dir, tool_digest())
 
 
 @dataclass(frozen=True, slots=True)

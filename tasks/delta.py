@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import __version__, atomic
+from tasks.ahead import MEMBER_SHA1S
 from tasks.archive import Archive, archive_of, sha256_file
 from tasks.config import (
     DeltaSettings,
@@ -52,6 +53,7 @@ from tasks.plan import Change, Kind, Part, parse_mode, plan_changes, refuse_unwr
 from tasks.report import write_summary
 from tasks.runlog import Progress, RunLog
 from tasks.space import cache_reason, refuse_beyond_system, ship_whole_beyond_cache
+from tasks.state import State
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -141,14 +143,19 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
 
 
 def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
-                build_warnings: Sequence[str] = (), sdk: Path | None = None) -> DeltaResult:
+                build_warnings: Sequence[str] = (), sdk: Path | None = None,
+                state: State | None = None) -> DeltaResult:
     """`recorded_source`: the version this workspace built the target on (the default base);
     `build_warnings`: the target's build's, carried into the summary and the report; `sdk`:
-    the SDK folder those warnings name (the summary names it without the host's layout)."""
+    the SDK folder those warnings name (the summary names it without the host's layout);
+    `state`: the workspace's (default: opened here)."""
+    if state is None:
+        with settings.workspace.open_state() as opened:
+            return build_delta(settings, log, recorded_source, build_warnings, sdk, opened)
     started = time.monotonic()
     parts = parse_mode(settings.mode)
     lists = lists_in(settings.config_dir)
-    archive = archive_of(settings.workspace)
+    archive = archive_of(settings.workspace, state)
     target_path = resolve_target(settings.workspace)
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
@@ -159,22 +166,22 @@ def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
             # its sha1s kept by the zip's sha256
             recorded = (archive.built_here(zip_version(base).key, base_path),
                         archive.built_here(target_version.key, target_path))
-            kept = None if recorded[0] else \
-                settings.workspace.member_sha1s(archive.sha256_of(base_path))
-            known = kept is not None and base.learn_kept_sha1s(kept)
+            base_sha256 = archive.sha256_of(base_path)
+            known = not recorded[0] and base.learn_sha1s(
+                state.records.get(MEMBER_SHA1S, base_sha256))
             inputs = PackageInputs(base_path, target_path, settings.config_dir, sdk,
-                                   archive.sha256_of(base_path), archive.sha256_of(target_path))
+                                   base_sha256, archive.sha256_of(target_path))
             result = _build(settings, log, parts, lists, base, target, started, recorded,
-                            tuple(build_warnings), inputs)
-            if kept is not None and not known:
-                base.keep_sha1s(kept)
+                            tuple(build_warnings), inputs, state)
+            if not recorded[0] and not known:
+                state.records.put(MEMBER_SHA1S, base_sha256, base.known_sha1s())
             return result
 
 
 def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
            base: ZipSource, target: ZipSource, started: float,
            recorded_sha1s: tuple[bool, bool], build_warnings: tuple[str, ...],
-           inputs: PackageInputs) -> DeltaResult:
+           inputs: PackageInputs, state: State) -> DeltaResult:
     source_version, target_version = zip_version(base), zip_version(target)
     downgrade = downgrade_warning(source_version, target_version)
     if source_version.key == target_version.key:
@@ -184,7 +191,7 @@ def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: 
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
     boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
     progress = _DiffProgress(log)
-    with PatchRun(cache_dir=settings.workspace.patch_cache, workers=settings.workers or None,
+    with PatchRun(cache=state.patches, workers=settings.workers or None,
                   timeout=settings.diff_timeout, progress=progress.line,
                   open_zips={base.path: base.zipfile, target.path: target.zipfile}) as diffs:
         if boot_changed:
@@ -493,8 +500,8 @@ def pick_bases(spec: str, archive: Archive, target: ProjectVersion,
 
 
 def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str],
-                    verify: Callable[[Workspace, RunLog, PackageInputs], object]
-                    ) -> list[BaseOutcome]:
+                    verify: Callable[[Workspace, RunLog, PackageInputs, State], object],
+                    state: State) -> list[BaseOutcome]:
     """One verified package per base, each in `<out>/deltas/<base>_to_<target>/`, and an index.
 
     `out/deltas/` holds this run's packages only. A base that fails does not stop the
@@ -505,7 +512,7 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
     with ZipSource(target_path) as target:
         target_version = zip_version(target)
     target_key = target_version.key
-    archive = archive_of(settings.workspace)
+    archive = archive_of(settings.workspace, state)
     root = settings.workspace.deltas_dir
     bases, warnings = pick_bases(settings.bases, archive, target_version, known)
     for warning in warnings:
@@ -519,11 +526,11 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
         one = dataclasses.replace(settings, base=base, bases="", workspace=workspace)
         log.say(f"delta: base {shown_path(base)}")
         try:
-            result = build_delta(one, log)
+            result = build_delta(one, log, state=state)
             for warning in result.warnings:
                 log.say(f"warning: {warning}")
             if result.package is not None:
-                verify(workspace, log, result.inputs)
+                verify(workspace, log, result.inputs, state)
             size = result.summary.get("package_size", 0)  # none when nothing changed
             outcomes.append(BaseOutcome(base, folder, True, "verified" if result.package
                                         else "nothing changed",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import hashlib
 import os
 import shutil
 import sys
@@ -24,7 +23,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from tasks import __version__, atomic
+from tasks import atomic
 from tasks.archive import archive_of
 from tasks.config import (
     PROJECT_DIR,
@@ -36,6 +35,7 @@ from tasks.config import (
     Workspace,
     key_of,
     resolve_path,
+    tool_digest,
 )
 from tasks.configure import TASK_PARAMS, Configuration, check_versions, configure, params_of
 from tasks.errors import (
@@ -51,7 +51,7 @@ from tasks.lock import WorkspaceBusy, WorkspaceLock
 from tasks.lock import take as take_lock
 from tasks.runlog import RunLog
 from tasks.space import Volumes
-from tasks.tree import file_stamp
+from tasks.state import State, file_stamp
 from tasks.workspace_record import (
     WorkspaceRecord,
     read_record,
@@ -66,21 +66,7 @@ if TYPE_CHECKING:  # the work modules are imported by the actions that run them
 TaskDict = dict[str, Any]
 
 
-# code that makes no output of the chain: a change to it leaves every package up to date
-NOT_IN_OUTPUTS = ("bench.py", "cli.py", "adb_wire.py", "adb_client.py", "at_port.py", "twin.py",
-                  "upgrade.py", "serve.py", "proven.py")
-
-
-def _tool_digest() -> str:
-    """The tool's own code and templates: a change to them makes every output out of date."""
-    digest = hashlib.sha1(__version__.encode())
-    code = [p for p in Path(__file__).parent.glob("*.py") if p.name not in NOT_IN_OUTPUTS]
-    for path in sorted([*code, *TEMPLATES.glob("*")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-TOOL = _tool_digest()
+TOOL = tool_digest()  # a change to the code makes every output out of date
 
 
 # what failed in this process: "input" (the user can fix an input) or "check" (a product of
@@ -372,7 +358,8 @@ def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog,
     from tasks.assemble import write_inputs_manifest
 
     known = read_record(settings.workspace.record).versions
-    scans[:] = [write_inputs_manifest(settings, known, log)]
+    with settings.workspace.open_state() as state:
+        scans[:] = [write_inputs_manifest(settings, known, state, log)]
 
 
 def _targetfiles(conf: Configuration, log: RunLog, scans: list[ScannedRootfs]
@@ -381,8 +368,9 @@ def _targetfiles(conf: Configuration, log: RunLog, scans: list[ScannedRootfs]
 
     settings = conf.targetfiles
     record = settings.workspace.record
-    result = build_targetfiles(settings, log, read_record(record).versions,
-                               scans.pop() if scans else None)
+    with settings.workspace.open_state() as state:
+        result = build_targetfiles(settings, log, read_record(record).versions,
+                                   scans.pop() if scans else None, state)
     record_target(record, conf.recorded_options["targetfiles"],
                   {"key": result.target_key, "sha256": result.sha256,
                    "source": result.source_key, "warnings": list(result.warnings),
@@ -435,40 +423,41 @@ def _delta(conf: Configuration, log: RunLog) -> None:
 
     ws = conf.workspace
     record = read_record(ws.record)
-    check_target_is_recorded(ws, record)
     # a size the user did not set is the one the target's SDK image gave, if any
     settings = dataclasses.replace(conf.delta,
                                    volumes=conf.delta.volumes.over(target_volumes(record)))
-    sdk = record.tasks.get("targetfiles", {}).get("sdk")
-    result = build_delta(settings, log, record.source_key, record.build_warnings,
-                         Path(str(sdk)) if sdk else None)
-    for warning in result.warnings:
-        log.say(f"warning: {warning}")
-    log.say(delta_describe(result))
-    if settings.bases:
-        outcomes = build_for_bases(settings, log, record.versions, _verify_one)
-        log.say(f"delta: {len(outcomes)} packages in {ws.deltas_dir} (index.json)")
-    else:
-        shutil.rmtree(ws.deltas_dir, ignore_errors=True)  # packages of an earlier run
+    with ws.open_state() as state:
+        check_target_is_recorded(ws, record, state)
+        sdk = record.tasks.get("targetfiles", {}).get("sdk")
+        result = build_delta(settings, log, record.source_key, record.build_warnings,
+                             Path(str(sdk)) if sdk else None, state)
+        for warning in result.warnings:
+            log.say(f"warning: {warning}")
+        log.say(delta_describe(result))
+        if settings.bases:
+            outcomes = build_for_bases(settings, log, record.versions, _verify_one, state)
+            log.say(f"delta: {len(outcomes)} packages in {ws.deltas_dir} (index.json)")
+        else:
+            shutil.rmtree(ws.deltas_dir, ignore_errors=True)  # packages of an earlier run
     record_package(ws.record, conf.recorded_options["delta"], result.inputs.to_json())
 
 
-def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord) -> None:
+def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord, state: State) -> None:
     """out/targetfiles.zip is the target this workspace's last `doit targetfiles` built."""
     if not record.target_key:
         raise DfotaError("this workspace has no target yet: run `doit targetfiles` first",
                          ws.record)
     # targetfiles noted its copy's sha256 by stat: nothing is hashed while the file is as made
     if ws.target_zip.is_file() and \
-            archive_of(ws).sha256_of(ws.target_zip) != record.target.get("sha256"):
+            archive_of(ws, state).sha256_of(ws.target_zip) != record.target.get("sha256"):
         raise DfotaError(f"is not the target this workspace built ({record.target_key}): run "
                          "`doit targetfiles` again", ws.target_zip)
 
 
-def _verify_one(ws: Workspace, log: RunLog, inputs: PackageInputs) -> None:
+def _verify_one(ws: Workspace, log: RunLog, inputs: PackageInputs, state: State) -> None:
     from tasks.verify import verify_delta
 
-    verify_delta(VerifySettings(ws), log, inputs)
+    verify_delta(VerifySettings(ws), log, inputs, state)
 
 
 def package_inputs(ws: Workspace) -> PackageInputs:
@@ -484,27 +473,30 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
     from tasks.verify import verify_delta, verify_needed
 
     ws = settings.workspace
-    if not verify_needed(ws):
-        log.say("verify: nothing to verify (no package, or this package was verified)")
-    else:
-        report = verify_delta(settings, log, package_inputs(ws))
-        for check in report.checks:
-            log.say(f"verify: ok  {check.name}: {check.detail}")
-        log.say(f"verify: {ws.update_zip} passed {len(report.checks)} checks in "
-                f"{report.seconds:.1f} s and is published; report: {ws.update_report}")
+    with ws.open_state() as state:
+        if not verify_needed(ws, state.digests):
+            log.say("verify: nothing to verify (no package, or this package was verified)")
+        else:
+            report = verify_delta(settings, log, package_inputs(ws), state)
+            for check in report.checks:
+                log.say(f"verify: ok  {check.name}: {check.detail}")
+            log.say(f"verify: {ws.update_zip} passed {len(report.checks)} checks in "
+                    f"{report.seconds:.1f} s and is published; report: {ws.update_report}")
     atomic.write_text(ws.verify_stamp, "verified\n")
 
 
 def _published_is_proven(ws: Workspace) -> bool:
     from tasks.verify import published_is_proven
 
-    return published_is_proven(ws)
+    with ws.open_state() as state:
+        return published_is_proven(ws, digests=state.digests)
 
 
 def _verify_named(settings: VerifySettings, log: RunLog) -> None:
     from tasks.verify import verify_named
 
-    report, where = verify_named(settings, log)
+    with settings.workspace.open_state() as state:
+        report, where = verify_named(settings, log, state)
     for check in report.checks:
         log.say(f"verify: ok  {check.name}: {check.detail}")
     log.say(f"verify: {settings.package} is proven ({len(report.checks)} checks in "
@@ -518,11 +510,11 @@ def _import_base(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None
     firmware, template = str(options["firmware"]), str(options["template"])
     if not firmware:
         raise DfotaError("name the firmware package: doit import_base --firmware DIR")
-    archive = archive_of(ws)
-    key = import_base(resolve_path(firmware), archive,
-                      template=resolve_path(template) if template else None,
-                      from_images=bool(options["from_images"]), say=log.say,
-                      work_dir=ws.state_dir)
+    with ws.open_state() as state:
+        key = import_base(resolve_path(firmware), archive_of(ws, state),
+                          template=resolve_path(template) if template else None,
+                          from_images=bool(options["from_images"]), say=log.say,
+                          work_dir=ws.state_dir)
     record_versions(ws.record, [key])
 
 

@@ -17,14 +17,14 @@ worker, a batch of them at a time; a batch whose worker dies or runs out of time
 one pair per worker, so only the pair at fault falls back.
 
 Every patch is applied to its source and checked against the target's sha1 before it is used,
-and again whenever it is taken from the cache. The cache holds `<source sha1>-<target sha1>-
-<engine>.p` (a verified patch) or `.big` (the size of a patch that was too large).
+and again whenever it is taken from the cache (the state's blob cache, tasks.state). It holds
+`<source sha1>-<target sha1>-<engine>.p` (a verified patch) or `.big` (the size of a patch that
+was too large).
 """
 
 from __future__ import annotations
 
 import bz2
-import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tempfile
 import time
 import zipfile
 import zlib
@@ -49,6 +48,7 @@ from typing import IO, Any
 import bsdiff4
 
 from tasks.errors import DfotaError, quoted, shown_path
+from tasks.state import BlobCache
 from tasks.workers import worker_context
 from tasks.zipio import open_zip
 
@@ -183,7 +183,7 @@ def too_big_reason(patch_size: int, target_size: int) -> str:
     return f"patch is {percent}% of the file"
 
 
-def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | None = None,
+def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache, workers: int | None = None,
                  timeout: float = 300.0, memory_limit: int = 1 << 30,
                  progress: Callable[[str], None] | None = None,
                  engine: Engine | None = None,
@@ -192,7 +192,7 @@ def make_patches(jobs: Sequence[PatchJob], *, cache_dir: Path, workers: int | No
     """Decide for each job whether its target ships as a patch or whole, and make the patches
     (`PatchRun` with all the jobs at once). Returns the outcomes by job name, in the order of
     `jobs`."""
-    with PatchRun(cache_dir=cache_dir, workers=workers, timeout=timeout,
+    with PatchRun(cache=cache, workers=workers, timeout=timeout,
                   memory_limit=memory_limit, progress=progress, engine=engine,
                   open_zips=open_zips) as run:
         run.add(jobs)
@@ -213,26 +213,21 @@ class PatchRun:
     (workers open their own).
     """
 
-    def __init__(self, *, cache_dir: Path, workers: int | None = None, timeout: float = 300.0,
+    def __init__(self, *, cache: BlobCache, workers: int | None = None, timeout: float = 300.0,
                  memory_limit: int = 1 << 30, progress: Callable[[str], None] | None = None,
                  engine: Engine | None = None,
                  open_zips: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
         self.workers = workers if workers is not None else os.cpu_count() or 1
         if self.workers < 1 or timeout <= 0 or memory_limit <= 0:
             raise ValueError("workers, timeout and memory_limit must be positive")
-        self.cache_dir, self.timeout, self.memory_limit = cache_dir, timeout, memory_limit
+        self.cache, self.timeout, self.memory_limit = cache, timeout, memory_limit
         self.engine = engine
         self._say = progress or (lambda _line: None)
         self._tag = engine_tag()
         if engine is not None:
             qualname = getattr(engine, "__qualname__", type(engine).__name__)
             self._tag += f"+{engine.__module__}.{qualname}"
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DfotaError(f"cannot create the patch cache ({exc.strerror})",
-                             cache_dir) from exc
-        _remove_stale_runs(cache_dir)
+        cache.prepare()
         self._reader = _Reader(open_zips)
         self._run_dir: Path | None = None
         self._names: dict[str, str] = {}  # job name -> key, in the order added
@@ -276,7 +271,7 @@ class PatchRun:
                 continue
             job = group[0]
             reason = _rule_reason(job, self.memory_limit, self._reader)
-            hit = None if reason else _from_cache(self.cache_dir, key, job, self._reader)
+            hit = None if reason else _from_cache(self.cache, key, job, self._reader)
             if reason:
                 by_rule += len(group)
                 self._results[key] = (None, reason, 0, 0.0, False)
@@ -315,12 +310,7 @@ class PatchRun:
 
     def _scratch(self) -> Path:
         if self._run_dir is None:
-            try:
-                self._run_dir = Path(tempfile.mkdtemp(prefix=f".run-{os.getpid()}-",
-                                                      dir=self.cache_dir))
-            except OSError as exc:
-                raise DfotaError(f"cannot write to the patch cache ({exc.strerror})",
-                                 self.cache_dir) from exc
+            self._run_dir = self.cache.scratch()
         return self._run_dir
 
     def _preload(self, blob: Blob) -> bytes | None:
@@ -384,7 +374,7 @@ class PatchRun:
                     # the pair that stopped the batch is found by trying each alone
                     self._queue.appendleft((int(task.result.stem), item, True))
                     continue
-                patch, reason, size = (_collect(item, task, self.cache_dir, self._scratch())
+                patch, reason, size = (_collect(item, task, self.cache, self._scratch())
                                        if task.result.exists() else (None, lost, 0))
                 self._results[item.key] = (patch, reason, size, now - entry.started, False)
                 self._diffed += 1
@@ -406,23 +396,21 @@ def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
     return ""
 
 
-def _from_cache(cache_dir: Path, key: str, job: PatchJob,
+def _from_cache(cache: BlobCache, key: str, job: PatchJob,
                 reader: _Reader) -> tuple[Path | None, str, int] | None:
     """(patch, whole reason, patch size) from a checked cache entry; a bad entry is deleted."""
-    patch_path = cache_dir / f"{key}.p"
-    big_path = cache_dir / f"{key}.big"
-    with contextlib.suppress(FileNotFoundError):
-        patch = patch_path.read_bytes()
+    patch = cache.read_bytes(f"{key}.p")
+    if patch is not None:
         if _cached_patch_fits(patch, job, reader):
-            return patch_path, "", len(patch)
-        patch_path.unlink(missing_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        text = big_path.read_text("ascii", "replace")
-        size = _parse_big(text)
+            return cache.path(f"{key}.p"), "", len(patch)
+        cache.drop(f"{key}.p")
+    big = cache.read_bytes(f"{key}.big")
+    if big is not None:
+        size = _parse_big(big.decode("ascii", "replace"))
         reason = too_big_reason(size, job.target.size) if size is not None else ""
         if reason:
             return None, reason, size or 0
-        big_path.unlink(missing_ok=True)
+        cache.drop(f"{key}.big")
     return None
 
 
@@ -607,7 +595,7 @@ def _batchable(item: _Work) -> bool:
     return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
 
 
-def _collect(item: _Work, task: _Task, cache_dir: Path,
+def _collect(item: _Work, task: _Task, cache: BlobCache,
              run_dir: Path) -> tuple[Path | None, str, int]:
     """Read the result a worker left for one pair; move a good patch into the cache."""
     job = item.jobs[0]
@@ -631,12 +619,9 @@ def _collect(item: _Work, task: _Task, cache_dir: Path,
     if reason:
         marker = run_dir / f"{item.key}.big"
         marker.write_text(f"patch-size {size}\n", "ascii")
-        os.replace(marker, cache_dir / f"{item.key}.big")
+        cache.put(f"{item.key}.big", marker)
         return None, reason, size
-    # no fsync: a cache entry lost or torn by a crash fails its check and is rebuilt
-    dest = cache_dir / f"{item.key}.p"
-    os.replace(task.patch_tmp, dest)
-    return dest, "", size
+    return cache.put(f"{item.key}.p", task.patch_tmp), "", size
 
 
 def _exit_text(code: int | None) -> str:
@@ -662,17 +647,3 @@ def _human(size: int) -> str:
         if size >= 1 << shift:
             return f"{size / (1 << shift):.1f} {unit}"
     return f"{size} B"
-
-
-def _remove_stale_runs(cache_dir: Path) -> None:
-    """Remove the scratch folders of runs whose process is gone (killed mid-run)."""
-    for run in cache_dir.glob(".run-*-*"):
-        pid_text = run.name.split("-")[1]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(run, ignore_errors=True)
-        except OSError:
-            pass

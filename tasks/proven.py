@@ -16,6 +16,7 @@ from tasks.archive import recorded_sha256
 from tasks.atomic import read_json_object
 from tasks.config import Workspace
 from tasks.errors import DfotaError
+from tasks.state import DigestCache
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,14 @@ class ProvenPackage:
         return f"/{quote(self.source, safe='@')}/{quote(self.target, safe='@')}/update.zip"
 
 
-def _proven(summary_path: Path, zip_path: Path, ws: Workspace) -> ProvenPackage | None:
+def _proven(summary_path: Path, zip_path: Path, digests: DigestCache | None
+            ) -> ProvenPackage | None:
     summary = read_json_object(summary_path)
     verify = summary.get("verify")
     if not (isinstance(verify, dict) and verify.get("ok")) or not zip_path.is_file():
         return None
     try:
-        sha256 = recorded_sha256(ws.archive_hashes, zip_path)
+        sha256 = recorded_sha256(digests, zip_path)
     except DfotaError:
         return None
     if sha256 != summary.get("package_sha256"):
@@ -47,12 +49,13 @@ def _proven(summary_path: Path, zip_path: Path, ws: Workspace) -> ProvenPackage 
                          zip_path, sha256, zip_path.stat().st_size)
 
 
-def proven_packages(ws: Workspace) -> list[ProvenPackage]:
-    """Every proven package of the workspace, the published one first."""
+def proven_packages(ws: Workspace, digests: DigestCache | None) -> list[ProvenPackage]:
+    """Every proven package of the workspace, the published one first (their sha256s from
+    `digests` while the files are as they were when hashed)."""
     found: list[ProvenPackage] = []
     summary = read_json_object(ws.update_summary)
     if summary.get("published"):
-        one = _proven(ws.update_summary, ws.update_zip, ws)
+        one = _proven(ws.update_summary, ws.update_zip, digests)
         if one is not None:
             found.append(one)
     index = read_json_object(ws.deltas_dir / "index.json")
@@ -61,12 +64,12 @@ def proven_packages(ws: Workspace) -> list[ProvenPackage]:
                 and entry.get("package")):
             continue
         folder = ws.root / str(entry["folder"])
-        one = _proven(folder / "update.json", ws.root / str(entry["package"]), ws)
+        one = _proven(folder / "update.json", ws.root / str(entry["package"]), digests)
         if one is not None and all((p.source, p.target) != (one.source, one.target)
                                    for p in found):
             found.append(one)
     return found
 
 
-def proven_sha256s(ws: Workspace) -> dict[str, ProvenPackage]:
-    return {p.sha256: p for p in proven_packages(ws)}
+def proven_sha256s(ws: Workspace, digests: DigestCache | None) -> dict[str, ProvenPackage]:
+    return {p.sha256: p for p in proven_packages(ws, digests)}

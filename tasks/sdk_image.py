@@ -1,5 +1,5 @@
 """The tree of the SDK's own sysfs image (`target/sdxlemur-sysfs.ubi`) and the sizes of the
-module's volumes it gives, kept in a record.
+module's volumes it gives, kept in a record (tasks.state).
 
 Reading the image takes seconds of decompressing and it seldom changes between builds: its
 tree is kept by the image's sha1 and the UBI reader's code, and read again only when either
@@ -15,15 +15,14 @@ optional in an SDK, but one that is there is what the module will run.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks import atomic
 from tasks.errors import DfotaError
 from tasks.space import FROM_IMAGE, Volumes
+from tasks.state import Records
 from tasks.tree import Entry, Tree
 from tasks.workers import OneShot
 
@@ -33,6 +32,9 @@ if TYPE_CHECKING:  # the UBI reader is imported only to read
 ROOTFS_VOLUME = "rootfs"  # the module's /system
 CACHE_VOLUME = "cachefs"  # the module's /cache
 _READERS = (Path(__file__).with_name("ubi.py"), Path(__file__))
+
+
+RECORD = "sdk-image-tree"
 
 
 def image_key(image_sha1: str) -> str:
@@ -56,26 +58,11 @@ def image_volumes(sysfs_ubi: Path, volumes: Sequence[UbiVolume]) -> Volumes:
                    ubifs_room(sysfs_ubi, named[CACHE_VOLUME]), FROM_IMAGE, FROM_IMAGE)
 
 
-def _record_head(key: str) -> bytes:
-    return json.dumps({"key": key})[:-1].encode("utf-8") + b", "
-
-
-def holds(record: Path, key: str) -> bool:
-    """The record says it holds the tree under `key` (its first bytes: a `doit` with nothing
-    to do must not parse the whole tree to learn that)."""
-    head = _record_head(key)
-    try:
-        with open(record, "rb") as f:
-            return f.read(len(head)) == head
-    except OSError:
-        return False
-
-
-def recorded_image(record: Path, key: str) -> tuple[Tree, Volumes] | None:
-    """The tree and the volume sizes a record holds under `key`; None for another key or a
+def recorded_image(records: Records, key: str) -> tuple[Tree, Volumes] | None:
+    """The tree and the volume sizes the records hold under `key`; None for another key or a
     damaged record."""
-    saved = atomic.read_json_object(record)
-    if saved.get("key") != key or not isinstance(saved.get("volumes"), dict):
+    saved = records.get(RECORD, key)
+    if not isinstance(saved, dict) or not isinstance(saved.get("volumes"), dict):
         return None
     try:
         return ({e["path"]: Entry.from_json(e) for e in saved["entries"]},
@@ -84,22 +71,23 @@ def recorded_image(record: Path, key: str) -> tuple[Tree, Volumes] | None:
         return None
 
 
-def read_and_record(sysfs_ubi: Path, record: Path, key: str) -> tuple[Tree, Volumes]:
+def read_and_record(sysfs_ubi: Path, records: Records, key: str) -> tuple[Tree, Volumes]:
     """Read volume rootfs of the image and the sizes of the volumes, and record them under
-    `key`."""
+    `key` (the only one kept)."""
     from tasks.ubi import read_ubifs
 
     read = read_ubifs(sysfs_ubi, ROOTFS_VOLUME)
     volumes = image_volumes(sysfs_ubi, read.volumes)
-    atomic.write_text(record, json.dumps({"key": key, "volumes": volumes.to_json(), "entries": [
-        e.to_json() for e in read.entries.values()]}) + "\n")
+    records.put(RECORD, key, {"volumes": volumes.to_json(),
+                              "entries": [e.to_json() for e in read.entries.values()]},
+                alone=True)
     return read.entries, volumes
 
 
-def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None:
+def _worker(sysfs_ubi: Path, records: Records, key: str, report: Connection) -> None:
     """`read_and_record` in a worker; says None, or the one-line message of what stopped it."""
     try:
-        read_and_record(sysfs_ubi, record, key)
+        read_and_record(sysfs_ubi, records, key)
     except DfotaError as exc:
         report.send(str(exc))
     except KeyboardInterrupt:
@@ -109,31 +97,31 @@ def _worker(sysfs_ubi: Path, record: Path, key: str, report: Connection) -> None
 
 
 class ImageTreeReader:
-    """The image's tree and volume sizes: from `record` when it holds this image, else read
+    """The image's tree and volume sizes: from `records` when they hold this image, else read
     and recorded in a worker process that starts at once, while the caller goes on (a record
     that says it holds them but is damaged is read again when they are asked for).
 
     The worker is not a daemon: if `tree` is never asked for, the interpreter waits for it at
     exit, so the next run finds the tree recorded."""
 
-    def __init__(self, sysfs_ubi: Path, record: Path, image_sha1: str) -> None:
-        self.sysfs_ubi, self.record = sysfs_ubi, record
+    def __init__(self, sysfs_ubi: Path, records: Records, image_sha1: str) -> None:
+        self.sysfs_ubi, self.records = sysfs_ubi, records
         self.key = image_key(image_sha1)
         self._read: tuple[Tree, Volumes] | None = None
         self._worker: OneShot | None = None
-        if not holds(record, self.key):
-            self._worker = OneShot(_worker, (sysfs_ubi, record, self.key), "read sysfs image")
+        if not records.holds(RECORD, self.key):
+            self._worker = OneShot(_worker, (sysfs_ubi, records, self.key), "read sysfs image")
 
     def _image(self) -> tuple[Tree, Volumes]:
         if self._read is None and self._worker is None:
-            self._read = (recorded_image(self.record, self.key)
-                          or read_and_record(self.sysfs_ubi, self.record, self.key))
+            self._read = (recorded_image(self.records, self.key)
+                          or read_and_record(self.sysfs_ubi, self.records, self.key))
         elif self._read is None and self._worker is not None:
             problem, exit_code = self._worker.wait()  # None: done, or it died without a word
             self._worker = None
             if problem is not None:
                 raise DfotaError(str(problem))
-            self._read = recorded_image(self.record, self.key)
+            self._read = recorded_image(self.records, self.key)
             if self._read is None:
                 raise DfotaError(f"reading the image stopped (exit code {exit_code})",
                                  self.sysfs_ubi)

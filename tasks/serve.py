@@ -13,6 +13,7 @@ module's wrapping of its socket.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,15 +37,22 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 class Catalogue:
     """The proven packages, looked up again for each request (a new `doit verify` may have
-    published another), with md5s computed once per file."""
+    published another), with md5s computed once per file and sha256s kept in the
+    workspace's digest cache while the files stay as they were."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.md5s: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.state = ws.open_state()
+        self.state_lock = threading.Lock()
 
     def packages(self) -> list[ProvenPackage]:
-        return proven_packages(self.ws)
+        with self.state_lock:
+            found = proven_packages(self.ws, self.state.digests)
+            with contextlib.suppress(DfotaError):  # a cache: losing it costs a hashing
+                self.state.digests.save()
+            return found
 
     def md5(self, package: ProvenPackage) -> str:
         with self.lock:

@@ -110,23 +110,6 @@ def changed_error(path: str | os.PathLike[str]) -> DfotaError:
     return DfotaError("changed while it was being read; run again", path)
 
 
-def file_stamp(st: os.stat_result) -> list[int]:
-    """What says a file is still the one seen: size, modification and change times (any
-    write, chmod or rename moves the change time) and inode."""
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-# a file written this recently may be written again within the same clock tick, leaving its
-# times as they were: what is known of it by its `file_stamp` is not kept
-RACY_NS = 2_000_000_000
-
-
-def settled(st: os.stat_result, now_ns: int, window_ns: int = RACY_NS) -> bool:
-    """The file `st` shows was last written or changed more than `window_ns` before
-    `now_ns`: a later write would move its `file_stamp`."""
-    return now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > window_ns
-
-
 def sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 

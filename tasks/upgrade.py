@@ -52,6 +52,7 @@ from tasks.errors import (
     worst_upgrade,
 )
 from tasks.proven import ProvenPackage, proven_packages
+from tasks.state import DigestCache
 from tasks.version import parse_version
 
 PUSH_PATH = "/usrdata/cache/ufs/update.zip"  # note 4.1.1
@@ -147,9 +148,9 @@ def _package_version(path: Path) -> bytes:
 
 
 def choose_package(ws: Workspace, options: UpgradeOptions, module_key: str,
-                   proven: Sequence[ProvenPackage], run: Run) -> Chosen:
+                   proven: Sequence[ProvenPackage], run: Run, digests: DigestCache) -> Chosen:
     if options.package is not None:
-        sha256 = recorded_sha256(ws.archive_hashes, options.package)
+        sha256 = recorded_sha256(digests, options.package)
         known = next((p for p in proven if p.sha256 == sha256), None)
         source = parse_version(_package_version(options.package),
                                str(options.package)).key
@@ -457,7 +458,7 @@ def conclude(adb: Adb, err: int | None, started: bool, chosen: Chosen, options: 
 
 def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,
                    proven: Sequence[ProvenPackage], say: Callable[[str], None],
-                   on_terminal: bool) -> Run:
+                   on_terminal: bool, digests: DigestCache) -> Run:
     run = Run(serial, say)
     run.record.update({"device": serial, "started": _now(), "transfer": options.transfer,
                        "at": options.at})
@@ -472,7 +473,7 @@ def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,
             raise Stop(EXIT_LOST, f"not reachable over adb ({shown_path(state)})")
         module_bytes, module_key = _module_version(adb)
         run.record["version_before"] = module_key
-        chosen = choose_package(ws, options, module_key, proven, run)
+        chosen = choose_package(ws, options, module_key, proven, run, digests)
         run.record["package"] = {"path": str(chosen.path), "sha256": chosen.sha256,
                                  "size": chosen.size, "source": chosen.source,
                                  "target": chosen.target, "proven": chosen.proven}
@@ -547,7 +548,6 @@ def run_upgrade(ws: Workspace, options: UpgradeOptions, say: Callable[[str], Non
         devices = connected_devices()
         if not devices:
             raise DfotaError("no module connected: `adb devices` lists none online")
-    proven = proven_packages(ws)
     lock = threading.Lock()
 
     def said(line: str) -> None:
@@ -556,9 +556,10 @@ def run_upgrade(ws: Workspace, options: UpgradeOptions, say: Callable[[str], Non
 
     on_terminal = sys.stdout.isatty() and len(devices) == 1
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+    with ws.open_state() as state, ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        proven = proven_packages(ws, state.digests)
         runs = list(pool.map(lambda s: upgrade_module(s, ws, options, proven, said,
-                                                      on_terminal), devices))
+                                                      on_terminal, state.digests), devices))
     folder = write_records(ws, runs, stamp)
     worst = worst_upgrade(r.code for r in runs)
     ok = sum(1 for r in runs if r.code == EXIT_OK)

@@ -35,6 +35,7 @@ from tasks.power_loss import MarkRecorder, Marks, for_each_power_loss
 from tasks.report import write_report, write_summary
 from tasks.runlog import RunLog
 from tasks.space import DEFAULT_VOLUMES, Volumes
+from tasks.state import DigestCache, Records, State
 from tasks.targetfiles import (
     BOOT_IMAGE,
     SYSTEM,
@@ -210,6 +211,9 @@ class _Replays:
 
 _REPLAY: _Replays | None = None
 _POLL = 1.0  # seconds between looks at the workers' replays (progress lines)
+# below this many power losses the replays run in this process (measured: on the benchmark
+# pair, 471 steps took 0.85 s in two workers and 0.25 s here)
+_STEPS_PER_FORK = 2000
 
 
 def _replay(steps: Sequence[int], advance: Callable[[int], None] | None = None) -> list[str]:
@@ -252,8 +256,9 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
     it, every re-run goes to its end and is compared."""
     global _REPLAY
     workers = workers or os.cpu_count() or 1
-    # few chunks, each from the whole range (each runs the package once, to its end)
-    count = workers * 2
+    # one chunk per core, each from the whole range (each runs the package once, to its
+    # end); a package of few steps in this process: its re-runs cost less than a fork
+    count = 1 if len(steps) < _STEPS_PER_FORK else workers
     chunks = [list(steps[i::count]) for i in range(count) if steps[i::count]]
     marks, differs = whole_run or (None, None)
     _REPLAY = _Replays(pkg, device, expected, partitions,
@@ -287,6 +292,7 @@ def info_zip_test(package: Path) -> list[str]:
 
 # the patches proven in earlier runs, newest first, at most this many
 _BSPATCH_RECORD_MAX = 4096
+BSPATCH_RECORD = "bspatch-proven"  # its name among the state's records (tasks.state)
 
 
 def _bspatch_tool() -> str:
@@ -298,14 +304,13 @@ def _bspatch_tool() -> str:
 
 
 def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
-                  record: Path | None = None) -> tuple[list[str], int, int]:
+                  records: Records | None = None) -> tuple[list[str], int, int]:
     """Each patch applied by Debian's bspatch to the source must give the target's bytes
-    (a bspatch per core at a time). `record` keeps the patches proven, by the sha1s of
-    source, patch and target bytes and of the bspatch program: a patch proven in an earlier
-    run is not applied again. Problems, patches, patches proven earlier."""
+    (a bspatch per core at a time). `records` keep the patches proven, by the sha1s of
+    source, patch and target bytes, under the sha1 of the bspatch program: a patch proven
+    in an earlier run is not applied again. Problems, patches, patches proven earlier."""
     tool = _bspatch_tool()
-    saved = atomic.read_json_object(record) if record is not None else {}
-    earlier = saved.get("checked") if saved.get("bspatch") == tool else None
+    earlier = records.get(BSPATCH_RECORD, tool) if records is not None else None
     proven_before = [key for key in earlier if isinstance(key, str)] \
         if isinstance(earlier, list) else []
     proven = set(proven_before)
@@ -343,12 +348,11 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
             if failed is not None:
                 problems.append(failed)
                 failed_names.add(name)
-    if record is not None:
+    if records is not None:
         newest = [keys[name] for name in sorted(keys) if name not in failed_names]
         shown = set(newest)
         older = [key for key in proven_before if key not in shown]
-        atomic.write_text(record, json.dumps({"bspatch": tool, "checked": (
-            newest + older)[:_BSPATCH_RECORD_MAX]}, indent=0) + "\n")
+        records.put(BSPATCH_RECORD, tool, (newest + older)[:_BSPATCH_RECORD_MAX], alone=True)
     return problems, len(keys), len(keys) - len(jobs)
 
 
@@ -369,7 +373,7 @@ def _tamper_target(device: Device, package: Path) -> str | None:
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
-                   target_recorded: bool = False, bspatch_record: Path | None = None,
+                   target_recorded: bool = False, records: Records | None = None,
                    volumes: Volumes = DEFAULT_VOLUMES) -> VerifyReport:
     """`permission_replays`: at most this many of the permission steps get a power loss
     (evenly spread, first and last included); every other step always does. None: all.
@@ -379,7 +383,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     checks, never pass them: the source's files are hashed from their bytes, and so is every
     file the package writes on the modeled module.
 
-    `bspatch_record`: where the patches Debian's bspatch proved are kept (`bspatch_check`).
+    `records`: where the patches Debian's bspatch proved are kept (`bspatch_check`).
 
     `volumes`: the module's system volume and /cache the package was made for: a write the
     room does not allow fails on the host as on the module."""
@@ -453,7 +457,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             report.add("a source changed by hand stops with 510, nothing written", problems,
                        f"{changed} changed: 510, nothing written")
 
-        problems, count, earlier = bspatch_check(package, base, target, bspatch_record)
+        problems, count, earlier = bspatch_check(package, base, target, records)
         report.add("Debian bspatch gives the target's bytes", problems, f"{count} patches" + (
             f" ({earlier} of them proven by an earlier run, the same bytes)" if earlier else ""))
     report.seconds = time.monotonic() - started
@@ -471,20 +475,21 @@ def _read_summary(workspace: Workspace) -> dict[str, object]:
     return summary
 
 
-def verify_needed(workspace: Workspace) -> bool:
+def verify_needed(workspace: Workspace, digests: DigestCache | None = None) -> bool:
     """False when the last `doit delta` found nothing to update (and wrote no package), or when
-    its package was already proven and published."""
+    its package was already proven and published (`published_is_proven`)."""
     summary = _read_summary(workspace)
     if not summary.get("changed", True):
         return False
     done = summary.get("verify")
     return not (isinstance(done, dict) and done.get("ok") and not workspace.pending_zip.exists()
-                and published_is_proven(workspace, summary))
+                and published_is_proven(workspace, summary, digests))
 
 
-def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | None = None
-                        ) -> bool:
-    """`out/update.zip`, when there is one, has the sha256 of the package that was proven."""
+def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | None = None,
+                        digests: DigestCache | None = None) -> bool:
+    """`out/update.zip`, when there is one, has the sha256 of the package that was proven
+    (by `digests` while the file is as it was when hashed; None: hashed now)."""
     if not workspace.update_zip.is_file():
         return True
     if summary is None:
@@ -492,16 +497,20 @@ def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | No
             summary = _read_summary(workspace)
         except DfotaError:
             return False
-    # by the stat-keyed record: any write to the file changes its stat, so it is hashed again
-    return recorded_sha256(workspace.archive_hashes, workspace.update_zip) == \
-        summary.get("package_sha256")
+    # by the stat-keyed cache: any write to the file changes its stat, so it is hashed again
+    return recorded_sha256(digests, workspace.update_zip) == summary.get("package_sha256")
 
 
-def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -> VerifyReport:
+def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
+                 state: State | None = None) -> VerifyReport:
     """Verify the package `doit delta` left aside, made from `inputs` as `out/update.json`
     describes it; publish it at `out/update.zip` when it passes, move it to `out/rejected/`
     when it fails. With no package aside, a published `out/update.zip` that is not the one
-    proven is proven again: kept when it passes, moved out when it fails."""
+    proven is proven again: kept when it passes, moved out when it fails. `state`: the
+    workspace's (default: opened here)."""
+    if state is None:
+        with settings.workspace.open_state() as opened:
+            return verify_delta(settings, log, inputs, opened)
     workspace = settings.workspace
     summary = _read_summary(workspace)
     changed = not workspace.pending_zip.is_file() and workspace.update_zip.is_file()
@@ -513,12 +522,12 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs) -
     # the mode is the list of parts `doit delta` wrote there
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = lists_in(inputs.config_dir)
-    archive = archive_of(workspace)
+    archive = archive_of(workspace, state)
     report = verify_package(package, inputs.base_zip, inputs.target_zip,
                             parts, lists, log, permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(str(summary["target"]),
                                                                inputs.target_zip),
-                            bspatch_record=workspace.bspatch_record,
+                            records=state.records,
                             volumes=Volumes.from_json(summary.get("volumes")))
     summary["verify"] = verified = report.to_json()
     places = inputs.places(workspace)
@@ -567,7 +576,8 @@ def _package_source(package: Path) -> str:
         raise DfotaError(f"cannot be read as a zip ({exc})", package) from exc
 
 
-def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, Path]:
+def verify_named(settings: VerifySettings, log: RunLog, state: State
+                 ) -> tuple[VerifyReport, Path]:
     """`doit verify --package PATH`: prove any update.zip against archived versions, without
     moving or publishing it; the report goes to the state folder. The source is the version
     its quectel-project-version names (or `--source`), the target the one the update.json
@@ -582,7 +592,7 @@ def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, P
     if not target:
         raise DfotaError("no update.json beside it names the target: give --target KEY|ZIP",
                          package)
-    archive = archive_of(workspace)
+    archive = archive_of(workspace, state)
     base_zip, target_zip = archive.resolve(source, "source"), archive.resolve(target, "target")
     modes = summary.get("mode") if isinstance(summary.get("mode"), list) else None
     parts = frozenset(Part(str(v)) for v in modes) if modes else parse_mode("all")
@@ -590,7 +600,7 @@ def verify_named(settings: VerifySettings, log: RunLog) -> tuple[VerifyReport, P
     report = verify_package(package, base_zip, target_zip, parts, lists, log,
                             permission_replays=settings.permission_replays,
                             target_recorded=archive.built_here(target, target_zip),
-                            bspatch_record=workspace.bspatch_record,
+                            records=state.records,
                             volumes=Volumes.from_json(summary.get("volumes")))
     digest = sha256_file(package)
     where = workspace.state_dir / "proven-packages" / f"{digest}.json"

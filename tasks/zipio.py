@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import struct
@@ -25,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.atomic import atomic_path, read_json_object, write_text
+from tasks.atomic import atomic_path
 from tasks.errors import DfotaError, bad_zip_name, quoted
 from tasks.runlog import SILENT, Meter
-from tasks.tree import DIR, FILE, SYMLINK, file_stamp
+from tasks.state import file_stamp
+from tasks.tree import DIR, FILE, SYMLINK
 
 FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
 _UNIX = 3
@@ -399,16 +399,16 @@ class ZipSource:
         self._check_crc(name, crc)
         return digest.hexdigest()
 
-    def keep_sha1s(self, record: Path) -> int:
-        """Write the sha1s of the entries hashed so far to `record` (named by the caller
-        after this zip's bytes, its sha256); how many."""
-        write_text(record, json.dumps(self._sha1s, sort_keys=True) + "\n")
-        return len(self._sha1s)
+    def known_sha1s(self) -> dict[str, str]:
+        """The sha1s of the entries hashed so far, by name (for a record the caller keys by
+        this zip's bytes, its sha256)."""
+        return dict(self._sha1s)
 
-    def learn_kept_sha1s(self, record: Path) -> bool:
-        """Take the sha1s `keep_sha1s` wrote for this very zip (the caller vouches that the
-        record is this zip's); False when there is none to take."""
-        kept = read_json_object(record)
+    def learn_sha1s(self, kept: object) -> bool:
+        """Take sha1s `known_sha1s` gave for this very zip (the caller vouches that they are
+        this zip's); False when there are none to take."""
+        if not isinstance(kept, dict):
+            return False
         self._sha1s.update({name: sha1 for name, sha1 in kept.items()
                             if name in self.members and isinstance(sha1, str)})
         return bool(kept)

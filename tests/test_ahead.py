@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks import ahead
+from tasks.state import BlobCache, Records
 
 
 def _work(tmp_path: Path, source: Path) -> ahead.AheadWork:
     boot = tmp_path / "boot.img"
     boot.write_bytes(b"ANDROID!" + bytes(4096))
-    return ahead.AheadWork(source, tmp_path / "kept.json", boot, "0" * 40,
-                           tmp_path / "patch-cache", 30.0)
+    return ahead.AheadWork(source, "0" * 64, boot, "0" * 40, Records(tmp_path / "records", "tool"),
+                           BlobCache(tmp_path / "patch-cache"), 30.0)
 
 
 def test_a_missing_or_damaged_source_makes_nothing_and_says_why(tmp_path: Path) -> None:
@@ -22,5 +23,5 @@ def test_a_missing_or_damaged_source_makes_nothing_and_says_why(tmp_path: Path) 
     damaged.write_bytes(b"PK\x03\x04 not a zip")
     said = ahead.start(_work(tmp_path, damaged))()
     assert said.startswith("made ahead for delta: nothing (") and str(damaged) in said
-    assert not (tmp_path / "kept.json").exists()
+    assert not (tmp_path / "records").exists()
     assert not (tmp_path / "patch-cache").exists()

@@ -11,6 +11,7 @@ import pytest
 from tasks import archive as archive_module
 from tasks.archive import Archive, sha256_file
 from tasks.errors import DfotaError
+from tasks.state import DigestCache, State
 
 
 def zip_file(tmp: Path, name: str, data: bytes) -> Path:
@@ -58,8 +59,8 @@ def test_a_users_file_is_copied_a_temporary_is_linked_a_wrong_sha256_is_refused(
 
 def test_an_archived_zip_is_hashed_again_only_when_its_inode_size_or_times_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive_module, "_RACY_NS", 0)  # the files here are seconds old
-    archive = Archive(tmp_path / "archive", tmp_path / "state/archive-sha256.json")
+    state = State(tmp_path / "state", "tool", racy_ns=0)  # the files here are seconds old
+    archive = Archive(tmp_path / "archive", state.digests)
     ours = zip_file(tmp_path, "staged.zip", b"built")
     added = archive.add("T@20220201T0000", ours,
                         {**manifest("2022-02-01,00:00"), "origin": "targetfiles"},
@@ -91,9 +92,13 @@ def test_an_archived_zip_is_hashed_again_only_when_its_inode_size_or_times_chang
     with copy.open("r+b") as f:
         f.write(b"X")
     assert not archive.built_here(added.key, copy) and hashed[-1] == copy
-    (tmp_path / "state/archive-sha256.json").write_text("{not json")  # a damaged record
+    state.close()
+    (tmp_path / "state/digests.json").write_text("{not json")  # a damaged record
+    hashed.clear()
+    archive = Archive(tmp_path / "archive", State(tmp_path / "state", "tool", 0).digests)
     with pytest.raises(DfotaError, match="the archive was altered"):
         archive.check_intact(added)
+    assert hashed == [added.zip_path]
 
 
 def test_versions_are_ordered_by_package_time_and_found_by_prefix(tmp_path: Path) -> None:
@@ -152,8 +157,8 @@ def test_resolve_takes_a_zip_path_or_an_intact_archived_version(tmp_path: Path) 
 
 def test_a_file_the_record_vouches_for_is_copied_without_hashing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive_module, "_RACY_NS", 0)
-    archive = Archive(tmp_path / "archive", tmp_path / "state/archive-sha256.json")
+    digests = DigestCache(tmp_path / "state/digests.json", racy_ns=0)
+    archive = Archive(tmp_path / "archive", digests)
     hashing: list[Path] = []
     real = archive_module._copy_hashing
 
@@ -174,9 +179,9 @@ def test_a_file_the_record_vouches_for_is_copied_without_hashing(
                 sha256=sha256_file(other))
     assert hashing == [other]
     racy = zip_file(tmp_path, "racy.zip", b"just written")
-    monkeypatch.setattr(archive_module, "_RACY_NS", 60_000_000_000)
+    digests.racy_ns = 60_000_000_000
     archive.sha256_of(racy)  # written this minute: not recorded
-    monkeypatch.setattr(archive_module, "_RACY_NS", 0)
+    digests.racy_ns = 0
     archive.add("R@20220301T0000", racy, manifest("2022-03-01,00:00"),
                 sha256=sha256_file(racy))
     assert hashing == [other, racy]

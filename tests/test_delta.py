@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tasks.ahead import MEMBER_SHA1S
 from tasks.config import DeltaSettings
 from tasks.config import Workspace as Folders
 from tasks.delta import build_delta
@@ -364,9 +365,10 @@ def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
     monkeypatch.setattr(ZipSource, "_streamed_sha1", counting(streamed))
     build_delta(settings, quiet())
     first = settings.workspace.pending_zip.read_bytes()
-    (kept,) = (settings.workspace.state_dir / "member-sha1s").iterdir()
-    assert kept == settings.workspace.member_sha1s(hashlib.sha256(Path(settings.base).read_bytes())
-                                         .hexdigest())
+    (kept,) = (settings.workspace.state_dir / "records" / MEMBER_SHA1S).iterdir()
+    records = settings.workspace.open_state().records
+    assert kept == records.path(MEMBER_SHA1S,
+                                hashlib.sha256(Path(settings.base).read_bytes()).hexdigest())
     assert len(hashed) > 10
     hashed.clear()
     build_delta(settings, quiet())
@@ -374,7 +376,7 @@ def test_a_base_not_built_here_is_hashed_once_for_every_later_run(
     kept.write_text("{damaged")  # hashed again, and kept again
     build_delta(settings, quiet())
     assert len(hashed) > 10 and settings.workspace.pending_zip.read_bytes() == first
-    assert json.loads(kept.read_text())
+    assert json.loads(kept.read_text())["value"]
 
 
 def test_a_file_the_updater_cannot_patch_in_place_is_shipped_whole(tmp_path: Path) -> None:

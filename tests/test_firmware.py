@@ -35,7 +35,9 @@ from tasks.firmware import (
     take_image_metadata,
 )
 from tasks.manifest import scan_rootfs
-from tasks.sdk_image import ImageTreeReader
+from tasks.sdk_image import RECORD as IMAGE_RECORD
+from tasks.sdk_image import ImageTreeReader, image_key
+from tasks.state import Records
 from tasks.targetfiles import FS_CONFIG, SYSTEM_MANIFEST
 from tasks.tree import FILE, Entry, sha1_file
 from tasks.version import parse_version
@@ -367,40 +369,46 @@ def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_pa
     sdk = sample_sdk / "ql-ol-extsdk"
     image = sdk / "target/sdxlemur-sysfs.ubi"
     tree = scan_rootfs(sdk / "ql-ol-rootfs").entries
-    record, sha1 = tmp_path / "state/sdk-image-tree.json", hashlib.sha1(image.read_bytes())
-    record.parent.mkdir()
-    assert sdk_image_drift(tree, ImageTreeReader(image, record, sha1.hexdigest())) == []
+    records, sha1 = Records(tmp_path / "state/records", "tool"), hashlib.sha1(image.read_bytes())
+    record = records.path(IMAGE_RECORD, image_key(sha1.hexdigest()))
+    assert sdk_image_drift(tree, ImageTreeReader(image, records, sha1.hexdigest())) == []
     kept = json.loads(record.read_text())
-    assert len(kept["entries"]) == len(read_sdk_image(image).entries)
+    assert len(kept["value"]["entries"]) == len(read_sdk_image(image).entries)
+    assert kept["value"]["volumes"]["from"]["system"] == "sdxlemur-sysfs.ubi"
     gone = tmp_path / "gone.ubi"  # not read again: the record serves
-    assert sdk_image_drift(tree, ImageTreeReader(gone, record, sha1.hexdigest())) == []
+    assert sdk_image_drift(tree, ImageTreeReader(gone, records, sha1.hexdigest())) == []
     with pytest.raises(DfotaError, match=r"gone\.ubi"):  # another image: read
-        sdk_image_drift(tree, ImageTreeReader(gone, record, "0" * 40))
+        sdk_image_drift(tree, ImageTreeReader(gone, records, "0" * 40))
     record.write_text("{damaged")
-    assert sdk_image_drift(tree, ImageTreeReader(image, record, sha1.hexdigest())) == []
+    assert sdk_image_drift(tree, ImageTreeReader(image, records, sha1.hexdigest())) == []
     assert json.loads(record.read_text()) == kept
+    other_tool = Records(records.folder, "another version")
+    with pytest.raises(DfotaError, match=r"gone\.ubi"):  # another tool's record: read again
+        sdk_image_drift(tree, ImageTreeReader(gone, other_tool, sha1.hexdigest()))
 
 
 def test_the_sdk_image_is_read_in_a_worker_and_recorded(sample_sdk: Path, tmp_path: Path
                                                         ) -> None:
     image = sample_sdk / "ql-ol-extsdk/target/sdxlemur-sysfs.ubi"
-    record, sha1 = tmp_path / "state/sdk-image-tree.json", sha1_file(image)
-    record.parent.mkdir()
-    reader = ImageTreeReader(image, record, sha1)  # starts reading at once
+    records, sha1 = Records(tmp_path / "state/records", "tool"), sha1_file(image)
+    record = records.path(IMAGE_RECORD, image_key(sha1))
+    reader = ImageTreeReader(image, records, sha1)  # starts reading at once
     tree = reader.tree()
     assert tree == read_sdk_image(image).entries
     assert json.loads(record.read_text())["key"].startswith(sha1 + " ")
-    assert ImageTreeReader(tmp_path / "gone.ubi", record, sha1).tree() == tree  # the record
+    assert ImageTreeReader(tmp_path / "gone.ubi", records, sha1).tree() == tree  # the record
     bad = tmp_path / "bad.ubi"
     bad.write_bytes(bytes(4096))
     with pytest.raises(DfotaError, match=r"^" + re.escape(str(bad)) + ": "):
-        ImageTreeReader(bad, record, "1" * 40).tree()  # the worker's error, one line
+        ImageTreeReader(bad, records, "1" * 40).tree()  # the worker's error, one line
     # never asked for: the interpreter waits for the worker at exit, so it is recorded
     record.unlink()
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
                     "from tasks.sdk_image import ImageTreeReader; "
-                    "ImageTreeReader(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])",
-                    str(image), str(record), sha1], check=True, cwd=PROJECT_DIR)
+                    "from tasks.state import Records; "
+                    "ImageTreeReader(Path(sys.argv[1]), Records(Path(sys.argv[2]), 'tool'), "
+                    "sys.argv[3])",
+                    str(image), str(records.folder), sha1], check=True, cwd=PROJECT_DIR)
     assert json.loads(record.read_text())["key"].startswith(sha1 + " ")
 
 

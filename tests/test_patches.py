@@ -32,6 +32,7 @@ from tasks.patches import (
     engine_tag,
     make_patches,
 )
+from tasks.state import BlobCache
 from tasks.tree import FILE
 from tasks.zipio import bytes_item, write_zip
 
@@ -162,7 +163,7 @@ def test_small_edit_gives_small_patch_that_bspatch_applies(tmp_path: Path) -> No
     target = edited(source, 2)
     pair = Pair(tmp_path, {"usr/bin/foo": (source, target)})
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", progress=lines.append)
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), progress=lines.append)
     outcome = out["system/usr/bin/foo"]
     patch = assert_patched(outcome, source, target, tmp_path)
     assert len(patch) < len(target) // 50
@@ -186,7 +187,7 @@ def test_blobs_on_disk_and_in_zips_mix(tmp_path: Path) -> None:
         PatchJob("system/b1", zipped.source, file_blob(tmp_path / "new/b", b_tgt)),
         PatchJob("system/b2", file_blob(tmp_path / "old/b", b_src), zipped.target),
     ]
-    out = make_patches(jobs, cache_dir=tmp_path / "cache", workers=2)
+    out = make_patches(jobs, cache=BlobCache(tmp_path / "cache"), workers=2)
     assert list(out) == ["system/a", "system/b1", "system/b2"]
     assert_patched(out["system/a"], a_src, a_tgt, tmp_path)
     assert_patched(out["system/b1"], b_src, b_tgt, tmp_path)
@@ -201,7 +202,7 @@ def test_largest_target_first(tmp_path: Path) -> None:
         files[name] = (source, edited(source, seed + 10))
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", workers=1,
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), workers=1,
                        progress=lines.append)
     order = [line.split(": ")[1].split(" ")[0] for line in diff_lines(lines)]
     assert order == ["system/largest", "system/large", "system/middle", "system/small"]
@@ -217,7 +218,8 @@ def test_patch_over_95_percent_ships_whole_and_is_remembered(tmp_path: Path) -> 
     pair = Pair(tmp_path, {"etc/blob": (source, target)})
     cache = tmp_path / "cache"
     lines: list[str] = []
-    first = make_patches(pair.jobs(), cache_dir=cache, progress=lines.append)["system/etc/blob"]
+    first = make_patches(pair.jobs(), cache=BlobCache(cache),
+                         progress=lines.append)["system/etc/blob"]
     assert first.patch is None and not first.cached
     percent = int(first.whole_reason.removeprefix("patch is ").removesuffix("% of the file"))
     assert percent > 95
@@ -225,7 +227,8 @@ def test_patch_over_95_percent_ships_whole_and_is_remembered(tmp_path: Path) -> 
     assert len(diff_lines(lines)) == 1
     assert not list(cache.glob("*.p"))
     lines.clear()
-    again = make_patches(pair.jobs(), cache_dir=cache, progress=lines.append)["system/etc/blob"]
+    again = make_patches(pair.jobs(), cache=BlobCache(cache),
+                         progress=lines.append)["system/etc/blob"]
     assert again == PatchOutcome(first.name, None, first.whole_reason, first.patch_size, 0.0, True)
     assert diff_lines(lines) == []
 
@@ -251,7 +254,7 @@ def test_compressed_payload_ships_whole_without_diffing(tmp_path: Path, kind: st
     assert compressed_kind(target[:8]) == kind
     pair = Pair(tmp_path, {"lib/modules.img": (source, target)})
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", progress=lines.append)
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), progress=lines.append)
     assert out["system/lib/modules.img"] == PatchOutcome(
         "system/lib/modules.img", None, f"compressed content ({kind})", 0, 0.0, False)
     assert diff_lines(lines) == []
@@ -272,7 +275,7 @@ def test_tiny_file_and_memory_bound_ship_whole_without_diffing(tmp_path: Path) -
              "big": (big_src, edited(big_src, 12))}
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", memory_limit=1 << 20,
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), memory_limit=1 << 20,
                        progress=lines.append)
     assert out["system/etc/hostname"].whole_reason == "file too small to patch (9 bytes)"
     # 17 x 64 KiB + 5 x (64 KiB + 100) is 1.38 MiB
@@ -289,12 +292,12 @@ def test_cache_miss_then_hit(tmp_path: Path) -> None:
     pair = Pair(tmp_path, files)
     cache = tmp_path / "cache"
     lines: list[str] = []
-    first = make_patches(pair.jobs(), cache_dir=cache, progress=lines.append)
+    first = make_patches(pair.jobs(), cache=BlobCache(cache), progress=lines.append)
     assert len(diff_lines(lines)) == 3
     assert not any(o.cached for o in first.values())
     stored = {p.name: p.read_bytes() for p in cache.iterdir()}
     lines.clear()
-    second = make_patches(pair.jobs(), cache_dir=cache, progress=lines.append)
+    second = make_patches(pair.jobs(), cache=BlobCache(cache), progress=lines.append)
     assert lines == ["patches: 3 files, 3 from the cache, 0 whole by rule, 0 to diff"]
     for name, (source, target) in files.items():
         outcome = second[f"system/{name}"]
@@ -311,7 +314,7 @@ def test_bad_cache_entry_is_ignored_and_rebuilt(tmp_path: Path, damage: str) -> 
     target = edited(source, 41)
     pair = Pair(tmp_path, {"bin/app": (source, target)})
     cache = tmp_path / "cache"
-    good = make_patches(pair.jobs(), cache_dir=cache)["system/bin/app"]
+    good = make_patches(pair.jobs(), cache=BlobCache(cache))["system/bin/app"]
     assert good.patch is not None
     reference = good.patch.read_bytes()
     bad = {
@@ -325,7 +328,8 @@ def test_bad_cache_entry_is_ignored_and_rebuilt(tmp_path: Path, damage: str) -> 
     }[damage]
     good.patch.write_bytes(bad)
     lines: list[str] = []
-    again = make_patches(pair.jobs(), cache_dir=cache, progress=lines.append)["system/bin/app"]
+    again = make_patches(pair.jobs(), cache=BlobCache(cache),
+                         progress=lines.append)["system/bin/app"]
     assert not again.cached
     assert len(diff_lines(lines)) == 1
     assert assert_patched(again, source, target, tmp_path) == reference
@@ -339,7 +343,7 @@ def test_bad_too_big_marker_is_ignored(tmp_path: Path) -> None:
     cache.mkdir()
     key = f"{sha1(source)}-{sha1(target)}-{engine_tag()}"
     (cache / f"{key}.big").write_text("patch-size 12\n")  # says too big, but 12 bytes is not
-    out = make_patches(pair.jobs(), cache_dir=cache)["system/bin/x"]
+    out = make_patches(pair.jobs(), cache=BlobCache(cache))["system/bin/x"]
     assert not out.cached
     assert_patched(out, source, target, tmp_path)
     assert cache_files(cache) == [f"{key}.p"]
@@ -354,7 +358,7 @@ def test_failing_diffs_fall_back_to_whole_and_the_rest_goes_on(tmp_path: Path) -
                        Blob.in_zip(pair.source_zip, "SYSTEM/not-there", sha1(base), len(base)),
                        file_blob(tmp_path / "new/missing", edited(base, 99)))
     cache = tmp_path / "cache"
-    out = make_patches([*pair.jobs(), missing], cache_dir=cache, workers=2,
+    out = make_patches([*pair.jobs(), missing], cache=BlobCache(cache), workers=2,
                        engine=_failing_engine)
     assert out["system/FAIL"].whole_reason == "diff failed: RuntimeError: injected failure"
     assert out["system/EXIT"].whole_reason == (
@@ -383,7 +387,7 @@ def test_small_pairs_share_a_worker_large_ones_get_their_own(tmp_path: Path) -> 
     files |= {f"large{i}": (head + binary(50 + i, 300_000),
                             edited(head + binary(50 + i, 300_000), 150 + i)) for i in range(2)}
     pair = Pair(tmp_path, files)
-    out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", workers=2,
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), workers=2,
                        engine=_pid_engine)
     for name, (source, target) in files.items():
         assert_patched(out[f"system/{name}"], source, target, tmp_path)
@@ -404,7 +408,7 @@ def test_slow_diff_is_killed_and_not_cached(tmp_path: Path) -> None:
                                                                  edited(quick_src, 63))}
     pair = Pair(tmp_path, files)
     cache = tmp_path / "cache"
-    out = make_patches(pair.jobs(), cache_dir=cache, workers=2, timeout=1.0,
+    out = make_patches(pair.jobs(), cache=BlobCache(cache), workers=2, timeout=1.0,
                        engine=_slow_engine)
     slow = out["system/slow"]
     assert slow.whole_reason == "diff timed out after 1 s"
@@ -420,7 +424,7 @@ def test_wrong_patch_is_an_internal_error(tmp_path: Path) -> None:
     source = binary(70, 20_000)
     pair = Pair(tmp_path, {"bin/w": (source, edited(source, 71))})
     with pytest.raises(RuntimeError, match="gives other bytes than the target"):
-        make_patches(pair.jobs(), cache_dir=tmp_path / "cache", engine=_wrong_engine)
+        make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), engine=_wrong_engine)
     assert cache_files(tmp_path / "cache") == []
 
 
@@ -432,7 +436,7 @@ def test_content_that_does_not_match_its_sha1_is_refused(tmp_path: Path) -> None
     lying = PatchJob(job.name, Blob.in_zip(pair.source_zip, "SYSTEM/bin/v", "0" * 40,
                                            len(source)), job.target)
     with pytest.raises(DfotaError, match="source of 'system/bin/v' does not match"):
-        make_patches([lying], cache_dir=tmp_path / "cache")
+        make_patches([lying], cache=BlobCache(tmp_path / "cache"))
 
 
 def test_same_inputs_give_identical_patches(tmp_path: Path) -> None:
@@ -441,8 +445,8 @@ def test_same_inputs_give_identical_patches(tmp_path: Path) -> None:
         source = binary(80 + seed, 30_000 * (seed + 1))
         files[f"lib/l{seed}.so"] = (source, edited(source, 90 + seed))
     pair = Pair(tmp_path, files)
-    one = make_patches(pair.jobs(), cache_dir=tmp_path / "one", workers=3)
-    two = make_patches(pair.jobs(), cache_dir=tmp_path / "two", workers=1)
+    one = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "one"), workers=3)
+    two = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "two"), workers=1)
     for name, (source, target) in files.items():
         patch = assert_patched(one[f"system/{name}"], source, target, tmp_path)
         assert assert_patched(two[f"system/{name}"], source, target, tmp_path) == patch
@@ -458,7 +462,7 @@ def test_works_with_threads_running(tmp_path: Path) -> None:
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        out = make_patches(pair.jobs(), cache_dir=tmp_path / "cache", engine=_failing_engine)
+        out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), engine=_failing_engine)
     finally:
         stop.set()
         thread.join()
@@ -475,7 +479,7 @@ def test_a_run_diffs_while_the_caller_goes_on(tmp_path: Path) -> None:
              for seed, name in enumerate(["kernel", "lib/a.so", "lib/b.so"], start=120)}
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    with PatchRun(cache_dir=tmp_path / "cache", workers=2, engine=_pid_engine,
+    with PatchRun(cache=BlobCache(tmp_path / "cache"), workers=2, engine=_pid_engine,
                   progress=lines.append) as run:
         run.add([pair.job("kernel")])
         deadline = time.monotonic() + 30
@@ -505,7 +509,7 @@ def test_stale_scratch_of_a_dead_run_is_removed(tmp_path: Path) -> None:
     (stale / "0.p").write_bytes(b"partial")
     live = cache / f".run-{os.getpid()}-abc"
     live.mkdir()
-    make_patches([], cache_dir=cache)
+    make_patches([], cache=BlobCache(cache))
     assert not stale.exists()
     assert live.exists()
 
@@ -524,9 +528,9 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Blob(Path("a.zip"), None, None, "0" * 40, 0)
     with pytest.raises(ValueError, match="positive"):
-        make_patches([], cache_dir=Path("unused"), workers=0)
+        make_patches([], cache=BlobCache(Path("unused")), workers=0)
     with pytest.raises(ValueError, match="same name"):
-        make_patches([PatchJob("a", blob, blob)] * 2, cache_dir=Path("unused"))
+        make_patches([PatchJob("a", blob, blob)] * 2, cache=BlobCache(Path("unused")))
 
 
 def test_the_engine_writes_bsdiff4s_bytes_on_the_projects_data() -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tasks.ahead import MEMBER_SHA1S
 from tasks.archive import Archive
 from tasks.bench import SHELL_PROCEDURE
 from tasks.bootimg import build_boot_image
-from tasks.config import EMPTY_BY_NATURE
+from tasks.config import EMPTY_BY_NATURE, tool_digest
+from tasks.state import Records
 from tasks.targetfiles import system_tree
 from tasks.tree import scan_folder
 from tasks.zipio import ZipSource
@@ -210,13 +212,15 @@ def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
     state = ws.root / "state"
     assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
                                          .read_text())
-    (kept,) = (state / "member-sha1s").iterdir()
-    assert kept.name == hashlib.sha256(ws.source.read_bytes()).hexdigest() + ".json"
+    records = Records(state / "records", tool_digest())
+    source_sha256 = hashlib.sha256(ws.source.read_bytes()).hexdigest()
+    (kept,) = (state / "records" / MEMBER_SHA1S).iterdir()
+    assert kept == records.path(MEMBER_SHA1S, source_sha256)
     with zipfile.ZipFile(ws.source) as src:
         files = {i.filename: hashlib.sha1(src.read(i)).hexdigest() for i in src.infolist()
                  if stat.S_ISREG(i.external_attr >> 16)}
         source_boot = hashlib.sha1(src.read("BOOTABLE_IMAGES/boot.img")).hexdigest()
-    assert json.loads(kept.read_text()) == files
+    assert records.get(MEMBER_SHA1S, source_sha256) == files
     target_boot = hashlib.sha1((ws.sdk / "target/sdxlemur-boot.img").read_bytes()).hexdigest()
     assert source_boot != target_boot, "the sample's kernel changes"
     assert list((state / "patch-cache").glob(f"{source_boot}-{target_boot}-*.p"))
@@ -232,7 +236,7 @@ def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
     version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
                                                              "2022-07-16,10:00"))
     ws.build(default_source=True)
-    assert list((state / "member-sha1s").iterdir()) == [kept]
+    assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]
     assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
                                          .read_text())
 
@@ -337,7 +341,7 @@ def test_default_source_is_the_newest_other_archived_version(ws: Workspace) -> N
 def test_the_rootfs_hashes_are_kept_for_the_next_run(ws: Workspace) -> None:
     time.sleep(2.1)  # a file changed within 2 s of a scan is never kept (it may change unseen)
     ws.build()
-    kept = json.loads((ws.root / "state/hash-cache.json").read_text())["files"]
+    kept = json.loads((ws.root / "state/digests.json").read_text())["files"]
     files = [p for p, e in scan_folder(ws.rootfs, skip_top=("firmware", "dev")).entries.items()
              if e.kind == "file"]
     assert len(files) > 50 and all(str(ws.rootfs.resolve() / p) in kept for p in files)

@@ -11,9 +11,20 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import DfotaError
-from tasks.manifest import HashCache, scan_rootfs
+from tasks.manifest import scan_rootfs
 from tasks.runlog import RunLog
-from tasks.tree import DIR, FILE, SYMLINK, Entry, digest_tree, empty_dirs, scan_folder, sha1_bytes
+from tasks.state import DigestCache
+from tasks.tree import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Entry,
+    digest_tree,
+    empty_dirs,
+    scan_folder,
+    sha1_bytes,
+    sha1_file,
+)
 
 
 def make_tree(root: Path) -> Path:
@@ -108,30 +119,31 @@ def test_rootfs_that_is_a_link_is_read_through_its_top(tmp_path: Path) -> None:
 def test_hash_cache_serves_unchanged_files_and_sees_changes(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "r")
     cache_file = tmp_path / "cache.json"
-    cache = HashCache(cache_file, racy_ns=0)
+    cache = DigestCache(cache_file, racy_ns=0)
     first = scan_rootfs(root, cache)
     cache.save()
     # a forged cache entry proves the cache is used while the stat stamp matches
     text = cache_file.read_text().replace(first.entries["bin/busybox"].sha1, "f" * 40)
     cache_file.write_text(text)
-    assert scan_rootfs(root, HashCache(cache_file, racy_ns=0)).entries["bin/busybox"].sha1 == (
+    assert scan_rootfs(root, DigestCache(cache_file, racy_ns=0)).entries["bin/busybox"].sha1 == (
         "f" * 40)
     (root / "bin/busybox").write_bytes(b"changed")
-    assert scan_rootfs(root, HashCache(cache_file)).entries["bin/busybox"].sha1 == sha1_bytes(
+    assert scan_rootfs(root, DigestCache(cache_file)).entries["bin/busybox"].sha1 == sha1_bytes(
         b"changed")
 
 
 def test_the_hash_cache_vouches_for_what_it_hashed_unless_racy_or_changed(tmp_path: Path
                                                                          ) -> None:
     path = make_tree(tmp_path / "r") / "bin/busybox"
-    racy = HashCache(None)  # the file was written just now
-    assert not racy.vouches(path, path.stat(), racy.sha1(path, path.stat()))
-    cache = HashCache(None, racy_ns=0)
-    sha1 = cache.sha1(path, path.stat())
-    assert cache.vouches(path, path.stat(), sha1)
-    assert not cache.vouches(path, path.stat(), "f" * 40)
+    racy = DigestCache(None)  # the file was written just now
+    assert not racy.vouches(path, path.stat(), "sha1",
+                            racy.digest(path, path.stat(), "sha1", lambda: sha1_file(path)))
+    cache = DigestCache(None, racy_ns=0)
+    sha1 = cache.digest(path, path.stat(), "sha1", lambda: sha1_file(path))
+    assert cache.vouches(path, path.stat(), "sha1", sha1)
+    assert not cache.vouches(path, path.stat(), "sha1", "f" * 40)
     path.write_bytes(b"changed")
-    assert not cache.vouches(path, path.stat(), sha1)
+    assert not cache.vouches(path, path.stat(), "sha1", sha1)
 
 
 def test_empty_dirs_of_a_mapping() -> None:

@@ -15,6 +15,7 @@ from tasks.errors import DfotaError
 from tasks.filelists import lists_in
 from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
+from tasks.state import Records
 from tasks.targetfiles import SYSTEM_MANIFEST
 from tasks.verify import VerifyReport, verify_delta, verify_needed, verify_package
 from tasks.zipio import ZipSource
@@ -232,33 +233,39 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
     bspatch) is not applied again; one it failed is never kept, and is failed again."""
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    record = tmp_path / "bspatch-proven.json"
+    records = Records(tmp_path / "records", "tool")
+    bspatch = verify_module._bspatch_tool()
+    record = records.path(verify_module.BSPATCH_RECORD, bspatch)
 
-    def check() -> tuple[list[str], int, int]:
+    def check(kept: Records = records) -> tuple[list[str], int, int]:
         with ZipSource(Path(settings.base)) as base, \
                 ZipSource(settings.workspace.target_zip) as target:
-            return verify_module.bspatch_check(settings.workspace.pending_zip, base, target, record)
+            return verify_module.bspatch_check(settings.workspace.pending_zip, base, target,
+                                               kept)
 
     problems, count, earlier = check()
     assert problems == [] and count > 2 and earlier == 0
-    saved = json.loads(record.read_text())
-    assert len(saved["checked"]) == count and len(saved["bspatch"]) == 40
+    saved = records.get(verify_module.BSPATCH_RECORD, bspatch)
+    assert len(saved) == count and len(bspatch) == 40
     assert check() == ([], count, count)
     # another bspatch proves nothing that this one did
-    record.write_text(json.dumps({**saved, "bspatch": "0" * 40}))
+    records.put(verify_module.BSPATCH_RECORD, "0" * 40, saved, alone=True)
+    assert not record.exists()
     assert check() == ([], count, 0)
+    # nor does this one in another version of the tool
+    assert check(Records(records.folder, "another version")) == ([], count, 0)
     # a patch damaged: bspatch fails it, it is not kept, and it fails again next time
     with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
         name = sorted(n for n in zf.namelist() if n.startswith("patch/system/"))[0]
         data = bytearray(zf.read(name))
     data[24] ^= 1  # the new file's size in the BSDIFF40 header
     rewrite(settings.workspace.pending_zip, {name: bytes(data)})
-    record.write_text(json.dumps(saved))
+    records.put(verify_module.BSPATCH_RECORD, bspatch, saved, alone=True)
     for _ in range(2):
         problems, again, earlier = check()
         assert again == count and earlier == count - 1
         assert len(problems) == 1 and problems[0].startswith(f"{name}: bspatch")
-        assert len(json.loads(record.read_text())["checked"]) == count  # the old one, kept
+        assert len(json.loads(record.read_text())["value"]) == count  # the old one, kept
 
 
 def test_progress_rises_to_100_when_nothing_the_package_writes_weighs(tmp_path: Path) -> None:
@@ -275,3 +282,16 @@ def test_progress_rises_to_100_when_nothing_the_package_writes_weighs(tmp_path: 
                             settings.workspace.target_zip, parse_mode("modem"),
                             lists_in(settings.config_dir), quiet())
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_replays_in_forked_workers_find_what_replays_here_find(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    _not_resumable(settings.workspace.pending_zip)
+    here = verify(settings)
+    monkeypatch.setattr(verify_module, "_STEPS_PER_FORK", 0)  # every package in workers
+    forked = verify(settings)
+    assert [(c.name, c.ok, c.detail) for c in here.checks] == \
+        [(c.name, c.ok, c.detail) for c in forked.checks]
+    assert not here.ok and here.replays == forked.replays > 10
