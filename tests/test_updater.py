@@ -814,12 +814,13 @@ def test_the_quick_comparison_sees_what_the_full_one_sees() -> None:
 
 
 def fresh_digest(dev: Device) -> tuple[object, ...]:
-    """`Device.digest` computed from nothing: every cached node digest forgotten on a copy."""
+    """`Device.digest` computed from nothing: every cached node digest, and every folder's
+    children's shares of it, forgotten on a copy."""
     twin = dev.copy()
     stack = [twin.root]
     while stack:
         node = stack.pop()
-        node._digest = None
+        node._digest = node._shares = node._stale = None
         stack += node.children.values()
         if node.mount is not None:
             stack.append(node.mount.fs.root)
