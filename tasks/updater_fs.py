@@ -39,7 +39,7 @@ _UNLIMITED = 1 << 62
 _INFLATE_BUFFER = 32 * 1024
 
 # path -> (kind, mode, uid, gid, content for a file or target for a symlink)
-EntrySpec = tuple[str, int, int, int, "bytes | str"]
+EntrySpec = tuple[str, int, int, int, "bytes | str | Stored"]
 
 
 class FsError(Exception):
@@ -76,8 +76,9 @@ def inherited_gid(parent: FsNode) -> int:
 class FsNode:
     """One file, directory or symlink of a filesystem."""
 
-    __slots__ = ("_digest", "_sha1", "_shares", "_stale", "_sum", "children", "data", "fs",
-                 "gid", "kind", "link", "mode", "mount", "name", "parent", "uid")
+    __slots__ = ("_data", "_digest", "_sha1", "_shares", "_stale", "_stored", "_sum",
+                 "children", "fs", "gid", "kind", "link", "mode", "mount", "name", "parent",
+                 "uid")
 
     def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs,
                  parent: FsNode | None = None, name: str = "") -> None:
@@ -86,7 +87,8 @@ class FsNode:
         self.uid = uid
         self.gid = gid
         self.fs = fs
-        self.data = b""
+        self._data = b""
+        self._stored: Stored | None = None  # a file's bytes not read yet (then `_data` is b"")
         self.link = ""
         self.children: dict[str, FsNode] = {}
         self.mount: _Mount | None = None  # set on a directory that is a mount point
@@ -172,17 +174,53 @@ class FsNode:
         text = f"{self.mode} {self.uid} {self.gid}\0{len(children)}\0{self._sum:x}\0{mounted}"
         return "d" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
+    @property
+    def data(self) -> bytes:
+        """A file's bytes (read now if they were `Stored`)."""
+        if self._stored is not None:
+            self._data, self._stored = self._stored.get(), None
+        return self._data
+
+    @property
+    def size(self) -> int:
+        """`len(data)`, without reading stored bytes."""
+        return len(self._data) if self._stored is None else self._stored.size
+
     def sha1(self) -> str:
         if self._sha1 is None:
             self._sha1 = hashlib.sha1(self.data).hexdigest()
         return self._sha1
 
-    def set_data(self, data: bytes, sha1: str | None = None) -> None:
-        """`sha1`: the data's sha1 when the writer knows it (a patch output, say)."""
-        self.fs.used += len(data) - len(self.data)
-        self.data = data
+    def set_data(self, data: bytes | Stored, sha1: str | None = None) -> None:
+        """`sha1`: the data's sha1 when the writer knows it (a patch output, say); given for
+        `Stored` bytes."""
+        size = data.size if isinstance(data, Stored) else len(data)
+        self.fs.used += size - self.size
+        self._data, self._stored = (b"", data) if isinstance(data, Stored) else (data, None)
         self._sha1 = sha1
         self.touch()
+
+
+class Stored:
+    """A file's bytes left where they are (a zip's entry, say) until the module first uses
+    them: `load` reads them (and checks they are still what was hashed). Every copy of a
+    device shares one, so they are read once."""
+
+    __slots__ = ("_data", "load", "size")
+
+    def __init__(self, size: int, load: Callable[[], bytes], data: bytes | None = None) -> None:
+        """`data`: the bytes, when read already."""
+        self.size = size
+        self.load = load
+        self._data = data
+
+    def get(self) -> bytes:
+        if self._data is None:
+            data = self.load()
+            if len(data) != self.size:
+                raise ValueError(f"stored bytes: {len(data)} read, {self.size} expected")
+            self._data = data
+        return self._data
 
 
 # A directory's digest sums its children's shares modulo 2**2048, so that a change costs the
@@ -307,7 +345,7 @@ def changed_items(obj: object, attrs: Sequence[str]) -> list[Item]:
     """The items a change of `obj`'s `attrs` changes."""
     if isinstance(obj, FsNode):
         items = []
-        if "data" in attrs:
+        if "_data" in attrs:
             items.append(data_item(obj))
         if "mode" in attrs:
             items.append(owner_item(obj))
@@ -444,9 +482,9 @@ class Device:
         return node
 
     def put(self, path: str, kind: str, mode: int, uid: int, gid: int,
-            content: bytes | str = b"", *, sha1: str | None = None) -> None:
+            content: bytes | str | Stored = b"", *, sha1: str | None = None) -> None:
         """Create or replace one entry, whatever is mounted (for setting up a test state);
-        `sha1`: a file's, when known."""
+        `sha1`: a file's, when known (given for `Stored` bytes)."""
         parent_path, _, name = path.rstrip("/").rpartition("/")
         parent = self._host_mkdirs(parent_path)
         old = parent.children.get(name)
@@ -457,12 +495,15 @@ class Device:
                 return
             node = FsNode(DIR, mode, uid, gid, parent.fs, parent, name)
         elif kind == SYMLINK:
+            if isinstance(content, Stored):
+                raise ValueError("a symlink's target is given as text")
             node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs, parent, name)
             node.link = content if isinstance(content, str) else content.decode(
                 "utf-8", "surrogateescape")
         elif kind == FILE:
             node = FsNode(FILE, mode, uid, gid, parent.fs, parent, name)
-            node.set_data(content.encode("utf-8", "surrogateescape")
+            node.set_data(content if isinstance(content, Stored)
+                          else content.encode("utf-8", "surrogateescape")
                           if isinstance(content, str) else bytes(content), sha1)
         else:
             raise ValueError(f"unknown kind {kind!r}")
@@ -487,7 +528,8 @@ class Device:
         def clone(node: FsNode, parent: FsNode | None) -> FsNode:
             new = FsNode.__new__(FsNode)
             new.kind, new.mode, new.uid, new.gid = node.kind, node.mode, node.uid, node.gid
-            new.data, new.link, new._sha1 = node.data, node.link, node._sha1
+            new._data, new._stored = node._data, node._stored
+            new.link, new._sha1 = node.link, node._sha1
             new.fs = fss[id(node.fs)]
             new.parent, new.name, new._digest = parent, node.name, node._digest
             new._shares = None if node._shares is None else dict(node._shares)
@@ -595,7 +637,7 @@ class Device:
             self.reads.append((item, value, True))
 
     def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
-        self._remember(node, "data", "_sha1")
+        self._remember(node, "_data", "_stored", "_sha1")
         self._remember(node.fs, "used")
         node.set_data(data, sha1)
 
@@ -616,7 +658,7 @@ class Device:
                 size = len(node.link.encode("utf-8", "surrogateescape"))
                 out[rel] = Entry(rel, SYMLINK, 0o777, node.uid, node.gid, size, "", node.link)
             else:
-                out[rel] = Entry(rel, FILE, node.mode, node.uid, node.gid, len(node.data),
+                out[rel] = Entry(rel, FILE, node.mode, node.uid, node.gid, node.size,
                                  node.sha1())
         return dict(sorted(out.items()))
 
@@ -884,12 +926,13 @@ class Device:
             raise FsError("EISDIR", path)
         if self.reads is not None:
             self._read(data_item(node))  # not set: what it had decides the room needed
-            if len(data) > len(node.data):
-                self._read(room_item(node.fs, len(data) - len(node.data)))
-        room = node.fs.free() + len(node.data)  # once truncated
+            if len(data) > node.size:
+                self._read(room_item(node.fs, len(data) - node.size))
+        room = node.fs.free() + node.size  # once truncated
         # the same bytes again (a re-run after a power loss rewrites what is there) change
         # nothing: no undo to keep, no digest to forget
-        if not (len(data) <= room and (node.data is data or node.data == data)):
+        if not (len(data) <= room and node.size == len(data)
+                and (node.data is data or node.data == data)):
             self._set_data(node, b"")
             self._set_data(node, data if len(data) <= room else data[:room],
                            sha1 if len(data) <= room else None)

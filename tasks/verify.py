@@ -10,6 +10,7 @@ Debian's `bspatch` applies it. A package that fails is moved out of `out/` with 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -54,7 +55,7 @@ from tasks.updater import (
     precheck,
 )
 from tasks.updater import apply_package as host_apply
-from tasks.updater_fs import Partition, entry_key
+from tasks.updater_fs import EntrySpec, Partition, Stored, entry_key
 from tasks.version import VERSION_FILE, parse_version
 from tasks.zipio import ZipSource
 
@@ -104,33 +105,54 @@ def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
 
 
 def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
-                            volumes: Volumes = DEFAULT_VOLUMES,
-                            read: dict[str, bytes] | None = None) -> tuple[Device, Tree]:
+                            volumes: Volumes = DEFAULT_VOLUMES, *,
+                            stored: dict[str, Stored] | None = None) -> tuple[Device, Tree]:
     """A module running this targetfiles: /system from SYSTEM/, partitions from the images,
     the system volume and /cache of `volumes`' sizes; and its `system_tree`. Each file and
-    image is read once, its sha1 taken from the bytes read. `read`: filled with the bytes of
-    every member read, by name (for a caller that needs them again)."""
-    contents = {} if read is None else read
-    contents.update((name, src.read_hashed(name)) for name in src.names(SYSTEM + "/")
-                    if src.members[name].kind == FILE)
+    image is read once, its sha1 taken from the bytes read.
+
+    `stored`: given, the files' bytes are hashed as they are read but not kept: the device
+    reads a file again when it first uses it (a few of thousands, for a package), from the
+    zip, which must stay open meanwhile, and it must still have that sha1. `stored` is
+    filled with every file's and image's `Stored`, by member."""
+    contents: dict[str, bytes | Stored] = {}
+    for name in src.names(SYSTEM + "/"):
+        if src.members[name].kind != FILE:
+            continue
+        if stored is None:
+            contents[name] = src.read_hashed(name)
+        else:
+            src.sha1(name)  # read, its CRC checked, hashed
+            contents[name] = stored[name] = Stored(src.members[name].size,
+                                                   functools.partial(_read_again, src, name))
     tree = system_tree(src)
-    entries: dict[str, tuple[str, int, int, int, bytes | str]] = {}
+    entries: dict[str, EntrySpec] = {}
     for path, entry in tree.items():
-        content: bytes | str = (contents[system_path(path)] if entry.kind == FILE
-                                else entry.link if entry.kind == SYMLINK else b"")
+        content: bytes | str | Stored = (contents[system_path(path)] if entry.kind == FILE
+                                         else entry.link if entry.kind == SYMLINK else b"")
         entries[path] = (entry.kind, entry.mode, entry.uid, entry.gid, content)
     images = {boot_partition(src): BOOT_IMAGE}
     images.update({part: MINOR_PREFIX + image for image, part in minor.items()
                    if MINOR_PREFIX + image in src.members})
     partitions: dict[str, Partition] = {}
     for part, name in images.items():
-        data = contents[name] = src.read_hashed(name)
+        data = src.read_hashed(name)
+        if stored is not None:
+            stored[name] = Stored(len(data), functools.partial(_read_again, src, name), data)
         # its sha1 known: the device and each copy of it do not hash the image again
         partitions[part] = Partition(data, None, {len(data): bytes.fromhex(src.sha1(name))})
     device = Device.from_system(entries, partitions, sha1s={
         p: e.sha1 for p, e in tree.items() if e.kind == FILE},
         system_capacity=volumes.system, cache_capacity=volumes.cache)
     return device, tree
+
+
+def _read_again(src: ZipSource, name: str) -> bytes:
+    """A member's bytes read again: still those hashed."""
+    data = src.read(name)
+    if hashlib.sha1(data).hexdigest() != src.sha1(name):
+        raise DfotaError(f"entry {quoted(name)} changed while it was being verified", src.path)
+    return data
 
 
 def expected_system(source: Tree, target: Tree, parts: frozenset[Part],
@@ -365,11 +387,12 @@ class BspatchProof:
     """`bspatch_check` begun: each patch to prove is handed at once to a thread that runs
     bspatch on it, while the caller goes on; `result` waits for them and gives what
     `bspatch_check` gives. An error in handing them over is raised by `result` (so where
-    a check that ran last raised it). `read`: source bytes read already, by member."""
+    a check that ran last raised it). `stored`: the source's bytes, by member, where they
+    are known (`device_from_targetfiles`)."""
 
     def __init__(self, pkg: ZipSource, base: ZipSource, target: ZipSource,
-                 records: Records | None = None, read: Mapping[str, bytes] | None = None, *,
-                 tool: str | None = None) -> None:
+                 records: Records | None = None, stored: Mapping[str, Stored] | None = None,
+                 *, tool: str | None = None) -> None:
         self.records = records
         self.tool = ""
         self.proven_before: list[str] = []
@@ -379,12 +402,12 @@ class BspatchProof:
         self._folder = tempfile.TemporaryDirectory(prefix="bspatch.")
         self._pool = ThreadPoolExecutor(os.cpu_count() or 1)
         try:
-            self._hand_over(pkg, base, target, read or {}, tool)
+            self._hand_over(pkg, base, target, stored or {}, tool)
         except Exception as exc:  # raised by `result`
             self.failed = exc
 
     def _hand_over(self, pkg: ZipSource, base: ZipSource, target: ZipSource,
-                   read: Mapping[str, bytes], tool: str | None) -> None:
+                   stored: Mapping[str, Stored], tool: str | None) -> None:
         self.tool = tool or _bspatch_tool()
         earlier = self.records.get(BSPATCH_RECORD, self.tool) if self.records is not None \
             else None
@@ -401,10 +424,9 @@ class BspatchProof:
                                      f"{wanted}")
             if key in proven:
                 continue
-            old = read.get(member)
+            old = stored[member].get() if member in stored else base.read(member)
             self.jobs.append((name, self._pool.submit(
-                _bspatch, name, Path(self._folder.name, str(index)),
-                base.read(member) if old is None else old, patch, wanted)))
+                _bspatch, name, Path(self._folder.name, str(index)), old, patch, wanted)))
 
     def settle(self) -> None:
         """Wait until no bspatch runs (before a fork, say)."""
@@ -492,8 +514,8 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         base = stack.enter_context(ZipSource(base_zip))
         target = stack.enter_context(ZipSource(target_zip))
         minor = minor_partitions(target, lists)
-        read: dict[str, bytes] = {}
-        device, source_tree = device_from_targetfiles(base, minor, volumes, read)
+        stored: dict[str, Stored] = {}
+        device, source_tree = device_from_targetfiles(base, minor, volumes, stored=stored)
         expected = expected_system(source_tree,
                                    system_tree(target, recorded_sha1s=target_recorded),
                                    parts, lists)
@@ -517,7 +539,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             entries: ZipSource | DfotaError = stack.enter_context(ZipSource(package))
         except DfotaError as exc:  # raised where the entries are first needed
             entries = exc
-        bspatch = stack.enter_context(BspatchProof(entries, base, target, records, read)) \
+        bspatch = stack.enter_context(BspatchProof(entries, base, target, records, stored)) \
             if isinstance(entries, ZipSource) else None
         pkg = load_package(package)
         device.digest()  # once: each copy keeps it
