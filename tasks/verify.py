@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -20,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -489,6 +490,17 @@ def _tamper_target(device: Device, pkg: ZipSource) -> str | None:
     return path
 
 
+@contextlib.contextmanager
+def _lasting() -> Iterator[Callable[[], None]]:
+    """`keep()`: all that is alive now lasts until the end of the block. The cyclic
+    collector would walk the modeled module's tens of thousands of objects again at each
+    pass over its older generations; frozen (`gc.freeze`), they are left aside until then."""
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
+
+
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
                    target_recorded: bool = False, records: Records | None = None,
@@ -511,6 +523,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         # what runs in other processes starts as soon as it can and is waited for where its
         # check comes: `unzip -tq` now, Debian's bspatch once the pre-check passed
         unzip = stack.enter_context(_InfoZipTest(package))
+        keep = stack.enter_context(_lasting())
         base = stack.enter_context(ZipSource(base_zip))
         target = stack.enter_context(ZipSource(target_zip))
         minor = minor_partitions(target, lists)
@@ -525,6 +538,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         for image, part in minor.items():
             if MINOR_PREFIX + image in minor_side.members:
                 partitions[part] = minor_side.sha1(MINOR_PREFIX + image)
+        keep()  # the zips' members, the trees, the source module
 
         report.add("unzip -tq", unzip.result(), "No errors")
         pre = precheck(package, device)
@@ -544,6 +558,7 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         pkg = load_package(package)
         device.digest()  # once: each copy keeps it
         clean, marks = device.copy(), Marks()
+        keep()  # the package, the copy the whole run changes
         result = host_apply(pkg, clean, units=MarkRecorder(marks))
         report.steps = result.steps
         log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
