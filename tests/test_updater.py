@@ -27,7 +27,7 @@ from tasks.updater import (
     precheck,
     resume_after_power_loss,
 )
-from tasks.updater_fs import Device, Partition, entry_key
+from tasks.updater_fs import Device, FsError, Partition, entry_key
 from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
@@ -885,6 +885,73 @@ def test_the_digest_sees_everything_the_updater_can() -> None:
             twin.reboot()
             twin.mount("/system")
         assert twin.digest() == fresh_digest(twin), name
+
+
+_FOLDERS = ["/system/a", "/system/a/b", "/system/c", "/system/lib", "/cache/d", "/tmp/t"]
+_LEAVES = [f"{folder}/{name}" for folder in _FOLDERS for name in ("x", "y", "b")]
+
+
+def _random_change(dev: Device, rng: random.Random) -> bool:
+    """One change the updater can make, on paths that often exist; False when it fails as
+    the system call would."""
+    path, other = rng.choice(_FOLDERS + _LEAVES), rng.choice(_FOLDERS + _LEAVES)
+    what = rng.randrange(9)
+    try:
+        if what == 0:
+            dev.write_file(path, rng.choice([b"", b"one", b"two", APP1]), new_mode=0o644)
+        elif what == 1:
+            dev.mkdir(path, rng.choice([0o755, 0o2750]))
+        elif what == 2:
+            dev.unlink(path)
+        elif what == 3:
+            dev.rmdir(path)
+        elif what == 4:
+            dev.symlink(rng.choice(["x", "../c", "/system/lib/old.so"]), path)
+        elif what == 5:
+            dev.rename(path, other)
+        elif what == 6:
+            dev.set_owner_mode(dev.lstat(path), rng.choice([None, 0, 7]),
+                               rng.choice([None, 0, 9]), rng.choice([None, 0o700, 0o4755]),
+                               path)
+        elif what == 7:
+            dev.reboot()
+            dev.mount("/system")
+        else:
+            dev.write_partition("boot", rng.choice([BOOT1, BOOT2]))
+    except FsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_digest_follows_any_changes_in_and_out_of_trials(seed: int) -> None:
+    """Random changes (moves between folders, /tmp dropped whole, links, modes, a folder of
+    500 entries among them) inside trials opened and undone at random: after each, the kept
+    digest is the one computed afresh, and an undone trial gives its digest back."""
+    rng = random.Random(seed)
+    dev = device({**SOURCE, **{f"lib/many{i}.so": (FILE, 0o644, 0, 0, f"{i}".encode())
+                               for i in range(500)}})
+    dev.mount("/system")
+    trials: list[tuple[contextlib.ExitStack, tuple[object, ...]]] = []
+    made = 0
+    try:
+        for _ in range(150):
+            roll = rng.random()
+            if roll < 0.08:
+                trial = contextlib.ExitStack()
+                trials.append((trial, dev.digest()))
+                trial.enter_context(dev.trial())
+            elif roll < 0.16 and trials:
+                trial, before = trials.pop()
+                trial.close()
+                assert dev.digest() == before == fresh_digest(dev)
+            else:
+                made += _random_change(dev, rng)
+                assert dev.digest() == fresh_digest(dev)
+    finally:
+        for trial, _ in reversed(trials):
+            trial.close()
+    assert made > 40  # most changes were made, not refused
 
 
 def test_the_same_bytes_or_owner_and_mode_again_change_nothing_but_are_a_step() -> None:
