@@ -171,8 +171,9 @@ class FsNode:
                 total += share
         self._shares, self._sum, self._stale = shares, total & _SHARE_MASK, None
         mounted = self.mount.fs.root.digest() if self.mount is not None else ""
-        text = f"{self.mode} {self.uid} {self.gid}\0{len(children)}\0{self._sum:x}\0{mounted}"
-        return "d" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        text = f"{self.mode} {self.uid} {self.gid}\0{len(children)}\0{mounted}\0".encode()
+        return "d" + hashlib.blake2b(text + self._sum.to_bytes(_SHARE_BYTES, "little"),
+                                     digest_size=16).hexdigest()
 
     @property
     def data(self) -> bytes:
