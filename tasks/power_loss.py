@@ -233,7 +233,17 @@ class _Footprints(_WholeRun):
 
     def _judge_all(self, key: Key, item: Item) -> None:
         value = item_value(item)
+        covering = self.covering.get(key) or ()
+        footprints, differing = self.footprints, self.differing
         for unit in self.holders.get(key, ()):
+            held = footprints[unit]
+            seen = held.get(key) if held is not None else None
+            if seen is None:
+                continue  # it holds the key no more: nothing to judge
+            # what most holders find: the value they saw, and nothing to undo (`_judge`)
+            if unit not in covering and key not in differing[unit] \
+                    and same_value(seen[0], seen[1], value):
+                continue
             self._judge(unit, key, value)
 
     def _judge(self, unit: int, key: Key, value: object) -> None:

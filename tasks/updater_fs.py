@@ -39,7 +39,7 @@ _UNLIMITED = 1 << 62
 _INFLATE_BUFFER = 32 * 1024
 
 # path -> (kind, mode, uid, gid, content for a file or target for a symlink)
-EntrySpec = tuple[str, int, int, int, "bytes | str"]
+EntrySpec = tuple[str, int, int, int, "bytes | str | Stored"]
 
 
 class FsError(Exception):
@@ -76,33 +76,71 @@ def inherited_gid(parent: FsNode) -> int:
 class FsNode:
     """One file, directory or symlink of a filesystem."""
 
-    __slots__ = ("_digest", "_sha1", "children", "data", "fs", "gid", "kind", "link", "mode",
-                 "mount", "parent", "uid")
+    __slots__ = ("_data", "_digest", "_sha1", "_shares", "_stale", "_stored", "_sum",
+                 "children", "fs", "gid", "kind", "link", "mode", "mount", "name", "parent",
+                 "uid")
 
     def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs,
-                 parent: FsNode | None = None) -> None:
+                 parent: FsNode | None = None, name: str = "") -> None:
         self.kind = kind
         self.mode = mode & 0o7777
         self.uid = uid
         self.gid = gid
         self.fs = fs
-        self.data = b""
+        self._data = b""
+        self._stored: Stored | None = None  # a file's bytes not read yet (then `_data` is b"")
         self.link = ""
         self.children: dict[str, FsNode] = {}
         self.mount: _Mount | None = None  # set on a directory that is a mount point
         self._sha1: str | None = None
-        # the directory holding it (for a filesystem's root: its mount point), and the cached
-        # digest of all it is and holds (None: to be computed); see `Device.digest`
+        # the directory holding it (for a filesystem's root: its mount point) and its name
+        # there ("" for a root), and the cached digest of all it is and holds (None: to be
+        # computed); see `Device.digest`
         self.parent = parent
+        self.name = name
         self._digest: str | None = None
+        # a directory's children's shares of its digest as last summed, by name (None: to be
+        # summed afresh), their sum, and the names whose share may have changed since
+        self._shares: dict[str, int] | None = None
+        self._sum = 0
+        self._stale: set[str] | None = None
 
     def touch(self) -> None:
-        """Forget the digests of this node and of every directory above it (a cached digest
-        above a changed node is never kept, so the walk stops at the first one forgotten)."""
-        node: FsNode | None = self
-        while node is not None and node._digest is not None:
+        """Forget the digests of this node and of every directory above it, each told which
+        of its children changed. The walk stops where the directory above has forgotten its
+        digest and knows of this child already (so it has told the ones above it)."""
+        node = self
+        while True:
+            known = node._digest is not None
             node._digest = None
-            node = node.parent
+            parent = node.parent
+            if parent is None:
+                return
+            if not known and parent._digest is None and parent._told(node.name):
+                return
+            parent._mark(node.name)
+            node = parent
+
+    def changed_child(self, name: str) -> None:
+        """What this directory holds under `name` changed (or may have)."""
+        self._mark(name)
+        self.touch()
+
+    def forget_children(self) -> None:
+        """This directory's children were replaced all at once: every share to be summed
+        afresh."""
+        self._shares = self._stale = None
+        self.touch()
+
+    def _mark(self, name: str) -> None:
+        if self._shares is not None:
+            if self._stale is None:
+                self._stale = {name}
+            else:
+                self._stale.add(name)
+
+    def _told(self, name: str) -> bool:
+        return self._shares is None or (self._stale is not None and name in self._stale)
 
     def digest(self) -> str:
         """What this node is (type, mode, owner, content or link) and, for a directory,
@@ -113,29 +151,91 @@ class FsNode:
             elif self.kind == SYMLINK:
                 self._digest = f"l{self.mode} {self.uid} {self.gid} {self.link}"
             else:
-                # names and link targets hold no NUL: the joined text reads one way only
-                parts = [f"{self.mode} {self.uid} {self.gid}"]
-                children = self.children
-                for name in sorted(children):
-                    child = children[name]
-                    parts += (name, child._digest or child.digest())
-                if self.mount is not None:
-                    parts += ("", self.mount.fs.root.digest())
-                text = "\0".join(parts).encode("utf-8", "surrogateescape")
-                self._digest = "d" + hashlib.blake2b(text, digest_size=16).hexdigest()
+                self._digest = self._folder_digest()
         return self._digest
+
+    def _folder_digest(self) -> str:
+        """A directory's digest: its mode and owner, how many children it has, the sum of
+        their shares (`_share`) and a mounted filesystem's digest. Only the shares of the
+        children that changed since the last sum are taken again."""
+        children, shares = self.children, self._shares
+        if shares is None:
+            shares, total, names = {}, 0, list(children)
+        else:
+            total, names = self._sum, list(self._stale or ())
+        for name in names:
+            total -= shares.pop(name, 0)
+            child = children.get(name)
+            if child is not None:
+                share = shares[name] = _share(name, child._digest or child.digest())
+                total += share
+        self._shares, self._sum, self._stale = shares, total & _SHARE_MASK, None
+        mounted = self.mount.fs.root.digest() if self.mount is not None else ""
+        text = f"{self.mode} {self.uid} {self.gid}\0{len(children)}\0{mounted}\0".encode()
+        return "d" + hashlib.blake2b(text + self._sum.to_bytes(_SHARE_BYTES, "little"),
+                                     digest_size=16).hexdigest()
+
+    @property
+    def data(self) -> bytes:
+        """A file's bytes (read now if they were `Stored`)."""
+        if self._stored is not None:
+            self._data, self._stored = self._stored.get(), None
+        return self._data
+
+    @property
+    def size(self) -> int:
+        """`len(data)`, without reading stored bytes."""
+        return len(self._data) if self._stored is None else self._stored.size
 
     def sha1(self) -> str:
         if self._sha1 is None:
             self._sha1 = hashlib.sha1(self.data).hexdigest()
         return self._sha1
 
-    def set_data(self, data: bytes, sha1: str | None = None) -> None:
-        """`sha1`: the data's sha1 when the writer knows it (a patch output, say)."""
-        self.fs.used += len(data) - len(self.data)
-        self.data = data
+    def set_data(self, data: bytes | Stored, sha1: str | None = None) -> None:
+        """`sha1`: the data's sha1 when the writer knows it (a patch output, say); given for
+        `Stored` bytes."""
+        size = data.size if isinstance(data, Stored) else len(data)
+        self.fs.used += size - self.size
+        self._data, self._stored = (b"", data) if isinstance(data, Stored) else (data, None)
         self._sha1 = sha1
         self.touch()
+
+
+class Stored:
+    """A file's bytes left where they are (a zip's entry, say) until the module first uses
+    them: `load` reads them (and checks they are still what was hashed). Every copy of a
+    device shares one, so they are read once."""
+
+    __slots__ = ("_data", "load", "size")
+
+    def __init__(self, size: int, load: Callable[[], bytes], data: bytes | None = None) -> None:
+        """`data`: the bytes, when read already."""
+        self.size = size
+        self.load = load
+        self._data = data
+
+    def get(self) -> bytes:
+        if self._data is None:
+            data = self.load()
+            if len(data) != self.size:
+                raise ValueError(f"stored bytes: {len(data)} read, {self.size} expected")
+            self._data = data
+        return self._data
+
+
+# A directory's digest sums its children's shares modulo 2**2048, so that a change costs the
+# children that changed, not the directory's size. A share is 2,048 bits of SHAKE-256 of the
+# child's name and digest: at that width, finding two sets of children with the same sum (the
+# generalized birthday attack on such sums) takes more entries than a filesystem holds.
+_SHARE_BYTES = 256
+_SHARE_MASK = (1 << 8 * _SHARE_BYTES) - 1
+
+
+def _share(name: str, digest: str) -> int:
+    # names and link targets hold no NUL: the joined text reads one way only
+    text = f"{name}\0{digest}".encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.shake_256(text).digest(_SHARE_BYTES), "little")
 
 
 @dataclass
@@ -246,7 +346,7 @@ def changed_items(obj: object, attrs: Sequence[str]) -> list[Item]:
     """The items a change of `obj`'s `attrs` changes."""
     if isinstance(obj, FsNode):
         items = []
-        if "data" in attrs:
+        if "_data" in attrs:
             items.append(data_item(obj))
         if "mode" in attrs:
             items.append(owner_item(obj))
@@ -373,8 +473,8 @@ class Device:
         for name in (p for p in path.split("/") if p):
             child = node.children.get(name)
             if child is None:
-                child = node.children[name] = FsNode(DIR, 0o755, 0, 0, node.fs, node)
-                node.touch()
+                child = node.children[name] = FsNode(DIR, 0o755, 0, 0, node.fs, node, name)
+                node.changed_child(name)
             elif child.mount is not None:
                 child = child.mount.fs.root
             if child.kind != DIR:
@@ -383,9 +483,9 @@ class Device:
         return node
 
     def put(self, path: str, kind: str, mode: int, uid: int, gid: int,
-            content: bytes | str = b"", *, sha1: str | None = None) -> None:
+            content: bytes | str | Stored = b"", *, sha1: str | None = None) -> None:
         """Create or replace one entry, whatever is mounted (for setting up a test state);
-        `sha1`: a file's, when known."""
+        `sha1`: a file's, when known (given for `Stored` bytes)."""
         parent_path, _, name = path.rstrip("/").rpartition("/")
         parent = self._host_mkdirs(parent_path)
         old = parent.children.get(name)
@@ -394,21 +494,24 @@ class Device:
                 old.mode, old.uid, old.gid = mode & 0o7777, uid, gid
                 old.touch()
                 return
-            node = FsNode(DIR, mode, uid, gid, parent.fs, parent)
+            node = FsNode(DIR, mode, uid, gid, parent.fs, parent, name)
         elif kind == SYMLINK:
-            node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs, parent)
+            if isinstance(content, Stored):
+                raise ValueError("a symlink's target is given as text")
+            node = FsNode(SYMLINK, 0o777, uid, gid, parent.fs, parent, name)
             node.link = content if isinstance(content, str) else content.decode(
                 "utf-8", "surrogateescape")
         elif kind == FILE:
-            node = FsNode(FILE, mode, uid, gid, parent.fs, parent)
-            node.set_data(content.encode("utf-8", "surrogateescape")
+            node = FsNode(FILE, mode, uid, gid, parent.fs, parent, name)
+            node.set_data(content if isinstance(content, Stored)
+                          else content.encode("utf-8", "surrogateescape")
                           if isinstance(content, str) else bytes(content), sha1)
         else:
             raise ValueError(f"unknown kind {kind!r}")
         if old is not None:
             self._release(old)
         parent.children[name] = node
-        parent.touch()
+        parent.changed_child(name)
 
     def copy(self) -> Device:
         """An independent copy (contents are shared: bytes never change in place)."""
@@ -426,9 +529,13 @@ class Device:
         def clone(node: FsNode, parent: FsNode | None) -> FsNode:
             new = FsNode.__new__(FsNode)
             new.kind, new.mode, new.uid, new.gid = node.kind, node.mode, node.uid, node.gid
-            new.data, new.link, new._sha1 = node.data, node.link, node._sha1
+            new._data, new._stored = node._data, node._stored
+            new.link, new._sha1 = node.link, node._sha1
             new.fs = fss[id(node.fs)]
-            new.parent, new._digest = parent, node._digest
+            new.parent, new.name, new._digest = parent, node.name, node._digest
+            new._shares = None if node._shares is None else dict(node._shares)
+            new._sum = node._sum
+            new._stale = None if node._stale is None else set(node._stale)
             new.mount = None
             new.children = {name: clone(child, new) for name, child in node.children.items()}
             if node.mount is not None:
@@ -470,8 +577,9 @@ class Device:
         """Record `obj`'s `attrs` as they are now, to be restored when a trial ends; `obj` is
         about to change, so a node's digest is forgotten (now and when restored)."""
         node = obj if isinstance(obj, FsNode) else None
+        every_child = "children" in attrs  # the whole dict replaced
         if node is not None:
-            node.touch()
+            _forget(node, every_child)
         if self.watch is not None:
             for item in changed_items(obj, attrs):
                 self.watch(item)
@@ -482,14 +590,14 @@ class Device:
                 for name, value in saved:
                     setattr(obj, name, value)
                 if node is not None:
-                    node.touch()
+                    _forget(node, every_child)
 
             self._journal.append(undo)
 
     def _remember_child(self, parent: FsNode, name: str) -> None:
         """Record what `parent` holds under `name` now (or that it holds nothing), as
         `_remember` does."""
-        parent.touch()
+        parent.changed_child(name)
         if self.watch is not None:
             self.watch(child_item(parent, name))
             self.watch(listing_item(parent))
@@ -501,7 +609,7 @@ class Device:
                     children.pop(name, None)
                 else:
                     children[name] = old
-                parent.touch()
+                parent.changed_child(name)
 
             self._journal.append(undo)
 
@@ -530,7 +638,7 @@ class Device:
             self.reads.append((item, value, True))
 
     def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
-        self._remember(node, "data", "_sha1")
+        self._remember(node, "_data", "_stored", "_sha1")
         self._remember(node.fs, "used")
         node.set_data(data, sha1)
 
@@ -551,7 +659,7 @@ class Device:
                 size = len(node.link.encode("utf-8", "surrogateescape"))
                 out[rel] = Entry(rel, SYMLINK, 0o777, node.uid, node.gid, size, "", node.link)
             else:
-                out[rel] = Entry(rel, FILE, node.mode, node.uid, node.gid, len(node.data),
+                out[rel] = Entry(rel, FILE, node.mode, node.uid, node.gid, node.size,
                                  node.sha1())
         return dict(sorted(out.items()))
 
@@ -813,17 +921,19 @@ class Device:
                 raise FsError("EISDIR", path)
             self._remember_child(where.parent, where.name)
             node = where.parent.children[where.name] = FsNode(
-                FILE, new_mode, 0, inherited_gid(where.parent), where.parent.fs, where.parent)
+                FILE, new_mode, 0, inherited_gid(where.parent), where.parent.fs, where.parent,
+                where.name)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
         if self.reads is not None:
             self._read(data_item(node))  # not set: what it had decides the room needed
-            if len(data) > len(node.data):
-                self._read(room_item(node.fs, len(data) - len(node.data)))
-        room = node.fs.free() + len(node.data)  # once truncated
+            if len(data) > node.size:
+                self._read(room_item(node.fs, len(data) - node.size))
+        room = node.fs.free() + node.size  # once truncated
         # the same bytes again (a re-run after a power loss rewrites what is there) change
         # nothing: no undo to keep, no digest to forget
-        if not (len(data) <= room and (node.data is data or node.data == data)):
+        if not (len(data) <= room and node.size == len(data)
+                and (node.data is data or node.data == data)):
             self._set_data(node, b"")
             self._set_data(node, data if len(data) <= room else data[:room],
                            sha1 if len(data) <= room else None)
@@ -841,7 +951,7 @@ class Device:
         # a folder made in a set-group-ID folder is set-group-ID too (the kernel's rule)
         where.parent.children[where.name] = FsNode(
             DIR, mode | (where.parent.mode & SETGID), 0, inherited_gid(where.parent),
-            where.parent.fs, where.parent)
+            where.parent.fs, where.parent, where.name)
         self._done(f"mkdir {path}")
 
     def unlink(self, path: str) -> None:
@@ -879,7 +989,8 @@ class Device:
             raise FsError("EEXIST", path)
         self._remember_child(where.parent, where.name)
         node = where.parent.children[where.name] = FsNode(
-            SYMLINK, 0o777, 0, inherited_gid(where.parent), where.parent.fs, where.parent)
+            SYMLINK, 0o777, 0, inherited_gid(where.parent), where.parent.fs, where.parent,
+            where.name)
         node.link = target
         self._done(f"symlink {path}")
 
@@ -911,8 +1022,8 @@ class Device:
         del old.parent.children[old.name]
         self._remember_child(new.parent, new.name)
         new.parent.children[new.name] = node
-        self._remember(node, "parent")
-        node.parent = new.parent
+        self._remember(node, "parent", "name")
+        node.parent, node.name = new.parent, new.name
         self._done(f"rename {src} {dst}")
 
     def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,
@@ -944,6 +1055,13 @@ class Device:
             part.write(data[: part.size])
         self._done(f"write partition {name}")
         return fits
+
+
+def _forget(node: FsNode, every_child: bool) -> None:
+    if every_child:
+        node.forget_children()
+    else:
+        node.touch()
 
 
 def entry_key(entry: Entry) -> tuple[object, ...]:

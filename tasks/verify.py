@@ -9,6 +9,9 @@ Debian's `bspatch` applies it. A package that fails is moved out of `out/` with 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -18,8 +21,8 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +55,7 @@ from tasks.updater import (
     precheck,
 )
 from tasks.updater import apply_package as host_apply
-from tasks.updater_fs import Device, entry_key
+from tasks.updater_fs import Device, EntrySpec, Partition, Stored, entry_key
 from tasks.version import VERSION_FILE, parse_version
 from tasks.zipio import ZipSource
 
@@ -102,25 +105,54 @@ def minor_partitions(src: ZipSource, lists: FileLists) -> dict[str, str]:
 
 
 def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
-                            volumes: Volumes = DEFAULT_VOLUMES) -> tuple[Device, Tree]:
+                            volumes: Volumes = DEFAULT_VOLUMES, *,
+                            stored: dict[str, Stored] | None = None) -> tuple[Device, Tree]:
     """A module running this targetfiles: /system from SYSTEM/, partitions from the images,
-    the system volume and /cache of `volumes`' sizes; and its `system_tree`. Each file is
-    read once, its sha1 taken from the bytes read."""
-    contents = {name: src.read_hashed(name) for name in src.names(SYSTEM + "/")
-                if src.members[name].kind == FILE}
+    the system volume and /cache of `volumes`' sizes; and its `system_tree`. Each file and
+    image is read once, its sha1 taken from the bytes read.
+
+    `stored`: given, the files' bytes are hashed as they are read but not kept: the device
+    reads a file again when it first uses it (a few of thousands, for a package), from the
+    zip, which must stay open meanwhile, and it must still have that sha1. `stored` is
+    filled with every file's and image's `Stored`, by member."""
+    contents: dict[str, bytes | Stored] = {}
+    for name in src.names(SYSTEM + "/"):
+        if src.members[name].kind != FILE:
+            continue
+        if stored is None:
+            contents[name] = src.read_hashed(name)
+        else:
+            src.sha1(name)  # read, its CRC checked, hashed
+            contents[name] = stored[name] = Stored(src.members[name].size,
+                                                   functools.partial(_read_again, src, name))
     tree = system_tree(src)
-    entries: dict[str, tuple[str, int, int, int, bytes | str]] = {}
+    entries: dict[str, EntrySpec] = {}
     for path, entry in tree.items():
-        content: bytes | str = (contents[system_path(path)] if entry.kind == FILE
-                                else entry.link if entry.kind == SYMLINK else b"")
+        content: bytes | str | Stored = (contents[system_path(path)] if entry.kind == FILE
+                                         else entry.link if entry.kind == SYMLINK else b"")
         entries[path] = (entry.kind, entry.mode, entry.uid, entry.gid, content)
-    partitions = {boot_partition(src): src.read(BOOT_IMAGE)}
-    partitions.update({part: src.read(MINOR_PREFIX + image) for image, part in minor.items()
-                       if MINOR_PREFIX + image in src.members})
+    images = {boot_partition(src): BOOT_IMAGE}
+    images.update({part: MINOR_PREFIX + image for image, part in minor.items()
+                   if MINOR_PREFIX + image in src.members})
+    partitions: dict[str, Partition] = {}
+    for part, name in images.items():
+        data = src.read_hashed(name)
+        if stored is not None:
+            stored[name] = Stored(len(data), functools.partial(_read_again, src, name), data)
+        # its sha1 known: the device and each copy of it do not hash the image again
+        partitions[part] = Partition(data, None, {len(data): bytes.fromhex(src.sha1(name))})
     device = Device.from_system(entries, partitions, sha1s={
         p: e.sha1 for p, e in tree.items() if e.kind == FILE},
         system_capacity=volumes.system, cache_capacity=volumes.cache)
     return device, tree
+
+
+def _read_again(src: ZipSource, name: str) -> bytes:
+    """A member's bytes read again: still those hashed."""
+    data = src.read(name)
+    if hashlib.sha1(data).hexdigest() != src.sha1(name):
+        raise DfotaError(f"entry {quoted(name)} changed while it was being verified", src.path)
+    return data
 
 
 def expected_system(source: Tree, target: Tree, parts: frozenset[Part],
@@ -177,6 +209,9 @@ def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry])
 
 def _state_differences(device: Device, expected: Tree,
                        partitions: Mapping[str, str]) -> list[str]:
+    if device.keys() == {path: entry_key(e) for path, e in expected.items()} and \
+            partitions.items() <= device.partition_sha1s().items():
+        return []  # what tree_differences compares is the same: no difference
     state = device.state()
     lines = tree_differences(state.system, expected)
     for name, sha1 in partitions.items():
@@ -242,6 +277,11 @@ def _replay(steps: Sequence[int], advance: Callable[[int], None] | None = None) 
     return problems
 
 
+def _forks(steps: int, workers: int | None = None) -> bool:
+    """Whether `replay_power_losses` spreads `steps` replays over forked workers."""
+    return (workers or os.cpu_count() or 1) > 1 and steps >= max(_STEPS_PER_FORK, 2)
+
+
 def replay_power_losses(pkg: Package, device: Device, expected: Tree,
                         partitions: Mapping[str, str], steps: Sequence[int],
                         advance: Callable[[int], None], workers: int | None = None, *,
@@ -258,13 +298,13 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
     workers = workers or os.cpu_count() or 1
     # one chunk per core, each from the whole range (each runs the package once, to its
     # end); a package of few steps in this process: its re-runs cost less than a fork
-    count = 1 if len(steps) < _STEPS_PER_FORK else workers
+    count = workers if _forks(len(steps), workers) else 1
     chunks = [list(steps[i::count]) for i in range(count) if steps[i::count]]
     marks, differs = whole_run or (None, None)
     _REPLAY = _Replays(pkg, device, expected, partitions,
                        {path: entry_key(e) for path, e in expected.items()}, marks, differs)
     try:
-        if workers == 1 or len(chunks) < 2:
+        if len(chunks) < 2:
             results = [_replay(chunk, advance) for chunk in chunks]
         else:
             with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
@@ -284,10 +324,39 @@ def replay_power_losses(pkg: Package, device: Device, expected: Tree,
 
 
 def info_zip_test(package: Path) -> list[str]:
-    done = subprocess.run(["unzip", "-tq", str(package)], capture_output=True, text=True)
-    if done.returncode == 0 and "No errors" in done.stdout:
-        return []
-    return [f"unzip -tq: {(done.stdout + done.stderr).strip().splitlines()[-1:]}"]
+    with _InfoZipTest(package) as test:
+        return test.result()
+
+
+class _InfoZipTest:
+    """`unzip -tq` of a package, started at once and run while the caller goes on; `result`
+    waits for it (and raises what starting it raised)."""
+
+    def __init__(self, package: Path) -> None:
+        self.failed: OSError | None = None
+        self.process: subprocess.Popen[str] | None = None
+        try:
+            self.process = subprocess.Popen(["unzip", "-tq", str(package)], text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            self.failed = exc
+
+    def result(self) -> list[str]:
+        if self.process is None:
+            assert self.failed is not None
+            raise self.failed
+        stdout, stderr = self.process.communicate()
+        if self.process.returncode == 0 and "No errors" in stdout:
+            return []
+        return [f"unzip -tq: {(stdout + stderr).strip().splitlines()[-1:]}"]
+
+    def __enter__(self) -> _InfoZipTest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()  # not waited for: the run stopped before its check
+            self.process.communicate()
 
 
 # the patches proven in earlier runs, newest first, at most this many
@@ -310,57 +379,106 @@ def bspatch_check(package: Path, base: ZipSource, target: ZipSource,
     source, patch and target bytes, under the sha1 of the bspatch program: a patch proven
     in an earlier run is not applied again. Problems, patches, patches proven earlier."""
     tool = _bspatch_tool()
-    earlier = records.get(BSPATCH_RECORD, tool) if records is not None else None
-    proven_before = [key for key in earlier if isinstance(key, str)] \
-        if isinstance(earlier, list) else []
-    proven = set(proven_before)
-    with ZipSource(package) as pkg, tempfile.TemporaryDirectory(prefix="bspatch.") as tmp:
-        jobs, keys, wanted = [], {}, {}
+    with ZipSource(package) as pkg, BspatchProof(pkg, base, target, records, tool=tool) as proof:
+        return proof.result()
+
+
+class BspatchProof:
+    """`bspatch_check` begun: each patch to prove is handed at once to a thread that runs
+    bspatch on it, while the caller goes on; `result` waits for them and gives what
+    `bspatch_check` gives. An error in handing them over is raised by `result` (so where
+    a check that ran last raised it). `stored`: the source's bytes, by member, where they
+    are known (`device_from_targetfiles`)."""
+
+    def __init__(self, pkg: ZipSource, base: ZipSource, target: ZipSource,
+                 records: Records | None = None, stored: Mapping[str, Stored] | None = None,
+                 *, tool: str | None = None) -> None:
+        self.records = records
+        self.tool = ""
+        self.proven_before: list[str] = []
+        self.keys: dict[str, str] = {}  # by patch
+        self.jobs: list[tuple[str, Future[str | None]]] = []  # the patches bspatch applies
+        self.failed: Exception | None = None
+        self._folder = tempfile.TemporaryDirectory(prefix="bspatch.")
+        self._pool = ThreadPoolExecutor(os.cpu_count() or 1)
+        try:
+            self._hand_over(pkg, base, target, stored or {}, tool)
+        except Exception as exc:  # raised by `result`
+            self.failed = exc
+
+    def _hand_over(self, pkg: ZipSource, base: ZipSource, target: ZipSource,
+                   stored: Mapping[str, Stored], tool: str | None) -> None:
+        self.tool = tool or _bspatch_tool()
+        earlier = self.records.get(BSPATCH_RECORD, self.tool) if self.records is not None \
+            else None
+        self.proven_before = [key for key in earlier if isinstance(key, str)] \
+            if isinstance(earlier, list) else []
+        proven = set(self.proven_before)
         for index, name in enumerate(sorted(pkg.names("patch/"))):
             member = (BOOT_IMAGE if name == "patch/boot.img.p"
                       else system_path(name[len("patch/system/"):-len(".p")]))
-            patch_bytes = pkg.read(name)
+            patch = pkg.read(name)
             # every part of the key from the bytes (not from a record): the proof is of them
-            wanted[name] = hashlib.sha1(target.read(member)).hexdigest()
-            keys[name] = (f"{base.sha1(member)}-{hashlib.sha1(patch_bytes).hexdigest()}-"
-                          f"{wanted[name]}")
-            if keys[name] in proven:
+            wanted = target.sha1(member)
+            key = self.keys[name] = (f"{base.sha1(member)}-{hashlib.sha1(patch).hexdigest()}-"
+                                     f"{wanted}")
+            if key in proven:
                 continue
-            old, patch = Path(tmp, f"{index}.old"), Path(tmp, f"{index}.patch")
-            old.write_bytes(base.read(member))
-            patch.write_bytes(patch_bytes)
-            jobs.append((name, old, patch))
+            old = stored[member].get() if member in stored else base.read(member)
+            self.jobs.append((name, self._pool.submit(
+                _bspatch, name, Path(self._folder.name, str(index)), old, patch, wanted)))
 
-        def run(job: tuple[str, Path, Path]) -> str | None:
-            name, old, patch = job
-            done = subprocess.run(["bspatch", str(old), str(old.with_suffix(".new")),
-                                   str(patch)], capture_output=True, text=True)
-            return None if done.returncode == 0 else f"{shown_path(name)}: bspatch failed: " \
-                f"{done.stderr.strip()}"
+    def settle(self) -> None:
+        """Wait until no bspatch runs (before a fork, say)."""
+        self._pool.shutdown(wait=True)
 
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            failures = list(pool.map(run, jobs))
+    def result(self) -> tuple[list[str], int, int]:
+        """Problems, patches, patches proven earlier; the records updated."""
+        self.settle()
+        if self.failed is not None:
+            raise self.failed
         problems, failed_names = [], set()
-        for (name, old, _), failed in zip(jobs, failures, strict=True):
-            if failed is None and hashlib.sha1(
-                    old.with_suffix(".new").read_bytes()).hexdigest() != wanted[name]:
-                failed = f"{shown_path(name)}: bspatch gives other bytes than the target's"
+        for name, job in self.jobs:
+            failed = job.result()
             if failed is not None:
                 problems.append(failed)
                 failed_names.add(name)
-    if records is not None:
-        newest = [keys[name] for name in sorted(keys) if name not in failed_names]
-        shown = set(newest)
-        older = [key for key in proven_before if key not in shown]
-        records.put(BSPATCH_RECORD, tool, (newest + older)[:_BSPATCH_RECORD_MAX], alone=True)
-    return problems, len(keys), len(keys) - len(jobs)
+        if self.records is not None:
+            newest = [self.keys[name] for name in sorted(self.keys) if name not in failed_names]
+            shown = set(newest)
+            older = [key for key in self.proven_before if key not in shown]
+            self.records.put(BSPATCH_RECORD, self.tool, (newest + older)[:_BSPATCH_RECORD_MAX],
+                             alone=True)
+        return problems, len(self.keys), len(self.keys) - len(self.jobs)
+
+    def __enter__(self) -> BspatchProof:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._folder.cleanup()
 
 
-def _tamper_target(device: Device, package: Path) -> str | None:
+def _bspatch(name: str, stem: Path, old: bytes, patch: bytes, wanted: str) -> str | None:
+    """Debian's bspatch on one patch (on a thread): None when it gives the bytes whose sha1
+    is `wanted`, else what is wrong."""
+    old_file, patch_file = stem.with_suffix(".old"), stem.with_suffix(".patch")
+    old_file.write_bytes(old)
+    patch_file.write_bytes(patch)
+    new_file = stem.with_suffix(".new")
+    done = subprocess.run(["bspatch", str(old_file), str(new_file), str(patch_file)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"{shown_path(name)}: bspatch failed: {done.stderr.strip()}"
+    if hashlib.sha1(new_file.read_bytes()).hexdigest() != wanted:
+        return f"{shown_path(name)}: bspatch gives other bytes than the target's"
+    return None
+
+
+def _tamper_target(device: Device, pkg: ZipSource) -> str | None:
     """A patched file of the package, changed on the module by hand (restriction 1)."""
     version_patch = f"patch/system/{VERSION_FILE}.p"  # a changed version file gives 505 first
-    with ZipSource(package) as pkg:
-        patched = sorted(n for n in pkg.names("patch/system/") if n != version_patch)
+    patched = sorted(n for n in pkg.names("patch/system/") if n != version_patch)
     if not patched:
         return None
     path = "/system/" + patched[0][len("patch/system/"):-len(".p")]
@@ -369,6 +487,17 @@ def _tamper_target(device: Device, package: Path) -> str | None:
         return None
     device.put(path, FILE, 0o644, 0, 0, data + b"\n# changed by hand\n")
     return path
+
+
+@contextlib.contextmanager
+def _lasting() -> Iterator[Callable[[], None]]:
+    """`keep()`: all that is alive now lasts until the end of the block. The cyclic
+    collector would walk the modeled module's tens of thousands of objects again at each
+    pass over its older generations; frozen (`gc.freeze`), they are left aside until then."""
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
 
 
 def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
@@ -389,10 +518,16 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
     room does not allow fails on the host as on the module."""
     started = time.monotonic()
     report = VerifyReport(str(package))
-    with ZipSource(base_zip) as base, ZipSource(target_zip) as target:
+    with contextlib.ExitStack() as stack:
+        # what runs in other processes starts as soon as it can and is waited for where its
+        # check comes: `unzip -tq` now, Debian's bspatch once the pre-check passed
+        unzip = stack.enter_context(_InfoZipTest(package))
+        keep = stack.enter_context(_lasting())
+        base = stack.enter_context(ZipSource(base_zip))
+        target = stack.enter_context(ZipSource(target_zip))
         minor = minor_partitions(target, lists)
-        device, source_tree = device_from_targetfiles(base, minor, volumes)
-        device.state()  # hash every partition once: each copy keeps the hashes
+        stored: dict[str, Stored] = {}
+        device, source_tree = device_from_targetfiles(base, minor, volumes, stored=stored)
         expected = expected_system(source_tree,
                                    system_tree(target, recorded_sha1s=target_recorded),
                                    parts, lists)
@@ -402,8 +537,9 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
         for image, part in minor.items():
             if MINOR_PREFIX + image in minor_side.members:
                 partitions[part] = minor_side.sha1(MINOR_PREFIX + image)
+        keep()  # the zips' members, the trees, the source module
 
-        report.add("unzip -tq", info_zip_test(package), "No errors")
+        report.add("unzip -tq", unzip.result(), "No errors")
         pre = precheck(package, device)
         report.add("project version and format (module pre-check)",
                    [f"{pre.code}: {shown_path(pre.message)}"] if pre is not None else [],
@@ -412,9 +548,16 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             report.seconds = time.monotonic() - started
             return report
 
+        try:
+            entries: ZipSource | DfotaError = stack.enter_context(ZipSource(package))
+        except DfotaError as exc:  # raised where the entries are first needed
+            entries = exc
+        bspatch = stack.enter_context(BspatchProof(entries, base, target, records, stored)) \
+            if isinstance(entries, ZipSource) else None
         pkg = load_package(package)
         device.digest()  # once: each copy keeps it
         clean, marks = device.copy(), Marks()
+        keep()  # the package, the copy the whole run changes
         result = host_apply(pkg, clean, units=MarkRecorder(marks))
         report.steps = result.steps
         log.say(f"verify: applied on the host in {result.steps} steps, result {result.code}")
@@ -431,6 +574,8 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
             report.add("result equals the target", differs,
                        f"{len(expected)} entries and {len(partitions)} partitions")
             step_list = replay_points(result.step_log, permission_replays)
+            if bspatch is not None and _forks(len(step_list)):
+                bspatch.settle()  # no thread or bspatch running while the workers fork
             bar = log.progress("verify: power loss at each step", len(step_list))
             problems = replay_power_losses(pkg, device, expected, partitions, step_list,
                                            bar.advance,
@@ -444,20 +589,22 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
                            "" if kept == perms else
                            f" (every step but permissions: {kept} of {perms} replayed)"))
 
-        tampered = device.copy()
-        changed = _tamper_target(tampered, package)
+        if not isinstance(entries, ZipSource):
+            raise entries
+        changed = _tamper_target(device, entries)  # the source's last use: changed in place
         if changed is not None:
-            before = tampered.state()
-            bad = host_apply(pkg, tampered)
+            before = device.state()
+            bad = host_apply(pkg, device)
             problems = []
             if bad.code != 510:
                 problems.append(f"result {bad.code}, expected 510 ({bad.message})")
-            if tampered.state() != before:
+            if device.state() != before:
                 problems.append("something was written before the check failed")
             report.add("a source changed by hand stops with 510, nothing written", problems,
                        f"{changed} changed: 510, nothing written")
 
-        problems, count, earlier = bspatch_check(package, base, target, records)
+        assert bspatch is not None
+        problems, count, earlier = bspatch.result()
         report.add("Debian bspatch gives the target's bytes", problems, f"{count} patches" + (
             f" ({earlier} of them proven by an earlier run, the same bytes)" if earlier else ""))
     report.seconds = time.monotonic() - started

@@ -11,7 +11,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bsdiff4
 import pytest
@@ -29,7 +29,7 @@ from tasks.updater import (
     precheck,
     resume_after_power_loss,
 )
-from tasks.updater_fs import Device, EntrySpec, Partition, entry_key
+from tasks.updater_fs import Device, EntrySpec, FsError, Partition, entry_key
 from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
@@ -74,9 +74,14 @@ def device(entries: Mapping[str, EntrySpec] | None = None, **kwargs: Any) -> Dev
     return Device.from_system(SOURCE if entries is None else entries, {"boot": BOOT1}, **kwargs)
 
 
+def source_file_bytes() -> int:
+    """What the source module's files hold, in bytes."""
+    return sum(len(cast(bytes, v[4])) for v in SOURCE.values() if v[0] == FILE)
+
+
 def roomy_or_tight(tight: bool) -> Device:
     """The source module; `tight`: a /system with 60 KB free."""
-    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
+    used = source_file_bytes()
     return device(system_capacity=used + 60_000 if tight else None)
 
 
@@ -369,7 +374,8 @@ def test_patches_the_host_cannot_apply_fail(tmp_path: Path, patch: bytes) -> Non
 
 
 def test_apply_patch_when_space_is_short_goes_through_the_cache(tmp_path: Path) -> None:
-    dev = device(system_capacity=sum(len(v[4]) for v in SOURCE.values()) + 100_000)
+    used = sum(len(cast("bytes | str", v[4])) for v in SOURCE.values())
+    dev = device(system_capacity=used + 100_000)
     body = patch_call("bin/app", APP1, APP2, "p/app") + ' || abort("E510: app");'
     pkg = package(tmp_path, MOUNT + body, {"p/app": bsdiff4.diff(APP1, APP2)})
     result = apply_package(pkg, dev.copy())
@@ -716,7 +722,7 @@ def test_a_source_file_changed_by_hand_stops_the_verify_phase_with_510(tmp_path:
 
 
 def test_running_out_of_space_is_511(tmp_path: Path) -> None:
-    used = sum(len(v[4]) for v in SOURCE.values() if v[0] == FILE)
+    used = source_file_bytes()
     dev = device(system_capacity=used + 4000)
     body = 'package_extract_dir("system", "/system");'
     result, dev = run(tmp_path, body, {"system/big": noise(10, 10000)}, dev=dev)
@@ -816,12 +822,13 @@ def test_the_quick_comparison_sees_what_the_full_one_sees() -> None:
 
 
 def fresh_digest(dev: Device) -> tuple[object, ...]:
-    """`Device.digest` computed from nothing: every cached node digest forgotten on a copy."""
+    """`Device.digest` computed from nothing: every cached node digest, and every folder's
+    children's shares of it, forgotten on a copy."""
     twin = dev.copy()
     stack = [twin.root]
     while stack:
         node = stack.pop()
-        node._digest = None
+        node._digest = node._shares = node._stale = None
         stack += node.children.values()
         if node.mount is not None:
             stack.append(node.mount.fs.root)
@@ -886,6 +893,73 @@ def test_the_digest_sees_everything_the_updater_can() -> None:
             twin.reboot()
             twin.mount("/system")
         assert twin.digest() == fresh_digest(twin), name
+
+
+_FOLDERS = ["/system/a", "/system/a/b", "/system/c", "/system/lib", "/cache/d", "/tmp/t"]
+_LEAVES = [f"{folder}/{name}" for folder in _FOLDERS for name in ("x", "y", "b")]
+
+
+def _random_change(dev: Device, rng: random.Random) -> bool:
+    """One change the updater can make, on paths that often exist; False when it fails as
+    the system call would."""
+    path, other = rng.choice(_FOLDERS + _LEAVES), rng.choice(_FOLDERS + _LEAVES)
+    what = rng.randrange(9)
+    try:
+        if what == 0:
+            dev.write_file(path, rng.choice([b"", b"one", b"two", APP1]), new_mode=0o644)
+        elif what == 1:
+            dev.mkdir(path, rng.choice([0o755, 0o2750]))
+        elif what == 2:
+            dev.unlink(path)
+        elif what == 3:
+            dev.rmdir(path)
+        elif what == 4:
+            dev.symlink(rng.choice(["x", "../c", "/system/lib/old.so"]), path)
+        elif what == 5:
+            dev.rename(path, other)
+        elif what == 6:
+            dev.set_owner_mode(dev.lstat(path), rng.choice([None, 0, 7]),
+                               rng.choice([None, 0, 9]), rng.choice([None, 0o700, 0o4755]),
+                               path)
+        elif what == 7:
+            dev.reboot()
+            dev.mount("/system")
+        else:
+            dev.write_partition("boot", rng.choice([BOOT1, BOOT2]))
+    except FsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_digest_follows_any_changes_in_and_out_of_trials(seed: int) -> None:
+    """Random changes (moves between folders, /tmp dropped whole, links, modes, a folder of
+    500 entries among them) inside trials opened and undone at random: after each, the kept
+    digest is the one computed afresh, and an undone trial gives its digest back."""
+    rng = random.Random(seed)
+    dev = device({**SOURCE, **{f"lib/many{i}.so": (FILE, 0o644, 0, 0, f"{i}".encode())
+                               for i in range(500)}})
+    dev.mount("/system")
+    trials: list[tuple[contextlib.ExitStack, tuple[object, ...]]] = []
+    made = 0
+    try:
+        for _ in range(150):
+            roll = rng.random()
+            if roll < 0.08:
+                trial = contextlib.ExitStack()
+                trials.append((trial, dev.digest()))
+                trial.enter_context(dev.trial())
+            elif roll < 0.16 and trials:
+                trial, before = trials.pop()
+                trial.close()
+                assert dev.digest() == before == fresh_digest(dev)
+            else:
+                made += _random_change(dev, rng)
+                assert dev.digest() == fresh_digest(dev)
+    finally:
+        for trial, _ in reversed(trials):
+            trial.close()
+    assert made > 40  # most changes were made, not refused
 
 
 def test_the_same_bytes_or_owner_and_mode_again_change_nothing_but_are_a_step() -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import shutil
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,8 +20,12 @@ from tasks.errors import DfotaError
 from tasks.filelists import lists_in
 from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
+from tasks.runlog import RunLog
 from tasks.state import Records
 from tasks.targetfiles import SYSTEM_MANIFEST
+from tasks.tree import FILE
+from tasks.updater import apply_package, load_package
+from tasks.updater_fs import Stored
 from tasks.verify import VerifyReport, verify_delta, verify_needed, verify_package
 from tasks.zipio import ZipSource
 from tests.builders import base_system, f, next_system
@@ -295,3 +304,86 @@ def test_replays_in_forked_workers_find_what_replays_here_find(
     assert [(c.name, c.ok, c.detail) for c in here.checks] == \
         [(c.name, c.ok, c.detail) for c in forked.checks]
     assert not here.ok and here.replays == forked.replays > 10
+
+
+def test_the_source_is_hashed_whole_and_its_files_read_again_only_when_used(
+        tmp_path: Path) -> None:
+    """verify hashes every file of the source as it reads it and keeps none: the modeled
+    module reads a file again when the package first uses it, and ends as a module that held
+    every file does; an entry changed on disk since it was hashed stops with the zip named."""
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    pkg = load_package(settings.workspace.pending_zip)
+    with ZipSource(Path(settings.base)) as base, \
+            ZipSource(settings.workspace.target_zip) as target:
+        minor = verify_module.minor_partitions(target, lists_in(settings.config_dir))
+        held, tree = verify_module.device_from_targetfiles(base, minor)
+        stored: dict[str, Stored] = {}
+        lazy, same_tree = verify_module.device_from_targetfiles(base, minor, stored=stored)
+        files = {name: s for name, s in stored.items() if name.startswith("SYSTEM/")}
+        assert same_tree == tree and len(files) == sum(e.kind == FILE for e in tree.values())
+        assert lazy.digest() == held.digest() and lazy.state() == held.state()
+        assert not any(s._data is not None for s in files.values())  # none read again yet
+        assert apply_package(pkg, lazy).code == apply_package(pkg, held).code == 0
+        assert lazy.digest() == held.digest() and lazy.state() == held.state()
+        read = {name for name, s in files.items() if s._data is not None}
+        with zipfile.ZipFile(settings.workspace.pending_zip) as zf:
+            patched = {"SYSTEM/" + n[len("patch/system/"):-2] for n in zf.namelist()
+                       if n.startswith("patch/system/")}
+        assert patched and patched <= read < set(files)  # the sources patched, not all
+        # an entry changed in the zip after it was hashed, before the module reads it
+        fresh, _ = verify_module.device_from_targetfiles(base, minor, stored={})
+        name = next(n for n, s in files.items() if s.size > 0)
+        info = base.members[name].info
+        with open(settings.base, "r+b") as raw:
+            raw.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", raw.read(4))
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            first = raw.read(1)
+            raw.seek(-1, 1)
+            raw.write(bytes([first[0] ^ 0xFF]))
+        with pytest.raises(DfotaError, match=f"{re.escape(name)}.*corrupt") as caught:
+            fresh.host_read("/" + name.replace("SYSTEM/", "system/", 1))
+        assert str(caught.value).startswith(f"{settings.base}: entry ")
+
+
+def test_without_bspatch_verify_stops_where_that_check_comes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bspatch starts before the whole run; a missing one stops verify where its check comes,
+    after the others, as when it started last."""
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "unzip").symlink_to(shutil.which("unzip") or "/usr/bin/unzip")
+    monkeypatch.setenv("PATH", str(tools))
+    said = io.StringIO()
+    log = RunLog(None, "test", said)
+    with pytest.raises(DfotaError, match="install Debian's bsdiff package"):
+        verify_package(settings.workspace.pending_zip, Path(settings.base),
+                       settings.workspace.target_zip, parse_mode(settings.mode),
+                       lists_in(settings.config_dir), log)
+    assert "verify: power loss at each step" in said.getvalue()
+
+
+def test_a_package_the_module_reads_but_the_tool_refuses_stops_after_the_replays(
+        tmp_path: Path) -> None:
+    """A package with an entry twice: the module's reader keeps the first and the package
+    applies, but the tool's zip reader refuses it where it first needs its entries (the
+    tampered source), after the whole run and the replays, as before bspatch started early."""
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    package = settings.workspace.pending_zip
+    with zipfile.ZipFile(package) as zf:
+        first = zf.infolist()[0]
+        data = zf.read(first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        with zipfile.ZipFile(package, "a") as zf:
+            zf.writestr(first, data)
+    said = io.StringIO()
+    log = RunLog(None, "test", said)
+    with pytest.raises(DfotaError, match="appears twice"):
+        verify_package(package, Path(settings.base), settings.workspace.target_zip,
+                       parse_mode(settings.mode), lists_in(settings.config_dir), log)
+    assert "verify: power loss at each step" in said.getvalue()
