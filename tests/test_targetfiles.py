@@ -205,13 +205,31 @@ def test_a_strict_build_stopped_late_archives_nothing(ws: Workspace) -> None:
         [], ["index.json"])
 
 
-def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
-    """Beside its own work, targetfiles keeps the sha1s of a source not built here and the
-    kernel's patch where delta looks: delta then hashes no source entry and diffs no kernel."""
-    run = ws.build()
+def _tasks_run(state: Path) -> list[str]:
+    """The tasks that ran in the workspace, by their log files, oldest first."""
+    return [p.stem.split("Z-", 1)[1] for p in sorted((state / "logs").glob("*.log"))]
+
+
+def test_delta_makes_ahead_what_it_asks_for_and_targetfiles_alone_does_not(
+        ws: Workspace) -> None:
+    """`_delta_ahead`, which a command runs beside targetfiles when it runs delta, keeps the
+    sha1s of a base not built here and the kernel's patch where delta looks: delta then
+    hashes no base entry and diffs no kernel. `doit targetfiles` alone makes none of it."""
     state = ws.root / "state"
-    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
-                                         .read_text())
+    ws.build()
+    assert _tasks_run(state) == ["_targetfiles_inputs", "targetfiles"]
+    assert not (state / "records" / MEMBER_SHA1S).exists()
+    assert not list(state.glob("patch-cache/*.p")) and not (state / "delta-ahead.json").exists()
+
+    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
+    chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+             "delta", *ws.folders, "--config", str(config)]
+    delta = ws.run(*chain)
+    assert delta.returncode == 0, delta.stdout + delta.stderr
+    assert _tasks_run(state)[2:] == ["_targetfiles_inputs", "_delta_ahead", "delta"]
+    ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
+    assert "made ahead for delta in " in ahead and ": the sha1s of the base's " in ahead
+    assert ahead.rstrip().endswith(", the kernel's patch")
     records = Records(state / "records", tool_digest())
     source_sha256 = hashlib.sha256(ws.source.read_bytes()).hexdigest()
     (kept,) = (state / "records" / MEMBER_SHA1S).iterdir()
@@ -224,21 +242,27 @@ def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
     target_boot = hashlib.sha1((ws.sdk / "target/sdxlemur-boot.img").read_bytes()).hexdigest()
     assert source_boot != target_boot, "the sample's kernel changes"
     assert list((state / "patch-cache").glob(f"{source_boot}-{target_boot}-*.p"))
-    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
-    delta = ws.run("targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source),
-                   *ws.folders, "delta", *ws.folders, "--config", str(config))
-    assert delta.returncode == 0, delta.stdout + delta.stderr
     log = sorted((state / "logs").glob("*-delta.log"))[-1].read_text()
     assert "patches: 1 files, 1 from the cache, 0 whole by rule, 0 to diff" in log, log
-    assert run.returncode == 0
-    # the next build's source is this one, built here: its sha1s are in its manifest already
+    # the same inputs again: made already, nothing runs but the inputs step
+    assert ws.run(*chain).returncode == 0
+    assert _tasks_run(state)[5:] == ["_targetfiles_inputs"]
+
+    # the next build's source is this one, built here: its sha1s are in its manifest already,
+    # and its kernel is the SDK's
     version_file = ws.rootfs / "etc/quectel-project-version"
     version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
                                                              "2022-07-16,10:00"))
-    ws.build(default_source=True)
+    chain.remove("--source")
+    chain.remove(str(ws.source))
+    assert ws.run(*chain).returncode == 0
+    ran = _tasks_run(state)[6:]  # the two in the middle side by side
+    assert (ran[0], sorted(ran[1:3]), ran[3:]) == ("_targetfiles_inputs",
+                                                   ["_delta_ahead", "targetfiles"], ["delta"])
     assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]
-    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
-                                         .read_text())
+    ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
+    assert ahead.rstrip().endswith(": nothing"), ahead
+
 
 def error_line(run: Run) -> str:
     lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
