@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,10 +19,12 @@ from tasks.ahead import MEMBER_SHA1S
 from tasks.archive import Archive
 from tasks.bench import SHELL_PROCEDURE
 from tasks.bootimg import build_boot_image
-from tasks.config import EMPTY_BY_NATURE, tool_digest
-from tasks.state import Records
+from tasks.config import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
+from tasks.config import Workspace as WorkspaceFolders
+from tasks.runlog import RunLog
+from tasks.state import Records, file_stamp
 from tasks.targetfiles import system_tree
-from tasks.tree import scan_folder
+from tasks.tree import FolderScan, scan_folder
 from tasks.zipio import ZipSource
 from tests.workspace import Run, Workspace, snapshot
 
@@ -262,6 +265,40 @@ def test_delta_makes_ahead_what_it_asks_for_and_targetfiles_alone_does_not(
     assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]
     ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
     assert ahead.rstrip().endswith(": nothing"), ahead
+
+
+def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rootfs is walked once per command: the inputs step keeps its scan in a record by
+    the inputs manifest (rewritten only when it changed), which the build takes when the
+    inputs step ran before it in the same command (not under `doit -s targetfiles`)."""
+    from tasks import assemble
+
+    walks: list[Path] = []
+    walk = assemble.scan_rootfs
+
+    def counted(rootfs: Path, *args: object) -> FolderScan:
+        walks.append(rootfs)
+        return walk(rootfs, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(assemble, "scan_rootfs", counted)
+    state = ws.root / "state"
+    settings = TargetfilesSettings(WorkspaceFolders(ws.out, state, ws.archive), ws.sdk,
+                                   str(ws.source))
+    with settings.workspace.open_state() as opened:
+        assemble.write_inputs_manifest(settings, [], opened)
+    (record,) = (state / "records" / assemble.SCAN_RECORD).iterdir()
+    written = file_stamp(record.stat())
+    with settings.workspace.open_state() as opened:  # the same inputs: nothing written
+        assemble.write_inputs_manifest(settings, [], opened)
+    assert len(walks) == 2 and file_stamp(record.stat()) == written
+    log = RunLog(None, "targetfiles", stream=io.StringIO())
+    first = assemble.build_targetfiles(settings, log, [], inputs_recorded=True)
+    assert len(walks) == 2, "the build walked the rootfs again"
+    (ws.out / "targetfiles.zip").unlink()
+    again = assemble.build_targetfiles(settings, log, [])  # not told: it walks
+    assert len(walks) == 3
+    assert (first.sha256, first.warnings) == (again.sha256, again.warnings)
 
 
 def error_line(run: Run) -> str:
