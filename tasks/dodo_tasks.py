@@ -140,7 +140,7 @@ class Reporter(ConsoleReporter):
     up_to_date_line = "up to date: nothing changed"
     published: Path | None = None  # where verify publishes
     parallel = False  # the tasks run in doit's task processes (DOIT_CONFIG's num_process)
-    failure_kinds: list[str] = []  # noqa: RUF012  (each command's class has its own list)
+    failure_kinds: list[str] | None = None  # where the kinds of failure go
 
     @classmethod
     def for_command(cls, failure_kinds: list[str]) -> type[Reporter]:
@@ -165,7 +165,8 @@ class Reporter(ConsoleReporter):
 
     def add_failure(self, task: Any, fail: Any) -> None:
         if isinstance(fail, ReportedFailure):
-            self.failure_kinds.append(fail.kind)
+            if self.failure_kinds is not None:
+                self.failure_kinds.append(fail.kind)
             self.failures.append({"task": task, "exception": fail})
             return
         super().add_failure(task, fail)
