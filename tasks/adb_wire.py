@@ -90,10 +90,10 @@ class Stream:
             data, self._buffer = self._buffer, b""
             return data
         try:
-            data = self.incoming.get(timeout=timeout)
+            got = self.incoming.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError from None
-        return data or b""
+        return got or b""
 
     def read_exact(self, count: int) -> bytes:
         out = b""
@@ -176,6 +176,7 @@ class Connection:
             stream.peer_closed()
 
     def handle(self, msg: Message) -> None:
+        stream: Stream | None
         if msg.command == A_CNXN:
             self.max_payload = max(4096, min(msg.arg1, MAX_PAYLOAD))
             self.send(Message(A_CNXN, A_VERSION, MAX_PAYLOAD, self.banner.encode() + b"\0"))

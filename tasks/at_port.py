@@ -10,6 +10,7 @@ modules' AT manuals without: both are read.
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import re
 import subprocess
@@ -169,8 +170,8 @@ class AdbSmdChannel(Channel):
         self.reader = subprocess.Popen([*adb, "shell", f"cat /dev/{port}"],
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                        stdin=subprocess.DEVNULL)
-        assert self.reader.stdout is not None
         stdout = self.reader.stdout
+        assert isinstance(stdout, io.BufferedReader)  # a pipe, buffered (bufsize -1)
         threading.Thread(target=self._pump, args=(lambda: stdout.read1(4096),),
                          daemon=True).start()
 

@@ -324,7 +324,7 @@ def bench_plan(scale: float = 1.0) -> BenchPlan:
 
 def _parents(paths: Iterable[str]) -> set[str]:
     """The paths and every folder above them."""
-    out = set()
+    out: set[str] = set()
     for path in paths:
         parts = path.split("/")
         out.update("/".join(parts[:d]) for d in range(1, len(parts) + 1))
@@ -906,9 +906,10 @@ def machine() -> tuple[tuple[str, str], ...]:
         cpu = next((line.split(":", 1)[1].strip() for line in
                     Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), "?")
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])
-        mem = f"{kb / MB:.1f} GiB"
-    except (OSError, TypeError, ValueError):
+        found = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        if found:
+            mem = f"{int(found[1]) / MB:.1f} GiB"
+    except (OSError, ValueError):
         pass
     import bsdiff4
     import detools
@@ -964,7 +965,8 @@ def loop_inputs(old: Path, new: Path) -> tuple[list[str], list[str]]:
     """(files to diff, files shipped whole) between two extracted targetfiles trees: every
     regular file of `SYSTEM/` that changed, and `boot.img`; new files and changed
     `MULTIFOTA` images whole."""
-    diffs, whole = [], []
+    diffs: list[str] = []
+    whole: list[str] = []
     for top in ("SYSTEM", "BOOTABLE_IMAGES", "MULTIFOTA"):
         for dirpath, _dirs, names in os.walk(new / top):
             for name in names:
@@ -1162,9 +1164,10 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     cores = [parallel_throughput()]  # again at the end: a shared machine's second core varies
     disk_rate = disk_sync_rate(run) if full else 0.0
 
-    def step(label: str, name: str, argv: Sequence[object], **kw: object) -> Measure:
+    def step(label: str, name: str, argv: Sequence[object], cwd: Path = PROJECT_DIR,
+             env: Mapping[str, str] | None = None) -> Measure:
         say(f"bench: {name} ...")
-        m = measure(name, [str(a) for a in argv], logs / f"{label}.log", **kw)  # type: ignore[arg-type]
+        m = measure(name, [str(a) for a in argv], logs / f"{label}.log", cwd=cwd, env=env)
         say(f"bench: {name}: {m.seconds:.1f} s, {m.peak_kb / 1024:.0f} MB")
         return m
 

@@ -278,13 +278,14 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
     if boot_changed:
         outcome = outcomes[BOOT_IMAGE]
         # a partition is patched through a copy of it in /cache
-        patched = outcome.patch is not None and \
-            not cache_reason(base.members[BOOT_IMAGE].size, settings.volumes)
+        boot_patch = None if cache_reason(base.members[BOOT_IMAGE].size, settings.volumes) \
+            else outcome.patch
+        patched = boot_patch is not None
         boot = PartitionWrite(boot_partition(target),
                               BOOT_PATCH_ENTRY if patched else BOOT_WHOLE_ENTRY, patched,
                               base.members[BOOT_IMAGE].size, base.sha1(BOOT_IMAGE),
                               target.members[BOOT_IMAGE].size, target.sha1(BOOT_IMAGE))
-        items.append(path_item(BOOT_PATCH_ENTRY, outcome.patch, 0o644) if patched
+        items.append(path_item(BOOT_PATCH_ENTRY, boot_patch, 0o644) if boot_patch is not None
                      else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, FILE, 0o644))
     minor: list[PartitionWrite] = []
     if Part.MINOR in parts:
@@ -327,9 +328,11 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
         bytes_item(VERSION_ENTRY, source_version.text.encode("utf-8")),
     ]
     for c in changes:
-        if c.kind is Kind.PATCHED:
-            items.append(path_item(patch_entry(c.path), outcomes[c.path].patch, 0o644))
-        elif c.shipped_whole:
+        # a patched file has its patch (one without is shipped whole), a whole one its target
+        patch = outcomes[c.path].patch if c.kind is Kind.PATCHED else None
+        if patch is not None:
+            items.append(path_item(patch_entry(c.path), patch, 0o644))
+        elif c.shipped_whole and c.target is not None:
             items.append(member_item(whole_entry(c.path), target.path, system_path(c.path),
                                      FILE, c.target.mode))
     items += [bytes_item(whole_entry(f"{d}/{PLACEHOLDER}"), b"")
@@ -390,22 +393,23 @@ def _summary(settings: DeltaSettings, inputs: PackageInputs, source_key: str, ta
     patch_bytes = sum(outcomes[c.path].patch_size for c in changes if c.kind is Kind.PATCHED)
     whole_bytes = sum(c.target.size for c in changes if c.shipped_whole and c.target)
     whole_reasons = Counter(c.reason or "new file" for c in changes if c.shipped_whole)
-    entries = [{"path": c.path, "kind": c.kind.value, "reason": c.reason,
-                "bytes": _payload_bytes(c, outcomes)}
-               for c in changes if c.kind is not Kind.UNCHANGED]
+    entries: list[dict[str, str | int]] = [
+        {"path": c.path, "kind": c.kind.value, "reason": c.reason,
+         "bytes": _payload_bytes(c, outcomes)}
+        for c in changes if c.kind is not Kind.UNCHANGED]
     by_folder: dict[str, dict[str, int]] = {}
     by_kind: Counter[str] = Counter()
     for e in entries:
         folder = by_folder.setdefault(str(e["path"]).split("/", 1)[0], {"bytes": 0, "entries": 0})
-        folder["bytes"] += int(e["bytes"])  # type: ignore[call-overload]
+        folder["bytes"] += int(e["bytes"])
         folder["entries"] += 1
-        by_kind[str(e["kind"])] += int(e["bytes"])  # type: ignore[call-overload]
+        by_kind[str(e["kind"])] += int(e["bytes"])
     if boot is not None:
         boot_bytes = (outcomes[BOOT_IMAGE].patch_size if boot.entry_is_patch
                       else boot.target_size)
         by_kind["kernel"] += boot_bytes
     by_kind["minor partitions"] += sum(m.target_size for m in minor)
-    top = sorted(entries, key=lambda e: (-int(e["bytes"]), str(e["path"])))[:10]  # type: ignore[call-overload]
+    top = sorted(entries, key=lambda e: (-int(e["bytes"]), str(e["path"])))[:10]
     return {
         "tool": f"quecopen-dfota {__version__}",
         "changed": True,
@@ -457,9 +461,11 @@ def describe(result: DeltaResult) -> str:
     s = result.summary
     if not s.get("changed"):
         return "delta: nothing to update"
-    counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items())  # type: ignore[union-attr]
+    kinds, modes = s["counts"], s["mode"]
+    assert isinstance(kinds, dict) and isinstance(modes, list)  # as `_summary` makes them
+    counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
     return (f"delta: {result.package} ({s['package_size']} bytes, unverified: `doit verify` "
-            f"proves and publishes it) {s['source']} -> {s['target']} [{','.join(s['mode'])}]: "
+            f"proves and publishes it) {s['source']} -> {s['target']} [{','.join(modes)}]: "
             f"{counts or 'partitions only'}")
 
 
@@ -525,9 +531,10 @@ def build_for_bases(settings: DeltaSettings, log: RunLog, known: Collection[str]
                 log.say(f"warning: {warning}")
             if result.package is not None:
                 verify(workspace, log, result.inputs, state)
-            size = int(result.summary.get("package_size", 0))  # type: ignore[call-overload]
+            size = result.summary.get("package_size", 0)  # none when nothing changed
             outcomes.append(BaseOutcome(base, folder, True, "verified" if result.package
-                                        else "nothing changed", size))
+                                        else "nothing changed",
+                                        size if isinstance(size, int) else 0))
         except DfotaError as exc:
             log.say(f"error: {exc}")
             outcomes.append(BaseOutcome(base, folder, False, str(exc)))

@@ -141,6 +141,7 @@ class Reporter(ConsoleReporter):
     published: Path | None = None  # where verify publishes
     parallel = False  # the tasks run in doit's task processes (DOIT_CONFIG's num_process)
     failure_kinds: list[str] | None = None  # where the kinds of failure go
+    failures: list[dict[str, Any]]  # doit's: {"task": ..., "exception": ...}
 
     @classmethod
     def for_command(cls, failure_kinds: list[str]) -> type[Reporter]:
@@ -436,6 +437,7 @@ def task_creators(conf: Configuration, single: bool = False) -> dict[str, Callab
     for name, creator in creators.items():
         task = name.removeprefix("task_")
         if task in TASK_PARAMS:
+            # doit reads a task's parameters from this attribute of its creator
             creator._task_creator_params = params_of(task)  # type: ignore[attr-defined]
     return creators
 
@@ -594,7 +596,8 @@ def _verify_named(settings: VerifySettings, log: RunLog) -> None:
             f"{report.seconds:.1f} s); report: {where}")
 
 
-def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+# below, `options` are a command's settings, each of the type its parameter declares
+def _import_base(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.firmware import import_base
 
     firmware, template = str(options["firmware"]), str(options["template"])
@@ -608,7 +611,7 @@ def _import_base(ws: Workspace, options: Mapping[str, object], log: RunLog) -> N
     record_versions(ws.record, [key])
 
 
-def _bench(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+def _bench(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.bench import run_benchmark
 
     folder = resolve_path(str(options["folder"])) if options["folder"] else ws.state_dir / "bench"
@@ -622,10 +625,10 @@ def _bench(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
         log.say("bench: BENCHMARKS.md left as it is (--update-benchmarks rewrites it)")
 
 
-def _twin(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+def _twin(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.twin import parse_faults, run_twin
 
-    faults = parse_faults([str(f) for f in options["fault"]])  # type: ignore[attr-defined]
+    faults = parse_faults([str(f) for f in options["fault"]])
     if not options["root"]:
         raise DfotaError("name the folder of the module's flash: doit twin --root DIR")
     zip_path, key = None, ""
@@ -638,25 +641,25 @@ def _twin(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
              say=log.say)
 
 
-def _upgrade(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.upgrade import UpgradeOptions, run_upgrade
 
     package = str(options["package"])
     run_upgrade(ws, UpgradeOptions(
-        devices=tuple(str(d) for d in options["device"]),  # type: ignore[attr-defined]
+        devices=tuple(str(d) for d in options["device"]),
         package=resolve_path(package) if package else None,
         transfer=str(options["transfer"]), at=str(options["at"]),
         serve_url=str(options["serve_url"]), unverified=bool(options["unverified"]),
         kill_port_users=bool(options["kill_port_users"]),
-        push_timeout=float(options["push_timeout"]),  # type: ignore[arg-type]
-        update_timeout=float(options["update_timeout"])), log.say)  # type: ignore[arg-type]
+        push_timeout=float(options["push_timeout"]),
+        update_timeout=float(options["update_timeout"])), log.say)
 
 
-def _serve(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+def _serve(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.serve import serve
 
     cert, key = str(options["cert"]), str(options["key"])
-    serve(ws, str(options["bind"]), int(options["port"]),  # type: ignore[call-overload]
+    serve(ws, str(options["bind"]), int(options["port"]),
           str(resolve_path(cert)) if cert else "", str(resolve_path(key)) if key else "",
           log.say)
 
@@ -672,10 +675,10 @@ def clean_workspace(ws: Workspace) -> None:
             print(f"clean: removed {folder}", flush=True)
 
 
-def _prune(ws: Workspace, options: Mapping[str, object], log: RunLog) -> None:
+def _prune(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     from tasks.prune import kept_by_workspace, prune
 
-    keep = int(options["keep"])  # type: ignore[call-overload]
+    keep = int(options["keep"])
     if keep < 1:
         raise DfotaError("name how many versions to keep: doit prune --keep N (N >= 1)")
     archive = archive_of(ws)
@@ -722,6 +725,8 @@ class DfotaLoader(DodoTaskLoader):
         if config.get("reporter") is Reporter:
             config["reporter"] = self.reporter
         return config
+
+    namespace: dict[str, Any]  # doit's: the names tasks are made from
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
         starting = bool(getattr(cmd, "execute_tasks", False))

@@ -133,7 +133,8 @@ _PUNCT = {b"&&": "&&", b"||": "||", b"==": "==", b"!=": "!="}
 _SINGLE = frozenset(b"+(),!;")
 _STARTS = frozenset({"string", "(", "!", "if"})  # tokens that can begin an expression
 _PREC = {";": 1, "||": 2, "&&": 3, "==": 4, "!=": 4, "+": 5}
-_BINARY = {"||": Or, "&&": And, "==": Eq, "!=": Ne, "+": Concat}
+_BINARY: dict[str, type[Or | And | Eq | Ne | Concat]] = {
+    "||": Or, "&&": And, "==": Eq, "!=": Ne, "+": Concat}
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,7 @@ def noota_changed_error(lists: FileLists, changed: Sequence[str]) -> DfotaError:
         )
     return DfotaError(
         f"{what} from the noota list to the fullota list ({FULLOTA_LIST})",
-        lists.folder / NOOTA_LIST,
+        None if lists.folder is None else lists.folder / NOOTA_LIST,
     )
 
 

@@ -11,7 +11,6 @@ Device nodes (the image's dev/) cannot live in a zip: they are listed, never com
 
 from __future__ import annotations
 
-import hashlib
 import stat
 import tempfile
 import xml.etree.ElementTree as ET
@@ -27,6 +26,7 @@ from tasks.bootimg import read_boot_image
 from tasks.elf import read_abl_elf
 from tasks.errors import DfotaError, quoted, shown_path
 from tasks.sdk_image import ROOTFS_VOLUME, ImageTreeReader
+from tasks.state import hash_file
 from tasks.targetfiles import (
     ABL,
     BOOT_IMAGE,
@@ -59,23 +59,11 @@ TEMPLATE_FOLDERS = ("OTA", "RADIO", "RECOVERY")
 # within a day of the version's Package Time is taken as the same.
 PACKAGE_TIME_TOLERANCE = timedelta(hours=24)
 _MAX_CONTENTS_XML = 4 << 20
-_CHUNK = 1 << 20
 TOOL = f"quecopen-dfota {__version__}"
 
 
 # ---------------------------------------------------------------------------------------------
 # md5.txt
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    return digest.hexdigest()
 
 
 def _md5_lines(listing: Path) -> list[tuple[str, str]]:
@@ -131,7 +119,7 @@ def check_md5(firmware_dir: Path) -> list[str]:
             path = firmware_dir / "update" / name
         if not path.is_file():
             raise DfotaError(f"listed in {MD5_LIST} but missing from the package", path)
-        actual = _md5_file(path)
+        actual = hash_file(path, "md5")
         if actual != digest:
             raise DfotaError(f"md5 {actual} does not match {digest} in {MD5_LIST}: the file "
                              "is damaged or not the one released", path)

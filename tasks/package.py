@@ -141,10 +141,10 @@ def permission_steps(changes: Sequence[Change], target: Mapping[str, Entry],
         defaults[root] = (uid, gid, dir_mode, file_mode)
         steps.append(Perm(device_path(root), uid, gid, file_mode, dir_mode, recursive=True))
     for entry in touched:
-        root = next((r for r in defaults if entry.path == r or entry.path.startswith(r + "/")),
-                    None)
-        if root is not None:
-            uid, gid, dir_mode, file_mode = defaults[root]
+        top = next((r for r in defaults if entry.path == r or entry.path.startswith(r + "/")),
+                   None)
+        if top is not None:
+            uid, gid, dir_mode, file_mode = defaults[top]
             expected = dir_mode if entry.kind == DIR else file_mode
             if (entry.uid, entry.gid, entry.mode) == (uid, gid, expected):
                 continue

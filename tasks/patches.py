@@ -154,7 +154,8 @@ def apply_patch_bytes(source: bytes, patch: bytes) -> bytes:
     """Apply a BSDIFF40 patch; ValueError if it is not one or does not fit the source."""
     if patch[: len(MAGIC)] != MAGIC:
         raise ValueError("not a BSDIFF40 patch")
-    return bsdiff4.patch(source, patch)
+    target: bytes = bsdiff4.patch(source, patch)
+    return target
 
 
 def compressed_kind(head: bytes) -> str:

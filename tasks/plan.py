@@ -140,7 +140,7 @@ def noota_kept(noota: Iterable[str], source: Mapping[str, Entry]) -> set[str]:
     """The noota rule: what a package leaves as the source has it. A noota path present in the
     source stays (content, mode, owner), and so do the folders above it; a noota path absent
     from the source is not created (the caller skips every noota path). SYSTEM-relative."""
-    kept = set()
+    kept: set[str] = set()
     for path in noota:
         if path in source:
             parts = path.split("/")

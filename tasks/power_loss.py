@@ -99,8 +99,8 @@ class _Numbering:
         return self.current
 
 
-class MarkRecorder(_Numbering):
-    """`Units` for the whole run the re-runs rejoin: records `Marks`."""
+class _WholeRun(_Numbering):
+    """`Units` for a run that goes through every unit: `_unit_done` follows each."""
 
     def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
         self.begin(index, items)
@@ -108,7 +108,7 @@ class MarkRecorder(_Numbering):
 
     def statement_done(self, run: _Updater, index: int, item: Node) -> None:
         if not self.split:
-            self._mark(run)
+            self._unit_done(run, lambda again: again.value(item), None)
 
     def entry(self, run: _Updater, index: int, count: int) -> int:
         if self.split:
@@ -118,21 +118,36 @@ class MarkRecorder(_Numbering):
     def entry_done(self, run: _Updater, index: int, outcome: str,
                    redo: Callable[[_Updater], str]) -> None:
         if self.split:
-            self._mark(run)
+            self._unit_done(run, redo, outcome)
 
     def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
         if not self.split:
             return compute()
         self.entry_unit(0)
         nodes = compute()
-        self._mark(run)
+        self._walked(nodes)
+        self._unit_done(run, lambda _again: compute(), nodes)
         return nodes
 
-    def _mark(self, run: _Updater) -> None:
+    def _walked(self, nodes: Walk) -> None:
+        """What the current statement's walk found."""
+
+    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+                   outcome: object) -> None:
+        """The current unit is done; `redo` runs it again, and `outcome` is what it gave
+        (None: a statement, which only must not abort)."""
+        raise NotImplementedError
+
+
+class MarkRecorder(_WholeRun):
+    """`Units` for the whole run the re-runs rejoin: records `Marks`."""
+
+    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+                   outcome: object) -> None:
         self.marks.digests.append(None if run.no_space else run.dev.digest())
 
 
-class _Footprints(_Numbering):
+class _Footprints(_WholeRun):
     """`Units` for the run that is cut: settles each unit as it is done and follows which
     footprints the run's changes unsettle."""
 
@@ -158,31 +173,12 @@ class _Footprints(_Numbering):
 
     # --- the run -----------------------------------------------------------------------------
 
-    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
-        self.begin(index, items)
-        return index
+    def _walked(self, nodes: Walk) -> None:
+        self.walks[self.index] = nodes
 
-    def statement_done(self, run: _Updater, index: int, item: Node) -> None:
-        if not self.split:
-            self._settle_new(lambda again: again.value(item))
-
-    def entry(self, run: _Updater, index: int, count: int) -> int:
-        if self.split:
-            self.entry_unit(index)
-        return index
-
-    def entry_done(self, run: _Updater, index: int, outcome: str,
-                   redo: Callable[[_Updater], str]) -> None:
-        if self.split:
-            self._settle_new(redo, outcome)
-
-    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
-        if not self.split:
-            return compute()
-        self.entry_unit(0)
-        nodes = self.walks[self.index] = compute()
-        self._settle_new(lambda _again: compute(), nodes)
-        return nodes
+    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+                   outcome: object) -> None:
+        self._settle_new(redo, outcome)
 
     def _settle_new(self, redo: Callable[[_Updater], object], outcome: object = None) -> None:
         """The unit just done, run again on the state it left."""
@@ -286,7 +282,9 @@ class _Footprints(_Numbering):
         set `key` to something a later one sets back (so a read of it there could differ
         from the module's)."""
         covered = self.covering.get(key)
-        return bool(covered) and min(covered) < unit < self.last_setter.get(key, -1)
+        if not covered:
+            return False
+        return min(covered) < unit < self.last_setter.get(key, -1)
 
     def resettle(self, unit: int, footprint: Footprint) -> None:
         """`unit` changes nothing on the state as it is now, reading `footprint`."""
@@ -396,7 +394,7 @@ class _Rerun(_Numbering):
         if self.current < self.cut:
             self.dev.reads = self.reads
 
-    def _unit_done(self, run: _Updater, index: int, outcome: str = "") -> None:
+    def _ran(self, run: _Updater, index: int, outcome: str = "") -> None:
         self.dev.reads = None
         unit = self.current
         if unit < self.cut:
@@ -428,7 +426,7 @@ class _Rerun(_Numbering):
 
     def statement_done(self, run: _Updater, index: int, item: Node) -> None:
         if not self.split and not self.unsplit:
-            self._unit_done(run, index)
+            self._ran(run, index)
 
     def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
         if not self.split:
@@ -440,7 +438,7 @@ class _Rerun(_Numbering):
         self._begin_unit()
         nodes = compute()
         same = nodes == found
-        self._unit_done(run, self.index, "" if same else "another walk")
+        self._ran(run, self.index, "" if same else "another walk")
         if not same:  # the nodes are not the units numbered: the statement runs whole
             self.split, self.unsplit = False, True
         return nodes
@@ -457,7 +455,7 @@ class _Rerun(_Numbering):
     def entry_done(self, run: _Updater, index: int, outcome: str,
                    redo: Callable[[_Updater], str]) -> None:
         if self.split:
-            self._unit_done(run, index, outcome)
+            self._ran(run, index, outcome)
 
 
 def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
@@ -480,7 +478,7 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
     followed = _Footprints(follow, twin, package) if follow is not None else None
 
     def rerun(step: int, cut: int) -> None:
-        if followed is None:
+        if followed is None or follow is None:  # one is None exactly when the other is
             with twin.trial():
                 check(step, apply_package(package, twin), twin)
             return

@@ -59,7 +59,7 @@ def proven_packages(ws: Workspace, digests: DigestCache | None) -> list[ProvenPa
         if one is not None:
             found.append(one)
     index = read_json_object(ws.deltas_dir / "index.json")
-    for entry in index.get("packages") or []:  # type: ignore[attr-defined]
+    for entry in index.get("packages") or []:
         if not (isinstance(entry, dict) and entry.get("ok") and entry.get("folder")
                 and entry.get("package")):
             continue

@@ -31,7 +31,7 @@ def kept_by_workspace(ws: Workspace) -> set[str]:
     keys |= {str(summary.get("source") or ""), str(summary.get("target") or "")}
     index = read_json_object(ws.deltas_dir / "index.json")
     keys.add(str(index.get("target") or ""))
-    for package in index.get("packages") or ():  # type: ignore[attr-defined]
+    for package in index.get("packages") or ():
         if isinstance(package, dict):
             keys.add(str(package.get("base") or ""))
     return keys - {""}

@@ -616,9 +616,9 @@ def _rootfs(next_version: bool) -> Tree:
 def _apply_next_changes(tree: Tree) -> None:
     for path in CHANGES.removed:
         del tree[path]
-    for path, _old, new in CHANGES.mode_changed:
+    for path, _old_mode, new in CHANGES.mode_changed:
         tree[path] = Node(tree[path].kind, new, tree[path].data, tree[path].link)
-    for path, _old, target in CHANGES.retargeted:
+    for path, _old_target, target in CHANGES.retargeted:
         tree[path] = _link(target)
     for path, target in CHANGES.file_to_symlink:
         tree[path] = _link(target)
@@ -855,7 +855,7 @@ def _run(args: Sequence[str], *, cwd: Path | None = None, stdin: str | None = No
 
 def _zip_tree(folder: Path, dest: Path) -> None:
     """`zip -qry0` of the folder's contents, made reproducible: -X, sorted names, TZ=UTC."""
-    names = []
+    names: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         rel = Path(dirpath).relative_to(folder)
         names.extend((rel / n).as_posix() for n in dirnames + filenames)
@@ -868,7 +868,7 @@ def _zip_tree(folder: Path, dest: Path) -> None:
     entries = [line for line in listing if re.match(r"^[-dlrwxsStT]{10} ", line)]
     links = sum(1 for n in names if (folder / n).is_symlink())
     if (len(entries) != len(names) or any(" stor " not in e for e in entries)
-            or sum(e.startswith("l") for e in entries) != links):
+            or sum(1 for e in entries if e.startswith("l")) != links):
         raise DfotaError("zip did not store every entry as expected (see unzip -Z)", dest)
 
 

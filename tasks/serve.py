@@ -93,6 +93,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 def make_handler(catalogue: Catalogue, say: Callable[[str], None], scheme: str
                  ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        server: ThreadingHTTPServer
         server_version = "dfota-serve"
         protocol_version = "HTTP/1.1"
         sent = 0
@@ -234,6 +235,7 @@ def serve(ws: Workspace, bind: str, port: int, cert: str, key: str,
                               daemon=True)
     thread.start()
     host, real_port = server.server_address[:2]
+    assert isinstance(host, str)  # as the bound socket names it
     scheme = "https" if cert else "http"
     count = len(Catalogue(ws).packages())
     say(f"serve: {count} proven package(s) at {scheme}://{host}:{real_port}/index.json")

@@ -97,7 +97,7 @@ class Volumes:
 
         def origin(volume: str) -> str:
             said = origins.get(volume)
-            return said if said in _ORIGINS[volume] else FROM_DEFAULT
+            return str(said) if said in _ORIGINS[volume] else FROM_DEFAULT
 
         return Volumes(int(data.get("system", DEFAULT_VOLUMES.system)),
                        int(data.get("cache", DEFAULT_VOLUMES.cache)),

@@ -161,7 +161,8 @@ class DigestCache:
         entry = _entry(self._all().get(os.fsdecode(path)))
         if entry is None or entry[:4] != file_stamp(st):
             return None
-        return entry[4].get(algorithm)
+        digests: dict[str, str] = entry[4]  # checked by `_entry`
+        return digests.get(algorithm)
 
     def cached(self, path: str | os.PathLike[str], st: os.stat_result,
                algorithm: str = "sha1") -> bool:

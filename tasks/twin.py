@@ -43,11 +43,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from tasks import adb_wire, at_port
 from tasks.errors import DfotaError, shown_path
 from tasks.tree import DIR, FILE, SYMLINK
-from tasks.updater_fs import Device, DeviceZip, ZipFormatError
+from tasks.updater_fs import Device, DeviceZip, FsNode, ZipFormatError
 
 USRDATA = "/usrdata"
 FOTA_DIR = "/usrdata/cache/fota"
@@ -113,7 +114,7 @@ def parse_faults(values: Sequence[str]) -> Faults:
         else:
             raise DfotaError(f"--fault {shown_path(value)}: unknown fault (known: "
                              f"{', '.join(FAULTS)})")
-    return Faults(**found)  # type: ignore[arg-type]
+    return Faults(**found)  # type: ignore[arg-type]  # each value is of its field's type
 
 
 # --- the flash ------------------------------------------------------------------------------
@@ -642,14 +643,14 @@ class Twin(adb_wire.SyncFiles):
         etag_file.unlink(missing_ok=True)
         return host
 
-    def _copy(self, resp: object, part: Path) -> bool:
+    def _copy(self, resp: BinaryIO, part: Path) -> bool:
         """Append the response to `part`; False when the link was cut (a fault)."""
         limit = self.faults.cut_download_kb
         cut_at = int(limit * 1024) if limit and self.downloads_cut == 0 else None
         written = 0
         with part.open("ab") as out:
             while True:
-                chunk = resp.read(16 * 1024)  # type: ignore[attr-defined]
+                chunk = resp.read(16 * 1024)
                 if not chunk:
                     return True
                 if cut_at is not None and written + len(chunk) >= cut_at:
@@ -664,7 +665,8 @@ class Twin(adb_wire.SyncFiles):
     def _served_md5(self, url: str, context: ssl.SSLContext) -> str:
         try:
             with urllib.request.urlopen(url, timeout=30, context=context) as resp:
-                return resp.read(200).decode("ascii", "replace").split()[0].lower()
+                head: bytes = resp.read(200)
+            return head.decode("ascii", "replace").split()[0].lower()
         except (urllib.error.URLError, OSError, IndexError, ssl.SSLError):
             return ""
 
@@ -738,7 +740,7 @@ def _damaged(data: bytes) -> bytes:
     return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
 
 
-def _files(device: Device) -> list:  # the nodes of regular files under /system
+def _files(device: Device) -> list[FsNode]:  # the nodes of regular files under /system
     from tasks.updater_fs import _walk
 
     return [n for _, n in _walk(device.mounts["/system"].fs.root, "") if n.kind == FILE]

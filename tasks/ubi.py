@@ -240,8 +240,8 @@ class _Volume:
 
 
 def _choose_peb_size(image: Path, file_size: int, f: BinaryIO, wanted: int | None) -> int:
-    def fits(size: object) -> bool:
-        if not isinstance(size, int) or size <= 0 or size % MIN_IO or file_size % size:
+    def fits(size: int) -> bool:
+        if size <= 0 or size % MIN_IO or file_size % size:
             return False
         f.seek(size if file_size > size else 0)
         return f.read(4) == ubi_defs.UBI_EC_HDR_MAGIC
@@ -251,10 +251,10 @@ def _choose_peb_size(image: Path, file_size: int, f: BinaryIO, wanted: int | Non
     else:
         with _library(image, "guess the erase-block size"):
             guessed = guess_peb_size(str(image))
-        candidates = [guessed, PEB_SIZE]
+        candidates = [PEB_SIZE] if guessed is None else [guessed, PEB_SIZE]
     for size in candidates:
         if fits(size):
-            return int(size)  # type: ignore[call-overload]
+            return size
     size = candidates[-1]
     if file_size % size:
         raise DfotaError(f"is truncated: {file_size} bytes is not a whole number of "
@@ -307,7 +307,7 @@ def _check_headers(image: Path, f: BinaryIO, peb: int, count: int) -> None:
 def _vtbl_record_damaged(record: bytes) -> bool:
     if len(record) != _VTBL_REC_SZ:
         return True
-    return _crc(record[:-4]) != struct.unpack(">I", record[-4:])[0]
+    return _crc(record[:-4]) != int.from_bytes(record[-4:], "big")
 
 
 @contextlib.contextmanager

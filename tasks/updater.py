@@ -765,8 +765,11 @@ class _Updater:
             where, node = nodes[index]
             act(where, node)
             if units is not None:
-                units.entry_done(self, index + 1, "",
-                                 lambda _run, w=where, n=node: act(w, n) or "")
+                def redo(_run: _Updater, w: str = where, n: FsNode = node) -> str:
+                    act(w, n)
+                    return ""
+
+                units.entry_done(self, index + 1, "", redo)
             index += 1
 
     def fn_set_metadata(self, name: str, args: Sequence[Node]) -> Value:
@@ -840,8 +843,10 @@ class _Updater:
             entry = entries[index]
             outcome = self.extract_entry(entry, prefix, base)
             if units is not None:
-                units.entry_done(self, index, outcome,
-                                 lambda run, e=entry: run.extract_entry(e, prefix, base))
+                def redo(run: _Updater, e: ZipEntry = entry) -> str:
+                    return run.extract_entry(e, prefix, base)
+
+                units.entry_done(self, index, outcome, redo)
             if outcome == "stop":
                 return b""
             if outcome == "break":

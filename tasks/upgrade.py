@@ -128,6 +128,7 @@ class Run:
     say: Callable[[str], None]
     record: dict[str, object] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
+    code: int = EXIT_OK  # the exit code, once done (also in `record`)
 
     def line(self, text: str) -> None:
         self.lines.append(text)
@@ -376,7 +377,8 @@ def follow(follower: Follower, adb: Adb, options: UpgradeOptions, run: Run,
            on_terminal: bool) -> tuple[int | None, bool]:
     """The URCs up to END: (<err> or None when no END came, whether recovery started)."""
     deadline = time.monotonic() + options.update_timeout
-    started, rebooted, mark, grace_until = False, False, 10, None
+    started, rebooted, mark = False, False, 10
+    grace_until: float | None = None
     while True:
         channel = follower.open()
         limit = deadline if grace_until is None else min(deadline, grace_until)
@@ -499,6 +501,7 @@ def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,
         code, message = EXIT_REFUSED, str(exc)
     finally:
         follower.close()
+    run.code = code
     run.record.update({"finished": _now(), "exit_code": code, "result": message,
                        "lines": run.lines})
     run.line(message if code == EXIT_OK else f"error: {message} (exit {code})")
@@ -528,8 +531,8 @@ def _html(record: dict[str, object]) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(record[k]))}</td></tr>"
                    for k in ("device", "version_before", "version_after", "exit_code",
                              "result", "err", "started", "finished") if k in record)
-    printed = record.get("lines") or []
-    lines = html.escape("\n".join(str(x) for x in printed))  # type: ignore[attr-defined]
+    printed = record.get("lines")
+    lines = html.escape("\n".join(str(x) for x in printed)) if isinstance(printed, list) else ""
     device = html.escape(str(record.get("device")))
     return (f"<!doctype html><meta charset='utf-8'><title>upgrade {device}"
             "</title><style>body{font-family:sans-serif}th{text-align:left;padding-right:1em}"
@@ -558,9 +561,8 @@ def run_upgrade(ws: Workspace, options: UpgradeOptions, say: Callable[[str], Non
         runs = list(pool.map(lambda s: upgrade_module(s, ws, options, proven, said,
                                                       on_terminal, state.digests), devices))
     folder = write_records(ws, runs, stamp)
-    worst = worst_upgrade(int(r.record["exit_code"])  # type: ignore[call-overload]
-                          for r in runs)
-    ok = sum(1 for r in runs if r.record["exit_code"] == EXIT_OK)
+    worst = worst_upgrade(r.code for r in runs)
+    ok = sum(1 for r in runs if r.code == EXIT_OK)
     summary = f"upgrade: {ok} of {len(runs)} module(s) upgraded; records in {folder}"
     if worst != EXIT_OK:
         raise UpgradeFailed(worst, summary)

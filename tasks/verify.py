@@ -46,14 +46,13 @@ from tasks.targetfiles import (
 )
 from tasks.tree import DIR, FILE, SYMLINK, Entry, Tree
 from tasks.updater import (
-    Device,
     Package,
     UpdateResult,
     load_package,
     precheck,
 )
 from tasks.updater import apply_package as host_apply
-from tasks.updater_fs import entry_key
+from tasks.updater_fs import Device, entry_key
 from tasks.version import VERSION_FILE, parse_version
 from tasks.zipio import ZipSource
 
@@ -159,7 +158,7 @@ def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry])
     for path in sorted(set(actual) | set(expected)):
         a, e = actual.get(path), expected.get(path)
         where = f"/system/{shown_path(path)}"
-        if a is None:
+        if a is None:  # e is not None then: `path` comes from one of the two
             lines.append(f"{where}: missing (expected {e.kind})")  # type: ignore[union-attr]
         elif e is None:
             lines.append(f"{where}: should not be there ({a.kind})")
@@ -467,10 +466,13 @@ def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: froze
 
 def _read_summary(workspace: Workspace) -> dict[str, object]:
     try:
-        return json.loads(workspace.update_summary.read_text("utf-8"))
+        summary = json.loads(workspace.update_summary.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise DfotaError("no readable package summary: run `doit delta` first",
                          workspace.update_summary) from exc
+    if not isinstance(summary, dict):
+        raise DfotaError("not a package summary: not a JSON object", workspace.update_summary)
+    return summary
 
 
 def verify_needed(workspace: Workspace, digests: DigestCache | None = None) -> bool:
@@ -517,6 +519,7 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
         raise DfotaError("no package to verify: run `doit delta` first", workspace.pending_zip)
     if changed:
         log.say(f"verify: {shown_path(package)} changed after it was verified: proving it again")
+    # the mode is the list of parts `doit delta` wrote there
     parts = frozenset(Part(str(value)) for value in summary["mode"])  # type: ignore[attr-defined]
     lists = lists_in(inputs.config_dir)
     archive = archive_of(workspace, state)
@@ -526,11 +529,11 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
                                                                inputs.target_zip),
                             records=state.records,
                             volumes=Volumes.from_json(summary.get("volumes")))
-    summary["verify"] = report.to_json()
+    summary["verify"] = verified = report.to_json()
     places = inputs.places(workspace)
     if report.ok:
         # what the summary records is where the package is once published
-        summary["package"] = summary["verify"]["package"] = str(workspace.update_zip)
+        summary["package"] = verified["package"] = str(workspace.update_zip)
         summary["package_sha256"] = sha256_file(package)
         summary["published"] = True
         write_summary(workspace.update_summary, summary, places)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 # the thread a multiprocessing queue starts to send what is put on it: doit's task processes
 # (DOIT_CONFIG's num_process) each have one, which sends their results to doit
@@ -18,7 +19,7 @@ def fork_is_safe() -> bool:
     return all(t is current or t.name == _QUEUE_FEEDER for t in threading.enumerate())
 
 
-def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+def worker_context(preload: Sequence[str] = ()) -> ForkContext | ForkServerContext | SpawnContext:
     """How worker processes start: fork when it is safe (`fork_is_safe`): cheap, nothing to
     pickle or re-import; else a fork server (importing `preload` once), which needs the work
     importable by name."""

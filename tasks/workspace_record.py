@@ -41,7 +41,8 @@ class WorkspaceRecord:
 
     @property
     def build_warnings(self) -> tuple[str, ...]:
-        return tuple(str(w) for w in self.target.get("warnings") or ())  # type: ignore[attr-defined]
+        found = self.target.get("warnings")
+        return tuple(str(w) for w in found) if isinstance(found, list | tuple) else ()
 
     def to_json(self) -> dict[str, object]:
         return {"format": FORMAT, "tasks": dict(self.tasks), "target": dict(self.target),

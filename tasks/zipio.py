@@ -381,7 +381,7 @@ class ZipSource:
         if header[:4] != b"PK\x03\x04":
             raise DfotaError(f"entry {quoted(name)} is corrupt (no local header)", self.path)
         name_len, extra_len = struct.unpack_from("<HH", header, 26)
-        return info.header_offset + 30 + name_len + extra_len
+        return info.header_offset + 30 + int(name_len) + int(extra_len)
 
     def _stored_sha1(self, name: str) -> str | None:
         """The sha1 of a stored entry read straight from the file (zipfile's reader costs

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tasks.space import DEFAULT_VOLUMES, Volumes
 from tasks.targetfiles import BOOT_IMAGE
-from tasks.tree import DIR, FILE, SYMLINK
+from tasks.tree import DIR, FILE, SYMLINK, Entry
 from tasks.updater import (
     BAD_PACKAGE,
     CHECK_FAILED,
@@ -33,7 +33,7 @@ from tasks.updater import (
     UpdateResult,
     apply_package,
 )
-from tasks.updater_fs import Device
+from tasks.updater_fs import Device, FsNode
 from tasks.verify import device_from_targetfiles
 from tasks.zipio import ZipSource
 
@@ -116,12 +116,13 @@ def write_device_tree(device: Device, mount: str, folder: Path) -> None:
         else:
             with open(full, "wb") as out:
                 out.write(device.host_read(f"{mount}/{path}") or b"")
-    root = device.stat(mount, every_mount=True)
-    for path, e in [*reversed(entries.items()), ("", root)]:  # chown clears set-id bits
+    owned: list[tuple[str, Entry | FsNode]] = [*reversed(entries.items()),
+                                               ("", device.stat(mount, every_mount=True))]
+    for path, node in owned:  # chown clears set-id bits
         full = os.path.join(top, path.encode("utf-8", "surrogateescape")) if path else top
-        os.chown(full, e.uid, e.gid, follow_symlinks=False)
-        if e.kind != SYMLINK:
-            os.chmod(full, e.mode)
+        os.chown(full, node.uid, node.gid, follow_symlinks=False)
+        if node.kind != SYMLINK:
+            os.chmod(full, node.mode)
 
 
 def host_listing(folder: Path) -> Listing:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,9 +48,9 @@ with atomic.atomic_path(Path(sys.argv[1])) as tmp:
 """
 
 
-def python(code: str, *args: str, **popen: object) -> subprocess.Popen[str]:
+def python(code: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=PROJECT, text=True,
-                            stdout=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+                            stdout=subprocess.PIPE, **popen)
 
 
 def test_a_write_removes_the_leftovers_of_dead_writers_never_a_live_writers(

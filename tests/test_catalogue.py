@@ -89,8 +89,8 @@ def config_of(ws: Workspace) -> Path:
     return ws.root / "config"
 
 
-def chain(ws: Workspace, *tasks: str, **options: bool) -> Run:
-    return ws.run(*_chain(ws, config_of(ws), *tasks), **options)
+def chain(ws: Workspace, *tasks: str, without_dac_override: bool = False) -> Run:
+    return ws.run(*_chain(ws, config_of(ws), *tasks), without_dac_override=without_dac_override)
 
 
 def refused(run: Run) -> str:
@@ -960,10 +960,10 @@ def test_source_zip_bomb_declared_size_beyond_the_file(ws: Workspace) -> None:
         out.writestr(info, filesmap)
     with zipfile.ZipFile(ws.source) as zf:
         packed = zf.getinfo("RADIO/filesmap").compress_size
-    data = bytearray(ws.source.read_bytes())
-    central = central_records(bytes(data))["RADIO/filesmap"]
-    struct.pack_into("<I", data, central + 24, 0xFFFFFFFE)
-    ws.source.write_bytes(bytes(data))
+    raw = bytearray(ws.source.read_bytes())
+    central = central_records(bytes(raw))["RADIO/filesmap"]
+    struct.pack_into("<I", raw, central + 24, 0xFFFFFFFE)
+    ws.source.write_bytes(bytes(raw))
     with unchanged(ws):
         line = refused(ws.doit())
     assert line == (f"{ws.source}: entry 'RADIO/filesmap' declares 4294967294 bytes that its "

@@ -10,6 +10,7 @@ import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ Pair = tuple[DeltaSettings, dict]
 
 def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
          boot_changed: bool = True,
-         abl_changed: bool = True, lists: dict[str, str] | None = None, **options: object
+         abl_changed: bool = True, lists: dict[str, str] | None = None, **options: Any
          ) -> DeltaSettings:
     base = write_targetfiles(tmp / "base.zip", source or base_system(), boot=boot_image(1),
                              abl=build_abl_elf(b"a" * 900), meta=False)
@@ -275,11 +276,11 @@ def test_nothing_changed_writes_no_package(tmp_path: Path) -> None:
     settings = pair(tmp_path, source=source, target=target, boot_changed=False,
                     abl_changed=False, lists={}, mode="kernel")
     settings.workspace.update_zip.write_bytes(b"stale package of another pair")
-    log = quiet()
-    result = build_delta(settings, log)
+    said = io.StringIO()
+    result = build_delta(settings, RunLog(None, "test", said))
     assert result.package is None and not settings.workspace.update_zip.exists()
     assert json.loads(settings.workspace.update_summary.read_text())["changed"] is False
-    assert "nothing changed" in log.stream.getvalue()  # type: ignore[attr-defined]
+    assert "nothing changed" in said.getvalue()
 
 
 def test_size_budget_and_usrdata_needs_are_warned_with_figures(tmp_path: Path) -> None:
@@ -383,8 +384,9 @@ def test_a_file_the_updater_cannot_patch_in_place_is_shipped_whole(tmp_path: Pat
     data = binary(9, 20_000)
     settings = pair(tmp_path, source={**base_system(), name: f(data)},
                     target={**next_system(), name: f(data[:-1] + b"!")})
-    change = next(c for c in build_delta(settings, quiet()).summary["changes"]
-                  if c["path"] == name)
+    changes = build_delta(settings, quiet()).summary["changes"]
+    assert isinstance(changes, list)
+    change = next(c for c in changes if c["path"] == name)
     assert (change["kind"], change["reason"]) == ("whole", "name too long for the updater's "
                                                   ".patch file")
 

@@ -402,7 +402,7 @@ def test_long_scripts_stay_flat() -> None:
 # --- quoting round trip through the device grammar -----------------------------------------
 
 _NASTY = st.sampled_from(list("\"\\\n\r\t\x01\x1b\x7f -#;(),$`'/x\u00e9\u65e5\U0001f600"))
-_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0")
 _NAMES = st.one_of(
     st.text(alphabet=st.one_of(_NASTY, _CHARS)),
     st.sampled_from(['"); abort("x', "\\", '\\"', "-rf", "a\\x41", "\\n", "if", "# c", "\r\n"]),

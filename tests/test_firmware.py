@@ -21,8 +21,6 @@ from tasks.archive import Archive
 from tasks.config import PROJECT_DIR
 from tasks.errors import DfotaError
 from tasks.firmware import (
-    FS_CONFIG,
-    SYSTEM_MANIFEST,
     TARGETFILES,
     build_base_from_images,
     check_md5,
@@ -40,6 +38,7 @@ from tasks.manifest import scan_rootfs
 from tasks.sdk_image import RECORD as IMAGE_RECORD
 from tasks.sdk_image import ImageTreeReader, image_key
 from tasks.state import Records
+from tasks.targetfiles import FS_CONFIG, SYSTEM_MANIFEST
 from tasks.tree import FILE, Entry, sha1_file
 from tasks.version import parse_version
 from tasks.zipio import ZipSource
@@ -287,8 +286,9 @@ def test_a_built_base_carries_the_image_owners_and_checks_clean(package: Path,
     version = archive.get(key)
     assert version is not None and version.manifest["checked_against_images"] is False
     assert version.manifest["template"] == str(template)
-    assert any("volume rootfs of update/sdxlemur-sysfs.ubi" in p
-               for p in version.manifest["built_from_images"])
+    images = version.manifest["built_from_images"]
+    assert isinstance(images, list)
+    assert any("volume rootfs of update/sdxlemur-sysfs.ubi" in p for p in images)
     with ZipSource(version.zip_path) as src:
         recorded = json.loads(src.read(SYSTEM_MANIFEST))["entries"]
     owners = {e["path"]: (e["uid"], e["gid"]) for e in recorded}

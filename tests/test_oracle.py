@@ -98,7 +98,9 @@ def long_name_pair(tmp: Path, length: int) -> tuple[DeltaSettings, str]:
 def test_a_file_whose_patch_name_would_be_too_long_is_shipped_whole(
         oracle: Path, tmp_path: Path, length: int, kind: str) -> None:
     settings, name = long_name_pair(tmp_path, length)
-    changes = {c["path"]: c for c in build_delta(settings, quiet()).summary["changes"]}
+    listed = build_delta(settings, quiet()).summary["changes"]
+    assert isinstance(listed, list)
+    changes = {c["path"]: c for c in listed}
     assert changes[name]["kind"] == kind
     assert agree(oracle, Path(settings.base), settings.workspace.pending_zip).exit == 0
 

@@ -12,6 +12,7 @@ import random
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import bsdiff4
@@ -240,14 +241,15 @@ def _zip_bytes(tmp: Path) -> bytes:
 @pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2", "lzma", "zip", "zstd"])
 def test_compressed_payload_ships_whole_without_diffing(tmp_path: Path, kind: str) -> None:
     text = binary(8, 30_000)
-    pack = {
+    packers: dict[str, Callable[[bytes], bytes]] = {
         "gzip": lambda d: gzip.compress(d, mtime=0),
         "xz": lzma.compress,
         "bzip2": bz2.compress,
         "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
         "zip": lambda d: _zip_bytes(tmp_path) + d,
         "zstd": lambda d: b"\x28\xb5\x2f\xfd" + d,  # the frame magic is what is looked at
-    }[kind]
+    }
+    pack = packers[kind]
     source, target = pack(text), pack(edited(text, 9))
     assert compressed_kind(target[:8]) == kind
     pair = Pair(tmp_path, {"lib/modules.img": (source, target)})

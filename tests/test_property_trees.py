@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.vendor.pretty import RepresentationPrinter
 
 from tasks.config import DeltaSettings
 from tasks.config import Workspace as Folders
@@ -69,7 +70,7 @@ SPECIALS = ("FIFO", "socket", "device node")
 Path_ = tuple[str, ...]
 
 # every character the project accepts in a name: valid UTF-8 without NUL or '/'
-CHARACTERS = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0")
+CHARACTERS = st.characters(blacklist_categories=["Cs"], blacklist_characters="/\0")
 
 
 def _name_fits(name: str) -> bool:
@@ -104,8 +105,8 @@ class Case:
     boot_changed: bool = True
     abl_changed: bool = True
 
-    def _repr_pretty_(self, printer: object, cycle: bool) -> None:  # hypothesis prints this
-        printer.text(repr(self))  # type: ignore[attr-defined]
+    def _repr_pretty_(self, printer: RepresentationPrinter, cycle: bool) -> None:
+        printer.text(repr(self))  # how hypothesis prints a failing case
 
     def __repr__(self) -> str:  # what a failure prints: content by size and sha1
         def tree(nodes: Mapping[str, Node]) -> str:
@@ -130,7 +131,7 @@ def _settle(kinds: dict[Path_, str | None]) -> None:
                     kinds[path[:n]] = DIR
 
 
-Draw = Callable[[st.SearchStrategy[object]], object]
+Draw = st.DrawFn
 
 
 def _content(draw: Draw) -> bytes:
@@ -163,7 +164,7 @@ def _link(draw: Draw, pool: list[Path_]) -> Node:
         return ln("../nowhere/at/all")
     if choice == "long":
         return ln("x/" * draw(st.integers(100, 2000)))
-    return ln(draw(NAMES))  # type: ignore[arg-type]
+    return ln(draw(NAMES))
 
 
 def _target_node(draw: Draw, old: Node | None, kind: str, pool: list[Path_]) -> Node:
@@ -194,12 +195,12 @@ def _pool(draw: Draw) -> list[Path_]:
         parent = draw(st.sampled_from([("r",), ("firmware",), *pool]))
         path = (*parent, draw(NAMES))
         if path not in pool and _bytes(path) <= PATH_ROOM:
-            pool.append(path)  # type: ignore[arg-type]
+            pool.append(path)
     chain: Path_ = ("r",)
     for name in draw(st.lists(NAMES, max_size=17)):
-        if _bytes((*chain, name)) > PATH_ROOM:  # type: ignore[arg-type]
+        if _bytes((*chain, name)) > PATH_ROOM:
             break
-        chain = (*chain, name)  # type: ignore[assignment]
+        chain = (*chain, name)
         if chain not in pool:
             pool.append(chain)
     return pool
@@ -252,9 +253,9 @@ def cases(draw: Draw) -> Case:
     kinds = [None, FILE, DIR, SYMLINK]
     source_kinds = {p: draw(st.sampled_from(kinds)) for p in pool}
     target_kinds = {p: draw(st.sampled_from([source_kinds[p], *kinds])) for p in pool}
-    for tree in (source_kinds, target_kinds):
-        tree.update({("r",): DIR, ("firmware",): DIR})
-        _settle(tree)
+    for kinds_of in (source_kinds, target_kinds):
+        kinds_of.update({("r",): DIR, ("firmware",): DIR})
+        _settle(kinds_of)
     source: dict[str, Node] = {}
     for path in sorted(pool, key=len):
         kind = source_kinds[path]

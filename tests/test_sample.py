@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 from ubireader.ubi import ubi as UbiImage
 from ubireader.ubi_io import leb_virtual_file, ubi_file
 from ubireader.ubifs import ubifs as Ubifs
@@ -518,7 +519,7 @@ def test_programs_are_arm_elf_files(sample_sdk: Path) -> None:
             load = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
             assert load and load[0]["p_filesz"] == (rootfs / rel).stat().st_size
             if kind == "ET_EXEC":
-                interp = [s for s in elf.iter_segments() if s["p_type"] == "PT_INTERP"]
+                interp = [s for s in elf.iter_segments() if isinstance(s, InterpSegment)]
                 assert interp[0].get_interp_name() == "/lib/ld-linux-armhf.so.3"
 
 

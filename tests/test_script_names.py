@@ -22,7 +22,7 @@ from tasks.package import render_script, script_steps
 from tasks.plan import Change, Kind, Part
 from tasks.tree import DIR, FILE, SYMLINK, Entry
 
-_NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/")
+_NAME_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0/")
 _NASTY = st.sampled_from(list('"\\\n\r\t\x01\x1b\x7f -#;(),$`\'.é日😀'))
 NAMES = st.text(alphabet=st.one_of(_NASTY, _NAME_CHARS), min_size=1, max_size=12).filter(
     lambda n: n not in (".", ".."))

@@ -182,7 +182,7 @@ def test_runs_racing_on_one_archive_keep_one_whole_copy_and_agree(
             root = archive_fs / f"archive{n // PER_ARCHIVE:02d}"
             when = f"2022-01-01,{n // 60:02d}:{n % 60:02d}"
             key = f"R{n}@20220101T{n // 60:02d}{n % 60:02d}"
-            zips = []
+            zips: list[Path] = []
             for side in "ab":
                 data = (rng.randbytes(ZIP_SIZE) if kind != "same" or side == "a"
                         else zips[0].read_bytes())

@@ -41,7 +41,9 @@ def prove(settings: DeltaSettings, volumes: Volumes) -> VerifyReport:
 
 
 def kinds(settings: DeltaSettings) -> dict[str, dict]:
-    return {c["path"]: c for c in build_delta(settings, quiet()).summary["changes"]}
+    changes = build_delta(settings, quiet()).summary["changes"]
+    assert isinstance(changes, list)
+    return {c["path"]: c for c in changes}
 
 
 def test_a_file_whose_source_cache_cannot_hold_is_shipped_whole(tmp_path: Path) -> None:

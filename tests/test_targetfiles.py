@@ -273,9 +273,9 @@ def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
     the inputs manifest (rewritten only when it changed), which the build takes when the
     inputs step ran before it in the same command (not under `doit -s targetfiles`)."""
     from tasks import assemble
+    from tasks.manifest import scan_rootfs as walk
 
     walks: list[Path] = []
-    walk = assemble.scan_rootfs
 
     def counted(rootfs: Path, *args: object) -> FolderScan:
         walks.append(rootfs)
@@ -329,14 +329,14 @@ def _break(ws: Workspace, case: str) -> str:
         (target / "abl.elf").write_bytes(data[: len(data) - 100])
         return "beyond the file"
     if case == "boot image bad magic":
-        data = bytearray((target / "sdxlemur-boot.img").read_bytes())
-        data[:8] = b"NOTANDRD"
-        (target / "sdxlemur-boot.img").write_bytes(bytes(data))
+        image = bytearray((target / "sdxlemur-boot.img").read_bytes())
+        image[:8] = b"NOTANDRD"
+        (target / "sdxlemur-boot.img").write_bytes(bytes(image))
         return f"{target / 'sdxlemur-boot.img'}: not an Android boot image"
     if case == "boot image v3":
-        data = bytearray(build_boot_image(b"k" * 5000, cmdline="x"))
-        data[40:44] = (3).to_bytes(4, "little")
-        (target / "sdxlemur-boot.img").write_bytes(bytes(data))
+        image = bytearray(build_boot_image(b"k" * 5000, cmdline="x"))
+        image[40:44] = (3).to_bytes(4, "little")
+        (target / "sdxlemur-boot.img").write_bytes(bytes(image))
         return "unsupported boot image header version 3"
     if case == "source not a zip":
         ws.source.write_text("hello")

@@ -9,7 +9,9 @@ import random
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import bsdiff4
 import pytest
@@ -27,7 +29,7 @@ from tasks.updater import (
     precheck,
     resume_after_power_loss,
 )
-from tasks.updater_fs import Device, Partition, entry_key
+from tasks.updater_fs import Device, EntrySpec, Partition, entry_key
 from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
@@ -50,7 +52,7 @@ TOOL2 = TOOL1[:15000] + noise(4, 500) + TOOL1[15000:]
 BOOT1 = noise(5, 8000)
 BOOT2 = BOOT1[:4000] + noise(6, 5000)
 
-SOURCE = {
+SOURCE: dict[str, EntrySpec] = {
     "etc": (DIR, 0o755, 0, 0, b""),
     "etc/quectel-project-version": (FILE, 0o644, 0, 0, V1),
     "bin": (DIR, 0o755, 0, 0, b""),
@@ -68,9 +70,8 @@ SOURCE = {
 _names = itertools.count()
 
 
-def device(entries: dict | None = None, **kwargs: object) -> Device:
-    return Device.from_system(SOURCE if entries is None else entries, {"boot": BOOT1},
-                              **kwargs)  # type: ignore[arg-type]
+def device(entries: Mapping[str, EntrySpec] | None = None, **kwargs: Any) -> Device:
+    return Device.from_system(SOURCE if entries is None else entries, {"boot": BOOT1}, **kwargs)
 
 
 def roomy_or_tight(tight: bool) -> Device:
@@ -162,7 +163,8 @@ def test_not_a_zip_or_no_script_is_504(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a zip at all" * 10)
     result = apply_package(junk, device())
     assert (result.updater_exit, result.code) == (3, 504)
-    assert precheck(junk, device()) is not None and precheck(junk, device()).code == 504
+    checked = precheck(junk, device())
+    assert checked is not None and checked.code == 504
     no_script = tmp_path / "noscript.zip"
     write_zip(no_script, [bytes_item("quectel-project-version", V1)])
     result = apply_package(no_script, device())
@@ -238,7 +240,7 @@ def test_crcs_are_not_checked(tmp_path: Path) -> None:
     path = package(tmp_path, MOUNT + 'package_extract_dir("system", "/system");',
                    {"system/f": data})
     raw = path.read_bytes()
-    crc = struct.pack("<I", zipfile.crc32(data))
+    crc = struct.pack("<I", zlib.crc32(data))
     assert raw.count(crc) == 2  # local header and central directory
     path.write_bytes(raw.replace(crc, b"\0\0\0\0"))
     dev = device()
@@ -671,7 +673,7 @@ unmount("/system");
     return package(tmp, script, files)
 
 
-TARGET = {
+TARGET: dict[str, EntrySpec] = {
     "etc": (DIR, 0o755, 0, 0, b""),
     "etc/quectel-project-version": (FILE, 0o644, 0, 0, V2),
     "bin": (DIR, 0o755, 0, 0, b""),

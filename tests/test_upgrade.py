@@ -122,8 +122,9 @@ class Twin:
         return out
 
     def version(self) -> str:
-        return Flash(self.root).load().read_in("/system", "/etc/quectel-project-version"
-                                               ).decode()  # type: ignore[union-attr]
+        text = Flash(self.root).load().read_in("/system", "/etc/quectel-project-version")
+        assert text is not None
+        return text.decode()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tasks.package import SCRIPT_ENTRY
 from tasks.plan import parse_mode
 from tasks.state import Records
 from tasks.targetfiles import SYSTEM_MANIFEST
-from tasks.verify import VerifyReport, verify_delta, verify_package
+from tasks.verify import VerifyReport, verify_delta, verify_needed, verify_package
 from tasks.zipio import ZipSource
 from tests.builders import base_system, f, next_system
 from tests.test_delta import pair, quiet
@@ -64,9 +64,10 @@ def rewrite(package: Path, change: dict[str, bytes | None]) -> None:
     with zipfile.ZipFile(package, "w") as out:
         for info, data in kept:
             if info.filename in change:
-                if change[info.filename] is None:
+                new = change[info.filename]
+                if new is None:
                     continue
-                data = change[info.filename]  # type: ignore[assignment]
+                data = new
             out.writestr(info, data)
 
 
@@ -190,6 +191,18 @@ def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) 
     summary = json.loads(settings.workspace.update_summary.read_text())
     assert summary["verify"]["ok"] is True and summary["verify"]["seconds"] > 0
     assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS
+
+
+def test_a_summary_that_is_not_a_json_object_stops_verify_with_one_line(tmp_path: Path) -> None:
+    settings = pair(tmp_path)
+    made = build_delta(settings, quiet())
+    settings.workspace.update_summary.write_text("[]\n", "utf-8")  # JSON, yet no summary
+    refusal = r"update\.json: not a package summary: not a JSON object$"
+    with pytest.raises(DfotaError, match=refusal):
+        verify_needed(settings.workspace)
+    with pytest.raises(DfotaError, match=refusal):
+        verify_delta(VerifySettings(settings.workspace), quiet(), made.inputs)
+    assert settings.workspace.pending_zip.is_file()  # left where it was
 
 
 def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:

@@ -194,19 +194,23 @@ def test_a_setting_wins_over_the_image_and_the_image_over_the_default() -> None:
                                                                          FROM_DEFAULT)
 
 
+BOTH = ["targetfiles", "delta"]
+
+
 def test_a_size_in_pyproject_or_on_the_command_line_is_the_users_setting(
         tmp_path: Path) -> None:
+    # with targetfiles named too: delta alone would take the sample workspace's recorded target
     project = tmp_path / "pyproject.toml"
     project.write_text("[tool.doit.tasks.delta]\nsystem_size_mb = 100\n")
-    volumes = configure(tmp_path, ["delta"], ["delta"]).delta.volumes
+    volumes = configure(tmp_path, BOTH, BOTH).delta.volumes
     assert volumes == Volumes.given(system=100 * MB)
     assert (volumes.system_from, volumes.cache_from) == (SYSTEM_SETTING, FROM_DEFAULT)
-    volumes = configure(tmp_path, ["delta", "--cache-size-mb", "8"], ["delta"]).delta.volumes
+    volumes = configure(tmp_path, [*BOTH, "--cache-size-mb", "8"], BOTH).delta.volumes
     assert volumes == Volumes(100 * MB, 8 * MB, SYSTEM_SETTING, "cache_size_mb")
     project.write_text("")
-    assert configure(tmp_path, ["delta"], ["delta"]).delta.volumes == DEFAULT_VOLUMES
+    assert configure(tmp_path, BOTH, BOTH).delta.volumes == DEFAULT_VOLUMES
     with pytest.raises(DfotaError, match=r"^--system-size-mb 0.0: must be above 0$"):
-        configure(tmp_path, ["delta", "--system-size-mb", "0"], ["delta"])
+        configure(tmp_path, [*BOTH, "--system-size-mb", "0"], BOTH)
 
 
 def replace_sdk_image(ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp: Path,
@@ -291,6 +295,7 @@ def test_a_nearly_full_rootfs_volume_sends_the_patch_through_cache_on_both_updat
                     target={**target, "usr/share/filler": filler}, volumes=sizes)
     summary = build_delta(settings, quiet()).summary
     assert summary["volumes"] == sizes.to_json()
+    assert isinstance(summary["changes"], list)
     assert {c["path"]: c["kind"] for c in summary["changes"]}[LIB] == "patched"
     package, base = settings.workspace.pending_zip, Path(settings.base)
 
