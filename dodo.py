@@ -6,10 +6,13 @@ The tasks are made by the project's loader (`[tool.doit] loader = "dfota"` in py
 from the one configuration of the command: see tasks/configure.py.
 """
 
-from tasks.dodo_tasks import Reporter, StatChecker, db_backend
+from tasks.dodo_tasks import PARALLEL, Reporter, StatChecker, db_backend
 
 DOIT_CONFIG = {
     "default_tasks": ["targetfiles", "delta", "verify"],
+    # task processes: what delta asks for is made beside targetfiles (`_delta_ahead`); the
+    # loader runs a command that does not run delta in doit's own process
+    "num_process": PARALLEL,
     "backend": db_backend(),
     "dep_file": ".doit.db",
     "action_string_formatting": "new",

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import __version__, ahead, atomic, owner
+from tasks import __version__, atomic, owner
 from tasks.archive import Archive, archive_of, sha256_file
 from tasks.config import (
-    DEFAULT_DIFF_TIMEOUT,
     SAMPLE_BASE,
     TargetfilesSettings,
     public_name,
@@ -40,13 +39,14 @@ from tasks.targetfiles import (
     unknown_owners,
     zip_version,
 )
-from tasks.tree import FolderScan, check_outside_links, digest_tree
+from tasks.tree import Entry, FolderScan, check_outside_links, digest_tree
 from tasks.version import VERSION_FILE, ProjectVersion
 from tasks.zipio import ZipSource, write_zip
 
 TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
 SOURCE_RECORD = "targetfiles-source"  # the source found for an inputs manifest, by its digest
+SCAN_RECORD = "rootfs-scan"  # the rootfs walk an inputs manifest was made from, by its digest
 
 
 def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: str | None,
@@ -91,15 +91,6 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: boo
     return scan, warnings, volumes
 
 
-@dataclass(frozen=True, slots=True)
-class ScannedRootfs:
-    """The rootfs as the inputs manifest saw it, and the SDK image's tree as it is being read
-    (None: no image, or its metadata is taken instead)."""
-
-    scan: FolderScan
-    image: ImageTreeReader | None
-
-
 def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
                      state: State) -> ImageTreeReader | None:
     """The reader of the SDK image's tree, for the drift warnings: from the record, or read
@@ -115,14 +106,13 @@ def _inputs_key(manifest: Mapping[str, object]) -> str:
 
 
 def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
-                    meter: Meter = SILENT) -> tuple[dict[str, object], ScannedRootfs]:
+                    meter: Meter = SILENT) -> tuple[dict[str, object], FolderScan]:
     """Everything the target is made from, by content: what `doit targetfiles` depends on;
     and the rootfs scan it was made from. `known`: the versions this workspace built or
     imported (the default source is one of them). The source found is kept in `state` for
     this manifest (`recorded_source`): it is resolved once per run."""
     sdk = locate_sdk(settings.sdk)
     cache = state.digests
-    image = start_image_tree(settings, sdk, state)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
     archive = archive_of(settings.workspace, state)
@@ -142,27 +132,61 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
     key = _inputs_key(manifest)
     if state.records.get(SOURCE_RECORD, key) != str(source):  # a run with nothing to do writes none
         state.records.put(SOURCE_RECORD, key, str(source), alone=True)
-    return manifest, ScannedRootfs(scan, image)
+    return manifest, scan
+
+
+def _scan_json(scan: FolderScan) -> dict[str, object]:
+    return {"entries": [[e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.sha1, e.link]
+                        for e in scan.entries.values()],
+            "empty_dirs": list(scan.empty_dirs), "warnings": list(scan.warnings),
+            "outside_links": [[list(names), count] for names, count in scan.outside_links]}
+
+
+def _scan_from_json(value: object) -> FolderScan | None:
+    """The scan `_scan_json` wrote; None for anything else."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        entries = {row[0]: Entry(*row) for row in value["entries"]}
+        return FolderScan(entries, tuple(value["empty_dirs"]), tuple(value["warnings"]),
+                          tuple((tuple(names), count) for names, count in value["outside_links"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
-                          meter: Meter = SILENT) -> ScannedRootfs:
-    """Write the inputs manifest (unless it says that already); the rootfs scan, which
-    `build_targetfiles` can take in the same run instead of walking the rootfs again."""
-    manifest, scanned = inputs_manifest(settings, known, state, meter)
+                          meter: Meter = SILENT) -> None:
+    """Write the inputs manifest and keep the rootfs scan it was made from for it, which
+    `build_targetfiles` then takes instead of walking the rootfs again (each unless it is
+    kept as it is already: a run with nothing to do writes nothing)."""
+    manifest, scan = inputs_manifest(settings, known, state, meter)
+    state.records.put(SCAN_RECORD, _inputs_key(manifest), _scan_json(scan), alone=True,
+                      if_changed=True)
     write_if_changed(settings.workspace.inputs_manifest, manifest)
-    return scanned
+
+
+def _recorded(settings: TargetfilesSettings, state: State, name: str
+              ) -> tuple[dict[str, object], object]:
+    """The inputs manifest as it is now, and what `write_inputs_manifest` kept for it under
+    `name` (None: nothing)."""
+    manifest = atomic.read_json_object(settings.workspace.inputs_manifest)
+    return manifest, state.records.get(name, _inputs_key(manifest)) if manifest else None
 
 
 def recorded_source(settings: TargetfilesSettings, state: State) -> tuple[Path, str] | None:
     """The source `write_inputs_manifest` found for the inputs manifest as it is now, and
     its sha256 then; None when it kept none for it."""
-    manifest = atomic.read_json_object(settings.workspace.inputs_manifest)
-    found = state.records.get(SOURCE_RECORD, _inputs_key(manifest)) if manifest else None
+    manifest, found = _recorded(settings, state, SOURCE_RECORD)
     sha256 = manifest.get("source_sha256")
     if not isinstance(found, str) or not isinstance(sha256, str):
         return None
     return Path(found), sha256
+
+
+def recorded_scan(settings: TargetfilesSettings, state: State) -> FolderScan | None:
+    """The rootfs scan `write_inputs_manifest` made the inputs manifest as it is now from;
+    None when it kept none for it."""
+    return _scan_from_json(_recorded(settings, state, SCAN_RECORD)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,30 +219,32 @@ class _Warnings:
 
 
 def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collection[str],
-                      scanned: ScannedRootfs | None = None, state: State | None = None
+                      state: State | None = None, *, inputs_recorded: bool = False
                       ) -> TargetfilesResult:
-    """`known`: the versions this workspace built or imported; `scanned`: what
-    `write_inputs_manifest` found just before (each file is checked against its hash again
-    while it is zipped, so a change since is still refused), and then the source it found;
-    `state`: the workspace's (default: opened here). A rootfs file hard-linked from outside
-    the rootfs is refused, or packed with a warning with `allow_outside_links`."""
+    """`known`: the versions this workspace built or imported; `state`: the workspace's
+    (default: opened here); `inputs_recorded`: `write_inputs_manifest` ran just before, in
+    this command: the rootfs scan and the source it kept are taken (each file is checked
+    against its hash again while it is zipped, so a change since is still refused). A rootfs
+    file hard-linked from outside the rootfs is refused, or packed with a warning with
+    `allow_outside_links`."""
     if state is None:
         with settings.workspace.open_state() as opened:
-            return build_targetfiles(settings, log, known, scanned, opened)
+            return build_targetfiles(settings, log, known, opened,
+                                     inputs_recorded=inputs_recorded)
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
     from tasks.bootimg import read_boot_image
     from tasks.elf import read_abl_elf
     from tasks.firmware import sdk_image_drift
 
     sdk = locate_sdk(settings.sdk)
+    image = start_image_tree(settings, sdk, state)  # read beside all that follows
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
-    if scanned is None:
-        image = start_image_tree(settings, sdk, state)
+    scan = recorded_scan(settings, state) if inputs_recorded else None
+    if scan is None:
         scan = scan_rootfs(sdk.rootfs, state.digests, log)
         source = None
     else:
-        scan, image = scanned.scan, scanned.image
         source = recorded_source(settings, state)
     target_version = rootfs_version(sdk.rootfs, scan)
     linked = check_outside_links(scan, sdk.rootfs, settings.allow_outside_links)
@@ -271,7 +297,6 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state:
                         "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs if d not in settings.empty_by_nature)])
-        made_ahead = _start_ahead(archive, state, sdk, source_path, source_version.key)
         plan = plan_target(sdk, src, scan)
 
         settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
@@ -329,23 +354,9 @@ def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state:
                 out_synced()  # out/'s copy is on disk too: only renames are left
                 batch.commit()
     archive.note_copy(settings.workspace.target_zip, target_sha256)
-    log.detail(made_ahead())
     return TargetfilesResult(settings.workspace.target_zip, target_version.key, source_version.key,
                              target_sha256, len(plan.items), target_new, source_new,
                              tuple(warnings.lines))
-
-
-def _start_ahead(archive: Archive, state: State, sdk: SdkOutput, source_path: Path,
-                 source_key: str) -> Callable[[], str]:
-    """Start what delta will ask for (the source's sha1s unless recorded, the kernel's
-    patch), in a worker beside the build, which waits on the kernel for part of its time."""
-    kept = None if archive.built_here(source_key, source_path) else \
-        archive.sha256_of(source_path)
-    if kept is not None and state.records.holds(ahead.MEMBER_SHA1S, kept):
-        kept = None  # kept by an earlier run
-    return ahead.start(ahead.AheadWork(source_path, kept, sdk.boot_image,
-                                       sha1_of(state.digests, sdk.boot_image), state.records,
-                                       state.patches, DEFAULT_DIFF_TIMEOUT))
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:

@@ -823,17 +823,21 @@ noisy: read the ratios (each measured in the same run), not the absolute times.
   before the timed part (extraction is not timed). Its size is its patches plus the new files
   and the changed `MULTIFOTA` images, uncompressed; `update.zip` is deflated.
 - `doit delta` and `doit verify` are timed alone (`doit -s`); the first chain is the sum of
-  the three steps. The repeated chains are one `doit targetfiles delta verify` each.
+  the three steps. The first chain is also run as one command, `doit targetfiles delta
+  verify`, in fresh folders as often as the first steps. The repeated chains are one
+  `doit targetfiles delta verify` each.
 - The cross-baseline package (goal 6b) is made from the sample's release firmware
   (`sample_sdk/firmware/upgrade/targetfiles.zip`, generated beside the pair) to the pair's
   next SDK with the sample's lists (`sample_sdk/config`), in a workspace of its own: nearly
   the whole rootfs is new to it, thousands of files, symlinks and permission steps for
   `doit verify` to replay. Its `doit targetfiles` and `doit delta` run like the pair's, in
   fresh folders, `doit delta` and `doit verify` timed alone.
-- `doit targetfiles` makes ahead, in a worker beside its own work, the kernel's patch and the
-  base's sha1s, which `delta` then takes from the state folder (`tasks/ahead.py`): that work
-  is in targetfiles' time as far as it did not fit in its idle core, and not in delta's. The
-  notes compare targetfiles and delta together with the shell procedure and the bsdiff loop.
+- The kernel's patch and the base's sha1s that `delta` asks for are made by the task
+  `_delta_ahead` (`tasks/ahead.py`), which a command that runs `delta` runs in a task process
+  beside targetfiles: `doit targetfiles` alone does not run it and `doit -s delta` skips it,
+  so that work is in delta's time, and the one-command chain shows what running it beside
+  targetfiles saves. The notes compare targetfiles and delta together with the shell
+  procedure and the bsdiff loop.
 - Commands run with Python writing bytecode as usual (`PYTHONDONTWRITEBYTECODE`, which this
   machine sets, is removed from their environment).
 - The first steps but verify run several times, in turns, in fresh folders; the median counts
@@ -1194,6 +1198,14 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
         runs.setdefault("delta", []).append(step(
             f"delta-{i}", "doit delta (fresh state but for targetfiles')",
             [*doit(i, f"delta-{i}"), "-s", "delta", "--config", CONFIG_DIR, *folders(i)]))
+        # the same three steps as one command: _delta_ahead beside targetfiles
+        one = run / f"chain{i}"
+        one.mkdir()
+        runs.setdefault("chain", []).append(step(
+            f"chain-{i}", "doit targetfiles delta verify, one command",
+            [*_doit(one, logs, profile, f"chain-{i}"), "targetfiles", "--sdk", sdk, "--source",
+             source, *_workspace(one), "delta", "--config", CONFIG_DIR, *_workspace(one),
+             "verify", *_workspace(one)]))
         if not full:
             continue
         if i == 0:  # the loop's inputs, extracted once and not timed
@@ -1220,11 +1232,17 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     first_tf, first_dl = combine(runs["targetfiles"]), combine(runs["delta"])
     first_vf = step("verify", "doit verify", [*doit(0, "verify"), "-s", "verify",
                                               *folders(0)])
+    one_command = combine(runs["chain"])
     if full:
         shell, bsdiff_loop = combine(runs["shell"]), combine(runs["bsdiff"])
-        measures += [shell, first_tf, first_dl, first_vf, bsdiff_loop]
+        measures += [shell, first_tf, first_dl, first_vf, one_command, bsdiff_loop]
     else:
-        measures += [first_tf, first_dl, first_vf]
+        measures += [first_tf, first_dl, first_vf, one_command]
+    steps_alone = first_tf.seconds + first_dl.seconds + first_vf.seconds
+    chain_line = (f"the pair's first chain: {steps_alone:.1f} s as three commands (targetfiles "
+                  f"{first_tf.seconds:.1f} + delta {first_dl.seconds:.1f} + verify "
+                  f"{first_vf.seconds:.1f}), {one_command.seconds:.1f} s as one "
+                  "(`_delta_ahead` beside targetfiles)")
     out, state = run / "trial0" / "out", run / "trial0" / "state"
     summary = json.loads((out / "update.json").read_text())
 
@@ -1331,8 +1349,7 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
     if full:
         synced = 2 * (out / "targetfiles.zip").stat().st_size + source.stat().st_size
         notes += (
-            f"first chain: {first_chain:.1f} s (targetfiles {first_tf.seconds:.1f} + delta "
-            f"{first_dl.seconds:.1f} + verify {first_vf.seconds:.1f}); {_clocks(summary)}.",
+            f"{chain_line}; {_clocks(summary)}.",
             f"doit targetfiles + doit delta: {first_tf.seconds + first_dl.seconds:.1f} s; shell "
             f"procedure + bsdiff loop: {shell.seconds + bsdiff_loop.seconds:.1f} s "
             f"({(first_tf.seconds + first_dl.seconds) / (shell.seconds + bsdiff_loop.seconds):.2f}"
@@ -1346,7 +1363,7 @@ def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
             f"one-file change ({plan.changes.one_file}): {cache_line}.",
         )
     else:
-        notes += (f"the pair: {_clocks(summary)}.",)
+        notes += (f"{chain_line}; {_clocks(summary)}.",)
     notes += (
         "cross-baseline package (goal 6b): the sample's release firmware as source, the pair's"
         " next SDK as target, the sample's lists, in a workspace of its own; delta "

@@ -63,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--version"]:
         print(version_line())
         return EXIT_OK
-    dodo_tasks.FAILURES.clear()
-    code = DoitMain(dodo_tasks.DfotaLoader()).run(args)
-    return exit_code(code, dodo_tasks.FAILURES)
+    loader = dodo_tasks.DfotaLoader()
+    code = DoitMain(loader).run(args)
+    return exit_code(code, loader.failure_kinds)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,11 @@ class Workspace:
     def inputs_manifest(self) -> Path:
         return self.state_dir / "targetfiles-inputs.json"
 
+    @property
+    def delta_ahead(self) -> Path:
+        """What `_delta_ahead` made for the next `doit delta`, and from what (its target)."""
+        return self.state_dir / "delta-ahead.json"
+
     def open_state(self) -> State:
         """What this workspace keeps between runs (`tasks.state`), for one task action."""
         return State(self.state_dir, tool_digest())

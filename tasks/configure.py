@@ -572,6 +572,13 @@ def _needs(task: str, other: str) -> bool:
     return False
 
 
+def runs(conf: Configuration, selected: Sequence[str], task: str) -> bool:
+    """The command that runs the tasks `selected` runs `task` (named, or through doit's
+    task_dep chain)."""
+    named = chained({t.split(":", 1)[0] for t in selected}, conf.verify.package is not None)
+    return any(_needs(t, task) for t in named)
+
+
 def check_versions(conf: Configuration, selected: Sequence[str]) -> None:
     """The versions the command names resolve (a key, a unique prefix, or a zip), before any
     task runs; whether each is intact is checked where it is used."""

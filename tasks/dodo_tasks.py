@@ -7,14 +7,19 @@ with every task up to date imports none of them (half a second of a doit start).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import Any
 
 from doit import get_initial_workdir
 from doit.cmd_base import DodoTaskLoader
@@ -29,6 +34,7 @@ from tasks.config import (
     PROJECT_DIR,
     SAMPLE_DIR,
     TEMPLATES,
+    DeltaSettings,
     PackageInputs,
     TargetfilesSettings,
     VerifySettings,
@@ -37,7 +43,14 @@ from tasks.config import (
     resolve_path,
     tool_digest,
 )
-from tasks.configure import TASK_PARAMS, Configuration, check_versions, configure, params_of
+from tasks.configure import (
+    TASK_PARAMS,
+    Configuration,
+    check_versions,
+    configure,
+    params_of,
+    runs,
+)
 from tasks.errors import (
     EXIT_BUSY,
     EXIT_INPUT,
@@ -60,22 +73,22 @@ from tasks.workspace_record import (
     record_versions,
 )
 
-if TYPE_CHECKING:  # the work modules are imported by the actions that run them
-    from tasks.assemble import ScannedRootfs
-
 TaskDict = dict[str, Any]
 
 
 TOOL = tool_digest()  # a change to the code makes every output out of date
-
-
-# what failed in this process: "input" (the user can fix an input) or "check" (a product of
-# the tool failed a check); read by tasks.cli to choose the exit code
-FAILURES: list[str] = []
+PARALLEL = 2  # task processes for a command that runs delta (see DfotaLoader)
 
 
 class ReportedFailure(TaskFailed):
-    """A failure whose one-line message was already printed."""
+    """A failure whose one-line message was already printed; `kind` says what failed for
+    the exit code (tasks.cli): "input" (the user can fix an input), "check" (a product of the
+    tool failed a check) or "exit:N" (an upgrade's). It reaches doit's process from a task
+    process pickled, with its kind."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class WalSqliteDB(SqliteDB):
@@ -118,11 +131,23 @@ class StatChecker(FileChangedChecker):
 
 class Reporter(ConsoleReporter):
     """doit's console reporter, without repeating a message the task already printed; a run
-    in which every task was up to date says so in one line."""
+    in which every task was up to date says so in one line. A task's title is printed by
+    the task's action (`guarded`), in the process that runs it, before its own lines.
 
-    up_to_date_line = "up to date: nothing changed"  # set by the loader for the command
-    published: Path | None = None  # where verify publishes (set by the loader)
+    doit makes it from the class the loader gives for the command (`for_command`), which
+    holds the command's settings and where the kinds of failure go."""
+
+    up_to_date_line = "up to date: nothing changed"
+    published: Path | None = None  # where verify publishes
+    parallel = False  # the tasks run in doit's task processes (DOIT_CONFIG's num_process)
+    failure_kinds: list[str] | None = None  # where the kinds of failure go
     failures: list[dict[str, Any]]  # doit's: {"task": ..., "exception": ...}
+
+    @classmethod
+    def for_command(cls, failure_kinds: list[str]) -> type[Reporter]:
+        """A class of its own for one command, whose reporter adds the kind of each failure
+        to `failure_kinds`."""
+        return type(cls.__name__, (cls,), {"failure_kinds": failure_kinds})
 
     def __init__(self, outstream: Any, options: Any) -> None:
         super().__init__(outstream, options)
@@ -135,19 +160,22 @@ class Reporter(ConsoleReporter):
 
     def execute_task(self, task: Any) -> None:
         self.ran = self.ran or not task.name.startswith("_")
-        super().execute_task(task)
 
     def skip_uptodate(self, task: Any) -> None:
         pass  # one line at the end instead
 
     def add_failure(self, task: Any, fail: Any) -> None:
         if isinstance(fail, ReportedFailure):
+            if self.failure_kinds is not None:
+                self.failure_kinds.append(fail.kind)
             self.failures.append({"task": task, "exception": fail})
             return
         super().add_failure(task, fail)
 
     def complete_run(self) -> None:
         if sys.exc_info()[0] is KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+            if self.parallel:
+                _wait_for_task_processes()
             done = "verify" in self.succeeded and self.published is not None
             print(f"interrupted after publishing {self.published}" if done
                   else "interrupted: nothing published", file=sys.stderr, flush=True)
@@ -159,21 +187,65 @@ class Reporter(ConsoleReporter):
         super().complete_run()
 
 
+UNWIND_SECONDS = 10.0  # how long an interrupted command waits for its task processes
+
+
+def _wait_for_task_processes() -> None:
+    """After Ctrl-C doit has told its task processes to stop (SIGTERM): each unwinds its task
+    (`_stop_on_terminate`); wait for them, killing one that takes too long."""
+    deadline = time.monotonic() + UNWIND_SECONDS
+    try:
+        for child in multiprocessing.active_children():
+            child.join(max(deadline - time.monotonic(), 0.0))
+            if child.is_alive():
+                child.kill()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C again: leave now
+
+
+def _stop_on_terminate() -> None:
+    """In a task process of doit's, which doit ends with SIGTERM when the command is
+    interrupted: the first SIGTERM or SIGINT ends the task as Ctrl-C ends it in doit's own
+    process (KeyboardInterrupt: its temporary files removed, its workers ended), and later
+    ones do not cut that short. A worker forked meanwhile keeps the usual behaviour."""
+    task_process = os.getpid()
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if os.getpid() != task_process:  # a worker's copy of the handler
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
 def guarded(name: str, log_dir: Path | None,
             step: Callable[[RunLog], object]) -> Callable[[], object]:
-    """Run `step` with the run's log; the project's error becomes one line on stderr and a
-    failed task; anything else is an internal error, kept whole in the log file."""
+    """Run `step` with the run's log, after the task's title (a hidden task has none); the
+    project's error becomes one line on stderr and a failed task; anything else is an
+    internal error, kept whole in the log file."""
 
     def action() -> object:
+        if not name.startswith("_"):  # the stream doit's reporter writes to (never captured)
+            print(f".  {name}", file=sys.__stdout__, flush=True)
+        if multiprocessing.parent_process() is not None:  # a task process of doit's
+            _stop_on_terminate()
         log = RunLog(log_dir, name)
         try:
             result = step(log)
         except DfotaError as exc:
-            FAILURES.append(getattr(exc, "failure", None)
-                            or ("check" if isinstance(exc, CheckFailed) else "input"))
             log.detail(f"error: {exc}")
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            return ReportedFailure(str(exc))
+            return ReportedFailure(str(exc), getattr(exc, "failure", None)
+                                   or ("check" if isinstance(exc, CheckFailed) else "input"))
         except Exception:
             log.detail(traceback.format_exc())
             raise
@@ -208,21 +280,22 @@ def _sample_is_current() -> bool:
 
 
 
-def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
+def task_creators(conf: Configuration, single: bool = False) -> dict[str, Callable[..., Any]]:
     """The task creators of one command, each wired to its settings from `conf`; doit's
     own parsing of their options (`params_of`) only serves `doit help` and the command line's
-    shape: the values come from `conf`."""
+    shape: the values come from `conf`. `single`: doit runs the named tasks without their
+    dependencies (`doit -s`)."""
     ws = conf.workspace
 
     def task_targetfiles(**_: object) -> Iterator[TaskDict]:
         """assemble out/targetfiles.zip from the SDK output and the source version; archive both"""
         settings = conf.targetfiles
-        scans: list[ScannedRootfs] = []  # the rootfs scan, from the first action to the second
         yield {
             "basename": "_targetfiles_inputs",
-            "doc": "record what the target is made from (SDK images, rootfs tree, source)",
+            "doc": "record what the target is made from (SDK images, rootfs tree, source) and "
+                   "the rootfs scan it was made from",
             "actions": [guarded("_targetfiles_inputs", ws.log_dir,
-                                lambda log: _targetfiles_inputs(settings, log, scans))],
+                                lambda log: _targetfiles_inputs(settings, log))],
             "task_dep": ["sample"] if settings.sdk_is_sample else [],
             "targets": [ws.inputs_manifest],
             "uptodate": [False],
@@ -231,8 +304,9 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
         yield {
             "basename": "targetfiles",
             "doc": task_targetfiles.__doc__,
+            # the inputs step ran first (always out of date), unless doit skips it (-s)
             "actions": [guarded("targetfiles", ws.log_dir,
-                                lambda log: _targetfiles(conf, log, scans))],
+                                lambda log: _targetfiles(conf, log, inputs_recorded=not single))],
             "file_dep": [ws.inputs_manifest],
             "targets": [ws.target_zip],
             "uptodate": [config_changed({"tool": TOOL, **key_of(settings)}),
@@ -241,14 +315,29 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
             "verbosity": 2,
         }
 
-    def task_delta(**_: object) -> TaskDict:
+    def task_delta(**_: object) -> Iterator[TaskDict]:
         """make the DFOTA update.zip from the base version to this workspace's target"""
         settings = conf.delta
         lists = sorted(settings.config_dir.glob("quectel_*_filelist.txt")) \
             if settings.config_dir else []
-        return {
+        yield {
+            "basename": "_delta_ahead",
+            "doc": "make what delta asks for from the inputs manifest (the base's sha1s, the "
+                   "kernel's patch), beside targetfiles",
+            "actions": [guarded("_delta_ahead", ws.log_dir,
+                                lambda log: _delta_ahead(settings, conf.targetfiles, log))],
+            "file_dep": [ws.inputs_manifest],
+            "targets": [ws.delta_ahead],
+            "uptodate": [config_changed({"tool": TOOL, "base": settings.base,
+                                         "mode": settings.mode,
+                                         "diff_timeout": settings.diff_timeout})],
+            "verbosity": 2,
+        }
+        yield {
+            "basename": "delta",
+            "doc": task_delta.__doc__,
             "actions": [guarded("delta", ws.log_dir, lambda log: _delta(conf, log))],
-            "task_dep": ["targetfiles"],
+            "task_dep": ["targetfiles", "_delta_ahead"],
             "file_dep": [ws.target_zip, *lists, TEMPLATES / "updater-script.j2"],
             "targets": [ws.update_summary],
             "uptodate": [WithTargetVolumes({"tool": TOOL, **key_of(settings)}, ws),
@@ -353,24 +442,22 @@ def task_creators(conf: Configuration) -> dict[str, Callable[..., Any]]:
     return creators
 
 
-def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog,
-                        scans: list[ScannedRootfs]) -> None:
+def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog) -> None:
     from tasks.assemble import write_inputs_manifest
 
     known = read_record(settings.workspace.record).versions
     with settings.workspace.open_state() as state:
-        scans[:] = [write_inputs_manifest(settings, known, state, log)]
+        write_inputs_manifest(settings, known, state, log)
 
 
-def _targetfiles(conf: Configuration, log: RunLog, scans: list[ScannedRootfs]
-                 ) -> dict[str, str]:
+def _targetfiles(conf: Configuration, log: RunLog, inputs_recorded: bool) -> dict[str, str]:
     from tasks.assemble import build_targetfiles, describe
 
     settings = conf.targetfiles
     record = settings.workspace.record
     with settings.workspace.open_state() as state:
-        result = build_targetfiles(settings, log, read_record(record).versions,
-                                   scans.pop() if scans else None, state)
+        result = build_targetfiles(settings, log, read_record(record).versions, state,
+                                   inputs_recorded=inputs_recorded)
     record_target(record, conf.recorded_options["targetfiles"],
                   {"key": result.target_key, "sha256": result.sha256,
                    "source": result.source_key, "warnings": list(result.warnings),
@@ -415,6 +502,12 @@ class WithTargetVolumes(config_changed):
 def _no_diff_timeout(ws: Workspace) -> bool:
     """A package in which a diff ran out of time is never up to date."""
     return not atomic.read_json_object(ws.update_summary).get("diff_timeouts")
+
+
+def _delta_ahead(delta: DeltaSettings, targetfiles: TargetfilesSettings, log: RunLog) -> None:
+    from tasks.ahead import make_ahead
+
+    log.detail(make_ahead(delta, targetfiles))
 
 
 def _delta(conf: Configuration, log: RunLog) -> None:
@@ -611,7 +704,27 @@ def _list_versions(ws: Workspace, log: RunLog) -> None:
 class DfotaLoader(DodoTaskLoader):
     """doit's loader of dodo.py, with this project's tasks made from the command's one
     configuration (`tasks.configure`), built and checked before any task runs. Named in
-    pyproject.toml (`[tool.doit] loader`); `dfota` uses it wherever it runs."""
+    pyproject.toml (`[tool.doit] loader`); `dfota` uses it wherever it runs.
+
+    A command that runs `delta` runs its tasks in DOIT_CONFIG's `num_process` task processes
+    (`_delta_ahead` beside `targetfiles`); any other runs them in doit's own process, unless
+    `-n` says otherwise. The kind of each task's failure is added to `failure_kinds`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure_kinds: list[str] = []
+        self.reporter = Reporter.for_command(self.failure_kinds)
+        self.options: Any = {}
+
+    def setup(self, opt_values: Any) -> None:
+        super().setup(opt_values)
+        self.options = opt_values  # doit reads the number of task processes from them later
+
+    def load_doit_config(self) -> dict[str, Any]:
+        config = dict(super().load_doit_config())
+        if config.get("reporter") is Reporter:
+            config["reporter"] = self.reporter
+        return config
 
     namespace: dict[str, Any]  # doit's: the names tasks are made from
 
@@ -626,7 +739,6 @@ class DfotaLoader(DodoTaskLoader):
                 check_versions(conf, selected)
         except DfotaError as exc:
             usage = isinstance(exc, UsageError)
-            FAILURES.append("usage" if usage else "input")
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USAGE if usage else EXIT_INPUT) from None
         if starting:
@@ -634,13 +746,20 @@ class DfotaLoader(DodoTaskLoader):
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
         if _writes(cmd, selected):
             self.lock = _lock(conf, cmd, pos_args or selected)
-        Reporter.up_to_date_line = up_to_date_line(conf.workspace)
-        Reporter.published = conf.workspace.update_zip
-        self.namespace = {**self.namespace, **task_creators(conf)}
+        single = bool(self.options.get("single"))
+        if not (starting and runs(conf, selected, "delta")) or single:
+            with contextlib.suppress(AttributeError):  # -n given: as the user says
+                self.options.update_defaults({"num_process": 0})
+        self.reporter.parallel = bool(self.options.get("num_process")) and \
+            self.options.get("par_type", "process") == "process"
+        self.reporter.up_to_date_line = up_to_date_line(conf.workspace)
+        self.reporter.published = conf.workspace.update_zip
+        self.namespace = {**self.namespace, **task_creators(conf, single)}
         return super().load_tasks(cmd, pos_args)
 
 
-WRITERS = ("targetfiles", "delta", "verify", "import_base", "prune", "_targetfiles_inputs")
+WRITERS = ("targetfiles", "delta", "verify", "import_base", "prune", "_targetfiles_inputs",
+           "_delta_ahead")
 
 
 def _writes(cmd: Any, selected: Sequence[str]) -> bool:
@@ -657,11 +776,9 @@ def _lock(conf: Configuration, cmd: Any, args: Sequence[str]) -> WorkspaceLock:
         lock = take_lock(conf.workspace.state_dir,
                          ["doit", getattr(cmd, "name", "run"), *args], conf.wait)
     except WorkspaceBusy as exc:
-        FAILURES.append("busy")
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BUSY) from None
     except DfotaError as exc:
-        FAILURES.append("input")
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INPUT) from None
     if lock.stale is not None:

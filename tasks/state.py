@@ -282,10 +282,17 @@ class Records:
             return None
         return saved.get("value")
 
-    def put(self, name: str, key: str, value: object, *, alone: bool = False) -> None:
-        """Keep `value` under `name` and `key`; `alone`: the other keys of `name` go."""
+    def put(self, name: str, key: str, value: object, *, alone: bool = False,
+            if_changed: bool = False) -> None:
+        """Keep `value` under `name` and `key`; `alone`: the other keys of `name` go;
+        `if_changed`: a record that says exactly that already is left as it is."""
         path = self.path(name, key)
-        atomic.write_text(path, self._head(name, key) + json.dumps(value) + "}\n")
+        text = self._head(name, key) + json.dumps(value) + "}\n"
+        if if_changed:
+            with contextlib.suppress(OSError):
+                if path.read_text("utf-8") == text:
+                    return
+        atomic.write_text(path, text)
         if alone:
             for other in path.parent.glob("*.json"):
                 if other != path:

@@ -7,13 +7,24 @@ import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
+# the thread a multiprocessing queue starts to send what is put on it: doit's task processes
+# (DOIT_CONFIG's num_process) each have one, which sends their results to doit
+_QUEUE_FEEDER = "QueueFeederThread"
+
+
+def fork_is_safe() -> bool:
+    """No other thread runs here but queue feeders, which hold only their own queue's locks
+    (a forked child that never uses the queue needs none of them)."""
+    current = threading.current_thread()
+    return all(t is current or t.name == _QUEUE_FEEDER for t in threading.enumerate())
+
 
 def worker_context(preload: Sequence[str] = ()) -> ForkContext | ForkServerContext | SpawnContext:
-    """How worker processes start: fork when it is safe (one thread): cheap, nothing to pickle
-    or re-import; else a fork server (importing `preload` once), which needs the work
+    """How worker processes start: fork when it is safe (`fork_is_safe`): cheap, nothing to
+    pickle or re-import; else a fork server (importing `preload` once), which needs the work
     importable by name."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if "fork" in methods and fork_is_safe():
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")

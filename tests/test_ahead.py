@@ -1,4 +1,4 @@
-"""What targetfiles makes ahead for delta: a failure there costs nothing but the time."""
+"""What `_delta_ahead` makes for delta: a failure there costs nothing but the time."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from tasks import ahead
 from tasks.state import BlobCache, Records
 
 
-def _work(tmp_path: Path, source: Path) -> ahead.AheadWork:
+def _work(tmp_path: Path, base: Path) -> ahead.AheadWork:
     boot = tmp_path / "boot.img"
     boot.write_bytes(b"ANDROID!" + bytes(4096))
-    return ahead.AheadWork(source, "0" * 64, boot, "0" * 40, Records(tmp_path / "records", "tool"),
+    return ahead.AheadWork(base, "0" * 64, boot, "0" * 40, Records(tmp_path / "records", "tool"),
                            BlobCache(tmp_path / "patch-cache"), 30.0)
 
 
-def test_a_missing_or_damaged_source_makes_nothing_and_says_why(tmp_path: Path) -> None:
+def test_a_missing_or_damaged_base_makes_nothing_and_says_why(tmp_path: Path) -> None:
     missing = tmp_path / "missing.zip"
-    said = ahead.start(_work(tmp_path, missing))()
+    said = ahead.make(_work(tmp_path, missing))
     assert said.startswith("made ahead for delta: nothing (") and str(missing) in said
     damaged = tmp_path / "damaged.zip"
     damaged.write_bytes(b"PK\x03\x04 not a zip")
-    said = ahead.start(_work(tmp_path, damaged))()
+    said = ahead.make(_work(tmp_path, damaged))
     assert said.startswith("made ahead for delta: nothing (") and str(damaged) in said
     assert not (tmp_path / "records").exists()
     assert not (tmp_path / "patch-cache").exists()

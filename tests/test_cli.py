@@ -65,6 +65,19 @@ def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> N
     assert not package.exists() and any((ws.out / "rejected").iterdir())
 
 
+def test_a_failure_in_a_task_process_reaches_the_exit_code(ws: Workspace) -> None:
+    """A command that runs delta runs its tasks in doit's task processes: the kind of a
+    failure there still decides dfota's exit code."""
+    (ws.sdk / "target/abl.elf").write_bytes(b"not an ELF file")
+    failed = dfota(ws, *chain(ws, "delta"))
+    assert failed.returncode == EXIT_INPUT, failed.stdout + failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "abl.elf" in errors[0], failed.stderr
+    log = sorted((ws.root / "state" / "logs").glob("*-targetfiles.log"))[-1].read_text()
+    assert errors[0] in log
+    assert not (ws.out / ".unverified").exists()
+
+
 def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace) -> None:
     plain = dfota(ws, *chain(ws, "delta", "verify"))
     assert plain.returncode == 0, plain.stderr

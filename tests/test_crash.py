@@ -2,9 +2,11 @@
 
 The job is run by a small runner that installs an audit hook (`sys.addaudithook`) counting the
 file-system operations that change something under the workspace (an open for writing, a
-rename, a removal, a new folder, a chmod, a copy); at the N-th one it sends SIGKILL to the whole
-job (its process group: the main process and its diff workers), either at once or a few
-milliseconds later, in the middle of the write that follows. N is drawn with a fixed seed.
+rename, a removal, a new folder, a chmod, a copy) in doit's process and its task processes,
+but for `_delta_ahead` (which runs beside targetfiles, in an order of its own) and the
+workers; at the N-th one it sends SIGKILL to the whole job (its process group: doit's
+processes and their workers), either at once or a few milliseconds later, in the middle of
+the write that follows. N is drawn with a fixed seed.
 
 Each sequence starts from a nightly's state (the base and version 2 archived and published,
 the rootfs bumped to version 3) and kills the job again and again until a run completes. After
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +45,7 @@ MAX_KILLS_PER_SEQUENCE = 5
 
 # Runs doit with an audit hook that kills the job at the N-th mutating operation under ROOT.
 RUNNER = r"""
-import os, signal, sys, threading
+import mmap, os, signal, struct, sys, threading
 ROOT = os.environ["CRASH_ROOT"]
 KILL_AT = int(os.environ.get("CRASH_KILL_AT", "0"))
 DELAY = float(os.environ.get("CRASH_DELAY", "0"))
@@ -51,14 +54,14 @@ MAIN = os.getpid()
 WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.symlink",
           "os.link", "os.truncate", "shutil.copyfile", "shutil.rmtree", "shutil.move"}
-count = 0
+COUNT = mmap.mmap(-1, 8)  # shared with doit's task processes (forks of this one)
+TASKS = {}  # a task process's pid -> the task it runs (from the log file it opened)
 
 def kill():
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 def hook(event, args):
-    global count
-    if os.getpid() != MAIN or (event != "open" and event not in EVENTS):
+    if event != "open" and event not in EVENTS:
         return
     if event == "open":
         mode, flags = args[1], args[2]
@@ -71,7 +74,13 @@ def hook(event, args):
     path = os.fsdecode(path)
     if not path.startswith(ROOT):
         return
-    count += 1
+    pid = os.getpid()
+    if "/state/logs/" in path and path.endswith(".log"):
+        TASKS[pid] = path.rsplit("-", 1)[-1][: -len(".log")]
+    if (pid != MAIN and pid not in TASKS) or TASKS.get(pid) == "_delta_ahead":
+        return  # a worker, or the work beside targetfiles
+    count = struct.unpack("q", COUNT[:8])[0] + 1
+    COUNT[:8] = struct.pack("q", count)
     os.write(LOG, f"{count}\t{event}\t{path[len(ROOT):]}\n".encode("utf-8", "replace"))
     if count == KILL_AT:
         if DELAY:
@@ -124,6 +133,15 @@ def run_job(ws: Workspace, log: Path, kill_at: int = 0, delay: float = 0.0
     stdout, stderr = job.communicate()
     with contextlib.suppress(ProcessLookupError):  # a worker of the killed job, if any is left
         os.killpg(job.pid, signal.SIGKILL)
+    # the next run starts once every process of this one is gone (a task process killed in
+    # the middle of a sync may take a moment): what it left is then a leftover
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(job.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
     return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
 
 

@@ -160,6 +160,47 @@ def test_ctrl_c_says_one_line_and_exits_130(project: Project) -> None:
     assert project.archived() == []
 
 
+def _processes_naming(text: str) -> list[int]:
+    """The processes whose command line holds `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Project) -> None:
+    """Ctrl-C while targetfiles zips and `_delta_ahead` works beside it, each in a task
+    process: doit ends them (SIGTERM), each unwinds like Ctrl-C (no staging folder or
+    temporary file left), the command waits for them, and the workspace is free at once."""
+    own_sdk(project)
+    (project.sdk / "ql-ol-rootfs" / "usr" / "big.bin").write_bytes(os.urandom(200 << 20))
+    run = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "-d",
+                            str(project.root), "targetfiles", "--source", str(project.base),
+                            "delta", "verify"], cwd=project.root, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert run.stdout is not None and run.stderr is not None
+    while "zipping targetfiles.zip" not in (line := run.stdout.readline()):
+        assert line, "the run ended before it was interrupted"
+    run.send_signal(signal.SIGINT)
+    assert run.wait(60) == EXIT_INTERRUPTED
+    errors = run.stderr.read()
+    assert errors.splitlines()[-1] == "interrupted: nothing published", errors
+    assert "Traceback" not in errors
+    assert _processes_naming(str(project.root)) == []
+    state = project.root / "build"
+    assert [p.name for p in state.iterdir() if p.name.startswith("targetfiles.")] == []
+    assert [p.name for p in (project.root / "out").iterdir()] == []
+    assert project.archived() == []
+    again = project.ok("targetfiles", "--source", str(project.base))
+    assert "busy" not in again.stderr
+
+
 def test_option_errors_and_the_version(project: Project) -> None:
     run = project.doit("targetfiles", "--strikt")
     assert run.returncode == EXIT_USAGE

@@ -141,6 +141,20 @@ def test_a_record_alone_replaces_the_other_keys_of_its_name(tmp_path: Path) -> N
         records.path("alone", "b").name]
 
 
+def test_a_record_put_if_changed_is_written_only_when_it_changed(tmp_path: Path) -> None:
+    records = Records(tmp_path / "records", "tool")
+    records.put("scan", "key", {"entries": [1, 2]})
+    path = records.path("scan", "key")
+    written = file_stamp(path.stat())
+    records.put("scan", "key", {"entries": [1, 2]}, if_changed=True)
+    assert file_stamp(path.stat()) == written
+    records.put("scan", "key", {"entries": [1, 3]}, if_changed=True)
+    assert file_stamp(path.stat()) != written and records.get("scan", "key") == {"entries": [1, 3]}
+    path.write_text("{damaged")
+    records.put("scan", "key", {"entries": [1, 3]}, if_changed=True)
+    assert records.get("scan", "key") == {"entries": [1, 3]}
+
+
 def test_a_corrupt_record_is_rebuilt_with_no_traceback(tmp_path: Path) -> None:
     records = Records(tmp_path / "records", "tool")
     records.put("tree", "key", [1, 2, 3])

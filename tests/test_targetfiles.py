@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,10 +19,12 @@ from tasks.ahead import MEMBER_SHA1S
 from tasks.archive import Archive
 from tasks.bench import SHELL_PROCEDURE
 from tasks.bootimg import build_boot_image
-from tasks.config import EMPTY_BY_NATURE, tool_digest
-from tasks.state import Records
+from tasks.config import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
+from tasks.config import Workspace as WorkspaceFolders
+from tasks.runlog import RunLog
+from tasks.state import Records, file_stamp
 from tasks.targetfiles import system_tree
-from tasks.tree import scan_folder
+from tasks.tree import FolderScan, scan_folder
 from tasks.zipio import ZipSource
 from tests.workspace import Run, Workspace, snapshot
 
@@ -205,13 +208,31 @@ def test_a_strict_build_stopped_late_archives_nothing(ws: Workspace) -> None:
         [], ["index.json"])
 
 
-def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
-    """Beside its own work, targetfiles keeps the sha1s of a source not built here and the
-    kernel's patch where delta looks: delta then hashes no source entry and diffs no kernel."""
-    run = ws.build()
+def _tasks_run(state: Path) -> list[str]:
+    """The tasks that ran in the workspace, by their log files, oldest first."""
+    return [p.stem.split("Z-", 1)[1] for p in sorted((state / "logs").glob("*.log"))]
+
+
+def test_delta_makes_ahead_what_it_asks_for_and_targetfiles_alone_does_not(
+        ws: Workspace) -> None:
+    """`_delta_ahead`, which a command runs beside targetfiles when it runs delta, keeps the
+    sha1s of a base not built here and the kernel's patch where delta looks: delta then
+    hashes no base entry and diffs no kernel. `doit targetfiles` alone makes none of it."""
     state = ws.root / "state"
-    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
-                                         .read_text())
+    ws.build()
+    assert _tasks_run(state) == ["_targetfiles_inputs", "targetfiles"]
+    assert not (state / "records" / MEMBER_SHA1S).exists()
+    assert not list(state.glob("patch-cache/*.p")) and not (state / "delta-ahead.json").exists()
+
+    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
+    chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+             "delta", *ws.folders, "--config", str(config)]
+    delta = ws.run(*chain)
+    assert delta.returncode == 0, delta.stdout + delta.stderr
+    assert _tasks_run(state)[2:] == ["_targetfiles_inputs", "_delta_ahead", "delta"]
+    ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
+    assert "made ahead for delta in " in ahead and ": the sha1s of the base's " in ahead
+    assert ahead.rstrip().endswith(", the kernel's patch")
     records = Records(state / "records", tool_digest())
     source_sha256 = hashlib.sha256(ws.source.read_bytes()).hexdigest()
     (kept,) = (state / "records" / MEMBER_SHA1S).iterdir()
@@ -224,21 +245,61 @@ def test_targetfiles_makes_ahead_what_delta_asks_for(ws: Workspace) -> None:
     target_boot = hashlib.sha1((ws.sdk / "target/sdxlemur-boot.img").read_bytes()).hexdigest()
     assert source_boot != target_boot, "the sample's kernel changes"
     assert list((state / "patch-cache").glob(f"{source_boot}-{target_boot}-*.p"))
-    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
-    delta = ws.run("targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source),
-                   *ws.folders, "delta", *ws.folders, "--config", str(config))
-    assert delta.returncode == 0, delta.stdout + delta.stderr
     log = sorted((state / "logs").glob("*-delta.log"))[-1].read_text()
     assert "patches: 1 files, 1 from the cache, 0 whole by rule, 0 to diff" in log, log
-    assert run.returncode == 0
-    # the next build's source is this one, built here: its sha1s are in its manifest already
+    # the same inputs again: made already, nothing runs but the inputs step
+    assert ws.run(*chain).returncode == 0
+    assert _tasks_run(state)[5:] == ["_targetfiles_inputs"]
+
+    # the next build's source is this one, built here: its sha1s are in its manifest already,
+    # and its kernel is the SDK's
     version_file = ws.rootfs / "etc/quectel-project-version"
     version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
                                                              "2022-07-16,10:00"))
-    ws.build(default_source=True)
+    chain.remove("--source")
+    chain.remove(str(ws.source))
+    assert ws.run(*chain).returncode == 0
+    ran = _tasks_run(state)[6:]  # the two in the middle side by side
+    assert (ran[0], sorted(ran[1:3]), ran[3:]) == ("_targetfiles_inputs",
+                                                   ["_delta_ahead", "targetfiles"], ["delta"])
     assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]
-    assert "made ahead for delta in" in (sorted((state / "logs").glob("*-targetfiles.log"))[-1]
-                                         .read_text())
+    ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
+    assert ahead.rstrip().endswith(": nothing"), ahead
+
+
+def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rootfs is walked once per command: the inputs step keeps its scan in a record by
+    the inputs manifest (rewritten only when it changed), which the build takes when the
+    inputs step ran before it in the same command (not under `doit -s targetfiles`)."""
+    from tasks import assemble
+    from tasks.manifest import scan_rootfs as walk
+
+    walks: list[Path] = []
+
+    def counted(rootfs: Path, *args: object) -> FolderScan:
+        walks.append(rootfs)
+        return walk(rootfs, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(assemble, "scan_rootfs", counted)
+    state = ws.root / "state"
+    settings = TargetfilesSettings(WorkspaceFolders(ws.out, state, ws.archive), ws.sdk,
+                                   str(ws.source))
+    with settings.workspace.open_state() as opened:
+        assemble.write_inputs_manifest(settings, [], opened)
+    (record,) = (state / "records" / assemble.SCAN_RECORD).iterdir()
+    written = file_stamp(record.stat())
+    with settings.workspace.open_state() as opened:  # the same inputs: nothing written
+        assemble.write_inputs_manifest(settings, [], opened)
+    assert len(walks) == 2 and file_stamp(record.stat()) == written
+    log = RunLog(None, "targetfiles", stream=io.StringIO())
+    first = assemble.build_targetfiles(settings, log, [], inputs_recorded=True)
+    assert len(walks) == 2, "the build walked the rootfs again"
+    (ws.out / "targetfiles.zip").unlink()
+    again = assemble.build_targetfiles(settings, log, [])  # not told: it walks
+    assert len(walks) == 3
+    assert (first.sha256, first.warnings) == (again.sha256, again.warnings)
+
 
 def error_line(run: Run) -> str:
     lines = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
