@@ -198,15 +198,18 @@ def test_a_size_in_pyproject_or_on_the_command_line_is_the_users_setting(
         tmp_path: Path) -> None:
     project = tmp_path / "pyproject.toml"
     project.write_text("[tool.doit.tasks.delta]\nsystem_size_mb = 100\n")
-    volumes = configure(tmp_path, ["delta"], ["delta"]).delta.volumes
+    # `doit targetfiles delta`: a plain `doit delta` takes targetfiles from the workspace's
+    # record, which a fresh checkout has not
+    chain = ["targetfiles", "delta"]
+    volumes = configure(tmp_path, chain, chain).delta.volumes
     assert volumes == Volumes.given(system=100 * MB)
     assert (volumes.system_from, volumes.cache_from) == (SYSTEM_SETTING, FROM_DEFAULT)
-    volumes = configure(tmp_path, ["delta", "--cache-size-mb", "8"], ["delta"]).delta.volumes
+    volumes = configure(tmp_path, [*chain, "--cache-size-mb", "8"], chain).delta.volumes
     assert volumes == Volumes(100 * MB, 8 * MB, SYSTEM_SETTING, "cache_size_mb")
     project.write_text("")
-    assert configure(tmp_path, ["delta"], ["delta"]).delta.volumes == DEFAULT_VOLUMES
+    assert configure(tmp_path, chain, chain).delta.volumes == DEFAULT_VOLUMES
     with pytest.raises(DfotaError, match=r"^--system-size-mb 0.0: must be above 0$"):
-        configure(tmp_path, ["delta", "--system-size-mb", "0"], ["delta"])
+        configure(tmp_path, [*chain, "--system-size-mb", "0"], chain)
 
 
 def replace_sdk_image(ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp: Path,
