@@ -192,6 +192,7 @@ def test_a_good_package_gets_its_report_and_time_in_the_summary(tmp_path: Path) 
     assert [c["name"] for c in summary["verify"]["checks"]] == CHECKS
 
 
+@pytest.mark.slow
 def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
     chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
              "delta", *ws.folders, "verify", *ws.folders]
