@@ -220,6 +220,7 @@ def chromium(tmp: Path, page: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # a real browser renders the page
 def test_headless_chromium_shows_versions_checks_bars_and_escaped_names(
         hostile: dict, tmp_path: Path) -> None:
     page = tmp_path / "update.html"
