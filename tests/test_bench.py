@@ -89,6 +89,7 @@ def test_generator_is_deterministic_and_declares_exactly_its_changes() -> None:
                if k in ("program", "library", "module"))
 
 
+@pytest.mark.slow  # generates the pair twice
 def test_generated_pair_on_disk_is_reproducible(tmp_path: Path) -> None:
     digests = []
     for name in ("one", "two"):

@@ -206,6 +206,7 @@ NAMES = ["with space", 'quo"te', "single'quote", "back\\slash", "new\nline", "-l
          "--rf", "tab\there", '"); abort("injected', "$(reboot)", "#hash", "ünï cödé"]
 
 
+@pytest.mark.slow
 def test_rootfs_names_with_spaces_quotes_backslashes_newlines_and_dashes(ws: Workspace) -> None:
     """Fed: rootfs files named with a space, quotes, a backslash, a newline, leading dashes,
     a tab, edify and shell syntax and non-ASCII letters (valid UTF-8), and a folder and a
@@ -247,6 +248,7 @@ def test_rootfs_names_with_spaces_quotes_backslashes_newlines_and_dashes(ws: Wor
     earlier_versions_intact(ws, before)
 
 
+@pytest.mark.slow
 def test_rootfs_name_that_is_not_utf8_is_refused(ws: Workspace) -> None:
     """Fed: a rootfs file whose name holds the byte 0xff (not UTF-8).
     Outcome: exit 1, `error: <rootfs>/etc/bad\\xffname: file name is not valid UTF-8; rename
@@ -257,6 +259,7 @@ def test_rootfs_name_that_is_not_utf8_is_refused(ws: Workspace) -> None:
     assert line == f"{ws.rootfs}/etc/bad\\xffname: file name is not valid UTF-8; rename it"
 
 
+@pytest.mark.slow
 def test_rootfs_symlink_target_that_is_not_utf8_is_refused(ws: Workspace) -> None:
     """Fed: a rootfs symlink whose target text holds the byte 0xfe.
     Outcome: exit 1, `error: <rootfs>/etc/badlink: file name is not valid UTF-8; rename it`;
@@ -267,6 +270,7 @@ def test_rootfs_symlink_target_that_is_not_utf8_is_refused(ws: Workspace) -> Non
     assert line == f"{ws.rootfs}/etc/badlink: file name is not valid UTF-8; rename it"
 
 
+@pytest.mark.slow
 def test_absolute_symlink_to_a_host_file_is_stored_as_a_link(ws: Workspace) -> None:
     """Fed: a rootfs symlink `etc/leak` whose target is the absolute path of a host file
     outside the rootfs (and one to /etc/shadow); the version bumped.
@@ -290,6 +294,7 @@ def test_absolute_symlink_to_a_host_file_is_stored_as_a_link(ws: Workspace) -> N
     earlier_versions_intact(ws, before)
 
 
+@pytest.mark.slow
 def test_relative_symlink_escaping_the_rootfs_is_stored_as_a_link(ws: Workspace) -> None:
     """Fed: a rootfs symlink `usr/escape` -> `../../../host/secret.txt`, which resolves to a
     host file outside the rootfs; the version bumped.
@@ -306,6 +311,7 @@ def test_relative_symlink_escaping_the_rootfs_is_stored_as_a_link(ws: Workspace)
     assert_no_secret(ws.out / "targetfiles.zip", ws.out / "update.zip")
 
 
+@pytest.mark.slow
 def test_symlink_to_a_host_folder_is_not_walked(ws: Workspace) -> None:
     """Fed: a rootfs symlink `opt` -> a host folder holding a secret file; the version bumped.
     Outcome: accepted (exit 0); `SYSTEM/opt` is one symlink entry and no entry lies below it;
@@ -321,6 +327,7 @@ def test_symlink_to_a_host_folder_is_not_walked(ws: Workspace) -> None:
     assert_no_secret(ws.out / "targetfiles.zip")
 
 
+@pytest.mark.slow
 def test_symlink_loop_is_stored_as_links(ws: Workspace) -> None:
     """Fed: rootfs symlinks `loop/a` -> `b`, `loop/b` -> `a` and `loop/self` -> `self`; the
     version bumped.
@@ -340,6 +347,7 @@ def test_symlink_loop_is_stored_as_links(ws: Workspace) -> None:
         assert stat.S_ISLNK(mode) and text == target
 
 
+@pytest.mark.slow
 def test_hard_links_are_stored_as_two_files(ws: Workspace) -> None:
     """Fed: `usr/bin/hard` hard-linked to `usr/bin/hard2` (a zip has no hard links); the
     version bumped.
@@ -360,6 +368,7 @@ def test_hard_links_are_stored_as_two_files(ws: Workspace) -> None:
         stat.S_IFREG | 0o755, b"\x7fELF hard linked\n")
 
 
+@pytest.mark.slow
 def test_hard_link_to_a_file_outside_the_rootfs_is_refused(ws: Workspace) -> None:
     """Fed: `etc/x` hard-linked to a host file outside the rootfs (`ln /etc/shadow
     rootfs/etc/x`); the version bumped.
@@ -377,6 +386,7 @@ def test_hard_link_to_a_file_outside_the_rootfs_is_refused(ws: Workspace) -> Non
     assert_no_secret(ws.out / "targetfiles.zip", ws.out / "update.zip")
 
 
+@pytest.mark.slow
 def test_hard_link_from_outside_is_packed_with_a_warning_when_allowed(ws: Workspace) -> None:
     """Fed: the same link, the build's check asked to allow it (`allow_outside_links`).
     Outcome: one warning naming the file and its link count (`...; packed as allowed`); a
@@ -392,6 +402,7 @@ def test_hard_link_from_outside_is_packed_with_a_warning_when_allowed(ws: Worksp
         check_outside_links(scan, ws.rootfs)
 
 
+@pytest.mark.slow
 def test_owners_unknown_to_the_rootfs_passwd_and_group_warn(ws: Workspace) -> None:
     """Fed: rootfs files owned by uid 4242 and group 4343, which the rootfs's etc/passwd and
     etc/group do not list (the build user, owner of the rootfs folder, counts as root); the
@@ -411,6 +422,7 @@ def test_owners_unknown_to_the_rootfs_passwd_and_group_warn(ws: Workspace) -> No
                       f"{ws.rootfs}: gid 4343 is not in etc/group: usr/bin/a, usr/bin/b"]
 
 
+@pytest.mark.slow
 def test_rootfs_without_passwd_and_group_warns_that_owners_are_unchecked(ws: Workspace
                                                                           ) -> None:
     """Fed: a rootfs without etc/passwd and etc/group; the version bumped.
@@ -425,6 +437,7 @@ def test_rootfs_without_passwd_and_group_warns_that_owners_are_unchecked(ws: Wor
         f"{ws.rootfs}: has no etc/passwd nor etc/group; owners and groups are not checked"]
 
 
+@pytest.mark.slow
 def test_sample_builds_without_owner_warnings(ws: Workspace) -> None:
     """Fed: the sample's next version, bumped (the default chain's input).
     Outcome: accepted (exit 0) with no warning about owners: the sample's rootfs lists every
@@ -438,6 +451,7 @@ def test_sample_builds_without_owner_warnings(ws: Workspace) -> None:
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
+@pytest.mark.slow
 def test_names_with_newlines_and_escape_sequences_are_escaped_in_every_warning(
         ws: Workspace) -> None:
     """Fed: an empty folder named `x\\nerror: forged line`, a FIFO named with a colour escape
@@ -501,6 +515,7 @@ def _special_files(ws: Workspace) -> list[tuple[Path, str]]:
             (run / "fifo", "FIFO"), (run / "sock", "socket")]
 
 
+@pytest.mark.slow
 def test_device_nodes_fifos_and_sockets_are_left_out_with_a_warning(ws: Workspace) -> None:
     """Fed: a character device, a block device, a FIFO and a socket under `run/`; the version
     bumped.
@@ -520,6 +535,7 @@ def test_device_nodes_fifos_and_sockets_are_left_out_with_a_warning(ws: Workspac
     earlier_versions_intact(ws, before)
 
 
+@pytest.mark.slow
 def test_special_files_fail_a_strict_build(ws: Workspace) -> None:
     """Fed: the same special files, with `--strict`.
     Outcome: exit 1, the warnings, then `error: <sdk>: N warning(s) and --strict is set`;
@@ -534,6 +550,7 @@ def test_special_files_fail_a_strict_build(ws: Workspace) -> None:
     assert line == f"{ws.sdk}: {count} warning(s) and --strict is set"
 
 
+@pytest.mark.slow
 def test_unreadable_rootfs_file_is_named(ws: Workspace) -> None:
     """Fed: a rootfs file with mode 000, the tool run as a user who cannot read it (root
     without CAP_DAC_OVERRIDE).
@@ -547,6 +564,7 @@ def test_unreadable_rootfs_file_is_named(ws: Workspace) -> None:
     assert stat.S_IMODE(secret.lstat().st_mode) == 0
 
 
+@pytest.mark.slow
 def test_unreadable_rootfs_folder_is_named(ws: Workspace) -> None:
     """Fed: a rootfs folder with mode 000, read as a user without CAP_DAC_OVERRIDE.
     Outcome: exit 1, `error: <folder>: cannot list folder (Permission denied)`; out/ and
@@ -559,6 +577,7 @@ def test_unreadable_rootfs_folder_is_named(ws: Workspace) -> None:
     assert line == f"{folder}: cannot list folder (Permission denied)"
 
 
+@pytest.mark.slow
 def test_file_larger_than_4_gib_is_written_as_zip64(tmp_path: Path) -> None:
     """Fed: a sparse regular file of 4 GiB + 4 KiB (zeros, a marker at the end), written by the
     zip writer that `doit targetfiles` uses (`path_item` streamed by `write_zip`).
@@ -596,6 +615,7 @@ def test_file_larger_than_4_gib_is_written_as_zip64(tmp_path: Path) -> None:
         dest.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_twenty_thousand_tiny_files(ws: Workspace) -> None:
     """Fed: 20,000 files of a few bytes each in 20 folders; the version bumped.
     Outcome: accepted (exit 0); every file is an entry with its bytes; Info-ZIP tests the zip
@@ -622,6 +642,7 @@ def test_twenty_thousand_tiny_files(ws: Workspace) -> None:
     earlier_versions_intact(ws, before)
 
 
+@pytest.mark.slow
 def test_empty_rootfs_is_refused(ws: Workspace) -> None:
     """Fed: an empty `ql-ol-rootfs/` folder.
     Outcome: exit 1, `error: <rootfs>/etc/quectel-project-version: version file missing from
@@ -633,6 +654,7 @@ def test_empty_rootfs_is_refused(ws: Workspace) -> None:
     assert line == f"{ws.rootfs / VERSION_FILE}: version file missing from the rootfs"
 
 
+@pytest.mark.slow
 def test_rootfs_that_is_itself_a_symlink_is_followed_once(ws: Workspace) -> None:
     """Fed: `ql-ol-rootfs` is a symlink to the real rootfs folder elsewhere (nothing else
     changed).
@@ -650,6 +672,7 @@ def test_rootfs_that_is_itself_a_symlink_is_followed_once(ws: Workspace) -> None
     assert (ws.out / "targetfiles.zip").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_dangling_rootfs_symlink_is_refused(ws: Workspace) -> None:
     """Fed: `ql-ol-rootfs` is a symlink to a folder that does not exist.
     Outcome: exit 1, `error: <rootfs>: rootfs folder missing from the SDK`; out/ and archive/
@@ -661,6 +684,7 @@ def test_dangling_rootfs_symlink_is_refused(ws: Workspace) -> None:
     assert line == f"{ws.rootfs}: rootfs folder missing from the SDK"
 
 
+@pytest.mark.slow
 def test_version_file_that_is_a_symlink_is_refused(ws: Workspace) -> None:
     """Fed: the rootfs's `etc/quectel-project-version` is a symlink to a host file holding a
     valid version text.
@@ -676,6 +700,7 @@ def test_version_file_that_is_a_symlink_is_refused(ws: Workspace) -> None:
     assert line == f"{version}: version file is a symlink, not a regular file"
 
 
+@pytest.mark.slow
 def test_rootfs_file_swapped_for_a_link_after_the_check_is_refused(ws: Workspace,
                                                                    tmp_path: Path) -> None:
     """Fed: the rootfs is scanned and the target planned; then, before the zip is written, a
@@ -714,6 +739,7 @@ def _regular_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink())
 
 
+@pytest.mark.slow
 def test_rootfs_file_deleted_while_it_is_scanned(ws: Workspace) -> None:
     """Fed: a rootfs file deleted right after the walk saw it, before it is hashed.
     Outcome: `<file>: changed while it was being read; run again` (a DfotaError: exit 1 in
@@ -724,6 +750,7 @@ def test_rootfs_file_deleted_while_it_is_scanned(ws: Workspace) -> None:
         f"{victim}: changed while it was being read; run again"
 
 
+@pytest.mark.slow
 def test_rootfs_file_deleted_between_listing_and_lstat(ws: Workspace) -> None:
     """Fed: a file of a folder deleted after the folder was listed, before the walk reaches
     it (the walk sees its elder sibling first).
@@ -736,6 +763,7 @@ def test_rootfs_file_deleted_between_listing_and_lstat(ws: Workspace) -> None:
         f"{victim}: changed while it was being read; run again"
 
 
+@pytest.mark.slow
 def test_rootfs_link_swapped_for_a_folder_while_it_is_scanned(ws: Workspace) -> None:
     """Fed: a rootfs symlink replaced by a folder right after the walk saw it as a link.
     Outcome: `<link>: changed while it was being read; run again`, never the OSError of
@@ -751,6 +779,7 @@ def test_rootfs_link_swapped_for_a_folder_while_it_is_scanned(ws: Workspace) -> 
         f"{link}: changed while it was being read; run again"
 
 
+@pytest.mark.slow
 def test_rootfs_folder_removed_while_it_is_scanned(ws: Workspace) -> None:
     """Fed: a rootfs folder removed right after the walk saw it, before it is listed.
     Outcome: `<folder>: changed while it was being read; run again`."""
@@ -759,6 +788,7 @@ def test_rootfs_folder_removed_while_it_is_scanned(ws: Workspace) -> None:
         f"{folder}: changed while it was being read; run again"
 
 
+@pytest.mark.slow
 def test_rootfs_file_deleted_before_it_is_zipped(ws: Workspace, tmp_path: Path) -> None:
     """Fed: the rootfs scanned and the target planned; then a checked file is deleted before
     the zip is written.
@@ -776,6 +806,7 @@ def test_rootfs_file_deleted_before_it_is_zipped(ws: Workspace, tmp_path: Path) 
 
 # --- source targetfiles.zip ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_source_that_is_not_a_zip(ws: Workspace) -> None:
     """Fed: `--source` names a text file.
     Outcome: exit 1, `error: <source>: not a usable zip file (File is not a zip file)`; out/
@@ -786,6 +817,7 @@ def test_source_that_is_not_a_zip(ws: Workspace) -> None:
     assert line == f"{ws.source}: not a usable zip file (File is not a zip file)"
 
 
+@pytest.mark.slow
 def test_truncated_source(ws: Workspace) -> None:
     """Fed: the source zip cut to its first half (the central directory is gone).
     Outcome: exit 1, `error: <source>: not a usable zip file (File is not a zip file)`; out/
@@ -797,6 +829,7 @@ def test_truncated_source(ws: Workspace) -> None:
     assert line == f"{ws.source}: not a usable zip file (File is not a zip file)"
 
 
+@pytest.mark.slow
 def test_source_with_a_corrupt_entry_in_a_carried_folder(ws: Workspace) -> None:
     """Fed: a source whose `RADIO/filesmap` data is damaged on disk (its CRC no longer
     matches); its directory is intact.
@@ -816,6 +849,7 @@ def test_source_with_a_corrupt_entry_in_a_carried_folder(ws: Workspace) -> None:
                    "'RADIO/filesmap')"
 
 
+@pytest.mark.slow
 def test_source_entry_with_dot_dot(ws: Workspace) -> None:
     """Fed: a source with an extra entry `SYSTEM/firmware/../../../evil`.
     Outcome: exit 1, `error: <source>: entry 'SYSTEM/firmware/../../../evil' would escape its
@@ -827,6 +861,7 @@ def test_source_entry_with_dot_dot(ws: Workspace) -> None:
                     "folder ('..', '.' or '//' in name)")
 
 
+@pytest.mark.slow
 def test_source_entry_with_an_absolute_name(ws: Workspace) -> None:
     """Fed: a source with an extra entry `/etc/cron.d/evil`.
     Outcome: exit 1, `error: <source>: entry '/etc/cron.d/evil' has an absolute or empty
@@ -837,6 +872,7 @@ def test_source_entry_with_an_absolute_name(ws: Workspace) -> None:
     assert line == f"{ws.source}: entry '/etc/cron.d/evil' has an absolute or empty name"
 
 
+@pytest.mark.slow
 def test_source_with_duplicate_names(ws: Workspace) -> None:
     """Fed: a source holding `RADIO/filesmap` twice (the second with other content).
     Outcome: exit 1, `error: <source>: entry 'RADIO/filesmap' appears twice`; out/ and
@@ -847,6 +883,7 @@ def test_source_with_duplicate_names(ws: Workspace) -> None:
     assert line == f"{ws.source}: entry 'RADIO/filesmap' appears twice"
 
 
+@pytest.mark.slow
 def test_source_symlink_out_of_system_is_carried_as_a_link(ws: Workspace) -> None:
     """Fed: a vendor source with symlink entries `SYSTEM/firmware/image/escape` ->
     `../../../../etc` and `SYSTEM/firmware/image/shadow` -> `/etc/shadow` (kept from the source
@@ -868,6 +905,7 @@ def test_source_symlink_out_of_system_is_carried_as_a_link(ws: Workspace) -> Non
         assert shadow.read_bytes() not in (ws.out / "targetfiles.zip").read_bytes()
 
 
+@pytest.mark.slow
 def test_source_entry_below_a_symlink_entry_is_refused(ws: Workspace) -> None:
     """Fed: a source with a symlink entry `SYSTEM/firmware/lnk` -> `/tmp` and a file entry
     `SYSTEM/firmware/lnk/payload` below it (extracting it would write through the link).
@@ -881,6 +919,7 @@ def test_source_entry_below_a_symlink_entry_is_refused(ws: Workspace) -> None:
                     "'SYSTEM/firmware/lnk'")
 
 
+@pytest.mark.slow
 def test_source_without_system_firmware(ws: Workspace) -> None:
     """Fed: a source without `SYSTEM/firmware/` and everything below it.
     Outcome: exit 1, `error: <source>: has no SYSTEM/firmware/; is it a targetfiles.zip?`;
@@ -891,6 +930,7 @@ def test_source_without_system_firmware(ws: Workspace) -> None:
     assert line == f"{ws.source}: has no SYSTEM/firmware/; is it a targetfiles.zip?"
 
 
+@pytest.mark.slow
 def test_source_whose_system_firmware_is_a_file(ws: Workspace) -> None:
     """Fed: a source whose `SYSTEM/firmware` is a symlink entry instead of a folder.
     Outcome: exit 1, `error: <source>: SYSTEM/firmware is not a folder`; out/ and archive/
@@ -902,6 +942,7 @@ def test_source_whose_system_firmware_is_a_file(ws: Workspace) -> None:
     assert line == f"{ws.source}: SYSTEM/firmware is not a folder"
 
 
+@pytest.mark.slow
 def test_source_without_folder_entries(ws: Workspace) -> None:
     """Fed: a source holding only file and link entries (no folder entries, as some zip
     writers make them).
@@ -919,6 +960,7 @@ def test_source_without_folder_entries(ws: Workspace) -> None:
                     "itself; write it with `zip -r`, which records folders")
 
 
+@pytest.mark.slow
 def test_source_without_the_boot_image(ws: Workspace) -> None:
     """Fed: a source without `BOOTABLE_IMAGES/`.
     Outcome: exit 1, `error: <source>: has no BOOTABLE_IMAGES/boot.img; is it a
@@ -929,6 +971,7 @@ def test_source_without_the_boot_image(ws: Workspace) -> None:
     assert line == f"{ws.source}: has no BOOTABLE_IMAGES/boot.img; is it a targetfiles.zip?"
 
 
+@pytest.mark.slow
 def test_source_missing_optional_folders_warns(ws: Workspace) -> None:
     """Fed: a vendor source without `RADIO/` and `RECOVERY/`, on a first run (empty archive).
     Outcome: accepted (exit 0) with `warning: <source>: has no RADIO/ folder` and the same for
@@ -943,6 +986,7 @@ def test_source_missing_optional_folders_warns(ws: Workspace) -> None:
                 if n.startswith(("RADIO", "RECOVERY"))]
 
 
+@pytest.mark.slow
 def test_source_zip_bomb_declared_size_beyond_the_file(ws: Workspace) -> None:
     """Fed: a source whose `RADIO/filesmap` is deflated and whose central directory declares
     an uncompressed size of 4,294,967,294 bytes for its few compressed bytes.
@@ -970,6 +1014,7 @@ def test_source_zip_bomb_declared_size_beyond_the_file(ws: Workspace) -> None:
                     f"{packed} stored bytes cannot hold")
 
 
+@pytest.mark.slow
 def test_source_zip_bomb_overlapping_entries(ws: Workspace) -> None:
     """Fed: a source whose central directory lists 3,000 extra entries that all point at the
     same compressed data (the overlapping-entries zip bomb): declared data far beyond the file.
@@ -1053,6 +1098,7 @@ def info_zip_chain(earlier: Path, tmp_path_factory: pytest.TempPathFactory
     return ws, chain(ws, "delta", "verify")
 
 
+@pytest.mark.slow
 def test_source_zipped_by_info_zip_keeps_non_ascii_names(
         info_zip_chain: tuple[Workspace, Run]) -> None:
     """Fed: a source targetfiles.zip made with `zip -qry0` (UTF-8 names, no UTF-8 flag: read
@@ -1091,6 +1137,7 @@ ORACLE = os.environ.get("DFOTA_ORACLE")
 
 @pytest.mark.skipif(not ORACLE, reason="DFOTA_ORACLE is not set: the module's real updater "
                     "(apply-package.py, root only) is not run")
+@pytest.mark.slow
 def test_real_updater_gives_the_target_names(info_zip_chain: tuple[Workspace, Run]) -> None:
     """Fed: the package of the Info-ZIP source above, run by the module's real updater
     (`$DFOTA_ORACLE/apply-package.py`, which builds /system from the source's name bytes).
@@ -1116,6 +1163,7 @@ def test_real_updater_gives_the_target_names(info_zip_chain: tuple[Workspace, Ru
 
 
 @pytest.mark.parametrize("flagged", [False, True], ids=["no-flag", "utf8-flag"])
+@pytest.mark.slow
 def test_source_entry_name_that_is_not_utf8_is_refused(ws: Workspace, flagged: bool) -> None:
     """Fed: a source made by `zip -qry0` holding `SYSTEM/etc/bad\\xffname` (the byte 0xff is
     not UTF-8), without the UTF-8 flag as Info-ZIP writes it, or with the flag set.
@@ -1168,6 +1216,7 @@ def _abl(ws: Workspace) -> Path:
     return ws.sdk / "target/abl.elf"
 
 
+@pytest.mark.slow
 def test_boot_image_with_bad_magic(ws: Workspace) -> None:
     """Fed: the SDK's boot image with `NOTANDRD` in place of `ANDROID!`.
     Outcome: exit 1, `error: <boot>: not an Android boot image (magic b'NOTANDRD', expected
@@ -1182,6 +1231,7 @@ def test_boot_image_with_bad_magic(ws: Workspace) -> None:
 
 
 @pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.slow
 def test_boot_image_with_a_v3_or_v4_header(ws: Workspace, version: int) -> None:
     """Fed: a boot image whose header_version is 3 (then 4), the layouts of Android 11+ that
     the module's bootloader does not take.
@@ -1196,6 +1246,7 @@ def test_boot_image_with_a_v3_or_v4_header(ws: Workspace, version: int) -> None:
                     "(supported: 0, 1, 2)")
 
 
+@pytest.mark.slow
 def test_boot_image_with_sizes_beyond_the_file(ws: Workspace) -> None:
     """Fed: the SDK's boot image whose header declares a kernel of 64 MiB (the file is far
     smaller).
@@ -1211,6 +1262,7 @@ def test_boot_image_with_sizes_beyond_the_file(ws: Workspace) -> None:
                     f"beyond the file ({len(data)} bytes)")
 
 
+@pytest.mark.slow
 def test_abl_that_is_not_elf(ws: Workspace) -> None:
     """Fed: an abl.elf holding text.
     Outcome: exit 1, `error: <abl>: not an ELF file (magic b'not ', expected b'\\x7fELF')`;
@@ -1221,6 +1273,7 @@ def test_abl_that_is_not_elf(ws: Workspace) -> None:
     assert line == f"{_abl(ws)}: not an ELF file (magic b'not ', expected b'\\x7fELF')"
 
 
+@pytest.mark.slow
 def test_abl_for_the_wrong_machine(ws: Workspace) -> None:
     """Fed: an abl.elf whose e_machine says x86-64 (62).
     Outcome: exit 1, `error: <abl>: unsupported machine EM_X86_64 (expected ARM or AArch64)`;
@@ -1233,6 +1286,7 @@ def test_abl_for_the_wrong_machine(ws: Workspace) -> None:
     assert line == f"{_abl(ws)}: unsupported machine EM_X86_64 (expected ARM or AArch64)"
 
 
+@pytest.mark.slow
 def test_abl_truncated_inside_a_segment(ws: Workspace) -> None:
     """Fed: the SDK's abl.elf cut 100 bytes short, inside its last segment.
     Outcome: exit 1, `error: <abl>: segment N ends at E, beyond the file (S bytes); the file is
@@ -1247,6 +1301,7 @@ def test_abl_truncated_inside_a_segment(ws: Workspace) -> None:
 
 # --- config lists ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_config_list_with_unknown_syntax(ws: Workspace) -> None:
     """Fed: a chmod list line `chmod 0755 /usr/bin/ql_at_client` (shell syntax).
     Outcome: exit 1 from `doit delta`, `error: <config>/quectel_chmod_filelist.txt:N: 'chmod
@@ -1262,6 +1317,7 @@ def test_config_list_with_unknown_syntax(ws: Workspace) -> None:
                     "comment, a 'default' line nor a path starting with '/'")
 
 
+@pytest.mark.slow
 def test_config_lists_naming_paths_that_do_not_exist(ws: Workspace) -> None:
     """Fed: a fullota line and a chmod line for `/usr/bin/not_there`, which no version has.
     Outcome: accepted (exit 0) with `warning: quectel_fullota_filelist.txt:
@@ -1284,6 +1340,7 @@ def test_config_lists_naming_paths_that_do_not_exist(ws: Workspace) -> None:
     assert (ws.out / "update.zip").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_config_file_in_both_noota_and_fullota(ws: Workspace) -> None:
     """Fed: `SYSTEM/etc/hosts` listed in both the noota and the fullota list.
     Outcome: exit 1, `error: <config>: 1 file(s) in both quectel_noota_filelist.txt and
@@ -1298,6 +1355,7 @@ def test_config_file_in_both_noota_and_fullota(ws: Workspace) -> None:
                     "quectel_fullota_filelist.txt (SYSTEM/etc/hosts): keep each in one list")
 
 
+@pytest.mark.slow
 def test_config_changed_noota_file(ws: Workspace) -> None:
     """Fed: `SYSTEM/bin/busybox`, which the new version changes, added to the noota list.
     Outcome: exit 1, `error: <config>/quectel_noota_filelist.txt: SYSTEM/bin/busybox changed
@@ -1314,6 +1372,7 @@ def test_config_changed_noota_file(ws: Workspace) -> None:
 
 # --- versions --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_target_version_equal_to_the_source(ws: Workspace) -> None:
     """Fed: a rootfs whose version file is the base's (the user forgot to bump it).
     Outcome: exit 1, `error: <rootfs>/etc/quectel-project-version: has the source's version
@@ -1327,6 +1386,7 @@ def test_target_version_equal_to_the_source(ws: Workspace) -> None:
                     "'Package Time' or 'Project Rev' for the new build")
 
 
+@pytest.mark.slow
 def test_rootfs_version_file_missing(ws: Workspace) -> None:
     """Fed: a rootfs without `etc/quectel-project-version`.
     Outcome: exit 1, `error: <rootfs>/etc/quectel-project-version: version file missing from
@@ -1337,6 +1397,7 @@ def test_rootfs_version_file_missing(ws: Workspace) -> None:
     assert line == f"{ws.rootfs / VERSION_FILE}: version file missing from the rootfs"
 
 
+@pytest.mark.slow
 def test_source_version_file_missing(ws: Workspace) -> None:
     """Fed: a source zip without `SYSTEM/etc/quectel-project-version`.
     Outcome: exit 1, `error: <source>: has no SYSTEM/etc/quectel-project-version`; out/ and
@@ -1347,6 +1408,7 @@ def test_source_version_file_missing(ws: Workspace) -> None:
     assert line == f"{ws.source}: has no SYSTEM/{VERSION_FILE}"
 
 
+@pytest.mark.slow
 def test_archive_holds_the_version_with_other_content(ws: Workspace) -> None:
     """Fed: a rootfs file changed without bumping the version (already archived).
     Outcome: exit 1, `error: <archive>/<key>/targetfiles.zip: version <key> is already
@@ -1360,6 +1422,7 @@ def test_archive_holds_the_version_with_other_content(ws: Workspace) -> None:
                     "Rev' in etc/quectel-project-version of the new build")
 
 
+@pytest.mark.slow
 def test_archived_source_altered_on_disk(ws: Workspace) -> None:
     """Fed: the archived base's targetfiles.zip altered on disk; the source taken from the
     archive (`--source <base key>`); the version bumped.
@@ -1377,6 +1440,7 @@ def test_archived_source_altered_on_disk(ws: Workspace) -> None:
                     "sha256: the archive was altered")
 
 
+@pytest.mark.slow
 def test_delta_between_two_zips_of_the_same_version(ws: Workspace) -> None:
     """Fed: `doit delta --base out/targetfiles.zip`: base and target are the same version.
     Outcome: exit 1, `error: <out>/targetfiles.zip: base and target have the same version
@@ -1418,6 +1482,7 @@ def small_disk(folder: Path, size: str) -> Iterator[None]:
         kept.rename(folder)
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_the_zip(ws: Workspace) -> None:
     """Fed: a new version (bumped) built with `--state` on a 2 MiB file system, so writing the
     staged targetfiles.zip (about 5 MB) runs out of space.
@@ -1453,6 +1518,7 @@ def _python_doit(ws: Workspace) -> list[str]:
     return [sys.executable, "-m", "doit", "--db-file", str(ws.root / "doit.db")]
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_to_out(ws: Workspace) -> None:
     """Fed: a new version (bumped) with `out/` on a file system that holds the earlier
     results but has no room for a second targetfiles.zip.
@@ -1466,6 +1532,7 @@ def test_disk_full_while_writing_to_out(ws: Workspace) -> None:
     assert line == f"{ws.out / 'targetfiles.zip'}: cannot write file (No space left on device)"
 
 
+@pytest.mark.slow
 def test_disk_full_while_archiving(ws: Workspace) -> None:
     """Fed: a new version (bumped) with `archive/` on a file system that holds the two
     archived versions but has no room for a third.
@@ -1478,6 +1545,7 @@ def test_disk_full_while_archiving(ws: Workspace) -> None:
     assert line == f"{ws.archive}: cannot write the archive (No space left on device)"
 
 
+@pytest.mark.slow
 def test_output_folder_read_only(ws: Workspace) -> None:
     """Fed: a new version (bumped) with `out/` read-only (mode 555, the tool run without
     CAP_DAC_OVERRIDE).
@@ -1493,6 +1561,7 @@ def test_output_folder_read_only(ws: Workspace) -> None:
     assert line == f"{ws.out}: cannot write here (Permission denied)"
 
 
+@pytest.mark.slow
 def test_archive_folder_missing(ws: Workspace) -> None:
     """Fed: the archive folder deleted (or never mounted), and no `--source`.
     Outcome: exit 1, `error: <archive>: this workspace has no version to build on: run `doit
@@ -1507,6 +1576,7 @@ def test_archive_folder_missing(ws: Workspace) -> None:
     assert not ws.archive.exists()
 
 
+@pytest.mark.slow
 def test_archive_folder_missing_with_a_source_starts_a_new_archive(ws: Workspace) -> None:
     """Fed: the archive folder deleted, and `--source` names the base zip (a first run).
     Outcome: accepted (exit 0); the archive is created with the base and the target, its index
@@ -1521,6 +1591,7 @@ def test_archive_folder_missing_with_a_source_starts_a_new_archive(ws: Workspace
         (ws.archive / NEXT_KEY / "manifest.json").read_text())["sha256"]
 
 
+@pytest.mark.slow
 def test_archive_path_is_a_file(ws: Workspace) -> None:
     """Fed: `--archive` names a regular file; `--source` given.
     Outcome: exit 1, `error: <archive>: cannot write the archive (File exists)`; out/ and the
@@ -1566,6 +1637,7 @@ def damage(image: Path, edits: list[tuple[int, bytes]], md5_of: Path | None = No
             f"{digest}  {rel}" if line.endswith(f"  {rel}") else line for line in lines) + "\n")
 
 
+@pytest.mark.slow
 def test_firmware_image_that_does_not_match_md5(ws: Workspace, firmware: Path) -> None:
     """Fed: `update/NON-HLOS.ubi` changed after md5.txt was written.
     Outcome: `<image>: md5 ... does not match md5.txt`-style line naming the image; nothing
@@ -1577,6 +1649,7 @@ def test_firmware_image_that_does_not_match_md5(ws: Workspace, firmware: Path) -
     assert "NON-HLOS.ubi" in line and "md5" in line
 
 
+@pytest.mark.slow
 def test_firmware_image_with_a_bad_erase_counter_header(ws: Workspace, firmware: Path) -> None:
     """Fed: the sysfs image with one bit of an erase-counter header flipped (md5 updated).
     Outcome: one line naming the image and the erase block; nothing archived."""
@@ -1587,6 +1660,7 @@ def test_firmware_image_with_a_bad_erase_counter_header(ws: Workspace, firmware:
     assert line.startswith(f"{image}: erase-counter header of erase block 3")
 
 
+@pytest.mark.slow
 def test_firmware_image_truncated(ws: Workspace, firmware: Path) -> None:
     """Fed: the sysfs image cut 100,000 bytes short (md5 updated).
     Outcome: `<image>: ... is truncated ...`; nothing archived."""
@@ -1599,6 +1673,7 @@ def test_firmware_image_truncated(ws: Workspace, firmware: Path) -> None:
     assert line.startswith(f"{image}: ") and "truncated" in line
 
 
+@pytest.mark.slow
 def test_firmware_image_with_a_destroyed_volume_table(ws: Workspace, firmware: Path) -> None:
     """Fed: both copies of the volume table of the modem image overwritten with noise.
     Outcome: `<image>: volume table in erase block 0 is destroyed ...`; nothing archived."""
@@ -1610,6 +1685,7 @@ def test_firmware_image_with_a_destroyed_volume_table(ws: Workspace, firmware: P
     assert line.startswith(f"{image}: volume table in erase block 0 is destroyed")
 
 
+@pytest.mark.slow
 def test_sdk_sysfs_image_damaged(ws: Workspace) -> None:
     """Fed: the SDK's own `target/sdxlemur-sysfs.ubi` with a flipped erase-counter bit (a new
     version, so targetfiles runs and compares the rootfs with the image).
@@ -1622,6 +1698,7 @@ def test_sdk_sysfs_image_damaged(ws: Workspace) -> None:
     assert line.startswith(f"{image}: erase-counter header of erase block 1")
 
 
+@pytest.mark.slow
 def test_sdk_sysfs_image_without_cachefs(ws: Workspace, tmp_path: Path) -> None:
     """Fed: an SDK image made by ubinize with volumes rootfs and usrfs only (a new version).
     Outcome: one line naming the image and the volumes it has: /cache would have no size;
@@ -1635,6 +1712,7 @@ def test_sdk_sysfs_image_without_cachefs(ws: Workspace, tmp_path: Path) -> None:
                     "/cache would have no size")
 
 
+@pytest.mark.slow
 def test_target_beyond_the_sdk_images_rootfs_volume(ws: Workspace,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
@@ -1655,6 +1733,7 @@ def test_target_beyond_the_sdk_images_rootfs_volume(ws: Workspace,
         "system_size_mb"
 
 
+@pytest.mark.slow
 def test_firmware_package_imports_once(ws: Workspace, firmware: Path) -> None:
     """Fed: the sample's consistent firmware package, twice.
     Outcome: accepted (the base is already archived with the same bytes: a no-op); the archive

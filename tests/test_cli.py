@@ -44,6 +44,7 @@ def chain(ws: Workspace, *tasks: str) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> None:
     assert dfota(ws, "targetfiles", "--sdk", str(ws.root / "nowhere"),
                  *ws.folders).returncode == EXIT_INPUT
@@ -65,6 +66,7 @@ def test_bad_input_usage_and_a_failed_check_exit_differently(ws: Workspace) -> N
     assert not package.exists() and any((ws.out / "rejected").iterdir())
 
 
+@pytest.mark.slow
 def test_a_failure_in_a_task_process_reaches_the_exit_code(ws: Workspace) -> None:
     """A command that runs delta runs its tasks in doit's task processes: the kind of a
     failure there still decides dfota's exit code."""
@@ -78,6 +80,7 @@ def test_a_failure_in_a_task_process_reaches_the_exit_code(ws: Workspace) -> Non
     assert not (ws.out / ".unverified").exists()
 
 
+@pytest.mark.slow
 def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace) -> None:
     plain = dfota(ws, *chain(ws, "delta", "verify"))
     assert plain.returncode == 0, plain.stderr
@@ -102,6 +105,7 @@ def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace
     assert b"\rzipping update.zip [" in tty.stdout
 
 
+@pytest.mark.slow
 def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:
     assert dfota(ws, *chain(ws)).returncode == 0
     version_file = ws.rootfs / "etc/quectel-project-version"
@@ -135,6 +139,7 @@ def test_packages_from_several_bases_one_broken(ws: Workspace) -> None:
     assert "1 of 2 bases failed" in bad.stderr
 
 
+@pytest.mark.slow
 def test_every_public_task_has_a_description_and_help_shows_parameters() -> None:
     def doit(*argv: str) -> str:
         return subprocess.run([sys.executable, "-m", "doit", *argv], cwd=PROJECT,
@@ -169,6 +174,7 @@ def test_a_file_dependency_changes_with_its_inode_size_or_time_not_by_reading_it
     assert checker.check_modified(str(dep), os.stat(dep), state)
 
 
+@pytest.mark.slow
 def test_doits_record_is_a_write_ahead_log_in_the_project_and_stock_sqlite3_elsewhere(
         tmp_path: Path) -> None:
     db = tmp_path / "doit.db"
@@ -198,6 +204,7 @@ def break_a_patch(package: Path, into: Path | None = None) -> None:
             out.writestr(info, data)
 
 
+@pytest.mark.slow
 def test_a_published_package_changed_after_verify_is_proven_again(ws: Workspace) -> None:
     assert dfota(ws, *chain(ws, "delta", "verify")).returncode == EXIT_OK
     published = ws.out / "update.zip"
@@ -219,6 +226,7 @@ def test_a_published_package_changed_after_verify_is_proven_again(ws: Workspace)
     assert len(list((ws.out / "rejected").glob("*/update.zip"))) == 1
 
 
+@pytest.mark.slow
 def test_verify_proves_a_package_named_without_moving_it(ws: Workspace) -> None:
     assert dfota(ws, *chain(ws, "delta", "verify")).returncode == EXIT_OK
     elsewhere = ws.root / "elsewhere"

@@ -91,6 +91,7 @@ def own_sdk(project: Project, lists: str = str(SAMPLE_LISTS)) -> None:
 
 
 @pytest.mark.usefixtures("sample_checkout")
+@pytest.mark.slow
 def test_1_the_samples_versions_never_become_the_base_of_a_users_build(project: Project
                                                                        ) -> None:
     project.ok()  # the sample, in its own workspace
@@ -122,6 +123,7 @@ def test_1_the_samples_versions_never_become_the_base_of_a_users_build(project: 
     ("[tool.doit.tasks.deltas]", "mode = 'l'",
      "[tool.doit.tasks.deltas]: no such task (did you mean delta?)"),
 ])
+@pytest.mark.slow
 def test_2_a_typo_in_the_configuration_stops_the_command(project: Project, table: str,
                                                          line: str, message: str) -> None:
     own_sdk(project)
@@ -134,6 +136,7 @@ def test_2_a_typo_in_the_configuration_stops_the_command(project: Project, table
     assert (project.root / "out" / "update.zip").read_bytes() == published
 
 
+@pytest.mark.slow
 def test_2_a_typo_in_the_chain_table_names_the_nearest_setting(project: Project) -> None:
     project.configure('skd = "/x"')
     run = project.doit()
@@ -145,6 +148,7 @@ def test_2_a_typo_in_the_chain_table_names_the_nearest_setting(project: Project)
 # ------------------------------------------------------------------ case 3: settings travel
 
 
+@pytest.mark.slow
 def test_3_chain_settings_travel_along_the_chain(project: Project) -> None:
     own_sdk(project)
     project.configure(f'sdk = "{project.sdk}"\nconfig = "{SAMPLE_LISTS}"\nout = "elsewhere"')
@@ -163,6 +167,7 @@ def test_3_chain_settings_travel_along_the_chain(project: Project) -> None:
     assert project.summary("third")["source"] == NEXT_KEY
 
 
+@pytest.mark.slow
 def test_3_verify_in_a_workspace_that_built_nothing_changes_nothing(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
@@ -179,6 +184,7 @@ def test_3_verify_in_a_workspace_that_built_nothing_changes_nothing(project: Pro
 # ------------------------------------------------------------------ case 4: a second command
 
 
+@pytest.mark.slow
 def test_4_a_second_command_works_on_the_recorded_target(project: Project) -> None:
     project.ok("targetfiles", "--sdk", str(project.sdk), "--source", str(project.base),
                "--config", str(SAMPLE_LISTS))
@@ -201,6 +207,7 @@ def test_4_a_second_command_works_on_the_recorded_target(project: Project) -> No
 # ------------------------------------------------------------------ case 5: derived keys
 
 
+@pytest.mark.slow
 def test_5_a_worse_package_is_never_kept_as_up_to_date(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base))
@@ -230,6 +237,7 @@ ALL = {"targetfiles", "delta", "verify"}
     ("pyproject", ("empty_by_nature", ["proc"]), ALL),
     ("pyproject", ("source", BASE_KEY[:40]), ALL),  # the same base, by a key prefix
 ])
+@pytest.mark.slow
 def test_5_a_changed_setting_reruns_the_tasks_that_read_it(project: Project, where: str,
                                                            setting: tuple, readers: set[str]
                                                            ) -> None:
@@ -269,6 +277,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 # ------------------------------------------------------------------ case 6: downgrades
 
 
+@pytest.mark.slow
 def test_6_bases_count_older_versions_and_a_downgrade_is_named(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
@@ -294,6 +303,7 @@ def test_6_bases_count_older_versions_and_a_downgrade_is_named(project: Project)
 # ------------------------------------------------------------------ case 7: out/ tells the truth
 
 
+@pytest.mark.slow
 def test_7_out_holds_only_this_targets_outputs(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
@@ -319,6 +329,7 @@ def test_7_out_holds_only_this_targets_outputs(project: Project) -> None:
 # ------------------------------------------------------------------ case 8: vendor lists
 
 
+@pytest.mark.slow
 def test_8_a_users_sdk_names_its_vendor_lists(project: Project) -> None:
     project.configure(f'sdk = "{project.sdk}"')
     run = project.doit("targetfiles", "--source", str(project.base), "delta")
@@ -343,6 +354,7 @@ def test_8_a_users_sdk_names_its_vendor_lists(project: Project) -> None:
 # ------------------------------------------------------------------ the workspace
 
 
+@pytest.mark.slow
 def test_folders_empty_by_nature_are_carried_without_a_word(project: Project) -> None:
     own_sdk(project)
     rootfs = project.sdk / "ql-ol-rootfs"
@@ -360,6 +372,7 @@ def test_folders_empty_by_nature_are_carried_without_a_word(project: Project) ->
     assert stopped.returncode == 1 and "usrdata/fresh: empty directory" in stopped.stdout
 
 
+@pytest.mark.slow
 def test_out_and_the_archive_name_no_path_of_the_build_machine(project: Project) -> None:
     """Inputs inside the workspace's folder by relative path, outside it by base name (the
     state folder and the logs may keep the machine's paths)."""
@@ -382,6 +395,7 @@ def test_out_and_the_archive_name_no_path_of_the_build_machine(project: Project)
     assert summary["base_sha256"] == hashlib.sha256(project.base.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_build_warnings_reach_the_summary_and_the_report(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
@@ -390,6 +404,7 @@ def test_build_warnings_reach_the_summary_and_the_report(project: Project) -> No
     assert warning in (project.root / "out" / "update.html").read_text()
 
 
+@pytest.mark.slow
 def test_two_workspaces_sharing_an_archive_build_on_their_own_versions(project: Project,
                                                                        sample_sdk: Path
                                                                        ) -> None:
@@ -418,6 +433,7 @@ def test_two_workspaces_sharing_an_archive_build_on_their_own_versions(project: 
     assert other_key in project.archived(str(shared))
 
 
+@pytest.mark.slow
 def test_an_archive_written_by_an_earlier_version_stays_usable(project: Project) -> None:
     with tarfile.open(FIXTURE_ARCHIVE) as tar:
         tar.extractall(project.root, filter="data")

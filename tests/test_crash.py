@@ -38,6 +38,8 @@ import pytest
 from tests.oracle import check_published
 from tests.workspace import PROJECT, Workspace
 
+pytestmark = pytest.mark.slow  # every case runs doit, killed at many points
+
 SEED = 20240611
 SEQUENCES = 9
 PHASES = ("targetfiles", "archiving", "delta", "verify")

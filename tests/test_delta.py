@@ -313,6 +313,7 @@ def test_summary_bytes_match_the_package(full: Pair) -> None:
     assert len(digest) == 64
 
 
+@pytest.mark.slow
 def test_doit_targetfiles_then_delta_on_the_sample(ws: Workspace) -> None:
     chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
              "delta", *ws.folders]

@@ -3,6 +3,7 @@ nightly job reads. Run as a user runs them (doit in a project folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,29 +18,41 @@ from tasks.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
 from tests.test_configuration import BASE_KEY, NEXT_KEY, Project, own_sdk
 from tests.workspace import PROJECT
 
+pytestmark = pytest.mark.slow  # every case runs doit as a nightly job does
+
 HOLD = """
-import sys, time
+import sys
 from pathlib import Path
 from tasks.lock import take
-take(Path(sys.argv[1]), ["doit", "nightly", "chain"])
+lock = take(Path(sys.argv[1]), ["doit", "nightly", "chain"])
 print("held", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.read()
+lock.release()
 """
 
 
-def hold_lock(state: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another run holding the workspace's lock for `seconds`."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(state), str(seconds)],
-                              cwd=PROJECT, stdout=subprocess.PIPE, text=True)
+def hold_lock(state: Path) -> subprocess.Popen[str]:
+    """Another run holding the workspace's lock until its stdin is closed (then it lets go)
+    or it is killed (then it does not)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(state)], cwd=PROJECT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     return holder
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Process `pid` has `path` open."""
+    with contextlib.suppress(FileNotFoundError):
+        return any(os.readlink(fd) == str(path.resolve())
+                   for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
 
 
 def test_a_second_writer_is_told_who_holds_the_workspace(project: Project) -> None:
     own_sdk(project)
     project.ok("targetfiles", "--source", str(project.base), "delta", "verify")
     published = (project.root / "out" / "update.zip").read_bytes()
-    holder = hold_lock(project.root / "build", 30)
+    holder = hold_lock(project.root / "build")
     try:
         busy = project.doit()
         assert busy.returncode == EXIT_BUSY
@@ -51,7 +64,7 @@ def test_a_second_writer_is_told_who_holds_the_workspace(project: Project) -> No
         assert project.doit("versions").returncode == 0
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()
     assert (project.root / "out" / "update.zip").read_bytes() == published
     # the holder died without letting go: taken over, with a word
     taken = project.ok("targetfiles")
@@ -60,15 +73,28 @@ def test_a_second_writer_is_told_who_holds_the_workspace(project: Project) -> No
 
 
 def test_wait_takes_the_workspace_when_the_other_run_ends(project: Project) -> None:
+    """Seen, not timed: the run with `--wait` has the lock file open (it is taking the lock)
+    and is still running while the holder holds it; once the holder lets go, it builds."""
     own_sdk(project)
-    holder = hold_lock(project.root / "build", 1.5)
+    lock = project.root / "build" / "lock"
+    holder = hold_lock(lock.parent)
+    waiting = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"),
+                                "-d", str(project.root), "targetfiles", "--source",
+                                str(project.base), "--wait", "600"], cwd=project.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(PROJECT)})
     try:
-        started = time.monotonic()
-        run = project.ok("targetfiles", "--source", str(project.base), "--wait", "20")
-        assert time.monotonic() - started > 1.0
-        assert "busy" not in run.stderr
+        while waiting.poll() is None and not has_open(waiting.pid, lock):
+            time.sleep(0.01)
+        waited = waiting.poll() is None
+        built_while_held = (project.root / "out" / "targetfiles.zip").exists()
     finally:
-        holder.wait()
+        holder.communicate("")  # closes its stdin: it lets go
+        out, err = waiting.communicate()
+    assert waited and not built_while_held, out + err
+    assert waiting.returncode == 0, out + err
+    assert "busy" not in err and "taken over" not in err
+    assert (project.root / "out" / "targetfiles.zip").is_file()
 
 
 def test_two_chains_at_once_in_one_workspace(project: Project) -> None:

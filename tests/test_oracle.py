@@ -31,6 +31,9 @@ from tests.builders import (
 from tests.oracle import agree
 from tests.test_delta import pair, quiet
 
+# every case runs the module's real updater (DFOTA_ORACLE) in a mount namespace of its own
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("mode", ["all", "rootfs", "modem", "kernel"])
 def test_every_change_kind_gives_the_same_result_on_both_updaters(

@@ -115,6 +115,7 @@ def test_cut_points_cover_every_step_of_a_short_script_and_ten_of_a_long_one() -
     assert len(points) == SPREAD and points[0] == 1 and points[-1] == 301
 
 
+@pytest.mark.slow
 def test_a_power_loss_at_every_step_of_a_short_package_ends_on_the_real_updater(
         oracle: Path, tmp_path: Path) -> None:
     source, target = small_pair()
@@ -125,6 +126,7 @@ def test_a_power_loss_at_every_step_of_a_short_package_ends_on_the_real_updater(
     assert check_every_cut(oracle, Path(settings.base), settings.workspace.pending_zip) == steps
 
 
+@pytest.mark.slow
 def test_a_power_loss_spread_over_the_sample_pairs_package_ends_on_the_real_updater(
         oracle: Path, tmp_path: Path) -> None:
     settings = pair(tmp_path)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import RepresentationPrinter
@@ -58,6 +59,9 @@ from tests.builders import (
 )
 from tests.oracle import differences, model_device, model_outcome, oracle_folder, real_run_device
 from tests.test_delta import quiet
+
+# a hundred random pairs, each built, verified and applied by the real updater: minutes
+pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("DFOTA_EXAMPLES", "100"))
 # a path must leave room for `/system/` before it and an empty folder's placeholder after it

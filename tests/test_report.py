@@ -84,6 +84,7 @@ def unchanged_summary() -> dict:
             "mode": ["kernel"], "warnings": []}
 
 
+@pytest.mark.slow
 def test_the_summaries_the_tool_writes_match_the_schema(
         validator: jsonschema.Draft202012Validator, sample: dict, hostile: dict) -> None:
     for summary in (sample, hostile, unchanged_summary()):
@@ -220,6 +221,7 @@ def chromium(tmp: Path, page: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # a real browser renders the page
 def test_headless_chromium_shows_versions_checks_bars_and_escaped_names(
         hostile: dict, tmp_path: Path) -> None:
     page = tmp_path / "update.html"
@@ -238,6 +240,7 @@ def test_headless_chromium_shows_versions_checks_bars_and_escaped_names(
     assert "Largest files" in text and "usr/bin/ql_fullota_demo" in text
 
 
+@pytest.mark.slow
 def test_headless_chromium_screenshots_the_sample_report(sample: dict, tmp_path: Path) -> None:
     page = tmp_path / "update.html"
     page.write_text(render_report(sample), "utf-8")

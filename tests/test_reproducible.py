@@ -20,6 +20,8 @@ import pytest
 from tests.oracle import check_published
 from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
+pytestmark = pytest.mark.slow  # every case runs doit twice
+
 # names whose bytes would change with the locale's encoding if a run depended on it
 ODD_NAMES = ["ünï cödé", "new\nline", "日本語", 'quo"te and space']
 

@@ -204,6 +204,7 @@ def outside_kept(tree: Mapping[str, Node]) -> dict[str, Node]:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # generates the whole sample a second time
 def test_two_generations_are_identical_whatever_the_umask(sample_sdk: Path,
                                                           sample_again: Path) -> None:
     first, second = disk_view(sample_sdk), disk_view(sample_again)
@@ -538,6 +539,7 @@ def test_a_failed_run_leaves_the_old_sample_alone(sample_sdk: Path, tmp_path: Pa
     assert not list(root.glob(".sample-build.*"))
 
 
+@pytest.mark.slow  # generates the whole sample again
 def test_a_new_run_replaces_the_old_sample_and_its_leftovers(tmp_path: Path) -> None:
     root = tmp_path / "sample"
     for junk in ("firmware/junk.txt", "ql-ol-extsdk/ql-ol-rootfs/junk",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,6 +97,7 @@ def strings(node: Node) -> Iterator[bytes]:
 @given(names=st.lists(NAMES, min_size=1, max_size=9, unique=True),
        targets=st.lists(TARGETS, min_size=1, max_size=3, unique=True))
 @settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@pytest.mark.slow  # 100 examples, each script written and parsed twice: seconds
 def test_any_name_round_trips_and_never_changes_the_script_structure(
         names: list[str], targets: list[str]) -> None:
     # one order-preserving placeholder per distinct string, so every sort agrees

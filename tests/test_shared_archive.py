@@ -160,6 +160,7 @@ def folders(root: Path) -> dict[str, str]:
             for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_runs_racing_on_one_archive_keep_one_whole_copy_and_agree(
         archive_fs: Path, tmp_path: Path) -> None:
     """Fed: two processes archiving the same version with the same bytes at once (RACES
@@ -237,6 +238,7 @@ def pages(path: Path) -> int:
     return -(-path.stat().st_size // PAGE)
 
 
+@pytest.mark.slow
 def test_a_run_that_fills_the_archives_disk_archives_nothing(ws: Workspace) -> None:
     """Fed: a first `doit targetfiles` (both the source and the target new to the archive)
     with `archive/` on a tmpfs of every size at which one of its writes runs out of room:

@@ -77,6 +77,7 @@ def test_verify_fails_a_package_the_module_would_abort_for_room(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("made_for", [DEFAULT_VOLUMES, SMALL_CACHE], ids=["roomy", "tight"])
+@pytest.mark.slow
 def test_both_updaters_agree_on_a_tight_module(oracle: Path, tmp_path: Path,
                                                made_for: Volumes) -> None:
     """A package made for a roomy module aborts with 511 on one whose /cache is tight, on

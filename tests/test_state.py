@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tasks.ahead import MEMBER_SHA1S
 from tasks.sdk_image import RECORD as IMAGE_RECORD
 from tasks.state import (
@@ -232,6 +234,7 @@ def test_a_state_folder_of_the_tool_before_is_taken_over_never_misread(tmp_path:
     assert not any((state_dir / name).exists() for name in LEGACY_RECORDS)
 
 
+@pytest.mark.slow
 def test_a_workspace_of_the_tool_before_builds_on_and_stays_up_to_date(ws: Workspace) -> None:
     """A workspace whose state the tool before tasks.state wrote: the next run is up to date
     (the old caches taken over), the old records are removed unread (a forged one would make

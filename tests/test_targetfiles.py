@@ -28,6 +28,8 @@ from tasks.tree import FolderScan, scan_folder
 from tasks.zipio import ZipSource
 from tests.workspace import Run, Workspace, snapshot
 
+pytestmark = pytest.mark.slow  # every case runs `doit targetfiles` on a copy of the sample
+
 
 def versions(ws: Workspace) -> list[str]:
     index = json.loads((ws.archive / "index.json").read_text())

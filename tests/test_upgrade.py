@@ -172,6 +172,7 @@ def pushed(twin: Twin) -> list[str]:
 # --- the whole loop ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_twins_upgraded_in_one_command(env: Env, twins: list[Twin]) -> None:
     one, two = start(env, twins, "one"), start(env, twins, "two")
     # neither the twins nor a server take the workspace's lock: a writer still runs
@@ -198,6 +199,7 @@ def test_two_twins_upgraded_in_one_command(env: Env, twins: list[Twin]) -> None:
         f"`doit delta --base {NEXT_KEY}` and `doit verify`" in again.stdout
 
 
+@pytest.mark.slow
 def test_505_and_550_are_refused_before_anything_is_pushed(env: Env,
                                                           twins: list[Twin]) -> None:
     wrong = start(env, twins, "wrong", "--fault", "wrong-version")
@@ -214,6 +216,7 @@ def test_505_and_550_are_refused_before_anything_is_pushed(env: Env,
     assert pushed(wrong) == pushed(full) == []
 
 
+@pytest.mark.slow
 def test_a_file_changed_on_the_module_gives_510_and_its_last_log(env: Env,
                                                                  twins: list[Twin]) -> None:
     twin = start(env, twins, "modified", "--fault", "modified-file:/bin/busybox")
@@ -227,6 +230,7 @@ def test_a_file_changed_on_the_module_gives_510_and_its_last_log(env: Env,
     assert "Package Time: 2022-06-22,15:50" in twin.version()  # nothing written
 
 
+@pytest.mark.slow
 def test_a_power_cut_during_the_update_is_resumed(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "power", "--fault", "power-cut:20")
     run = env.upgrade("--device", twin.serial, "--update-timeout", "60")
@@ -235,6 +239,7 @@ def test_a_power_cut_during_the_update_is_resumed(env: Env, twins: list[Twin]) -
     assert_flash_is_the_target(env, twin)
 
 
+@pytest.mark.slow
 def test_a_damaged_transfer_is_never_started(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "corrupt", "--fault", "corrupt-download")
     run = env.upgrade("--device", twin.serial)
@@ -243,6 +248,7 @@ def test_a_damaged_transfer_is_never_started(env: Env, twins: list[Twin]) -> Non
     assert pushed(twin) == []
 
 
+@pytest.mark.slow
 def test_a_slow_link_times_out(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "slow", "--fault", "slow-link:16")
     run = env.upgrade("--device", twin.serial, "--push-timeout", "1.5")
@@ -250,6 +256,7 @@ def test_a_slow_link_times_out(env: Env, twins: list[Twin]) -> None:
     assert "error: adb push did not finish in 1.5 s (--push-timeout) (exit 8)" in run.stdout
 
 
+@pytest.mark.slow
 def test_a_busy_at_port_is_named_or_freed(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "busy", "--fault", "port-busy:atfwd_daemon")
     run = env.upgrade("--device", twin.serial)
@@ -262,6 +269,7 @@ def test_a_busy_at_port_is_named_or_freed(env: Env, twins: list[Twin]) -> None:
     assert "killed (--kill-port-users)" in run.stdout
 
 
+@pytest.mark.slow
 def test_an_unproven_package_needs_unverified(env: Env, twins: list[Twin]) -> None:
     copy = env.root / "copy.zip"  # the same entries in other bytes: not what verify proved
     with zipfile.ZipFile(env.root / "out" / "update.zip") as src, \
@@ -283,6 +291,7 @@ def test_an_unproven_package_needs_unverified(env: Env, twins: list[Twin]) -> No
     assert_flash_is_the_target(env, twin)
 
 
+@pytest.mark.slow
 def test_all_connected_modules_over_smd11(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "all")
     subprocess.run(["adb", "connect", twin.serial], env=env.env, capture_output=True,
@@ -293,6 +302,7 @@ def test_all_connected_modules_over_smd11(env: Env, twins: list[Twin]) -> None:
     assert_flash_is_the_target(env, twin)
 
 
+@pytest.mark.slow
 def test_the_usb_at_port_with_pyserial(env: Env, twins: list[Twin]) -> None:
     twin = start(env, twins, "usb", "--at-pty")
     run = env.upgrade("--device", twin.serial, "--at", twin.pty, "--update-timeout", "60")
@@ -300,11 +310,13 @@ def test_the_usb_at_port_with_pyserial(env: Env, twins: list[Twin]) -> None:
     assert_flash_is_the_target(env, twin)
 
 
+@pytest.mark.slow
 def test_an_unreachable_module_is_lost(env: Env) -> None:
     run = env.upgrade("--device", f"127.0.0.1:{free_port()}")
     assert run.returncode == EXIT_LOST, run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(env: Env) -> None:
     run = env.upgrade()
     assert run.returncode == 1
@@ -332,6 +344,7 @@ def _request(port: int, path: str, method: str = "GET", headers: dict[str, str] 
     return resp.status, dict(resp.getheaders()), body
 
 
+@pytest.mark.slow
 def test_serve_http_ranges_and_a_download_by_the_twin(env: Env, twins: list[Twin]) -> None:
     # an unproven package beside the proven one
     folder = env.root / "out" / "deltas" / "x_to_y"
@@ -398,6 +411,7 @@ def test_serve_http_ranges_and_a_download_by_the_twin(env: Env, twins: list[Twin
     assert f'"GET {unproven} HTTP/1.1" 404' in log
 
 
+@pytest.mark.slow
 def test_serve_https_to_the_twin(env: Env, twins: list[Twin], tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -214,6 +214,7 @@ def test_a_summary_that_is_not_a_json_object_stops_verify_with_one_line(tmp_path
     assert settings.workspace.pending_zip.is_file()  # left where it was
 
 
+@pytest.mark.slow
 def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
     chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
              "delta", *ws.folders, "verify", *ws.folders]

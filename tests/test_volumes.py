@@ -229,6 +229,7 @@ def summary_volumes(ws: Workspace) -> dict[str, object]:
     return dict(json.loads((ws.out / "update.json").read_text())["volumes"])
 
 
+@pytest.mark.slow
 def test_delta_makes_the_package_for_the_setting_else_the_image_else_the_default(
         ws: Workspace) -> None:
     image = ws.sdk / "target/sdxlemur-sysfs.ubi"
@@ -248,6 +249,7 @@ def test_delta_makes_the_package_for_the_setting_else_the_image_else_the_default
     assert summary_volumes(ws) == DEFAULT_VOLUMES.to_json()
 
 
+@pytest.mark.slow
 def test_an_image_with_other_sizes_makes_delta_run_again(
         ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ws.build("delta")
@@ -276,6 +278,7 @@ def test_an_image_with_other_sizes_makes_delta_run_again(
 LIB = "usr/lib/libbig.so"
 
 
+@pytest.mark.slow
 def test_a_nearly_full_rootfs_volume_sends_the_patch_through_cache_on_both_updaters(
         oracle: Path, tmp_path: Path) -> None:
     """The image's rootfs volume leaves 450 KB free: less than the 1.5 times a 400 KB file's
