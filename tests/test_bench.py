@@ -238,7 +238,8 @@ def test_cross_baseline_case_at_small_scale(tmp_path: Path) -> None:
                           cases="verify")
     steps = {m.step: m for m in table.measures}
     assert list(steps) == ["doit targetfiles", "doit delta (fresh state but for targetfiles')",
-                           "doit verify", "doit targetfiles, cross-baseline",
+                           "doit verify", "doit targetfiles delta verify, one command",
+                           "doit targetfiles, cross-baseline",
                            "doit delta, cross-baseline (fresh state but for targetfiles')",
                            "doit verify, cross-baseline"]
     summary = json.loads((tmp_path / "bench/run/cross/trial0/out/update.json").read_text())
