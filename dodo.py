@@ -3,10 +3,10 @@ that pyproject.toml's [tool.dfota] names (the sample SDK, in its own workspace, 
 `doit list` shows every task.
 
 The tasks are made by the project's loader (`[tool.doit] loader = "dfota"` in pyproject.toml)
-from the one configuration of the command: see tasks/configure.py.
+from the one configuration of the command: see tasks/commands/configure.py.
 """
 
-from tasks.dodo_tasks import PARALLEL, Reporter, StatChecker, db_backend
+from dfota.commands.loader import PARALLEL, Reporter, StatChecker, db_backend
 
 DOIT_CONFIG = {
     "default_tasks": ["targetfiles", "delta", "verify"],

@@ -9,7 +9,7 @@ doit itself exits 1 for any failed task. A nightly job needs more:
     4  a check failed: a package did not prove out on the host (moved to out/rejected/), or,
        with several bases, at least one of them failed
     5  the workspace is busy: another run holds its lock
-    6  upgrade: refused before anything was pushed (see tasks.upgrade)
+    6  upgrade: refused before anything was pushed (see dfota.upgrade.upgrade)
     7  upgrade: the module reported a failure
     8  upgrade: contact with a module lost, or timed out
   130  interrupted (Ctrl-C)
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 from doit.doit_cmd import DoitMain
 
-from tasks import dodo_tasks
-from tasks.errors import (
+from dfota.commands import loader as dodo_tasks
+from dfota.core.errors import (
     EXIT_CHECK,
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -53,7 +53,7 @@ def exit_code(doit_code: int, failures: Sequence[str]) -> int:
 def version_line() -> str:
     from doit import __version__ as doit_version
 
-    from tasks import __version__
+    from dfota import __version__
 
     return f"dfota {__version__} (doit {'.'.join(map(str, doit_version))})"
 

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.bootimg import build_boot_image, make_arm_zimage
-from tasks.targetfiles import system_meta_items
-from tasks.tree import DIR, FILE, SYMLINK, Entry
-from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
+from dfota.build.targetfiles import system_meta_items
+from dfota.core.tree import DIR, FILE, SYMLINK, Entry
+from dfota.formats.bootimg import build_boot_image, make_arm_zimage
+from dfota.formats.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 
 @dataclass(frozen=True)

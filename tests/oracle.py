@@ -2,7 +2,7 @@
 
 `DFOTA_ORACLE` names its folder (`apply-package.py`, `run-updater.sh`, `bin/updater`; it needs
 root). A package is applied to the source targetfiles by the real updater and by the host model
-(`tasks.updater`), and the two must agree: the outcome (exit code and the `log error: N` line
+(`dfota.device.updater`), and the two must agree: the outcome (exit code and the `log error: N` line
 against the model's result code, docs/updater-model.md), the resulting /system tree (names as
 bytes, types, modes, owners, link targets, content), the partitions (image then NAND padding)
 and the command pipe (`ui_print` texts, progress values).
@@ -21,10 +21,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.space import DEFAULT_VOLUMES, Volumes
-from tasks.targetfiles import BOOT_IMAGE
-from tasks.tree import DIR, FILE, SYMLINK, Entry
-from tasks.updater import (
+from dfota.build.targetfiles import BOOT_IMAGE
+from dfota.core.tree import DIR, FILE, SYMLINK, Entry
+from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
+from dfota.device.fs import Device, FsNode
+from dfota.device.updater import (
     BAD_PACKAGE,
     CHECK_FAILED,
     NO_SPACE,
@@ -33,9 +34,8 @@ from tasks.updater import (
     UpdateResult,
     apply_package,
 )
-from tasks.updater_fs import Device, FsNode
-from tasks.verify import device_from_targetfiles
-from tasks.zipio import ZipSource
+from dfota.formats.zipio import ZipSource
+from dfota.proof.verify import device_from_targetfiles
 
 ENV = "DFOTA_ORACLE"
 ERASE_BLOCK = 0x40000  # the oracle's NAND erase block (ORACLE_MTD_ERASE)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks import ahead
-from tasks.state import BlobCache, Records
+from dfota.package import ahead
+from dfota.state.store import BlobCache, Records
 
 
 def _work(tmp_path: Path, base: Path) -> ahead.AheadWork:

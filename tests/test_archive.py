@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import archive as archive_module
-from tasks.archive import Archive, sha256_file
-from tasks.errors import DfotaError
-from tasks.state import DigestCache, State
+from dfota.build import archive as archive_module
+from dfota.build.archive import Archive, sha256_file
+from dfota.core.errors import DfotaError
+from dfota.state.store import DigestCache, State
 
 
 def zip_file(tmp: Path, name: str, data: bytes) -> Path:

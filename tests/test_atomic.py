@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tasks import atomic, owner
-from tasks.errors import DfotaError
+from dfota.core import atomic, owner
+from dfota.core.errors import DfotaError
 from tests.workspace import PROJECT
 
 
@@ -40,7 +40,7 @@ def test_a_write_left_to_sync_later_is_renamed_and_synced_in_the_background(
 LIVE_WRITER = """
 import sys
 from pathlib import Path
-from tasks import atomic
+from dfota.core import atomic
 with atomic.atomic_path(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"live")
     print(tmp.name, flush=True)
@@ -63,7 +63,7 @@ def test_a_write_removes_the_leftovers_of_dead_writers_never_a_live_writers(
     live = python(LIVE_WRITER, str(dest), stdin=subprocess.PIPE)
     assert live.stdout is not None and live.stdin is not None
     live_tmp = live.stdout.readline().strip()
-    done = python("from tasks import owner; print(owner.run_tag())")
+    done = python("from dfota.core import owner; print(owner.run_tag())")
     dead_tag = done.communicate()[0].strip()
     pid, start, host = owner.run_tag().split("-", 2)
     other_host = f"{pid}-{start}-{host}x"

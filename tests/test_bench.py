@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.bench import (
+from dfota.core.errors import DfotaError
+from dfota.core.tree import DIR, FILE, SYMLINK, digest_tree, scan_folder
+from dfota.tools.bench import (
     CROSS_STEPS,
     MB,
     MODIFIED_BIG,
@@ -38,9 +40,7 @@ from tasks.bench import (
     tree_changes,
     verify_goals,
 )
-from tasks.errors import DfotaError
-from tasks.sample import CHANGES, _under_kept, base_rootfs
-from tasks.tree import DIR, FILE, SYMLINK, digest_tree, scan_folder
+from dfota.tools.sample import CHANGES, _under_kept, base_rootfs
 
 TINY = 0.02
 

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.bootimg import (
+from dfota.core.errors import DfotaError
+from dfota.formats.bootimg import (
     FDT_MAGIC,
     HEADER_V0,
     HEADER_V1_EXTRA,
@@ -26,7 +27,6 @@ from tasks.bootimg import (
     read_boot_image,
     section_bytes,
 )
-from tasks.errors import DfotaError
 
 CMDLINE = "console=ttyMSM0,115200 ubi.mtd=system rootfstype=ubifs root=ubi0:rootfs ro"
 

@@ -31,16 +31,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.bootimg import build_boot_image
-from tasks.elf import build_abl_elf
-from tasks.errors import DfotaError
-from tasks.manifest import scan_rootfs
-from tasks.sdk_image import image_volumes
-from tasks.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
-from tasks.tree import check_outside_links, scan_folder
-from tasks.ubi import list_volumes
-from tasks.updater import load_package
-from tasks.zipio import ZipSource, path_item, write_zip
+from dfota.build.manifest import scan_rootfs
+from dfota.build.sdk_image import image_volumes
+from dfota.build.targetfiles import KEPT_FROM_SOURCE, locate_sdk, plan_target
+from dfota.core.errors import DfotaError
+from dfota.core.tree import check_outside_links, scan_folder
+from dfota.device.updater import load_package
+from dfota.formats.bootimg import build_boot_image
+from dfota.formats.elf import build_abl_elf
+from dfota.formats.ubi import list_volumes
+from dfota.formats.zipio import ZipSource, path_item, write_zip
 from tests.test_volumes import replace_sdk_image, small_ubifs, ubinize
 from tests.workspace import Run, Workspace, snapshot
 

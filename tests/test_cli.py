@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cli import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_code
-from tasks.package import SCRIPT_ENTRY
+from dfota.cli import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_code
+from dfota.package.writer import SCRIPT_ENTRY
 from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
 
@@ -31,7 +31,7 @@ def test_exit_codes_tell_failures_apart(doit_code: int, failures: list[str],
 def dfota(ws: Workspace, *argv: str) -> subprocess.CompletedProcess[str]:
     if "--config" not in argv and argv[0] != "no_such_task":
         argv = (*argv, "--config", str(SAMPLE_LISTS))
-    return subprocess.run([sys.executable, "-m", "tasks.cli", "--db-file",
+    return subprocess.run([sys.executable, "-m", "dfota.cli", "--db-file",
                            str(ws.root / "doit.db"), *argv], cwd=PROJECT, capture_output=True,
                           text=True, check=False)
 
@@ -96,7 +96,7 @@ def test_plain_lines_off_a_terminal_a_bar_on_one_and_a_log_per_run(ws: Workspace
     assert "diff 1/" not in plain.stdout
     # on a terminal (util-linux `script` gives the run a pty), the bar is drawn in place
     (ws.out / "update.json").unlink()
-    command = shlex.join([sys.executable, "-m", "tasks.cli", "--db-file",
+    command = shlex.join([sys.executable, "-m", "dfota.cli", "--db-file",
                           str(ws.root / "doit.db"), *chain(ws, "delta", "verify")])
     tty = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=PROJECT,
                          capture_output=True, env={**os.environ, "TERM": "dumb"})
@@ -160,7 +160,7 @@ def test_every_public_task_has_a_description_and_help_shows_parameters() -> None
 
 def test_a_file_dependency_changes_with_its_inode_size_or_time_not_by_reading_it(
         tmp_path: Path) -> None:
-    from tasks.dodo_tasks import StatChecker
+    from dfota.commands.loader import StatChecker
 
     checker, dep = StatChecker(), tmp_path / "targetfiles.zip"
     dep.write_bytes(b"first")
@@ -187,7 +187,7 @@ def test_doits_record_is_a_write_ahead_log_in_the_project_and_stock_sqlite3_else
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     elsewhere = subprocess.run(
         [sys.executable, "-c", "import os, sys; sys.path.insert(0, sys.argv[1]); "
-         "os.chdir(sys.argv[2]); from tasks.dodo_tasks import db_backend; print(db_backend())",
+         "os.chdir(sys.argv[2]); from dfota.commands.loader import db_backend; print(db_backend())",
          str(PROJECT), str(tmp_path)], capture_output=True, text=True, check=True)
     assert elsewhere.stdout.strip() == "sqlite3"
 

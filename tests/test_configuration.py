@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import SAMPLE_WORK
-from tasks.configure import CHAIN_PARAMS, TASK_PARAMS
+from dfota.commands.configure import CHAIN_PARAMS, TASK_PARAMS
+from dfota.settings import SAMPLE_WORK
 from tests.workspace import PROJECT, SAMPLE_LISTS, Run
 
 VERSION_FILE = "etc/quectel-project-version"

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from tasks.ahead import MEMBER_SHA1S
-from tasks.config import DeltaSettings
-from tasks.config import Workspace as Folders
-from tasks.delta import build_delta
-from tasks.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
-from tasks.elf import build_abl_elf
-from tasks.errors import DfotaError
-from tasks.filelists import REQUIRED_LISTS
-from tasks.package import PLACEHOLDER, SCRIPT_ENTRY
-from tasks.runlog import RunLog
-from tasks.zipio import ZipSource
+from dfota.core.errors import DfotaError
+from dfota.core.runlog import RunLog
+from dfota.formats.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
+from dfota.formats.elf import build_abl_elf
+from dfota.formats.filelists import REQUIRED_LISTS
+from dfota.formats.zipio import ZipSource
+from dfota.package.ahead import MEMBER_SHA1S
+from dfota.package.delta import build_delta
+from dfota.package.writer import PLACEHOLDER, SCRIPT_ENTRY
+from dfota.settings import DeltaSettings
+from dfota.settings import Workspace as Folders
 from tests.builders import (
     EXPECTED_KINDS,
     HOSTILE,

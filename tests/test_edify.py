@@ -1,4 +1,4 @@
-"""Edify writing (tasks.edify) and the device's grammar (tasks.edify_parse)."""
+"""Edify writing (dfota.formats.edify) and the device's grammar (dfota.formats.edify_parse)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.edify import call, mode, quote
-from tasks.edify_parse import (
+from dfota.core.errors import DfotaError
+from dfota.formats.edify import call, mode, quote
+from dfota.formats.edify_parse import (
     DEVICE_FUNCTIONS,
     And,
     Call,
@@ -26,7 +27,6 @@ from tasks.edify_parse import (
     parse,
     source,
 )
-from tasks.errors import DfotaError
 
 FUNCS = frozenset({"f", "g", "assert", "abort", "delete", "symlink", "apply_patch_check"})
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.elf import (
+from dfota.core.errors import DfotaError
+from dfota.formats.elf import (
     QC_HASH_FLAGS,
     QC_PHDR_FLAGS,
     ElfImage,
@@ -22,7 +23,6 @@ from tasks.elf import (
     parse_abl_elf,
     read_abl_elf,
 )
-from tasks.errors import DfotaError
 
 CODE = bytes((i * 31 + 7) % 256 for i in range(70_000))
 

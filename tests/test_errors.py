@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.errors import DfotaError, quoted, shown_path
+from dfota.core.errors import DfotaError, quoted, shown_path
 
 
 @pytest.mark.parametrize(("name", "shown"), [

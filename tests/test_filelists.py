@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import DfotaError
-from tasks.filelists import (
+from dfota.core.errors import DfotaError
+from dfota.formats.filelists import (
     CHMOD_LIST,
     FULLOTA_LIST,
     LIST_NAMES,

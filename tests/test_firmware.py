@@ -1,5 +1,6 @@
-"""tasks.firmware: release firmware packages checked against their real UBI images (mtd-utils),
-bases built from images, version against package time, and the SDK image against its rootfs."""
+"""dfota.build.firmware: release firmware packages checked against their real UBI images
+(mtd-utils), bases built from images, version against package time, and the SDK image against
+its rootfs."""
 
 from __future__ import annotations
 
@@ -16,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sample
-from tasks.archive import Archive
-from tasks.config import PROJECT_DIR
-from tasks.errors import DfotaError
-from tasks.firmware import (
+from dfota.build.archive import Archive
+from dfota.build.firmware import (
     TARGETFILES,
     build_base_from_images,
     check_md5,
@@ -34,14 +32,17 @@ from tasks.firmware import (
     sdk_image_drift,
     take_image_metadata,
 )
-from tasks.manifest import scan_rootfs
-from tasks.sdk_image import RECORD as IMAGE_RECORD
-from tasks.sdk_image import ImageTreeReader, image_key
-from tasks.state import Records
-from tasks.targetfiles import FS_CONFIG, SYSTEM_MANIFEST
-from tasks.tree import FILE, Entry, sha1_file
-from tasks.version import parse_version
-from tasks.zipio import ZipSource
+from dfota.build.manifest import scan_rootfs
+from dfota.build.sdk_image import RECORD as IMAGE_RECORD
+from dfota.build.sdk_image import ImageTreeReader, image_key
+from dfota.build.targetfiles import FS_CONFIG, SYSTEM_MANIFEST
+from dfota.core.errors import DfotaError
+from dfota.core.tree import FILE, Entry, sha1_file
+from dfota.formats.version import parse_version
+from dfota.formats.zipio import ZipSource
+from dfota.settings import PROJECT_DIR
+from dfota.state.store import Records
+from dfota.tools import sample
 from tests.builders import Node, d, f, ln, version_text, write_targetfiles
 from tests.test_ubi import LEB_SIZE, NON_UTF8, make_ubi, make_ubifs
 
@@ -404,8 +405,8 @@ def test_the_sdk_image_is_read_in_a_worker_and_recorded(sample_sdk: Path, tmp_pa
     # never asked for: the interpreter waits for the worker at exit, so it is recorded
     record.unlink()
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                    "from tasks.sdk_image import ImageTreeReader; "
-                    "from tasks.state import Records; "
+                    "from dfota.build.sdk_image import ImageTreeReader; "
+                    "from dfota.state.store import Records; "
                     "ImageTreeReader(Path(sys.argv[1]), Records(Path(sys.argv[2]), 'tool'), "
                     "sys.argv[3])",
                     str(image), str(records.folder), sha1], check=True, cwd=PROJECT_DIR)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
+from dfota.core.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
 from tests.test_configuration import BASE_KEY, NEXT_KEY, Project, own_sdk
 from tests.workspace import PROJECT
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # every case runs doit as a nightly job does
 HOLD = """
 import sys
 from pathlib import Path
-from tasks.lock import take
+from dfota.state.lock import take
 lock = take(Path(sys.argv[1]), ["doit", "nightly", "chain"])
 print("held", flush=True)
 sys.stdin.read()
@@ -233,11 +233,11 @@ def test_option_errors_and_the_version(project: Project) -> None:
     assert run.stderr.splitlines() == [
         "error: targetfiles: unknown option --strikt (did you mean --strict?) "
         "(`doit help targetfiles` lists its options)"]
-    version = subprocess.run([sys.executable, "-m", "tasks.cli", "--version"], cwd=PROJECT,
+    version = subprocess.run([sys.executable, "-m", "dfota.cli", "--version"], cwd=PROJECT,
                              capture_output=True, text=True, check=True)
     import doit
 
-    from tasks import __version__
+    from dfota import __version__
     assert version.stdout == (f"dfota {__version__} "
                               f"(doit {'.'.join(map(str, doit.__version__))})\n")
 

@@ -1,4 +1,4 @@
-"""The workspace lock (tasks.lock) in one process: two opens of the lock file exclude each
+"""The workspace lock (dfota.state.lock) in one process: two opens of the lock file exclude each
 other as two runs do. The clock is the test's: a wait is counted in looks at it, not timed."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lock import WorkspaceBusy, take
+from dfota.state.lock import WorkspaceBusy, take
 
 
 def test_a_run_that_may_wait_polls_until_the_holder_lets_go(tmp_path: Path) -> None:

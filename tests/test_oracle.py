@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks import plan
-from tasks.config import DeltaSettings
-from tasks.delta import build_delta
-from tasks.elf import build_abl_elf
-from tasks.filelists import lists_in
-from tasks.plan import parse_mode
-from tasks.updater import SCRIPT_NAME
-from tasks.verify import verify_package
-from tasks.zipio import bytes_item, write_zip
+from dfota.device.updater import SCRIPT_NAME
+from dfota.formats.elf import build_abl_elf
+from dfota.formats.filelists import lists_in
+from dfota.formats.zipio import bytes_item, write_zip
+from dfota.package import plan
+from dfota.package.delta import build_delta
+from dfota.package.plan import parse_mode
+from dfota.proof.verify import verify_package
+from dfota.settings import DeltaSettings
 from tests.builders import (
     base_system,
     binary,

@@ -18,9 +18,10 @@ from pathlib import Path
 import bsdiff4
 import pytest
 
-from tasks.bench import bench_boot_image, bench_plan, bench_rootfs_pair
-from tasks.errors import DfotaError
-from tasks.patches import (
+from dfota.core.errors import DfotaError
+from dfota.core.tree import FILE
+from dfota.formats.zipio import bytes_item, write_zip
+from dfota.package.patches import (
     MAGIC,
     Blob,
     PatchJob,
@@ -32,9 +33,8 @@ from tasks.patches import (
     engine_tag,
     make_patches,
 )
-from tasks.state import BlobCache
-from tasks.tree import FILE
-from tasks.zipio import bytes_item, write_zip
+from dfota.state.store import BlobCache
+from dfota.tools.bench import bench_boot_image, bench_plan, bench_rootfs_pair
 
 # --- engines injected into the workers (module level: they must be importable by name) ----
 

@@ -1,15 +1,15 @@
-"""The linear power-loss proof (`tasks.power_loss`): each re-run that skips what it may ends
+"""The linear power-loss proof (`dfota.device.power_loss`): each re-run that skips what it may ends
 as the module's full re-run from the first statement does, at every step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.delta import build_delta
-from tasks.power_loss import MarkRecorder, Marks, for_each_power_loss
-from tasks.updater import Package, UpdateResult, apply_package, load_package
-from tasks.updater import resume_after_power_loss as full_rerun
-from tasks.updater_fs import Device
+from dfota.device.fs import Device
+from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
+from dfota.device.updater import Package, UpdateResult, apply_package, load_package
+from dfota.device.updater import resume_after_power_loss as full_rerun
+from dfota.package.delta import build_delta
 from tests.builders import BASE_REV, NEXT_REV, binary, d, f, ln, version_text
 from tests.oracle import model_device
 from tests.test_delta import pair, quiet

@@ -24,23 +24,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import RepresentationPrinter
 
-from tasks.config import DeltaSettings
-from tasks.config import Workspace as Folders
-from tasks.delta import build_delta
-from tasks.elf import build_abl_elf
-from tasks.filelists import (
+from dfota.core.tree import DIR, FILE, SYMLINK, Entry, scan_folder, sha1_bytes
+from dfota.device.updater import apply_package
+from dfota.formats.elf import build_abl_elf
+from dfota.formats.filelists import (
     CHMOD_LIST,
     FULLOTA_LIST,
     NOOTA_LIST,
     REQUIRED_LISTS,
     lists_in,
 )
-from tasks.package import PLACEHOLDER
-from tasks.plan import DEVICE_NAME_MAX, DEVICE_PATH_MAX, parse_mode
-from tasks.tree import DIR, FILE, SYMLINK, Entry, scan_folder, sha1_bytes
-from tasks.updater import apply_package
-from tasks.verify import verify_package
-from tasks.version import VERSION_FILE
+from dfota.formats.version import VERSION_FILE
+from dfota.package.delta import build_delta
+from dfota.package.plan import DEVICE_NAME_MAX, DEVICE_PATH_MAX, parse_mode
+from dfota.package.writer import PLACEHOLDER
+from dfota.proof.verify import verify_package
+from dfota.settings import DeltaSettings
+from dfota.settings import Workspace as Folders
 from tests.builders import (
     BASE_REV,
     NEXT_REV,

@@ -20,23 +20,22 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tasks.config import VerifySettings
-from tasks.delta import build_delta
-from tasks.errors import DfotaError
-from tasks.filelists import lists_in
-from tasks.plan import parse_mode
-from tasks.report import render_report, write_report
-from tasks.runlog import RunLog
-from tasks.targetfiles import system_tree
-from tasks.updater import load_package
-from tasks.verify import (
+from dfota.build.targetfiles import system_tree
+from dfota.core.errors import DfotaError
+from dfota.core.runlog import RunLog
+from dfota.device.updater import load_package
+from dfota.formats.filelists import lists_in
+from dfota.formats.zipio import ZipSource
+from dfota.package.delta import build_delta
+from dfota.package.plan import expected_system, parse_mode
+from dfota.proof.verify import (
     device_from_targetfiles,
-    expected_system,
     minor_partitions,
     replay_power_losses,
     verify_delta,
 )
-from tasks.zipio import ZipSource
+from dfota.report.summary import render_report, write_report
+from dfota.settings import VerifySettings
 from tests.builders import binary, f, next_system
 from tests.test_delta import pair, quiet
 from tests.test_verify import CHECKS

@@ -24,11 +24,13 @@ from ubireader.ubifs import ubifs as Ubifs
 from ubireader.ubifs import walk
 from ubireader.ubifs.misc import process_reg_file
 
-from tasks import sample
-from tasks.bootimg import parse_boot_image
-from tasks.elf import parse_abl_elf
-from tasks.errors import DfotaError
-from tasks.sample import (
+from dfota.core.errors import DfotaError
+from dfota.core.tree import DIR, FILE, SYMLINK
+from dfota.formats.bootimg import parse_boot_image
+from dfota.formats.elf import parse_abl_elf
+from dfota.formats.version import parse_version
+from dfota.tools import sample
+from dfota.tools.sample import (
     BASE,
     CHANGES,
     NEXT,
@@ -41,8 +43,6 @@ from tasks.sample import (
     sample_is_current,
     sample_stamp,
 )
-from tasks.tree import DIR, FILE, SYMLINK
-from tasks.version import parse_version
 
 BASE_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220622B_01.001@20220622T1550"
 NEXT_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220715A_01.002@20220715T0930"

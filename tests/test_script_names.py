@@ -2,8 +2,8 @@
 
 Arbitrary names (any valid UTF-8 without NUL or '/': quotes, backslashes, newlines, edify and
 shell syntax, non-ASCII) and arbitrary link targets are given every change kind and written
-by the package's script writer (`tasks.package.script_steps` and `render_script`); the script
-is parsed back with the device's grammar (`tasks.edify_parse`). It must have exactly the
+by the package's script writer (`dfota.package.writer.script_steps` and `render_script`); the script
+is parsed back with the device's grammar (`dfota.formats.edify_parse`). It must have exactly the
 structure of the same script written for plain placeholder names (the same calls, in the same
 order, with the same arguments), and each string must be the placeholder's string with every
 placeholder replaced by the real name's bytes: every name round-trips exactly.
@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.edify_parse import DEVICE_FUNCTIONS, Literal, Node, children, parse
-from tasks.filelists import ChmodRule
-from tasks.package import render_script, script_steps
-from tasks.plan import Change, Kind, Part
-from tasks.tree import DIR, FILE, SYMLINK, Entry
+from dfota.core.tree import DIR, FILE, SYMLINK, Entry
+from dfota.formats.edify_parse import DEVICE_FUNCTIONS, Literal, Node, children, parse
+from dfota.formats.filelists import ChmodRule
+from dfota.package.plan import Change, Kind, Part
+from dfota.package.writer import render_script, script_steps
 
 _NAME_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0/")
 _NASTY = st.sampled_from(list('"\\\n\r\t\x01\x1b\x7f -#;(),$`\'.é日😀'))

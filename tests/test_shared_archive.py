@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import owner
-from tasks.archive import Archive
-from tasks.assemble import remove_staging_leftovers
-from tasks.errors import DfotaError
+from dfota.build.archive import Archive
+from dfota.build.assemble import remove_staging_leftovers
+from dfota.core import owner
+from dfota.core.errors import DfotaError
 from tests.test_catalogue import refused, small_disk, unchanged
 from tests.workspace import PROJECT, Workspace
 
@@ -378,7 +378,7 @@ def test_the_state_folders_staging_of_a_live_run_is_kept(tmp_path: Path) -> None
     still going), of a process that exited and of an older tool (no tag). Outcome wanted: the
     clean-up at the start of `doit targetfiles` removes the last two only."""
     dead = subprocess.run([sys.executable, "-c",
-                           "from tasks import owner; print(owner.run_tag())"], cwd=PROJECT,
+                           "from dfota.core import owner; print(owner.run_tag())"], cwd=PROJECT,
                           capture_output=True, text=True, check=True).stdout.strip()
     live = tmp_path / f"targetfiles.abc{owner.suffix()}"
     for folder in (live, tmp_path / f"targetfiles.def.{dead}", tmp_path / "targetfiles.ghi"):

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import DeltaSettings
-from tasks.delta import build_delta
-from tasks.errors import DfotaError
-from tasks.filelists import lists_in
-from tasks.plan import parse_mode
-from tasks.space import DEFAULT_VOLUMES, MB, Volumes
-from tasks.updater import NO_SPACE, apply_package
-from tasks.verify import VerifyReport, verify_package
+from dfota.core.errors import DfotaError
+from dfota.core.volumes import DEFAULT_VOLUMES, MB, Volumes
+from dfota.device.updater import NO_SPACE, apply_package
+from dfota.formats.filelists import lists_in
+from dfota.package.delta import build_delta
+from dfota.package.plan import parse_mode
+from dfota.proof.verify import VerifyReport, verify_package
+from dfota.settings import DeltaSettings
 from tests.builders import base_system, binary, edited, f, next_system
 from tests.oracle import differences, model_device, model_outcome, real_run_device
 from tests.test_delta import pair, quiet

@@ -1,4 +1,4 @@
-"""The state a workspace keeps between runs (tasks.state): digests by stat, keyed records of
+"""The state a workspace keeps between runs (dfota.state.store): digests by stat, keyed records of
 one tool version, the patch cache, and the records of the tool before them."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tasks.ahead import MEMBER_SHA1S
-from tasks.sdk_image import RECORD as IMAGE_RECORD
-from tasks.state import (
+from dfota.build.sdk_image import RECORD as IMAGE_RECORD
+from dfota.package.ahead import MEMBER_SHA1S
+from dfota.proof.verify import BSPATCH_RECORD
+from dfota.state.store import (
     DIGESTS_NAME,
     LEGACY_DIGESTS,
     LEGACY_RECORDS,
@@ -28,7 +29,6 @@ from tasks.state import (
     State,
     file_stamp,
 )
-from tasks.verify import BSPATCH_RECORD
 from tests.workspace import Workspace
 
 
@@ -192,7 +192,7 @@ def test_the_patch_cache_keeps_blobs_by_name(tmp_path: Path) -> None:
 
 
 def _legacy_state(state: Path, file: Path, sha1: str, zip_path: Path, sha256: str) -> None:
-    """A state folder as the tool before tasks.state wrote it."""
+    """A state folder as the tool before dfota.state.store wrote it."""
     state.mkdir(parents=True, exist_ok=True)
     (state / "hash-cache.json").write_text(json.dumps(
         {"files": {str(file): [*file_stamp(file.stat()), sha1]}}, sort_keys=True))
@@ -236,7 +236,7 @@ def test_a_state_folder_of_the_tool_before_is_taken_over_never_misread(tmp_path:
 
 @pytest.mark.slow
 def test_a_workspace_of_the_tool_before_builds_on_and_stays_up_to_date(ws: Workspace) -> None:
-    """A workspace whose state the tool before tasks.state wrote: the next run is up to date
+    """A workspace whose state the tool before dfota.state.store wrote: the next run is up to date
     (the old caches taken over), the old records are removed unread (a forged one would make
     a wrong package), and the chain goes on to a proven package."""
     time.sleep(2.1)  # a file changed within 2 s of a scan is never kept (it may change unseen)

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ahead import MEMBER_SHA1S
-from tasks.archive import Archive
-from tasks.bench import SHELL_PROCEDURE
-from tasks.bootimg import build_boot_image
-from tasks.config import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
-from tasks.config import Workspace as WorkspaceFolders
-from tasks.runlog import RunLog
-from tasks.state import Records, file_stamp
-from tasks.targetfiles import system_tree
-from tasks.tree import FolderScan, scan_folder
-from tasks.zipio import ZipSource
+from dfota.build.archive import Archive
+from dfota.build.targetfiles import system_tree
+from dfota.core.runlog import RunLog
+from dfota.core.tree import FolderScan, scan_folder
+from dfota.formats.bootimg import build_boot_image
+from dfota.formats.zipio import ZipSource
+from dfota.package.ahead import MEMBER_SHA1S
+from dfota.settings import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
+from dfota.settings import Workspace as WorkspaceFolders
+from dfota.state.store import Records, file_stamp
+from dfota.tools.bench import SHELL_PROCEDURE
 from tests.workspace import Run, Workspace, snapshot
 
 pytestmark = pytest.mark.slow  # every case runs `doit targetfiles` on a copy of the sample
@@ -274,8 +274,8 @@ def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
     """The rootfs is walked once per command: the inputs step keeps its scan in a record by
     the inputs manifest (rewritten only when it changed), which the build takes when the
     inputs step ran before it in the same command (not under `doit -s targetfiles`)."""
-    from tasks import assemble
-    from tasks.manifest import scan_rootfs as walk
+    from dfota.build import assemble
+    from dfota.build.manifest import scan_rootfs as walk
 
     walks: list[Path] = []
 

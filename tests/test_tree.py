@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import DfotaError
-from tasks.manifest import scan_rootfs
-from tasks.runlog import RunLog
-from tasks.state import DigestCache
-from tasks.tree import (
+from dfota.build.manifest import scan_rootfs
+from dfota.core.errors import DfotaError
+from dfota.core.runlog import RunLog
+from dfota.core.tree import (
     DIR,
     FILE,
     SYMLINK,
@@ -25,6 +24,7 @@ from tasks.tree import (
     sha1_bytes,
     sha1_file,
 )
+from dfota.state.store import DigestCache
 
 
 def make_tree(root: Path) -> Path:
@@ -148,7 +148,7 @@ def test_the_hash_cache_vouches_for_what_it_hashed_unless_racy_or_changed(tmp_pa
 
 def test_empty_dirs_of_a_mapping() -> None:
     scan = {"a": None, "a/b": None, "c": None}
-    from tasks.tree import Entry
+    from dfota.core.tree import Entry
 
     entries = {p: Entry(p, DIR, 0o755) for p in scan}
     assert empty_dirs(entries) == ["a/b", "c"]

@@ -1,5 +1,6 @@
-"""tasks.ubi on real images made by mtd-utils (mkfs.ubifs, ubinize): trees, contents, owners,
-device nodes, non-UTF-8 names, and damaged images that must give one clear error, silently."""
+"""dfota.formats.ubi on real images made by mtd-utils (mkfs.ubifs, ubinize): trees, contents,
+owners, device nodes, non-UTF-8 names, and damaged images that must give one clear error,
+silently."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sample
-from tasks.errors import DfotaError
-from tasks.targetfiles import KEPT_FROM_SOURCE
-from tasks.tree import DIR, FILE, SYMLINK, sha1_bytes
-from tasks.ubi import PEB_SIZE, SpecialNode, list_volumes, read_ubifs
+from dfota.build.targetfiles import KEPT_FROM_SOURCE
+from dfota.core.errors import DfotaError
+from dfota.core.tree import DIR, FILE, SYMLINK, sha1_bytes
+from dfota.formats.ubi import PEB_SIZE, SpecialNode, list_volumes, read_ubifs
+from dfota.tools import sample
 from tests.builders import Node, d, f, ln, write_tree
 
 LEB_SIZE = 253952

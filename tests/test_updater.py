@@ -16,9 +16,10 @@ from typing import Any, cast
 import bsdiff4
 import pytest
 
-from tasks.power_loss import MarkRecorder, Marks, for_each_power_loss
-from tasks.tree import DIR, FILE, SYMLINK, Entry
-from tasks.updater import (
+from dfota.core.tree import DIR, FILE, SYMLINK, Entry
+from dfota.device.fs import Device, EntrySpec, FsError, Partition, entry_key
+from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
+from dfota.device.updater import (
     SAVED_FILE,
     SCRIPT_NAME,
     PowerLoss,
@@ -29,8 +30,7 @@ from tasks.updater import (
     precheck,
     resume_after_power_loss,
 )
-from tasks.updater_fs import Device, EntrySpec, FsError, Partition, entry_key
-from tasks.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
+from dfota.formats.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
 V1 = b"Project Name: RG520NNADA_VB\nProject Rev : R01A01_01.001\n"

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive import Archive
-from tasks.at_port import parse_urc
-from tasks.errors import EXIT_FAILED, EXIT_LOST, EXIT_REFUSED, worst_upgrade
-from tasks.filelists import lists_in
-from tasks.plan import Part
-from tasks.serve import parse_range
-from tasks.targetfiles import BOOT_IMAGE, system_tree
-from tasks.twin import Flash, parse_faults
-from tasks.verify import expected_system, tree_differences
-from tasks.zipio import ZipSource
+from dfota.build.archive import Archive
+from dfota.build.targetfiles import BOOT_IMAGE, system_tree
+from dfota.core.errors import EXIT_FAILED, EXIT_LOST, EXIT_REFUSED, worst_upgrade
+from dfota.formats.filelists import lists_in
+from dfota.formats.zipio import ZipSource
+from dfota.package.plan import Part, expected_system
+from dfota.proof.verify import tree_differences
+from dfota.upgrade.at_port import parse_urc
+from dfota.upgrade.serve import parse_range
+from dfota.upgrade.twin import Flash, parse_faults
 from tests.test_configuration import BASE_KEY, NEXT_KEY, Project
 from tests.workspace import PROJECT, SAMPLE_LISTS, Run
 
@@ -62,7 +62,7 @@ class Env:
 
     def command(self, tool: str, *argv: str) -> list[str]:
         self.count += 1  # each process its own doit database: twins run beside the rest
-        module = "tasks.cli" if tool == "dfota" else "doit"
+        module = "dfota.cli" if tool == "dfota" else "doit"
         return [sys.executable, "-m", module, "-f", str(PROJECT / "dodo.py"), "-d",
                 str(self.root), "--db-file", str(self.root / f".doit-{self.count}.db"), *argv]
 

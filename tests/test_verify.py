@@ -13,21 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from tasks import verify as verify_module
-from tasks.config import DeltaSettings, VerifySettings
-from tasks.delta import build_delta
-from tasks.errors import DfotaError
-from tasks.filelists import lists_in
-from tasks.package import SCRIPT_ENTRY
-from tasks.plan import parse_mode
-from tasks.runlog import RunLog
-from tasks.state import Records
-from tasks.targetfiles import SYSTEM_MANIFEST
-from tasks.tree import FILE
-from tasks.updater import apply_package, load_package
-from tasks.updater_fs import Stored
-from tasks.verify import VerifyReport, verify_delta, verify_needed, verify_package
-from tasks.zipio import ZipSource
+from dfota.build.targetfiles import SYSTEM_MANIFEST
+from dfota.core.errors import DfotaError
+from dfota.core.runlog import RunLog
+from dfota.core.tree import FILE
+from dfota.device.fs import Stored
+from dfota.device.updater import apply_package, load_package
+from dfota.formats.filelists import lists_in
+from dfota.formats.zipio import ZipSource
+from dfota.package.delta import build_delta
+from dfota.package.plan import parse_mode
+from dfota.package.writer import SCRIPT_ENTRY
+from dfota.proof import verify as verify_module
+from dfota.proof.verify import VerifyReport, verify_delta, verify_needed, verify_package
+from dfota.settings import DeltaSettings, VerifySettings
+from dfota.state.store import Records
 from tests.builders import base_system, f, next_system
 from tests.test_delta import pair, quiet
 from tests.workspace import Workspace
@@ -227,7 +227,7 @@ def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
 
 
 def test_power_losses_skip_only_permission_steps_beyond_the_budget() -> None:
-    from tasks.verify import replay_points
+    from dfota.proof.verify import replay_points
 
     log = ["write a", "chmod 1", "chmod 2", "unlink b", *[f"chmod {i}" for i in range(3, 11)],
            "write partition boot"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.errors import DfotaError
-from tasks.version import parse_version
+from dfota.core.errors import DfotaError
+from dfota.formats.version import parse_version
 
 NOTE_TEXT = b"""Project Name: RG520NNADA_VB
 Project Rev : RG520NNADAR01A01M4G_OCPU_BETA_20220622B_01.001

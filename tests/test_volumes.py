@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sample
-from tasks.configure import configure
-from tasks.delta import build_delta
-from tasks.errors import DfotaError
-from tasks.filelists import lists_in
-from tasks.plan import parse_mode
-from tasks.sdk_image import image_volumes
-from tasks.space import (
+from dfota.build.sdk_image import image_volumes
+from dfota.commands.configure import configure
+from dfota.core.errors import DfotaError
+from dfota.core.tree import FILE
+from dfota.core.volumes import (
     DEFAULT_VOLUMES,
     FROM_DEFAULT,
     FROM_IMAGE,
@@ -27,10 +24,13 @@ from tasks.space import (
     SYSTEM_SETTING,
     Volumes,
 )
-from tasks.tree import FILE
-from tasks.ubi import PEB_SIZE, list_volumes, read_ubifs
-from tasks.updater import OK, apply_package
-from tasks.verify import verify_package
+from dfota.device.updater import OK, apply_package
+from dfota.formats.filelists import lists_in
+from dfota.formats.ubi import PEB_SIZE, list_volumes, read_ubifs
+from dfota.package.delta import build_delta
+from dfota.package.plan import parse_mode
+from dfota.proof.verify import verify_package
+from dfota.tools import sample
 from tests.builders import base_system, binary, edited, f, next_system
 from tests.oracle import differences, model_device, model_outcome, real_run_device
 from tests.test_delta import pair, quiet

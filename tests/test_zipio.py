@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import DfotaError
-from tasks.runlog import RunLog
-from tasks.tree import DIR, FILE, SYMLINK
-from tasks.zipio import (
+from dfota.core.errors import DfotaError
+from dfota.core.runlog import RunLog
+from dfota.core.tree import DIR, FILE, SYMLINK
+from dfota.formats.zipio import (
     ZipSource,
     bytes_item,
     dir_item,
@@ -54,7 +54,7 @@ def test_same_items_give_same_bytes_whatever_the_clock_zone_and_umask(tmp_path: 
     write_zip(first, sample_items(tmp_path))
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
-        "from tests.test_zipio import sample_items; from tasks.zipio import write_zip;"
+        "from tests.test_zipio import sample_items; from dfota.formats.zipio import write_zip;"
         "write_zip(Path(sys.argv[1]), sample_items(Path(sys.argv[2])))"
     )
     second = tmp_path / "b.zip"

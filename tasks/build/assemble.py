@@ -1,0 +1,379 @@
+"""`doit targetfiles`: check the inputs, assemble the target targetfiles.zip, archive both versions.
+
+Nothing is written until every input has been read and checked; the zip is staged, admitted by
+the archive (a version is never replaced by other content), the source and target staged whole
+in the archive, put in place together, and only then `out/targetfiles.zip` renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dfota import __version__
+from dfota.build.archive import Archive, archive_of, sha256_file
+from dfota.build.manifest import scan_rootfs, sha1_of, write_if_changed
+from dfota.build.sdk_image import ImageTreeReader, image_volumes
+from dfota.build.targetfiles import (
+    SdkOutput,
+    check_source,
+    locate_sdk,
+    plan_target,
+    rootfs_version,
+    unknown_owners,
+    zip_version,
+)
+from dfota.core import atomic, owner
+from dfota.core.errors import DfotaError, shown_path
+from dfota.core.runlog import SILENT, Meter, RunLog
+from dfota.core.tree import Entry, FolderScan, check_outside_links, digest_tree
+from dfota.core.volumes import Volumes
+from dfota.formats.version import VERSION_FILE, ProjectVersion
+from dfota.formats.zipio import ZipSource, write_zip
+from dfota.settings import (
+    SAMPLE_BASE,
+    TargetfilesSettings,
+    public_name,
+)
+from dfota.state.store import State
+
+TOOL = f"quecopen-dfota {__version__}"
+STAGING_PREFIX = "targetfiles."
+SOURCE_RECORD = "targetfiles-source"  # the source found for an inputs manifest, by its digest
+SCAN_RECORD = "rootfs-scan"  # the rootfs walk an inputs manifest was made from, by its digest
+
+
+def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: str | None,
+                   known: Collection[str]) -> Path:
+    """The source targetfiles.zip: the one asked for, else the newest version this workspace
+    built or imported (`known`) other than the target.
+
+    With none, only the sample SDK falls back to the sample's base; a user's SDK never does
+    (its versions must not be built on the sample's).
+    """
+    if settings.source:
+        return archive.resolve(settings.source, "source")
+    candidates = [v for v in archive.versions() if v.key != target_key and v.key in known]
+    if candidates:
+        archive.check_intact(candidates[-1])
+        return candidates[-1].zip_path
+    if settings.sdk_is_sample:
+        return SAMPLE_BASE
+    raise DfotaError("this workspace has no version to build on: run `doit import_base "
+                     "--firmware DIR` once, or give `--source` a targetfiles.zip or an "
+                     "archived version", settings.workspace.archive_dir)
+
+
+def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: bool
+                      ) -> tuple[FolderScan, list[str], Volumes | None]:
+    """The SDK's own sysfs image is what the module will run: warn where the rootfs folder
+    drifts from it and, when asked, take SYSTEM's modes and owners from the image; and the
+    sizes of the module's volumes it gives (None: no image)."""
+    if sdk.sysfs_ubi is None:
+        if metadata_from_image:
+            raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
+                             sdk.folder / "target")
+        return scan, [], None
+    from dfota.build.firmware import image_drift, read_sdk_image, take_image_metadata
+
+    image = read_sdk_image(sdk.sysfs_ubi)
+    volumes = image_volumes(sdk.sysfs_ubi, image.volumes)
+    warnings = image_drift(scan.entries, image)
+    if metadata_from_image:
+        entries, missing = take_image_metadata(scan.entries, image)
+        return dataclasses.replace(scan, entries=entries), [*warnings, *missing], volumes
+    return scan, warnings, volumes
+
+
+def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
+                     state: State) -> ImageTreeReader | None:
+    """The reader of the SDK image's tree, for the drift warnings: from the record, or read
+    in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
+    if sdk.sysfs_ubi is None or settings.metadata_from_image:
+        return None
+    return ImageTreeReader(sdk.sysfs_ubi, state.records,
+                           sha1_of(state.digests, sdk.sysfs_ubi))
+
+
+def _inputs_key(manifest: Mapping[str, object]) -> str:
+    return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
+                    meter: Meter = SILENT) -> tuple[dict[str, object], FolderScan]:
+    """Everything the target is made from, by content: what `doit targetfiles` depends on;
+    and the rootfs scan it was made from. `known`: the versions this workspace built or
+    imported (the default source is one of them). The source found is kept in `state` for
+    this manifest (`recorded_source`): it is resolved once per run."""
+    sdk = locate_sdk(settings.sdk)
+    cache = state.digests
+    scan = scan_rootfs(sdk.rootfs, cache, meter)
+    target = rootfs_version(sdk.rootfs, scan)
+    archive = archive_of(settings.workspace, state)
+    source = resolve_source(settings, archive, target.key, known)
+    manifest = {
+        "boot_image": {"path": str(sdk.boot_image), "sha1": sha1_of(cache, sdk.boot_image)},
+        "abl": {"path": str(sdk.abl), "sha1": sha1_of(cache, sdk.abl)},
+        "rootfs": {"path": str(sdk.rootfs), "tree_sha1": digest_tree(scan.entries),
+                   "entries": len(scan.entries)},
+        # by content only: the sample's base and its archived copy are the same source (its
+        # sha256 as the archive records it: archiving it then needs no other hashing)
+        "source_sha256": archive.sha256_of(source),
+        "target_version": target.key,
+        "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
+        "metadata_from_image": settings.metadata_from_image,
+    }
+    key = _inputs_key(manifest)
+    if state.records.get(SOURCE_RECORD, key) != str(source):  # a run with nothing to do writes none
+        state.records.put(SOURCE_RECORD, key, str(source), alone=True)
+    return manifest, scan
+
+
+def _scan_json(scan: FolderScan) -> dict[str, object]:
+    return {"entries": [[e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.sha1, e.link]
+                        for e in scan.entries.values()],
+            "empty_dirs": list(scan.empty_dirs), "warnings": list(scan.warnings),
+            "outside_links": [[list(names), count] for names, count in scan.outside_links]}
+
+
+def _scan_from_json(value: object) -> FolderScan | None:
+    """The scan `_scan_json` wrote; None for anything else."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        entries = {row[0]: Entry(*row) for row in value["entries"]}
+        return FolderScan(entries, tuple(value["empty_dirs"]), tuple(value["warnings"]),
+                          tuple((tuple(names), count) for names, count in value["outside_links"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
+                          meter: Meter = SILENT) -> None:
+    """Write the inputs manifest and keep the rootfs scan it was made from for it, which
+    `build_targetfiles` then takes instead of walking the rootfs again (each unless it is
+    kept as it is already: a run with nothing to do writes nothing)."""
+    manifest, scan = inputs_manifest(settings, known, state, meter)
+    state.records.put(SCAN_RECORD, _inputs_key(manifest), _scan_json(scan), alone=True,
+                      if_changed=True)
+    write_if_changed(settings.workspace.inputs_manifest, manifest)
+
+
+def _recorded(settings: TargetfilesSettings, state: State, name: str
+              ) -> tuple[dict[str, object], object]:
+    """The inputs manifest as it is now, and what `write_inputs_manifest` kept for it under
+    `name` (None: nothing)."""
+    manifest = atomic.read_json_object(settings.workspace.inputs_manifest)
+    return manifest, state.records.get(name, _inputs_key(manifest)) if manifest else None
+
+
+def recorded_source(settings: TargetfilesSettings, state: State) -> tuple[Path, str] | None:
+    """The source `write_inputs_manifest` found for the inputs manifest as it is now, and
+    its sha256 then; None when it kept none for it."""
+    manifest, found = _recorded(settings, state, SOURCE_RECORD)
+    sha256 = manifest.get("source_sha256")
+    if not isinstance(found, str) or not isinstance(sha256, str):
+        return None
+    return Path(found), sha256
+
+
+def recorded_scan(settings: TargetfilesSettings, state: State) -> FolderScan | None:
+    """The rootfs scan `write_inputs_manifest` made the inputs manifest as it is now from;
+    None when it kept none for it."""
+    return _scan_from_json(_recorded(settings, state, SCAN_RECORD)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class TargetfilesResult:
+    zip_path: Path
+    target_key: str
+    source_key: str
+    sha256: str
+    entries: int
+    archived_target: bool
+    archived_source: bool
+    warnings: tuple[str, ...]
+    volumes: Volumes | None = None  # the sizes the SDK's image gives; None: no image
+
+
+class _Warnings:
+    """The build's warnings, said as they come; with `strict_folder`, any is an error."""
+
+    def __init__(self, log: RunLog, strict_folder: Path | None) -> None:
+        self.log, self.strict_folder = log, strict_folder
+        self.lines: list[str] = []
+
+    def add(self, lines: list[str]) -> None:
+        self.lines += lines
+        for line in lines:
+            self.log.say(f"warning: {line}")
+        if self.strict_folder is not None and self.lines:
+            raise DfotaError(f"{len(self.lines)} warning(s) and --strict is set",
+                             self.strict_folder)
+
+
+def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collection[str],
+                      state: State | None = None, *, inputs_recorded: bool = False
+                      ) -> TargetfilesResult:
+    """`known`: the versions this workspace built or imported; `state`: the workspace's
+    (default: opened here); `inputs_recorded`: `write_inputs_manifest` ran just before, in
+    this command: the rootfs scan and the source it kept are taken (each file is checked
+    against its hash again while it is zipped, so a change since is still refused). A rootfs
+    file hard-linked from outside the rootfs is refused, or packed with a warning with
+    `allow_outside_links`."""
+    if state is None:
+        with settings.workspace.open_state() as opened:
+            return build_targetfiles(settings, log, known, opened,
+                                     inputs_recorded=inputs_recorded)
+    # imported here: the inputs manifest, which every run of doit makes, needs none of them
+    from dfota.build.firmware import sdk_image_drift
+    from dfota.formats.bootimg import read_boot_image
+    from dfota.formats.elf import read_abl_elf
+
+    sdk = locate_sdk(settings.sdk)
+    image = start_image_tree(settings, sdk, state)  # read beside all that follows
+    read_boot_image(sdk.boot_image)
+    read_abl_elf(sdk.abl)
+    scan = recorded_scan(settings, state) if inputs_recorded else None
+    if scan is None:
+        scan = scan_rootfs(sdk.rootfs, state.digests, log)
+        source = None
+    else:
+        source = recorded_source(settings, state)
+    target_version = rootfs_version(sdk.rootfs, scan)
+    linked = check_outside_links(scan, sdk.rootfs, settings.allow_outside_links)
+    warnings = _Warnings(log, sdk.folder if settings.strict else None)
+    warnings.add(linked)
+    image_warnings: Callable[[], list[str]]
+    image_sizes: Callable[[], Volumes | None]
+    if image is not None:
+        # the image only gives warnings and sizes: it is asked for once the zip is written
+        reader, entries = image, scan.entries
+
+        def image_warnings() -> list[str]:
+            return sdk_image_drift(entries, reader)
+        image_sizes = reader.volumes
+    else:
+        scan, found, volumes = against_sdk_image(sdk, scan, settings.metadata_from_image)
+        image_warnings = found.copy
+
+        def image_sizes() -> Volumes | None:
+            return volumes
+    result = _assemble(settings, log, sdk, state, scan, target_version, warnings,
+                       image_warnings, known, source)
+    return dataclasses.replace(result, volumes=image_sizes())
+
+
+def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state: State,
+              scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
+              image_warnings: Callable[[], list[str]], known: Collection[str],
+              source: tuple[Path, str] | None) -> TargetfilesResult:
+    """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
+    the SDK's image) is asked for once the zip is written, before anything is archived.
+    `source`: the source the inputs manifest was made with, and its sha256 then (None:
+    found here)."""
+    archive = archive_of(settings.workspace, state)
+    cache = state.digests
+    archive.clean_staging()
+    if source is not None and source[0].is_file() and archive.sha256_of(source[0]) == source[1]:
+        source_path = source[0]
+    else:
+        source_path = resolve_source(settings, archive, target_version.key, known)
+
+    with ZipSource(source_path) as src:
+        source_version = zip_version(src)
+        if source_version.key == target_version.key:
+            raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
+                             "Time' or 'Project Rev' for the new build",
+                             sdk.rootfs / VERSION_FILE)
+        warnings.add([*check_source(src), *scan.warnings, *unknown_owners(sdk.rootfs, scan),
+                      *(f"{shown_path(sdk.rootfs / d)}: "
+                        "empty directory (the module's update drops empty "
+                        "directories unless the package carries them; note 2.2.2.4)"
+                        for d in scan.empty_dirs if d not in settings.empty_by_nature)])
+        plan = plan_target(sdk, src, scan)
+
+        settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
+        remove_staging_leftovers(settings.workspace.state_dir)
+        # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
+        # archived and renamed into place last: a full or read-only out/ archives nothing
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, suffix=owner.suffix(),
+                                         dir=settings.workspace.state_dir) as tmp, \
+                atomic.atomic_path(settings.workspace.target_zip) as out:
+            staged = Path(tmp) / "targetfiles.zip"
+            # the rootfs files hashed in this run need not be hashed again as they are zipped;
+            # the disk writes the zip while it is hashed and copied
+            write_zip(staged, plan.items, meter=log,
+                      vouch=lambda path, st, sha1: cache.vouches(path, st, "sha1", sha1),
+                      durable=False,
+                      open_zips={source_path: src.zipfile})
+            staged_synced = atomic.background_sync(staged)
+            # a source not archived yet is copied by the kernel if the sha256 record (which
+            # the inputs manifest filled) vouches for it, else hashed as it is copied
+            source_new = archive.get(source_version.key) is None
+            source_sha256 = archive.sha256_of(source_path)
+            target_sha256 = sha256_file(staged)
+            archive.admit(source_version.key, source_sha256)
+            target_new = archive.admit(target_version.key, target_sha256)
+            shutil.copyfile(staged, out)  # out/ gets it only when renamed, at the end
+            out_synced = atomic.background_sync(out)
+            warnings.add(image_warnings())  # with --strict, a warning stops the archiving
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            # both versions staged whole before either is put in place: a failure (a full
+            # disk, a conflict with another run) archives nothing
+            with archive.batch() as batch:
+                if source_new:
+                    batch.stage(source_version.key, source_path, {
+                        "origin": "source",
+                        "imported_from": public_name(source_path, settings.workspace.root),
+                        "version": source_version.to_json(), "created": created,
+                        "tool": TOOL, "source": None}, sha256=source_sha256)
+                staged_synced()  # on disk before it is linked into the archive
+                if target_new:
+                    batch.stage(target_version.key, staged, {
+                        "origin": "targetfiles", "version": target_version.to_json(),
+                        "source": source_version.key, "created": created, "tool": TOOL,
+                        "system_metadata": ("sdxlemur-sysfs.ubi"
+                                            if settings.metadata_from_image
+                                            else "ql-ol-rootfs"),
+                        "inputs": {
+                            "sdk": public_name(sdk.folder, settings.workspace.root),
+                            "sysfs_ubi_sha1": (sha1_of(cache, sdk.sysfs_ubi)
+                                               if sdk.sysfs_ubi else None),
+                            "boot_image_sha1": sha1_of(cache, sdk.boot_image),
+                            "abl_sha1": sha1_of(cache, sdk.abl),
+                            "rootfs_tree_sha1": digest_tree(scan.entries),
+                            "source_sha256": source_sha256,
+                        }}, sha256=target_sha256, take=True)
+                out_synced()  # out/'s copy is on disk too: only renames are left
+                batch.commit()
+    archive.note_copy(settings.workspace.target_zip, target_sha256)
+    return TargetfilesResult(settings.workspace.target_zip, target_version.key, source_version.key,
+                             target_sha256, len(plan.items), target_new, source_new,
+                             tuple(warnings.lines))
+
+
+def remove_staging_leftovers(state_dir: Path) -> None:
+    """Staging folders that a killed run left in the state folder (each holds a whole zip);
+    never one of a run still going (dfota.core.owner)."""
+    for leftover in state_dir.glob(STAGING_PREFIX + "*"):
+        if leftover.is_dir() and not leftover.is_symlink() and owner.is_leftover(leftover.name):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def describe(result: TargetfilesResult) -> str:
+    archived = "archived" if result.archived_target else "already archived, same content"
+    return (f"targetfiles: {result.zip_path} ({result.entries} entries), version "
+            f"{result.target_key} built on {result.source_key}; {archived}")
+
+
+def result_json(result: TargetfilesResult) -> str:
+    return json.dumps({"zip": str(result.zip_path), "target": result.target_key,
+                       "source": result.source_key, "sha256": result.sha256})

@@ -1,0 +1,115 @@
+"""Write files so that a reader sees either the old file or the whole new one, never a part
+(and read back the JSON records written so)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from dfota.core import owner
+from dfota.core.errors import DfotaError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path, mode: int = 0o644, *, durable: bool = True,
+                failure: Callable[[OSError], DfotaError] | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is synced and renamed over `dest`
+    (`durable=False`: not synced, for a file the caller syncs itself, `background_sync`).
+    `failure`: the error that reports a failed write (default: one naming `dest`, or its
+    folder when no temporary file can be made there).
+
+    On any exception (or a kill) the temporary file is removed or left under a dot-name that no
+    reader looks at, `.<name>.<random>.<run tag>.tmp` (dfota.core.owner); `dest` keeps its old
+    content. A successful write removes what killed writers of `dest` left behind (so a kill
+    does not cost the disk space of a file for good), never the file of a live writer.
+    """
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{owner.suffix()}.tmp",
+                                        dir=parent)
+    except OSError as exc:
+        raise (failure(exc) if failure else
+               DfotaError(f"cannot write here ({exc.strerror})", parent)) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)  # mkstemp makes 0600; the result should not depend on the umask
+        if durable:
+            fsync_path(tmp)
+        os.replace(tmp, dest)
+        if durable:
+            fsync_path(parent)
+        remove_leftovers(dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise (failure(exc) if failure else
+               DfotaError(f"cannot write file ({exc.strerror})", dest)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_leftovers(dest: Path) -> None:
+    """Remove the temporary files that killed writers of `dest` left beside it (the files of
+    writers still running are theirs: dfota.core.owner)."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        if owner.is_leftover(stale.name):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object this tool wrote (a cache or record); {} when it is missing or damaged."""
+    try:
+        found = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_text(dest: Path, text: str) -> None:
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def background_sync(path: Path) -> Callable[[], None]:
+    """Start syncing `path` to disk in a thread (the wait is the disk's, not the CPU's: the
+    caller goes on meanwhile); the function returned waits for it, raising what it met."""
+    failed: list[OSError] = []
+
+    def run() -> None:
+        try:
+            fsync_path(path)
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name=f"sync {path.name}")
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise DfotaError(f"cannot write file ({failed[0].strerror})", path) from failed[0]
+
+    return wait
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

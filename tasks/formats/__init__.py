@@ -1,0 +1,4 @@
+"""The file formats, read and written: Android boot image, Qualcomm ELF, UBI images, zips
+(symlinks, modes, fixed times), edify (writer and parser), the vendor lists, the version file.
+May import: core, state.
+"""

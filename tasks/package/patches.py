@@ -1,0 +1,649 @@
+"""BSDIFF40 patches for the files of an update package, made in worker processes.
+
+The engine is detools' bsdiff mode (divsufsort): it writes the very bytes bsdiff4 (and Debian's
+`bsdiff`) write, two to three times faster (tests compare the two on the project's data);
+bsdiff4 applies the patches for the checks.
+
+Which files are patched is decided by size and kind, so the same inputs give the same package:
+- a target whose content is compressed (gzip, xz, bzip2, zstd, zip, lzma, lz4 magic at offset 0)
+  is shipped whole without diffing: a patch of compressed data is about as large as the data;
+- a target too small for any patch to stay within 95 % of it is shipped whole without diffing;
+- a diff whose estimated memory (~17x the source: bsdiff4's need, kept for detools, which
+  needs less, so the same files are diffed whatever the engine) exceeds the bound is not tried;
+- a patch larger than 95 % of its target is dropped and the file shipped whole.
+A diff that raises, kills its worker or runs past the time-out falls back to the whole file;
+that is a safety net (`PatchOutcome.is_fallback`), never cached. Pairs up to 256 KB share a
+worker, a batch of them at a time; a batch whose worker dies or runs out of time is tried again
+one pair per worker, so only the pair at fault falls back.
+
+Every patch is applied to its source and checked against the target's sha1 before it is used,
+and again whenever it is taken from the cache (the state's blob cache, dfota.state.store). It holds
+`<source sha1>-<target sha1>-<engine>.p` (a verified patch) or `.big` (the size of a patch that
+was too large).
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+import zipfile
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import IO, Any
+
+import bsdiff4
+
+from dfota.core.errors import DfotaError, quoted, shown_path
+from dfota.core.workers import worker_context
+from dfota.formats.zipio import open_zip
+from dfota.state.store import BlobCache
+
+MAGIC = b"BSDIFF40"
+MAX_PATCH_PERCENT = 95
+# header + three bzip2 streams, each at least as long as the stream of no data
+MIN_PATCH_SIZE = len(MAGIC) + 24 + 3 * len(bz2.compress(b""))
+# bsdiff4 holds the source, two 8-byte suffix arrays per source byte, the target, the diff and
+# extra blocks and their copies; applying the patch for the check needs ~3x the target again
+MEMORY_PER_SOURCE_BYTE = 17
+MEMORY_PER_TARGET_BYTE = 5
+_RLIMIT_SLACK = 128 << 20
+_HEAD = 8
+_CHUNK = 1 << 20
+_REASON_MAX = 300
+_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+_COMPRESSED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"PK\x07\x08", "zip"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+
+_PRELOAD_MAX = 32 << 20  # bytes of one side read by the parent for a worker
+
+Engine = Callable[[bytes, bytes], bytes]
+
+
+def bsdiff40(source: bytes, target: bytes) -> bytes:
+    """A BSDIFF40 patch from `source` to `target` (the bytes `bsdiff4.diff` gives)."""
+    import detools  # here, not at the top: it costs a tenth of a second at every doit start
+
+    out = io.BytesIO()
+    detools.create_patch(io.BytesIO(source), io.BytesIO(target), out, patch_type="bsdiff")
+    return out.getvalue()
+
+
+@functools.cache
+def engine_tag() -> str:
+    """The default engine and its version, as patch cache keys name it."""
+    return f"detools-{importlib.metadata.version('detools')}-bsdiff"
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Where a file's bytes are: member `member` of the zip `zip_path`, or the file `path`."""
+
+    zip_path: Path | None
+    member: str | None
+    path: Path | None
+    sha1: str
+    size: int
+
+    def __post_init__(self) -> None:
+        in_zip = self.zip_path is not None and self.member is not None
+        on_disk = self.path is not None
+        if in_zip == on_disk or (self.zip_path is None) != (self.member is None):
+            raise ValueError("a blob is either a zip member or a file on disk")
+
+    @classmethod
+    def in_zip(cls, zip_path: Path, member: str, sha1: str, size: int) -> Blob:
+        return cls(zip_path, member, None, sha1, size)
+
+    @classmethod
+    def on_disk(cls, path: Path, sha1: str, size: int) -> Blob:
+        return cls(None, None, path, sha1, size)
+
+    @property
+    def where(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.zip_path}:{self.member}"
+
+
+@dataclass(frozen=True)
+class PatchJob:
+    name: str  # the target path, e.g. "system/usr/bin/foo"
+    source: Blob
+    target: Blob
+
+
+@dataclass(frozen=True)
+class PatchOutcome:
+    name: str
+    patch: Path | None  # the patch file in the cache when the file is to be patched
+    whole_reason: str  # "" when patched, else why the file is shipped whole
+    patch_size: int  # 0 when no patch was made
+    seconds: float  # time spent diffing this file in this run
+    cached: bool  # the decision came from the cache, no diff ran
+
+    @property
+    def is_fallback(self) -> bool:
+        """Shipped whole because a diff failed or timed out (worth a warning), not by rule."""
+        return self.whole_reason.startswith(("diff failed", "diff timed out"))
+
+
+def apply_patch_bytes(source: bytes, patch: bytes) -> bytes:
+    """Apply a BSDIFF40 patch; ValueError if it is not one or does not fit the source."""
+    if patch[: len(MAGIC)] != MAGIC:
+        raise ValueError("not a BSDIFF40 patch")
+    target: bytes = bsdiff4.patch(source, patch)
+    return target
+
+
+def compressed_kind(head: bytes) -> str:
+    """The compression format whose magic `head` starts with, or ""."""
+    if head[:3] == b"BZh" and len(head) > 3 and head[3] in b"123456789":
+        return "bzip2"
+    for magic, kind in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return ""
+
+
+def diff_memory(source_size: int, target_size: int) -> int:
+    """Estimated bytes one diff (and its check) needs, beyond the interpreter."""
+    return MEMORY_PER_SOURCE_BYTE * source_size + MEMORY_PER_TARGET_BYTE * target_size
+
+
+def too_big_reason(patch_size: int, target_size: int) -> str:
+    """The whole-file reason when a patch of `patch_size` is too large for its target, or ""."""
+    if patch_size * 100 <= target_size * MAX_PATCH_PERCENT:
+        return ""
+    if target_size == 0:
+        return "patch is larger than the (empty) file"
+    percent = -(-patch_size * 100 // target_size)
+    return f"patch is {percent}% of the file"
+
+
+def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache, workers: int | None = None,
+                 timeout: float = 300.0, memory_limit: int = 1 << 30,
+                 progress: Callable[[str], None] | None = None,
+                 engine: Engine | None = None,
+                 open_zips: Mapping[Path, zipfile.ZipFile] | None = None
+                 ) -> dict[str, PatchOutcome]:
+    """Decide for each job whether its target ships as a patch or whole, and make the patches
+    (`PatchRun` with all the jobs at once). Returns the outcomes by job name, in the order of
+    `jobs`."""
+    with PatchRun(cache=cache, workers=workers, timeout=timeout,
+                  memory_limit=memory_limit, progress=progress, engine=engine,
+                  open_zips=open_zips) as run:
+        run.add(jobs)
+        return run.outcomes()
+
+
+class PatchRun:
+    """Diffs made in worker processes while the caller goes on.
+
+    `add` decides each job at once where it can (a rule, the cache) and starts diffing the
+    rest; `outcomes` waits for every diff and returns the outcomes of all jobs added. Diffs
+    run in up to `workers` processes (default: the number of cores), largest target first
+    among those waiting, as long as their estimated memory fits `memory_limit` together; a
+    diff that alone would need more is not tried. `timeout` (seconds) bounds each diff (a
+    worker past it is killed when the run next looks, at the latest in `outcomes`).
+    `engine` replaces bsdiff40 (for tests): a module-level function, cached under its own
+    name. `open_zips` (`ZipSource.zipfile`) are the caller's open zips, read in this process
+    (workers open their own).
+    """
+
+    def __init__(self, *, cache: BlobCache, workers: int | None = None, timeout: float = 300.0,
+                 memory_limit: int = 1 << 30, progress: Callable[[str], None] | None = None,
+                 engine: Engine | None = None,
+                 open_zips: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
+        self.workers = workers if workers is not None else os.cpu_count() or 1
+        if self.workers < 1 or timeout <= 0 or memory_limit <= 0:
+            raise ValueError("workers, timeout and memory_limit must be positive")
+        self.cache, self.timeout, self.memory_limit = cache, timeout, memory_limit
+        self.engine = engine
+        self._say = progress or (lambda _line: None)
+        self._tag = engine_tag()
+        if engine is not None:
+            qualname = getattr(engine, "__qualname__", type(engine).__name__)
+            self._tag += f"+{engine.__module__}.{qualname}"
+        cache.prepare()
+        self._reader = _Reader(open_zips)
+        self._run_dir: Path | None = None
+        self._names: dict[str, str] = {}  # job name -> key, in the order added
+        self._results: dict[str, tuple[Path | None, str, int, float, bool]] = {}  # by key
+        self._queue: deque[tuple[int, _Work, bool]] = deque()
+        self._running: dict[Any, _Running] = {}
+        self._to_diff = self._diffed = 0
+
+    def __enter__(self) -> PatchRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker still running; forget the scratch folder."""
+        for entry in self._running.values():
+            entry.process.kill()
+            entry.process.join()
+        self._running.clear()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        self._reader.__exit__()
+
+    def add(self, jobs: Sequence[PatchJob]) -> None:
+        """Decide `jobs` by rule or from the cache, queue the rest and start what fits."""
+        names = [job.name for job in jobs]
+        if len(set(names)) != len(names) or self._names.keys() & set(names):
+            raise ValueError("two patch jobs have the same name")
+        groups: dict[str, list[PatchJob]] = {}
+        for job in jobs:
+            key = f"{job.source.sha1}-{job.target.sha1}-{self._tag}"
+            self._names[job.name] = key
+            groups.setdefault(key, []).append(job)
+        known = {key for key in self._results} | {w.key for _, w, _ in self._queue} | {
+            w.key for r in self._running.values() for w, _ in r.batch}
+        work: list[_Work] = []
+        by_rule = from_cache = 0
+        for key, group in groups.items():
+            if key in known:  # the same pair came in an earlier `add`
+                continue
+            job = group[0]
+            reason = _rule_reason(job, self.memory_limit, self._reader)
+            hit = None if reason else _from_cache(self.cache, key, job, self._reader)
+            if reason:
+                by_rule += len(group)
+                self._results[key] = (None, reason, 0, 0.0, False)
+            elif hit is not None:
+                from_cache += len(group)
+                self._results[key] = (*hit, 0.0, True)
+            else:
+                work.append(_Work(key, tuple(group), diff_memory(job.source.size,
+                                                                 job.target.size)))
+        if not jobs:
+            return
+        work.sort(key=lambda w: (-w.jobs[0].target.size, w.jobs[0].name))
+        pool = min(self.workers, len(work))
+        self._say(f"patches: {len(jobs)} files, {from_cache} from the cache, {by_rule} whole "
+                  f"by rule, {sum(len(w.jobs) for w in work)} to diff"
+                  + (f" with {pool} worker{'s' if pool > 1 else ''}" if work else ""))
+        # waiting work stays largest first, whatever `add` it came in
+        waiting = [*self._queue, *((i, w, False) for i, w in enumerate(work, self._to_diff))]
+        waiting.sort(key=lambda queued: (-queued[1].jobs[0].target.size, queued[1].jobs[0].name))
+        self._queue = deque(waiting)
+        self._to_diff += len(work)
+        self._start_ready()
+
+    def outcomes(self) -> dict[str, PatchOutcome]:
+        """Wait for every diff; the outcome of every job added, by name, in the order added."""
+        while self._queue or self._running:
+            self._start_ready()
+            deadline = min(r.started for r in self._running.values()) + self.timeout
+            self._collect_finished(set(wait(list(self._running),
+                                            max(0.0, deadline - time.monotonic()))))
+        outcomes = {}
+        for name, key in self._names.items():
+            patch, reason, size, seconds, cached = self._results[key]
+            outcomes[name] = PatchOutcome(name, patch, reason, size, seconds, cached)
+        return outcomes
+
+    def _scratch(self) -> Path:
+        if self._run_dir is None:
+            self._run_dir = self.cache.scratch()
+        return self._run_dir
+
+    def _preload(self, blob: Blob) -> bytes | None:
+        if blob.size > _PRELOAD_MAX:
+            return None
+        try:
+            return self._reader.read(blob)
+        except _READ_ERRORS:
+            return None  # the worker meets the same error and reports it
+
+    def _next_batch(self) -> list[tuple[_Work, _Task]]:
+        queue, run_dir = self._queue, self._scratch()
+        batch: list[tuple[_Work, _Task]] = []
+        size = 0
+        while queue and (not batch or (
+                _batchable(queue[0][1]) and not queue[0][2] and len(batch) < _BATCH_PAIRS
+                and size + queue[0][1].jobs[0].target.size <= _BATCH_BYTES)):
+            index, item, alone = queue.popleft()
+            first = item.jobs[0]
+            batch.append((item, _Task(first.source, first.target, run_dir / f"{index}.p",
+                                      run_dir / f"{index}.json", item.memory, self.engine,
+                                      self._preload(first.source),
+                                      self._preload(first.target))))
+            size += first.target.size
+            if alone or not _batchable(item):
+                break
+        return batch
+
+    def _start_ready(self) -> None:
+        """Start workers while there are free ones and the memory allows."""
+        if self._queue:
+            import detools  # noqa: F401  (here: every forked worker has it loaded)
+        while self._queue and len(self._running) < self.workers and (
+                not self._running or sum(max(w.memory for w, _ in r.batch)
+                                         for r in self._running.values())
+                + self._queue[0][1].memory <= self.memory_limit):
+            batch = self._next_batch()
+            process = worker_context([__name__, "detools"]).Process(
+                target=_worker, args=([t for _, t in batch],), daemon=True,
+                name=f"diff {batch[0][0].jobs[0].name}")
+            process.start()
+            self._running[process.sentinel] = _Running(process, batch, time.monotonic())
+
+    def _collect_finished(self, ready: set[Any]) -> None:
+        """Take the results of the workers that ended; kill those past the time-out."""
+        now = time.monotonic()
+        for sentinel in list(self._running):
+            entry = self._running[sentinel]
+            if sentinel in ready:
+                entry.process.join()
+                lost = f"diff failed: {_exit_text(entry.process.exitcode)}"
+            elif now - entry.started >= self.timeout:
+                entry.process.kill()
+                entry.process.join()
+                lost = f"diff timed out after {self.timeout:g} s"
+            else:
+                continue
+            del self._running[sentinel]
+            for item, task in entry.batch:
+                if not task.result.exists() and len(entry.batch) > 1:
+                    # the pair that stopped the batch is found by trying each alone
+                    self._queue.appendleft((int(task.result.stem), item, True))
+                    continue
+                patch, reason, size = (_collect(item, task, self.cache, self._scratch())
+                                       if task.result.exists() else (None, lost, 0))
+                self._results[item.key] = (patch, reason, size, now - entry.started, False)
+                self._diffed += 1
+                self._say(_progress_line(self._diffed, self._to_diff, item, patch, reason,
+                                         size))
+
+
+def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
+    target = job.target
+    kind = compressed_kind(reader.head(target))
+    if kind:
+        return f"compressed content ({kind})"
+    if target.size * MAX_PATCH_PERCENT < MIN_PATCH_SIZE * 100:
+        return f"file too small to patch ({target.size} bytes)"
+    need = diff_memory(job.source.size, target.size)
+    if need > memory_limit:
+        return (f"diff would need ~{math.ceil(need / (1 << 20))} MB of memory "
+                f"(limit {memory_limit >> 20} MB)")
+    return ""
+
+
+def _from_cache(cache: BlobCache, key: str, job: PatchJob,
+                reader: _Reader) -> tuple[Path | None, str, int] | None:
+    """(patch, whole reason, patch size) from a checked cache entry; a bad entry is deleted."""
+    patch = cache.read_bytes(f"{key}.p")
+    if patch is not None:
+        if _cached_patch_fits(patch, job, reader):
+            return cache.path(f"{key}.p"), "", len(patch)
+        cache.drop(f"{key}.p")
+    big = cache.read_bytes(f"{key}.big")
+    if big is not None:
+        size = _parse_big(big.decode("ascii", "replace"))
+        reason = too_big_reason(size, job.target.size) if size is not None else ""
+        if reason:
+            return None, reason, size or 0
+        cache.drop(f"{key}.big")
+    return None
+
+
+def _cached_patch_fits(patch: bytes, job: PatchJob, reader: _Reader) -> bool:
+    if too_big_reason(len(patch), job.target.size):
+        return False
+    try:
+        source = reader.read(job.source)
+    except _READ_ERRORS:
+        return False  # the worker will report it
+    _check_blob(source, job.source, "source", job.name)
+    try:
+        out = apply_patch_bytes(source, patch)
+    except (ValueError, MemoryError, OSError, EOFError):
+        return False
+    return len(out) == job.target.size and hashlib.sha1(out).hexdigest() == job.target.sha1
+
+
+def _parse_big(text: str) -> int | None:
+    word, _, number = text.strip().partition(" ")
+    if word != "patch-size" or not number.isdigit():
+        return None
+    return int(number)
+
+
+def _check_blob(data: bytes, blob: Blob, role: str, name: str) -> None:
+    if len(data) != blob.size or hashlib.sha1(data).hexdigest() != blob.sha1:
+        raise DfotaError(f"{role} of {quoted(name)} does not match its recorded size and sha1 "
+                         f"({blob.size} bytes, {blob.sha1})", blob.zip_path or blob.path)
+
+
+class _Reader:
+    """Reads blobs, keeping each zip open once; `opened` are zips the caller keeps open."""
+
+    def __init__(self, opened: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
+        self._opened = dict(opened or {})
+        self._zips: dict[Path, zipfile.ZipFile] = {}
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for zf in self._zips.values():
+            zf.close()
+
+    def open(self, blob: Blob) -> IO[bytes]:
+        if blob.path is not None:
+            return open(blob.path, "rb")
+        assert blob.zip_path is not None and blob.member is not None
+        zf = self._opened.get(blob.zip_path) or self._zips.get(blob.zip_path)
+        if zf is None:
+            zf = self._zips[blob.zip_path] = open_zip(blob.zip_path)
+        return zf.open(blob.member)
+
+    def read(self, blob: Blob) -> bytes:
+        with self.open(blob) as f:
+            return f.read()
+
+    def head(self, blob: Blob) -> bytes:
+        try:
+            with self.open(blob) as f:
+                return f.read(_HEAD)
+        except _READ_ERRORS as exc:
+            raise DfotaError(f"cannot read {blob.member or 'the file'} ({_describe(exc)})",
+                             blob.zip_path or blob.path) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, MemoryError):
+        text = "out of memory"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Work:
+    key: str
+    jobs: tuple[PatchJob, ...]  # same source and target; the first is read
+    memory: int
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What one worker process gets: where to read, where to write."""
+
+    source: Blob
+    target: Blob
+    patch_tmp: Path
+    result: Path
+    memory: int
+    engine: Engine | None
+    # small pairs are read by the parent, which keeps both zips open: a worker that had to
+    # open two large zips itself would spend more time on that than on the diff
+    source_data: bytes | None = None
+    target_data: bytes | None = None
+
+
+def _worker(tasks: Sequence[_Task]) -> None:
+    """Diff each pair in turn, check the patch, leave it in `patch_tmp` and a JSON result in
+    `result`."""
+    _limit_memory(max(task.memory for task in tasks))
+    for task in tasks:
+        result: dict[str, Any]
+        try:
+            result = _diff_and_check(task)
+        except Exception as exc:  # MemoryError included: report it, the parent decides
+            result = {"status": "failed", "message": _describe(exc)}
+        tmp = task.result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result), "utf-8")
+        os.replace(tmp, task.result)
+
+
+def _diff_and_check(task: _Task) -> dict[str, Any]:
+    data: dict[str, bytes] = {}
+    with _Reader() as reader:
+        for role, blob, given in (("source", task.source, task.source_data),
+                                  ("target", task.target, task.target_data)):
+            try:
+                data[role] = given if given is not None else reader.read(blob)
+            except _READ_ERRORS as exc:
+                return {"status": "failed", "message": f"cannot read the {role} {blob.where} "
+                                                      f"({_describe(exc)})"}
+            blob_sha1 = hashlib.sha1(data[role]).hexdigest()
+            if len(data[role]) != blob.size or blob_sha1 != blob.sha1:
+                return {"status": "input", "role": role}
+    source, target = data["source"], data["target"]
+    patch = (task.engine or bsdiff40)(source, target)
+    try:
+        out = apply_patch_bytes(source, patch)
+        good = len(out) == len(target) and hashlib.sha1(out).hexdigest() == task.target.sha1
+        problem = "" if good else "gives other bytes than the target"
+    except ValueError as exc:
+        problem = f"does not apply ({exc})"
+    if problem:
+        return {"status": "mismatch", "message": problem}
+    if not too_big_reason(len(patch), len(target)):
+        task.patch_tmp.write_bytes(patch)
+    return {"status": "ok", "patch_size": len(patch)}
+
+
+def _limit_memory(need: int) -> None:
+    """Cap the address space at what the process uses now plus the estimate and some slack."""
+    try:
+        import resource
+
+        with open("/proc/self/statm", "rb") as f:
+            now = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = now + need + _RLIMIT_SLACK
+        for limit in (soft, hard):
+            if limit != resource.RLIM_INFINITY:
+                cap = min(cap, limit)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # no /proc or no RLIMIT_AS: the estimate alone bounds the memory
+
+
+@dataclass
+class _Running:
+    process: multiprocessing.process.BaseProcess
+    batch: list[tuple[_Work, _Task]]
+    started: float
+
+
+# pairs this small go to one worker together (a process per diff would cost more than the
+# diff); a batch whose worker dies or runs out of time is tried again one pair per worker
+_BATCH_PAIR_MAX = 256 << 10
+_BATCH_BYTES = 4 << 20
+_BATCH_PAIRS = 64
+
+
+def _batchable(item: _Work) -> bool:
+    first = item.jobs[0]
+    return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
+
+
+def _collect(item: _Work, task: _Task, cache: BlobCache,
+             run_dir: Path) -> tuple[Path | None, str, int]:
+    """Read the result a worker left for one pair; move a good patch into the cache."""
+    job = item.jobs[0]
+    try:
+        result = json.loads(task.result.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"diff failed: its result is unreadable ({_describe(exc)})", 0
+    status = result.get("status")
+    if status == "input":
+        blob = job.source if result["role"] == "source" else job.target
+        raise DfotaError(f"{result['role']} of {quoted(job.name)} does not match its recorded size "
+                         f"and sha1 ({blob.size} bytes, {blob.sha1})",
+                         blob.zip_path or blob.path)
+    if status == "mismatch":
+        raise RuntimeError(f"internal error: the patch made for {quoted(job.name)} "
+                           f"{result['message']}")
+    if status != "ok":
+        return None, f"diff failed: {result.get('message', 'unknown error')}", 0
+    size = int(result["patch_size"])
+    reason = too_big_reason(size, job.target.size)
+    if reason:
+        marker = run_dir / f"{item.key}.big"
+        marker.write_text(f"patch-size {size}\n", "ascii")
+        cache.put(f"{item.key}.big", marker)
+        return None, reason, size
+    return cache.put(f"{item.key}.p", task.patch_tmp), "", size
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"worker killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code} without a result"
+
+
+def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reason: str,
+                   size: int) -> str:
+    first = work.jobs[0]
+    extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""
+    result = _human(size) if patch is not None else f"whole: {reason}"
+    return (f"diff {done}/{total}: {shown_path(first.name)}{extra} ({_human(first.target.size)}) "
+            f"-> {result}")
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("GB", 30), ("MB", 20), ("KB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit}"
+    return f"{size} B"
