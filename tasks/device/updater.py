@@ -315,7 +315,7 @@ class _Updater:
 
     # evaluation
 
-    def value(self, node: Node) -> Value:
+    def value(self, node: Node) -> Value:  # noqa: C901
         if type(node) is Literal:
             return node.value
         if isinstance(node, Call):
@@ -772,7 +772,7 @@ class _Updater:
                 units.entry_done(self, index + 1, "", redo)
             index += 1
 
-    def fn_set_metadata(self, name: str, args: Sequence[Node]) -> Value:
+    def fn_set_metadata(self, name: str, args: Sequence[Node]) -> Value:  # noqa: C901
         if len(args) % 2 != 1:
             raise _Abort(f"{name}() expects an odd number of arguments, got {len(args)}")
         values = self.strings(args)
@@ -996,7 +996,7 @@ class _Updater:
                                 sha1s, patches)
         return b"t" if done else b""
 
-    def apply_patch(self, src: str, tgt: str, tgt_sha1: bytes, tgt_size: int,
+    def apply_patch(self, src: str, tgt: str, tgt_sha1: bytes, tgt_size: int,  # noqa: C901, PLR0913, PLR0915
                     sha1s: list[bytes], patches: list[Blob]) -> bool:
         """applypatch(): patch `src` into `tgt` ("-": the same), safe to run again."""
         tgt = src if tgt == "-" else tgt

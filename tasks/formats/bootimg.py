@@ -116,7 +116,7 @@ def compute_image_id(sections: Sequence[bytes]) -> bytes:
     return sha.digest().ljust(32, b"\0")
 
 
-def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:
+def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  # noqa: C901
     """Parse and check the header and section layout of a boot image held in memory."""
     size = len(data)
     if size >= len(BOOT_MAGIC) and data[: len(BOOT_MAGIC)] != BOOT_MAGIC:
@@ -226,7 +226,7 @@ def section_bytes(data: bytes, image: BootImage, name: str) -> bytes:
     return b"" if section is None else data[section.offset : section.end]
 
 
-def build_boot_image(
+def build_boot_image(  # noqa: PLR0913
     kernel: bytes,
     *,
     cmdline: str,

@@ -179,7 +179,7 @@ def _string(script: bytes, pos: int, line: int) -> tuple[bytes, int, int] | None
     return None
 
 
-def _tokens(script: bytes) -> list[_Token]:
+def _tokens(script: bytes) -> list[_Token]:  # noqa: C901
     tokens: list[_Token] = []
     size = len(script)
     line = 1

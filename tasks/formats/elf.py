@@ -71,7 +71,7 @@ def _name(value: str | int) -> str:
     return value if isinstance(value, str) else f"0x{value:x}"
 
 
-def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:
+def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:  # noqa: C901
     """Parse and check an ELF image held in memory."""
     size = len(data)
     if data[:4] != ELF_MAGIC:

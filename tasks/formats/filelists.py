@@ -337,7 +337,7 @@ def _under(folder: str, path: str) -> bool:
     return path.startswith(folder + "/")
 
 
-def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:
+def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:  # noqa: C901
     """Warnings for listed paths absent from `paths`, the target's zip paths.
 
     A folder's zip entry may be given with or without its trailing ``/``; a folder rule is

@@ -263,7 +263,7 @@ def _choose_peb_size(image: Path, file_size: int, f: BinaryIO, wanted: int | Non
                      f"{size}-byte erase blocks", image)
 
 
-def _check_headers(image: Path, f: BinaryIO, peb: int, count: int) -> None:
+def _check_headers(image: Path, f: BinaryIO, peb: int, count: int) -> None:  # noqa: C901
     """Every erase block starts with an intact EC header, and its VID header (if any) is
     intact; both volume-table copies are intact and equal."""
     tables: list[tuple[int, bytes]] = []
@@ -576,7 +576,7 @@ class _Index:
     data: dict[int, list[_DataRef]] = field(default_factory=dict)
 
 
-def _walk_index(reader: _LebReader, root: tuple[int, int]) -> _Index:
+def _walk_index(reader: _LebReader, root: tuple[int, int]) -> _Index:  # noqa: C901
     """Every leaf node the committed index points at: inodes, directory entries, data."""
     index = _Index()
     data = reader.data
@@ -639,7 +639,7 @@ def _device_numbers(data: bytes) -> tuple[int, int]:
     return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
-def _build_tree(reader: _LebReader, index: _Index, image: Path, volume: str,
+def _build_tree(reader: _LebReader, index: _Index, image: Path, volume: str,  # noqa: C901, PLR0913
                 lebs: Mapping[int, int], volumes: tuple[UbiVolume, ...] = ()) -> UbifsTree:
     root = index.inodes.get(_ROOT_INO)
     if root is None or not stat.S_ISDIR(root.mode):

@@ -74,7 +74,7 @@ def link_item(name: str, target: str) -> ZipItem:
     return ZipItem(name, SYMLINK, 0o777, link=target)
 
 
-def member_item(name: str, zip_path: Path, member: str, kind: str, mode: int,
+def member_item(name: str, zip_path: Path, member: str, kind: str, mode: int,  # noqa: PLR0913
                 link: str = "") -> ZipItem:
     """An entry copied from another zip (files), or re-made from its metadata (dirs, links)."""
     if kind == FILE:
@@ -100,7 +100,7 @@ def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
 Vouch = Callable[[Path, os.stat_result, str], bool]
 
 
-def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
+def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,  # noqa: PLR0913
               meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None,
               vouch: Vouch | None = None, durable: bool = True) -> None:
     """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
@@ -129,7 +129,7 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,
             zf.close()
 
 
-def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,
+def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,  # noqa: PLR0913
                 opened: Mapping[Path, zipfile.ZipFile],
                 sources: dict[Path, zipfile.ZipFile], vouch: Vouch | None) -> None:
     if item.kind == DIR:

@@ -150,7 +150,7 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
     return writes, items
 
 
-def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
+def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",  # noqa: PLR0913
                 build_warnings: Sequence[str] = (), sdk: Path | None = None,
                 state: State | None = None) -> DeltaResult:
     """`recorded_source`: the version this workspace built the target on (the default base);
@@ -186,7 +186,7 @@ def build_delta(settings: DeltaSettings, log: RunLog, recorded_source: str = "",
             return result
 
 
-def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,  # noqa: PLR0913
            base: ZipSource, target: ZipSource, started: float,
            recorded_sha1s: tuple[bool, bool], build_warnings: tuple[str, ...],
            inputs: PackageInputs, state: State) -> DeltaResult:
@@ -235,7 +235,7 @@ class _DiffProgress:
         return self.bar
 
 
-def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,
+def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: FileLists,  # noqa: C901, PLR0913, PLR0915
               base: ZipSource, target: ZipSource, started: float,
               recorded_sha1s: tuple[bool, bool],
               versions: tuple[ProjectVersion, ProjectVersion], boot_changed: bool,
@@ -391,7 +391,7 @@ def _budget_warnings(settings: DeltaSettings, size: int, changes: Sequence[Chang
     return warnings
 
 
-def _summary(settings: DeltaSettings, inputs: PackageInputs, source_key: str, target_key: str,
+def _summary(settings: DeltaSettings, inputs: PackageInputs, source_key: str, target_key: str,  # noqa: PLR0913
              parts: frozenset[Part],
              changes: Sequence[Change], outcomes: Mapping[str, PatchOutcome],
              boot: PartitionWrite | None,

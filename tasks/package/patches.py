@@ -183,7 +183,7 @@ def too_big_reason(patch_size: int, target_size: int) -> str:
     return f"patch is {percent}% of the file"
 
 
-def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache, workers: int | None = None,
+def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache, workers: int | None = None,  # noqa: PLR0913
                  timeout: float = 300.0, memory_limit: int = 1 << 30,
                  progress: Callable[[str], None] | None = None,
                  engine: Engine | None = None,
@@ -213,7 +213,7 @@ class PatchRun:
     (workers open their own).
     """
 
-    def __init__(self, *, cache: BlobCache, workers: int | None = None, timeout: float = 300.0,
+    def __init__(self, *, cache: BlobCache, workers: int | None = None, timeout: float = 300.0,  # noqa: PLR0913
                  memory_limit: int = 1 << 30, progress: Callable[[str], None] | None = None,
                  engine: Engine | None = None,
                  open_zips: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
@@ -633,7 +633,7 @@ def _exit_text(code: int | None) -> str:
     return f"worker exited with code {code} without a result"
 
 
-def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reason: str,
+def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reason: str,  # noqa: PLR0913
                    size: int) -> str:
     first = work.jobs[0]
     extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""

@@ -167,7 +167,7 @@ def _fraction(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
 
 
-def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],
+def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],  # noqa: PLR0913
                  changes: Sequence[Change], target: Mapping[str, Entry],
                  version_sha1s: Sequence[str], boot: PartitionWrite | None,
                  minor: Sequence[PartitionWrite], chmod: Sequence[ChmodRule],

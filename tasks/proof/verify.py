@@ -256,7 +256,7 @@ def _forks(steps: int, workers: int | None = None) -> bool:
     return (workers or os.cpu_count() or 1) > 1 and steps >= max(_STEPS_PER_FORK, 2)
 
 
-def replay_power_losses(pkg: Package, device: Device, expected: Tree,
+def replay_power_losses(pkg: Package, device: Device, expected: Tree,  # noqa: PLR0913
                         partitions: Mapping[str, str], steps: Sequence[int],
                         advance: Callable[[int], None], workers: int | None = None, *,
                         whole_run: tuple[Marks, str | None] | None = None
@@ -364,7 +364,7 @@ class BspatchProof:
     a check that ran last raised it). `stored`: the source's bytes, by member, where they
     are known (`device_from_targetfiles`)."""
 
-    def __init__(self, pkg: ZipSource, base: ZipSource, target: ZipSource,
+    def __init__(self, pkg: ZipSource, base: ZipSource, target: ZipSource,  # noqa: PLR0913
                  records: Records | None = None, stored: Mapping[str, Stored] | None = None,
                  *, tool: str | None = None) -> None:
         self.records = records
@@ -474,7 +474,7 @@ def _lasting() -> Iterator[Callable[[], None]]:
         gc.unfreeze()
 
 
-def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],
+def verify_package(package: Path, base_zip: Path, target_zip: Path, parts: frozenset[Part],  # noqa: C901, PLR0913, PLR0915
                    lists: FileLists, log: RunLog, *, permission_replays: int | None = None,
                    target_recorded: bool = False, records: Records | None = None,
                    volumes: Volumes = DEFAULT_VOLUMES) -> VerifyReport:

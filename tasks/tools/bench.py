@@ -217,7 +217,7 @@ def _ranked(items: Iterable[str], label: str) -> list[str]:
     return sorted(items, key=lambda p: hashlib.sha1(f"{_SEED}:{label}:{p}".encode()).digest())
 
 
-def _path_for(kind: str, i: int, tag: str) -> str:
+def _path_for(kind: str, i: int, tag: str) -> str:  # noqa: C901
     label = f"{tag}{kind}:{i}"
     word = _pick(label + "#w", _WORDS)
     pkg = f"{_pick(label + '#p', _WORDS)}{int(_uniform(label + '#n') * 4)}"
@@ -1070,7 +1070,7 @@ def _sample_release(work_dir: Path, say: Say) -> Path:
     return sample / "firmware" / "upgrade" / "targetfiles.zip"
 
 
-def cross_baseline(step: StepRunner, run: Path, sdk: Path, source: Path, profile: bool,
+def cross_baseline(step: StepRunner, run: Path, sdk: Path, source: Path, profile: bool,  # noqa: PLR0913
                    repeat: int) -> PackageRun:
     """The cross-baseline package: `source` (the sample's release firmware) to `sdk` (the
     pair's next SDK) with the sample's lists, in its own workspaces `run/cross/trialN`:
@@ -1126,7 +1126,7 @@ def _clocks(summary: Mapping[str, Any]) -> str:
             f"{summary.get('verify', {}).get('seconds', '?')} s")
 
 
-def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,
+def run_benchmark(work_dir: Path, scale: float = 1.0, say: Say = print,  # noqa: C901, PLR0913, PLR0915
                   report: Path | None = None, profile: bool = False, repeat: int = 3,
                   cases: str = "all") -> Table:
     """Generate (or reuse) the pair under `work_dir/data` and the sample under

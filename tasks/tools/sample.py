@@ -280,7 +280,7 @@ def _arm_elf(code: bytes, rodata: bytes, *, shared: bool) -> bytes:
     return bytes(out + code + rodata)
 
 
-def _program(name: str, size: int, *, shared: bool = False, version: str = "1.0.0",
+def _program(name: str, size: int, *, shared: bool = False, version: str = "1.0.0",  # noqa: PLR0913
              edits: int = 0, grow: int = 0) -> bytes:
     """A binary of about `size` bytes; `edits`/`grow` give the next build of the same program."""
     label = f"elf:{name}"
@@ -473,7 +473,7 @@ def _build_prop(version: SampleVersion) -> str:
     )
 
 
-def _rootfs(next_version: bool) -> Tree:
+def _rootfs(next_version: bool) -> Tree:  # noqa: C901, PLR0915
     version = NEXT if next_version else BASE
     tree: Tree = {}
     for folder in ("bin", "boot", "cache", "cache/recovery", "data", "data/ql_app", "dev",

@@ -175,7 +175,7 @@ class Connection:
         for stream in list(self.streams.values()):
             stream.peer_closed()
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Message) -> None:  # noqa: C901
         stream: Stream | None
         if msg.command == A_CNXN:
             self.max_payload = max(4096, min(msg.arg1, MAX_PAYLOAD))
@@ -299,7 +299,7 @@ def _sync_reply(tag: bytes, length: int, data: bytes = b"") -> bytes:
     return tag + struct.pack("<I", length) + data
 
 
-def sync_session(stream: Stream, files: SyncFiles,
+def sync_session(stream: Stream, files: SyncFiles,  # noqa: C901
                  pace: Callable[[int], None] = lambda size: None) -> None:
     """Answer sync requests until QUIT or the stream closes. `pace(n)` is called for every
     n bytes sent (a slow link sleeps there)."""

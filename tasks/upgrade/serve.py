@@ -90,7 +90,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start <= end and start < size else None
 
 
-def make_handler(catalogue: Catalogue, say: Callable[[str], None], scheme: str
+def make_handler(catalogue: Catalogue, say: Callable[[str], None], scheme: str  # noqa: C901
                  ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server: ThreadingHTTPServer
@@ -197,7 +197,7 @@ class _Server6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def start_server(ws: Workspace, bind: str, port: int, cert: str, key: str,
+def start_server(ws: Workspace, bind: str, port: int, cert: str, key: str,  # noqa: PLR0913
                  say: Callable[[str], None]) -> ThreadingHTTPServer:
     if bool(cert) != bool(key):
         raise DfotaError("HTTPS needs both --cert FILE and --key FILE")
@@ -221,7 +221,7 @@ def start_server(ws: Workspace, bind: str, port: int, cert: str, key: str,
     return server
 
 
-def serve(ws: Workspace, bind: str, port: int, cert: str, key: str,
+def serve(ws: Workspace, bind: str, port: int, cert: str, key: str,  # noqa: PLR0913
           say: Callable[[str], None], stop: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`)."""
     server = start_server(ws, bind, port, cert, key, say)

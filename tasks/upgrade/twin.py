@@ -81,7 +81,7 @@ class Faults:
     cut_download_kb: float | None = None  # the first download breaks after this much
 
 
-def parse_faults(values: Sequence[str]) -> Faults:
+def parse_faults(values: Sequence[str]) -> Faults:  # noqa: C901
     """`--fault` values; a bad one stops the command with one line."""
     found: dict[str, object] = {}
     for value in values:
@@ -281,7 +281,7 @@ class Process:
 class Twin(adb_wire.SyncFiles):
     """The simulated module: a flash, ADB, the AT ports and the updater."""
 
-    def __init__(self, flash: Flash, host: str, port: int, faults: Faults, *,
+    def __init__(self, flash: Flash, host: str, port: int, faults: Faults, *,  # noqa: PLR0913
                  at_pty: bool = False, cafile: str = "",
                  say: Callable[[str], None] = print) -> None:
         self.flash, self.faults, self.say, self.cafile = flash, faults, say, cafile
@@ -425,7 +425,7 @@ class Twin(adb_wire.SyncFiles):
             if words:
                 self.run(words, out, stream)
 
-    def run(self, words: list[str], out: Callable[[str], None],
+    def run(self, words: list[str], out: Callable[[str], None],  # noqa: C901
             stream: adb_wire.Stream) -> None:
         name, args = words[0], words[1:]
         if name == "cat" and len(args) == 1 and args[0].startswith("/dev/smd"):
@@ -753,7 +753,7 @@ def parse_address(text: str, what: str = "--adb") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def run_twin(root: Path, zip_path: Path | None, key: str, address: str, faults: Faults, *,
+def run_twin(root: Path, zip_path: Path | None, key: str, address: str, faults: Faults, *,  # noqa: PLR0913
              at_pty: bool, cafile: str, say: Callable[[str], None],
              stop: threading.Event | None = None) -> None:
     """Make the flash when needed, listen, and serve until SIGTERM/SIGINT (or `stop`)."""

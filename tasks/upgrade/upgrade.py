@@ -148,7 +148,7 @@ def _package_version(path: Path) -> bytes:
                                  f"quectel-project-version: {exc})") from None
 
 
-def choose_package(ws: Workspace, options: UpgradeOptions, module_key: str,
+def choose_package(ws: Workspace, options: UpgradeOptions, module_key: str,  # noqa: PLR0913
                    proven: Sequence[ProvenPackage], run: Run, digests: DigestCache) -> Chosen:
     if options.package is not None:
         sha256 = recorded_sha256(digests, options.package)
@@ -194,7 +194,7 @@ def _baseline(key: str) -> str:
     return key.split("_", 1)[0]
 
 
-def preflight(adb: Adb, options: UpgradeOptions, chosen: Chosen, module_bytes: bytes,
+def preflight(adb: Adb, options: UpgradeOptions, chosen: Chosen, module_bytes: bytes,  # noqa: PLR0913
               module_key: str, run: Run) -> None:
     shipped = _package_version(chosen.path)
     if shipped != module_bytes:
@@ -374,7 +374,7 @@ def wait_back(adb: Adb, deadline: float, run: Run) -> None:
     raise Stop(EXIT_LOST, "the module did not come back over ADB in time (--update-timeout)")
 
 
-def follow(follower: Follower, adb: Adb, options: UpgradeOptions, run: Run,
+def follow(follower: Follower, adb: Adb, options: UpgradeOptions, run: Run,  # noqa: C901
            on_terminal: bool) -> tuple[int | None, bool]:
     """The URCs up to END: (<err> or None when no END came, whether recovery started)."""
     deadline = time.monotonic() + options.update_timeout
@@ -420,7 +420,7 @@ def follow(follower: Follower, adb: Adb, options: UpgradeOptions, run: Run,
             return urc.value, started
 
 
-def conclude(adb: Adb, err: int | None, started: bool, chosen: Chosen, options: UpgradeOptions,
+def conclude(adb: Adb, err: int | None, started: bool, chosen: Chosen, options: UpgradeOptions,  # noqa: PLR0913
              deadline: float, run: Run) -> int:
     if started or err is None:
         wait_back(adb, deadline, run)
@@ -457,7 +457,7 @@ def conclude(adb: Adb, err: int | None, started: bool, chosen: Chosen, options: 
     return EXIT_OK
 
 
-def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,
+def upgrade_module(serial: str, ws: Workspace, options: UpgradeOptions,  # noqa: PLR0913
                    proven: Sequence[ProvenPackage], say: Callable[[str], None],
                    on_terminal: bool, digests: DigestCache) -> Run:
     run = Run(serial, say)
