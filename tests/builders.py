@@ -62,7 +62,7 @@ def with_parents(system: Mapping[str, Node]) -> dict[str, Node]:
     return full
 
 
-def write_targetfiles(path: Path, system: Mapping[str, Node], *, boot: bytes, abl: bytes,  # noqa: PLR0913
+def write_targetfiles(path: Path, system: Mapping[str, Node], *, boot: bytes, abl: bytes,
                       meta: bool = True, filesmap: str = "sdxlemur-boot.img boot\nabl.elf abl\n",
                       extra: Mapping[str, bytes] | None = None) -> Path:
     tree = with_parents(system)

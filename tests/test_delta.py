@@ -50,7 +50,7 @@ MUTATING = {"delete", "delete_recursive", "apply_patch", "package_extract_dir", 
 Pair = tuple[DeltaSettings, dict]
 
 
-def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,  # noqa: PLR0913
+def pair(tmp: Path, *, source: dict | None = None, target: dict | None = None,
          boot_changed: bool = True,
          abl_changed: bool = True, lists: dict[str, str] | None = None, **options: Any
          ) -> DeltaSettings:

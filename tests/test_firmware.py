@@ -78,7 +78,7 @@ def write_md5(folder: Path) -> None:
     (folder / "md5.txt").write_text("".join(lines))
 
 
-def make_package(folder: Path, *, rootfs: dict[str, Node] = ROOTFS,  # noqa: PLR0913
+def make_package(folder: Path, *, rootfs: dict[str, Node] = ROOTFS,
                  modem: dict[str, Node] = MODEM, zip_system: dict[str, Node] | None = None,
                  meta: bool = True, targetfiles: bool = True) -> Path:
     """A release firmware package: real images of `rootfs` and `modem`, and (unless not

@@ -34,36 +34,33 @@ KINDS = ("new", "patched", "deleted", "symlink", "empty_dir", "metadata", "dir_r
 OLD, NEW = "a" * 40, "b" * 40
 
 
-def _changes(names: Sequence[str], targets: Sequence[str]  # noqa: C901
+def _change(kind: str, name: str, target: str) -> Change:
+    """One change of `kind` at `name`; `target`: a link's target."""
+    old_file = Entry(name, FILE, 0o644, 0, 0, 100, OLD)
+    new_file = Entry(name, FILE, 0o755, 0, 0, 120, NEW)
+    link = Entry(name, SYMLINK, 0o777, 0, 0, 0, "", target)
+    made = {
+        "new": (Kind.NEW, None, new_file), "chmod": (Kind.NEW, None, new_file),
+        "patched": (Kind.PATCHED, old_file, new_file),
+        "deleted": (Kind.DELETED, old_file, None),
+        "symlink": (Kind.LINK_NEW, None, link),
+        "empty_dir": (Kind.NEW_DIR, None, Entry(name, DIR, 0o750)),
+        "metadata": (Kind.METADATA, old_file, Entry(name, FILE, 0o600, 1000, 1000, 100, OLD)),
+        "dir_removed": (Kind.DIR_REMOVED, Entry(name, DIR, 0o755), None),
+        "file_to_link": (Kind.REPLACED, old_file, link),
+    }[kind]
+    return Change(name, *made)
+
+
+def _changes(names: Sequence[str], targets: Sequence[str]
              ) -> tuple[list[Change], dict[str, Entry], list[ChmodRule]]:
     """Every change kind, one per name in turn; names sorted as the planner sorts paths."""
     changes, tree, rules = [], {}, []
     for i, name in enumerate(names):
         kind = KINDS[i % len(KINDS)]
-        target = targets[i % len(targets)]
-        old_file = Entry(name, FILE, 0o644, 0, 0, 100, OLD)
-        new_file = Entry(name, FILE, 0o755, 0, 0, 120, NEW)
-        if kind in ("new", "chmod"):
-            change = Change(name, Kind.NEW, None, new_file)
-            if kind == "chmod":
-                rules.append(ChmodRule(f"SYSTEM/{name}", False, 0o700, 0, 0, 0o755, i + 1))
-        elif kind == "patched":
-            change = Change(name, Kind.PATCHED, old_file, new_file)
-        elif kind == "deleted":
-            change = Change(name, Kind.DELETED, old_file, None)
-        elif kind == "symlink":
-            change = Change(name, Kind.LINK_NEW, None,
-                            Entry(name, SYMLINK, 0o777, 0, 0, 0, "", target))
-        elif kind == "empty_dir":
-            change = Change(name, Kind.NEW_DIR, None, Entry(name, DIR, 0o750))
-        elif kind == "metadata":
-            change = Change(name, Kind.METADATA, old_file,
-                            Entry(name, FILE, 0o600, 1000, 1000, 100, OLD))
-        elif kind == "dir_removed":
-            change = Change(name, Kind.DIR_REMOVED, Entry(name, DIR, 0o755), None)
-        else:
-            change = Change(name, Kind.REPLACED, old_file,
-                            Entry(name, SYMLINK, 0o777, 0, 0, 0, "", target))
+        change = _change(kind, name, targets[i % len(targets)])
+        if kind == "chmod":
+            rules.append(ChmodRule(f"SYSTEM/{name}", False, 0o700, 0, 0, 0o755, i + 1))
         changes.append(change)
         if change.target is not None:
             tree[name] = change.target

@@ -72,7 +72,7 @@ def manifest(time: str) -> dict[str, object]:
     return {"version": {"package_time": time}, "origin": "test", "source": None}
 
 
-def racer(root: Path, key: str, zip_path: Path, time: str, start: Barrier,  # noqa: PLR0913
+def racer(root: Path, key: str, zip_path: Path, time: str, start: Barrier,
           results: multiprocessing.Queue[tuple[str, str]]) -> None:
     start.wait()
     try:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -317,65 +318,88 @@ def _write_zip(path: Path, names: list[str]) -> None:
             zf.writestr(zipfile.ZipInfo(name), b"x")
 
 
-def _break(ws: Workspace, case: str) -> str:  # noqa: C901
-    """Damage one input; return the text the error line must hold."""
-    target = ws.sdk / "target"
-    if case == "missing abl.elf":
-        (target / "abl.elf").unlink()
-        return f"{target / 'abl.elf'}: missing from the SDK output"
-    if case == "abl.elf not ELF":
-        (target / "abl.elf").write_text("not an elf\n")
-        return f"{target / 'abl.elf'}: not an ELF file"
-    if case == "abl.elf truncated":
-        data = (target / "abl.elf").read_bytes()
-        (target / "abl.elf").write_bytes(data[: len(data) - 100])
-        return "beyond the file"
-    if case == "boot image bad magic":
-        image = bytearray((target / "sdxlemur-boot.img").read_bytes())
-        image[:8] = b"NOTANDRD"
-        (target / "sdxlemur-boot.img").write_bytes(bytes(image))
-        return f"{target / 'sdxlemur-boot.img'}: not an Android boot image"
-    if case == "boot image v3":
-        image = bytearray(build_boot_image(b"k" * 5000, cmdline="x"))
-        image[40:44] = (3).to_bytes(4, "little")
-        (target / "sdxlemur-boot.img").write_bytes(bytes(image))
-        return "unsupported boot image header version 3"
-    if case == "source not a zip":
-        ws.source.write_text("hello")
-        return f"{ws.source}: not a usable zip file"
-    if case == "source truncated":
-        ws.source.write_bytes(ws.source.read_bytes()[:5000])
-        return f"{ws.source}: not a usable zip file"
-    if case == "source entry with ..":
-        _write_zip(ws.source, ["SYSTEM/", "SYSTEM/../../evil"])
-        return "would escape its folder"
-    if case == "source absolute entry":
-        _write_zip(ws.source, ["/etc/passwd"])
-        return "absolute or empty name"
-    if case == "source without SYSTEM/firmware":
-        with zipfile.ZipFile(ws.source) as zf, zipfile.ZipFile(ws.root / "cut.zip", "w") as out:
-            for info in zf.infolist():
-                if not info.filename.startswith("SYSTEM/firmware"):
-                    out.writestr(info, zf.read(info))
-        shutil.move(ws.root / "cut.zip", ws.source)
-        return "has no SYSTEM/firmware/"
-    if case == "rootfs version file missing":
-        (ws.rootfs / "etc/quectel-project-version").unlink()
-        return "version file missing from the rootfs"
-    raise AssertionError(case)
+def _abl_missing(ws: Workspace, target: Path) -> str:
+    (target / "abl.elf").unlink()
+    return f"{target / 'abl.elf'}: missing from the SDK output"
 
 
-BAD_INPUTS = ["missing abl.elf", "abl.elf not ELF", "abl.elf truncated", "boot image bad magic",
-              "boot image v3", "source not a zip", "source truncated", "source entry with ..",
-              "source absolute entry", "source without SYSTEM/firmware",
-              "rootfs version file missing"]
+def _abl_not_elf(ws: Workspace, target: Path) -> str:
+    (target / "abl.elf").write_text("not an elf\n")
+    return f"{target / 'abl.elf'}: not an ELF file"
+
+
+def _abl_truncated(ws: Workspace, target: Path) -> str:
+    data = (target / "abl.elf").read_bytes()
+    (target / "abl.elf").write_bytes(data[: len(data) - 100])
+    return "beyond the file"
+
+
+def _boot_bad_magic(ws: Workspace, target: Path) -> str:
+    image = bytearray((target / "sdxlemur-boot.img").read_bytes())
+    image[:8] = b"NOTANDRD"
+    (target / "sdxlemur-boot.img").write_bytes(bytes(image))
+    return f"{target / 'sdxlemur-boot.img'}: not an Android boot image"
+
+
+def _boot_v3(ws: Workspace, target: Path) -> str:
+    image = bytearray(build_boot_image(b"k" * 5000, cmdline="x"))
+    image[40:44] = (3).to_bytes(4, "little")
+    (target / "sdxlemur-boot.img").write_bytes(bytes(image))
+    return "unsupported boot image header version 3"
+
+
+def _source_not_zip(ws: Workspace, target: Path) -> str:
+    ws.source.write_text("hello")
+    return f"{ws.source}: not a usable zip file"
+
+
+def _source_truncated(ws: Workspace, target: Path) -> str:
+    ws.source.write_bytes(ws.source.read_bytes()[:5000])
+    return f"{ws.source}: not a usable zip file"
+
+
+def _source_dotdot(ws: Workspace, target: Path) -> str:
+    _write_zip(ws.source, ["SYSTEM/", "SYSTEM/../../evil"])
+    return "would escape its folder"
+
+
+def _source_absolute(ws: Workspace, target: Path) -> str:
+    _write_zip(ws.source, ["/etc/passwd"])
+    return "absolute or empty name"
+
+
+def _source_without_firmware(ws: Workspace, target: Path) -> str:
+    with zipfile.ZipFile(ws.source) as zf, zipfile.ZipFile(ws.root / "cut.zip", "w") as out:
+        for info in zf.infolist():
+            if not info.filename.startswith("SYSTEM/firmware"):
+                out.writestr(info, zf.read(info))
+    shutil.move(ws.root / "cut.zip", ws.source)
+    return "has no SYSTEM/firmware/"
+
+
+def _version_file_missing(ws: Workspace, target: Path) -> str:
+    (ws.rootfs / "etc/quectel-project-version").unlink()
+    return "version file missing from the rootfs"
+
+
+# each case damages one input and returns the text the error line must hold
+BREAKERS: dict[str, Callable[[Workspace, Path], str]] = {
+    "missing abl.elf": _abl_missing, "abl.elf not ELF": _abl_not_elf,
+    "abl.elf truncated": _abl_truncated, "boot image bad magic": _boot_bad_magic,
+    "boot image v3": _boot_v3, "source not a zip": _source_not_zip,
+    "source truncated": _source_truncated, "source entry with ..": _source_dotdot,
+    "source absolute entry": _source_absolute,
+    "source without SYSTEM/firmware": _source_without_firmware,
+    "rootfs version file missing": _version_file_missing,
+}
+BAD_INPUTS = list(BREAKERS)
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_gives_one_line_and_changes_nothing(ws: Workspace, case: str) -> None:
     ws.build()  # out/ and archive/ hold a good earlier result that must survive
     before = snapshot(ws.out, ws.archive)
-    expected = _break(ws, case)
+    expected = BREAKERS[case](ws, ws.sdk / "target")
     line = error_line(ws.doit())
     assert expected in line
     assert snapshot(ws.out, ws.archive) == before

@@ -90,7 +90,7 @@ def make_ubi(dest: Path, volumes: Sequence[tuple[str, Path | int]], *,
     return dest
 
 
-def ubi_image(work: Path, tree: Mapping[str, Node], *, devices: Iterable[Device] = (),  # noqa: PLR0913
+def ubi_image(work: Path, tree: Mapping[str, Node], *, devices: Iterable[Device] = (),
               compr: str = "lzo", name: str = "rootfs", empty: Sequence[str] = ()) -> Path:
     """A UBI image whose first volume `name` holds `tree`; then empty volumes."""
     work.mkdir(parents=True, exist_ok=True)
