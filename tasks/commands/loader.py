@@ -626,7 +626,8 @@ def _bench(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
 
 
 def _twin(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.twin import parse_faults, run_twin
+    from dfota.upgrade.twin import TwinOptions, run_twin
+    from dfota.upgrade.twin_faults import parse_faults
 
     faults = parse_faults([str(f) for f in options["fault"]])
     if not options["root"]:
@@ -635,10 +636,9 @@ def _twin(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     if options["version"]:
         version = archive_of(ws).find(str(options["version"]))
         zip_path, key = version.zip_path, version.key
-    run_twin(resolve_path(str(options["root"])), zip_path, key, str(options["adb"]), faults,
-             at_pty=bool(options["at_pty"]),
-             cafile=str(resolve_path(str(options["cafile"]))) if options["cafile"] else "",
-             say=log.say)
+    cafile = str(resolve_path(str(options["cafile"]))) if options["cafile"] else ""
+    run_twin(TwinOptions(resolve_path(str(options["root"])), str(options["adb"]), faults,
+                         bool(options["at_pty"]), cafile, zip_path, key), log.say)
 
 
 def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
