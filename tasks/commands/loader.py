@@ -632,17 +632,15 @@ def _twin(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
     faults = parse_faults([str(f) for f in options["fault"]])
     if not options["root"]:
         raise DfotaError("name the folder of the module's flash: doit twin --root DIR")
-    zip_path, key = None, ""
-    if options["version"]:
-        version = archive_of(ws).find(str(options["version"]))
-        zip_path, key = version.zip_path, version.key
+    version = archive_of(ws).find(str(options["version"])) if options["version"] else None
     cafile = str(resolve_path(str(options["cafile"]))) if options["cafile"] else ""
     run_twin(TwinOptions(resolve_path(str(options["root"])), str(options["adb"]), faults,
-                         bool(options["at_pty"]), cafile, zip_path, key), log.say)
+                         bool(options["at_pty"]), cafile, version), log.say)
 
 
 def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.upgrade import UpgradeOptions, run_upgrade
+    from dfota.upgrade.module_run import UpgradeOptions
+    from dfota.upgrade.upgrade import run_upgrade
 
     package = str(options["package"])
     run_upgrade(ws, UpgradeOptions(

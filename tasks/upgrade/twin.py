@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfota.build.archive import ArchivedVersion
 from dfota.core.errors import DfotaError, shown_path
 from dfota.upgrade import adb_wire
 from dfota.upgrade.twin_faults import Faults
@@ -45,8 +46,7 @@ class TwinOptions:
     faults: Faults
     at_pty: bool = False
     cafile: str = ""  # the CA bundle https downloads are checked with ("": the system's)
-    zip_path: Path | None = None  # the archived version to make the flash from, when named
-    key: str = ""  # that version's key
+    version: ArchivedVersion | None = None  # the version to make the flash from, when named
 
 
 class Twin:
@@ -92,10 +92,10 @@ def parse_address(text: str, what: str = "--adb") -> tuple[str, int]:
 
 def open_flash(options: TwinOptions, say: Callable[[str], None]) -> Flash:
     """The flash under `options.root`, made from the named version when it holds another."""
-    flash = Flash(options.root)
-    if options.zip_path is not None and (not flash.exists() or flash.version() != options.key):
-        say(f"twin: writing version {options.key} to the flash in {options.root}")
-        flash.create(options.zip_path, options.key)
+    flash, version = Flash(options.root), options.version
+    if version is not None and (not flash.exists() or flash.version() != version.key):
+        say(f"twin: writing version {version.key} to the flash in {options.root}")
+        flash.create(version.zip_path, version.key)
     elif not flash.exists():
         raise DfotaError("holds no module flash yet: name the version to make it from "
                          "(doit twin --version KEY)", options.root)
