@@ -654,12 +654,12 @@ def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
 
 
 def _serve(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.serve import serve
+    from dfota.upgrade.serve import ServeOptions, serve
 
     cert, key = str(options["cert"]), str(options["key"])
-    serve(ws, str(options["bind"]), int(options["port"]),
-          str(resolve_path(cert)) if cert else "", str(resolve_path(key)) if key else "",
-          log.say)
+    serve(ws, ServeOptions(str(options["bind"]), int(options["port"]),
+                           str(resolve_path(cert)) if cert else "",
+                           str(resolve_path(key)) if key else ""), log.say)
 
 
 def clean_workspace(ws: Workspace) -> None:
