@@ -34,7 +34,8 @@ from dfota.package.plan import Part, expected_system
 from dfota.proof.verify import tree_differences
 from dfota.upgrade.at_port import parse_urc
 from dfota.upgrade.serve import parse_range
-from dfota.upgrade.twin import Flash, parse_faults
+from dfota.upgrade.twin_faults import parse_faults
+from dfota.upgrade.twin_flash import Flash
 from tests.test_configuration import BASE_KEY, NEXT_KEY, Project
 from tests.workspace import PROJECT, SAMPLE_LISTS, Run
 

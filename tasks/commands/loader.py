@@ -626,23 +626,21 @@ def _bench(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
 
 
 def _twin(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.twin import parse_faults, run_twin
+    from dfota.upgrade.twin import TwinOptions, run_twin
+    from dfota.upgrade.twin_faults import parse_faults
 
     faults = parse_faults([str(f) for f in options["fault"]])
     if not options["root"]:
         raise DfotaError("name the folder of the module's flash: doit twin --root DIR")
-    zip_path, key = None, ""
-    if options["version"]:
-        version = archive_of(ws).find(str(options["version"]))
-        zip_path, key = version.zip_path, version.key
-    run_twin(resolve_path(str(options["root"])), zip_path, key, str(options["adb"]), faults,
-             at_pty=bool(options["at_pty"]),
-             cafile=str(resolve_path(str(options["cafile"]))) if options["cafile"] else "",
-             say=log.say)
+    version = archive_of(ws).find(str(options["version"])) if options["version"] else None
+    cafile = str(resolve_path(str(options["cafile"]))) if options["cafile"] else ""
+    run_twin(TwinOptions(resolve_path(str(options["root"])), str(options["adb"]), faults,
+                         bool(options["at_pty"]), cafile, version), log.say)
 
 
 def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.upgrade import UpgradeOptions, run_upgrade
+    from dfota.upgrade.module_run import UpgradeOptions
+    from dfota.upgrade.upgrade import run_upgrade
 
     package = str(options["package"])
     run_upgrade(ws, UpgradeOptions(
@@ -656,12 +654,12 @@ def _upgrade(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
 
 
 def _serve(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.upgrade.serve import serve
+    from dfota.upgrade.serve import ServeOptions, serve
 
     cert, key = str(options["cert"]), str(options["key"])
-    serve(ws, str(options["bind"]), int(options["port"]),
-          str(resolve_path(cert)) if cert else "", str(resolve_path(key)) if key else "",
-          log.say)
+    serve(ws, ServeOptions(str(options["bind"]), int(options["port"]),
+                           str(resolve_path(cert)) if cert else "",
+                           str(resolve_path(key)) if key else ""), log.say)
 
 
 def clean_workspace(ws: Workspace) -> None:

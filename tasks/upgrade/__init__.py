@@ -1,4 +1,5 @@
-"""After the proof: proven packages sent to modules (`doit upgrade` over ADB and AT ports),
-served over HTTP(S) (`doit serve`), and a twin of a module for tests (`doit twin`).
+"""After the proof: proven packages sent to modules (`doit upgrade`: upgrade.py and its steps),
+served over HTTP(S) (`doit serve`: serve.py), and a twin of a module for tests (`doit twin`:
+twin.py and its twin_* pieces).
 May import: every part below it (core to proof).
 """

@@ -175,43 +175,50 @@ class Connection:
         for stream in list(self.streams.values()):
             stream.peer_closed()
 
-    def handle(self, msg: Message) -> None:  # noqa: C901
-        stream: Stream | None
-        if msg.command == A_CNXN:
-            self.max_payload = max(4096, min(msg.arg1, MAX_PAYLOAD))
-            self.send(Message(A_CNXN, A_VERSION, MAX_PAYLOAD, self.banner.encode() + b"\0"))
-        elif msg.command == A_OPEN:
-            name = msg.data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            service = self.opener(name)
-            if service is None:
-                self.send(Message(A_CLSE, 0, msg.arg0))
-                return
-            local, self.next_id = self.next_id, self.next_id + 1
-            stream = self.streams[local] = Stream(self, local, msg.arg0, name)
-            self.send(Message(A_OKAY, local, msg.arg0))
-            threading.Thread(target=self._run, args=(service, stream), daemon=True,
-                             name=f"adb {name[:30]}").start()
-        elif msg.command == A_OKAY:
-            stream = self.streams.get(msg.arg1)
-            if stream is not None:
-                stream.acked.set()
-        elif msg.command == A_WRTE:
-            stream = self.streams.get(msg.arg1)
-            if stream is None:
-                return
-            stream.incoming.put(msg.data)
-            pause = self.ack_delay(len(msg.data))  # a slow link answers late
-            if pause:
-                time.sleep(pause)
-            self.send(Message(A_OKAY, stream.local, stream.remote))
-        elif msg.command == A_CLSE:
-            stream = self.streams.pop(msg.arg1, None)
-            if stream is not None:
-                stream.peer_closed()
-                if not stream.closed.is_set():
-                    stream.closed.set()
-                    with contextlib.suppress(OSError, WireError):
-                        self.send(Message(A_CLSE, stream.local, stream.remote))
+    def handle(self, msg: Message) -> None:
+        answer = _ANSWERS.get(msg.command)  # others (AUTH, SYNC) are not answered
+        if answer is not None:
+            answer(self, msg)
+
+    def _connected(self, msg: Message) -> None:  # CNXN
+        self.max_payload = max(4096, min(msg.arg1, MAX_PAYLOAD))
+        self.send(Message(A_CNXN, A_VERSION, MAX_PAYLOAD, self.banner.encode() + b"\0"))
+
+    def _opened(self, msg: Message) -> None:  # OPEN
+        name = msg.data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        service = self.opener(name)
+        if service is None:
+            self.send(Message(A_CLSE, 0, msg.arg0))
+            return
+        local, self.next_id = self.next_id, self.next_id + 1
+        stream = self.streams[local] = Stream(self, local, msg.arg0, name)
+        self.send(Message(A_OKAY, local, msg.arg0))
+        threading.Thread(target=self._run, args=(service, stream), daemon=True,
+                         name=f"adb {name[:30]}").start()
+
+    def _acknowledged(self, msg: Message) -> None:  # OKAY
+        stream = self.streams.get(msg.arg1)
+        if stream is not None:
+            stream.acked.set()
+
+    def _written(self, msg: Message) -> None:  # WRTE
+        stream = self.streams.get(msg.arg1)
+        if stream is None:
+            return
+        stream.incoming.put(msg.data)
+        pause = self.ack_delay(len(msg.data))  # a slow link answers late
+        if pause:
+            time.sleep(pause)
+        self.send(Message(A_OKAY, stream.local, stream.remote))
+
+    def _closed(self, msg: Message) -> None:  # CLSE
+        stream = self.streams.pop(msg.arg1, None)
+        if stream is not None:
+            stream.peer_closed()
+            if not stream.closed.is_set():
+                stream.closed.set()
+                with contextlib.suppress(OSError, WireError):
+                    self.send(Message(A_CLSE, stream.local, stream.remote))
 
     def _run(self, service: Service, stream: Stream) -> None:
         try:
@@ -220,6 +227,12 @@ class Connection:
             pass
         finally:
             stream.close()
+
+
+_ANSWERS: dict[int, Callable[[Connection, Message], None]] = {
+    A_CNXN: Connection._connected, A_OPEN: Connection._opened,
+    A_OKAY: Connection._acknowledged, A_WRTE: Connection._written, A_CLSE: Connection._closed,
+}
 
 
 class AdbListener:
@@ -299,10 +312,73 @@ def _sync_reply(tag: bytes, length: int, data: bytes = b"") -> bytes:
     return tag + struct.pack("<I", length) + data
 
 
-def sync_session(stream: Stream, files: SyncFiles,  # noqa: C901
+@dataclass(frozen=True)
+class SyncSession:
+    """One sync service stream: each request read and answered from `files`. `pace(n)` is
+    called for every n bytes sent (a slow link sleeps there)."""
+
+    stream: Stream
+    files: SyncFiles
+    pace: Callable[[int], None]
+
+    def fail(self, text: str) -> None:
+        data = text.encode()
+        self.stream.write(_sync_reply(b"FAIL", len(data), data))
+
+    def stat(self, path: str) -> None:
+        mode, size, mtime = self.files.stat(path)
+        self.stream.write(b"STAT" + struct.pack("<III", mode, size, mtime))
+
+    def list(self, path: str) -> None:
+        out = b""
+        for name, mode, size, mtime in self.files.listdir(path):
+            raw = name.encode("utf-8", "surrogateescape")
+            out += b"DENT" + struct.pack("<IIII", mode, size, mtime, len(raw)) + raw
+        self.stream.write(out + b"DONE" + bytes(16))
+
+    def recv(self, path: str) -> None:
+        try:
+            data = self.files.read(path)
+        except SyncFailure as exc:
+            self.fail(str(exc))
+            return
+        for at in range(0, len(data), SYNC_DATA_MAX):
+            chunk = data[at:at + SYNC_DATA_MAX]
+            self.pace(len(chunk))
+            self.stream.write(_sync_reply(b"DATA", len(chunk), chunk))
+        self.stream.write(_sync_reply(b"DONE", 0))
+
+    def send(self, path: str) -> None:
+        name, _, mode_text = path.rpartition(",")
+        parts = []
+        while True:
+            sub = self.stream.read_exact(8)
+            subtag, size = sub[:4], struct.unpack("<I", sub[4:])[0]
+            if subtag == b"DATA":
+                parts.append(self.stream.read_exact(size))
+            elif subtag == b"DONE":
+                break
+            else:
+                raise WireError(f"unexpected {subtag!r} in SEND")
+        try:
+            self.files.receive(name or path, int(mode_text or "0"), b"".join(parts))
+        except SyncFailure as exc:
+            self.fail(str(exc))
+            return
+        self.stream.write(_sync_reply(b"OKAY", 0))
+
+
+_SYNC_REQUESTS: dict[bytes, Callable[[SyncSession, str], None]] = {
+    b"STAT": SyncSession.stat, b"LIST": SyncSession.list, b"RECV": SyncSession.recv,
+    b"SEND": SyncSession.send,
+}
+
+
+def sync_session(stream: Stream, files: SyncFiles,
                  pace: Callable[[int], None] = lambda size: None) -> None:
     """Answer sync requests until QUIT or the stream closes. `pace(n)` is called for every
     n bytes sent (a slow link sleeps there)."""
+    session = SyncSession(stream, files, pace)
     while True:
         try:
             head = stream.read_exact(8)
@@ -312,48 +388,8 @@ def sync_session(stream: Stream, files: SyncFiles,  # noqa: C901
         if tag == b"QUIT":
             return
         body = stream.read_exact(length) if length else b""
-        path = body.decode("utf-8", "surrogateescape")
-        if tag == b"STAT":
-            mode, size, mtime = files.stat(path)
-            stream.write(b"STAT" + struct.pack("<III", mode, size, mtime))
-        elif tag == b"LIST":
-            out = b""
-            for name, mode, size, mtime in files.listdir(path):
-                raw = name.encode("utf-8", "surrogateescape")
-                out += b"DENT" + struct.pack("<IIII", mode, size, mtime, len(raw)) + raw
-            stream.write(out + b"DONE" + bytes(16))
-        elif tag == b"RECV":
-            try:
-                data = files.read(path)
-            except SyncFailure as exc:
-                text = str(exc).encode()
-                stream.write(_sync_reply(b"FAIL", len(text), text))
-                continue
-            for at in range(0, len(data), SYNC_DATA_MAX):
-                chunk = data[at:at + SYNC_DATA_MAX]
-                pace(len(chunk))
-                stream.write(_sync_reply(b"DATA", len(chunk), chunk))
-            stream.write(_sync_reply(b"DONE", 0))
-        elif tag == b"SEND":
-            name, _, mode_text = path.rpartition(",")
-            parts = []
-            while True:
-                sub = stream.read_exact(8)
-                subtag, size = sub[:4], struct.unpack("<I", sub[4:])[0]
-                if subtag == b"DATA":
-                    parts.append(stream.read_exact(size))
-                elif subtag == b"DONE":
-                    break
-                else:
-                    raise WireError(f"unexpected {subtag!r} in SEND")
-            try:
-                files.receive(name or path, int(mode_text or "0"), b"".join(parts))
-            except SyncFailure as exc:
-                text = str(exc).encode()
-                stream.write(_sync_reply(b"FAIL", len(text), text))
-                continue
-            stream.write(_sync_reply(b"OKAY", 0))
-        else:
-            text = f"unknown sync request {tag!r}".encode()
-            stream.write(_sync_reply(b"FAIL", len(text), text))
+        request = _SYNC_REQUESTS.get(tag)
+        if request is None:
+            session.fail(f"unknown sync request {tag!r}")
             return
+        request(session, body.decode("utf-8", "surrogateescape"))

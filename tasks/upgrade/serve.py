@@ -23,8 +23,10 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from dfota.core.errors import DfotaError, shown_path
@@ -90,106 +92,141 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start <= end and start < size else None
 
 
-def make_handler(catalogue: Catalogue, say: Callable[[str], None], scheme: str  # noqa: C901
-                 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server: ThreadingHTTPServer
-        server_version = "dfota-serve"
-        protocol_version = "HTTP/1.1"
-        sent = 0
-        status: object = "-"
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where and how `doit serve` listens: HTTPS when a certificate and its key are given."""
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # one line per request, written by log_request
+    bind: str
+    port: int
+    cert: str = ""
+    key: str = ""
 
-        def log_request(self, code: object = "-", size: object = "-") -> None:
-            self.status = int(code) if isinstance(code, int | HTTPStatus) else code
+    @property
+    def scheme(self) -> str:
+        return "https" if self.cert else "http"
 
-        def do_HEAD(self) -> None:
-            self.answered(body=False)
 
-        def do_GET(self) -> None:
-            self.answered(body=True)
+@dataclass(frozen=True)
+class Serving:
+    """What every request is answered from, and where its line goes."""
 
-        def answered(self, body: bool) -> None:
-            self.sent, self.status = 0, "-"
-            try:
-                self.answer(body)
-            finally:
-                say(f"serve: {self.client_address[0]} \"{shown_path(self.requestline)}\" "
-                    f"{self.status} {self.sent} bytes")
+    catalogue: Catalogue
+    say: Callable[[str], None]
+    scheme: str
 
-        def base_url(self) -> str:
-            host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
-            return f"{scheme}://{host}"
 
-        def answer(self, body: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
-            if path == "/index.json":
-                data = (json.dumps(catalogue.index(self.base_url()), indent=1) + "\n").encode()
-                return self.small(data, "application/json", body)
-            for package in catalogue.packages():
-                address = unquote(package.url_path)
-                if path == address:
-                    return self.package(package, body)
-                if path == address + ".md5":
-                    data = f"{catalogue.md5(package)}  update.zip\n".encode()
-                    return self.small(data, "text/plain", body)
-            self.small(b"not found\n", "text/plain", body, HTTPStatus.NOT_FOUND)
+class PackageHandler(BaseHTTPRequestHandler):
+    """One request: /index.json, a package (whole, or one byte range) or its .md5."""
 
-        def small(self, data: bytes, kind: str, body: bool,
-                  status: HTTPStatus = HTTPStatus.OK) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if body:
-                self.wfile.write(data)
-                self.sent = len(data)
+    server: ThreadingHTTPServer
+    serving: ClassVar[Serving]
+    server_version = "dfota-serve"
+    protocol_version = "HTTP/1.1"
+    sent = 0
+    status: object = "-"
 
-        def package(self, package: ProvenPackage, body: bool) -> None:
-            etag = f'"{package.sha256}"'
-            size = package.size
-            first, last, status = 0, size - 1, HTTPStatus.OK
-            wanted = self.headers.get("Range")
-            if_range = self.headers.get("If-Range")
-            if wanted and (if_range is None or if_range.strip() == etag):
-                span = parse_range(wanted, size)
-                if span is None:
-                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                (first, last), status = span, HTTPStatus.PARTIAL_CONTENT
-            self.send_response(status)
-            self.send_header("Content-Type", "application/zip")
-            self.send_header("ETag", etag)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Cache-Control", "public, max-age=31536000, immutable")
-            self.send_header("Content-Length", str(last - first + 1))
-            if status == HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-            self.end_headers()
-            if not body:
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request, written by log_request
+
+    def log_request(self, code: object = "-", size: object = "-") -> None:
+        self.status = int(code) if isinstance(code, int | HTTPStatus) else code
+
+    def do_HEAD(self) -> None:
+        self.answered(body=False)
+
+    def do_GET(self) -> None:
+        self.answered(body=True)
+
+    def answered(self, body: bool) -> None:
+        self.sent, self.status = 0, "-"
+        try:
+            self.answer(body)
+        finally:
+            self.serving.say(f"serve: {self.client_address[0]} "
+                             f"\"{shown_path(self.requestline)}\" {self.status} {self.sent} bytes")
+
+    def base_url(self) -> str:
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+        return f"{self.serving.scheme}://{host}"
+
+    def answer(self, body: bool) -> None:
+        catalogue = self.serving.catalogue
+        path = unquote(urlsplit(self.path).path)
+        if path == "/index.json":
+            data = (json.dumps(catalogue.index(self.base_url()), indent=1) + "\n").encode()
+            return self.small(data, "application/json", body)
+        for package in catalogue.packages():
+            address = unquote(package.url_path)
+            if path == address:
+                return self.package(package, body)
+            if path == address + ".md5":
+                data = f"{catalogue.md5(package)}  update.zip\n".encode()
+                return self.small(data, "text/plain", body)
+        self.small(b"not found\n", "text/plain", body, HTTPStatus.NOT_FOUND)
+
+    def small(self, data: bytes, kind: str, body: bool,
+              status: HTTPStatus = HTTPStatus.OK) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+            self.sent = len(data)
+
+    def package(self, package: ProvenPackage, body: bool) -> None:
+        etag = f'"{package.sha256}"'
+        size = package.size
+        first, last, status = 0, size - 1, HTTPStatus.OK
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if wanted and (if_range is None or if_range.strip() == etag):
+            span = parse_range(wanted, size)
+            if span is None:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
-            with package.path.open("rb") as f:
-                if os.fstat(f.fileno()).st_size != size:  # replaced since it was looked up
-                    self.close_connection = True
-                    return
-                f.seek(first)
-                left = last - first + 1
-                while left > 0:
-                    chunk = f.read(min(_CHUNK, left))
-                    if not chunk:
-                        break
-                    try:
-                        self.wfile.write(chunk)
-                    except OSError:
-                        return
-                    self.sent += len(chunk)
-                    left -= len(chunk)
+            (first, last), status = span, HTTPStatus.PARTIAL_CONTENT
+        self.send_response(status)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.send_header("Content-Length", str(last - first + 1))
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.end_headers()
+        if body:
+            self.send_bytes(package, first, last)
 
+    def send_bytes(self, package: ProvenPackage, first: int, last: int) -> None:
+        with package.path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size != package.size:  # replaced since it was looked up
+                self.close_connection = True
+                return
+            f.seek(first)
+            left = last - first + 1
+            while left > 0:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                try:
+                    self.wfile.write(chunk)
+                except OSError:
+                    return
+                self.sent += len(chunk)
+                left -= len(chunk)
+
+
+def make_handler(serving: Serving) -> type[PackageHandler]:
+    """The handler class of one server (the standard library's server takes a class)."""
+
+    class Handler(PackageHandler):
+        pass
+
+    Handler.serving = serving
     return Handler
 
 
@@ -197,12 +234,12 @@ class _Server6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def start_server(ws: Workspace, bind: str, port: int, cert: str, key: str,  # noqa: PLR0913
+def start_server(ws: Workspace, options: ServeOptions,
                  say: Callable[[str], None]) -> ThreadingHTTPServer:
+    bind, port, cert, key = options.bind, options.port, options.cert, options.key
     if bool(cert) != bool(key):
         raise DfotaError("HTTPS needs both --cert FILE and --key FILE")
-    scheme = "https" if cert else "http"
-    handler = make_handler(Catalogue(ws), say, scheme)
+    handler = make_handler(Serving(Catalogue(ws), say, options.scheme))
     server_class = _Server6 if ":" in bind else ThreadingHTTPServer
     try:
         server = server_class((bind, port), handler)
@@ -221,10 +258,11 @@ def start_server(ws: Workspace, bind: str, port: int, cert: str, key: str,  # no
     return server
 
 
-def serve(ws: Workspace, bind: str, port: int, cert: str, key: str,  # noqa: PLR0913
-          say: Callable[[str], None], stop: threading.Event | None = None) -> None:
+def serve(ws: Workspace, options: ServeOptions, say: Callable[[str], None],
+          stop: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`)."""
-    server = start_server(ws, bind, port, cert, key, say)
+    server = start_server(ws, options, say)
+    bind = options.bind
     if bind in ("127.0.0.1", "::1", "localhost"):
         say(f"warning: --bind {bind}: only this machine reaches it; modules need an address "
             "of this machine that they can reach (--bind 0.0.0.0 or the rack's interface)")
@@ -236,9 +274,8 @@ def serve(ws: Workspace, bind: str, port: int, cert: str, key: str,  # noqa: PLR
     thread.start()
     host, real_port = server.server_address[:2]
     assert isinstance(host, str)  # as the bound socket names it
-    scheme = "https" if cert else "http"
     count = len(Catalogue(ws).packages())
-    say(f"serve: {count} proven package(s) at {scheme}://{host}:{real_port}/index.json")
+    say(f"serve: {count} proven package(s) at {options.scheme}://{host}:{real_port}/index.json")
     if not count:
         say(f"warning: {shown_path(ws.out_dir)}: no proven package to serve yet "
             "(doit delta verify)")
