@@ -13,34 +13,25 @@ import pytest
 
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, digest_tree, scan_folder
-from dfota.tools.bench import (
-    CROSS_STEPS,
-    MB,
-    MODIFIED_BIG,
+from dfota.tools.bench.alternatives import loop_inputs
+from dfota.tools.bench.findings import PackageRun, folder_counts, verify_goals
+from dfota.tools.bench.machine import disk_sync_rate, parallel_throughput
+from dfota.tools.bench.measure import Measure, combine, measure
+from dfota.tools.bench.options import CROSS_STEPS, BenchOptions
+from dfota.tools.bench.pair import bench_is_current, bench_rootfs_pair, generate_bench, tree_changes
+from dfota.tools.bench.plan import MB, MODIFIED_BIG, bench_plan, cross_baseline_new
+from dfota.tools.bench.report import (
     Goal,
-    Measure,
-    PackageRun,
     Table,
-    bench_is_current,
-    bench_plan,
-    bench_rootfs_pair,
-    combine,
-    cross_baseline_new,
-    disk_sync_rate,
-    folder_counts,
     format_goals,
     format_measures,
     format_table,
-    generate_bench,
-    loop_inputs,
-    measure,
-    parallel_throughput,
     render_report,
-    run_benchmark,
-    tree_changes,
-    verify_goals,
 )
-from dfota.tools.sample import CHANGES, _under_kept, base_rootfs
+from dfota.tools.bench.run import run_benchmark
+from dfota.tools.sample.nodes import under_kept
+from dfota.tools.sample.rootfs import base_rootfs
+from dfota.tools.sample.versions import CHANGES
 
 TINY = 0.02
 
@@ -202,7 +193,7 @@ def test_cross_baseline_plan_counts_the_generated_trees_entries() -> None:
     _base, nxt = bench_rootfs_pair(plan)
     source = base_rootfs()
     new = [node.kind for path, node in nxt.items() if path not in source
-           and not _under_kept(path)]
+           and not under_kept(path)]
     found = cross_baseline_new(plan)
     assert (found.files, found.symlinks, found.folders) == (
         new.count(FILE), new.count(SYMLINK), new.count(DIR))
@@ -234,8 +225,8 @@ def test_verify_goals_are_the_measured_ratios_against_1x_and_2x() -> None:
 def test_cross_baseline_case_at_small_scale(tmp_path: Path) -> None:
     said: list[str] = []
     report = tmp_path / "BENCHMARKS.md"
-    table = run_benchmark(tmp_path / "bench", TINY, said.append, report, repeat=1,
-                          cases="verify")
+    table = run_benchmark(tmp_path / "bench", BenchOptions(TINY, report, repeat=1,
+                                                           cases="verify"), said.append)
     steps = {m.step: m for m in table.measures}
     assert list(steps) == ["doit targetfiles", "doit delta (fresh state but for targetfiles')",
                            "doit verify", "doit targetfiles delta verify, one command",
