@@ -6,7 +6,7 @@ The pair comes from its plan (`plan`, `pair`), on the sample SDK's rootfs; each 
 under a measuring wrapper (`measure`) in fresh folders (`run`), beside the note's shell
 procedure and a Debian bsdiff loop (`alternatives`), with this checkout's code and, with
 `--before REV`, a git revision's in turns (`codes`, `compare`); `findings` and `notes` make
-the table, `report` writes BENCHMARKS.md.
+the table, `report` writes BENCHMARKS.md with what keeps each step fast (`means`).
 `python -m dfota.tools.bench` runs it (`cli`).
 May import: every part of the engine (core to upgrade) and the sample; never the doit wiring.
 """

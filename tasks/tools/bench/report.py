@@ -1,6 +1,6 @@
 """The benchmark's table and BENCHMARKS.md: the machine, the data set, every step's figures,
-the ratios against their goals, each step before and after (with `--before`), and the
-notes."""
+the ratios against their goals, each step before and after (with `--before`), the notes, and
+what keeps each step fast (`means`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dfota.tools.bench.compare import Comparison, format_comparisons, verdict
+from dfota.tools.bench.means import MEANS
 from dfota.tools.bench.measure import SAMPLE_SECONDS, Measure
 from dfota.tools.bench.plan import KB, MB
 
@@ -160,7 +161,8 @@ absolute times.{_compared_line(table)}
 {_before_and_after(table)}
 ## Notes
 
-{notes}"""
+{notes}
+{MEANS}"""
 
 
 def _compared_line(table: Table) -> str:
