@@ -53,7 +53,8 @@ class Code:
         return run if self.name == AFTER else run / self.name
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, failed: str = "") -> str:
+    """git's output in this checkout; `failed`: what a failure means, instead of git's words."""
     try:
         done = subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True,
                               text=True, check=False)
@@ -61,7 +62,7 @@ def _git(*args: str) -> str:
         raise DfotaError(f"cannot run git: {exc.strerror or exc}") from exc
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no message"]
-        raise DfotaError(f"git {args[0]} failed: {lines[-1]}", PROJECT_DIR)
+        raise DfotaError(failed or f"git {args[0]} failed: {lines[-1]}", PROJECT_DIR)
     return done.stdout.strip()
 
 
@@ -112,11 +113,8 @@ def _subject(commit: str) -> str:
 def revision_checkout(revision: str, where: Path) -> Iterator[Code]:
     """The code of git revision `revision`, checked out at `where` for as long as the context
     lasts (then removed)."""
-    try:
-        commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
-    except DfotaError as exc:
-        raise DfotaError(f"--before {revision}: not a revision of this checkout ({exc})",
-                         PROJECT_DIR) from exc
+    commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}",
+                  failed=f"--before {revision}: not a commit of this checkout's repository")
     _remove_worktree(where)
     _git("worktree", "add", "--detach", "--force", str(where), commit)
     try:

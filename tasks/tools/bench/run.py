@@ -284,9 +284,9 @@ def run_benchmark(work_dir: Path, options: BenchOptions, say: Say = print) -> Ta
     profiling."""
     options.check()
     work_dir = Path(work_dir).resolve()
-    _pair(work_dir, options.scale, say)
-    cross_source = _sample_release(work_dir, say)
-    with _codes(options.before, work_dir, say) as codes:
+    with _codes(options.before, work_dir, say) as codes:  # a wrong revision stops it first
+        _pair(work_dir, options.scale, say)
+        cross_source = _sample_release(work_dir, say)
         figures = _measure(RunPaths(work_dir, cross_source), options, codes, say)
     table = table_of(figures)
     say(format_table(table))
