@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dfota.tools.sample import generate_sample
+from dfota.tools.sample.generate import generate_sample
 from tests.oracle import ENV, OracleMissing, oracle_folder
 from tests.workspace import Workspace
 

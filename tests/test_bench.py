@@ -5,42 +5,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, digest_tree, scan_folder
-from dfota.tools.bench import (
-    CROSS_STEPS,
-    MB,
-    MODIFIED_BIG,
+from dfota.settings import PROJECT_DIR
+from dfota.tools.bench.alternatives import loop_inputs
+from dfota.tools.bench.cli import main as bench_main
+from dfota.tools.bench.codes import BEFORE, Code, revision_checkout
+from dfota.tools.bench.compare import Comparison, format_comparisons, spread, verdict
+from dfota.tools.bench.findings import PackageRun, folder_counts, verify_goals
+from dfota.tools.bench.machine import disk_sync_rate, parallel_throughput
+from dfota.tools.bench.means import MEANS
+from dfota.tools.bench.measure import Measure, combine, measure
+from dfota.tools.bench.options import CROSS_STEPS, STEPS, BenchOptions
+from dfota.tools.bench.pair import bench_is_current, bench_rootfs_pair, generate_bench, tree_changes
+from dfota.tools.bench.plan import MB, MODIFIED_BIG, bench_plan, cross_baseline_new
+from dfota.tools.bench.report import (
     Goal,
-    Measure,
-    PackageRun,
     Table,
-    bench_is_current,
-    bench_plan,
-    bench_rootfs_pair,
-    combine,
-    cross_baseline_new,
-    disk_sync_rate,
-    folder_counts,
     format_goals,
     format_measures,
     format_table,
-    generate_bench,
-    loop_inputs,
-    measure,
-    parallel_throughput,
     render_report,
-    run_benchmark,
-    tree_changes,
-    verify_goals,
 )
-from dfota.tools.sample import CHANGES, _under_kept, base_rootfs
+from dfota.tools.bench.run import run_benchmark
+from dfota.tools.sample.nodes import under_kept
+from dfota.tools.sample.rootfs import base_rootfs
+from dfota.tools.sample.versions import CHANGES
 
 TINY = 0.02
 
@@ -202,7 +200,7 @@ def test_cross_baseline_plan_counts_the_generated_trees_entries() -> None:
     _base, nxt = bench_rootfs_pair(plan)
     source = base_rootfs()
     new = [node.kind for path, node in nxt.items() if path not in source
-           and not _under_kept(path)]
+           and not under_kept(path)]
     found = cross_baseline_new(plan)
     assert (found.files, found.symlinks, found.folders) == (
         new.count(FILE), new.count(SYMLINK), new.count(DIR))
@@ -234,8 +232,8 @@ def test_verify_goals_are_the_measured_ratios_against_1x_and_2x() -> None:
 def test_cross_baseline_case_at_small_scale(tmp_path: Path) -> None:
     said: list[str] = []
     report = tmp_path / "BENCHMARKS.md"
-    table = run_benchmark(tmp_path / "bench", TINY, said.append, report, repeat=1,
-                          cases="verify")
+    table = run_benchmark(tmp_path / "bench", BenchOptions(TINY, report, repeat=1,
+                                                           cases="verify"), said.append)
     steps = {m.step: m for m in table.measures}
     assert list(steps) == ["doit targetfiles", "doit delta (fresh state but for targetfiles')",
                            "doit verify", "doit targetfiles delta verify, one command",
@@ -261,3 +259,118 @@ def test_cross_baseline_case_at_small_scale(tmp_path: Path) -> None:
     assert (f"| cross-baseline verify | {summary['verify']['steps']:,} steps, "
             f"{summary['verify']['power_loss_replays']:,} power-loss replays |") in written
     assert "| bsdiff loop |" not in written  # the other steps did not run
+
+
+def test_the_report_carries_what_keeps_the_steps_fast_and_the_readme_points_there() -> None:
+    assert MEANS.startswith("## What keeps the steps fast\n") and MEANS in render_report(_table())
+    readme = (PROJECT_DIR / "README.md").read_text()
+    performance = readme[readme.index("## Performance\n"):]
+    performance = performance[:performance.index("\n## ")]
+    assert "BENCHMARKS.md" in performance and "--before REV" in performance
+    openings = [line[2:50] for line in MEANS.splitlines() if line.startswith("- ")]
+    assert len(openings) > 10
+    assert [o for o in openings if o in readme] == []  # said once, in BENCHMARKS.md
+    assert "## What keeps the steps fast" in (PROJECT_DIR / "BENCHMARKS.md").read_text()
+
+
+def _runs(step: str, seconds: Sequence[float], cpu: float) -> Measure:
+    return combine([Measure(step, s, 1024, 1024, user_s=cpu, system_s=0.0) for s in seconds])
+
+
+def test_each_step_before_and_after_is_set_against_the_noise_of_its_repeats() -> None:
+    before = _runs("doit delta", (4.0, 4.4, 3.6), 2.0)  # median 4.0, noise 20 %
+    within = Comparison(before, _runs("doit delta", (4.6, 4.5, 4.7), 2.4))
+    beyond = Comparison(_runs("doit verify", (2.0, 2.1, 1.9), 1.0),
+                        _runs("doit verify", (2.5, 2.5, 2.6), 1.5))
+    assert spread(before) == pytest.approx(0.2) and spread(Measure("once", 3.0, 0, 0)) == 0
+    assert (within.ratio, within.noise, within.slower) == (pytest.approx(1.15), pytest.approx(0.2),
+                                                           False)
+    assert (beyond.ratio, beyond.noise, beyond.slower) == (pytest.approx(1.25), pytest.approx(0.1),
+                                                           True)
+    assert verdict([within]) == "No step is slower by more than its noise."
+    assert verdict([within, beyond]) == ("Slower by more than the noise: doit verify (1.25x, "
+                                         "noise 10%).")
+    rows = format_comparisons([within, beyond]).splitlines()
+    assert rows[2] == ("| doit delta | 4.0 | 4.0, 4.4, 3.6 | 4.6 | 4.6, 4.5, 4.7 | 1.15x | 20% "
+                       "| 1.20x | no |")
+    assert rows[3].endswith("| 1.25x | 10% | 1.50x | YES |")
+    table = Table(1.0, (), (), (within.after, beyond.after), (), (), "all", (within, beyond),
+                  ("abc1234 \"before\"", "def5678"))
+    report = render_report(table)
+    assert "## Before and after" in report and rows[3] in report
+    assert ("Before (abc1234 \"before\") and after (def5678): Slower by more than the noise: "
+            "doit verify") in report
+    assert "## Before and after" not in render_report(_table())
+    assert "\n".join(rows) in format_table(table)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _imported_from(code: Code, module: str) -> Path:
+    probe = "import importlib, sys; print(importlib.import_module(sys.argv[1]).__file__)"
+    done = subprocess.run([sys.executable, "-c", probe, module], cwd=code.root,
+                          env={**os.environ, **code.env}, capture_output=True, text=True,
+                          check=True)
+    return Path(done.stdout.strip()).resolve()
+
+
+def test_a_revision_runs_from_a_worktree_of_its_own_that_goes_afterwards(tmp_path: Path) -> None:
+    try:
+        layout = _git("rev-list", "-1", "HEAD", "--", "tasks/dodo_tasks.py")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    revisions = {"HEAD": "dfota."}
+    if layout:  # the commit that laid the package out: its parent imports as `tasks`
+        revisions[f"{layout}^"] = "tasks."
+    where = tmp_path / "code"
+    for revision, package in revisions.items():
+        with revision_checkout(revision, where) as code:
+            assert (code.name, code.root, code.env["PYTHONPATH"]) == (BEFORE, where, str(where))
+            assert code.ubi_module.startswith(package)
+            assert _imported_from(code, code.ubi_module).is_relative_to(where.resolve())
+            if package == "dfota.":  # its templates too, not this checkout's
+                assert _imported_from(code, "dfota.templates").is_relative_to(where.resolve())
+        assert not where.exists() and str(where) not in _git("worktree", "list")
+    wrong = "--before no-such-revision: not a commit of this checkout"
+    with pytest.raises(DfotaError, match=wrong), revision_checkout("no-such-revision", where):
+        pass
+
+
+def test_before_needs_repeats_for_its_noise(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--work", str(tmp_path), "--before", "HEAD", "--repeat", "1"])
+    assert exit_info.value.code == 2
+    assert "--before needs --repeat 2 or more" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # every step of the benchmark with two codes, twice each (about 90 s)
+def test_before_and_after_at_small_scale(tmp_path: Path) -> None:
+    said: list[str] = []
+    report = tmp_path / "BENCHMARKS.md"
+    table = run_benchmark(tmp_path / "bench", BenchOptions(TINY, report, repeat=2,
+                                                           before="HEAD"), said.append)
+    tool_steps = [name for key, name in STEPS.items() if key not in ("shell", "bsdiff")]
+    assert [c.step for c in table.comparisons] == tool_steps
+    for c in table.comparisons:
+        assert len(c.before.runs) == len(c.after.runs) == 2, c.step
+    assert [m.step for m in table.measures] == list(STEPS.values())
+    run = tmp_path / "bench" / "run"
+    for workspace in ("trial0", "trial1", "before/trial0", "before/trial1", "cross/trial1",
+                      "before/cross/trial0"):
+        assert json.loads((run / workspace / "out/update.json").read_text())["verify"]["ok"]
+    before_logs = {p.name for p in (run / "logs").glob("before-*.log")}
+    assert {"before-ubi.log", "before-verify-1.log", "before-one-file-1.log",
+            "before-cross-verify.log", "before-chain-1.log"} <= before_logs
+    assert not (tmp_path / "bench" / "before-code").exists()
+    assert "before-code" not in _git("worktree", "list")
+    written = report.read_text()
+    assert "## Before and after" in written and verdict(table.comparisons) in written
+    for row in format_comparisons(table.comparisons).splitlines():
+        assert row in written
+    assert any(line.startswith("bench: doit delta (fresh state but for targetfiles') [before: ")
+               for line in said)

@@ -42,7 +42,8 @@ from dfota.formats.version import parse_version
 from dfota.formats.zipio import ZipSource
 from dfota.settings import PROJECT_DIR
 from dfota.state.store import Records
-from dfota.tools import sample
+from dfota.tools.sample.images import abl_image, boot_image
+from dfota.tools.sample.versions import BASE
 from tests.builders import Node, d, f, ln, version_text, write_targetfiles
 from tests.test_ubi import LEB_SIZE, NON_UTF8, make_ubi, make_ubifs
 
@@ -87,8 +88,8 @@ def make_package(folder: Path, *, rootfs: dict[str, Node] = ROOTFS,
     work.mkdir(parents=True)
     update = folder / "update"
     update.mkdir(parents=True)
-    (update / "sdxlemur-boot.img").write_bytes(sample.boot_image(False))
-    (update / "abl.elf").write_bytes(sample.abl_image(False))
+    (update / "sdxlemur-boot.img").write_bytes(boot_image(False))
+    (update / "abl.elf").write_bytes(abl_image(False))
     rootfs_fs = make_ubifs(work, "rootfs", rootfs, devices=DEVICES)
     make_ubi(update / "sdxlemur-sysfs.ubi", [("rootfs", rootfs_fs), ("usrfs", 4 * LEB_SIZE),
                                             ("cachefs", 4 * LEB_SIZE)], autoresize="usrfs")
@@ -96,7 +97,7 @@ def make_package(folder: Path, *, rootfs: dict[str, Node] = ROOTFS,
     if targetfiles:
         (folder / "upgrade").mkdir()
         write_targetfiles(folder / TARGETFILES, zip_system or _system(ROOTFS, MODEM),
-                          boot=sample.boot_image(False), abl=sample.abl_image(False), meta=meta)
+                          boot=boot_image(False), abl=abl_image(False), meta=meta)
     write_md5(folder)
     return folder
 
@@ -163,7 +164,7 @@ def test_a_consistent_package_imports(sample_sdk: Path, tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive")
     said: list[str] = []
     key = import_base(firmware, archive, say=said.append)
-    assert key == sample.BASE.key
+    assert key == BASE.key
     version = archive.get(key)
     assert version is not None
     assert version.zip_path.read_bytes() == (firmware / TARGETFILES).read_bytes()
@@ -222,7 +223,7 @@ def test_every_kind_of_drift_is_reported_by_path(tmp_path: Path) -> None:
 def test_boot_image_and_owners_without_sidecars(tmp_path: Path) -> None:
     folder = make_package(tmp_path / "firmware", meta=False)
     boot = folder / "update/sdxlemur-boot.img"
-    boot.write_bytes(sample.boot_image(True))
+    boot.write_bytes(boot_image(True))
     check = check_targetfiles_against_images(folder)
     assert check.differences == (
         "BOOTABLE_IMAGES/boot.img: content differs from update/sdxlemur-boot.img",)
@@ -332,7 +333,7 @@ def test_package_time_against_the_version(sample_sdk: Path, package: Path,
                                           tmp_path: Path) -> None:
     firmware = sample_sdk / "firmware"
     version = read_images(firmware).version
-    assert version.key == sample.BASE.key
+    assert version.key == BASE.key
     assert package_time_warnings(firmware, version) == []
     later = replace(version, package_time=version.package_time + timedelta(days=3))
     [warning] = package_time_warnings(firmware, later)
@@ -340,7 +341,7 @@ def test_package_time_against_the_version(sample_sdk: Path, package: Path,
     assert "Package Time is 2022-06-25,15:50" in warning
     other_rev = replace(version, project_rev="RG520NNADAR01A01M4G_OCPU_BETA_20990101A_09.009")
     [warning] = package_time_warnings(firmware, other_rev)
-    assert f"apps build id {sample.BASE.project_rev} is not the images' Project Rev" in warning
+    assert f"apps build id {BASE.project_rev} is not the images' Project Rev" in warning
 
     folder = _copy(package, tmp_path / "pkg")
     (folder / TARGETFILES).unlink()

@@ -34,7 +34,8 @@ from dfota.package.patches import (
     make_patches,
 )
 from dfota.state.store import BlobCache
-from dfota.tools.bench import bench_boot_image, bench_plan, bench_rootfs_pair
+from dfota.tools.bench.pair import bench_boot_image, bench_rootfs_pair
+from dfota.tools.bench.plan import bench_plan
 
 # --- engines injected into the workers (module level: they must be importable by name) ----
 

@@ -29,20 +29,13 @@ from dfota.core.tree import DIR, FILE, SYMLINK
 from dfota.formats.bootimg import parse_boot_image
 from dfota.formats.elf import parse_abl_elf
 from dfota.formats.version import parse_version
-from dfota.tools import sample
-from dfota.tools.sample import (
-    BASE,
-    CHANGES,
-    NEXT,
-    Node,
-    base_rootfs,
-    base_targetfiles_tree,
-    generate_sample,
-    modem_files,
-    next_rootfs,
-    sample_is_current,
-    sample_stamp,
-)
+from dfota.tools.sample import content, generate, nodes, ubi_images, versions
+from dfota.tools.sample import images as sample_images
+from dfota.tools.sample.generate import generate_sample, sample_is_current, sample_stamp
+from dfota.tools.sample.images import base_targetfiles_tree, modem_files
+from dfota.tools.sample.nodes import Node
+from dfota.tools.sample.rootfs import base_rootfs, next_rootfs
+from dfota.tools.sample.versions import BASE, CHANGES, NEXT
 
 BASE_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220622B_01.001@20220622T1550"
 NEXT_KEY = "RG520NNADAR01A01M4G_OCPU_BETA_20220715A_01.002@20220715T0930"
@@ -126,7 +119,7 @@ class UbiVolume:
 
 def read_ubi(path: Path) -> dict[str, UbiVolume]:
     """Every volume of a UBI image, and every entry of the UBIFS it holds, via ubi_reader."""
-    image = UbiImage(ubi_file(str(path), sample.PEB_SIZE, 0, None))
+    image = UbiImage(ubi_file(str(path), ubi_images.PEB_SIZE, 0, None))
     volumes: dict[str, UbiVolume] = {}
     for ubi_image in image.images:
         for name, volume in ubi_image.volumes.items():
@@ -242,18 +235,18 @@ def test_firmware_package_has_the_vendor_layout_and_checksums(sample_sdk: Path) 
     assert sorted(p.name for p in firmware.iterdir()) == ["contents.xml", "md5.txt", "update",
                                                           "upgrade"]
     assert sorted(p.name for p in (firmware / "update").iterdir()) == sorted(
-        sample.UPDATE_IMAGES)
+        generate.UPDATE_IMAGES)
     assert [p.name for p in (firmware / "upgrade").iterdir()] == ["targetfiles.zip"]
     check = subprocess.run(["md5sum", "--check", "--strict", "md5.txt"], cwd=firmware,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     listed = [line.split("  ", 1)[1] for line in (firmware / "md5.txt").read_text().splitlines()]
     assert listed == sorted(listed)
-    assert listed == sorted([f"update/{n}" for n in sample.UPDATE_IMAGES]
+    assert listed == sorted([f"update/{n}" for n in generate.UPDATE_IMAGES]
                             + ["upgrade/targetfiles.zip"])
     contents = ET.parse(firmware / "contents.xml").getroot()
     named = {e.text for e in contents.iter("file_name")}
-    assert named == {*sample.UPDATE_IMAGES, "targetfiles.zip"}
+    assert named == {*generate.UPDATE_IMAGES, "targetfiles.zip"}
     assert contents.findtext("product_info/chipid") == "SDXLEMUR"
 
 
@@ -310,7 +303,7 @@ def test_system_is_the_base_rootfs_with_the_modem_firmware(sample_sdk: Path) -> 
     assert rest == spec_view(outside_kept(base_rootfs()))
     assert strip_prefix(system, "firmware/") == spec_view(modem_files())
     assert strip_prefix(system, "dev/") == {"pts": (DIR, 0o755, "")}
-    for path in sample.SDK_ONLY:
+    for path in versions.SDK_ONLY:
         assert path not in system and path in base_rootfs() and path in next_rootfs()
     sizes = [len(n.data) for n in modem_files().values() if n.kind == FILE]
     assert len(sizes) >= 12 and 1 << 20 < sum(sizes) < 2 << 20 and max(sizes) <= 300 * 1024
@@ -319,7 +312,7 @@ def test_system_is_the_base_rootfs_with_the_modem_firmware(sample_sdk: Path) -> 
 
 def test_sysfs_ubi_has_the_sdxlemur_volumes_and_the_base_rootfs(sample_sdk: Path) -> None:
     volumes = read_ubi(sample_sdk / "firmware/update/sdxlemur-sysfs.ubi")
-    assert {n: v.vol_id for n, v in volumes.items()} == dict(sample.SYSFS_VOLUMES)
+    assert {n: v.vol_id for n, v in volumes.items()} == dict(ubi_images.SYSFS_VOLUMES)
     assert volumes["usrfs"].flags == 1  # autoresize
     assert volumes["rootfs"].flags == 0
     assert all(volumes[n].blocks == 0 for n in ("usrfs", "cachefs", "systemrw"))
@@ -327,7 +320,7 @@ def test_sysfs_ubi_has_the_sdxlemur_volumes_and_the_base_rootfs(sample_sdk: Path
     assert volumes["rootfs"].root is not None
     assert stat.S_IMODE(volumes["rootfs"].root.mode) == 0o755
     devices = {rel: e for rel, e in files.items() if stat.S_ISCHR(e.mode)}
-    assert set(devices) == {f"dev/{d[0]}" for d in sample.DEVICE_NODES}
+    assert set(devices) == {f"dev/{d[0]}" for d in ubi_images.DEVICE_NODES}
     assert stat.S_IMODE(devices["dev/console"].mode) == 0o600
     assert ubi_view(files) == {**spec_view(outside_kept(base_rootfs())),
                                "dev/pts": (DIR, 0o755, "")}
@@ -351,7 +344,7 @@ def test_next_sysfs_ubi_is_built_from_the_next_rootfs(sample_sdk: Path) -> None:
 
 def test_nonhlos_ubi_holds_the_modem_files_of_system_firmware(sample_sdk: Path) -> None:
     volumes = read_ubi(sample_sdk / "firmware/update/NON-HLOS.ubi")
-    assert list(volumes) == [sample.MODEM_VOLUME] and volumes["modem"].vol_id == 0
+    assert list(volumes) == [ubi_images.MODEM_VOLUME] and volumes["modem"].vol_id == 0
     view = zip_view(sample_sdk / "firmware/upgrade/targetfiles.zip")
     assert ubi_view(volumes["modem"].files) == strip_prefix(view, "SYSTEM/firmware/")
 
@@ -380,22 +373,22 @@ def test_sdk_holds_the_next_images_and_rootfs(sample_sdk: Path) -> None:
     sdk = sample_sdk / "ql-ol-extsdk"
     assert sorted(p.name for p in (sdk / "target").iterdir()) == [
         "abl.elf", "sdxlemur-boot.img", "sdxlemur-sysfs.ubi"]
-    assert (sdk / "target/sdxlemur-boot.img").read_bytes() == sample.boot_image(True)
-    assert (sdk / "target/abl.elf").read_bytes() == sample.abl_image(True)
+    assert (sdk / "target/sdxlemur-boot.img").read_bytes() == sample_images.boot_image(True)
+    assert (sdk / "target/abl.elf").read_bytes() == sample_images.abl_image(True)
     rootfs = sdk / "ql-ol-rootfs"
     assert disk_view(rootfs) == spec_view(next_rootfs())
-    for folder in sample.EMPTY_DIRS_NEXT:
+    for folder in versions.EMPTY_DIRS_NEXT:
         assert (rootfs / folder).is_dir() and not any((rootfs / folder).iterdir())
     nxt = next_rootfs()
-    for link in sample.DANGLING_LINKS:
+    for link in versions.DANGLING_LINKS:
         assert os.path.islink(rootfs / link) and resolve_in(nxt, link) is None, link
     assert resolve_in(nxt, "etc/localtime") == "usr/share/zoneinfo/Asia/Shanghai"
     assert resolve_in(nxt, "sbin/reboot") == "bin/busybox"
-    for link in sample.ABSOLUTE_LINKS:
+    for link in versions.ABSOLUTE_LINKS:
         assert os.readlink(rootfs / link).startswith("/")
     assert os.readlink(rootfs / "usr/lib/libql_nw.so") == "libql_nw.so.1"
     assert (rootfs / "usr/lib/libql_nw.so").resolve() == (rootfs / "usr/lib/libql_nw.so.1")
-    for path in sample.SDK_ONLY:
+    for path in versions.SDK_ONLY:
         assert (rootfs / path).is_file()
     assert 250 <= len(next_rootfs()) <= 500
     total = sum(len(n.data) for n in next_rootfs().values())
@@ -464,14 +457,15 @@ def test_next_version_differs_from_the_base_exactly_as_described(sample_sdk: Pat
 
 def test_config_list_paths_exist_in_both_versions(sample_sdk: Path) -> None:
     base, nxt = base_rootfs(), next_rootfs()
-    assert base[sample.NOOTA_FILE] == nxt[sample.NOOTA_FILE]
-    assert base[sample.FULLOTA_FILE].data != nxt[sample.FULLOTA_FILE].data
-    for path in (sample.CHMOD_FILE, sample.CHMOD_DIR, sample.SECRET_FILE, sample.SETUID_FILE):
+    assert base[versions.NOOTA_FILE] == nxt[versions.NOOTA_FILE]
+    assert base[versions.FULLOTA_FILE].data != nxt[versions.FULLOTA_FILE].data
+    for path in (versions.CHMOD_FILE, versions.CHMOD_DIR, versions.SECRET_FILE,
+                 versions.SETUID_FILE):
         assert path in base and path in nxt
-    assert nxt[sample.CHMOD_DIR].kind == DIR and nxt[sample.CHMOD_DIR].mode == 0o700
-    assert nxt[sample.SECRET_FILE].mode == 0o600 and nxt[sample.SETUID_FILE].mode == 0o4755
+    assert nxt[versions.CHMOD_DIR].kind == DIR and nxt[versions.CHMOD_DIR].mode == 0o700
+    assert nxt[versions.SECRET_FILE].mode == 0o600 and nxt[versions.SETUID_FILE].mode == 0o4755
     rootfs = sample_sdk / "ql-ol-extsdk/ql-ol-rootfs"
-    assert stat.S_IMODE((rootfs / sample.SETUID_FILE).lstat().st_mode) == 0o4755
+    assert stat.S_IMODE((rootfs / versions.SETUID_FILE).lstat().st_mode) == 0o4755
 
 
 def test_kernel_and_abl_change_between_the_versions(sample_sdk: Path) -> None:
@@ -558,7 +552,7 @@ def test_ubifs_owners_and_times_do_not_depend_on_the_files(tmp_path: Path) -> No
             "bin": Node(DIR, 0o755), "bin/x": Node(FILE, 0o4755, b"\x7fELF"),
             "bin/y": Node(SYMLINK, 0o777, link="x")}
     folder = tmp_path / "tree"
-    sample._write_tree(tree, folder, 1_000_000_000)
+    nodes.write_tree(tree, folder, 1_000_000_000)
     for path in [folder, *folder.rglob("*")]:
         if os.geteuid() == 0:
             os.chown(path, 1234, 1234, follow_symlinks=False)
@@ -566,14 +560,14 @@ def test_ubifs_owners_and_times_do_not_depend_on_the_files(tmp_path: Path) -> No
             os.chmod(path, 0o777)  # the device table, not the disk, decides the modes
     images = []
     for name in ("one.ubifs", "two.ubifs"):
-        sample._mkfs_ubifs(folder, tmp_path / name, sample._devtable(tree, devices=False),
+        ubi_images.mkfs_ubifs(folder, tmp_path / name, ubi_images.devtable(tree, devices=False),
                            "test", 1_234_567_890)
         images.append((tmp_path / name).read_bytes())
         os.utime(folder / "etc/a", (5, 5))
     assert images[0] == images[1]
-    assert images[0][108:124] == hashlib.sha256(sample.SEED + b"test").digest()[:16]
+    assert images[0][108:124] == hashlib.sha256(content.SEED + b"test").digest()[:16]
     ubi = tmp_path / "test.ubi"
-    sample._ubinize(ubi, [sample._Volume("rootfs", 0, tmp_path / "one.ubifs")], 7,
+    ubi_images.ubinize(ubi, [ubi_images.UbiVolume("rootfs", 0, tmp_path / "one.ubifs")], 7,
                     tmp_path / "test.cfg")
     volume = read_ubi(ubi)["rootfs"]
     files = volume.files
@@ -586,13 +580,13 @@ def test_ubifs_owners_and_times_do_not_depend_on_the_files(tmp_path: Path) -> No
 def test_fix_ubifs_refuses_a_damaged_node(tmp_path: Path) -> None:
     folder = tmp_path / "tree"
     tree = {"f": Node(FILE, 0o644, b"data")}
-    sample._write_tree(tree, folder, 0)
-    sample._mkfs_ubifs(folder, tmp_path / "x.ubifs", sample._devtable(tree, devices=False),
+    nodes.write_tree(tree, folder, 0)
+    ubi_images.mkfs_ubifs(folder, tmp_path / "x.ubifs", ubi_images.devtable(tree, devices=False),
                        "x", 0)
     image = bytearray((tmp_path / "x.ubifs").read_bytes())
     main = 3 + sum(int.from_bytes(image[o : o + 4], "little") for o in (56, 60, 64))
-    pos = main * sample.LEB_SIZE
-    assert int.from_bytes(image[pos : pos + 4], "little") == sample.UBIFS_MAGIC
+    pos = main * ubi_images.LEB_SIZE
+    assert int.from_bytes(image[pos : pos + 4], "little") == ubi_images.UBIFS_MAGIC
     image[pos + 30] ^= 0xFF
     with pytest.raises(DfotaError, match="bad CRC"):
-        sample.fix_ubifs(image, bytes(16), 0)
+        ubi_images.fix_ubifs(image, bytes(16), 0)

@@ -26,7 +26,7 @@ from dfota.package.ahead import MEMBER_SHA1S
 from dfota.settings import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
 from dfota.settings import Workspace as WorkspaceFolders
 from dfota.state.store import Records, file_stamp
-from dfota.tools.bench import SHELL_PROCEDURE
+from dfota.tools.bench.alternatives import SHELL_PROCEDURE
 from tests.workspace import Run, Workspace, snapshot
 
 pytestmark = pytest.mark.slow  # every case runs `doit targetfiles` on a copy of the sample

@@ -18,7 +18,9 @@ from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, sha1_bytes
 from dfota.formats.ubi import PEB_SIZE, SpecialNode, list_volumes, read_ubifs
-from dfota.tools import sample
+from dfota.tools.sample import images as sample_images
+from dfota.tools.sample import nodes, ubi_images, versions
+from dfota.tools.sample import rootfs as sample_rootfs
 from tests.builders import Node, d, f, ln, write_tree
 
 LEB_SIZE = 253952
@@ -161,9 +163,9 @@ def test_volumes_of_the_sample_sysfs_image(sample_sdk: Path) -> None:
 
 def test_sample_rootfs_volume_is_the_sample_tree(sample_sdk: Path) -> None:
     tree = read_ubifs(sample_sdk / "firmware/update/sdxlemur-sysfs.ubi", "rootfs")
-    expected = {rel: node for rel, node in sample.base_rootfs().items()
+    expected = {rel: node for rel, node in sample_rootfs.base_rootfs().items()
                 if not rel.startswith(tuple(f"{k}/" for k in KEPT_FROM_SOURCE))}
-    expected["dev/pts"] = sample.Node(DIR, 0o755)
+    expected["dev/pts"] = nodes.Node(DIR, 0o755)
     assert set(tree.entries) == set(expected)
     for rel, node in expected.items():
         entry = tree.entries[rel]
@@ -174,16 +176,16 @@ def test_sample_rootfs_volume_is_the_sample_tree(sample_sdk: Path) -> None:
         if node.kind == SYMLINK:
             assert entry.link == node.link
     assert tree.entries["bin/ql_su_helper"].mode == 0o4755
-    assert tree.read("etc/quectel-project-version") == sample.BASE.version_file.encode()
+    assert tree.read("etc/quectel-project-version") == versions.BASE.version_file.encode()
     assert tree.special == tuple(
         SpecialNode(f"dev/{name}", "char device", mode, 0, 0, major, minor)
-        for name, _kind, mode, major, minor in sample.DEVICE_NODES)
+        for name, _kind, mode, major, minor in ubi_images.DEVICE_NODES)
 
 
 def test_modem_image_is_the_modem_tree(sample_sdk: Path) -> None:
     tree = read_ubifs(sample_sdk / "firmware/update/NON-HLOS.ubi")
-    assert tree.volume == sample.MODEM_VOLUME
-    files = {rel: node for rel, node in sample.modem_files().items()}
+    assert tree.volume == ubi_images.MODEM_VOLUME
+    files = {rel: node for rel, node in sample_images.modem_files().items()}
     assert set(tree.entries) == set(files)
     assert all(tree.read(rel) == node.data for rel, node in files.items() if node.kind == FILE)
     assert tree.special == ()

@@ -30,7 +30,8 @@ from dfota.formats.ubi import PEB_SIZE, list_volumes, read_ubifs
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
 from dfota.proof.verify import verify_package
-from dfota.tools import sample
+from dfota.tools.sample import rootfs as sample_rootfs
+from dfota.tools.sample import ubi_images, versions
 from tests.builders import base_system, binary, edited, f, next_system
 from tests.oracle import differences, model_device, model_outcome, real_run_device
 from tests.test_delta import pair, quiet
@@ -217,11 +218,11 @@ def replace_sdk_image(ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp: Path,
                       **lebs: int) -> Path:
     """The SDK's image made again from its rootfs, with volumes of other sizes (in LEBs)."""
     for name, count in lebs.items():
-        monkeypatch.setitem(sample.SYSFS_VOLUME_LEBS, name, count)
+        monkeypatch.setitem(ubi_images.SYSFS_VOLUME_LEBS, name, count)
     image = ws.sdk / "target/sdxlemur-sysfs.ubi"
     work = tmp / "image-work"
     work.mkdir(parents=True, exist_ok=True)
-    sample._sysfs_ubi(sample.next_rootfs(), work, image, "next", sample.NEXT.epoch)
+    ubi_images.sysfs_ubi(sample_rootfs.next_rootfs(), work, image, "next", versions.NEXT.epoch)
     return image
 
 

@@ -133,10 +133,10 @@ TASK_PARAMS: dict[str, list[Param]] = {
         _param("force", bool, False, "also remove versions a kept version was built on"),
     ],
     "bench": [
-        _param("folder", str, "", "where the benchmark's data and runs go [default: "
-                                  "<state>/bench]"),
+        _param("folder", str, "", "the benchmark's data and runs [default: <state>/bench]"),
         _param("keep_data", bool, False, "keep the benchmark's folder (gigabytes) afterwards"),
         _param("update_benchmarks", bool, False, "rewrite BENCHMARKS.md with the results"),
+        _param("before", str, "", "run the steps with this git revision's code too, and compare"),
     ],
     "import_base": [
         _param("firmware", str, "", "a release firmware package folder (update/, upgrade/, "

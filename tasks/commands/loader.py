@@ -267,13 +267,13 @@ def task_sample() -> TaskDict:
 
 
 def _sample() -> None:
-    from dfota.tools.sample import generate_sample
+    from dfota.tools.sample.generate import generate_sample
 
     generate_sample(SAMPLE_DIR)
 
 
 def _sample_is_current() -> bool:
-    from dfota.tools.sample import sample_is_current
+    from dfota.tools.sample.generate import sample_is_current
 
     return sample_is_current(SAMPLE_DIR)
 
@@ -612,12 +612,12 @@ def _import_base(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None
 
 
 def _bench(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.tools.bench import run_benchmark
+    from dfota.tools.bench.run import BenchOptions, run_benchmark
 
     folder = resolve_path(str(options["folder"])) if options["folder"] else ws.state_dir / "bench"
     report = PROJECT_DIR / "BENCHMARKS.md" if options["update_benchmarks"] else None
     try:
-        run_benchmark(folder, 1.0, log.say, report)
+        run_benchmark(folder, BenchOptions(report=report, before=str(options["before"])), log.say)
     finally:
         if not options["keep_data"]:
             shutil.rmtree(folder, ignore_errors=True)

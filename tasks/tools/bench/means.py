@@ -1,0 +1,127 @@
+"""What keeps each step of the chain fast, as BENCHMARKS.md explains it below the figures:
+each means and what it saved when it came, measured on the benchmark's pair."""
+
+MEANS = """\
+## What keeps the steps fast
+
+Each means below was measured on the benchmark's pair when it came: the figures in this section
+are from then, the tables above from the latest run. Diffs run in worker processes sized to the
+cores, largest first, with a patch cache under `build/patch-cache/` keyed by source sha1, target
+sha1 and engine version; a second run with nothing changed does nothing. The other means:
+
+- `targetfiles` reads the SDK's `sdxlemur-sysfs.ubi` (seconds of decompressing) in a worker
+  process that its action starts first, beside its checks and its zipping, and keeps the tree it
+  read in a record (`<state>/records/sdk-image-tree/`) by the image's sha1 and the UBI reader's
+  code: an unchanged image is not read again (a run that ends without asking for the tree still
+  waits for the worker, so the next finds it recorded). The zip it built is hard-linked into the
+  archive (a copy where the archive lies on another file system). The source is named in the
+  inputs manifest by its sha256 as `<state>/digests.json` records it (and found once per run:
+  the build takes the one the inputs manifest found), so archiving it is a kernel copy
+  (`sendfile`) with nothing hashed again, as long as it keeps the size, times and inode it had
+  when hashed (else it is hashed as it is copied). The rootfs is walked and hashed once per run:
+  `_targetfiles_inputs` keeps its scan in a record by the inputs manifest
+  (`<state>/records/rootfs-scan/`, rewritten only when it changed), which the build takes (`doit
+  -s targetfiles`, which skips the inputs step, walks the rootfs again); as it is zipped, a file
+  the digest cache knows as it is (not written in the last 2 s, which a write in the same clock
+  tick could hide) is copied without hashing and must keep its size, times and inode while
+  copied; any other is hashed again and must give the sha1 it was planned with. Paths are text
+  rather than `pathlib` objects, and `META/system_manifest.json` is written one entry a line by
+  json's C encoder. The staged zip and its copy in `out/` are synced to disk by threads while
+  the zip is hashed, copied and the source archived; the staged zip is on disk before it is
+  linked into the archive, and `out/targetfiles.zip` before it is renamed into place. The UBI
+  reader maps the image and unpacks index branches and data-node headers in place (parsing each
+  of the image's 60,000 nodes into objects cost more than decompressing them); the mapped image
+  counts in the reader's resident memory (file pages the kernel can drop, not allocations).
+- What `delta` asks for that needs only the inputs manifest is made ahead by the private task
+  `_delta_ahead`, which `delta` depends on (so `doit targetfiles` alone never runs it): the
+  sha1s of a base not built here (kept as `delta` keeps them, below) and the kernel's patch from
+  the base's boot image to the SDK's (in the patch cache, applied and checked again when `delta`
+  takes it), the kernel's diff in a worker while the sha1s are taken. The base is `delta`'s:
+  `--base`, else the source the inputs manifest names. It runs once the inputs manifest is
+  written, in its own task process beside `targetfiles` (whose process waits on the kernel's
+  copying and syncing for part of its time), and is up to date while the inputs manifest and
+  `delta`'s `base`, `mode` and `diff_timeout` are (`<state>/delta-ahead.json` is its target).
+  Its log (`*-_delta_ahead.log`) says what was made and how long it took; a failure there is
+  silent, since `delta` meets the same input and reports it. On the benchmark pair it takes
+  about 1.3 s of CPU off `delta`. On the benchmark's machine a fresh `targetfiles` is bound by
+  the CPU, not the disk: with every fsync removed (a trial, not the tool) it was no faster.
+- `delta` takes the sha1s of `SYSTEM/` from `META/system_manifest.json` for a zip this tool
+  built and archived (byte-identical to the archived copy) and hashes every member of any other
+  zip. `verify` hashes every file of the source itself and takes the same record for the target:
+  a wrong record could only fail its checks, never pass them, since every file the package
+  leaves on the modeled module is hashed from its bytes (a test shows both ways: a wrong sha1 of
+  a patched and of an untouched file each fail "result equals the target"). A stored member is
+  hashed straight from the file (its CRC checked), not through Python's zip reader, which cost
+  more than the hashing for small files. The member sha1s of a base not built here are kept in a
+  record keyed by the zip's sha256 (`<state>/records/member-sha1s/`): the next `delta` on the
+  same base hashes none of them.
+- Archived zips are checked against their manifest's sha256 before use; the sha256 of each
+  archived zip (and of `out/targetfiles.zip`, a copy of one) is kept in `<state>/digests.json`
+  by path with its size, modification and change times and inode, and hashed again only when one
+  of them changed (a write, a chmod, a rename, another file).
+- What is kept between runs is all in the state folder, in three forms (`tasks/state/store.py`):
+  `digests.json`, the digests of files by path for any algorithm (the rootfs's sha1s, the zips'
+  sha256s), each trusted while the file's size, times and inode stay as they were when hashed;
+  `records/<name>/`, keyed records (the SDK image's tree, a base's member sha1s, the patches
+  `bspatch` proved), each written with the digest of the tool's own code, so a record of another
+  version of the tool is rebuilt, never read; and `patch-cache/`. A damaged file there is
+  rebuilt without a word. A state folder of an earlier version of the tool is taken over: its
+  two digest caches (`hash-cache.json`, `archive-sha256.json`) are read into `digests.json`, its
+  other records (`member-sha1s/`, `bspatch-proven.json`, `sdk-image-tree.json`) are removed
+  unread and rebuilt when next needed.
+- `delta` starts the kernel's diff (the largest) in a worker process before it hashes the trees
+  and plans the other files, whose diffs then join the same pool of workers (one per core). No
+  thread runs beside them, so every worker is a plain fork of `delta`, which has the modules
+  loaded and the small pairs read already (with a thread alive, workers come from a fork server:
+  a fresh interpreter that imports the engine, and data sent through a pipe; that cost `delta`
+  about 1 s on the benchmark pair).
+- `verify` runs the package once per chunk of replays on one copy of the module and, at each
+  power-loss point, tries the re-run on that copy and undoes it from a journal of the changes (a
+  test checks every step against a fresh copy per replay). The module model keeps a digest of
+  each directory's contents, forgotten up the tree on every change, so the whole device is
+  compared with the whole run's state after each statement in microseconds; a re-run stops where
+  it rejoins that run (tests: the kept digest equals one computed afresh after every step and
+  every undo, and after random changes in and out of trials, and `verify` finds the same
+  problems with every re-run taken to its end). A directory's digest sums its children's shares
+  (2,048 bits of SHAKE-256 of name and digest, modulo 2^2048; at that width finding two sets of
+  children with one sum takes more entries than a file system holds) and takes again only the
+  shares of the children that changed, so a change in a big folder (`usr/lib`: 824 entries)
+  costs what changed, not the folder's size. Each source file is read whole and hashed once (its
+  CRC checked), and not kept: the model reads a file again from the zip, open meanwhile, when
+  the package first uses it (the few it patches or writes over), and it must still have that
+  sha1 (on the benchmark pair `verify`'s largest resident set went from 313 to 105 MB). `unzip
+  -tq` starts first and Debian's `bspatch` as soon as the pre-check passed, a run per core on
+  threads, while the whole run, the replays and the tampered source go on; each result is taken
+  where its check comes (an error starting them too), and before the replays fork workers no
+  `bspatch` runs. The zips' members, the trees and the modeled module are frozen out of the
+  cyclic garbage collector's walks (`gc.freeze`) until `verify` returns. A re-run skips the
+  units before the cut that are settled (`tasks/device/power_loss.py`, `docs/updater-model.md`):
+  a statement, a file of `package_extract_dir`, a node of a recursive mode, run again on the
+  state it left without changing anything, and nothing it read changed since (a mode it set that
+  a later unit sets back does not count). Tests compare every step's re-run with the module's
+  full re-run from the first statement. On the cross-baseline package (sample release firmware
+  to the benchmark's rootfs: 9,839 steps, 3,880 new files, 4,601 permission steps) the power
+  losses at all 9,839 steps take 4.4 s on two cores (`doit verify` 7.1 s, `doit delta` 10.8 s),
+  where 5,270 of them (32 permission steps) took 290 s before. The model keeps what replays
+  repeat: the bytes and sha1 of each package entry (every re-run extracts the same files), the
+  components of each path, and a walk of a path without links or `..` in one loop; a read file
+  and a resolved path are named tuples (measured with `valgrind --tool=callgrind`, which counts
+  instructions whatever the machine's load: 34.2 -> 21.7 million per replay on the benchmark
+  pair).
+- doit's check of file dependencies compares size, time and inode instead of an md5 of each file
+  (which read each 200 MB `targetfiles.zip` twice per task): every file the tool writes is
+  renamed into place.
+- Pairs up to 32 MB a side (the kernel's too) are read by `delta`, which has both zips open, and
+  reach their forked worker in its memory: the worker opens no zip.
+- Diffs of pairs up to 256 KB run a batch to a worker (a process per small diff cost more than
+  the diff); the diff reader and the package writer use the zips `delta` already has open.
+- doit keeps its record of the runs (`.doit.db`) in sqlite3 with a write-ahead log whose commits
+  are not synced (`WalSqliteDB`, registered in `pyproject.toml`): the synced commit of the stock
+  backend cost every `doit` about 0.2 s after a run that wrote a lot, half of a run with nothing
+  to do. A power cut may lose the record of the last run (its tasks run again and find their
+  work done), never corrupt it. Run from another folder (`doit -f .../dodo.py`), doit uses its
+  stock sqlite3 backend; on a network file system, where sqlite's write-ahead log is not safe,
+  pass `--backend sqlite3` to every `doit`.
+- The modules that do the work are imported by the task that runs: a `doit` with everything up
+  to date starts in about 0.4 s.
+"""
