@@ -548,7 +548,7 @@ def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord, state: Stat
 
 
 def _verify_one(ws: Workspace, log: RunLog, inputs: PackageInputs, state: State) -> None:
-    from dfota.proof.verify import verify_delta
+    from dfota.proof.publish import verify_delta
 
     verify_delta(VerifySettings(ws), log, inputs, state)
 
@@ -563,7 +563,7 @@ def package_inputs(ws: Workspace) -> PackageInputs:
 
 
 def _verify(settings: VerifySettings, log: RunLog) -> None:
-    from dfota.proof.verify import verify_delta, verify_needed
+    from dfota.proof.publish import verify_delta, verify_needed
 
     ws = settings.workspace
     with ws.open_state() as state:
@@ -579,14 +579,14 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
 
 
 def _published_is_proven(ws: Workspace) -> bool:
-    from dfota.proof.verify import published_is_proven
+    from dfota.proof.publish import published_is_proven
 
     with ws.open_state() as state:
         return published_is_proven(ws, digests=state.digests)
 
 
 def _verify_named(settings: VerifySettings, log: RunLog) -> None:
-    from dfota.proof.verify import verify_named
+    from dfota.proof.publish import verify_named
 
     with settings.workspace.open_state() as state:
         report, where = verify_named(settings, log, state)
