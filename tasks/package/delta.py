@@ -44,7 +44,8 @@ from dfota.formats.filelists import (
 from dfota.formats.version import VERSION_FILE, ProjectVersion
 from dfota.formats.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
 from dfota.package.ahead import MEMBER_SHA1S
-from dfota.package.patches import Blob, PatchJob, PatchOutcome, PatchRun
+from dfota.package.blobs import Blob
+from dfota.package.patches import DiffOptions, PatchJob, PatchOutcome, PatchRun
 from dfota.package.plan import (
     Change,
     Kind,
@@ -199,8 +200,8 @@ def _build(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], lists: 
         raise DfotaError(f"has no {UPDATER} (the package's update-binary)", target.path)
     boot_changed = Part.KERNEL in parts and base.sha1(BOOT_IMAGE) != target.sha1(BOOT_IMAGE)
     progress = _DiffProgress(log)
-    with PatchRun(cache=state.patches, workers=settings.workers or None,
-                  timeout=settings.diff_timeout, progress=progress.line,
+    diffing = DiffOptions(settings.workers or None, settings.diff_timeout)
+    with PatchRun(cache=state.patches, options=diffing, progress=progress.line,
                   open_zips={base.path: base.zipfile, target.path: target.zipfile}) as diffs:
         if boot_changed:
             # the kernel's diff (the largest) needs neither tree: it runs while they are hashed
@@ -475,7 +476,6 @@ def describe(result: DeltaResult) -> str:
     return (f"delta: {result.package} ({s['package_size']} bytes, unverified: `doit verify` "
             f"proves and publishes it) {s['source']} -> {s['target']} [{','.join(modes)}]: "
             f"{counts or 'partitions only'}")
-
 
 
 @dataclass(frozen=True, slots=True)
