@@ -35,7 +35,7 @@ from dfota.device.updater import (
     apply_package,
 )
 from dfota.formats.zipio import ZipSource
-from dfota.proof.verify import device_from_targetfiles
+from dfota.proof.host_device import device_from_targetfiles
 
 ENV = "DFOTA_ORACLE"
 ERASE_BLOCK = 0x40000  # the oracle's NAND erase block (ORACLE_MTD_ERASE)

@@ -15,7 +15,7 @@ from dfota.formats.zipio import bytes_item, write_zip
 from dfota.package import plan
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
-from dfota.proof.verify import verify_package
+from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.settings import DeltaSettings
 from tests.builders import (
     base_system,
@@ -115,9 +115,9 @@ def test_a_package_that_patches_a_252_byte_name_fails_verify_as_the_module_abort
     build_delta(settings, quiet())
     real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
     assert (real.exit, real.error) == (7, 510)
-    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
-                            settings.workspace.target_zip,
-                            parse_mode("all"), lists_in(settings.config_dir), quiet())
+    report = verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                         settings.workspace.target_zip, parse_mode("all"),
+                                         lists_in(settings.config_dir)), quiet())
     assert not report.ok
     assert "510" in next(c for c in report.checks if not c.ok).detail
 
@@ -131,9 +131,9 @@ def test_a_noota_file_keeps_its_folder_when_the_target_has_none(oracle: Path,
     assert real.exit == 0
     assert real.system[b"etc/webui/test.cfg"][4] == hashlib.sha1(b"user settings\n").hexdigest()
     assert real.system[b"etc/webui"][0] == "d"
-    assert verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip,
-                          parse_mode("all"), lists_in(settings.config_dir), quiet()).ok
+    assert verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                       settings.workspace.target_zip, parse_mode("all"),
+                                       lists_in(settings.config_dir)), quiet()).ok
 
 
 def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
@@ -145,9 +145,9 @@ def test_a_noota_path_absent_from_the_source_is_not_created(oracle: Path,
     build_delta(settings, quiet())
     real = agree(oracle, Path(settings.base), settings.workspace.pending_zip)
     assert real.exit == 0 and b"etc/webui/test.cfg" not in real.system
-    assert verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip,
-                          parse_mode("all"), lists_in(settings.config_dir), quiet()).ok
+    assert verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                       settings.workspace.target_zip, parse_mode("all"),
+                                       lists_in(settings.config_dir)), quiet()).ok
 
 
 def test_entries_made_in_a_set_group_id_folder_take_its_group(oracle: Path,

@@ -21,18 +21,9 @@ import pytest
 from dfota.core.errors import DfotaError
 from dfota.core.tree import FILE
 from dfota.formats.zipio import bytes_item, write_zip
-from dfota.package.patches import (
-    MAGIC,
-    Blob,
-    PatchJob,
-    PatchOutcome,
-    PatchRun,
-    apply_patch_bytes,
-    bsdiff40,
-    compressed_kind,
-    engine_tag,
-    make_patches,
-)
+from dfota.package.blobs import Blob
+from dfota.package.bsdiff import MAGIC, apply_patch_bytes, bsdiff40, compressed_kind, engine_tag
+from dfota.package.patches import DiffOptions, PatchJob, PatchOutcome, PatchRun, make_patches
 from dfota.state.store import BlobCache
 from dfota.tools.bench.pair import bench_boot_image, bench_rootfs_pair
 from dfota.tools.bench.plan import bench_plan
@@ -188,7 +179,7 @@ def test_blobs_on_disk_and_in_zips_mix(tmp_path: Path) -> None:
         PatchJob("system/b1", zipped.source, file_blob(tmp_path / "new/b", b_tgt)),
         PatchJob("system/b2", file_blob(tmp_path / "old/b", b_src), zipped.target),
     ]
-    out = make_patches(jobs, cache=BlobCache(tmp_path / "cache"), workers=2)
+    out = make_patches(jobs, cache=BlobCache(tmp_path / "cache"), options=DiffOptions(workers=2))
     assert list(out) == ["system/a", "system/b1", "system/b2"]
     assert_patched(out["system/a"], a_src, a_tgt, tmp_path)
     assert_patched(out["system/b1"], b_src, b_tgt, tmp_path)
@@ -203,8 +194,8 @@ def test_largest_target_first(tmp_path: Path) -> None:
         files[name] = (source, edited(source, seed + 10))
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), workers=1,
-                       progress=lines.append)
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"),
+                       options=DiffOptions(workers=1), progress=lines.append)
     order = [line.split(": ")[1].split(" ")[0] for line in diff_lines(lines)]
     assert order == ["system/largest", "system/large", "system/middle", "system/small"]
     assert [line.split(":")[0] for line in diff_lines(lines)] == [
@@ -276,8 +267,8 @@ def test_tiny_file_and_memory_bound_ship_whole_without_diffing(tmp_path: Path) -
              "big": (big_src, edited(big_src, 12))}
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), memory_limit=1 << 20,
-                       progress=lines.append)
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"),
+                       options=DiffOptions(memory_limit=1 << 20), progress=lines.append)
     assert out["system/etc/hostname"].whole_reason == "file too small to patch (9 bytes)"
     # 17 x 64 KiB + 5 x (64 KiB + 100) is 1.38 MiB
     assert out["system/big"].whole_reason == "diff would need ~2 MB of memory (limit 1 MB)"
@@ -359,8 +350,8 @@ def test_failing_diffs_fall_back_to_whole_and_the_rest_goes_on(tmp_path: Path) -
                        Blob.in_zip(pair.source_zip, "SYSTEM/not-there", sha1(base), len(base)),
                        file_blob(tmp_path / "new/missing", edited(base, 99)))
     cache = tmp_path / "cache"
-    out = make_patches([*pair.jobs(), missing], cache=BlobCache(cache), workers=2,
-                       engine=_failing_engine)
+    out = make_patches([*pair.jobs(), missing], cache=BlobCache(cache),
+                       options=DiffOptions(workers=2, engine=_failing_engine))
     assert out["system/FAIL"].whole_reason == "diff failed: RuntimeError: injected failure"
     assert out["system/EXIT"].whole_reason == (
         "diff failed: worker exited with code 7 without a result")
@@ -388,8 +379,8 @@ def test_small_pairs_share_a_worker_large_ones_get_their_own(tmp_path: Path) -> 
     files |= {f"large{i}": (head + binary(50 + i, 300_000),
                             edited(head + binary(50 + i, 300_000), 150 + i)) for i in range(2)}
     pair = Pair(tmp_path, files)
-    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), workers=2,
-                       engine=_pid_engine)
+    out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"),
+                       options=DiffOptions(workers=2, engine=_pid_engine))
     for name, (source, target) in files.items():
         assert_patched(out[f"system/{name}"], source, target, tmp_path)
     pids = {}
@@ -409,8 +400,8 @@ def test_slow_diff_is_killed_and_not_cached(tmp_path: Path) -> None:
                                                                  edited(quick_src, 63))}
     pair = Pair(tmp_path, files)
     cache = tmp_path / "cache"
-    out = make_patches(pair.jobs(), cache=BlobCache(cache), workers=2, timeout=1.0,
-                       engine=_slow_engine)
+    out = make_patches(pair.jobs(), cache=BlobCache(cache),
+                       options=DiffOptions(workers=2, timeout=1.0, engine=_slow_engine))
     slow = out["system/slow"]
     assert slow.whole_reason == "diff timed out after 1 s"
     assert slow.patch is None and slow.is_fallback
@@ -425,7 +416,8 @@ def test_wrong_patch_is_an_internal_error(tmp_path: Path) -> None:
     source = binary(70, 20_000)
     pair = Pair(tmp_path, {"bin/w": (source, edited(source, 71))})
     with pytest.raises(RuntimeError, match="gives other bytes than the target"):
-        make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), engine=_wrong_engine)
+        make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"),
+                     options=DiffOptions(engine=_wrong_engine))
     assert cache_files(tmp_path / "cache") == []
 
 
@@ -446,8 +438,10 @@ def test_same_inputs_give_identical_patches(tmp_path: Path) -> None:
         source = binary(80 + seed, 30_000 * (seed + 1))
         files[f"lib/l{seed}.so"] = (source, edited(source, 90 + seed))
     pair = Pair(tmp_path, files)
-    one = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "one"), workers=3)
-    two = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "two"), workers=1)
+    one = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "one"),
+                       options=DiffOptions(workers=3))
+    two = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "two"),
+                       options=DiffOptions(workers=1))
     for name, (source, target) in files.items():
         patch = assert_patched(one[f"system/{name}"], source, target, tmp_path)
         assert assert_patched(two[f"system/{name}"], source, target, tmp_path) == patch
@@ -463,7 +457,8 @@ def test_works_with_threads_running(tmp_path: Path) -> None:
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"), engine=_failing_engine)
+        out = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"),
+                           options=DiffOptions(engine=_failing_engine))
     finally:
         stop.set()
         thread.join()
@@ -480,8 +475,8 @@ def test_a_run_diffs_while_the_caller_goes_on(tmp_path: Path) -> None:
              for seed, name in enumerate(["kernel", "lib/a.so", "lib/b.so"], start=120)}
     pair = Pair(tmp_path, files)
     lines: list[str] = []
-    with PatchRun(cache=BlobCache(tmp_path / "cache"), workers=2, engine=_pid_engine,
-                  progress=lines.append) as run:
+    with PatchRun(cache=BlobCache(tmp_path / "cache"),
+                  options=DiffOptions(workers=2, engine=_pid_engine), progress=lines.append) as run:
         run.add([pair.job("kernel")])
         deadline = time.monotonic() + 30
         while not any(calls.iterdir()) and time.monotonic() < deadline:
@@ -529,7 +524,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Blob(Path("a.zip"), None, None, "0" * 40, 0)
     with pytest.raises(ValueError, match="positive"):
-        make_patches([], cache=BlobCache(Path("unused")), workers=0)
+        make_patches([], cache=BlobCache(Path("unused")), options=DiffOptions(workers=0))
     with pytest.raises(ValueError, match="same name"):
         make_patches([PatchJob("a", blob, blob)] * 2, cache=BlobCache(Path("unused")))
 

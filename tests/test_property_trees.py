@@ -38,7 +38,7 @@ from dfota.formats.version import VERSION_FILE
 from dfota.package.delta import build_delta
 from dfota.package.plan import DEVICE_NAME_MAX, DEVICE_PATH_MAX, parse_mode
 from dfota.package.writer import PLACEHOLDER
-from dfota.proof.verify import verify_package
+from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.settings import DeltaSettings
 from dfota.settings import Workspace as Folders
 from tests.builders import (
@@ -348,8 +348,8 @@ def check_case(case: Case, tmp: Path, oracle: Path | None) -> None:
     if not build_delta(delta, quiet()).summary["changed"]:
         return  # nothing the mode covers changed: no package (tests of delta say so)
     package = delta.workspace.pending_zip
-    report = verify_package(package, base, delta.workspace.target_zip, parse_mode(case.mode),
-                            lists_in(config), quiet())
+    report = verify_package(VerifyInputs(package, base, delta.workspace.target_zip,
+                                         parse_mode(case.mode), lists_in(config)), quiet())
     assert report.ok, [c for c in report.checks if not c.ok]
 
     if oracle is not None:

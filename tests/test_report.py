@@ -28,12 +28,9 @@ from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource
 from dfota.package.delta import build_delta
 from dfota.package.plan import expected_system, parse_mode
-from dfota.proof.verify import (
-    device_from_targetfiles,
-    minor_partitions,
-    replay_power_losses,
-    verify_delta,
-)
+from dfota.proof.host_device import device_from_targetfiles, minor_partitions
+from dfota.proof.publish import verify_delta
+from dfota.proof.replays import Replays, replay_power_losses
 from dfota.report.summary import render_report, write_report
 from dfota.settings import VerifySettings
 from tests.builders import binary, f, next_system
@@ -290,5 +287,6 @@ def test_each_power_loss_replay_advances_the_bar(tmp_path: Path) -> None:
                                    lists_in(settings.config_dir))
     pkg = load_package(settings.workspace.pending_zip)
     steps = list(range(1, 21))
-    assert replay_power_losses(pkg, device, expected, {}, steps, calls.append, workers=1) == []
+    assert replay_power_losses(Replays(pkg, device, expected, {}), steps, calls.append,
+                               workers=1) == []
     assert calls == [1] * len(steps)

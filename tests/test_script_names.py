@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.formats.edify_parse import DEVICE_FUNCTIONS, Literal, Node, children, parse
 from dfota.formats.filelists import ChmodRule
-from dfota.package.plan import Change, Kind, Part
-from dfota.package.writer import render_script, script_steps
+from dfota.package.plan import Change, Kind, Part, Span
+from dfota.package.writer import TargetSystem, Writes, render_script, script_steps
 
 _NAME_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0/")
 _NASTY = st.sampled_from(list('"\\\n\r\t\x01\x1b\x7f -#;(),$`\'.é日😀'))
@@ -69,10 +69,9 @@ def _changes(names: Sequence[str], targets: Sequence[str]
 
 def script_for(names: Sequence[str], targets: Sequence[str]) -> bytes:
     changes, tree, rules = _changes(names, targets)
-    script = script_steps(source_key="SRC@20220101T0000", target_key="TGT@20220201T0000",
-                          parts=frozenset(Part), changes=changes, target=tree,
-                          version_sha1s=["c" * 40], boot=None, minor=[], chmod=rules,
-                          system_mount=("ubifs", "UBI", "system"))
+    script = script_steps(Span("SRC@20220101T0000", "TGT@20220201T0000", frozenset(Part)),
+                          Writes(changes, boot=None, minor=[]),
+                          TargetSystem(tree, rules, ("ubifs", "UBI", "system")), ["c" * 40])
     return render_script(script)
 
 

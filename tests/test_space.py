@@ -15,7 +15,7 @@ from dfota.device.updater import NO_SPACE, apply_package
 from dfota.formats.filelists import lists_in
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
-from dfota.proof.verify import VerifyReport, verify_package
+from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.settings import DeltaSettings
 from tests.builders import base_system, binary, edited, f, next_system
 from tests.oracle import differences, model_device, model_outcome, real_run_device
@@ -35,9 +35,9 @@ def big_pair(tmp: Path, volumes: Volumes = DEFAULT_VOLUMES) -> DeltaSettings:
 
 
 def prove(settings: DeltaSettings, volumes: Volumes) -> VerifyReport:
-    return verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip, parse_mode("all"),
-                          lists_in(settings.config_dir), quiet(), volumes=volumes)
+    return verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                       settings.workspace.target_zip, parse_mode("all"),
+                                       lists_in(settings.config_dir), volumes=volumes), quiet())
 
 
 def kinds(settings: DeltaSettings) -> dict[str, dict]:

@@ -18,7 +18,7 @@ import pytest
 
 from dfota.build.sdk_image import RECORD as IMAGE_RECORD
 from dfota.package.ahead import MEMBER_SHA1S
-from dfota.proof.verify import BSPATCH_RECORD
+from dfota.proof.debian_checks import BSPATCH_RECORD
 from dfota.state.store import (
     DIGESTS_NAME,
     LEGACY_DIGESTS,

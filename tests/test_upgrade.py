@@ -31,7 +31,7 @@ from dfota.core.errors import EXIT_FAILED, EXIT_LOST, EXIT_REFUSED, worst_upgrad
 from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource
 from dfota.package.plan import Part, expected_system
-from dfota.proof.verify import tree_differences
+from dfota.proof.host_device import tree_differences
 from dfota.upgrade.at_port import parse_urc
 from dfota.upgrade.serve import parse_range
 from dfota.upgrade.twin_faults import parse_faults

@@ -24,8 +24,10 @@ from dfota.formats.zipio import ZipSource
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
 from dfota.package.writer import SCRIPT_ENTRY
+from dfota.proof import debian_checks, host_device, replays
 from dfota.proof import verify as verify_module
-from dfota.proof.verify import VerifyReport, verify_delta, verify_needed, verify_package
+from dfota.proof.publish import verify_delta, verify_needed
+from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.settings import DeltaSettings, VerifySettings
 from dfota.state.store import Records
 from tests.builders import base_system, f, next_system
@@ -39,10 +41,9 @@ CHECKS = ["unzip -tq", "project version and format (module pre-check)", "apply t
 
 
 def verify(settings: DeltaSettings) -> VerifyReport:
-    return verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip,
-                          parse_mode(settings.mode), lists_in(settings.config_dir),
-                          quiet())
+    return verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                       settings.workspace.target_zip, parse_mode(settings.mode),
+                                       lists_in(settings.config_dir)), quiet())
 
 
 @pytest.mark.parametrize("mode", ["all", "rootfs", "modem", "kernel"])
@@ -144,7 +145,7 @@ def test_re_runs_that_rejoin_the_whole_run_find_what_full_re_runs_find(
     if damage is not None:
         damage(settings.workspace.pending_zip)
     quick = verify(settings)
-    replay = verify_module.replay_power_losses
+    replay = replays.replay_power_losses
     monkeypatch.setattr(verify_module, "replay_power_losses",
                         lambda *args, whole_run: replay(*args))  # every re-run to its end
     full = verify(settings)
@@ -158,10 +159,10 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
         tmp_path: Path, which: str) -> None:
     settings = pair(tmp_path)
     build_delta(settings, quiet())
-    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip,
-                            parse_mode(settings.mode), lists_in(settings.config_dir),
-                            quiet(), target_recorded=True)
+    report = verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                         settings.workspace.target_zip, parse_mode(settings.mode),
+                                         lists_in(settings.config_dir),
+                                         target_recorded=True), quiet())
     assert report.ok, report.checks
     with zipfile.ZipFile(settings.workspace.target_zip) as zf:
         manifest = json.loads(zf.read(SYSTEM_MANIFEST))
@@ -171,10 +172,10 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
                  and (e["path"] in patched) == (which == "patched"))
     entry["sha1"] = "0" * 40
     rewrite(settings.workspace.target_zip, {SYSTEM_MANIFEST: json.dumps(manifest).encode()})
-    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
-                          settings.workspace.target_zip,
-                            parse_mode(settings.mode), lists_in(settings.config_dir),
-                            quiet(), target_recorded=True)
+    report = verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                         settings.workspace.target_zip, parse_mode(settings.mode),
+                                         lists_in(settings.config_dir),
+                                         target_recorded=True), quiet())
     failed = next(c for c in report.checks if not c.ok)
     assert failed.name == "result equals the target" and entry["path"] in failed.detail
 
@@ -227,7 +228,7 @@ def test_the_default_chain_verifies_the_sample_package(ws: Workspace) -> None:
 
 
 def test_power_losses_skip_only_permission_steps_beyond_the_budget() -> None:
-    from dfota.proof.verify import replay_points
+    from dfota.proof.replays import replay_points
 
     log = ["write a", "chmod 1", "chmod 2", "unlink b", *[f"chmod {i}" for i in range(3, 11)],
            "write partition boot"]
@@ -244,22 +245,22 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
     settings = pair(tmp_path)
     build_delta(settings, quiet())
     records = Records(tmp_path / "records", "tool")
-    bspatch = verify_module._bspatch_tool()
-    record = records.path(verify_module.BSPATCH_RECORD, bspatch)
+    bspatch = debian_checks._bspatch_tool()
+    record = records.path(debian_checks.BSPATCH_RECORD, bspatch)
 
     def check(kept: Records = records) -> tuple[list[str], int, int]:
         with ZipSource(Path(settings.base)) as base, \
                 ZipSource(settings.workspace.target_zip) as target:
-            return verify_module.bspatch_check(settings.workspace.pending_zip, base, target,
+            return debian_checks.bspatch_check(settings.workspace.pending_zip, base, target,
                                                kept)
 
     problems, count, earlier = check()
     assert problems == [] and count > 2 and earlier == 0
-    saved = records.get(verify_module.BSPATCH_RECORD, bspatch)
+    saved = records.get(debian_checks.BSPATCH_RECORD, bspatch)
     assert len(saved) == count and len(bspatch) == 40
     assert check() == ([], count, count)
     # another bspatch proves nothing that this one did
-    records.put(verify_module.BSPATCH_RECORD, "0" * 40, saved, alone=True)
+    records.put(debian_checks.BSPATCH_RECORD, "0" * 40, saved, alone=True)
     assert not record.exists()
     assert check() == ([], count, 0)
     # nor does this one in another version of the tool
@@ -270,7 +271,7 @@ def test_bspatch_proofs_are_kept_by_the_bytes_and_a_failed_one_is_not(tmp_path: 
         data = bytearray(zf.read(name))
     data[24] ^= 1  # the new file's size in the BSDIFF40 header
     rewrite(settings.workspace.pending_zip, {name: bytes(data)})
-    records.put(verify_module.BSPATCH_RECORD, bspatch, saved, alone=True)
+    records.put(debian_checks.BSPATCH_RECORD, bspatch, saved, alone=True)
     for _ in range(2):
         problems, again, earlier = check()
         assert again == count and earlier == count - 1
@@ -288,9 +289,9 @@ def test_progress_rises_to_100_when_nothing_the_package_writes_weighs(tmp_path: 
     settings = pair(tmp_path, source=source, target=target, mode="modem",
                     boot_changed=False, abl_changed=False)
     build_delta(settings, quiet())
-    report = verify_package(settings.workspace.pending_zip, Path(settings.base),
-                            settings.workspace.target_zip, parse_mode("modem"),
-                            lists_in(settings.config_dir), quiet())
+    report = verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                         settings.workspace.target_zip, parse_mode("modem"),
+                                         lists_in(settings.config_dir)), quiet())
     assert report.ok, [c for c in report.checks if not c.ok]
 
 
@@ -300,7 +301,7 @@ def test_replays_in_forked_workers_find_what_replays_here_find(
     build_delta(settings, quiet())
     _not_resumable(settings.workspace.pending_zip)
     here = verify(settings)
-    monkeypatch.setattr(verify_module, "_STEPS_PER_FORK", 0)  # every package in workers
+    monkeypatch.setattr(replays, "_STEPS_PER_FORK", 0)  # every package in workers
     forked = verify(settings)
     assert [(c.name, c.ok, c.detail) for c in here.checks] == \
         [(c.name, c.ok, c.detail) for c in forked.checks]
@@ -317,10 +318,10 @@ def test_the_source_is_hashed_whole_and_its_files_read_again_only_when_used(
     pkg = load_package(settings.workspace.pending_zip)
     with ZipSource(Path(settings.base)) as base, \
             ZipSource(settings.workspace.target_zip) as target:
-        minor = verify_module.minor_partitions(target, lists_in(settings.config_dir))
-        held, tree = verify_module.device_from_targetfiles(base, minor)
+        minor = host_device.minor_partitions(target, lists_in(settings.config_dir))
+        held, tree = host_device.device_from_targetfiles(base, minor)
         stored: dict[str, Stored] = {}
-        lazy, same_tree = verify_module.device_from_targetfiles(base, minor, stored=stored)
+        lazy, same_tree = host_device.device_from_targetfiles(base, minor, stored=stored)
         files = {name: s for name, s in stored.items() if name.startswith("SYSTEM/")}
         assert same_tree == tree and len(files) == sum(e.kind == FILE for e in tree.values())
         assert lazy.digest() == held.digest() and lazy.state() == held.state()
@@ -333,7 +334,7 @@ def test_the_source_is_hashed_whole_and_its_files_read_again_only_when_used(
                        if n.startswith("patch/system/")}
         assert patched and patched <= read < set(files)  # the sources patched, not all
         # an entry changed in the zip after it was hashed, before the module reads it
-        fresh, _ = verify_module.device_from_targetfiles(base, minor, stored={})
+        fresh, _ = host_device.device_from_targetfiles(base, minor, stored={})
         name = next(n for n, s in files.items() if s.size > 0)
         info = base.members[name].info
         with open(settings.base, "r+b") as raw:
@@ -361,9 +362,9 @@ def test_without_bspatch_verify_stops_where_that_check_comes(
     said = io.StringIO()
     log = RunLog(None, "test", said)
     with pytest.raises(DfotaError, match="install Debian's bsdiff package"):
-        verify_package(settings.workspace.pending_zip, Path(settings.base),
-                       settings.workspace.target_zip, parse_mode(settings.mode),
-                       lists_in(settings.config_dir), log)
+        verify_package(VerifyInputs(settings.workspace.pending_zip, Path(settings.base),
+                                    settings.workspace.target_zip, parse_mode(settings.mode),
+                                    lists_in(settings.config_dir)), log)
     assert "verify: power loss at each step" in said.getvalue()
 
 
@@ -385,6 +386,6 @@ def test_a_package_the_module_reads_but_the_tool_refuses_stops_after_the_replays
     said = io.StringIO()
     log = RunLog(None, "test", said)
     with pytest.raises(DfotaError, match="appears twice"):
-        verify_package(package, Path(settings.base), settings.workspace.target_zip,
-                       parse_mode(settings.mode), lists_in(settings.config_dir), log)
+        verify_package(VerifyInputs(package, Path(settings.base), settings.workspace.target_zip,
+                                    parse_mode(settings.mode), lists_in(settings.config_dir)), log)
     assert "verify: power loss at each step" in said.getvalue()

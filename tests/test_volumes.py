@@ -29,7 +29,7 @@ from dfota.formats.filelists import lists_in
 from dfota.formats.ubi import PEB_SIZE, list_volumes, read_ubifs
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
-from dfota.proof.verify import verify_package
+from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.tools.sample import rootfs as sample_rootfs
 from dfota.tools.sample import ubi_images, versions
 from tests.builders import base_system, binary, edited, f, next_system
@@ -315,6 +315,7 @@ def test_a_nearly_full_rootfs_volume_sends_the_patch_through_cache_on_both_updat
     assert copied in pairwise(steps)
     roomy = apply_package(package, model_device(base, DEFAULT_VOLUMES)).step_log
     assert roomy[-1] == steps[-1] and copied not in pairwise(roomy)
-    report = verify_package(package, base, settings.workspace.target_zip, parse_mode("all"),
-                            lists_in(settings.config_dir), quiet(), volumes=sizes)
+    report = verify_package(VerifyInputs(package, base, settings.workspace.target_zip,
+                                         parse_mode("all"), lists_in(settings.config_dir),
+                                         volumes=sizes), quiet())
     assert report.ok, [c for c in report.checks if not c.ok]

@@ -511,8 +511,8 @@ def _delta_ahead(delta: DeltaSettings, targetfiles: TargetfilesSettings, log: Ru
 
 
 def _delta(conf: Configuration, log: RunLog) -> None:
-    from dfota.package.delta import build_delta, build_for_bases
-    from dfota.package.delta import describe as delta_describe
+    from dfota.package.bases import build_for_bases
+    from dfota.package.delta import TargetBuild, build_delta, describe
 
     ws = conf.workspace
     record = read_record(ws.record)
@@ -522,11 +522,11 @@ def _delta(conf: Configuration, log: RunLog) -> None:
     with ws.open_state() as state:
         check_target_is_recorded(ws, record, state)
         sdk = record.tasks.get("targetfiles", {}).get("sdk")
-        result = build_delta(settings, log, record.source_key, record.build_warnings,
-                             Path(str(sdk)) if sdk else None, state)
+        result = build_delta(settings, log, TargetBuild(record.source_key, record.build_warnings,
+                                                        Path(str(sdk)) if sdk else None), state)
         for warning in result.warnings:
             log.say(f"warning: {warning}")
-        log.say(delta_describe(result))
+        log.say(describe(result))
         if settings.bases:
             outcomes = build_for_bases(settings, log, record.versions, _verify_one, state)
             log.say(f"delta: {len(outcomes)} packages in {ws.deltas_dir} (index.json)")
@@ -548,7 +548,7 @@ def check_target_is_recorded(ws: Workspace, record: WorkspaceRecord, state: Stat
 
 
 def _verify_one(ws: Workspace, log: RunLog, inputs: PackageInputs, state: State) -> None:
-    from dfota.proof.verify import verify_delta
+    from dfota.proof.publish import verify_delta
 
     verify_delta(VerifySettings(ws), log, inputs, state)
 
@@ -563,7 +563,7 @@ def package_inputs(ws: Workspace) -> PackageInputs:
 
 
 def _verify(settings: VerifySettings, log: RunLog) -> None:
-    from dfota.proof.verify import verify_delta, verify_needed
+    from dfota.proof.publish import verify_delta, verify_needed
 
     ws = settings.workspace
     with ws.open_state() as state:
@@ -579,14 +579,14 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
 
 
 def _published_is_proven(ws: Workspace) -> bool:
-    from dfota.proof.verify import published_is_proven
+    from dfota.proof.publish import published_is_proven
 
     with ws.open_state() as state:
         return published_is_proven(ws, digests=state.digests)
 
 
 def _verify_named(settings: VerifySettings, log: RunLog) -> None:
-    from dfota.proof.verify import verify_named
+    from dfota.proof.publish import verify_named
 
     with settings.workspace.open_state() as state:
         report, where = verify_named(settings, log, state)

@@ -47,7 +47,8 @@ class AheadWork:
 def make(work: AheadWork) -> str:
     """Do `work`; a line on what was made (nothing, and why, when an input is wrong)."""
     from dfota.formats.zipio import ZipSource
-    from dfota.package.patches import Blob, PatchJob, PatchRun
+    from dfota.package.blobs import Blob
+    from dfota.package.patches import DiffOptions, PatchJob, PatchRun
 
     started, done = time.monotonic(), []
     try:
@@ -55,9 +56,10 @@ def make(work: AheadWork) -> str:
             boot, run = work.boot_image, None
             if boot is not None and BOOT_IMAGE in base.members and \
                     base.sha1(BOOT_IMAGE) != work.boot_sha1:  # diffed while the sha1s are taken
-                run = stack.enter_context(PatchRun(cache=work.patch_cache, workers=1,
-                                                   timeout=work.diff_timeout,
-                                                   open_zips={base.path: base.zipfile}))
+                run = stack.enter_context(PatchRun(
+                    cache=work.patch_cache,
+                    options=DiffOptions(workers=1, timeout=work.diff_timeout),
+                    open_zips={base.path: base.zipfile}))
                 run.add([PatchJob(BOOT_IMAGE,
                                   Blob.in_zip(base.path, BOOT_IMAGE, base.sha1(BOOT_IMAGE),
                                               base.members[BOOT_IMAGE].size),

@@ -1,8 +1,5 @@
-"""BSDIFF40 patches for the files of an update package, made in worker processes.
-
-The engine is detools' bsdiff mode (divsufsort): it writes the very bytes bsdiff4 (and Debian's
-`bsdiff`) write, two to three times faster (tests compare the two on the project's data);
-bsdiff4 applies the patches for the checks.
+"""BSDIFF40 patches for the files of an update package, made in worker processes
+(`dfota.package.diff_worker`) with the engine of `dfota.package.bsdiff`.
 
 Which files are patched is decided by size and kind, so the same inputs give the same package:
 - a target whose content is compressed (gzip, xz, bzip2, zstd, zip, lzma, lz4 magic at offset 0)
@@ -24,108 +21,40 @@ was too large).
 
 from __future__ import annotations
 
-import bz2
-import functools
 import hashlib
-import importlib.metadata
-import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
 import time
 import zipfile
-import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import IO, Any
-
-import bsdiff4
+from typing import Any
 
 from dfota.core.errors import DfotaError, quoted, shown_path
 from dfota.core.workers import worker_context
-from dfota.formats.zipio import open_zip
+from dfota.package import diff_worker
+from dfota.package.blobs import READ_ERRORS, Blob, BlobReader, check_blob, describe_error
+from dfota.package.bsdiff import (
+    MAX_PATCH_PERCENT,
+    MIN_PATCH_SIZE,
+    Engine,
+    apply_patch_bytes,
+    compressed_kind,
+    diff_memory,
+    engine_tag,
+    too_big_reason,
+)
+from dfota.package.diff_worker import DiffTask
 from dfota.state.store import BlobCache
 
-MAGIC = b"BSDIFF40"
-MAX_PATCH_PERCENT = 95
-# header + three bzip2 streams, each at least as long as the stream of no data
-MIN_PATCH_SIZE = len(MAGIC) + 24 + 3 * len(bz2.compress(b""))
-# bsdiff4 holds the source, two 8-byte suffix arrays per source byte, the target, the diff and
-# extra blocks and their copies; applying the patch for the check needs ~3x the target again
-MEMORY_PER_SOURCE_BYTE = 17
-MEMORY_PER_TARGET_BYTE = 5
-_RLIMIT_SLACK = 128 << 20
-_HEAD = 8
-_CHUNK = 1 << 20
-_REASON_MAX = 300
-_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-
-_COMPRESSED_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"PK\x03\x04", "zip"),
-    (b"PK\x05\x06", "zip"),
-    (b"PK\x07\x08", "zip"),
-    (b"\x5d\x00\x00", "lzma"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-)
-
 _PRELOAD_MAX = 32 << 20  # bytes of one side read by the parent for a worker
-
-Engine = Callable[[bytes, bytes], bytes]
-
-
-def bsdiff40(source: bytes, target: bytes) -> bytes:
-    """A BSDIFF40 patch from `source` to `target` (the bytes `bsdiff4.diff` gives)."""
-    import detools  # here, not at the top: it costs a tenth of a second at every doit start
-
-    out = io.BytesIO()
-    detools.create_patch(io.BytesIO(source), io.BytesIO(target), out, patch_type="bsdiff")
-    return out.getvalue()
-
-
-@functools.cache
-def engine_tag() -> str:
-    """The default engine and its version, as patch cache keys name it."""
-    return f"detools-{importlib.metadata.version('detools')}-bsdiff"
-
-
-@dataclass(frozen=True)
-class Blob:
-    """Where a file's bytes are: member `member` of the zip `zip_path`, or the file `path`."""
-
-    zip_path: Path | None
-    member: str | None
-    path: Path | None
-    sha1: str
-    size: int
-
-    def __post_init__(self) -> None:
-        in_zip = self.zip_path is not None and self.member is not None
-        on_disk = self.path is not None
-        if in_zip == on_disk or (self.zip_path is None) != (self.member is None):
-            raise ValueError("a blob is either a zip member or a file on disk")
-
-    @classmethod
-    def in_zip(cls, zip_path: Path, member: str, sha1: str, size: int) -> Blob:
-        return cls(zip_path, member, None, sha1, size)
-
-    @classmethod
-    def on_disk(cls, path: Path, sha1: str, size: int) -> Blob:
-        return cls(None, None, path, sha1, size)
-
-    @property
-    def where(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"{self.zip_path}:{self.member}"
 
 
 @dataclass(frozen=True)
@@ -150,51 +79,31 @@ class PatchOutcome:
         return self.whole_reason.startswith(("diff failed", "diff timed out"))
 
 
-def apply_patch_bytes(source: bytes, patch: bytes) -> bytes:
-    """Apply a BSDIFF40 patch; ValueError if it is not one or does not fit the source."""
-    if patch[: len(MAGIC)] != MAGIC:
-        raise ValueError("not a BSDIFF40 patch")
-    target: bytes = bsdiff4.patch(source, patch)
-    return target
+@dataclass(frozen=True)
+class DiffOptions:
+    """How a run diffs: in up to `workers` processes (None: the number of cores), each diff
+    within `timeout` seconds, their estimated memory together within `memory_limit` bytes.
+    `engine` replaces bsdiff40 (for tests): a module-level function, cached under its own
+    name."""
+
+    workers: int | None = None
+    timeout: float = 300.0
+    memory_limit: int = 1 << 30
+    engine: Engine | None = None
 
 
-def compressed_kind(head: bytes) -> str:
-    """The compression format whose magic `head` starts with, or ""."""
-    if head[:3] == b"BZh" and len(head) > 3 and head[3] in b"123456789":
-        return "bzip2"
-    for magic, kind in _COMPRESSED_MAGIC:
-        if head.startswith(magic):
-            return kind
-    return ""
+DEFAULT_DIFFS = DiffOptions()
 
 
-def diff_memory(source_size: int, target_size: int) -> int:
-    """Estimated bytes one diff (and its check) needs, beyond the interpreter."""
-    return MEMORY_PER_SOURCE_BYTE * source_size + MEMORY_PER_TARGET_BYTE * target_size
-
-
-def too_big_reason(patch_size: int, target_size: int) -> str:
-    """The whole-file reason when a patch of `patch_size` is too large for its target, or ""."""
-    if patch_size * 100 <= target_size * MAX_PATCH_PERCENT:
-        return ""
-    if target_size == 0:
-        return "patch is larger than the (empty) file"
-    percent = -(-patch_size * 100 // target_size)
-    return f"patch is {percent}% of the file"
-
-
-def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache, workers: int | None = None,  # noqa: PLR0913
-                 timeout: float = 300.0, memory_limit: int = 1 << 30,
+def make_patches(jobs: Sequence[PatchJob], *, cache: BlobCache,
+                 options: DiffOptions = DEFAULT_DIFFS,
                  progress: Callable[[str], None] | None = None,
-                 engine: Engine | None = None,
                  open_zips: Mapping[Path, zipfile.ZipFile] | None = None
                  ) -> dict[str, PatchOutcome]:
     """Decide for each job whether its target ships as a patch or whole, and make the patches
     (`PatchRun` with all the jobs at once). Returns the outcomes by job name, in the order of
     `jobs`."""
-    with PatchRun(cache=cache, workers=workers, timeout=timeout,
-                  memory_limit=memory_limit, progress=progress, engine=engine,
-                  open_zips=open_zips) as run:
+    with PatchRun(cache=cache, options=options, progress=progress, open_zips=open_zips) as run:
         run.add(jobs)
         return run.outcomes()
 
@@ -204,20 +113,19 @@ class PatchRun:
 
     `add` decides each job at once where it can (a rule, the cache) and starts diffing the
     rest; `outcomes` waits for every diff and returns the outcomes of all jobs added. Diffs
-    run in up to `workers` processes (default: the number of cores), largest target first
-    among those waiting, as long as their estimated memory fits `memory_limit` together; a
-    diff that alone would need more is not tried. `timeout` (seconds) bounds each diff (a
-    worker past it is killed when the run next looks, at the latest in `outcomes`).
-    `engine` replaces bsdiff40 (for tests): a module-level function, cached under its own
-    name. `open_zips` (`ZipSource.zipfile`) are the caller's open zips, read in this process
-    (workers open their own).
+    run in up to `options.workers` processes, largest target first among those waiting, as
+    long as their estimated memory fits `options.memory_limit` together; a diff that alone
+    would need more is not tried. `options.timeout` (seconds) bounds each diff (a worker past
+    it is killed when the run next looks, at the latest in `outcomes`). `open_zips`
+    (`ZipSource.zipfile`) are the caller's open zips, read in this process (workers open
+    their own).
     """
 
-    def __init__(self, *, cache: BlobCache, workers: int | None = None, timeout: float = 300.0,  # noqa: PLR0913
-                 memory_limit: int = 1 << 30, progress: Callable[[str], None] | None = None,
-                 engine: Engine | None = None,
+    def __init__(self, *, cache: BlobCache, options: DiffOptions = DEFAULT_DIFFS,
+                 progress: Callable[[str], None] | None = None,
                  open_zips: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
-        self.workers = workers if workers is not None else os.cpu_count() or 1
+        timeout, memory_limit, engine = options.timeout, options.memory_limit, options.engine
+        self.workers = options.workers if options.workers is not None else os.cpu_count() or 1
         if self.workers < 1 or timeout <= 0 or memory_limit <= 0:
             raise ValueError("workers, timeout and memory_limit must be positive")
         self.cache, self.timeout, self.memory_limit = cache, timeout, memory_limit
@@ -228,7 +136,7 @@ class PatchRun:
             qualname = getattr(engine, "__qualname__", type(engine).__name__)
             self._tag += f"+{engine.__module__}.{qualname}"
         cache.prepare()
-        self._reader = _Reader(open_zips)
+        self._reader = BlobReader(open_zips)
         self._run_dir: Path | None = None
         self._names: dict[str, str] = {}  # job name -> key, in the order added
         self._results: dict[str, tuple[Path | None, str, int, float, bool]] = {}  # by key
@@ -318,19 +226,19 @@ class PatchRun:
             return None
         try:
             return self._reader.read(blob)
-        except _READ_ERRORS:
+        except READ_ERRORS:
             return None  # the worker meets the same error and reports it
 
-    def _next_batch(self) -> list[tuple[_Work, _Task]]:
+    def _next_batch(self) -> list[tuple[_Work, DiffTask]]:
         queue, run_dir = self._queue, self._scratch()
-        batch: list[tuple[_Work, _Task]] = []
+        batch: list[tuple[_Work, DiffTask]] = []
         size = 0
         while queue and (not batch or (
                 _batchable(queue[0][1]) and not queue[0][2] and len(batch) < _BATCH_PAIRS
                 and size + queue[0][1].jobs[0].target.size <= _BATCH_BYTES)):
             index, item, alone = queue.popleft()
             first = item.jobs[0]
-            batch.append((item, _Task(first.source, first.target, run_dir / f"{index}.p",
+            batch.append((item, DiffTask(first.source, first.target, run_dir / f"{index}.p",
                                       run_dir / f"{index}.json", item.memory, self.engine,
                                       self._preload(first.source),
                                       self._preload(first.target))))
@@ -348,11 +256,18 @@ class PatchRun:
                                          for r in self._running.values())
                 + self._queue[0][1].memory <= self.memory_limit):
             batch = self._next_batch()
-            process = worker_context([__name__, "detools"]).Process(
-                target=_worker, args=([t for _, t in batch],), daemon=True,
+            process = worker_context([diff_worker.__name__, "detools"]).Process(
+                target=diff_worker.diff_tasks, args=([t for _, t in batch],), daemon=True,
                 name=f"diff {batch[0][0].jobs[0].name}")
             process.start()
             self._running[process.sentinel] = _Running(process, batch, time.monotonic())
+
+    def _progress_line(self, work: _Work, patch: Path | None, reason: str, size: int) -> str:
+        first = work.jobs[0]
+        extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""
+        result = _human(size) if patch is not None else f"whole: {reason}"
+        return (f"diff {self._diffed}/{self._to_diff}: {shown_path(first.name)}{extra} "
+                f"({_human(first.target.size)}) -> {result}")
 
     def _collect_finished(self, ready: set[Any]) -> None:
         """Take the results of the workers that ended; kill those past the time-out."""
@@ -378,11 +293,10 @@ class PatchRun:
                                        if task.result.exists() else (None, lost, 0))
                 self._results[item.key] = (patch, reason, size, now - entry.started, False)
                 self._diffed += 1
-                self._say(_progress_line(self._diffed, self._to_diff, item, patch, reason,
-                                         size))
+                self._say(self._progress_line(item, patch, reason, size))
 
 
-def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
+def _rule_reason(job: PatchJob, memory_limit: int, reader: BlobReader) -> str:
     target = job.target
     kind = compressed_kind(reader.head(target))
     if kind:
@@ -397,7 +311,7 @@ def _rule_reason(job: PatchJob, memory_limit: int, reader: _Reader) -> str:
 
 
 def _from_cache(cache: BlobCache, key: str, job: PatchJob,
-                reader: _Reader) -> tuple[Path | None, str, int] | None:
+                reader: BlobReader) -> tuple[Path | None, str, int] | None:
     """(patch, whole reason, patch size) from a checked cache entry; a bad entry is deleted."""
     patch = cache.read_bytes(f"{key}.p")
     if patch is not None:
@@ -414,14 +328,14 @@ def _from_cache(cache: BlobCache, key: str, job: PatchJob,
     return None
 
 
-def _cached_patch_fits(patch: bytes, job: PatchJob, reader: _Reader) -> bool:
+def _cached_patch_fits(patch: bytes, job: PatchJob, reader: BlobReader) -> bool:
     if too_big_reason(len(patch), job.target.size):
         return False
     try:
         source = reader.read(job.source)
-    except _READ_ERRORS:
+    except READ_ERRORS:
         return False  # the worker will report it
-    _check_blob(source, job.source, "source", job.name)
+    check_blob(source, job.source, "source", job.name)
     try:
         out = apply_patch_bytes(source, patch)
     except (ValueError, MemoryError, OSError, EOFError):
@@ -436,63 +350,6 @@ def _parse_big(text: str) -> int | None:
     return int(number)
 
 
-def _check_blob(data: bytes, blob: Blob, role: str, name: str) -> None:
-    if len(data) != blob.size or hashlib.sha1(data).hexdigest() != blob.sha1:
-        raise DfotaError(f"{role} of {quoted(name)} does not match its recorded size and sha1 "
-                         f"({blob.size} bytes, {blob.sha1})", blob.zip_path or blob.path)
-
-
-class _Reader:
-    """Reads blobs, keeping each zip open once; `opened` are zips the caller keeps open."""
-
-    def __init__(self, opened: Mapping[Path, zipfile.ZipFile] | None = None) -> None:
-        self._opened = dict(opened or {})
-        self._zips: dict[Path, zipfile.ZipFile] = {}
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for zf in self._zips.values():
-            zf.close()
-
-    def open(self, blob: Blob) -> IO[bytes]:
-        if blob.path is not None:
-            return open(blob.path, "rb")
-        assert blob.zip_path is not None and blob.member is not None
-        zf = self._opened.get(blob.zip_path) or self._zips.get(blob.zip_path)
-        if zf is None:
-            zf = self._zips[blob.zip_path] = open_zip(blob.zip_path)
-        return zf.open(blob.member)
-
-    def read(self, blob: Blob) -> bytes:
-        with self.open(blob) as f:
-            return f.read()
-
-    def head(self, blob: Blob) -> bytes:
-        try:
-            with self.open(blob) as f:
-                return f.read(_HEAD)
-        except _READ_ERRORS as exc:
-            raise DfotaError(f"cannot read {blob.member or 'the file'} ({_describe(exc)})",
-                             blob.zip_path or blob.path) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
-    elif isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    elif isinstance(exc, MemoryError):
-        text = "out of memory"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
-    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
-
-
-# --- worker processes ---------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class _Work:
     key: str
@@ -500,86 +357,10 @@ class _Work:
     memory: int
 
 
-@dataclass(frozen=True)
-class _Task:
-    """What one worker process gets: where to read, where to write."""
-
-    source: Blob
-    target: Blob
-    patch_tmp: Path
-    result: Path
-    memory: int
-    engine: Engine | None
-    # small pairs are read by the parent, which keeps both zips open: a worker that had to
-    # open two large zips itself would spend more time on that than on the diff
-    source_data: bytes | None = None
-    target_data: bytes | None = None
-
-
-def _worker(tasks: Sequence[_Task]) -> None:
-    """Diff each pair in turn, check the patch, leave it in `patch_tmp` and a JSON result in
-    `result`."""
-    _limit_memory(max(task.memory for task in tasks))
-    for task in tasks:
-        result: dict[str, Any]
-        try:
-            result = _diff_and_check(task)
-        except Exception as exc:  # MemoryError included: report it, the parent decides
-            result = {"status": "failed", "message": _describe(exc)}
-        tmp = task.result.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result), "utf-8")
-        os.replace(tmp, task.result)
-
-
-def _diff_and_check(task: _Task) -> dict[str, Any]:
-    data: dict[str, bytes] = {}
-    with _Reader() as reader:
-        for role, blob, given in (("source", task.source, task.source_data),
-                                  ("target", task.target, task.target_data)):
-            try:
-                data[role] = given if given is not None else reader.read(blob)
-            except _READ_ERRORS as exc:
-                return {"status": "failed", "message": f"cannot read the {role} {blob.where} "
-                                                      f"({_describe(exc)})"}
-            blob_sha1 = hashlib.sha1(data[role]).hexdigest()
-            if len(data[role]) != blob.size or blob_sha1 != blob.sha1:
-                return {"status": "input", "role": role}
-    source, target = data["source"], data["target"]
-    patch = (task.engine or bsdiff40)(source, target)
-    try:
-        out = apply_patch_bytes(source, patch)
-        good = len(out) == len(target) and hashlib.sha1(out).hexdigest() == task.target.sha1
-        problem = "" if good else "gives other bytes than the target"
-    except ValueError as exc:
-        problem = f"does not apply ({exc})"
-    if problem:
-        return {"status": "mismatch", "message": problem}
-    if not too_big_reason(len(patch), len(target)):
-        task.patch_tmp.write_bytes(patch)
-    return {"status": "ok", "patch_size": len(patch)}
-
-
-def _limit_memory(need: int) -> None:
-    """Cap the address space at what the process uses now plus the estimate and some slack."""
-    try:
-        import resource
-
-        with open("/proc/self/statm", "rb") as f:
-            now = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = now + need + _RLIMIT_SLACK
-        for limit in (soft, hard):
-            if limit != resource.RLIM_INFINITY:
-                cap = min(cap, limit)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    except (ImportError, OSError, ValueError):
-        pass  # no /proc or no RLIMIT_AS: the estimate alone bounds the memory
-
-
 @dataclass
 class _Running:
-    process: multiprocessing.process.BaseProcess
-    batch: list[tuple[_Work, _Task]]
+    process: BaseProcess
+    batch: list[tuple[_Work, DiffTask]]
     started: float
 
 
@@ -595,14 +376,14 @@ def _batchable(item: _Work) -> bool:
     return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
 
 
-def _collect(item: _Work, task: _Task, cache: BlobCache,
+def _collect(item: _Work, task: DiffTask, cache: BlobCache,
              run_dir: Path) -> tuple[Path | None, str, int]:
     """Read the result a worker left for one pair; move a good patch into the cache."""
     job = item.jobs[0]
     try:
         result = json.loads(task.result.read_text("utf-8"))
     except (OSError, ValueError) as exc:
-        return None, f"diff failed: its result is unreadable ({_describe(exc)})", 0
+        return None, f"diff failed: its result is unreadable ({describe_error(exc)})", 0
     status = result.get("status")
     if status == "input":
         blob = job.source if result["role"] == "source" else job.target
@@ -631,15 +412,6 @@ def _exit_text(code: int | None) -> str:
         except ValueError:
             return f"worker killed by signal {-code}"
     return f"worker exited with code {code} without a result"
-
-
-def _progress_line(done: int, total: int, work: _Work, patch: Path | None, reason: str,  # noqa: PLR0913
-                   size: int) -> str:
-    first = work.jobs[0]
-    extra = f" (+{len(work.jobs) - 1} same)" if len(work.jobs) > 1 else ""
-    result = _human(size) if patch is not None else f"whole: {reason}"
-    return (f"diff {done}/{total}: {shown_path(first.name)}{extra} ({_human(first.target.size)}) "
-            f"-> {result}")
 
 
 def _human(size: int) -> str:

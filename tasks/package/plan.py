@@ -52,6 +52,15 @@ def parse_mode(text: str) -> frozenset[Part]:
     return frozenset(parts)
 
 
+@dataclass(frozen=True)
+class Span:
+    """What a package updates: a module of the source version to the target, in these parts."""
+
+    source_key: str
+    target_key: str
+    parts: frozenset[Part]
+
+
 def covers(parts: frozenset[Part], path: str) -> bool:
     """Whether a SYSTEM path belongs to the parts a package covers."""
     in_modem = path == MODEM_DIR or path.startswith(MODEM_DIR + "/")

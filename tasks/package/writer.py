@@ -18,7 +18,7 @@ from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.formats import edify
 from dfota.formats.filelists import ChmodRule
 from dfota.formats.version import VERSION_FILE
-from dfota.package.plan import Change, Kind, Part, covers
+from dfota.package.plan import Change, Kind, Part, Span, covers
 from dfota.settings import TEMPLATES
 
 SCRIPT_ENTRY = "META-INF/com/google/android/updater-script"
@@ -109,6 +109,26 @@ class Script:
     progress: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Writes:
+    """What a package changes on the module: /system's entries, the boot partition, the
+    minor (MULTIFOTA) partitions."""
+
+    changes: Sequence[Change]
+    boot: PartitionWrite | None = None
+    minor: Sequence[PartitionWrite] = ()
+
+
+@dataclass(frozen=True)
+class TargetSystem:
+    """The target's /system as the script leaves it: its entries, the chmod list's rules, and
+    how the module mounts it (file system type, device, volume)."""
+
+    tree: Mapping[str, Entry]
+    chmod: Sequence[ChmodRule]
+    mount: tuple[str, str, str] = ("ubifs", "UBI", "system")
+
+
 def empty_new_dirs(changes: Iterable[Change], target: Mapping[str, Entry]) -> list[str]:
     """Directories the module must create that nothing else would create: empty in the target."""
     with_children = {p.rsplit("/", 1)[0] for p in target if "/" in p}
@@ -167,11 +187,12 @@ def _fraction(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
 
 
-def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],  # noqa: PLR0913
-                 changes: Sequence[Change], target: Mapping[str, Entry],
-                 version_sha1s: Sequence[str], boot: PartitionWrite | None,
-                 minor: Sequence[PartitionWrite], chmod: Sequence[ChmodRule],
-                 system_mount: tuple[str, str, str]) -> Script:
+def script_steps(span: Span, writes: Writes, target_system: TargetSystem,
+                 version_sha1s: Sequence[str]) -> Script:
+    """The updater-script's steps for `writes`, from a source whose version file has one of
+    `version_sha1s` (the source's, and the target's for a re-run) to `target_system`."""
+    changes, boot, minor = writes.changes, writes.boot, writes.minor
+    target = target_system.tree
     patched = [c for c in changes if c.kind is Kind.PATCHED]
     verify = []
     for c in patched:
@@ -227,8 +248,8 @@ def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],  #
                                  c.target.sha1, c.target.size, _fraction(done / patch_total)))
 
     return Script(
-        source_key=source_key, target_key=target_key,
-        parts=",".join(sorted(p.value for p in parts)),
+        source_key=span.source_key, target_key=span.target_key,
+        parts=",".join(sorted(p.value for p in span.parts)),
         version_file=device_path(VERSION_FILE), version_sha1s=tuple(version_sha1s),
         verify=tuple(verify), cache_space=max(sources, default=0),
         deletes=tuple(device_path(p) for p in deleted_files),
@@ -237,8 +258,8 @@ def script_steps(*, source_key: str, target_key: str, parts: frozenset[Part],  #
         stale_links=tuple(device_path(p) for p in stale_links),
         extract=bool(whole or placeholders), placeholders=tuple(placeholders),
         symlinks=tuple((t, tuple(sorted(ls))) for t, ls in sorted(links.items())),
-        perms=tuple(permission_steps(changes, target, chmod, parts)),
-        minor=tuple(minor), system_mount=system_mount, progress=progress,
+        perms=tuple(permission_steps(changes, target, target_system.chmod, span.parts)),
+        minor=tuple(minor), system_mount=target_system.mount, progress=progress,
     )
 
 

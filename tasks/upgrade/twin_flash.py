@@ -38,7 +38,7 @@ class Flash:
     def create(self, zip_path: Path, key: str) -> None:
         from dfota.formats.filelists import NO_LISTS
         from dfota.formats.zipio import ZipSource
-        from dfota.proof.verify import device_from_targetfiles, minor_partitions
+        from dfota.proof.host_device import device_from_targetfiles, minor_partitions
 
         with ZipSource(zip_path) as src:
             device, _ = device_from_targetfiles(src, minor_partitions(src, NO_LISTS))
