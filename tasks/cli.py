@@ -1,4 +1,5 @@
-"""`dfota`: doit on this project's dodo.py, with exit codes that tell failures apart.
+"""`dfota`: doit on this project's tasks, with exit codes that tell failures apart. It needs
+no dodo.py and no pyproject.toml where it runs: the package gives doit its configuration.
 
 doit itself exits 1 for any failed task. A nightly job needs more:
 
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from doit.doit_cmd import DoitMain
 
-from dfota.commands import loader as dodo_tasks
+from dfota.commands.loader import BACKEND_PLUGIN, DfotaLoader
 from dfota.core.errors import (
     EXIT_CHECK,
     EXIT_INPUT,
@@ -63,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--version"]:
         print(version_line())
         return EXIT_OK
-    loader = dodo_tasks.DfotaLoader()
-    code = DoitMain(loader).run(args)
+    loader = DfotaLoader()
+    code = DoitMain(loader, extra_config={"BACKEND": BACKEND_PLUGIN}).run(args)
     return exit_code(code, loader.failure_kinds)
 
 
