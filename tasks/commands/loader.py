@@ -43,6 +43,7 @@ from dfota.state.lock import take as take_lock
 from dfota.state.store import file_stamp
 
 PARALLEL = 2  # task processes for a command that runs delta (see DfotaLoader)
+DEFAULT_TASKS = ("targetfiles", "delta", "verify")  # what `doit` alone runs
 # the backend of doit's record as a doit plugin: pyproject.toml names it for `doit`, and
 # `dfota` gives it to doit wherever it runs
 BACKEND_PLUGIN = {"sqlite3-wal": "dfota.commands.loader:WalSqliteDB"}
@@ -164,7 +165,7 @@ def doit_config(backend: str) -> dict[str, Any]:
     """doit's configuration of every command (DOIT_CONFIG): the checkout's dodo.py gives it,
     and the loader gives it where there is no dodo.py (an installed `dfota`)."""
     return {
-        "default_tasks": ["targetfiles", "delta", "verify"],
+        "default_tasks": list(DEFAULT_TASKS),
         # task processes: what delta asks for is made beside targetfiles (`_delta_ahead`); the
         # loader runs a command that does not run delta in doit's own process
         "num_process": PARALLEL,
