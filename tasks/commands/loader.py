@@ -257,7 +257,7 @@ class DfotaLoader(DodoTaskLoader):
         self.reporter.published = conf.workspace.update_zip
         self.namespace = {**self.namespace,
                           **task_creators(dataclasses.replace(conf, single=single))}
-        return super().load_tasks(cmd, pos_args)
+        return list(super().load_tasks(cmd, pos_args))
 
 
 def _dodo_file_named(opt_values: Any) -> bool:
