@@ -1,4 +1,5 @@
-"""`dfota`: doit on this project's dodo.py, with exit codes that tell failures apart.
+"""`dfota`: doit on this project's tasks, with exit codes that tell failures apart. It needs
+no dodo.py and no pyproject.toml where it runs: the package gives doit its configuration.
 
 doit itself exits 1 for any failed task. A nightly job needs more:
 
@@ -22,7 +23,8 @@ from collections.abc import Sequence
 
 from doit.doit_cmd import DoitMain
 
-from dfota.commands import loader as dodo_tasks
+from dfota.commands.loader import BACKEND_PLUGIN, CREATORS, DEFAULT_TASKS, DfotaLoader
+from dfota.commands.params import CHAIN_PARAMS
 from dfota.core.errors import (
     EXIT_CHECK,
     EXIT_INPUT,
@@ -58,13 +60,27 @@ def version_line() -> str:
     return f"dfota {__version__} (doit {'.'.join(map(str, doit_version))})"
 
 
+def tasks_first(args: Sequence[str]) -> list[str]:
+    """The command line with the default tasks named before a chain-wide option that comes
+    before any task (`dfota --wait 600`): doit takes a task's options only after a task."""
+    chain_options = {f"--{p[key]}" for p in CHAIN_PARAMS for key in ("long", "inverse")
+                     if key in p}
+    commands = {cmd.get_name() for cmd in DoitMain.DOIT_CMDS}
+    for pos, word in enumerate(args):
+        if word.split(":", 1)[0] in CREATORS or word in commands:
+            break
+        if word.split("=", 1)[0] in chain_options:
+            return [*args[:pos], *DEFAULT_TASKS, *args[pos:]]
+    return list(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:
         print(version_line())
         return EXIT_OK
-    loader = dodo_tasks.DfotaLoader()
-    code = DoitMain(loader).run(args)
+    loader = DfotaLoader()
+    code = DoitMain(loader, extra_config={"BACKEND": BACKEND_PLUGIN}).run(tasks_first(args))
     return exit_code(code, loader.failure_kinds)
 
 

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from dfota.cli import EXIT_CHECK, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, exit_code
+from dfota.cli import (
+    EXIT_CHECK,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    exit_code,
+    tasks_first,
+)
 from dfota.package.writer import SCRIPT_ENTRY
 from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
@@ -26,6 +34,21 @@ from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 def test_exit_codes_tell_failures_apart(doit_code: int, failures: list[str],
                                         expected: int) -> None:
     assert exit_code(doit_code, failures) == expected
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--wait", "600"], ["targetfiles", "delta", "verify", "--wait", "600"]),
+    (["--db-file", "x.db", "--sdk=DIR"], ["--db-file", "x.db", "targetfiles", "delta",
+                                          "verify", "--sdk=DIR"]),
+    (["--archive-private"], ["targetfiles", "delta", "verify", "--archive-private"]),
+    (["delta", "--wait", "600"], ["delta", "--wait", "600"]),
+    (["-n", "1", "verify:x", "--out", "o"], ["-n", "1", "verify:x", "--out", "o"]),
+    (["help", "--sdk"], ["help", "--sdk"]), ([], []), (["--version"], ["--version"]),
+])
+def test_chain_options_before_any_task_go_to_the_default_tasks(argv: list[str],
+                                                                expected: list[str]) -> None:
+    """README's nightly line, `dfota --wait 600`: doit takes options only after a task."""
+    assert tasks_first(argv) == expected
 
 
 def dfota(ws: Workspace, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dfota.commands.configure import CHAIN_PARAMS, TASK_PARAMS
+from dfota.commands.params import CHAIN_PARAMS, TASK_PARAMS
 from dfota.settings import SAMPLE_WORK
 from tests.workspace import PROJECT, SAMPLE_LISTS, Run
 

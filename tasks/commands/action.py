@@ -1,0 +1,93 @@
+"""How every task's action runs: its title, the run's log, the project's error as one line and
+a failed task of a kind the exit code tells apart, Ctrl-C in doit's task processes.
+
+The modules that do the work are imported by the action that needs them, when it runs: a run
+with every task up to date imports none of them (half a second of a doit start).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from doit.exceptions import TaskFailed
+
+from dfota.core.errors import CheckFailed, DfotaError
+from dfota.core.runlog import RunLog
+from dfota.settings import tool_digest
+
+TaskDict = dict[str, Any]
+
+TOOL = tool_digest()  # a change to the code makes every output out of date
+
+
+class ReportedFailure(TaskFailed):
+    """A failure whose one-line message was already printed; `kind` says what failed for
+    the exit code (dfota.cli): "input" (the user can fix an input), "check" (a product of the
+    tool failed a check) or "exit:N" (an upgrade's). It reaches doit's process from a task
+    process pickled, with its kind."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _stop_on_terminate() -> None:
+    """In a task process of doit's, which doit ends with SIGTERM when the command is
+    interrupted: the first SIGTERM or SIGINT ends the task as Ctrl-C ends it in doit's own
+    process (KeyboardInterrupt: its temporary files removed, its workers ended), and later
+    ones do not cut that short. A worker forked meanwhile keeps the usual behaviour."""
+    task_process = os.getpid()
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if os.getpid() != task_process:  # a worker's copy of the handler
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+def guarded(name: str, log_dir: Path | None,
+            step: Callable[[RunLog], object]) -> Callable[[], object]:
+    """Run `step` with the run's log, after the task's title (a hidden task has none); the
+    project's error becomes one line on stderr and a failed task; anything else is an
+    internal error, kept whole in the log file."""
+
+    def action() -> object:
+        if not name.startswith("_"):  # the stream doit's reporter writes to (never captured)
+            print(f".  {name}", file=sys.__stdout__, flush=True)
+        if multiprocessing.parent_process() is not None:  # a task process of doit's
+            _stop_on_terminate()
+        log = RunLog(log_dir, name)
+        try:
+            result = step(log)
+        except DfotaError as exc:
+            log.detail(f"error: {exc}")
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return ReportedFailure(str(exc), getattr(exc, "failure", None)
+                                   or ("check" if isinstance(exc, CheckFailed) else "input"))
+        except Exception:
+            log.detail(traceback.format_exc())
+            raise
+        finally:
+            log.close()
+        return result if isinstance(result, dict) else None
+
+    action.__name__ = name
+    return action
