@@ -38,7 +38,7 @@ from dfota.core.errors import DfotaError, quoted, shown_path
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry, Tree, sha1_file
 from dfota.formats.bootimg import read_boot_image
 from dfota.formats.elf import read_abl_elf
-from dfota.formats.ubi import UbifsTree, read_ubifs
+from dfota.formats.ubifs import UbifsTree, read_ubifs
 from dfota.formats.version import VERSION_FILE, ProjectVersion, parse_version
 from dfota.formats.zipio import (
     ZipItem,

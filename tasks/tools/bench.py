@@ -696,7 +696,7 @@ class _TreeSampler:
 _READ_UBI = """
 import sys
 from pathlib import Path
-from dfota.formats.ubi import read_ubifs
+from dfota.formats.ubifs import read_ubifs
 tree = read_ubifs(Path(sys.argv[1]), "rootfs")
 total = sum(len(c) for p, e in tree.entries.items() if e.kind == "file" for c in tree.chunks(p))
 print(f"{len(tree.entries)} entries, {total} bytes of file data")
