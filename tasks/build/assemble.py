@@ -81,7 +81,7 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: boo
             raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
                              sdk.folder / "target")
         return scan, [], None
-    from dfota.build.firmware import image_drift, read_sdk_image, take_image_metadata
+    from dfota.build.image_drift import image_drift, read_sdk_image, take_image_metadata
 
     image = read_sdk_image(sdk.sysfs_ubi)
     volumes = image_volumes(sdk.sysfs_ubi, image.volumes)
@@ -233,7 +233,7 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
             return build_targetfiles(settings, log, known, opened,
                                      inputs_recorded=inputs_recorded)
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
-    from dfota.build.firmware import sdk_image_drift
+    from dfota.build.image_drift import sdk_image_drift
     from dfota.formats.bootimg import read_boot_image
     from dfota.formats.elf import read_abl_elf
 

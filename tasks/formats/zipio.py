@@ -74,12 +74,9 @@ def link_item(name: str, target: str) -> ZipItem:
     return ZipItem(name, SYMLINK, 0o777, link=target)
 
 
-def member_item(name: str, zip_path: Path, member: str, kind: str, mode: int,  # noqa: PLR0913
-                link: str = "") -> ZipItem:
-    """An entry copied from another zip (files), or re-made from its metadata (dirs, links)."""
-    if kind == FILE:
-        return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
-    return ZipItem(name, kind, mode, link=link)
+def member_item(name: str, zip_path: Path, member: str, mode: int) -> ZipItem:
+    """A file copied from entry `member` of another zip (`ZipSource.item`: any kind)."""
+    return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
 
 
 def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
@@ -361,6 +358,16 @@ class ZipSource:
 
     def link_target(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
+
+    def item(self, name: str) -> ZipItem:
+        """Entry `name` as an item of another zip, of the same name, kind and mode: a file
+        copied, a directory or a link made again."""
+        member = self.members[name]
+        if member.kind == FILE:
+            return member_item(name, self.path, member.info.filename, member.mode)
+        if member.kind == SYMLINK:
+            return ZipItem(name, SYMLINK, member.mode, link=self.link_target(name))
+        return dir_item(name, member.mode)
 
     def _pread(self, size: int, at: int, name: str) -> bytes:
         """`size` bytes of the file from offset `at` (an entry's data read in place)."""

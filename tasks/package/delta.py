@@ -146,7 +146,7 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
         size = target.members[name].size
         writes.append(PartitionWrite(partition, entry, False,
                                      base.members[name].size if old else 0, old, size, new))
-        items.append(member_item(entry, target.path, name, FILE, 0o644))
+        items.append(member_item(entry, target.path, name, 0o644))
     return writes, items
 
 
@@ -294,7 +294,7 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
                               base.members[BOOT_IMAGE].size, base.sha1(BOOT_IMAGE),
                               target.members[BOOT_IMAGE].size, target.sha1(BOOT_IMAGE))
         items.append(path_item(BOOT_PATCH_ENTRY, boot_patch, 0o644) if boot_patch is not None
-                     else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, FILE, 0o644))
+                     else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, 0o644))
     minor: list[PartitionWrite] = []
     if Part.MINOR in parts:
         mapping: dict[str, str | None] = dict(partition_map(target))
@@ -332,7 +332,7 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
 
     items += [
         bytes_item(SCRIPT_ENTRY, script_bytes),
-        member_item(BINARY_ENTRY, target.path, UPDATER, FILE, 0o755),
+        member_item(BINARY_ENTRY, target.path, UPDATER, 0o755),
         bytes_item(VERSION_ENTRY, source_version.text.encode("utf-8")),
     ]
     for c in changes:
@@ -342,7 +342,7 @@ def _build_on(settings: DeltaSettings, log: RunLog, parts: frozenset[Part], list
             items.append(path_item(patch_entry(c.path), patch, 0o644))
         elif c.shipped_whole and c.target is not None:
             items.append(member_item(whole_entry(c.path), target.path, system_path(c.path),
-                                     FILE, c.target.mode))
+                                     c.target.mode))
     items += [bytes_item(whole_entry(f"{d}/{PLACEHOLDER}"), b"")
               for d in empty_new_dirs(changes, target_tree)]
     if len(items) > MAX_ENTRIES:
