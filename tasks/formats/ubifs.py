@@ -41,7 +41,7 @@ from dfota.formats.ubi import (
     quiet_ubi_reader,
 )
 
-_CH = NODE_HEADER
+_CH = NODE_HEADER  # the common header every UBIFS node starts with
 _DENT = struct.Struct(fs_defs.UBIFS_DENT_NODE_FORMAT)
 # data node after the common header: key (inode number, type and block number, 8 unused
 # bytes), size, compression type, compressed size

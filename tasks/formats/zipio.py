@@ -135,8 +135,8 @@ def write_zip(dest: Path, items: Iterable[ZipItem], **how: Unpack[ZipWriting]) -
 
 
 class _ZipWriter:
-    """The items written one by one into `out`; the zips members are copied from are opened
-    once each, on `sources` (closed with it), unless the caller has them open."""
+    """The items written one by one into `out`. A zip that members are copied from is opened
+    once, on `sources` (closed with it), unless the caller has it open already."""
 
     def __init__(self, out: zipfile.ZipFile, how: ZipWriting,
                  sources: contextlib.ExitStack) -> None:
