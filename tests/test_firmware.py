@@ -20,22 +20,23 @@ import pytest
 from dfota.build.archive import Archive
 from dfota.build.firmware import (
     TARGETFILES,
-    build_base_from_images,
     check_md5,
     check_targetfiles_against_images,
-    compare_trees,
-    image_drift,
-    import_base,
     package_time_warnings,
     read_images,
+)
+from dfota.build.image_drift import (
+    image_drift,
     read_sdk_image,
     sdk_image_drift,
     take_image_metadata,
 )
+from dfota.build.import_base import build_base_from_images, import_base
 from dfota.build.manifest import scan_rootfs
 from dfota.build.sdk_image import RECORD as IMAGE_RECORD
 from dfota.build.sdk_image import ImageTreeReader, image_key
 from dfota.build.targetfiles import FS_CONFIG, SYSTEM_MANIFEST
+from dfota.build.tree_compare import compare_trees
 from dfota.core.errors import DfotaError
 from dfota.core.tree import FILE, Entry, sha1_file
 from dfota.formats.version import parse_version

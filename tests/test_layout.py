@@ -18,9 +18,7 @@ LAYERS = ("core", "state", "formats", "settings", "report", "build", "package", 
           "proof", "upgrade", "tools", "commands", "cli")
 MAX_LINES = 500
 # modules still to split, at their length when the layout came: none may grow (to be emptied)
-STILL_LONG = {"build/firmware.py": 634,
-              "device/fs.py": 1233, "device/power_loss.py": 519, "device/updater.py": 1317,
-              "formats/ubi.py": 752}
+STILL_LONG = {"device/fs.py": 1233, "device/power_loss.py": 519, "device/updater.py": 1317}
 
 
 def part_of(module: str) -> str:

@@ -17,7 +17,8 @@ import pytest
 from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, sha1_bytes
-from dfota.formats.ubi import PEB_SIZE, SpecialNode, list_volumes, read_ubifs
+from dfota.formats.ubi import PEB_SIZE, list_volumes
+from dfota.formats.ubifs import SpecialNode, read_ubifs
 from dfota.tools.sample import images as sample_images
 from dfota.tools.sample import nodes, ubi_images, versions
 from dfota.tools.sample import rootfs as sample_rootfs

@@ -26,7 +26,8 @@ from dfota.core.volumes import (
 )
 from dfota.device.updater import OK, apply_package
 from dfota.formats.filelists import lists_in
-from dfota.formats.ubi import PEB_SIZE, list_volumes, read_ubifs
+from dfota.formats.ubi import PEB_SIZE, list_volumes
+from dfota.formats.ubifs import read_ubifs
 from dfota.package.delta import build_delta
 from dfota.package.plan import parse_mode
 from dfota.proof.verify import VerifyInputs, verify_package

@@ -153,8 +153,8 @@ def test_members_are_copied_from_another_zip_byte_for_byte(tmp_path: Path) -> No
     first = tmp_path / "a.zip"
     write_zip(first, sample_items(tmp_path))
     second = tmp_path / "b.zip"
-    write_zip(second, [member_item("X/tool", first, "SYSTEM/bin/tool", FILE, 0o750),
-                       member_item("X/sh", first, "SYSTEM/bin/sh", SYMLINK, 0o777, "busybox")])
+    write_zip(second, [member_item("X/tool", first, "SYSTEM/bin/tool", 0o750),
+                       link_item("X/sh", "busybox")])
     with ZipSource(second) as src:
         assert src.read("X/tool") == (tmp_path / "payload.bin").read_bytes()
         assert src.members["X/tool"].mode == 0o750

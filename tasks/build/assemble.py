@@ -81,7 +81,7 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: boo
             raise DfotaError("no sdxlemur-sysfs.ubi to take the metadata from",
                              sdk.folder / "target")
         return scan, [], None
-    from dfota.build.firmware import image_drift, read_sdk_image, take_image_metadata
+    from dfota.build.image_drift import image_drift, read_sdk_image, take_image_metadata
 
     image = read_sdk_image(sdk.sysfs_ubi)
     volumes = image_volumes(sdk.sysfs_ubi, image.volumes)
@@ -233,7 +233,7 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
             return build_targetfiles(settings, log, known, opened,
                                      inputs_recorded=inputs_recorded)
     # imported here: the inputs manifest, which every run of doit makes, needs none of them
-    from dfota.build.firmware import sdk_image_drift
+    from dfota.build.image_drift import sdk_image_drift
     from dfota.formats.bootimg import read_boot_image
     from dfota.formats.elf import read_abl_elf
 
@@ -266,26 +266,39 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
 
         def image_sizes() -> Volumes | None:
             return volumes
-    result = _assemble(settings, log, sdk, state, scan, target_version, warnings,
-                       image_warnings, known, source)
+    result = _assemble(_Run(settings, log, sdk, state, known, warnings), scan, target_version,
+                       image_warnings, source)
     return dataclasses.replace(result, volumes=image_sizes())
 
 
-def _assemble(settings: TargetfilesSettings, log: RunLog, sdk: SdkOutput, state: State,  # noqa: PLR0913
-              scan: FolderScan, target_version: ProjectVersion, warnings: _Warnings,
-              image_warnings: Callable[[], list[str]], known: Collection[str],
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One `build_targetfiles`: its settings and log, the SDK output and the workspace's
+    state, the versions this workspace built or imported, the warnings said so far."""
+
+    settings: TargetfilesSettings
+    log: RunLog
+    sdk: SdkOutput
+    state: State
+    known: Collection[str]
+    warnings: _Warnings
+
+
+def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
+              image_warnings: Callable[[], list[str]],
               source: tuple[Path, str] | None) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
     the SDK's image) is asked for once the zip is written, before anything is archived.
     `source`: the source the inputs manifest was made with, and its sha256 then (None:
     found here)."""
+    settings, log, sdk, state, warnings = run.settings, run.log, run.sdk, run.state, run.warnings
     archive = archive_of(settings.workspace, state)
     cache = state.digests
     archive.clean_staging()
     if source is not None and source[0].is_file() and archive.sha256_of(source[0]) == source[1]:
         source_path = source[0]
     else:
-        source_path = resolve_source(settings, archive, target_version.key, known)
+        source_path = resolve_source(settings, archive, target_version.key, run.known)
 
     with ZipSource(source_path) as src:
         source_version = zip_version(src)

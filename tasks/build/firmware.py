@@ -1,5 +1,6 @@
 """Release firmware packages (note 2.1.3): their checksums, their targetfiles.zip against the
-images that are flashed, a base targetfiles.zip built from those images, and their version.
+images that are flashed, and their version against the package's time. `doit import_base`
+(dfota.build.import_base) archives a base version of one.
 
 The images in `update/` are what the module runs (note 2.2.1, FAQ 6.4): `sdxlemur-boot.img`
 (the kernel), `sdxlemur-sysfs.ubi` (volume `rootfs`: SYSTEM) and `NON-HLOS.ubi` (its one UBIFS:
@@ -11,44 +12,30 @@ Device nodes (the image's dev/) cannot live in a zip: they are listed, never com
 
 from __future__ import annotations
 
-import stat
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from dfota import __version__
-from dfota.build.archive import Archive
-from dfota.build.sdk_image import ROOTFS_VOLUME, ImageTreeReader
+from dfota.build.sdk_image import ROOTFS_VOLUME
 from dfota.build.targetfiles import (
     ABL,
     BOOT_IMAGE,
     FS_CONFIG,
-    KEPT_FROM_SOURCE,
     SYSTEM,
     SYSTEM_MANIFEST,
-    UPDATER,
-    system_meta_items,
     system_tree,
 )
+from dfota.build.tree_compare import compare_trees, under
 from dfota.core.errors import DfotaError, quoted, shown_path
-from dfota.core.tree import DIR, FILE, SYMLINK, Entry, Tree, sha1_file
+from dfota.core.tree import FILE, Entry, Tree, sha1_file
 from dfota.formats.bootimg import read_boot_image
-from dfota.formats.elf import read_abl_elf
-from dfota.formats.ubi import UbifsTree, read_ubifs
+from dfota.formats.ubifs import UbifsTree, read_ubifs
 from dfota.formats.version import VERSION_FILE, ProjectVersion, parse_version
-from dfota.formats.zipio import (
-    ZipItem,
-    ZipSource,
-    dir_item,
-    link_item,
-    member_item,
-    path_item,
-    write_zip,
-)
+from dfota.formats.zipio import ZipSource
 from dfota.state.store import hash_file
 
 Say = Callable[[str], None]
@@ -62,7 +49,6 @@ SYSFS_UBI = "update/sdxlemur-sysfs.ubi"
 MODEM_UBI = "update/NON-HLOS.ubi"
 REQUIRED_IMAGES = (BOOT_IMG, SYSFS_UBI, MODEM_UBI)
 FIRMWARE = "firmware"  # SYSTEM/firmware: the modem's UBIFS, mounted from NON-HLOS.ubi
-TEMPLATE_FOLDERS = ("OTA", "RADIO", "RECOVERY")
 # Zip times carry no time zone and a package is made some time after its build: a package time
 # within a day of the version's Package Time is taken as the same.
 PACKAGE_TIME_TOLERANCE = timedelta(hours=24)
@@ -142,76 +128,6 @@ def check_md5(firmware_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Comparing trees
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _kind_name(kind: str) -> str:
-    return {FILE: "a file", DIR: "a directory", SYMLINK: "a symlink"}.get(kind, kind)
-
-
-def compare_trees(expected: Mapping[str, Entry], actual: Mapping[str, Entry], *,
-                  names: tuple[str, str] = ("targetfiles.zip", "the image"), prefix: str = "",
-                  owners: bool = True) -> list[str]:
-    """One line per difference, by path (shown with `prefix`): entries on one side only,
-    type, content (sha1), mode, owner (unless `owners` is False) and link target.
-    A name that is not valid UTF-8 is reported as such (no targetfiles.zip can carry it)."""
-    a_name, b_name = names
-    lines: list[str] = []
-    for path in sorted(set(expected) | set(actual), key=lambda p: p.encode("utf-8",
-                                                                            "surrogateescape")):
-        shown = shown_path(prefix + path)
-        a, b = expected.get(path), actual.get(path)
-        if not _is_utf8(path):
-            where = b_name if b is not None else a_name
-            lines.append(f"{shown}: name is not valid UTF-8 (in {where})")
-            continue
-        if a is None and b is not None:
-            lines.append(f"{shown}: in {b_name} only ({_kind_name(b.kind)})")
-            continue
-        if b is None and a is not None:
-            lines.append(f"{shown}: in {a_name} only ({_kind_name(a.kind)})")
-            continue
-        assert a is not None and b is not None
-        if a.kind != b.kind:
-            lines.append(f"{shown}: {_kind_name(a.kind)} in {a_name}, {_kind_name(b.kind)} in "
-                         f"{b_name}")
-            continue
-        if a.kind == FILE and a.sha1 != b.sha1:
-            lines.append(f"{shown}: content differs ({a.size} bytes, sha1 {a.sha1[:12]} in "
-                         f"{a_name}; {b.size} bytes, sha1 {b.sha1[:12]} in {b_name})")
-        if a.kind == SYMLINK and a.link != b.link:
-            lines.append(f"{shown}: link target {quoted(a.link)} in {a_name}, "
-                         f"{quoted(b.link)} in {b_name}")
-        if a.kind != SYMLINK and a.mode != b.mode:
-            lines.append(f"{shown}: mode {a.mode:04o} in {a_name}, {b.mode:04o} in {b_name}")
-        if owners and (a.uid, a.gid) != (b.uid, b.gid):
-            lines.append(f"{shown}: owner {a.uid}:{a.gid} in {a_name}, {b.uid}:{b.gid} in "
-                         f"{b_name}")
-    return lines
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder + "/")
-
-
-def _split_firmware(tree: Mapping[str, Entry]) -> tuple[Tree, Tree]:
-    """(SYSTEM without firmware/, firmware/'s content relative to it)."""
-    rootfs = {p: e for p, e in tree.items() if not _under(p, FIRMWARE)}
-    cut = len(FIRMWARE) + 1
-    modem = {p[cut:]: replace(e, path=p[cut:]) for p, e in tree.items()
-             if p.startswith(FIRMWARE + "/")}
-    return rootfs, modem
-
-
-# ---------------------------------------------------------------------------------------------
 # The images of a package
 
 
@@ -268,6 +184,15 @@ class ImageCheck:
         return not self.differences
 
 
+def _split_firmware(tree: Mapping[str, Entry]) -> tuple[Tree, Tree]:
+    """(SYSTEM without firmware/, firmware/'s content relative to it)."""
+    rootfs = {p: e for p, e in tree.items() if not under(p, FIRMWARE)}
+    cut = len(FIRMWARE) + 1
+    modem = {p[cut:]: replace(e, path=p[cut:]) for p, e in tree.items()
+             if p.startswith(FIRMWARE + "/")}
+    return rootfs, modem
+
+
 def check_targetfiles_against_images(firmware_dir: Path,
                                      images: FirmwareImages | None = None) -> ImageCheck:
     """`upgrade/targetfiles.zip` against `update/`: boot.img, abl.elf, SYSTEM/ (owners too when
@@ -287,7 +212,7 @@ def check_targetfiles_against_images(firmware_dir: Path,
                 differences.append(f"{member}: content differs from {rel}")
         owners = _zip_records_owners(src)
         zip_rootfs, zip_modem = _split_firmware(system_tree(src))
-    img_rootfs = {p: e for p, e in images.rootfs.entries.items() if not _under(p, FIRMWARE)}
+    img_rootfs = {p: e for p, e in images.rootfs.entries.items() if not under(p, FIRMWARE)}
     differences += compare_trees(zip_rootfs, img_rootfs, prefix=f"{SYSTEM}/", owners=owners,
                                  names=("targetfiles.zip", f"{SYSFS_UBI} ({ROOTFS_VOLUME})"))
     differences += compare_trees(zip_modem, images.modem.entries,
@@ -370,265 +295,3 @@ def package_time_warnings(firmware_dir: Path, version: ProjectVersion) -> list[s
                         f"{shown_path(build_id)} is not the "
                         f"images' Project Rev {version.project_rev}")
     return warnings
-
-
-# ---------------------------------------------------------------------------------------------
-# A base targetfiles.zip from the images
-
-
-def _refuse_non_utf8(tree: UbifsTree) -> None:
-    for entry in tree.entries.values():
-        if not _is_utf8(entry.path):
-            raise DfotaError(f"volume {tree.volume}: {shown_path(entry.path)}: name is not "
-                             "valid UTF-8; a targetfiles.zip cannot carry it (rename it)",
-                             tree.image)
-        if entry.kind == SYMLINK and not _is_utf8(entry.link):
-            raise DfotaError(f"volume {tree.volume}: {shown_path(entry.path)}: link target is "
-                             "not valid UTF-8; a targetfiles.zip cannot carry it", tree.image)
-
-
-def _missing_parents(names: Iterable[str]) -> list[ZipItem]:
-    present = set(names)
-    missing: set[str] = set()
-    for name in present:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in present:
-                missing.add(parent)
-    return [dir_item(p, 0o755) for p in sorted(missing)]
-
-
-def _template_items(src: ZipSource) -> tuple[list[ZipItem], dict[str, int]]:
-    """What a base takes from the template: everything but SYSTEM/, boot.img, abl.elf and the
-    META sidecars; with the count of files and links per top-level folder."""
-    taken = {BOOT_IMAGE, ABL, SYSTEM_MANIFEST, FS_CONFIG}
-    items: list[ZipItem] = []
-    counts: dict[str, int] = {}
-    for name, member in src.members.items():
-        if name in taken or _under(name, SYSTEM):
-            continue
-        link = src.link_target(name) if member.kind == SYMLINK else ""
-        items.append(member_item(name, src.path, member.info.filename, member.kind,
-                                 member.mode, link))
-        if member.kind != DIR:
-            top = name.split("/", 1)[0]
-            counts[top] = counts.get(top, 0) + 1
-    return items, counts
-
-
-def _image_items(tree: UbifsTree, entries: Mapping[str, Entry], prefix: str, store: Path,
-                 stored: dict[str, Path]) -> list[ZipItem]:
-    """Zip items for `entries` of a volume, under `prefix`; file contents go to `store` (one
-    file per distinct content, streamed from the image)."""
-    items = []
-    for path, entry in entries.items():
-        name = f"{prefix}/{path}"
-        if entry.kind == DIR:
-            items.append(dir_item(name, entry.mode))
-        elif entry.kind == SYMLINK:
-            items.append(link_item(name, entry.link))
-        else:
-            if entry.sha1 not in stored:
-                dest = store / entry.sha1
-                try:
-                    with open(dest, "wb") as out:
-                        for chunk in tree.chunks(path):
-                            out.write(chunk)
-                except OSError as exc:
-                    raise DfotaError(f"cannot write file ({exc.strerror})", dest) from exc
-                stored[entry.sha1] = dest
-            items.append(path_item(name, stored[entry.sha1], entry.mode))
-    return items
-
-
-def build_base_from_images(firmware_dir: Path, template: Path, dest: Path,  # noqa: C901
-                           images: FirmwareImages | None = None) -> list[str]:
-    """Write `dest`, the base targetfiles.zip of the firmware in `update/` (note 2.2.1,
-    approach 2), and say where each part came from.
-
-    SYSTEM/ is the rootfs volume with modes and owners from its inodes (owners go to the META
-    sidecars), SYSTEM/firmware/ the UBIFS of NON-HLOS.ubi, boot.img and abl.elf the images;
-    OTA/, RADIO/, RECOVERY/ (and any other folder the images cannot give) come from `template`,
-    a targetfiles.zip of the same product.
-    """
-    images = images or read_images(firmware_dir)
-    if not images.abl.is_file():
-        raise DfotaError("missing from the firmware package", images.abl)
-    read_abl_elf(images.abl)
-    for tree in (images.rootfs, images.modem):
-        _refuse_non_utf8(tree)
-    if FIRMWARE in images.rootfs.entries and images.rootfs.entries[FIRMWARE].kind != DIR:
-        raise DfotaError(f"volume {ROOTFS_VOLUME}: {FIRMWARE} is not a directory",
-                         images.rootfs.image)
-
-    rootfs = {p: e for p, e in images.rootfs.entries.items() if not p.startswith(FIRMWARE + "/")}
-    system: Tree = dict(rootfs)
-    for path, entry in images.modem.entries.items():
-        system[f"{FIRMWARE}/{path}"] = replace(entry, path=f"{FIRMWARE}/{path}")
-    system.setdefault(FIRMWARE, Entry(FIRMWARE, DIR, 0o755))
-
-    parts: list[str] = []
-    with ZipSource(template) as src:
-        if UPDATER not in src.members or src.members[UPDATER].kind != FILE:
-            raise DfotaError(f"has no {UPDATER}: not a targetfiles.zip to take OTA/, RADIO/ "
-                             "and RECOVERY/ from", template)
-        template_items, counts = _template_items(src)
-        system_mode = src.members[SYSTEM].mode if SYSTEM in src.members else 0o755
-        boot_mode = src.members[BOOT_IMAGE].mode if BOOT_IMAGE in src.members else 0o644
-        abl_mode = src.members[ABL].mode if ABL in src.members else 0o644
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
-            stored: dict[str, Path] = {}
-            items = [
-                *template_items,
-                path_item(BOOT_IMAGE, images.boot_image, boot_mode),
-                path_item(ABL, images.abl, abl_mode),
-                dir_item(SYSTEM, system_mode),
-                *_image_items(images.rootfs, rootfs, SYSTEM, Path(tmp), stored),
-                *_image_items(images.modem, images.modem.entries, f"{SYSTEM}/{FIRMWARE}",
-                              Path(tmp), stored),
-                *system_meta_items(system),
-            ]
-            if FIRMWARE not in rootfs:
-                items.append(dir_item(f"{SYSTEM}/{FIRMWARE}", 0o755))
-            items += _missing_parents(i.name for i in items)
-            write_zip(dest, items)
-
-    parts.append(f"{BOOT_IMAGE}: {BOOT_IMG}")
-    parts.append(f"{ABL}: {ABL_IMG}")
-    parts.append(f"{SYSTEM}/ ({len(rootfs)} entries, {FIRMWARE}/ apart): volume {ROOTFS_VOLUME} "
-                 f"of {SYSFS_UBI}, modes and owners from its inodes")
-    parts.append(f"{SYSTEM}/{FIRMWARE}/ ({len(images.modem.entries)} entries): {MODEM_UBI} "
-                 f"(volume {images.modem.volume})")
-    hidden = len(images.rootfs.entries) - len(rootfs)
-    if hidden:
-        parts.append(f"{FIRMWARE}/ of volume {ROOTFS_VOLUME}: {hidden} entries left out (the "
-                     f"modem's file system is mounted over them)")
-    if images.rootfs.special:
-        parts.append(f"{SYSTEM}/dev/: {len(images.rootfs.special)} device node(s) of the image "
-                     "left out (a zip cannot hold them; the module's /dev is made at boot)")
-    for top in sorted(counts):
-        parts.append(f"{top}/ ({counts[top]} files and links): template {template}")
-    for top in TEMPLATE_FOLDERS:
-        if top not in counts:
-            parts.append(f"{top}/: not in the template {template}; the base has none")
-    parts.append(f"{SYSTEM_MANIFEST}, {FS_CONFIG}: written from the images' SYSTEM tree")
-    return parts
-
-
-
-# ---------------------------------------------------------------------------------------------
-# doit import_base
-
-
-def import_base(firmware_dir: Path, archive: Archive, *, template: Path | None = None,  # noqa: C901, PLR0913
-                from_images: bool = False, say: Say = print,
-                work_dir: Path | None = None) -> str:
-    """Check a release firmware package and archive its base version; returns the key.
-
-    With `upgrade/targetfiles.zip` (and not `from_images`): the zip must match the images and
-    is archived unchanged. Otherwise the base is built from the images, with OTA/, RADIO/ and
-    RECOVERY/ from `template` (default: the package's own targetfiles.zip, if any), staged in
-    `work_dir` (default: the system's temporary folder).
-    """
-    if not firmware_dir.is_dir():
-        raise DfotaError("firmware package folder not found", firmware_dir)
-    for warning in check_md5(firmware_dir):
-        say(f"warning: {warning}")
-    images = read_images(firmware_dir)
-    version = images.version
-    for warning in package_time_warnings(firmware_dir, version):
-        say(f"warning: {warning}")
-    zip_path = firmware_dir / TARGETFILES
-    manifest: dict[str, object] = {
-        "origin": "firmware", "imported_from": firmware_dir.name, "version": version.to_json(),
-        "source": None, "tool": TOOL,
-        "images": {rel: sha1_file(firmware_dir / rel) for rel in REQUIRED_IMAGES},
-    }
-    existing = archive.get(version.key)
-    if zip_path.is_file() and not from_images:
-        check = check_targetfiles_against_images(firmware_dir, images)
-        for note in check.notes:
-            say(f"note: {note}")
-        if check.differences:
-            for line in check.differences:
-                say(f"  {line}")
-            raise DfotaError(f"does not match the firmware images in update/: "
-                             f"{len(check.differences)} difference(s), listed above; the images "
-                             "are what the module runs: build the base from them instead "
-                             "(--from-images, note 2.2.1)", zip_path)
-        archived = archive.add(version.key, zip_path, {**manifest, "checked_against_images":
-                                                       True, "built_from_images": None})
-    else:
-        template = template or (zip_path if zip_path.is_file() else None)
-        if template is None:
-            raise DfotaError(f"has no {TARGETFILES}: pass a targetfiles.zip of the same product "
-                             "as the template for OTA/, RADIO/ and RECOVERY/ (note 2.2.1, "
-                             "approach 2)", firmware_dir)
-        if work_dir is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="import_base.", dir=work_dir) as tmp:
-            built = Path(tmp) / "targetfiles.zip"
-            parts = build_base_from_images(firmware_dir, template, built, images)
-            for line in parts:
-                say(f"  {line}")
-            archived = archive.add(version.key, built, {
-                **manifest, "checked_against_images": False, "built_from_images": parts,
-                "template": str(template)})
-    say(f"import_base: {version.key} "
-        + ("already archived, same content" if existing is not None else "archived")
-        + f" ({archived.zip_path})")
-    return version.key
-
-
-# ---------------------------------------------------------------------------------------------
-# The SDK's own sysfs image against its rootfs folder
-
-
-def read_sdk_image(sysfs_ubi: Path) -> UbifsTree:
-    """Volume rootfs of the SDK's `target/sdxlemur-sysfs.ubi`."""
-    return read_ubifs(sysfs_ubi, ROOTFS_VOLUME)
-
-
-def _comparable(tree: Mapping[str, Entry]) -> Tree:
-    """A rootfs without the folders the target takes from the source (firmware/, dev/)."""
-    return {p: e for p, e in tree.items() if not any(_under(p, k) for k in KEPT_FROM_SOURCE)}
-
-
-def image_drift(rootfs_tree: Mapping[str, Entry], image: UbifsTree) -> list[str]:
-    """Warnings, by path, where the SDK's rootfs folder (as scanned: the build user's files
-    recorded as root) differs from the UBI image the module will run."""
-    return _drift(rootfs_tree, image.entries, image.image)
-
-
-def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
-           image: Path) -> list[str]:
-    lines = compare_trees(_comparable(image_tree), _comparable(rootfs_tree),
-                          names=("the image", "ql-ol-rootfs"))
-    return [f"{shown_path(image)}: {line}" for line in lines]
-
-
-def sdk_image_drift(rootfs_tree: Mapping[str, Entry], image: ImageTreeReader) -> list[str]:
-    """`image_drift` against the SDK's sysfs image, its tree as `image` gives it (from its
-    record, or read: seconds of decompressing)."""
-    return _drift(rootfs_tree, image.tree(), image.sysfs_ubi)
-
-
-def take_image_metadata(rootfs_tree: Mapping[str, Entry],
-                        image: UbifsTree) -> tuple[Tree, list[str]]:
-    """The rootfs tree with modes and owners of the image's same-type entries; warnings for
-    entries the image does not have (they keep the folder's metadata)."""
-    out: Tree = {}
-    warnings = []
-    for path, entry in rootfs_tree.items():
-        other = image.entries.get(path)
-        if other is None or other.kind != entry.kind:
-            warnings.append(f"{shown_path(image.image)}: {shown_path(path)}: not in the image as "
-                            f"{_kind_name(entry.kind)}; its mode and owner stay the folder's")
-            out[path] = entry
-        else:
-            mode = entry.mode if entry.kind == SYMLINK else other.mode
-            out[path] = replace(entry, mode=stat.S_IMODE(mode), uid=other.uid, gid=other.gid)
-    return out, warnings
-

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the UBI reader is imported only to read
 ROOTFS_VOLUME = "rootfs"  # the module's /system
 CACHE_VOLUME = "cachefs"  # the module's /cache
 # the code that reads the image (found without importing the UBI reader)
-_READERS = (Path(__file__).parent.parent / "formats" / "ubi.py", Path(__file__))
+_READERS = (*(Path(__file__).parent.parent / "formats" / name
+              for name in ("ubi.py", "ubifs.py", "ubifs_room.py")), Path(__file__))
 
 
 RECORD = "sdk-image-tree"
@@ -46,7 +47,7 @@ def image_key(image_sha1: str) -> str:
 
 def image_volumes(sysfs_ubi: Path, volumes: Sequence[UbiVolume]) -> Volumes:
     """The sizes of /system and /cache that the image's volumes rootfs and cachefs give."""
-    from dfota.formats.ubi import ubifs_room
+    from dfota.formats.ubifs_room import ubifs_room
 
     named = {v.name: v for v in volumes}
     for name in (ROOTFS_VOLUME, CACHE_VOLUME):
@@ -75,7 +76,7 @@ def recorded_image(records: Records, key: str) -> tuple[Tree, Volumes] | None:
 def read_and_record(sysfs_ubi: Path, records: Records, key: str) -> tuple[Tree, Volumes]:
     """Read volume rootfs of the image and the sizes of the volumes, and record them under
     `key` (the only one kept)."""
-    from dfota.formats.ubi import read_ubifs
+    from dfota.formats.ubifs import read_ubifs
 
     read = read_ubifs(sysfs_ubi, ROOTFS_VOLUME)
     volumes = image_volumes(sysfs_ubi, read.volumes)

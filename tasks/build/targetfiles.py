@@ -24,7 +24,6 @@ from dfota.formats.zipio import (
     bytes_item,
     dir_item,
     link_item,
-    member_item,
     path_item,
 )
 
@@ -282,12 +281,10 @@ def plan_target(sdk: SdkOutput, src: ZipSource, rootfs: FolderScan) -> TargetPla
             name == k or name.startswith(k + "/") for k in kept)
 
     items: list[ZipItem] = []
-    for name, member in src.members.items():
+    for name in src.members:
         if name in replaced or from_rootfs(name):
             continue
-        link = src.link_target(name) if member.kind == SYMLINK else ""
-        items.append(member_item(name, src.path, member.info.filename, member.kind,
-                                 member.mode, link))
+        items.append(src.item(name))
     items.append(path_item(BOOT_IMAGE, sdk.boot_image, src.members[BOOT_IMAGE].mode))
     items.append(path_item(ABL, sdk.abl, src.members[ABL].mode))
     system_dir = src.members.get(SYSTEM)

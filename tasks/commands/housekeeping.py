@@ -52,7 +52,7 @@ def versions(conf: Configuration) -> TaskDict:
 
 # below, `options` are a command's settings, each of the type its parameter declares
 def _import_base(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
-    from dfota.build.firmware import import_base
+    from dfota.build.import_base import import_base
 
     firmware, template = str(options["firmware"]), str(options["template"])
     if not firmware:

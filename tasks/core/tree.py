@@ -15,9 +15,13 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from dfota.core.errors import DfotaError, shown_path
 from dfota.core.runlog import SILENT, Meter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FILE = "file"
 DIR = "dir"
@@ -131,16 +135,18 @@ def checked_name(name: str, where: Path) -> str:
     return name
 
 
-def scan_folder(  # noqa: PLR0913
-    root: Path,
-    *,
-    skip_top: Iterable[str] = (),
-    build_owner: tuple[int, int] | None = None,
-    hash_file: Callable[[str, os.stat_result], str] | None = None,
-    cached: Callable[[str, os.stat_result], bool] | None = None,
-    meter: Meter = SILENT,
-    seen: Callable[[str], None] | None = None,
-) -> FolderScan:
+class FolderScanning(TypedDict, total=False):
+    """How `scan_folder` walks a folder (each optional; see there)."""
+
+    skip_top: Iterable[str]  # top-level entries left out (default: none)
+    build_owner: tuple[int, int] | None  # (uid, gid) recorded as root
+    hash_file: Callable[[str, os.stat_result], str] | None  # default: `sha1_file`
+    cached: Callable[[str, os.stat_result], bool] | None  # `hash_file` has it already
+    meter: Meter
+    seen: Callable[[str], None] | None
+
+
+def scan_folder(root: Path, **how: Unpack[FolderScanning]) -> FolderScan:
     """Walk `root` without following symlinks and describe every entry below it.
 
     `skip_top` names top-level entries left out (with everything under them). Entries owned by
@@ -155,16 +161,18 @@ def scan_folder(  # noqa: PLR0913
     if not root.is_dir():
         raise DfotaError("is not a folder", root)
     root = root.resolve()  # the folder itself may be a link; nothing below it is followed
-    hasher = hash_file or sha1_file
+    build_owner, cached = how.get("build_owner"), how.get("cached")
+    hasher = how.get("hash_file") or sha1_file
     entries: Tree = {}
     warnings: list[str] = []
     # paths as text, the loop kept lean: every `doit` walks the rootfs (thousands of entries)
     top = os.fspath(root)
-    walked = list(_walk(root, set(skip_top), seen))
+    walked = list(_walk(root, set(how.get("skip_top", ())), how.get("seen")))
     files = {rel: f"{top}/{rel}" for rel, st in walked if stat.S_ISREG(st.st_mode)}
     to_hash = {rel for rel, st in walked if rel in files
                and not (cached and cached(files[rel], st))}
-    bar = (meter if to_hash else SILENT).progress(f"hashing {root.name}", len(to_hash))
+    meter = how.get("meter", SILENT) if to_hash else SILENT
+    bar = meter.progress(f"hashing {root.name}", len(to_hash))
     owner_uid, owner_gid = build_owner if build_owner is not None else (-1, -1)
     linked: dict[tuple[int, int], list[str]] = {}
     for rel, st in walked:

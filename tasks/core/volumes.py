@@ -29,7 +29,7 @@ class Volumes:
     the defaults.
 
     A size from the image is the room its UBIFS gives files as `df` reports it
-    (`dfota.formats.ubi.ubifs_room`): the volume's LEBs less what UBIFS keeps, counted as file
+    (`dfota.formats.ubifs_room`): the volume's LEBs less what UBIFS keeps, counted as file
     bytes. The writer and the model count files' bytes against it."""
 
     system: int = DEFAULT_SYSTEM_SIZE_MB * MB

@@ -6,11 +6,14 @@ import hashlib
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
 from dfota.core.errors import DfotaError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 BOOT_MAGIC = b"ANDROID!"
 HEADER_V0 = struct.Struct("<8s10I16s512s32s1024s")
@@ -116,8 +119,8 @@ def compute_image_id(sections: Sequence[bytes]) -> bytes:
     return sha.digest().ljust(32, b"\0")
 
 
-def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  # noqa: C901
-    """Parse and check the header and section layout of a boot image held in memory."""
+def _header_version(data: bytes, path: str | os.PathLike[str]) -> int:
+    """The header version of a boot image, its magic and header length checked."""
     size = len(data)
     if size >= len(BOOT_MAGIC) and data[: len(BOOT_MAGIC)] != BOOT_MAGIC:
         raise DfotaError(
@@ -127,7 +130,7 @@ def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  #
         )
     if size < _VERSION_OFFSET + 4:
         raise DfotaError(f"file too short for an Android boot image header ({size} bytes)", path)
-    (version,) = struct.unpack_from("<I", data, _VERSION_OFFSET)
+    version = int(struct.unpack_from("<I", data, _VERSION_OFFSET)[0])
     if version not in HEADER_SIZES:
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise DfotaError(
@@ -139,6 +142,11 @@ def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  #
             f"file too short for a v{version} boot image header ({size} bytes, need {need})",
             path,
         )
+    return version
+
+
+def _unpack_header(data: bytes, version: int) -> BootImage:
+    """The header's fields as stored (the sections not yet laid out nor checked)."""
     (
         _magic,
         kernel_size,
@@ -161,31 +169,6 @@ def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  #
         dtbo_size, dtbo_offset, header_size = HEADER_V1_EXTRA.unpack_from(data, HEADER_V0.size)
     if version >= 2:
         dtb_size, dtb_addr = HEADER_V2_EXTRA.unpack_from(data, HEADER_SIZES[1])
-    if page_size not in PAGE_SIZES:
-        allowed = ", ".join(str(p) for p in PAGE_SIZES)
-        raise DfotaError(f"unsupported boot image page size {page_size} (allowed: {allowed})", path)
-    if kernel_size == 0:
-        raise DfotaError("boot image has an empty kernel (kernel_size 0)", path)
-
-    sizes = [("kernel", kernel_size), ("ramdisk", ramdisk_size), ("second", second_size)]
-    if version >= 1:
-        sizes.append(("recovery_dtbo", dtbo_size))
-    if version >= 2:
-        sizes.append(("dtb", dtb_size))
-    offset = page_size  # the header occupies the first page
-    hashed: list[bytes] = []
-    sections: list[Section] = []
-    for sec_name, sec_size in sizes:
-        if offset + sec_size > size:
-            raise DfotaError(
-                f"{sec_name} section ends at {offset + sec_size}, beyond the file ({size} bytes)",
-                path,
-            )
-        hashed.append(data[offset : offset + sec_size])
-        if sec_size:
-            sections.append(Section(sec_name, offset, sec_size))
-        offset += _align(sec_size, page_size)
-
     return BootImage(
         header_version=version,
         page_size=page_size,
@@ -205,10 +188,45 @@ def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:  #
         header_size=header_size,
         dtb_size=dtb_size,
         dtb_addr=dtb_addr,
-        sections=tuple(sections),
-        computed_id=compute_image_id(hashed),
-        file_size=size,
+        file_size=len(data),
     )
+
+
+def _section_sizes(header: BootImage) -> list[tuple[str, int]]:
+    """Every section the header version has, in file order, empty ones too."""
+    sizes = [("kernel", header.kernel_size), ("ramdisk", header.ramdisk_size),
+             ("second", header.second_size)]
+    if header.header_version >= 1:
+        sizes.append(("recovery_dtbo", header.recovery_dtbo_size))
+    if header.header_version >= 2:
+        sizes.append(("dtb", header.dtb_size))
+    return sizes
+
+
+def parse_boot_image(data: bytes, path: str | os.PathLike[str]) -> BootImage:
+    """Parse and check the header and section layout of a boot image held in memory."""
+    header = _unpack_header(data, _header_version(data, path))
+    page_size, size = header.page_size, len(data)
+    if page_size not in PAGE_SIZES:
+        allowed = ", ".join(str(p) for p in PAGE_SIZES)
+        raise DfotaError(f"unsupported boot image page size {page_size} (allowed: {allowed})", path)
+    if header.kernel_size == 0:
+        raise DfotaError("boot image has an empty kernel (kernel_size 0)", path)
+
+    offset = page_size  # the header occupies the first page
+    hashed: list[bytes] = []
+    sections: list[Section] = []
+    for sec_name, sec_size in _section_sizes(header):
+        if offset + sec_size > size:
+            raise DfotaError(
+                f"{sec_name} section ends at {offset + sec_size}, beyond the file ({size} bytes)",
+                path,
+            )
+        hashed.append(data[offset : offset + sec_size])
+        if sec_size:
+            sections.append(Section(sec_name, offset, sec_size))
+        offset += _align(sec_size, page_size)
+    return replace(header, sections=tuple(sections), computed_id=compute_image_id(hashed))
 
 
 def read_boot_image(path: Path) -> BootImage:
@@ -226,62 +244,95 @@ def section_bytes(data: bytes, image: BootImage, name: str) -> bytes:
     return b"" if section is None else data[section.offset : section.end]
 
 
-def build_boot_image(  # noqa: PLR0913
-    kernel: bytes,
-    *,
-    cmdline: str,
-    name: str = "",
-    page_size: int = 4096,
-    base: int = 0x80000000,
-    kernel_offset: int = 0x00008000,
-    ramdisk_offset: int = 0x01000000,
-    second_offset: int = 0x00F00000,
-    tags_offset: int = 0x00000100,
-    ramdisk: bytes = b"",
-    second: bytes = b"",
-    os_version: int = 0,
-) -> bytes:
+class Mkbootimg(TypedDict, total=False):
+    """What `mkbootimg --header_version 0` takes besides the kernel and the cmdline, by its
+    option names; each has mkbootimg's default (`_Mkbootimg`)."""
+
+    name: str  # --board
+    page_size: int
+    base: int
+    kernel_offset: int
+    ramdisk_offset: int
+    second_offset: int
+    tags_offset: int
+    ramdisk: bytes
+    second: bytes
+    os_version: int  # the raw header field ((version << 11) | patch level)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mkbootimg:
+    """A header v0 boot image as mkbootimg makes it, from its options."""
+
+    kernel: bytes
+    cmdline: str
+    name: str = ""
+    page_size: int = 4096
+    base: int = 0x80000000
+    kernel_offset: int = 0x00008000
+    ramdisk_offset: int = 0x01000000
+    second_offset: int = 0x00F00000
+    tags_offset: int = 0x00000100
+    ramdisk: bytes = b""
+    second: bytes = b""
+    os_version: int = 0
+
+    def checked_text(self) -> tuple[bytes, bytes]:
+        """The cmdline and the board name as the header stores them, their limits checked."""
+        if self.page_size not in PAGE_SIZES:
+            raise DfotaError(f"unsupported boot image page size {self.page_size}")
+        if not self.kernel:
+            raise DfotaError("boot image kernel is empty")
+        try:
+            cmd = self.cmdline.encode("ascii")
+            board = self.name.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise DfotaError(f"boot image name and cmdline must be ASCII: {exc}") from exc
+        if len(cmd) > CMDLINE_LEN + EXTRA_CMDLINE_LEN:
+            raise DfotaError(
+                f"boot image cmdline is {len(cmd)} bytes, more than "
+                f"{CMDLINE_LEN + EXTRA_CMDLINE_LEN}"
+            )
+        if len(board) > NAME_LEN:
+            raise DfotaError(f"boot image name is {len(board)} bytes, more than {NAME_LEN}")
+        return cmd, board
+
+    def address(self, offset: int, present: bool = True) -> int:
+        return (self.base + offset) & 0xFFFFFFFF if present else 0
+
+    def image(self) -> bytes:
+        cmd, board = self.checked_text()
+        kernel, ramdisk, second = self.kernel, self.ramdisk, self.second
+        header = HEADER_V0.pack(
+            BOOT_MAGIC,
+            len(kernel),
+            self.address(self.kernel_offset),
+            len(ramdisk),
+            self.address(self.ramdisk_offset, bool(ramdisk)),
+            len(second),
+            self.address(self.second_offset, bool(second)),
+            self.address(self.tags_offset),
+            self.page_size,
+            0,
+            self.os_version,
+            board,
+            cmd[:CMDLINE_LEN],
+            compute_image_id([kernel, ramdisk, second]),
+            cmd[CMDLINE_LEN:],
+        )
+        out = bytearray()
+        for blob in (header, kernel, ramdisk, second):
+            out += blob
+            out += bytes(_align(len(out), self.page_size) - len(out))
+        return bytes(out)
+
+
+def build_boot_image(kernel: bytes, *, cmdline: str, **options: Unpack[Mkbootimg]) -> bytes:
     """A header v0 boot image, byte-identical to `mkbootimg --header_version 0`.
 
     `os_version` is the raw header field ((version << 11) | patch level), as mkbootimg packs it.
     """
-    if page_size not in PAGE_SIZES:
-        raise DfotaError(f"unsupported boot image page size {page_size}")
-    if not kernel:
-        raise DfotaError("boot image kernel is empty")
-    try:
-        cmd = cmdline.encode("ascii")
-        board = name.encode("ascii")
-    except UnicodeEncodeError as exc:
-        raise DfotaError(f"boot image name and cmdline must be ASCII: {exc}") from exc
-    if len(cmd) > CMDLINE_LEN + EXTRA_CMDLINE_LEN:
-        raise DfotaError(
-            f"boot image cmdline is {len(cmd)} bytes, more than {CMDLINE_LEN + EXTRA_CMDLINE_LEN}"
-        )
-    if len(board) > NAME_LEN:
-        raise DfotaError(f"boot image name is {len(board)} bytes, more than {NAME_LEN}")
-    header = HEADER_V0.pack(
-        BOOT_MAGIC,
-        len(kernel),
-        (base + kernel_offset) & 0xFFFFFFFF,
-        len(ramdisk),
-        (base + ramdisk_offset) & 0xFFFFFFFF if ramdisk else 0,
-        len(second),
-        (base + second_offset) & 0xFFFFFFFF if second else 0,
-        (base + tags_offset) & 0xFFFFFFFF,
-        page_size,
-        0,
-        os_version,
-        board,
-        cmd[:CMDLINE_LEN],
-        compute_image_id([kernel, ramdisk, second]),
-        cmd[CMDLINE_LEN:],
-    )
-    out = bytearray()
-    for blob in (header, kernel, ramdisk, second):
-        out += blob
-        out += bytes(_align(len(out), page_size) - len(out))
-    return bytes(out)
+    return _Mkbootimg(kernel, cmdline, **options).image()
 
 
 def make_arm_zimage(payload: bytes, dtbs: Sequence[bytes]) -> bytes:

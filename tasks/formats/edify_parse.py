@@ -18,7 +18,7 @@ aborts with that text. Spans take no part in comparisons.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -179,51 +179,84 @@ def _string(script: bytes, pos: int, line: int) -> tuple[bytes, int, int] | None
     return None
 
 
-def _tokens(script: bytes) -> list[_Token]:  # noqa: C901
-    tokens: list[_Token] = []
-    size = len(script)
-    line = 1
-    i = 0
-    while i < size:
-        byte = script[i]
-        if byte in (0x20, 0x09):
-            i += 1
-        elif byte == 0x0A:
-            line += 1
-            i += 1
-        elif byte == 0x23:
-            newline = script.find(b"\n", i)
-            if newline < 0:
-                raise EdifySyntaxError(line, "the last comment has no newline at its end")
-            line += 1
-            i = newline + 1
-        elif byte == 0x22:
-            lexed = _string(script, i, line)
-            if lexed is None:
-                # The device's lexer reaches the end of input inside the string and stops.
-                tokens.append(_Token("eof", line, i, size, b'"'))
-                return tokens
-            value, end, end_line = lexed
-            tokens.append(_Token("string", line, i, end, value))
-            line, i = end_line, end
-        elif byte in _WORD:
-            end = i
-            while end < size and script[end] in _WORD:
-                end += 1
-            word = script[i:end]
-            kind = _KEYWORDS.get(word, "string")
-            tokens.append(_Token(kind, line, i, end, word))
-            i = end
-        elif script[i : i + 2] in _PUNCT:
-            tokens.append(_Token(_PUNCT[script[i : i + 2]], line, i, i + 2))
-            i += 2
+class _Lexer:
+    """The script's tokens, as the device's lexer reads them: each token kind is read by the
+    method its first byte selects (`_LEXERS`)."""
+
+    def __init__(self, script: bytes) -> None:
+        self.script, self.size = script, len(script)
+        self.line, self.pos = 1, 0
+        self.tokens: list[_Token] = []
+        self.ended = False  # by a string never closed
+
+    def read(self) -> list[_Token]:
+        while self.pos < self.size and not self.ended:
+            byte = self.script[self.pos]
+            _LEXERS.get(byte, _Lexer.unexpected)(self, byte)
+        if not self.ended:
+            self.tokens.append(_Token("eof", self.line, self.size, self.size))
+        return self.tokens
+
+    def blank(self, _byte: int) -> None:
+        self.pos += 1
+
+    def newline(self, _byte: int) -> None:
+        self.line += 1
+        self.pos += 1
+
+    def comment(self, _byte: int) -> None:
+        newline = self.script.find(b"\n", self.pos)
+        if newline < 0:
+            raise EdifySyntaxError(self.line, "the last comment has no newline at its end")
+        self.line += 1
+        self.pos = newline + 1
+
+    def string(self, _byte: int) -> None:
+        i, line = self.pos, self.line
+        lexed = _string(self.script, i, line)
+        if lexed is None:
+            # The device's lexer reaches the end of input inside the string and stops.
+            self.tokens.append(_Token("eof", line, i, self.size, b'"'))
+            self.ended = True
+            return
+        value, end, end_line = lexed
+        self.tokens.append(_Token("string", line, i, end, value))
+        self.line, self.pos = end_line, end
+
+    def word(self, _byte: int) -> None:
+        i = end = self.pos
+        while end < self.size and self.script[end] in _WORD:
+            end += 1
+        word = self.script[i:end]
+        self.tokens.append(_Token(_KEYWORDS.get(word, "string"), self.line, i, end, word))
+        self.pos = end
+
+    def operator(self, byte: int) -> None:
+        i = self.pos
+        pair = self.script[i : i + 2]
+        if pair in _PUNCT:
+            self.tokens.append(_Token(_PUNCT[pair], self.line, i, i + 2))
+            self.pos += 2
         elif byte in _SINGLE:
-            tokens.append(_Token(chr(byte), line, i, i + 1))
-            i += 1
+            self.tokens.append(_Token(chr(byte), self.line, i, i + 1))
+            self.pos += 1
         else:
-            raise EdifySyntaxError(line, _describe_byte(byte))
-    tokens.append(_Token("eof", line, size, size))
-    return tokens
+            self.unexpected(byte)
+
+    def unexpected(self, byte: int) -> None:
+        raise EdifySyntaxError(self.line, _describe_byte(byte))
+
+
+# the first byte of a token -> what reads it
+_LEXERS: dict[int, Callable[[_Lexer, int], None]] = {
+    0x20: _Lexer.blank, 0x09: _Lexer.blank, 0x0A: _Lexer.newline, 0x23: _Lexer.comment,
+    0x22: _Lexer.string, **dict.fromkeys(_WORD, _Lexer.word),
+    **dict.fromkeys(_SINGLE | {p[0] for p in _PUNCT}, _Lexer.operator),
+}
+
+
+def _tokens(script: bytes) -> list[_Token]:
+    return _Lexer(script).read()
 
 
 def _show(token: _Token) -> str:

@@ -6,8 +6,10 @@ import hashlib
 import io
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
@@ -71,7 +73,7 @@ def _name(value: str | int) -> str:
     return value if isinstance(value, str) else f"0x{value:x}"
 
 
-def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:  # noqa: C901
+def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:
     """Parse and check an ELF image held in memory."""
     size = len(data)
     if data[:4] != ELF_MAGIC:
@@ -84,39 +86,7 @@ def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:  # noq
             path,
         )
     try:
-        elf = ELFFile(io.BytesIO(data))
-        machine = _name(elf["e_machine"])
-        if machine not in SUPPORTED_MACHINES:
-            raise DfotaError(f"unsupported machine {machine} (expected ARM or AArch64)", path)
-        phoff, phnum, phentsize = elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"]
-        expected_entsize = elf.structs.Elf_Phdr.sizeof()
-        if phnum and phentsize != expected_entsize:
-            raise DfotaError(
-                f"program header entry size {phentsize} (expected {expected_entsize})", path
-            )
-        table_end = phoff + phnum * phentsize
-        if table_end > size:
-            raise DfotaError(
-                f"program header table ends at {table_end}, beyond the file ({size} bytes); "
-                "the file is truncated",
-                path,
-            )
-        segments: list[Segment] = []
-        for index in range(phnum):
-            header = elf.get_segment(index).header
-            segments.append(
-                Segment(
-                    p_type=_name(header["p_type"]),
-                    offset=header["p_offset"],
-                    filesz=header["p_filesz"],
-                    memsz=header["p_memsz"],
-                    vaddr=header["p_vaddr"],
-                    flags=header["p_flags"],
-                )
-            )
-        image = ElfImage(
-            elf_class=elf.elfclass, machine=machine, entry=elf["e_entry"], segments=tuple(segments)
-        )
+        image = _read_headers(ELFFile(io.BytesIO(data)), size, path)
     except (ELFError, ConstructError, struct.error, ValueError, KeyError, EOFError) as exc:
         raise DfotaError(f"not a valid ELF file ({exc})", path) from exc
     for index, segment in enumerate(image.segments):
@@ -129,6 +99,39 @@ def parse_abl_elf(data: bytes, path: str | os.PathLike[str]) -> ElfImage:  # noq
     if not image.load_segments:
         raise DfotaError("no PT_LOAD segment", path)
     return image
+
+
+def _read_headers(elf: ELFFile, size: int, path: str | os.PathLike[str]) -> ElfImage:
+    """The machine and the program headers (pyelftools' errors are left to the caller)."""
+    machine = _name(elf["e_machine"])
+    if machine not in SUPPORTED_MACHINES:
+        raise DfotaError(f"unsupported machine {machine} (expected ARM or AArch64)", path)
+    phoff, phnum, phentsize = elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"]
+    expected_entsize = elf.structs.Elf_Phdr.sizeof()
+    if phnum and phentsize != expected_entsize:
+        raise DfotaError(
+            f"program header entry size {phentsize} (expected {expected_entsize})", path
+        )
+    table_end = phoff + phnum * phentsize
+    if table_end > size:
+        raise DfotaError(
+            f"program header table ends at {table_end}, beyond the file ({size} bytes); "
+            "the file is truncated",
+            path,
+        )
+    return ElfImage(elf_class=elf.elfclass, machine=machine, entry=elf["e_entry"],
+                    segments=tuple(_segment(elf.get_segment(i).header) for i in range(phnum)))
+
+
+def _segment(header: Mapping[str, Any]) -> Segment:
+    return Segment(
+        p_type=_name(header["p_type"]),
+        offset=header["p_offset"],
+        filesz=header["p_filesz"],
+        memsz=header["p_memsz"],
+        vaddr=header["p_vaddr"],
+        flags=header["p_flags"],
+    )
 
 
 def read_abl_elf(path: Path) -> ElfImage:

@@ -337,7 +337,26 @@ def _under(folder: str, path: str) -> bool:
     return path.startswith(folder + "/")
 
 
-def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:  # noqa: C901
+@dataclass(frozen=True)
+class _Target:
+    """The target's zip paths, folders without their trailing `/`, and every folder above
+    them."""
+
+    present: frozenset[str]
+    folders: frozenset[str]
+
+    @staticmethod
+    def of(paths: Collection[str]) -> _Target:
+        present = frozenset(path.rstrip("/") for path in paths)
+        folders = frozenset(
+            "/".join(parts[:end])
+            for parts in (path.split("/") for path in present)
+            for end in range(1, len(parts))
+        )
+        return _Target(present, folders)
+
+
+def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:
     """Warnings for listed paths absent from `paths`, the target's zip paths.
 
     A folder's zip entry may be given with or without its trailing ``/``; a folder rule is
@@ -351,35 +370,32 @@ def check_file_lists(lists: FileLists, paths: Collection[str]) -> list[str]:  # 
             "keep each in one list",
             lists.folder,
         )
-    present = {path.rstrip("/") for path in paths}
-    folders = {
-        "/".join(parts[:end])
-        for parts in (path.split("/") for path in present)
-        for end in range(1, len(parts))
-    }
+    target = _Target.of(paths)
+    return [
+        *_path_list_warnings(FULLOTA_LIST, lists.fullota, target),
+        *_path_list_warnings(NOOTA_LIST, lists.noota, target),
+        *(f"{CHMOD_LIST}:{rule.line}: {'folder' if rule.is_folder else 'file'} "
+          f"{shown_path(rule.path)} is not in the target"
+          for rule in lists.chmod
+          if rule.path not in target.present and rule.path not in target.folders),
+        *(f"{MULTIFOTA_LIST}: {shown_path(MULTIFOTA + '/' + image)} is not in the target"
+          for image, _partition in lists.multifota
+          if f"{MULTIFOTA}/{image}" not in target.present),
+    ]
+
+
+def _path_list_warnings(name: str, listed: Sequence[str], target: _Target) -> list[str]:
+    """The fullota or noota list's paths listed twice, naming a folder, or not in the
+    target; each path once, in list order."""
     warnings: list[str] = []
-    for name, listed in ((FULLOTA_LIST, lists.fullota), (NOOTA_LIST, lists.noota)):
-        reported: set[str] = set()
-        for path in listed:
-            if path in reported:
-                continue
-            reported.add(path)
-            if listed.count(path) > 1:
-                warnings.append(f"{name}: {shown_path(path)} is listed {listed.count(path)} times")
-            if path in folders:
-                warnings.append(f"{name}: {shown_path(path)} is a folder in the target; "
-                                "list its files")
-            elif path not in present:
-                warnings.append(f"{name}: {shown_path(path)} is not in the target")
-    for rule in lists.chmod:
-        if rule.path not in present and rule.path not in folders:
-            kind = "folder" if rule.is_folder else "file"
-            warnings.append(f"{CHMOD_LIST}:{rule.line}: {kind} {shown_path(rule.path)} "
-                            "is not in the target")
-    for image, _partition in lists.multifota:
-        if f"{MULTIFOTA}/{image}" not in present:
-            warnings.append(f"{MULTIFOTA_LIST}: {shown_path(MULTIFOTA + '/' + image)} "
-                            "is not in the target")
+    for path in dict.fromkeys(listed):
+        if listed.count(path) > 1:
+            warnings.append(f"{name}: {shown_path(path)} is listed {listed.count(path)} times")
+        if path in target.folders:
+            warnings.append(f"{name}: {shown_path(path)} is a folder in the target; "
+                            "list its files")
+        elif path not in target.present:
+            warnings.append(f"{name}: {shown_path(path)} is not in the target")
     return warnings
 
 

@@ -12,6 +12,7 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -22,13 +23,16 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
 from dfota.core.atomic import atomic_path
 from dfota.core.errors import DfotaError, bad_zip_name, quoted
 from dfota.core.runlog import SILENT, Meter
 from dfota.core.tree import DIR, FILE, SYMLINK
 from dfota.state.store import file_stamp
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
 _UNIX = 3
@@ -74,12 +78,9 @@ def link_item(name: str, target: str) -> ZipItem:
     return ZipItem(name, SYMLINK, 0o777, link=target)
 
 
-def member_item(name: str, zip_path: Path, member: str, kind: str, mode: int,  # noqa: PLR0913
-                link: str = "") -> ZipItem:
-    """An entry copied from another zip (files), or re-made from its metadata (dirs, links)."""
-    if kind == FILE:
-        return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
-    return ZipItem(name, kind, mode, link=link)
+def member_item(name: str, zip_path: Path, member: str, mode: int) -> ZipItem:
+    """A file copied from entry `member` of another zip (`ZipSource.item`: any kind)."""
+    return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
 
 
 def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
@@ -100,9 +101,17 @@ def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
 Vouch = Callable[[Path, os.stat_result, str], bool]
 
 
-def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,  # noqa: PLR0913
-              meter: Meter = SILENT, open_zips: Mapping[Path, zipfile.ZipFile] | None = None,
-              vouch: Vouch | None = None, durable: bool = True) -> None:
+class ZipWriting(TypedDict, total=False):
+    """How `write_zip` writes (each optional)."""
+
+    compress: bool  # deflated files (default: stored)
+    meter: Meter  # shows the progress
+    open_zips: Mapping[Path, zipfile.ZipFile] | None  # zips the caller has open already
+    vouch: Vouch | None  # knows a file as it is: it need not be hashed again
+    durable: bool  # False: not synced to disk (`atomic_path`)
+
+
+def write_zip(dest: Path, items: Iterable[ZipItem], **how: Unpack[ZipWriting]) -> None:
     """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
     `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
     where the caller has their zip open already. A file item with a `sha1` is hashed again
@@ -114,48 +123,55 @@ def write_zip(dest: Path, items: Iterable[ZipItem], *, compress: bool = False,  
         if item.name in seen:
             raise DfotaError(f"two entries named {quoted(item.name)} would be written", dest)
         seen.add(item.name)
-    sources: dict[Path, zipfile.ZipFile] = {}
-    opened = dict(open_zips or {})
-    try:
-        with atomic_path(dest, durable=durable) as tmp, \
-                zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
-            bar = meter.progress(f"zipping {dest.name}", len(ordered))
-            for item in ordered:
-                _write_item(out, item, compress, opened, sources, vouch)
-                bar.advance()
-            bar.finish()
-    finally:
-        for zf in sources.values():
-            zf.close()
+    with contextlib.ExitStack() as sources, \
+            atomic_path(dest, durable=how.get("durable", True)) as tmp, \
+            zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+        writer = _ZipWriter(out, how, sources)
+        bar = how.get("meter", SILENT).progress(f"zipping {dest.name}", len(ordered))
+        for item in ordered:
+            writer.write(item)
+            bar.advance()
+        bar.finish()
 
 
-def _write_item(out: zipfile.ZipFile, item: ZipItem, compress: bool,  # noqa: PLR0913
-                opened: Mapping[Path, zipfile.ZipFile],
-                sources: dict[Path, zipfile.ZipFile], vouch: Vouch | None) -> None:
-    if item.kind == DIR:
-        out.writestr(_zipinfo(item, 0, compress), b"")
-    elif item.kind == SYMLINK:
-        out.writestr(_zipinfo(item, 0, compress), item.link.encode("utf-8"))
-    elif item.data is not None:
-        out.writestr(_zipinfo(item, len(item.data), compress), item.data)
-    elif item.source_path is not None:
-        _write_path(out, item, compress, vouch)
-    elif item.source_zip is not None and item.source_member is not None:
-        zf = opened.get(item.source_zip) or sources.get(item.source_zip)
+class _ZipWriter:
+    """The items written one by one into `out`. A zip that members are copied from is opened
+    once, on `sources` (closed with it), unless the caller has it open already."""
+
+    def __init__(self, out: zipfile.ZipFile, how: ZipWriting,
+                 sources: contextlib.ExitStack) -> None:
+        self.out, self.sources = out, sources
+        self.compress, self.vouch = how.get("compress", False), how.get("vouch")
+        self.opened: dict[Path, zipfile.ZipFile] = dict(how.get("open_zips") or {})
+
+    def write(self, item: ZipItem) -> None:
+        out, compress = self.out, self.compress
+        if item.kind == DIR:
+            out.writestr(_zipinfo(item, 0, compress), b"")
+        elif item.kind == SYMLINK:
+            out.writestr(_zipinfo(item, 0, compress), item.link.encode("utf-8"))
+        elif item.data is not None:
+            out.writestr(_zipinfo(item, len(item.data), compress), item.data)
+        elif item.source_path is not None:
+            _write_path(out, item, compress, self.vouch)
+        elif item.source_zip is not None and item.source_member is not None:
+            self.copy_member(item, item.source_zip, item.source_member)
+        else:
+            raise ValueError(f"zip item {quoted(item.name)} has no data")
+
+    def copy_member(self, item: ZipItem, source: Path, member: str) -> None:
+        zf = self.opened.get(source)
         if zf is None:
-            zf = sources[item.source_zip] = open_zip(item.source_zip)
-        member = item.source_member
+            zf = self.opened[source] = self.sources.enter_context(open_zip(source))
         info = zf.getinfo(member)
         try:
             src = zf.open(info)
         except _CORRUPT as exc:
-            raise DfotaError(f"entry {quoted(member)} is corrupt ({exc})", item.source_zip) from exc
+            raise DfotaError(f"entry {quoted(member)} is corrupt ({exc})", source) from exc
         with src:
-            _stream(out, _zipinfo(item, info.file_size, compress), src,
+            _stream(self.out, _zipinfo(item, info.file_size, self.compress), src,
                     lambda exc: DfotaError(f"entry {quoted(member)} is corrupt ({exc})",
-                                           item.source_zip))
-    else:
-        raise ValueError(f"zip item {quoted(item.name)} has no data")
+                                           source))
 
 
 # what reading a damaged zip member can raise
@@ -361,6 +377,16 @@ class ZipSource:
 
     def link_target(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
+
+    def item(self, name: str) -> ZipItem:
+        """Entry `name` as an item of another zip, of the same name, kind and mode: a file
+        copied, a directory or a link made again."""
+        member = self.members[name]
+        if member.kind == FILE:
+            return member_item(name, self.path, member.info.filename, member.mode)
+        if member.kind == SYMLINK:
+            return ZipItem(name, SYMLINK, member.mode, link=self.link_target(name))
+        return dir_item(name, member.mode)
 
     def _pread(self, size: int, at: int, name: str) -> bytes:
         """`size` bytes of the file from offset `at` (an entry's data read in place)."""

@@ -175,7 +175,7 @@ def _minor_writes(base: ZipSource, target: ZipSource, mapping: Mapping[str, str 
         size = target.members[name].size
         writes.append(PartitionWrite(partition, entry, False,
                                      base.members[name].size if old else 0, old, size, new))
-        items.append(member_item(entry, target.path, name, FILE, 0o644))
+        items.append(member_item(entry, target.path, name, 0o644))
     return writes, items
 
 
@@ -377,7 +377,7 @@ def _boot_write(delta: _Delta, outcome: PatchOutcome) -> tuple[PartitionWrite, Z
                           base.members[BOOT_IMAGE].size, base.sha1(BOOT_IMAGE),
                           target.members[BOOT_IMAGE].size, target.sha1(BOOT_IMAGE))
     return boot, (path_item(BOOT_PATCH_ENTRY, boot_patch, 0o644) if boot_patch is not None
-                  else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, FILE, 0o644))
+                  else member_item(BOOT_WHOLE_ENTRY, target.path, BOOT_IMAGE, 0o644))
 
 
 def _nothing_changed(delta: _Delta, warnings: list[str]) -> DeltaResult:
@@ -419,7 +419,7 @@ def _entries(delta: _Delta, contents: Contents, target_tree: Tree) -> list[ZipIt
     target, changes = delta.target, contents.writes.changes
     items = [
         bytes_item(SCRIPT_ENTRY, contents.script),
-        member_item(BINARY_ENTRY, target.path, UPDATER, FILE, 0o755),
+        member_item(BINARY_ENTRY, target.path, UPDATER, 0o755),
         bytes_item(VERSION_ENTRY, delta.versions[0].text.encode("utf-8")),
     ]
     for c in changes:
@@ -429,7 +429,7 @@ def _entries(delta: _Delta, contents: Contents, target_tree: Tree) -> list[ZipIt
             items.append(path_item(patch_entry(c.path), patch, 0o644))
         elif c.shipped_whole and c.target is not None:
             items.append(member_item(whole_entry(c.path), target.path, system_path(c.path),
-                                     FILE, c.target.mode))
+                                     c.target.mode))
     items += [bytes_item(whole_entry(f"{d}/{PLACEHOLDER}"), b"")
               for d in empty_new_dirs(changes, target_tree)]
     return items
