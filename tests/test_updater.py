@@ -17,8 +17,11 @@ import bsdiff4
 import pytest
 
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
-from dfota.device.fs import Device, EntrySpec, FsError, Partition, entry_key
-from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
+from dfota.device.fs import Device
+from dfota.device.host import EntrySpec, entry_key
+from dfota.device.power_loss import for_each_power_loss
+from dfota.device.storage import FsError, Partition
+from dfota.device.units import MarkRecorder, Marks
 from dfota.device.updater import (
     SAVED_FILE,
     SCRIPT_NAME,

@@ -30,15 +30,9 @@ import bsdiff4
 
 from dfota.core.errors import DfotaError, bad_zip_name
 from dfota.core.tree import DIR, FILE, SYMLINK
-from dfota.device.fs import (
-    Device,
-    DeviceZip,
-    FsError,
-    FsNode,
-    Loaded,
-    ZipEntry,
-    ZipFormatError,
-)
+from dfota.device.fs import Device
+from dfota.device.storage import FsError, FsNode, Loaded
+from dfota.device.zip_reader import DeviceZip, ZipEntry, ZipFormatError
 from dfota.formats.edify_parse import (
     DEVICE_FUNCTIONS,
     And,

@@ -41,8 +41,11 @@ from dfota.core.errors import CheckFailed, DfotaError, quoted, shown_path
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE, SYMLINK, Entry, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.fs import Device, EntrySpec, Partition, Stored, entry_key
-from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
+from dfota.device.fs import Device
+from dfota.device.host import EntrySpec, entry_key
+from dfota.device.power_loss import for_each_power_loss
+from dfota.device.storage import Partition, Stored
+from dfota.device.units import MarkRecorder, Marks
 from dfota.device.updater import (
     Package,
     UpdateResult,

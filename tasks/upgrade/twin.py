@@ -47,7 +47,9 @@ from typing import BinaryIO
 
 from dfota.core.errors import DfotaError, shown_path
 from dfota.core.tree import DIR, FILE, SYMLINK
-from dfota.device.fs import Device, DeviceZip, FsNode, ZipFormatError
+from dfota.device.fs import Device
+from dfota.device.storage import FsNode
+from dfota.device.zip_reader import DeviceZip, ZipFormatError
 from dfota.upgrade import adb_wire, at_port
 
 USRDATA = "/usrdata"
@@ -741,7 +743,7 @@ def _damaged(data: bytes) -> bytes:
 
 
 def _files(device: Device) -> list[FsNode]:  # the nodes of regular files under /system
-    from dfota.device.fs import _walk
+    from dfota.device.host import _walk
 
     return [n for _, n in _walk(device.mounts["/system"].fs.root, "") if n.kind == FILE]
 
