@@ -8,9 +8,11 @@ import bisect
 from collections.abc import Callable, Iterable
 
 from dfota.device.fs import Device
+from dfota.device.interpreter import Package, Updater
 from dfota.device.items import Item, item_value, same_value
 from dfota.device.units import Marks, Walk, WholeRun
-from dfota.device.updater import Package, _Abort, _Updater
+from dfota.device.updater import FUNCTIONS
+from dfota.device.values import Abort
 
 Key = tuple[object, ...]
 # key -> (item, value, set): what a unit read, or set whatever was there (set=True)
@@ -25,7 +27,7 @@ class Footprints(WholeRun):
     def __init__(self, marks: Marks, device: Device, package: Package) -> None:
         super().__init__(Marks(first_unit=marks.first_unit))
         self.dev = device
-        self.scratch = _Updater(package, device, None)
+        self.scratch = Updater(package, device, FUNCTIONS)
         self.footprints: list[Footprint | None] = []  # None: never settled
         self.differing: list[set[Key]] = []
         self.unsettled: list[int] = []  # sorted
@@ -47,11 +49,11 @@ class Footprints(WholeRun):
     def _walked(self, nodes: Walk) -> None:
         self.walks[self.index] = nodes
 
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+    def _unit_done(self, run: Updater, redo: Callable[[Updater], object],
                    outcome: object) -> None:
         self._settle_new(redo, outcome)
 
-    def _settle_new(self, redo: Callable[[_Updater], object], outcome: object = None) -> None:
+    def _settle_new(self, redo: Callable[[Updater], object], outcome: object = None) -> None:
         """The unit just done, run again on the state it left."""
         unit = len(self.footprints)
         assert unit == self.current
@@ -71,7 +73,7 @@ class Footprints(WholeRun):
             else:
                 self.readers.setdefault(key, []).append(unit)
 
-    def _again(self, redo: Callable[[_Updater], object], outcome: object) -> Footprint | None:
+    def _again(self, redo: Callable[[Updater], object], outcome: object) -> Footprint | None:
         """The footprint of `redo` on the device as it is, if it changes nothing and ends as
         `outcome` (None: does not abort)."""
         dev, hook, watch = self.dev, self.dev.hook, self.dev.watch
@@ -83,7 +85,7 @@ class Footprints(WholeRun):
             try:
                 got = redo(self.scratch)
                 aborted = False
-            except _Abort:
+            except Abort:
                 aborted = True
             finally:
                 dev.reads = None

@@ -32,16 +32,10 @@ from collections.abc import Callable, Sequence
 
 from dfota.device.footprints import Footprints, Key, Reads, footprint_of
 from dfota.device.fs import Device
+from dfota.device.interpreter import Package, Updater
 from dfota.device.items import Item, item_value, same_value
 from dfota.device.units import Marks, Numbering, Walk
-from dfota.device.updater import (
-    Package,
-    PowerLoss,
-    Rejoined,
-    UpdateResult,
-    _Updater,
-    apply_package,
-)
+from dfota.device.updater import PowerLoss, Rejoined, UpdateResult, apply_package
 from dfota.formats.edify_parse import Node
 
 _LOOK_AHEAD = 64  # units checked one by one for a changed item before one is simply run
@@ -117,7 +111,7 @@ class _Rerun(Numbering):
         if self.current < self.cut:
             self.dev.reads = self.reads
 
-    def _ran(self, run: _Updater, index: int, outcome: str = "") -> None:
+    def _ran(self, run: Updater, index: int, outcome: str = "") -> None:
         self.dev.reads = None
         unit = self.current
         if unit < self.cut:
@@ -135,7 +129,7 @@ class _Rerun(Numbering):
 
     # --- Units -------------------------------------------------------------------------------
 
-    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
+    def statement(self, run: Updater, index: int, items: Sequence[Node]) -> int:
         first = self.marks.first_unit
         if index < len(first) and first[index] < self.cut:
             # the statement that holds the first unit to run (one of no unit holds none)
@@ -147,11 +141,11 @@ class _Rerun(Numbering):
             self._begin_unit()
         return index
 
-    def statement_done(self, run: _Updater, index: int, item: Node) -> None:
+    def statement_done(self, run: Updater, index: int, item: Node) -> None:
         if not self.split and not self.unsplit:
             self._ran(run, index)
 
-    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+    def walk(self, run: Updater, compute: Callable[[], Walk]) -> Walk:
         if not self.split:
             return compute()
         found = self.f.walks.get(self.index)
@@ -166,7 +160,7 @@ class _Rerun(Numbering):
             self.split, self.unsplit = False, True
         return nodes
 
-    def entry(self, run: _Updater, index: int, count: int) -> int:
+    def entry(self, run: Updater, index: int, count: int) -> int:
         if not self.split:
             return index
         index = min(self.next_unit(self.base + index) - self.base, count)
@@ -175,8 +169,8 @@ class _Rerun(Numbering):
             self._begin_unit()
         return index
 
-    def entry_done(self, run: _Updater, index: int, outcome: str,
-                   redo: Callable[[_Updater], str]) -> None:
+    def entry_done(self, run: Updater, index: int, outcome: str,
+                   redo: Callable[[Updater], str]) -> None:
         if self.split:
             self._ran(run, index, outcome)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from dfota.device.interpreter import Updater
 from dfota.device.storage import FsNode
-from dfota.device.updater import _Updater
 from dfota.formats.edify_parse import Call, Literal, Node, Or
 
 Walk = list[tuple[str, FsNode]]
@@ -68,25 +68,25 @@ class Numbering:
 class WholeRun(Numbering):
     """`Units` for a run that goes through every unit: `_unit_done` follows each."""
 
-    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
+    def statement(self, run: Updater, index: int, items: Sequence[Node]) -> int:
         self.begin(index, items)
         return index
 
-    def statement_done(self, run: _Updater, index: int, item: Node) -> None:
+    def statement_done(self, run: Updater, index: int, item: Node) -> None:
         if not self.split:
             self._unit_done(run, lambda again: again.value(item), None)
 
-    def entry(self, run: _Updater, index: int, count: int) -> int:
+    def entry(self, run: Updater, index: int, count: int) -> int:
         if self.split:
             self.entry_unit(index)
         return index
 
-    def entry_done(self, run: _Updater, index: int, outcome: str,
-                   redo: Callable[[_Updater], str]) -> None:
+    def entry_done(self, run: Updater, index: int, outcome: str,
+                   redo: Callable[[Updater], str]) -> None:
         if self.split:
             self._unit_done(run, redo, outcome)
 
-    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+    def walk(self, run: Updater, compute: Callable[[], Walk]) -> Walk:
         if not self.split:
             return compute()
         self.entry_unit(0)
@@ -98,7 +98,7 @@ class WholeRun(Numbering):
     def _walked(self, nodes: Walk) -> None:
         """What the current statement's walk found."""
 
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+    def _unit_done(self, run: Updater, redo: Callable[[Updater], object],
                    outcome: object) -> None:
         """The current unit is done; `redo` runs it again, and `outcome` is what it gave
         (None: a statement, which only must not abort)."""
@@ -108,7 +108,7 @@ class WholeRun(Numbering):
 class MarkRecorder(WholeRun):
     """`Units` for the whole run the re-runs rejoin: records `Marks`."""
 
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
+    def _unit_done(self, run: Updater, redo: Callable[[Updater], object],
                    outcome: object) -> None:
         self.marks.digests.append(None if run.no_space else run.dev.digest())
 

@@ -43,11 +43,11 @@ from dfota.core.tree import FILE, SYMLINK, Entry, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
 from dfota.device.fs import Device
 from dfota.device.host import EntrySpec, entry_key
+from dfota.device.interpreter import Package
 from dfota.device.power_loss import for_each_power_loss
 from dfota.device.storage import Partition, Stored
 from dfota.device.units import MarkRecorder, Marks
 from dfota.device.updater import (
-    Package,
     UpdateResult,
     load_package,
     precheck,
