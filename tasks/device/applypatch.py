@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import bsdiff4
 
@@ -191,13 +192,12 @@ class PatchJob:
         return self.tgt + ".patch"
 
 
-@dataclass(frozen=True)
-class _Source:
-    """The bytes to patch and the index of the patch that fits them; `saved`: they are the
+class _Source(NamedTuple):  # a tuple: made for every apply_patch a script calls
+    """The bytes to patch, the index of the patch that fits them, and whether they are the
     copy an earlier run saved on /cache (the source itself is gone or changed)."""
 
     loaded: Loaded
-    index: int
+    patch: int
     saved: bool
 
 
@@ -298,7 +298,7 @@ def _try(run: Updater, job: PatchJob, found: _Source) -> tuple[str, bytes, bytes
     """One try of the patch (see `run_patch`), a file's output written beside it; outcome
     "stop" when that write fails for want of anything but room."""
     use = found.loaded
-    outcome, out, out_sha1 = run_patch(run, use.data, use.sha1, job.patches[found.index])
+    outcome, out, out_sha1 = run_patch(run, use.data, use.sha1, job.patches[found.patch])
     if job.to_partition:
         if outcome == "ok" and len(out) > job.tgt_size:
             outcome = "failed"  # the output buffer holds tgt_size bytes

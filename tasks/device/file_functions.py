@@ -8,7 +8,7 @@ followed unit by unit (`each_node`, `dfota.device.interpreter.Units`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dfota.core.tree import DIR, SYMLINK
 from dfota.device.interpreter import Function, Updater
@@ -97,8 +97,7 @@ def fn_symlink(run: Updater, name: str, args: Sequence[Node]) -> Value:
     return b""
 
 
-@dataclass(frozen=True)
-class _Perms:
+class _Perms(NamedTuple):  # a tuple: made for every set_perm a script calls
     """What set_perm sets: the owner (None: a field left as it is) and the mode of folders
     and of files (the same for `set_perm`)."""
 

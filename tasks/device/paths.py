@@ -28,6 +28,14 @@ def _components(path: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8192)
+def _refused(path: str) -> str | None:
+    """Why the kernel refuses `path` outright (ENOENT for "", ENAMETOOLONG); None if not."""
+    if path == "":
+        return "ENOENT"
+    return "ENAMETOOLONG" if _too_long(path) else None
+
+
+@functools.lru_cache(maxsize=8192)
 def _too_long(path: str) -> bool:
     """Whether the kernel refuses `path` (ENAMETOOLONG): PATH_MAX bytes or more, or a
     component longer than NAME_MAX bytes."""
@@ -49,11 +57,11 @@ class Paths(Trials):
     def _resolve(self, path: str, follow: bool, every_mount: bool,
                  start: FsNode | None = None) -> Where:
         """Where `path` leads. A path without links to follow and without ".." (nearly
-        every one a script names) is walked here in one pass; any other by `_walk`."""
-        if path == "":
-            raise FsError("ENOENT", path)
-        if _too_long(path):
-            raise FsError("ENAMETOOLONG", path)
+        every one a script names) is walked here in one pass, inline (it is the hot path of
+        every run); any other by `_walk`."""
+        refused = _refused(path)
+        if refused is not None:
+            raise FsError(refused, path)
         parts = _components(path)  # last first
         must_dir = path.endswith("/")
         current = start or self.root
@@ -61,15 +69,21 @@ class Paths(Trials):
         name = ""
         for left in range(len(parts) - 1, -1, -1):
             step = parts[left]
-            if step == "..":
+            if step == ".." or current.kind != DIR:  # `_walk` takes ".." and says ENOTDIR
                 return self._walk(path, follow, every_mount, start)
-            child = self._child(current, step, path, every_mount)
-            if child is not None and child.kind == SYMLINK and (left or follow or must_dir):
+            child = current.children.get(step)
+            if self.reads is not None:
+                self._note(current, step, child)
+            if child is None:
+                return _missing(current, step, path, left > 0)
+            if child.mount is not None and (child.mount.active or every_mount):
+                child = child.mount.fs.root
+            if child.kind == SYMLINK and (left or follow or must_dir):
                 return self._walk(path, follow, every_mount, start)
             if not left:
-                return _last(current, step, child, path)
-            if child is None:
-                raise FsError("ENOENT", path)
+                if must_dir and child.kind != DIR:
+                    raise FsError("ENOTDIR", path)
+                return Where(current, step, child)
             parent, current, name = current, child, step
         return Where(parent, name, current)
 
@@ -110,12 +124,17 @@ class Paths(Trials):
             raise FsError("ENOTDIR", path)
         child = folder.children.get(name)
         if self.reads is not None:
-            self._read(child_item(folder, name))
-            if child is not None and child.mount is not None:
-                self._read(mount_item(child.mount))
+            self._note(folder, name, child)
         if child is not None and child.mount is not None and (child.mount.active or every_mount):
             return child.mount.fs.root
         return child
+
+    def _note(self, folder: FsNode, name: str, child: FsNode | None) -> None:
+        """A lookup read what `folder` holds under `name` (and whether what is there is
+        mounted)."""
+        self._read(child_item(folder, name))
+        if child is not None and child.mount is not None:
+            self._read(mount_item(child.mount))
 
     def stat(self, path: str, *, every_mount: bool = False) -> FsNode:
         node = self._resolve(path, True, every_mount).node
@@ -135,6 +154,14 @@ class Paths(Trials):
         except FsError:
             return False
         return True
+
+
+def _missing(folder: FsNode, name: str, path: str, more: bool) -> Where:
+    """Nothing is in `folder` under `name`: ENOENT when `more` of `path` is to walk, else
+    the place where something may be made."""
+    if more:
+        raise FsError("ENOENT", path)
+    return Where(folder, name, None)
 
 
 def _last(folder: FsNode, name: str, node: FsNode | None, path: str) -> Where:

@@ -53,8 +53,7 @@ def inherited_gid(parent: FsNode) -> int:
     return parent.gid if parent.mode & SETGID else 0
 
 
-@dataclass(frozen=True)
-class Meta:
+class Meta(NamedTuple):  # a tuple: made for every node a run makes
     """A node's mode and owner, as a new node gets them."""
 
     mode: int
@@ -72,9 +71,8 @@ class FsNode:
     def __init__(self, kind: str, meta: Meta, fs: Filesystem, parent: FsNode | None = None,
                  name: str = "") -> None:
         self.kind = kind
-        self.mode = meta.mode & 0o7777
-        self.uid = meta.uid
-        self.gid = meta.gid
+        mode, self.uid, self.gid = meta
+        self.mode = mode & 0o7777
         self.fs = fs
         self._data = b""
         self._stored: Stored | None = None  # a file's bytes not read yet (then `_data` is b"")
