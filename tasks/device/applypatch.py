@@ -26,8 +26,10 @@ _MAX_PATCH_OUTPUT = 1 << 31
 
 
 def load(run: Updater, name: str) -> Loaded | None:
+    """A file, or a partition named `MTD:...`, read whole as applypatch reads it; None (and a
+    line of log) when it cannot be."""
     if name.startswith(("MTD:", "EMMC:")):
-        return load_partition(run, name)
+        return _load_partition(run, name)
     try:
         return run.dev.load(name)
     except FsError as exc:
@@ -35,7 +37,7 @@ def load(run: Updater, name: str) -> Loaded | None:
         return None
 
 
-def load_partition(run: Updater, spec: str) -> Loaded | None:
+def _load_partition(run: Updater, spec: str) -> Loaded | None:
     """`MTD:name:size:sha1[:size:sha1...]`: the shortest listed prefix whose sha1 matches."""
     tokens = [t for t in spec.split(":") if t]
     pairs = (spec.count(":") - 1) // 2
@@ -65,9 +67,9 @@ def load_partition(run: Updater, spec: str) -> Loaded | None:
     return None
 
 
-def make_cache_space(run: Updater, needed: int) -> bool:
+def _make_cache_space(run: Updater, needed: int) -> bool:
     """Free `needed` bytes on /cache by deleting loose files there, as the device may."""
-    if free(run, "/cache") >= needed:
+    if _free(run, "/cache") >= needed:
         return True
     expendable = []
     for folder in ("/cache", "/cache/recovery/otatest"):
@@ -83,17 +85,17 @@ def make_cache_space(run: Updater, needed: int) -> bool:
             except FsError:
                 continue
     for path in sorted(expendable):
-        if free(run, "/cache") >= needed:
+        if _free(run, "/cache") >= needed:
             break
         try:
             run.dev.unlink(path)
             run.say(f"deleted {path} to make room on /cache")
         except FsError as exc:
             run.fs_failed(exc, "unlink")
-    return free(run, "/cache") >= needed
+    return _free(run, "/cache") >= needed
 
 
-def free(run: Updater, path: str) -> int:
+def _free(run: Updater, path: str) -> int:
     try:
         return run.dev.free_space(path)
     except FsError:
@@ -106,17 +108,17 @@ def fn_apply_patch_space(run: Updater, name: str, args: Sequence[Node]) -> Value
     needed, parsed = strtol10(text)
     if not parsed:
         raise Abort(f'{name}(): can\'t parse "{as_text(text)}" as byte count')
-    return b"t" if make_cache_space(run, needed % (1 << 64)) else b""
+    return b"t" if _make_cache_space(run, needed % (1 << 64)) else b""
 
 
 def fn_apply_patch_check(run: Updater, name: str, args: Sequence[Node]) -> Value:
     if not args:
         raise Abort(f"{name}(): expected at least 1 arg, got 0")
     values = run.strings(args)
-    return b"t" if patch_check(run, as_text(values[0]), values[1:]) else b""
+    return b"t" if _patch_check(run, as_text(values[0]), values[1:]) else b""
 
 
-def patch_check(run: Updater, name: str, sha1s: Sequence[bytes]) -> bool:
+def _patch_check(run: Updater, name: str, sha1s: Sequence[bytes]) -> bool:
     loaded = load(run, name)
     if loaded is None or (sha1s and _pick(loaded, sha1s) is None):
         run.say(f'file "{name}" doesn\'t have any of expected sha1 sums; checking cache')
@@ -218,7 +220,7 @@ def apply_patch(run: Updater, job: PatchJob) -> bool:
     if not _put_in_place(run, job, out, out_sha1):
         return False
     if made_copy:
-        try_unlink(run, SAVED_FILE)
+        _try_unlink(run, SAVED_FILE)
     return True
 
 
@@ -262,7 +264,7 @@ def _patched(run: Updater, job: PatchJob,
             return None
         run.say("applying patch failed; retrying")
         if not job.to_partition:
-            try_unlink(run, job.outname)
+            _try_unlink(run, job.outname)
         retry -= 1
 
 
@@ -273,11 +275,11 @@ def _before_try(run: Updater, job: PatchJob, found: _Source,
     has room, else its source is backed up and deleted (no retry then). Returns (the retries
     left, whether the source was backed up now), None to give up."""
     if job.to_partition:
-        if found.saved or not back_up(run, found.loaded):
+        if found.saved or not _back_up(run, found.loaded):
             run.say("failed to back up source file")
             return None
         return 0, True
-    room = free(run, job.target_fs) if retry > 0 else 0
+    room = _free(run, job.target_fs) if retry > 0 else 0
     if retry > 0 and room > _PATCH_MIN_FREE and room > job.tgt_size * 3 // 2:
         return retry, False
     if found.saved:
@@ -285,7 +287,7 @@ def _before_try(run: Updater, job: PatchJob, found: _Source,
     if job.src.startswith(("MTD:", "EMMC:")):
         run.say("not enough free space for target but source is partition")
         return None
-    if not back_up(run, found.loaded):
+    if not _back_up(run, found.loaded):
         return None
     try:
         run.dev.unlink(job.src)
@@ -295,16 +297,16 @@ def _before_try(run: Updater, job: PatchJob, found: _Source,
 
 
 def _try(run: Updater, job: PatchJob, found: _Source) -> tuple[str, bytes, bytes]:
-    """One try of the patch (see `run_patch`), a file's output written beside it; outcome
+    """One try of the patch (see `_run_patch`), a file's output written beside it; outcome
     "stop" when that write fails for want of anything but room."""
     use = found.loaded
-    outcome, out, out_sha1 = run_patch(run, use.data, use.sha1, job.patches[found.patch])
+    outcome, out, out_sha1 = _run_patch(run, use.data, use.sha1, job.patches[found.patch])
     if job.to_partition:
         if outcome == "ok" and len(out) > job.tgt_size:
             outcome = "failed"  # the output buffer holds tgt_size bytes
         return outcome, out, out_sha1
     if outcome != "ok":
-        try_write(run, job.outname, b"")  # opened before the patch is read
+        _try_write(run, job.outname, b"")  # opened before the patch is read
         return outcome, out, out_sha1
     try:
         run.dev.write_file(job.outname, out, new_mode=0o600,
@@ -334,9 +336,9 @@ def _put_in_place(run: Updater, job: PatchJob, out: bytes, out_sha1: bytes) -> b
     return True
 
 
-def back_up(run: Updater, source: Loaded) -> bool:
+def _back_up(run: Updater, source: Loaded) -> bool:
     """Copy the source to /cache/saved.file with its mode and owner."""
-    if not make_cache_space(run, len(source.data)):
+    if not _make_cache_space(run, len(source.data)):
         run.say("not enough free space on /cache")
         return False
     try:
@@ -348,8 +350,8 @@ def back_up(run: Updater, source: Loaded) -> bool:
     return True
 
 
-def run_patch(run: Updater, source: bytes, source_sha1: str,
-              patch: Blob) -> tuple[str, bytes, bytes]:
+def _run_patch(run: Updater, source: bytes, source_sha1: str,
+               patch: Blob) -> tuple[str, bytes, bytes]:
     """("ok", output, its sha1), ("failed", ...) or ("unknown", ...) for a patch format the
     device does not know. IMGDIFF2 is known to the device but not to the host."""
     data = patch.data
@@ -374,14 +376,14 @@ def run_patch(run: Updater, source: bytes, source_sha1: str,
     return ("ok", *run.package.patched[key])
 
 
-def try_write(run: Updater, path: str, data: bytes) -> None:
+def _try_write(run: Updater, path: str, data: bytes) -> None:
     try:
         run.dev.write_file(path, data, new_mode=0o600)
     except FsError as exc:
         run.fs_failed(exc, "write")
 
 
-def try_unlink(run: Updater, path: str) -> None:
+def _try_unlink(run: Updater, path: str) -> None:
     try:
         run.dev.unlink(path)
     except FsError as exc:

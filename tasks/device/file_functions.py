@@ -2,7 +2,7 @@
 of one path or a whole tree (`set_perm`, `set_metadata` and their recursive forms).
 
 A recursive statement's walk and each node it visits are units of their own when a run is
-followed unit by unit (`each_node`, `dfota.device.interpreter.Units`).
+followed unit by unit (`dfota.device.interpreter.Units`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dfota.device.values import Abort, Value, argc, as_text, chown_id, scanf_int
 from dfota.formats.edify_parse import Node
 
 
-def make_parents(run: Updater, path: str) -> bool:
+def _make_parents(run: Updater, path: str) -> bool:
     """mkdir 0700 of every missing ancestor of `path` (rename and symlink do this)."""
     for at in range(1, len(path)):
         if path[at] != "/":
@@ -38,7 +38,7 @@ def fn_rename(run: Updater, name: str, args: Sequence[Node]) -> Value:
         raise Abort(f"{'src' if not src_b else 'dst'}_name argument to {name}() "
                     "can't be empty")
     src, dst = as_text(src_b), as_text(dst_b)
-    if not make_parents(run, dst):
+    if not _make_parents(run, dst):
         raise Abort(f"Creating parent of {dst} failed")
     if run.dev.exists(dst) and not run.dev.exists(src):
         return dst_b  # already moved
@@ -54,7 +54,7 @@ def fn_delete(run: Updater, name: str, args: Sequence[Node]) -> Value:
     for path in map(as_text, run.strings(args)):
         try:
             if name == "delete_recursive":
-                unlink_tree(run, path)
+                _unlink_tree(run, path)
             else:
                 run.dev.unlink(path)
             done += 1
@@ -63,13 +63,13 @@ def fn_delete(run: Updater, name: str, args: Sequence[Node]) -> Value:
     return str(done).encode()
 
 
-def unlink_tree(run: Updater, path: str) -> None:
+def _unlink_tree(run: Updater, path: str) -> None:
     node = run.dev.lstat(path)
     if node.kind != DIR:
         run.dev.unlink(path)
         return
     for child in run.dev.names(node):
-        unlink_tree(run, f"{path}/{child}")
+        _unlink_tree(run, f"{path}/{child}")
     run.dev.rmdir(path)
 
 
@@ -85,7 +85,7 @@ def fn_symlink(run: Updater, name: str, args: Sequence[Node]) -> Value:
             if exc.code != "ENOENT":
                 run.fs_failed(exc, "remove")
                 bad += 1
-        if not make_parents(run, link):
+        if not _make_parents(run, link):
             bad += 1
         try:
             run.dev.symlink(target, link)
@@ -117,7 +117,7 @@ def fn_set_perm(run: Updater, name: str, args: Sequence[Node]) -> Value:
     bad = 0
     for path in map(as_text, values[len(labels):]):
         if recursive:
-            perm_tree(run, path, perms)
+            _perm_tree(run, path, perms)
             continue
         try:
             node = run.dev.lstat(path)
@@ -143,17 +143,17 @@ def _perms(name: str, labels: Sequence[str], values: Sequence[bytes]) -> _Perms:
     return _Perms(chown_id(numbers[0]), chown_id(numbers[1]), numbers[2], numbers[-1])
 
 
-def perm_tree(run: Updater, path: str, perms: _Perms) -> None:
+def _perm_tree(run: Updater, path: str, perms: _Perms) -> None:
     """set_perm_recursive on one path."""
     def act(where: str, node: FsNode) -> None:
         if node.kind != SYMLINK:
             run.dev.set_owner_mode(node, perms.uid, perms.gid,
                                    perms.dmode if node.kind == DIR else perms.fmode, where)
 
-    each_node(run, lambda: preorder(run, path), act)
+    _each_node(run, lambda: _preorder(run, path), act)
 
 
-def preorder(run: Updater, path: str) -> list[tuple[str, FsNode]]:
+def _preorder(run: Updater, path: str) -> list[tuple[str, FsNode]]:
     """What set_perm_recursive visits: each node before what it holds, a link not
     followed, up to the first that cannot be looked up (there it stops, silently)."""
     out: list[tuple[str, FsNode]] = []
@@ -174,8 +174,8 @@ def preorder(run: Updater, path: str) -> list[tuple[str, FsNode]]:
     return out
 
 
-def each_node(run: Updater, walk: Callable[[], list[tuple[str, FsNode]]],
-              act: Callable[[str, FsNode], None]) -> None:
+def _each_node(run: Updater, walk: Callable[[], list[tuple[str, FsNode]]],
+               act: Callable[[str, FsNode], None]) -> None:
     """`act` on each node `walk` finds, in its order. With units, the walk is the
     statement's first unit and each node one more."""
     units = run.units
@@ -210,7 +210,7 @@ def fn_set_metadata(run: Updater, name: str, args: Sequence[Node]) -> Value:
     act = _metadata_setter(run, _metadata_wanted(run, values[1:]))
     if name == "set_metadata_recursive":
         # the walk looks the top up again: so that what it found is in its footprint
-        each_node(run, lambda: depth_first(run, path, run.dev.lstat(path)), act)
+        _each_node(run, lambda: _depth_first(run, path, run.dev.lstat(path)), act)
     else:
         act(path, top)
     return b""
@@ -246,13 +246,13 @@ def _metadata_setter(run: Updater, wanted: dict[str, int | None]) -> Callable[[s
     return act
 
 
-def depth_first(run: Updater, path: str, node: FsNode) -> list[tuple[str, FsNode]]:
+def _depth_first(run: Updater, path: str, node: FsNode) -> list[tuple[str, FsNode]]:
     """nftw(FTW_PHYS | FTW_DEPTH): what is in a directory comes before it."""
     out: list[tuple[str, FsNode]] = []
     if node.kind == DIR:
         for child in run.dev.names(node):
             child_path = f"{path}/{child}"
-            out += depth_first(run, child_path, run.dev.lstat(child_path))
+            out += _depth_first(run, child_path, run.dev.lstat(child_path))
     out.append((path, node))
     return out
 

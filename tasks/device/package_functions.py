@@ -35,10 +35,10 @@ def fn_package_extract_dir(run: Updater, name: str, args: Sequence[Node]) -> Val
             if index >= len(entries):
                 break
         entry = entries[index]
-        outcome = extract_entry(run, entry, prefix, base)
+        outcome = _extract_entry(run, entry, prefix, base)
         if units is not None:
             def redo(again: Updater, e: ZipEntry = entry) -> str:
-                return extract_entry(again, e, prefix, base)
+                return _extract_entry(again, e, prefix, base)
 
             units.entry_done(run, index, outcome, redo)
         if outcome == "stop":
@@ -49,11 +49,11 @@ def fn_package_extract_dir(run: Updater, name: str, args: Sequence[Node]) -> Val
     return b"t"
 
 
-def extract_entry(run: Updater, entry: ZipEntry, prefix: bytes, base: bytes) -> str:
+def _extract_entry(run: Updater, entry: ZipEntry, prefix: bytes, base: bytes) -> str:
     """One file of `package_extract_dir`: "" to go on, "stop" to fail, "break" to stop
     and report success (out of room, or a corrupt entry truncated)."""
     target = as_text(base + entry.name[len(prefix):])
-    if not create_hierarchy(run, target):
+    if not _create_hierarchy(run, target):
         return "stop"
     data, ok = run.zip.read(entry)
     try:
@@ -67,20 +67,20 @@ def extract_entry(run: Updater, entry: ZipEntry, prefix: bytes, base: bytes) -> 
     return ""
 
 
-def create_hierarchy(run: Updater, target: str) -> bool:
+def _create_hierarchy(run: Updater, target: str) -> bool:
     """The parents of an extracted file, made 0755 as needed (links followed)."""
     cut = target.rfind("/")
     if cut <= 0:
         run.say(f"cannot create the folder of {target}")
         return False
     folder = target[: cut + 1]
-    status = dir_status(run, folder)
+    status = _dir_status(run, folder)
     if status != "missing":
         return status == "dir"
     for at in range(1, len(folder)):
         if folder[at] != "/" or folder[at - 1] == "/":
             continue
-        status = dir_status(run, folder[:at])
+        status = _dir_status(run, folder[:at])
         if status == "illegal":
             return False
         if status == "missing":
@@ -92,7 +92,7 @@ def create_hierarchy(run: Updater, target: str) -> bool:
     return True
 
 
-def dir_status(run: Updater, path: str) -> str:
+def _dir_status(run: Updater, path: str) -> str:
     try:
         return "dir" if run.dev.stat(path).kind == DIR else "illegal"
     except FsError as exc:

@@ -21,7 +21,8 @@ for every unit done, what it depends on:
 
 Running a unit instead of taking it as done is always right (it is what the module does);
 the footprints only decide what may be skipped. A unit whose footprint could be incomplete
-(a rename) is never settled.
+(a rename) is never settled. Units are numbered in `dfota.device.units` and footprints kept
+in `dfota.device.footprints`; here, the re-runs.
 """
 
 from __future__ import annotations

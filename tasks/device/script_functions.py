@@ -28,7 +28,7 @@ from dfota.device.values import (
 from dfota.formats.edify_parse import Node, calls, source
 
 
-def assert_failed(run: Updater, arg: Node) -> Abort:
+def _assert_failed(run: Updater, arg: Node) -> Abort:
     """The abort of a failed `assert(arg)`, telling which check failed in it, if one did."""
     names = {call.name for call in calls(arg)}
     check = next((name for name in ("apply_patch_check", "apply_patch_space") if name in names),
@@ -43,7 +43,7 @@ def fn_abort(run: Updater, name: str, args: Sequence[Node]) -> Value:
 def fn_assert(run: Updater, name: str, args: Sequence[Node]) -> Value:
     for arg in args:
         if not run.string(arg):
-            raise assert_failed(run, arg)
+            raise _assert_failed(run, arg)
     return b""
 
 
@@ -78,16 +78,16 @@ def fn_is_substring(run: Updater, name: str, args: Sequence[Node]) -> Value:
 def fn_less_than_int(run: Updater, name: str, args: Sequence[Node]) -> Value:
     argc(name, args, 2)
     left, right = run.strings(args)
-    return less_than(run, left, right)
+    return _less_than(run, left, right)
 
 
 def fn_greater_than_int(run: Updater, name: str, args: Sequence[Node]) -> Value:
     argc(name, args, 2)
     left, right = run.strings(args)
-    return less_than(run, right, left)
+    return _less_than(run, right, left)
 
 
-def less_than(run: Updater, left: bytes, right: bytes) -> bytes:
+def _less_than(run: Updater, left: bytes, right: bytes) -> bytes:
     numbers = []
     for text in (left, right):
         value, end = c_number(text, 10)
