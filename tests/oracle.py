@@ -24,7 +24,8 @@ from pathlib import Path
 from dfota.build.targetfiles import BOOT_IMAGE
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.fs import Device, FsNode
+from dfota.device.fs import Device
+from dfota.device.storage import FsNode
 from dfota.device.updater import (
     BAD_PACKAGE,
     CHECK_FAILED,

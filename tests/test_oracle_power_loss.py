@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from dfota.device.fs import Device
-from dfota.device.updater import Package, PowerLoss, apply_package, load_package
+from dfota.device.interpreter import Package
+from dfota.device.updater import PowerLoss, apply_package, load_package
 from dfota.package.delta import build_delta
 from tests.builders import BASE_REV, NEXT_REV, binary, d, edited, f, ln, version_text
 from tests.oracle import (

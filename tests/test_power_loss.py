@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfota.device.fs import Device
-from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
-from dfota.device.updater import Package, UpdateResult, apply_package, load_package
+from dfota.device.interpreter import Package
+from dfota.device.power_loss import for_each_power_loss
+from dfota.device.units import MarkRecorder, Marks
+from dfota.device.updater import UpdateResult, apply_package, load_package
 from dfota.device.updater import resume_after_power_loss as full_rerun
 from dfota.package.delta import build_delta
 from tests.builders import BASE_REV, NEXT_REV, binary, d, f, ln, version_text

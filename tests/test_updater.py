@@ -17,10 +17,14 @@ import bsdiff4
 import pytest
 
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
-from dfota.device.fs import Device, EntrySpec, FsError, Partition, entry_key
-from dfota.device.power_loss import MarkRecorder, Marks, for_each_power_loss
+from dfota.device.applypatch import SAVED_FILE
+from dfota.device.fs import Device
+from dfota.device.host import EntrySpec, entry_key
+from dfota.device.power_loss import for_each_power_loss
+from dfota.device.storage import FsError, Partition
+from dfota.device.units import MarkRecorder, Marks
 from dfota.device.updater import (
-    SAVED_FILE,
+    FUNCTIONS,
     SCRIPT_NAME,
     PowerLoss,
     UpdateResult,
@@ -30,6 +34,7 @@ from dfota.device.updater import (
     precheck,
     resume_after_power_loss,
 )
+from dfota.formats.edify_parse import DEVICE_FUNCTIONS
 from dfota.formats.zipio import ZipItem, bytes_item, dir_item, link_item, write_zip
 
 MOUNT = 'mount("ubifs", "MTD", "system", "/system");\n'
@@ -158,6 +163,11 @@ def test_run_program_and_format_abort_on_the_host(tmp_path: Path) -> None:
         result, _ = run(tmp_path, call + ";")
         assert (result.updater_exit, result.code) == (7, 502)
         assert "not supported" in result.message
+
+
+def test_every_function_the_parser_knows_has_its_model() -> None:
+    """The functions a script may call (the parser's list) are the ones the updater runs."""
+    assert set(FUNCTIONS) == DEVICE_FUNCTIONS
 
 
 # --- package and zip reading ---------------------------------------------------------------

@@ -21,327 +21,35 @@ for every unit done, what it depends on:
 
 Running a unit instead of taking it as done is always right (it is what the module does);
 the footprints only decide what may be skipped. A unit whose footprint could be incomplete
-(a rename) is never settled.
+(a rename) is never settled. Units are numbered in `dfota.device.units` and footprints kept
+in `dfota.device.footprints`; here, the re-runs.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
-from dfota.device.fs import Device, FsNode, Item, item_value, same_value
-from dfota.device.updater import (
-    Package,
-    PowerLoss,
-    Rejoined,
-    UpdateResult,
-    _Abort,
-    _Updater,
-    apply_package,
-)
-from dfota.formats.edify_parse import Call, Literal, Node, Or
+from dfota.device.footprints import Footprints, Key, Reads, footprint_of
+from dfota.device.fs import Device
+from dfota.device.interpreter import Package, Updater
+from dfota.device.items import Item, item_value, same_value
+from dfota.device.units import Marks, Numbering, Walk
+from dfota.device.updater import PowerLoss, Rejoined, UpdateResult, apply_package
+from dfota.formats.edify_parse import Node
 
-Key = tuple[object, ...]
-# key -> (item, value, set): what a unit read, or set whatever was there (set=True)
-Footprint = dict[Key, tuple[Item, object, bool]]
-Reads = list[tuple[Item, object, bool]]
-Walk = list[tuple[str, FsNode]]
 _LOOK_AHEAD = 64  # units checked one by one for a changed item before one is simply run
-
-
-def _split(item: Node) -> bool:
-    """Whether a statement's units are its files or nodes: `package_extract_dir("a", "/b")`,
-    `set_perm_recursive` of one path or `set_metadata_recursive`, with literal arguments,
-    alone or `|| abort(...)`."""
-    if isinstance(item, Or) and isinstance(item.right, Call) and item.right.name == "abort":
-        item = item.left
-    if not isinstance(item, Call) or not all(type(a) is Literal for a in item.args):
-        return False
-    count = len(item.args)
-    return {"package_extract_dir": count == 2, "set_perm_recursive": count == 5,
-            "set_metadata_recursive": count >= 3 and count % 2 == 1}.get(item.name, False)
-
-
-@dataclass
-class Marks:
-    """A whole run, unit by unit: the first unit of each statement and the device's digest
-    after each unit (None where a write was cut short for want of room)."""
-
-    first_unit: list[int] = field(default_factory=list)
-    digests: list[object] = field(default_factory=list)
-
-
-class _Numbering:
-    """Units numbered in the order a run meets them (every run of one package on one
-    source meets them alike, up to where it stops)."""
-
-    def __init__(self, marks: Marks) -> None:
-        self.marks = marks
-        self.split = False  # the current statement's units are its files or nodes
-        self.unsplit = False  # ... but a re-run found another walk: it runs whole
-        self.index = 0  # the current statement
-        self.base = 0  # its first unit
-        self.current = -1
-
-    def begin(self, index: int, items: Sequence[Node]) -> int:
-        first = self.marks.first_unit
-        if index == len(first):
-            first.append(len(self.marks.digests))
-        self.index, self.base = index, first[index]
-        self.split, self.unsplit = _split(items[index]), False
-        self.current = self.base
-        return self.base
-
-    def entry_unit(self, index: int) -> int:
-        self.current = self.base + index
-        return self.current
-
-
-class _WholeRun(_Numbering):
-    """`Units` for a run that goes through every unit: `_unit_done` follows each."""
-
-    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
-        self.begin(index, items)
-        return index
-
-    def statement_done(self, run: _Updater, index: int, item: Node) -> None:
-        if not self.split:
-            self._unit_done(run, lambda again: again.value(item), None)
-
-    def entry(self, run: _Updater, index: int, count: int) -> int:
-        if self.split:
-            self.entry_unit(index)
-        return index
-
-    def entry_done(self, run: _Updater, index: int, outcome: str,
-                   redo: Callable[[_Updater], str]) -> None:
-        if self.split:
-            self._unit_done(run, redo, outcome)
-
-    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
-        if not self.split:
-            return compute()
-        self.entry_unit(0)
-        nodes = compute()
-        self._walked(nodes)
-        self._unit_done(run, lambda _again: compute(), nodes)
-        return nodes
-
-    def _walked(self, nodes: Walk) -> None:
-        """What the current statement's walk found."""
-
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
-                   outcome: object) -> None:
-        """The current unit is done; `redo` runs it again, and `outcome` is what it gave
-        (None: a statement, which only must not abort)."""
-        raise NotImplementedError
-
-
-class MarkRecorder(_WholeRun):
-    """`Units` for the whole run the re-runs rejoin: records `Marks`."""
-
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
-                   outcome: object) -> None:
-        self.marks.digests.append(None if run.no_space else run.dev.digest())
-
-
-class _Footprints(_WholeRun):
-    """`Units` for the run that is cut: settles each unit as it is done and follows which
-    footprints the run's changes unsettle."""
-
-    def __init__(self, marks: Marks, device: Device, package: Package) -> None:
-        super().__init__(Marks(first_unit=marks.first_unit))
-        self.dev = device
-        self.scratch = _Updater(package, device, None)
-        self.footprints: list[Footprint | None] = []  # None: never settled
-        self.differing: list[set[Key]] = []
-        self.unsettled: list[int] = []  # sorted
-        self.holders: dict[Key, list[int]] = {}  # item key -> units, sorted
-        self.readers: dict[Key, list[int]] = {}  # the holders that read it, sorted
-        self.last_setter: dict[Key, int] = {}  # the newest unit that set it
-        self.walks: dict[int, Walk] = {}  # by statement: the nodes its walk found
-        self.unknown: list[int] = []  # units never settled (what they read is not known)
-        self.covering: dict[Key, set[int]] = {}  # units whose difference there is covered
-        self.whole_reruns = 0  # re-runs that found a covered difference read: run whole
-        self.changes: dict[Key, Item] = {}  # not yet checked
-        device.watch = self.heard
-
-    def heard(self, item: Item) -> None:
-        self.changes[item[0]] = item
-
-    # --- the run -----------------------------------------------------------------------------
-
-    def _walked(self, nodes: Walk) -> None:
-        self.walks[self.index] = nodes
-
-    def _unit_done(self, run: _Updater, redo: Callable[[_Updater], object],
-                   outcome: object) -> None:
-        self._settle_new(redo, outcome)
-
-    def _settle_new(self, redo: Callable[[_Updater], object], outcome: object = None) -> None:
-        """The unit just done, run again on the state it left."""
-        unit = len(self.footprints)
-        assert unit == self.current
-        self.check()
-        footprint = self._again(redo, outcome)
-        self.footprints.append(footprint)
-        self.differing.append(set())
-        if footprint is None:
-            self.unsettled.append(unit)
-            self.unknown.append(unit)
-            return
-        for key, (item, _, sets) in footprint.items():
-            self.holders.setdefault(key, []).append(unit)
-            if sets:
-                self.last_setter[key] = unit
-                self._judge_all(key, item)  # what it sets again may cover earlier units
-            else:
-                self.readers.setdefault(key, []).append(unit)
-
-    def _again(self, redo: Callable[[_Updater], object], outcome: object) -> Footprint | None:
-        """The footprint of `redo` on the device as it is, if it changes nothing and ends as
-        `outcome` (None: does not abort)."""
-        dev, hook, watch = self.dev, self.dev.hook, self.dev.watch
-        reads: Reads = []
-        dev.watch, dev.hook = None, self.scratch.on_step
-        changed = same = False
-        with dev.trial():
-            dev.reads = reads
-            try:
-                got = redo(self.scratch)
-                aborted = False
-            except _Abort:
-                aborted = True
-            finally:
-                dev.reads = None
-            if dev.changed_in_trial():
-                changed, after = True, dev.digest()
-        if changed:
-            same = dev.digest() == after  # a change back to what was there (a link made anew)
-        dev.watch, dev.hook = watch, hook
-        if aborted or (changed and not same) or (outcome is not None and got != outcome):
-            return None
-        return _footprint(reads)
-
-    def check(self) -> None:
-        """Check the footprints that hold an item the run changed since the last look."""
-        changes, self.changes = self.changes, {}
-        for key, item in changes.items():
-            self._judge_all(key, item)
-
-    def _judge_all(self, key: Key, item: Item) -> None:
-        value = item_value(item)
-        covering = self.covering.get(key) or ()
-        footprints, differing = self.footprints, self.differing
-        for unit in self.holders.get(key, ()):
-            held = footprints[unit]
-            seen = held.get(key) if held is not None else None
-            if seen is None:
-                continue  # it holds the key no more: nothing to judge
-            # what most holders find: the value they saw, and nothing to undo (`_judge`)
-            if unit not in covering and key not in differing[unit] \
-                    and same_value(seen[0], seen[1], value):
-                continue
-            self._judge(unit, key, value)
-
-    def _judge(self, unit: int, key: Key, value: object) -> None:
-        """Whether `unit` differs at `key`, now `value`: it read something else there, or
-        it set something else that no later unit sets back before anything reads it."""
-        footprint = self.footprints[unit]
-        if footprint is None or key not in footprint:
-            return
-        item, seen, sets = footprint[key]
-        differs = self.differing[unit]
-        was = bool(differs)
-        covered = False
-        if same_value(item, seen, value):
-            differs.discard(key)
-        elif sets and self._covered(unit, key, item, value):
-            differs.discard(key)
-            covered = True
-        else:
-            differs.add(key)
-        if covered:
-            self.covering.setdefault(key, set()).add(unit)
-        elif key in self.covering:
-            self.covering[key].discard(unit)
-        if was != bool(differs):
-            if differs:
-                bisect.insort(self.unsettled, unit)
-            else:
-                _discard(self.unsettled, unit)
-
-    def _covered(self, unit: int, key: Key, item: Item, value: object) -> bool:
-        """A later unit sets `key` to what it is now, and nothing between reads it: what
-        `unit` would set there, run again, is set back before it counts."""
-        setter = self.last_setter.get(key, -1)
-        found = self.footprints[setter] if setter > unit else None
-        if found is None or key not in found or not found[key][2] \
-                or not same_value(item, found[key][1], value):
-            return False
-        for between in (self.readers.get(key, ()), self.unknown):
-            at = bisect.bisect_right(between, unit)
-            if at < len(between) and between[at] < setter:
-                return False
-        return True
-
-    def in_flight(self, key: Key, unit: int) -> bool:
-        """Whether a re-run that reaches `unit` has skipped an earlier unit that would have
-        set `key` to something a later one sets back (so a read of it there could differ
-        from the module's)."""
-        covered = self.covering.get(key)
-        if not covered:
-            return False
-        return min(covered) < unit < self.last_setter.get(key, -1)
-
-    def resettle(self, unit: int, footprint: Footprint) -> None:
-        """`unit` changes nothing on the state as it is now, reading `footprint`."""
-        old = self.footprints[unit]
-        for key, (_item, _, sets) in footprint.items():
-            if old is None or key not in old:
-                bisect.insort(self.holders.setdefault(key, []), unit)
-            if not sets:
-                readers = self.readers.setdefault(key, [])
-                at = bisect.bisect_left(readers, unit)
-                if at == len(readers) or readers[at] != unit:
-                    readers.insert(at, unit)
-        _discard(self.unsettled, unit)
-        _discard(self.unknown, unit)
-        self.footprints[unit] = footprint
-        self.differing[unit] = set()
-        for key, (item, _, sets) in footprint.items():
-            if not sets:  # a new reader may uncover what an earlier unit sets
-                self._judge_all(key, item)
-
-
-def _discard(ordered: list[int], unit: int) -> None:
-    at = bisect.bisect_left(ordered, unit)
-    if at < len(ordered) and ordered[at] == unit:
-        del ordered[at]
-
-
-def _footprint(reads: Iterable[tuple[Item, object, bool]]) -> Footprint:
-    """The first value of each item; read, if it was read before or after it was set."""
-    footprint: Footprint = {}
-    for item, value, sets in reads:
-        key = item[0]
-        if key not in footprint:
-            footprint[key] = (item, value, sets)
-        elif not sets and footprint[key][2]:
-            footprint[key] = (footprint[key][0], footprint[key][1], False)
-    return footprint
 
 
 class _Unsound(Exception):
     """A re-run read what a unit it skipped would have changed: it must run whole."""
 
 
-class _Rerun(_Numbering):
+class _Rerun(Numbering):
     """`Units` for a re-run after a cut in unit `cut`: skips what it may."""
 
-    def __init__(self, followed: _Footprints, cut: int, whole: Marks) -> None:
+    def __init__(self, followed: Footprints, cut: int, whole: Marks) -> None:
         super().__init__(whole)
         self.f = followed
         self.cut = cut
@@ -404,7 +112,7 @@ class _Rerun(_Numbering):
         if self.current < self.cut:
             self.dev.reads = self.reads
 
-    def _ran(self, run: _Updater, index: int, outcome: str = "") -> None:
+    def _ran(self, run: Updater, index: int, outcome: str = "") -> None:
         self.dev.reads = None
         unit = self.current
         if unit < self.cut:
@@ -414,7 +122,7 @@ class _Rerun(_Numbering):
             # run because it was unsettled: if it changed nothing, it is settled again
             if self.calm and outcome == "" and not self.dev.changed_in_trial(
                     since=self.journal_mark):
-                self.f.resettle(unit, _footprint(self.reads))
+                self.f.resettle(unit, footprint_of(self.reads))
             return
         mark = self.marks.digests[unit] if unit < len(self.marks.digests) else None
         if mark is not None and not run.no_space and self.dev.digest() == mark:
@@ -422,7 +130,7 @@ class _Rerun(_Numbering):
 
     # --- Units -------------------------------------------------------------------------------
 
-    def statement(self, run: _Updater, index: int, items: Sequence[Node]) -> int:
+    def statement(self, run: Updater, index: int, items: Sequence[Node]) -> int:
         first = self.marks.first_unit
         if index < len(first) and first[index] < self.cut:
             # the statement that holds the first unit to run (one of no unit holds none)
@@ -434,11 +142,11 @@ class _Rerun(_Numbering):
             self._begin_unit()
         return index
 
-    def statement_done(self, run: _Updater, index: int, item: Node) -> None:
+    def statement_done(self, run: Updater, index: int, item: Node) -> None:
         if not self.split and not self.unsplit:
             self._ran(run, index)
 
-    def walk(self, run: _Updater, compute: Callable[[], Walk]) -> Walk:
+    def walk(self, run: Updater, compute: Callable[[], Walk]) -> Walk:
         if not self.split:
             return compute()
         found = self.f.walks.get(self.index)
@@ -453,7 +161,7 @@ class _Rerun(_Numbering):
             self.split, self.unsplit = False, True
         return nodes
 
-    def entry(self, run: _Updater, index: int, count: int) -> int:
+    def entry(self, run: Updater, index: int, count: int) -> int:
         if not self.split:
             return index
         index = min(self.next_unit(self.base + index) - self.base, count)
@@ -462,8 +170,8 @@ class _Rerun(_Numbering):
             self._begin_unit()
         return index
 
-    def entry_done(self, run: _Updater, index: int, outcome: str,
-                   redo: Callable[[_Updater], str]) -> None:
+    def entry_done(self, run: Updater, index: int, outcome: str,
+                   redo: Callable[[Updater], str]) -> None:
         if self.split:
             self._ran(run, index, outcome)
 
@@ -485,7 +193,7 @@ def for_each_power_loss(package: Package, device: Device, steps: Sequence[int],
     wanted = set(steps)
     twin = device.copy()
     reached: set[int] = set()
-    followed = _Footprints(follow, twin, package) if follow is not None else None
+    followed = Footprints(follow, twin, package) if follow is not None else None
 
     def rerun(step: int, cut: int) -> None:
         if followed is None or follow is None:  # one is None exactly when the other is

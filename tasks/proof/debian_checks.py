@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dfota.build.targetfiles import BOOT_IMAGE, system_path
 from dfota.core.errors import DfotaError, shown_path
-from dfota.device.fs import Stored
+from dfota.device.storage import Stored
 from dfota.formats.zipio import ZipSource
 from dfota.state.store import Records
 

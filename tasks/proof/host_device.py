@@ -22,7 +22,9 @@ from dfota.build.targetfiles import (
 from dfota.core.errors import DfotaError, quoted, shown_path
 from dfota.core.tree import FILE, SYMLINK, Entry, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.fs import Device, EntrySpec, Partition, Stored, entry_key
+from dfota.device.fs import Device
+from dfota.device.host import EntrySpec, entry_key
+from dfota.device.storage import Partition, Stored
 from dfota.formats.filelists import FileLists
 from dfota.formats.zipio import ZipSource
 

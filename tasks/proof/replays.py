@@ -11,9 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dfota.core.tree import Tree
-from dfota.device.fs import Device, entry_key
-from dfota.device.power_loss import Marks, for_each_power_loss
-from dfota.device.updater import Package, UpdateResult
+from dfota.device.fs import Device
+from dfota.device.host import entry_key
+from dfota.device.interpreter import Package
+from dfota.device.power_loss import for_each_power_loss
+from dfota.device.units import Marks
+from dfota.device.updater import UpdateResult
 from dfota.proof.host_device import state_differences
 
 

@@ -22,9 +22,11 @@ from dfota.core.errors import DfotaError, shown_path
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.fs import Device, Stored
-from dfota.device.power_loss import MarkRecorder, Marks
-from dfota.device.updater import Package, UpdateResult, load_package, precheck
+from dfota.device.fs import Device
+from dfota.device.interpreter import Package
+from dfota.device.storage import Stored
+from dfota.device.units import MarkRecorder, Marks
+from dfota.device.updater import UpdateResult, load_package, precheck
 from dfota.device.updater import apply_package as host_apply
 from dfota.formats.filelists import FileLists
 from dfota.formats.version import VERSION_FILE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dfota.core.errors import DfotaError, shown_path
 from dfota.core.tree import DIR, FILE
-from dfota.device.fs import FsNode
+from dfota.device.storage import FsNode
 from dfota.upgrade import adb_wire, at_port
 from dfota.upgrade.twin_faults import Faults
 from dfota.upgrade.twin_flash import Flash
@@ -113,7 +113,7 @@ class ModuleSystem(adb_wire.SyncFiles):
 
     def system_files(self) -> list[FsNode]:
         """The nodes of regular files under /system."""
-        from dfota.device.fs import _walk
+        from dfota.device.host import _walk
 
         return [n for _, n in _walk(self.device.mounts["/system"].fs.root, "")
                 if n.kind == FILE]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dfota.core.errors import shown_path
-from dfota.device.fs import DeviceZip, ZipFormatError
+from dfota.device.zip_reader import DeviceZip, ZipFormatError
 from dfota.upgrade import adb_wire, at_port
 from dfota.upgrade.twin_system import VERSION_PATH, ModuleSystem, damaged
 
