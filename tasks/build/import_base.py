@@ -6,7 +6,7 @@ from a template."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -36,6 +36,7 @@ from dfota.build.targetfiles import (
     SYSTEM,
     SYSTEM_MANIFEST,
     UPDATER,
+    missing_parents,
     system_meta_items,
 )
 from dfota.build.tree_compare import is_utf8, under
@@ -64,18 +65,6 @@ def _refuse_non_utf8(tree: UbifsTree) -> None:
         if entry.kind == SYMLINK and not is_utf8(entry.link):
             raise DfotaError(f"volume {tree.volume}: {shown_path(entry.path)}: link target is "
                              "not valid UTF-8; a targetfiles.zip cannot carry it", tree.image)
-
-
-def _missing_parents(names: Iterable[str]) -> list[ZipItem]:
-    present = set(names)
-    missing: set[str] = set()
-    for name in present:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in present:
-                missing.add(parent)
-    return [dir_item(p, 0o755) for p in sorted(missing)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +167,7 @@ def _write_base(images: FirmwareImages, rootfs: Tree, template: _Template, dest:
         ]
         if FIRMWARE not in rootfs:
             items.append(dir_item(f"{SYSTEM}/{FIRMWARE}", 0o755))
-        items += _missing_parents(i.name for i in items)
+        items += missing_parents(items)
         write_zip(dest, items)
 
 

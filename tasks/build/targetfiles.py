@@ -304,11 +304,11 @@ def plan_target(sdk: SdkOutput, src: ZipSource, rootfs: FolderScan) -> TargetPla
         else:
             items.append(path_item(name, rootfs_dir / rel, entry.mode, entry.sha1))
     items.extend(system_meta_items(system))
-    items.extend(_missing_parents(items))
+    items.extend(missing_parents(items))
     return TargetPlan(tuple(items), system, rootfs_version(sdk.rootfs, rootfs))
 
 
-def _missing_parents(items: Iterable[ZipItem]) -> list[ZipItem]:
+def missing_parents(items: Iterable[ZipItem]) -> list[ZipItem]:
     """Directory entries for parents that have none (zip -r always writes them)."""
     names = {i.name for i in items}
     missing: set[str] = set()

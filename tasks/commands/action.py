@@ -91,3 +91,8 @@ def guarded(name: str, log_dir: Path | None,
 
     action.__name__ = name
     return action
+
+
+def always_run(name: str, log_dir: Path | None, step: Callable[[RunLog], object]) -> TaskDict:
+    """A task that does its work each time it is named (it has no outputs to be up to date)."""
+    return {"actions": [guarded(name, log_dir, step)], "uptodate": [False], "verbosity": 2}

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dfota.build.archive import archive_of
-from dfota.commands.action import TaskDict, guarded
+from dfota.commands.action import TaskDict, always_run
 from dfota.commands.configure import Configuration
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import RunLog
@@ -21,33 +21,20 @@ from dfota.state.workspace import read_record, record_versions
 def import_base(conf: Configuration) -> TaskDict:
     """check a release firmware package against its images and archive it as a base version"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("import_base", ws.log_dir,
-                            lambda log: _import_base(ws, conf.import_options, log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("import_base", ws.log_dir,
+                      lambda log: _import_base(ws, conf.import_options, log))
 
 
 def prune(conf: Configuration) -> TaskDict:
     """remove old archived versions: keep the newest --keep N (and what they need)"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("prune", ws.log_dir,
-                            lambda log: _prune(ws, conf.prune_options, log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("prune", ws.log_dir, lambda log: _prune(ws, conf.prune_options, log))
 
 
 def versions(conf: Configuration) -> TaskDict:
     """list the archived versions, oldest first, with the source each was built on"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("versions", None, lambda log: _list_versions(ws, log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("versions", None, lambda log: _list_versions(ws, log))
 
 
 # below, `options` are a command's settings, each of the type its parameter declares

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dfota.build.archive import archive_of
-from dfota.commands.action import TaskDict, guarded
+from dfota.commands.action import TaskDict, always_run
 from dfota.commands.configure import Configuration
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import RunLog
@@ -18,34 +18,22 @@ from dfota.settings import Workspace, resolve_path
 def twin(conf: Configuration) -> TaskDict:
     """run a simulated module (flash under --root) that adb and doit upgrade reach"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("twin", ws.log_dir, lambda log: _twin(
-            ws, conf.device_options["twin"], log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("twin", ws.log_dir,
+                      lambda log: _twin(ws, conf.device_options["twin"], log))
 
 
 def upgrade(conf: Configuration) -> TaskDict:
     """upgrade modules over adb and their AT port with proven packages"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("upgrade", ws.log_dir, lambda log: _upgrade(
-            ws, conf.device_options["upgrade"], log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("upgrade", ws.log_dir,
+                      lambda log: _upgrade(ws, conf.device_options["upgrade"], log))
 
 
 def serve(conf: Configuration) -> TaskDict:
     """serve the proven packages over HTTP(S) for AT+QFOTADL downloads"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("serve", ws.log_dir, lambda log: _serve(
-            ws, conf.device_options["serve"], log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("serve", ws.log_dir,
+                      lambda log: _serve(ws, conf.device_options["serve"], log))
 
 
 # below, `options` are a command's settings, each of the type its parameter declares

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from dfota.commands.action import TaskDict, guarded
+from dfota.commands.action import TaskDict, always_run, guarded
 from dfota.commands.configure import Configuration, sample_is_here
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import RunLog
@@ -27,12 +27,7 @@ def sample(conf: Configuration) -> TaskDict:
 def bench(conf: Configuration) -> TaskDict:
     """measure the chain on a production-size SDK pair against the alternatives"""
     ws = conf.workspace
-    return {
-        "actions": [guarded("bench", ws.log_dir,
-                            lambda log: _bench(ws, conf.bench_options, log))],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
+    return always_run("bench", ws.log_dir, lambda log: _bench(ws, conf.bench_options, log))
 
 
 def _sample() -> None:
