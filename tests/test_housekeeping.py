@@ -199,6 +199,35 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
+_SIGNAL_IN_A_FORK_HOOK = """
+import logging, signal, sys, time
+from dfota.commands.action import _stop_on_terminate
+_stop_on_terminate()
+handler = signal.getsignal(signal.SIGTERM)
+
+class Lock:  # logging's lock, released by its fork hook: the signal lands right there
+    def acquire(self, *args): return True
+    def release(self): handler(signal.SIGTERM, sys._getframe(1))
+
+logging._lock = Lock()
+(getattr(logging, "_releaseLock", None) or logging._afterFork)()
+print("the hook returned", flush=True)
+try:
+    time.sleep(10)
+except KeyboardInterrupt:
+    print("interrupted after it", flush=True)
+"""
+
+
+def test_a_signal_inside_a_fork_hook_interrupts_the_task_just_after_it() -> None:
+    """Raised inside Python's fork hooks, KeyboardInterrupt would only be printed (with a
+    traceback) and lost: the task process takes the signal again once the hook returned."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_FORK_HOOK], capture_output=True,
+                          text=True, timeout=60, cwd=PROJECT)
+    assert done.stdout.splitlines() == ["the hook returned", "interrupted after it"], done
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done
+
+
 def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Project) -> None:
     """Ctrl-C while targetfiles zips and `_delta_ahead` works beside it, each in a task
     process: doit ends them (SIGTERM), each unwinds like Ctrl-C (no staging folder or

@@ -7,10 +7,12 @@ with every task up to date imports none of them (half a second of a doit start).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,27 @@ class ReportedFailure(TaskFailed):
         self.kind = kind
 
 
+# Python's own fork hooks (logging's locks): an exception raised while they run is printed as
+# "Exception ignored" with a traceback and lost, so a signal that lands there comes again later
+_FORK_HOOKS = frozenset(hook.__code__ for name in ("_acquireLock", "_releaseLock",
+                                                  "_after_at_fork_child_reinit_locks",
+                                                  "_prepareFork", "_afterFork")
+                        if (hook := getattr(logging, name, None)) is not None
+                        and hasattr(hook, "__code__"))
+_AGAIN_AFTER = 0.01  # seconds: a fork's hooks take microseconds
+
+
+def _in_fork_hook(frame: FrameType | None) -> bool:
+    return frame is not None and frame.f_code in _FORK_HOOKS
+
+
+def _again_later(signum: int) -> None:
+    """The same signal to this process once the current fork hook has returned."""
+    timer = threading.Timer(_AGAIN_AFTER, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 def _stop_on_terminate() -> None:
     """In a task process of doit's, which doit ends with SIGTERM when the command is
     interrupted: the first SIGTERM or SIGINT ends the task as Ctrl-C ends it in doit's own
@@ -49,6 +72,9 @@ def _stop_on_terminate() -> None:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
+        if _in_fork_hook(frame):
+            _again_later(signum)
+            return
         if os.getpid() != task_process:  # a worker's copy of the handler
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
