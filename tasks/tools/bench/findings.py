@@ -154,17 +154,17 @@ def _goals(f: Figures) -> tuple[Goal, ...]:
     pair, cross = verify_goals(s["delta"], s["verify"], f.cross)
     if not f.full or f.loop is None:
         return (pair, cross)
-    places = [place_goals(g) for g in (f, f.ram) if g is not None]
+    places = [place_goals(g) for g in (f, f.ram) if g is not None]  # each goal: disk, RAM
     shipped = f.loop.patch_bytes + f.loop.whole_bytes
-    by_place = [goals[n] for n in ("1", "2") for goals in places]
-    by_place.append(Goal("2b", "update.zip / loop's patches + whole files (bytes)",
-                         f.summary["package_size"] / shipped, 1.0, "x"))
-    by_place += [goals[n] for n in ("3", "4", "5") for goals in places]
+    found = [place[n] for n in ("1", "2") for place in places]
+    found.append(Goal("2b", "update.zip / loop's patches + whole files (bytes)",
+                      f.summary["package_size"] / shipped, 1.0, "x"))
+    found += [place[n] for n in ("3", "4", "5") for place in places]
     if f.big is not None:
-        by_place.append(big_goal(f.big, big_size(f.options.scale)))
-    by_place += [goals["6"] for goals in places]
+        found.append(big_goal(f.big, big_size(f.options.scale)))
+    found += [place["6"] for place in places]
     return (
-        *by_place,
+        *found,
         cross,
         Goal("U1", f"read the {size_mb(f.paths.image.stat().st_size)} sysfs image (s)",
              s["ubi"].seconds, 5.0, "s"),
