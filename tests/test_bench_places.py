@@ -197,7 +197,6 @@ def _log(folder: Path, at: float, task: str, text: str = "") -> Path:
 
 def test_a_commands_tasks_and_their_phases_come_from_the_workspace_logs(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    now = time.time()
     log = RunLog(logs, "targetfiles", stream=io.StringIO())  # named as every task's log
     bar = log.progress("zipping targetfiles.zip", 3)
     bar.advance(3)
@@ -205,6 +204,8 @@ def test_a_commands_tasks_and_their_phases_come_from_the_workspace_logs(tmp_path
     log.say("targetfiles: built")
     log.close()
     assert log.path is not None
+    now = datetime.strptime(log.path.name.split("Z-")[0], "%Y%m%dT%H%M%S.%f").replace(
+        tzinfo=timezone.utc).timestamp()  # when it started, as its name says
     os.utime(log.path, (now + 1.5, now + 1.5))
     _log(logs, now - 5, "delta", "before the command\n")
     _log(logs, now + 10, "verify", "after it\n")

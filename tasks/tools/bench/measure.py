@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from dfota.settings import PROJECT_DIR
 # its tree (every descendant that was waited for counts in RUSAGE_CHILDREN).
 _WRAPPER = (
     "import json, resource, subprocess, sys, time\n"
+    "started = time.time()\n"
     "start = time.monotonic()\n"
     "code = subprocess.call(sys.argv[2:])\n"
     "seconds = time.monotonic() - start\n"
@@ -35,7 +35,7 @@ _WRAPPER = (
     "with open(sys.argv[1], 'w') as f:\n"
     "    json.dump({'seconds': seconds, 'maxrss_kb': usage.ru_maxrss, 'returncode': code,\n"
     "               'user': usage.ru_utime, 'system': usage.ru_stime,\n"
-    "               'written_kb': usage.ru_oublock // 2}, f)\n"
+    "               'written_kb': usage.ru_oublock // 2, 'started': started}, f)\n"
 )
 SAMPLE_SECONDS = 0.1
 
@@ -167,7 +167,6 @@ def measure_any(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJEC
     measure."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
-    started = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(result), *map(str, argv)],
                                 cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
@@ -182,7 +181,7 @@ def measure_any(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJEC
     return Measure(step, float(data["seconds"]), tree_peak, int(data["maxrss_kb"]),
                    int(data["returncode"]), user_s=float(data["user"]),
                    system_s=float(data["system"]), written_kb=int(data["written_kb"]),
-                   started=started)
+                   started=float(data["started"]))
 
 
 def last_line(log: Path) -> str:
