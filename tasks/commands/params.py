@@ -94,6 +94,8 @@ TASK_PARAMS: dict[str, list[Param]] = {
         _param("keep_data", bool, False, "keep the benchmark's folder (gigabytes) afterwards"),
         _param("update_benchmarks", bool, False, "rewrite BENCHMARKS.md with the results"),
         _param("before", str, "", "run the steps with this git revision's code too, and compare"),
+        _param("ram_disk", str, "/dev/shm", "a folder on a tmpfs where the pair's steps run "
+                                            "again (none: not at all)"),
     ],
     "import_base": [
         _param("firmware", str, "", "a release firmware package folder (update/, upgrade/, "

@@ -50,8 +50,11 @@ def _bench(ws: Workspace, options: Mapping[str, Any], log: RunLog) -> None:
 
     folder = resolve_path(str(options["folder"])) if options["folder"] else ws.state_dir / "bench"
     report = PROJECT_DIR / "BENCHMARKS.md" if options["update_benchmarks"] else None
+    ram_disk = str(options["ram_disk"])
     try:
-        run_benchmark(folder, BenchOptions(report=report, before=str(options["before"])), log.say)
+        run_benchmark(folder, BenchOptions(report=report, before=str(options["before"]),
+                                           ram_disk=None if ram_disk in ("", "none")
+                                           else resolve_path(ram_disk)), log.say)
     finally:
         if not options["keep_data"]:
             shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from dfota.core.errors import DfotaError
 from dfota.settings import PROJECT_DIR
 from dfota.tools import bench
-from dfota.tools.bench.options import CASES, REPORT, BenchOptions
+from dfota.tools.bench.options import CASES, DEFAULT_RAM_DISK, REPORT, BenchOptions
 from dfota.tools.bench.run import run_benchmark
 
 
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="all: every step; verify: only doit verify against doit delta, "
                              "on the pair and on the cross-baseline package (goals 6 and 6b; "
                              "BENCHMARKS.md only with --report) [all]")
+    parser.add_argument("--ram-disk", metavar="DIR", default=str(DEFAULT_RAM_DISK),
+                        help="a folder on a tmpfs where the pair's steps run again with every "
+                             "folder on it (a folder of the run's own, removed afterwards); "
+                             "none: not at all [%(default)s]")
     parser.add_argument("--before", metavar="REV", default="",
                         help="also run the same steps with the code of git revision REV, in "
                              "turns with this checkout's, and compare each step before and "
@@ -56,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.before and args.repeat < 2:
         parser.error("--before needs --repeat 2 or more: the noise is the spread of the repeats")
     report = args.report or (REPORT if args.scale == 1.0 and args.cases == "all" else None)
-    options = BenchOptions(args.scale, report, args.profile, args.repeat, args.cases, args.before)
+    ram_disk = None if args.ram_disk in ("", "none") else Path(args.ram_disk)
+    options = BenchOptions(args.scale, report, args.profile, args.repeat, args.cases, args.before,
+                           ram_disk)
     try:
         run_benchmark(args.work, options, lambda line: print(line, flush=True))
     except DfotaError as exc:

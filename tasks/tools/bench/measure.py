@@ -2,8 +2,9 @@
 (exact) and the memory of the whole tree (sampled), under a small wrapper process.
 
 Each command runs as a subprocess of the wrapper: the wrapper's monotonic clock times it, its
-`getrusage(RUSAGE_CHILDREN)` gives the CPU time of every process of the tree and the largest
-resident set of any of them (every waited-for descendant counts); a thread of the benchmark
+`getrusage(RUSAGE_CHILDREN)` gives the CPU time of every process of the tree, the largest
+resident set of any of them (every waited-for descendant counts) and the bytes they wrote to
+files on a disk (`ru_oublock`: a file on a tmpfs counts nothing); a thread of the benchmark
 samples the sum of PSS over the wrapper's descendants every `SAMPLE_SECONDS`.
 """
 
@@ -26,13 +27,15 @@ from dfota.settings import PROJECT_DIR
 # its tree (every descendant that was waited for counts in RUSAGE_CHILDREN).
 _WRAPPER = (
     "import json, resource, subprocess, sys, time\n"
+    "started = time.time()\n"
     "start = time.monotonic()\n"
     "code = subprocess.call(sys.argv[2:])\n"
     "seconds = time.monotonic() - start\n"
     "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
     "with open(sys.argv[1], 'w') as f:\n"
     "    json.dump({'seconds': seconds, 'maxrss_kb': usage.ru_maxrss, 'returncode': code,\n"
-    "               'user': usage.ru_utime, 'system': usage.ru_stime}, f)\n"
+    "               'user': usage.ru_utime, 'system': usage.ru_stime,\n"
+    "               'written_kb': usage.ru_oublock // 2, 'started': started}, f)\n"
 )
 SAMPLE_SECONDS = 0.1
 
@@ -49,6 +52,8 @@ class Measure:
     runs: tuple[float, ...] = ()  # every wall time when the step was repeated
     user_s: float = 0.0  # CPU time of the whole tree, in user space and in the kernel
     system_s: float = 0.0
+    written_kb: int = 0  # written to files on a disk by the whole tree (none on a tmpfs)
+    started: float = 0.0  # when it started, in seconds since the epoch (the logs' clock)
 
     @property
     def peak_kb(self) -> int:
@@ -63,7 +68,9 @@ def combine(measures: Sequence[Measure]) -> Measure:
                    max(m.tree_kb for m in measures), max(m.process_kb for m in measures),
                    max(m.returncode for m in measures), tuple(m.seconds for m in measures),
                    statistics.median(m.user_s for m in measures),
-                   statistics.median(m.system_s for m in measures))
+                   statistics.median(m.system_s for m in measures),
+                   round(statistics.median(m.written_kb for m in measures)),
+                   measures[0].started)
 
 
 def process_tree(root: int) -> list[int]:
@@ -148,6 +155,16 @@ _USERS_ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRI
 def measure(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DIR,
             env: Mapping[str, str] | None = None) -> Measure:
     """Run `argv` under the wrapper, its output into `log`; raise when it fails."""
+    m = measure_any(step, argv, log, cwd=cwd, env=env)
+    if m.returncode != 0:
+        raise DfotaError(f"{step} failed (exit {m.returncode}): {last_line(log)}", log)
+    return m
+
+
+def measure_any(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DIR,
+                env: Mapping[str, str] | None = None) -> Measure:
+    """`measure`, but a command that fails is measured too: its exit code is in the
+    measure."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
     with open(log, "wb") as out:
@@ -161,8 +178,12 @@ def measure(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJECT_DI
         data = json.loads(result.read_text())
     except (OSError, ValueError) as exc:
         raise DfotaError(f"{step}: the measuring wrapper left no result", log) from exc
-    if data["returncode"] != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise DfotaError(f"{step} failed (exit {data['returncode']}): {tail[0]}", log)
     return Measure(step, float(data["seconds"]), tree_peak, int(data["maxrss_kb"]),
-                   user_s=float(data["user"]), system_s=float(data["system"]))
+                   int(data["returncode"]), user_s=float(data["user"]),
+                   system_s=float(data["system"]), written_kb=int(data["written_kb"]),
+                   started=float(data["started"]))
+
+
+def last_line(log: Path) -> str:
+    """The last line a command wrote to its log."""
+    return (log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"])[0]

@@ -1,15 +1,18 @@
 """The notes under the benchmark's tables: how often each step ran, the chain as three
 commands and as one, the tool against the shell procedure and the bsdiff loop, what
-`targetfiles` syncs, what the second chain and the one-file change ran, the cross-baseline
-package and verify's power-loss replays."""
+`targetfiles` writes to disk, where the time of goals 1, 3 and 4 goes and which step holds goal
+5's memory (on disk and on the RAM disk), the big-file case, the cross-baseline package and
+verify's power-loss replays."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dfota.tools.bench.plan import MB
-from dfota.tools.bench.report import size_mb
+from dfota.tools.bench.codes import AFTER
+from dfota.tools.bench.measure import Measure, last_line
+from dfota.tools.bench.options import CHAIN_STEPS, ON_DISK
+from dfota.tools.bench.spent import shell_line, tasks_line, usage_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,46 +54,100 @@ def _how_often(f: Figures) -> str:
     times = (f"the shell procedure, doit targetfiles, doit delta and the bsdiff loop ran {times}"
              if f.full else f"only the verify cases ran (--cases {options.cases}): doit "
              f"targetfiles and doit delta ran {times}")
+    if f.ram is not None:
+        times += " (on disk, then on the RAM disk, in each round)"
     verify = ("doit verify and every later step ran as often, with each code (see Before and "
-              "after)" if options.before else "doit verify ran once")
+              "after)" if options.before else "doit verify and every later step ran once")
     return (f"{times}, each time in fresh folders (empty archive, state and patch cache before "
             f"targetfiles); wall s is their median, the memory their largest; {verify}.")
 
 
 def _chain_line(f: Figures) -> str:
     tf, dl, vf, one = (f.steps[k].seconds for k in ("targetfiles", "delta", "verify", "chain"))
-    return (f"the pair's first chain: {tf + dl + vf:.1f} s as three commands (targetfiles "
-            f"{tf:.1f} + delta {dl:.1f} + verify {vf:.1f}), {one:.1f} s as one "
+    return (f"{_tag(f)}the pair's first chain: {tf + dl + vf:.1f} s as three commands "
+            f"(targetfiles {tf:.1f} + delta {dl:.1f} + verify {vf:.1f}), {one:.1f} s as one "
             f"(`_delta_ahead` beside targetfiles); {_clocks(f.summary)}.")
 
 
+def _first(f: Figures, key: str) -> Measure:
+    """This checkout's first run of a step (the one the notes break down)."""
+    return f.measured[AFTER, key][0]
+
+
+def _tag(f: Figures) -> str:
+    return "" if f.place == ON_DISK else "on a RAM disk: "
+
+
 def _against_the_alternatives(f: Figures) -> tuple[str, ...]:
-    """The notes of every case: the tool against the shell procedure and the bsdiff loop, the
-    disk, the second chain and the one-file change."""
-    s = f.steps
+    """The tool against the shell procedure and the bsdiff loop, and what each wrote to
+    disk."""
+    s, tag = f.steps, _tag(f)
     tool = s["targetfiles"].seconds + s["delta"].seconds
     theirs = s["shell"].seconds + s["bsdiff"].seconds
-    synced = (2 * (f.paths.first / "out" / "targetfiles.zip").stat().st_size
-              + f.paths.source.stat().st_size)
-    sync_seconds = synced / MB / f.disk_rate
-    ran_again = _tasks_run(f.paths.logs / "again.log")
+    found: tuple[str, ...] = (f"{tag}doit targetfiles + doit delta: {tool:.1f} s; shell "
+                              f"procedure + bsdiff loop: {theirs:.1f} s ({tool / theirs:.2f}x).",)
+    if f.place == ON_DISK and f.disk_rate > 0:
+        written = s["targetfiles"].written_kb / 1024
+        sync_seconds = written / f.disk_rate
+        found += (f"doit targetfiles wrote {written:,.0f} MB to the disk (what it keeps is "
+                  f"synced): at the disk's rate measured above, {sync_seconds:.1f} s, "
+                  f"{sync_seconds / s['shell'].seconds:.2f}x the shell procedure's time; the "
+                  f"shell procedure wrote {s['shell'].written_kb / 1024:,.0f} MB (left to the "
+                  "page cache).",)
+    return found
+
+
+def _spent(f: Figures) -> tuple[str, ...]:
+    """Where the time of goals 1, 3 and 4 goes and which step holds goal 5's memory, in one
+    place, from each step's first run."""
+    tag, logs = _tag(f), f.paths.first / "state" / "logs"
+    shell, tf = _first(f, "shell"), _first(f, "targetfiles")
+    again, one = _first(f, "again"), _first(f, "one-file")
+    peak = max(CHAIN_STEPS, key=lambda k: f.steps[k].peak_kb)
+    top = f.steps[peak]
     return (
-        f"doit targetfiles + doit delta: {tool:.1f} s; shell procedure + bsdiff loop: "
-        f"{theirs:.1f} s ({tool / theirs:.2f}x).",
-        f"doit targetfiles syncs {size_mb(synced)} to the disk (the zip, which is archived "
-        "as it is, its copy in out/, the archived source): at the disk's rate measured "
-        f"above, {sync_seconds:.1f} s, {sync_seconds / s['shell'].seconds:.2f}x the shell "
-        "procedure's time by itself (the shell procedure syncs nothing).",
-        f"second chain: tasks that ran: {', '.join(ran_again) or 'none'}.",
-        f"one-file change ({f.plan.changes.one_file}): "
+        f"{tag}goal 1, where the time goes: the shell procedure {shell.seconds:.1f} s: "
+        f"{shell_line(f.paths.logs / 'shell-0.log', shell)}; {usage_line(shell)}. doit "
+        f"targetfiles {tf.seconds:.1f} s: {tasks_line(logs, tf)}; {usage_line(tf)}.",
+        f"{tag}goal 3: the second chain {again.seconds:.1f} s: {tasks_line(logs, again)}; "
+        f"{usage_line(again)}; tasks shown as run: "
+        f"{', '.join(_tasks_run(f.paths.logs / 'again.log')) or 'none'}.",
+        f"{tag}goal 4: the chain after a one-file change ({f.plan.changes.one_file}) "
+        f"{one.seconds:.1f} s: {tasks_line(logs, one)}; {usage_line(one)}; "
         f"{_cache_line(f.paths.first / 'state')}.",
+        f"{tag}goal 5: the largest is {top.step}: {top.tree_kb / 1024:,.0f} MB for its "
+        f"tree, {top.process_kb / 1024:,.0f} MB its largest process.",
     )
 
 
-def notes(f: Figures) -> tuple[str, ...]:
-    found: tuple[str, ...] = (_how_often(f), _chain_line(f))
+def _big(f: Figures) -> tuple[str, ...]:
+    """The big-file case: each step's time and memory, where verify's time goes, and its
+    failure if it failed."""
+    if f.big is None:
+        return ()
+    big, logs = f.big, f.paths.run / "big0" / "state" / "logs"
+    verify = _first(f, "big-verify")
+    steps = "; ".join(f"{m.step} {m.seconds:.1f} s, {m.peak_kb / 1024:,.0f} MB"
+                      for m in (big.targetfiles, big.delta, big.verify))
+    failed = (f" It failed (exit {verify.returncode}): "
+              f"{last_line(f.paths.logs / 'big-verify.log')}" if verify.returncode else "")
+    return (f"goal 5b: {steps}. doit verify: {tasks_line(logs, verify)}; "
+            f"{usage_line(verify)}.{failed}",)
+
+
+def _place_notes(f: Figures) -> tuple[str, ...]:
+    """The notes of the pair's steps in one place."""
+    found: tuple[str, ...] = (_chain_line(f),)
     if f.full:
-        found += _against_the_alternatives(f)
+        found += _against_the_alternatives(f) + _spent(f)
+    return found
+
+
+def notes(f: Figures) -> tuple[str, ...]:
+    found: tuple[str, ...] = (_how_often(f), *_place_notes(f))
+    if f.ram is not None:
+        found += _place_notes(f.ram)
+    found += _big(f)
     cross = f.cross
     found += (
         "cross-baseline package (goal 6b): the sample's release firmware as source, the pair's"

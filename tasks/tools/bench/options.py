@@ -16,6 +16,8 @@ CONFIG_DIR = SAMPLE_DIR / "config"
 REPORT = PROJECT_DIR / "BENCHMARKS.md"
 CASES = ("all", "verify")  # every step, or only `doit verify` against `doit delta` (goals 6, 6b)
 CROSS_STEPS = 4000  # the issue's cross-baseline package: 4,000 steps or more at scale 1
+DEFAULT_RAM_DISK = Path("/dev/shm")  # where the RAM-disk run goes unless told (a tmpfs)
+ON_DISK, ON_RAM_DISK = "on disk", "RAM disk"  # where a step ran, as the table names it
 
 # every step by key, in the order of the table
 STEPS = {
@@ -31,9 +33,25 @@ STEPS = {
     "cross-targetfiles": "doit targetfiles, cross-baseline",
     "cross-delta": "doit delta, cross-baseline (fresh state but for targetfiles')",
     "cross-verify": "doit verify, cross-baseline",
+    "big-targetfiles": "doit targetfiles, the target adds a big file of zeros",
+    "big-delta": "doit delta, the big file shipped whole",
+    "big-verify": "doit verify, the big file shipped whole",
 }
+
+
+def step_name(key: str, place: str = ON_DISK) -> str:
+    """A step's name in the table: with its place when not on disk."""
+    return STEPS[key] if place == ON_DISK else f"{STEPS[key]}, on a {place}"
+
+
 # the steps that run no code of the tool: measured once per round, never compared
 NOT_THE_TOOLS = ("shell", "bsdiff")
+# the steps of the chain whose memory goal 5 takes
+CHAIN_STEPS = ("targetfiles", "delta", "verify", "chain", "again", "one-file")
+# the steps run again with every folder on a RAM disk: the pair's chain and its alternatives
+# (the UBI read, the cross-baseline package and the big file only on disk)
+RAM_DISK_STEPS = ("shell", "targetfiles", "delta", "verify", "chain", "bsdiff", "again",
+                  "one-file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +61,9 @@ class BenchOptions:
     each, in fresh folders, and count by their median. `cases`: "all", or "verify": only `doit
     targetfiles`, `doit delta` and `doit verify` of the pair and of the cross-baseline package
     (goals 6 and 6b). `before`: a git revision whose code runs the same steps too, in turns
-    with this checkout's, every step `repeat` times with each code."""
+    with this checkout's, every step `repeat` times with each code. `ram_disk`: a tmpfs
+    folder where the pair's steps run again with every folder on it (None: not at all; only
+    with cases "all")."""
 
     scale: float = 1.0
     report: Path | None = None  # write BENCHMARKS.md here
@@ -51,6 +71,11 @@ class BenchOptions:
     repeat: int = 3
     cases: str = "all"
     before: str = ""
+    ram_disk: Path | None = DEFAULT_RAM_DISK
+
+    @property
+    def on_ram_disk(self) -> bool:
+        return self.ram_disk is not None and self.cases == "all"
 
     def check(self) -> None:
         if self.repeat < 1:
