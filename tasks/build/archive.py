@@ -34,6 +34,7 @@ from dfota.state.store import DigestCache, State, file_stamp
 
 ZIP_NAME = "targetfiles.zip"
 MANIFEST_NAME = "manifest.json"
+MEMBERS_NAME = "members.json"  # the sha1s of a built version's file members, by name
 INDEX_NAME = "index.json"
 STAGING_PREFIX = ".staging-"
 
@@ -132,6 +133,26 @@ def _index_text(versions: Iterable[ArchivedVersion]) -> str:
         {"key": v.key, "sha256": v.sha256, "package_time": v.package_time,
          "source": v.manifest.get("source"), "origin": v.manifest.get("origin")}
         for v in ordered]}, indent=1) + "\n"
+
+
+def _members_text(members: Mapping[str, str]) -> bytes:
+    return (json.dumps({"format": 1, "sha1s": dict(members)}, sort_keys=True,
+                       separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def member_sha1s(version: ArchivedVersion) -> dict[str, str] | None:
+    """The sha1s of `version`'s file members as archived with it, when its manifest vouches
+    for them (their digest); None for a version archived without them, or altered."""
+    expected = version.manifest.get("members_sha256")
+    if not isinstance(expected, str):
+        return None
+    try:
+        text = (version.folder / MEMBERS_NAME).read_bytes()
+        found = json.loads(text)["sha1s"] if hashlib.sha256(text).hexdigest() == expected \
+            else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -379,8 +400,7 @@ class Batch:
         if sha256 is not None and not archive.admit(key, sha256):
             self._kept.append(key)
             return
-        staging = archive.make_staging(key)
-        self._folders.append(staging)
+        staging = self.staging(key)
         with archive.writing():
             dest = staging / ZIP_NAME
             if take and _hard_link(zip_path, dest):
@@ -389,15 +409,39 @@ class Batch:
                 copied = sha256
             else:
                 copied = _copy_hashing(zip_path, dest)
-            if sha256 is not None and copied != sha256:
-                raise DfotaError("changed while it was being archived; run again", zip_path)
-            if sha256 is None and not archive.admit(key, copied):
-                self._kept.append(key)
-                return
-            full = {**manifest, "key": key, "sha256": copied, "size": dest.stat().st_size}
+        if sha256 is not None and copied != sha256:
+            raise DfotaError("changed while it was being archived; run again", zip_path)
+        if sha256 is None and not archive.admit(key, copied):
+            self._kept.append(key)
+            return
+        self.stage_written(key, staging, manifest, copied)
+
+    def staging(self, key: str) -> Path:
+        """A new staging folder for `key`, removed with the batch unless put in place: the
+        caller may write the zip straight into it (`stage_written`)."""
+        staging = self.archive.make_staging(key)
+        self._folders.append(staging)
+        return staging
+
+    def stage_written(self, key: str, staging: Path, manifest: Mapping[str, object],
+                      sha256: str, members: Mapping[str, str] | None = None) -> None:
+        """Stage the zip written (not yet synced) in `staging` (from `staging`), whose
+        sha256 is `sha256`, admitted by the caller; `members`: the sha1s of its file
+        members by name, kept beside it (`MEMBERS_NAME`), their digest in the manifest."""
+        archive = self.archive
+        with archive.writing():
+            dest = staging / ZIP_NAME
+            atomic.fsync_path(dest)
+            full = {**manifest, "key": key, "sha256": sha256, "size": dest.stat().st_size}
+            names = [ZIP_NAME, MANIFEST_NAME]
+            if members is not None:
+                text = _members_text(members)
+                _write_synced(staging / MEMBERS_NAME, text)
+                full["members_sha256"] = hashlib.sha256(text).hexdigest()
+                names.append(MEMBERS_NAME)
             _write_synced(staging / MANIFEST_NAME,
                           (json.dumps(full, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-            for name in (ZIP_NAME, MANIFEST_NAME):
+            for name in names:
                 os.chmod(staging / name, archive.file_mode)
             _chmod_keeping_setgid(staging, archive.folder_mode)
             atomic.fsync_path(staging)

@@ -7,21 +7,35 @@ in the archive, put in place together, and only then `out/targetfiles.zip` renam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
-import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dfota import __version__
-from dfota.build.archive import Archive, archive_of, sha256_file
-from dfota.build.manifest import scan_rootfs, sha1_of, write_if_changed
+from dfota.build.archive import ZIP_NAME, Archive, archive_of
+from dfota.build.manifest import known_crc, scan_rootfs, sha1_of, write_if_changed
 from dfota.build.sdk_image import ImageTreeReader, image_volumes
+from dfota.build.target_archive import (
+    SOURCE_SHA1S,
+    choose_layout,
+    learn_source_sha1s,
+    open_layout,
+    out_is_target,
+    relink_if_replaced,
+    source_sha1s,
+    target_in_place,
+    traffic_line,
+    with_known_sha1s,
+)
 from dfota.build.targetfiles import (
+    ABL,
+    BOOT_IMAGE,
     SdkOutput,
     check_source,
     locate_sdk,
@@ -36,13 +50,15 @@ from dfota.core.runlog import SILENT, Meter, RunLog
 from dfota.core.tree import Entry, FolderScan, check_outside_links, digest_tree
 from dfota.core.volumes import Volumes
 from dfota.formats.version import VERSION_FILE, ProjectVersion
-from dfota.formats.zipio import ZipSource, write_zip
+from dfota.formats.zipio import ZipItem, ZipSource
+from dfota.formats.zipwrite import Traffic, write_stored_zip
 from dfota.settings import (
     SAMPLE_BASE,
     TargetfilesSettings,
     public_name,
 )
-from dfota.state.store import State
+from dfota.state.store import DigestCache, State
+from dfota.state.workspace import read_record
 
 TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
@@ -201,6 +217,8 @@ class TargetfilesResult:
     archived_source: bool
     warnings: tuple[str, ...]
     volumes: Volumes | None = None  # the sizes the SDK's image gives; None: no image
+    traffic: Traffic | None = None  # what writing the zip moved
+    layout: str | None = None  # the version members were copied from
 
 
 class _Warnings:
@@ -300,77 +318,92 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
     else:
         source_path = resolve_source(settings, archive, target_version.key, run.known)
 
-    with ZipSource(source_path) as src:
+    source_sha256 = archive.sha256_of(source_path)
+    with ZipSource(source_path) as src, contextlib.ExitStack() as stack:
         source_version = zip_version(src)
         if source_version.key == target_version.key:
             raise DfotaError(f"has the source's version {source_version.key}; bump 'Package "
                              "Time' or 'Project Rev' for the new build",
                              sdk.rootfs / VERSION_FILE)
+        archived_source = archive.get(source_version.key)
+        same = archived_source is not None and archived_source.sha256 == source_sha256
+        learn_source_sha1s(src, state.records, source_sha256,
+                           archived_source if same else None)
         warnings.add([*check_source(src), *scan.warnings, *unknown_owners(sdk.rootfs, scan),
                       *(f"{shown_path(sdk.rootfs / d)}: "
                         "empty directory (the module's update drops empty "
                         "directories unless the package carries them; note 2.2.2.4)"
                         for d in scan.empty_dirs if d not in settings.empty_by_nature)])
         plan = plan_target(sdk, src, scan)
-
+        items = with_known_sha1s(_images_hashed(plan.items, sdk, cache), src)
+        choice, layout_warnings = choose_layout(
+            archive, (read_record(settings.workspace.record).target_key, source_version.key))
+        warnings.add(layout_warnings)
         settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
         remove_staging_leftovers(settings.workspace.state_dir)
         # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
-        # archived and renamed into place last: a full or read-only out/ archives nothing
-        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, suffix=owner.suffix(),
-                                         dir=settings.workspace.state_dir) as tmp, \
-                atomic.atomic_path(settings.workspace.target_zip) as out:
-            staged = Path(tmp) / "targetfiles.zip"
-            # the rootfs files hashed in this run need not be hashed again as they are zipped;
-            # the disk writes the zip while it is hashed and copied
-            write_zip(staged, plan.items, meter=log,
-                      vouch=lambda path, st, sha1: cache.vouches(path, st, "sha1", sha1),
-                      durable=False,
-                      open_zips={source_path: src.zipfile})
-            staged_synced = atomic.background_sync(staged)
-            # a source not archived yet is copied by the kernel if the sha256 record (which
-            # the inputs manifest filled) vouches for it, else hashed as it is copied
-            source_new = archive.get(source_version.key) is None
-            source_sha256 = archive.sha256_of(source_path)
-            target_sha256 = sha256_file(staged)
-            archive.admit(source_version.key, source_sha256)
-            target_new = archive.admit(target_version.key, target_sha256)
-            shutil.copyfile(staged, out)  # out/ gets it only when renamed, at the end
-            out_synced = atomic.background_sync(out)
-            warnings.add(image_warnings())  # with --strict, a warning stops the archiving
-            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            # both versions staged whole before either is put in place: a failure (a full
-            # disk, a conflict with another run) archives nothing
-            with archive.batch() as batch:
-                if source_new:
-                    batch.stage(source_version.key, source_path, {
-                        "origin": "source",
-                        "imported_from": public_name(source_path, settings.workspace.root),
-                        "version": source_version.to_json(), "created": created,
-                        "tool": TOOL, "source": None}, sha256=source_sha256)
-                staged_synced()  # on disk before it is linked into the archive
-                if target_new:
-                    batch.stage(target_version.key, staged, {
-                        "origin": "targetfiles", "version": target_version.to_json(),
-                        "source": source_version.key, "created": created, "tool": TOOL,
-                        "system_metadata": ("sdxlemur-sysfs.ubi"
-                                            if settings.metadata_from_image
-                                            else "ql-ol-rootfs"),
-                        "inputs": {
-                            "sdk": public_name(sdk.folder, settings.workspace.root),
-                            "sysfs_ubi_sha1": (sha1_of(cache, sdk.sysfs_ubi)
-                                               if sdk.sysfs_ubi else None),
-                            "boot_image_sha1": sha1_of(cache, sdk.boot_image),
-                            "abl_sha1": sha1_of(cache, sdk.abl),
-                            "rootfs_tree_sha1": digest_tree(scan.entries),
-                            "source_sha256": source_sha256,
-                        }}, sha256=target_sha256, take=True)
-                out_synced()  # out/'s copy is on disk too: only renames are left
-                batch.commit()
-    archive.note_copy(settings.workspace.target_zip, target_sha256)
+        # archived and renamed into place last: an out/ that cannot be written archives
+        # nothing. Both versions are staged whole before either is put in place: a failure
+        # (a full disk, a conflict with another run) archives nothing.
+        batch = stack.enter_context(archive.batch())
+        out = stack.enter_context(atomic.atomic_path(settings.workspace.target_zip,
+                                                     archive.file_mode))
+        staging = batch.staging(target_version.key)
+        written = write_stored_zip(staging / ZIP_NAME, items,
+                                   layout=open_layout(choice, stack), known_crc=known_crc(cache),
+                                   sources={source_path: src}, meter=log)
+        synced = atomic.background_sync(staging / ZIP_NAME)
+        source_new = archived_source is None
+        archive.admit(source_version.key, source_sha256)
+        target_new = archive.admit(target_version.key, written.sha256)
+        warnings.add(image_warnings())  # with --strict, a warning stops the archiving
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if source_new:
+            batch.stage(source_version.key, source_path, {
+                "origin": "source",
+                "imported_from": public_name(source_path, settings.workspace.root),
+                "version": source_version.to_json(), "created": created,
+                "tool": TOOL, "source": None}, sha256=source_sha256)
+        synced()
+        if target_new:
+            batch.stage_written(target_version.key, staging, {
+                "origin": "targetfiles", "version": target_version.to_json(),
+                "source": source_version.key, "created": created, "tool": TOOL,
+                "system_metadata": ("sdxlemur-sysfs.ubi" if settings.metadata_from_image
+                                    else "ql-ol-rootfs"),
+                "inputs": {
+                    "sdk": public_name(sdk.folder, settings.workspace.root),
+                    "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
+                    "boot_image_sha1": sha1_of(cache, sdk.boot_image),
+                    "abl_sha1": sha1_of(cache, sdk.abl),
+                    "rootfs_tree_sha1": digest_tree(scan.entries),
+                    "source_sha256": source_sha256,
+                }}, written.sha256, members=written.sha1s)
+        out_is_target(archive, out, target_version.key,
+                      staging / ZIP_NAME if target_new else None, written.sha256)
+        placed = target_in_place(batch, batch.commit(), target_version.key)
+        relink_if_replaced(placed, out, archive)
+        state.records.put(SOURCE_SHA1S, source_sha256, source_sha1s(src, items, written),
+                          if_changed=True)
+    # out/ and the archived zip are one file, or a copy: known as they are now, after the
+    # renames and the mode that moved their change time
+    for path in (placed.zip_path, settings.workspace.target_zip):
+        archive.note_copy(path, written.sha256)
+    log.detail(traffic_line(written.traffic))
     return TargetfilesResult(settings.workspace.target_zip, target_version.key, source_version.key,
-                             target_sha256, len(plan.items), target_new, source_new,
-                             tuple(warnings.lines))
+                             written.sha256, len(plan.items), target_new, source_new,
+                             tuple(warnings.lines), traffic=written.traffic,
+                             layout=choice.version.key if choice else None)
+
+
+def _images_hashed(items: Iterable[ZipItem], sdk: SdkOutput, cache: DigestCache
+                   ) -> list[ZipItem]:
+    """The SDK's kernel and abl items with their sha1s (from the digest cache), read from
+    where their links lead: copied from the layout when it holds them already."""
+    paths = {BOOT_IMAGE: sdk.boot_image, ABL: sdk.abl}
+    return [dataclasses.replace(i, source_path=paths[i.name].resolve(),
+                                sha1=sha1_of(cache, paths[i.name]))
+            if i.name in paths and i.source_path is not None else i for i in items]
 
 
 def remove_staging_leftovers(state_dir: Path) -> None:
@@ -383,8 +416,15 @@ def remove_staging_leftovers(state_dir: Path) -> None:
 
 def describe(result: TargetfilesResult) -> str:
     archived = "archived" if result.archived_target else "already archived, same content"
-    return (f"targetfiles: {result.zip_path} ({result.entries} entries), version "
+    line = (f"targetfiles: {result.zip_path} ({result.entries} entries), version "
             f"{result.target_key} built on {result.source_key}; {archived}")
+    traffic = result.traffic
+    if traffic is not None:
+        line += (f"\ntargetfiles: {len(traffic.written)} entries written "
+                 f"({traffic.bytes_written / 1e6:.1f} MB), {traffic.copied} copied "
+                 f"({traffic.bytes_copied / 1e6:.1f} MB) from "
+                 f"{result.layout or 'no earlier version'} by the kernel")
+    return line
 
 
 def result_json(result: TargetfilesResult) -> str:

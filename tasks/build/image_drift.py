@@ -1,6 +1,11 @@
 """The SDK's own sysfs image (`target/sdxlemur-sysfs.ubi`) against its rootfs folder: where
 they drift (warnings by path: the image is what the module will run), and the folder's tree
-with the image's modes and owners (`--metadata-from-image`)."""
+with the image's modes and owners (`--metadata-from-image`).
+
+The drift is kept in a record (dfota.state.store) by the image's key (its sha1 and the
+reader's code) and the rootfs tree's digest: the image is read once per image (its tree
+recorded, dfota.build.sdk_image) and compared once per image and rootfs; a build whose
+rootfs and image are as before neither loads the image's tree nor imports the UBI reader."""
 
 from __future__ import annotations
 
@@ -8,17 +13,24 @@ import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dfota.build.sdk_image import ROOTFS_VOLUME, ImageTreeReader
 from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.build.tree_compare import compare_trees, kind_name, under
 from dfota.core.errors import shown_path
-from dfota.core.tree import SYMLINK, Entry, Tree
-from dfota.formats.ubifs import UbifsTree, read_ubifs
+from dfota.core.tree import SYMLINK, Entry, Tree, digest_tree
+
+if TYPE_CHECKING:  # the UBI reader is imported only to read
+    from dfota.formats.ubifs import UbifsTree
+
+DRIFT_RECORD = "sdk-image-drift"
 
 
 def read_sdk_image(sysfs_ubi: Path) -> UbifsTree:
     """Volume rootfs of the SDK's `target/sdxlemur-sysfs.ubi`."""
+    from dfota.formats.ubifs import read_ubifs
+
     return read_ubifs(sysfs_ubi, ROOTFS_VOLUME)
 
 
@@ -42,8 +54,15 @@ def _drift(rootfs_tree: Mapping[str, Entry], image_tree: Mapping[str, Entry],
 
 def sdk_image_drift(rootfs_tree: Mapping[str, Entry], image: ImageTreeReader) -> list[str]:
     """`image_drift` against the SDK's sysfs image, its tree as `image` gives it (from its
-    record, or read: seconds of decompressing)."""
-    return _drift(rootfs_tree, image.tree(), image.sysfs_ubi)
+    record, or read: seconds of decompressing); the lines from the drift record when it holds
+    this image and this rootfs tree."""
+    key = f"{image.key} {digest_tree(_comparable(rootfs_tree))}"
+    kept = image.records.get(DRIFT_RECORD, key)
+    if isinstance(kept, list) and all(isinstance(line, str) for line in kept):
+        return kept
+    lines = _drift(rootfs_tree, image.tree(), image.sysfs_ubi)
+    image.records.put(DRIFT_RECORD, key, lines, alone=True)
+    return lines
 
 
 def take_image_metadata(rootfs_tree: Mapping[str, Entry],

@@ -9,8 +9,12 @@ unchanged file is hashed once.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import stat
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +22,10 @@ from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core import atomic
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import SILENT, Meter
-from dfota.core.tree import FolderScan, scan_folder, sha1_file
+from dfota.core.tree import FolderScan, changed_error, scan_folder
 from dfota.state.store import DigestCache
+
+CRC32 = "crc32"  # beside "sha1" in the digest cache: a rootfs file's CRC-32, as 8 hex digits
 
 
 def sha1_of(cache: DigestCache, path: Path) -> str:
@@ -30,14 +36,60 @@ def sha1_of(cache: DigestCache, path: Path) -> str:
         st = real.stat()
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    return cache.digest(real, st, "sha1", lambda: sha1_file(real, st))
+    def compute() -> str:
+        found, crc = sha1_and_crc(str(real), st)
+        cache.keep(real, st, CRC32, f"{crc:08x}")
+        return found
+
+    return cache.digest(real, st, "sha1", compute)
+
+
+def sha1_and_crc(path: str, expect: os.stat_result) -> tuple[str, int]:
+    """`sha1_file` of the file a walk saw as `expect`, and its CRC-32 from the same read (the
+    zip writer then writes its header before its data, reading it once)."""
+    digest, crc = hashlib.sha1(), 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
+            raise changed_error(path) from exc
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (expect.st_dev,
+                                                                          expect.st_ino):
+                raise changed_error(path)
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                crc = zlib.crc32(chunk, crc)
+    except OSError as exc:
+        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+    return digest.hexdigest(), crc
 
 
 def _cached_sha1(cache: DigestCache) -> Callable[[str, os.stat_result], str]:
     def sha1(path: str, st: os.stat_result) -> str:
-        return cache.digest(path, st, "sha1", lambda: sha1_file(path, st))
+        def compute() -> str:
+            found, crc = sha1_and_crc(path, st)
+            cache.keep(path, st, CRC32, f"{crc:08x}")
+            return found
+
+        return cache.digest(path, st, "sha1", compute)
 
     return sha1
+
+
+def known_crc(cache: DigestCache) -> Callable[[Path, os.stat_result, str], int | None]:
+    """The CRC-32 `cache` keeps for a file as it is now, when it also knows it to hold the
+    sha1 asked for (the zip writer's `known_crc`)."""
+    def crc(path: Path, st: os.stat_result, sha1: str) -> int | None:
+        if not cache.vouches(path, st, "sha1", sha1):
+            return None
+        found = cache.known(path, st, CRC32)
+        return int(found, 16) if found else None
+
+    return crc
 
 
 def scan_rootfs(rootfs: Path, cache: DigestCache | None = None,

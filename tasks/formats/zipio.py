@@ -83,7 +83,7 @@ def member_item(name: str, zip_path: Path, member: str, mode: int) -> ZipItem:
     return ZipItem(name, FILE, mode, source_zip=zip_path, source_member=member)
 
 
-def _zipinfo(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
+def entry_info(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(item.arcname, FIXED_DATE_TIME)
     info.create_system = _UNIX
     type_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}[item.kind]
@@ -147,11 +147,11 @@ class _ZipWriter:
     def write(self, item: ZipItem) -> None:
         out, compress = self.out, self.compress
         if item.kind == DIR:
-            out.writestr(_zipinfo(item, 0, compress), b"")
+            out.writestr(entry_info(item, 0, compress), b"")
         elif item.kind == SYMLINK:
-            out.writestr(_zipinfo(item, 0, compress), item.link.encode("utf-8"))
+            out.writestr(entry_info(item, 0, compress), item.link.encode("utf-8"))
         elif item.data is not None:
-            out.writestr(_zipinfo(item, len(item.data), compress), item.data)
+            out.writestr(entry_info(item, len(item.data), compress), item.data)
         elif item.source_path is not None:
             _write_path(out, item, compress, self.vouch)
         elif item.source_zip is not None and item.source_member is not None:
@@ -169,7 +169,7 @@ class _ZipWriter:
         except _CORRUPT as exc:
             raise DfotaError(f"entry {quoted(member)} is corrupt ({exc})", source) from exc
         with src:
-            _stream(self.out, _zipinfo(item, info.file_size, self.compress), src,
+            _stream(self.out, entry_info(item, info.file_size, self.compress), src,
                     lambda exc: DfotaError(f"entry {quoted(member)} is corrupt ({exc})",
                                            source))
 
@@ -200,7 +200,7 @@ def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool,
             raise changed() if item.sha1 else DfotaError("is not a regular file", path)
         vouched = bool(item.sha1) and vouch is not None and vouch(path, st, item.sha1)
         digest = hashlib.sha1() if item.sha1 and not vouched else None
-        _stream(out, _zipinfo(item, st.st_size, compress), src,
+        _stream(out, entry_info(item, st.st_size, compress), src,
                 lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path), digest)
         if vouched and file_stamp(os.fstat(fd)) != file_stamp(st):
             raise changed()
@@ -355,7 +355,7 @@ class ZipSource:
         info = self.members[name].info
         if info.compress_type == zipfile.ZIP_STORED:
             # read in place, its CRC checked: zipfile's reader costs more than the copy
-            data = self._pread(info.file_size, self._stored_offset(name), name)
+            data = self._pread(info.file_size, self.data_offset(name), name)
             self._check_crc(name, zlib.crc32(data))
             return data
         try:
@@ -400,8 +400,33 @@ class ZipSource:
             raise DfotaError(f"entry {quoted(name)} is corrupt (cut short)", self.path)
         return data
 
-    def _stored_offset(self, name: str) -> int:
-        """Where a stored entry's data starts (after its local header)."""
+    def raw_fd(self) -> int:
+        """The zip's file, opened for reading in place (closed by `close`)."""
+        if self._raw is None:
+            self._pread(0, 0, "")
+        assert self._raw is not None
+        return self._raw.fileno()
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        """An entry's content in pieces: a stored one read in place (its CRC left to the
+        caller), a deflated one inflated (its CRC checked)."""
+        info = self.members[name].info
+        if info.compress_type == zipfile.ZIP_STORED:
+            at, left = self.data_offset(name), info.file_size
+            while left:
+                chunk = self._pread(min(left, _COPY_CHUNK), at, name)
+                yield chunk
+                at, left = at + len(chunk), left - len(chunk)
+            return
+        try:
+            with self.open(name) as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    yield chunk
+        except _CORRUPT as exc:
+            raise DfotaError(f"entry {quoted(name)} is corrupt ({exc})", self.path) from exc
+
+    def data_offset(self, name: str) -> int:
+        """Where an entry's data starts (after its local header)."""
         info = self.members[name].info
         header = self._pread(30, info.header_offset, name)
         if header[:4] != b"PK\x03\x04":
@@ -415,7 +440,7 @@ class ZipSource:
         info = self.members[name].info
         if info.compress_type != zipfile.ZIP_STORED:
             return None
-        at, left = self._stored_offset(name), info.file_size
+        at, left = self.data_offset(name), info.file_size
         digest, crc = hashlib.sha1(), 0
         while left:
             chunk = self._pread(min(left, _COPY_CHUNK), at, name)

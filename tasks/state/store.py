@@ -204,6 +204,13 @@ class DigestCache:
                 self._keep(key, st, algorithm, found)
         return found
 
+    def keep(self, path: str | os.PathLike[str], st: os.stat_result, algorithm: str,
+             digest: str) -> None:
+        """Another digest of the file a walk saw as `st`, learned in the same read (kept on
+        the rule of `digest`)."""
+        if settled(st, self._opened, self.racy_ns):
+            self._keep(os.fsdecode(path), st, algorithm, digest)
+
     def note(self, path: Path, algorithm: str, digest: str) -> None:
         """`path` was just written by this run with content `digest`: kept as it is now."""
         with contextlib.suppress(OSError):
