@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,16 +34,26 @@ def _bump(ws: Workspace) -> None:
     version.write_text(version.read_text().replace("2022-07-15,09:30", "2022-07-16,09:30"))
 
 
-def _traffic(ws: Workspace) -> dict[str, object]:
+@dataclass(frozen=True)
+class Logged:
     """What the last `targetfiles` wrote, as its log says."""
+
+    read: int
+    hashed: int
+    wrote: int
+    copied: int
+    entries: int
+    written: set[str]
+
+
+def _traffic(ws: Workspace) -> Logged:
     log = sorted((ws.root / "state/logs").glob("*-targetfiles.log"))[-1].read_text()
     line = next(li for li in log.splitlines() if "entries read" in li)
     numbers = re.search(r"read (\d+) bytes, hashed (\d+), wrote (\d+), copied by the kernel "
                         r"(\d+) \((\d+) entries\); written: (.*)$", line)
     assert numbers is not None, line
     read, hashed, wrote, copied, entries = (int(n) for n in numbers.groups()[:5])
-    return {"read": read, "hashed": hashed, "wrote": wrote, "copied": copied,
-            "entries": entries, "written": set(numbers.group(6).split(", "))}
+    return Logged(read, hashed, wrote, copied, entries, set(numbers.group(6).split(", ")))
 
 
 def _folders(root: Path) -> list[str]:
@@ -69,7 +80,7 @@ def test_out_is_a_link_and_a_one_file_change_rewrites_only_what_changed(
     with ZipSource(out) as zf:
         assert members == {n: zf.sha1(n) for n, m in zf.members.items() if m.kind == "file"}
     first = _traffic(ws)
-    assert first["copied"] == 0 and first["wrote"] == out.stat().st_size
+    assert first.copied == 0 and first.wrote == out.stat().st_size
 
     _bump(ws)
     run = ws.build()
@@ -78,11 +89,11 @@ def test_out_is_a_link_and_a_one_file_change_rewrites_only_what_changed(
     assert f"from {NEXT_KEY} by the kernel" in run.stdout
     traffic = _traffic(ws)
     changed = {f"SYSTEM/{EDITED}", f"SYSTEM/{VERSION}"}
-    assert traffic["written"] == changed | {"META/system_manifest.json"}
+    assert traffic.written == changed | {"META/system_manifest.json"}
     sizes = sum((ws.rootfs / p.removeprefix("SYSTEM/")).stat().st_size for p in changed)
-    assert traffic["read"] == sizes and traffic["hashed"] == sizes
+    assert traffic.read == sizes and traffic.hashed == sizes
     new = ws.archive / BUMPED_KEY / "targetfiles.zip"
-    assert traffic["copied"] > 0.9 * new.stat().st_size
+    assert traffic.copied > 0.9 * new.stat().st_size
     assert (ws.out / "targetfiles.zip").samefile(new)
     # reproducible: the zip made incrementally is the zip made from nothing
     assert new.read_bytes() == _from_scratch(ws, tmp_path / "scratch")
@@ -116,7 +127,7 @@ def test_an_archived_zip_changed_on_disk_is_caught_before_it_is_used(
     assert any(line.startswith("warning: ") and f"archived version {NEXT_KEY} does not match"
                in line and line.endswith("not used to copy members from")
                for line in run.stdout.splitlines()), run.stdout
-    assert _traffic(ws)["copied"] == 0
+    assert _traffic(ws).copied == 0
     new = ws.archive / BUMPED_KEY / "targetfiles.zip"
     assert new.read_bytes() == _from_scratch(ws, tmp_path / "scratch")
 

@@ -242,9 +242,10 @@ def pages(path: Path) -> int:
 def test_a_run_that_fills_the_archives_disk_archives_nothing(ws: Workspace) -> None:
     """Fed: a first `doit targetfiles` (both the source and the target new to the archive)
     with `archive/` on a tmpfs of every size at which one of its writes runs out of room:
-    1 page; half the source; the source zip; its manifest; half the target; the target zip;
-    its manifest; the index (all but one page of what the run needs); then exactly what it
-    needs. Outcome wanted: below, exit 1 with the one line `error: <archive>: cannot write
+    1 page; half the target (written straight into the archive); the target zip; half the
+    source; the source zip; its manifest; the target's members.json; its manifest; the index
+    (all but one page of what the run needs); then exactly what it needs. Outcome wanted:
+    below, exit 1 with the one line `error: <archive>: cannot write
     the archive (No space left on device)`, out/ and archive/ as they were (no version, no
     index, no staging folder, no temporary file); at the size it needs, both versions
     archived and indexed. The needs are measured on a run with room to spare."""
@@ -256,11 +257,12 @@ def test_a_run_that_fills_the_archives_disk_archives_nothing(ws: Workspace) -> N
     source, target = (ws.archive / v["key"] / "targetfiles.zip" for v in index["versions"])
     assert (source.parent.name, target.parent.name) == tuple(
         v["key"] for v in index["versions"])
-    src, tgt = pages(source), pages(target)
-    assert needed == src + tgt + 3  # two zips, two manifests, the index
+    src, tgt, members = pages(source), pages(target), pages(target.parent / "members.json")
+    assert needed == src + tgt + members + 3  # two zips, their manifests, members, the index
     shutil.rmtree(ws.archive)
     ws.archive.mkdir()
-    sizes = [1, src // 2, src, src + 1, src + 1 + tgt // 2, src + 1 + tgt, src + tgt + 2]
+    sizes = [1, tgt // 2, tgt, tgt + src // 2, tgt + src, tgt + src + 1,
+             tgt + src + 1 + members, tgt + src + 2 + members]
     for size in sizes:
         with small_disk(ws.archive, f"{size * PAGE}"), unchanged(ws):
             line = refused(ws.doit())

@@ -349,9 +349,11 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
         out = stack.enter_context(atomic.atomic_path(settings.workspace.target_zip,
                                                      archive.file_mode))
         staging = batch.staging(target_version.key)
-        written = write_stored_zip(staging / ZIP_NAME, items,
-                                   layout=open_layout(choice, stack), known_crc=known_crc(cache),
-                                   sources={source_path: src}, meter=log)
+        with archive.writing():
+            written = write_stored_zip(staging / ZIP_NAME, items,
+                                       layout=open_layout(choice, stack),
+                                       known_crc=known_crc(cache),
+                                       sources={source_path: src}, meter=log)
         synced = atomic.background_sync(staging / ZIP_NAME)
         source_new = archived_source is None
         archive.admit(source_version.key, source_sha256)

@@ -315,7 +315,9 @@ def write_stored_zip(dest: Path, items: Iterable[ZipItem],
     """Write `items` (sorted by name, stored) to `dest`, a new file of the caller's, in one
     pass; the members of `layout` that would be written as they are there are copied from it
     by the kernel. `known_crc` gives the CRC-32 of a file it knows (so it is read once);
-    `sources`: the open zips member items are taken from. Not synced."""
+    `sources`: the open zips member items are taken from. Not synced. A failure to read an
+    input is a DfotaError naming it; a failure to write (a full disk) is the OSError, for the
+    caller to name its folder."""
     layout, meter = how.get("layout"), how.get("meter", SILENT)
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
@@ -324,21 +326,23 @@ def write_stored_zip(dest: Path, items: Iterable[ZipItem],
             raise DfotaError(f"two entries named {quoted(item.name)} would be written", dest)
         seen.add(item.name)
     traffic = Traffic()
-    try:
-        with open(dest, "wb") as f:
-            out = _Out(f, traffic)
-            with zipfile.ZipFile(cast(IO[bytes], out), "w", allowZip64=True) as zf:
-                writer = _Writer(out, zf, layout, how.get("known_crc"),
-                                 dict(how.get("sources") or {}))
-                bar = meter.progress(f"zipping {dest.name}", len(ordered))
-                for item in ordered:
-                    writer.write(item)
-                    bar.advance()
-                writer.finish()
-                bar.finish()
-            f.flush()
-    except OSError as exc:
-        raise DfotaError(f"cannot write file ({exc.strerror})", dest) from exc
+    with open(dest, "wb") as f:
+        out = _Out(f, traffic)
+        zf = zipfile.ZipFile(cast(IO[bytes], out), "w", allowZip64=True)
+        try:
+            writer = _Writer(out, zf, layout, how.get("known_crc"),
+                             dict(how.get("sources") or {}))
+            bar = meter.progress(f"zipping {dest.name}", len(ordered))
+            for item in ordered:
+                writer.write(item)
+                bar.advance()
+            writer.finish()
+            bar.finish()
+        except BaseException:
+            zf.fp = None  # no central directory after a failure: the caller drops the file
+            raise
+        zf.close()
+        f.flush()
     return Written(out.sha256.hexdigest(), out.pos, writer.sha1s, traffic)
 
 
@@ -388,15 +392,15 @@ def _stream(f: IO[bytes], out: _Out, size: int, path: Path, traffic: Traffic) ->
     """Copy `size` bytes of `f` into `out`; their CRC-32 (a file that grew or shrank
     meanwhile is refused)."""
     crc, left = 0, size
-    try:
-        while left:
+    while left:
+        try:
             chunk = f.read(min(left, _CHUNK))
-            if not chunk:
-                raise _changed(path)
-            crc = zlib.crc32(chunk, crc)
-            out.write(chunk)
-            left -= len(chunk)
-            traffic.bytes_read += len(chunk)
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+        except OSError as exc:
+            raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+        if not chunk:
+            raise _changed(path)
+        crc = zlib.crc32(chunk, crc)
+        out.write(chunk)  # a failed write is the caller's to name
+        left -= len(chunk)
+        traffic.bytes_read += len(chunk)
     return crc
