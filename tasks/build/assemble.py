@@ -387,6 +387,9 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
         relink_if_replaced(placed, out, archive)
         state.records.put(SOURCE_SHA1S, source_sha256, source_sha1s(src, items, written),
                           if_changed=True)
+    # renaming a hard link over another link of the same file does nothing: out/ was that
+    # zip already (a rerun), and the temporary name is still there
+    out.unlink(missing_ok=True)
     # out/ and the archived zip are one file, or a copy: known as they are now, after the
     # renames and the mode that moved their change time
     for path in (placed.zip_path, settings.workspace.target_zip):
