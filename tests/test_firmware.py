@@ -26,6 +26,7 @@ from dfota.build.firmware import (
     read_images,
 )
 from dfota.build.image_drift import (
+    DRIFT_RECORD,
     image_drift,
     read_sdk_image,
     sdk_image_drift,
@@ -382,6 +383,11 @@ def test_the_sdk_images_tree_is_kept_by_the_images_sha1(sample_sdk: Path, tmp_pa
     assert sdk_image_drift(tree, ImageTreeReader(gone, records, sha1.hexdigest())) == []
     with pytest.raises(DfotaError, match=r"gone\.ubi"):  # another image: read
         sdk_image_drift(tree, ImageTreeReader(gone, records, "0" * 40))
+    # the drift is kept by the image and the tree: a record of it serves as long as both are
+    # as they were; without it, the image's tree is needed again
+    drift = records.folder / DRIFT_RECORD
+    assert len(list(drift.iterdir())) == 1
+    shutil.rmtree(drift)
     record.write_text("{damaged")
     assert sdk_image_drift(tree, ImageTreeReader(image, records, sha1.hexdigest())) == []
     assert json.loads(record.read_text()) == kept
