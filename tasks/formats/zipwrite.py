@@ -242,18 +242,19 @@ class _Writer:
             return
         self._flush_run()
         self.out.write(_file_header(info, found.CRC, found.file_size, self.out.pos))
-        digest = hashlib.sha1()
+        # hashed only when its sha1 is not known (its CRC is checked either way)
+        digest = None if item.sha1 else hashlib.sha1()
         crc = 0
         for chunk in src.chunks(member):
             crc = zlib.crc32(chunk, crc)
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
+                self.traffic.bytes_hashed += len(chunk)
             self.out.write(chunk)
             self.traffic.bytes_read += len(chunk)
-            self.traffic.bytes_hashed += len(chunk)
-        if crc != found.CRC or (item.sha1 and digest.hexdigest() != item.sha1):
-            raise DfotaError(f"entry {quoted(member)} is corrupt (its content is not what "
-                             "was recorded)", src.path)
-        self.sha1s[item.name] = digest.hexdigest()
+        if crc != found.CRC:
+            raise DfotaError(f"entry {quoted(member)} is corrupt (Bad CRC-32)", src.path)
+        self.sha1s[item.name] = digest.hexdigest() if digest is not None else item.sha1
         self._done(item.name, info)
 
     # copies from the layout ---------------------------------------------------------
