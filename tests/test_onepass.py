@@ -187,3 +187,21 @@ def test_a_version_another_workspaces_out_links_is_kept(ws: Workspace, tmp_path:
     (ws.out / "targetfiles.zip").unlink()  # that workspace's out/ gone: so is the version
     pruned = _prune(ws, folders, "--force")
     assert f"prune: removed {NEXT_KEY}" in pruned.stdout
+
+
+def test_built_on_the_previous_target_it_is_both_source_and_layout(
+        ws: Workspace, tmp_path: Path) -> None:
+    time.sleep(2.1)
+    ws.build()
+    _bump(ws)
+    run = ws.build(default_source=True)
+    assert f"built on {NEXT_KEY}" in run.stdout
+    assert _traffic(ws).written == {f"SYSTEM/{EDITED}", f"SYSTEM/{VERSION}",
+                                    "META/system_manifest.json"}
+    previous = tmp_path / "previous.zip"
+    shutil.copyfile(ws.archive / NEXT_KEY / "targetfiles.zip", previous)
+    scratch = ws.run("targetfiles", "--sdk", str(ws.sdk), "--source", str(previous),
+                     *_folders(tmp_path / "scratch"))
+    assert scratch.returncode == 0, scratch.stdout + scratch.stderr
+    assert (ws.archive / BUMPED_KEY / "targetfiles.zip").read_bytes() == \
+        (tmp_path / "scratch/out/targetfiles.zip").read_bytes()

@@ -351,7 +351,7 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
         staging = batch.staging(target_version.key)
         with archive.writing():
             written = write_stored_zip(staging / ZIP_NAME, items,
-                                       layout=open_layout(choice, stack),
+                                       layout=open_layout(choice, src, stack),
                                        known_crc=known_crc(cache),
                                        sources={source_path: src}, meter=log)
         synced = atomic.background_sync(staging / ZIP_NAME)

@@ -61,10 +61,14 @@ def choose_layout(archive: Archive, keys: Iterable[str]) -> tuple[LayoutChoice |
     return None, warnings
 
 
-def open_layout(choice: LayoutChoice | None, stack: contextlib.ExitStack) -> Layout | None:
+def open_layout(choice: LayoutChoice | None, src: ZipSource,
+                stack: contextlib.ExitStack) -> Layout | None:
+    """The layout zip opened (the source's, already open, when it is the same file)."""
     if choice is None:
         return None
-    return Layout(stack.enter_context(ZipSource(choice.version.zip_path)), choice.sha1s)
+    path = choice.version.zip_path
+    same = src.path.resolve() == path.resolve()
+    return Layout(src if same else stack.enter_context(ZipSource(path)), choice.sha1s)
 
 
 def learn_source_sha1s(src: ZipSource, records: Records, sha256: str,
