@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dfota import __version__
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
+from dfota.formats.ziplimits import DEFAULT_ZIP_LIMITS, ZipLimits
 from dfota.state.store import State
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -68,6 +69,9 @@ class Workspace:
     archive_dir: Path
     target: Path | None = None  # the target targetfiles.zip when not `<out>/targetfiles.zip`
     archive_group_readable: bool = True  # archive folders 0750, files 0440 (else 0700, 0400)
+    # what an entry of any zip the chain reads may declare: chain-wide, as every task reads
+    # the zips another task read or wrote (the source, the target, the package)
+    zip_limits: ZipLimits = DEFAULT_ZIP_LIMITS
 
     @property
     def root(self) -> Path:

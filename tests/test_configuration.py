@@ -236,6 +236,7 @@ ALL = {"targetfiles", "delta", "verify"}
     ("pyproject", ("config", "lists-copy"), {"delta", "verify"}),
     ("pyproject", ("empty_by_nature", ["proc"]), ALL),
     ("pyproject", ("source", BASE_KEY[:40]), ALL),  # the same base, by a key prefix
+    ("pyproject", ("max_entry_mb", 1024), ALL),  # every task reads the zips
 ])
 @pytest.mark.slow
 def test_5_a_changed_setting_reruns_the_tasks_that_read_it(project: Project, where: str,

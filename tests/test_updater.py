@@ -18,6 +18,7 @@ import pytest
 
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.device.applypatch import SAVED_FILE
+from dfota.device.contents import whole
 from dfota.device.fs import Device
 from dfota.device.host import EntrySpec, entry_key
 from dfota.device.power_loss import for_each_power_loss
@@ -981,7 +982,7 @@ def test_the_same_bytes_or_owner_and_mode_again_change_nothing_but_are_a_step() 
     with dev.trial():
         dev.hook = steps.append
         node = dev.lstat("/system/bin/app")
-        dev.write_file("/system/bin/app", bytes(dev.load("/system/bin/app").data),
+        dev.write_file("/system/bin/app", bytes(whole(dev.load("/system/bin/app").data)),
                        new_mode=0o600, meta=(node.mode, node.uid, node.gid))
         dev.set_owner_mode(node, node.uid, node.gid, node.mode, "/system/bin/app")
         assert dev._journal == [] and node._digest is not None

@@ -26,6 +26,7 @@ from dfota.formats.zipio import (
     path_item,
     write_zip,
 )
+from dfota.formats.ziplimits import DEFAULT_ZIP_LIMITS, ZipLimits, use_zip_limits
 
 NAMES_WITH_TROUBLE = ['a b', 'quo"te', "back\\slash", "new\nline", "-dash", "ünï"]
 
@@ -239,3 +240,24 @@ def test_a_vouched_file_is_not_hashed_again_but_must_not_change(tmp_path: Path) 
     with pytest.raises(DfotaError, match="changed while the zip was being written"):
         write_zip(tmp_path / "changed.zip", [right], vouch=vouch_then_change)
     assert not (tmp_path / "changed.zip").exists()
+
+
+def test_the_zip_limits_refuse_an_entry_in_one_line_naming_it(tmp_path: Path) -> None:
+    """A deflated entry of zeros (about 1,000:1) is taken by default; a lowered entry limit
+    or ratio refuses it, naming the entry, what it declares and the limit."""
+    path = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("SYSTEM/zeros", bytes(3 << 20))
+    assert ZipSource(path).members["SYSTEM/zeros"].size == 3 << 20  # the defaults
+    with pytest.raises(DfotaError) as caught:
+        ZipSource(path, ZipLimits(max_entry_mb=2))
+    assert str(caught.value) == (f"{path}: entry 'SYSTEM/zeros' declares {3 << 20} bytes, "
+                                 "over the limit of 2 MiB (max_entry_mb)")
+    with pytest.raises(DfotaError, match=r"at a ratio of at most 100:1 \(max_deflate_ratio\)"):
+        ZipSource(path, ZipLimits(max_deflate_ratio=100))
+    use_zip_limits(ZipLimits(max_entry_mb=1))  # the command's, for every zip read after
+    try:
+        with pytest.raises(DfotaError, match="over the limit of 1 MiB"):
+            ZipSource(path)
+    finally:
+        use_zip_limits(DEFAULT_ZIP_LIMITS)

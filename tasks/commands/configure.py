@@ -41,6 +41,7 @@ from dfota.commands.params import (
 )
 from dfota.core.errors import DfotaError
 from dfota.core.volumes import Volumes
+from dfota.formats.ziplimits import DEFLATE_LIMIT, ZipLimits
 from dfota.settings import (
     MB,
     SAMPLE_CONFIG,
@@ -213,12 +214,23 @@ def _workspace(values: Mapping[str, object], project: ProjectFile, sample: bool,
             warnings.append(f"{project.path}: [{TABLE}] sets {', '.join(set_in_file)} but no "
                             f"sdk: the sample SDK builds in {SAMPLE_WORK}")
         return Workspace(SAMPLE_WORK / "out", SAMPLE_WORK / "state", SAMPLE_WORK / "archive",
-                         archive_group_readable=bool(values["archive_group_readable"])), warnings
+                         archive_group_readable=bool(values["archive_group_readable"]),
+                         zip_limits=_zip_limits(values)), warnings
     folder = project.folder
     return Workspace(resolve_path(str(values["out"]), folder),
                      resolve_path(str(values["state"]), folder),
                      resolve_path(str(values["archive"]), folder),
-                     archive_group_readable=bool(values["archive_group_readable"])), warnings
+                     archive_group_readable=bool(values["archive_group_readable"]),
+                     zip_limits=_zip_limits(values)), warnings
+
+
+def _zip_limits(values: Mapping[str, object]) -> ZipLimits:
+    """`max_entry_mb` (at least 1) and `max_deflate_ratio` (1 to deflate's own limit)."""
+    ratio = _number(values, "max_deflate_ratio", int, 1, False)
+    if ratio > DEFLATE_LIMIT:
+        raise DfotaError(f"--max-deflate-ratio {ratio}: must be at most {DEFLATE_LIMIT} "
+                         "(deflate cannot expand data more)")
+    return ZipLimits(_number(values, "max_entry_mb", int, 1, False), ratio)
 
 
 def _version_reference(value: str, folder: Path) -> str:

@@ -37,6 +37,7 @@ from dfota.core.errors import (
     DfotaError,
     UsageError,
 )
+from dfota.formats.ziplimits import use_zip_limits
 from dfota.settings import PROJECT_DIR, Workspace
 from dfota.state.lock import WorkspaceBusy, WorkspaceLock
 from dfota.state.lock import take as take_lock
@@ -292,6 +293,7 @@ def _configuration(args: list[str], selected: list[str], starting: bool) -> Conf
     if starting:
         for warning in conf.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+    use_zip_limits(conf.workspace.zip_limits)  # every zip the command reads
     return conf
 
 

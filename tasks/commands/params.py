@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dfota.core.volumes import DEFAULT_CACHE_SIZE_MB, DEFAULT_SYSTEM_SIZE_MB
+from dfota.formats.ziplimits import DEFAULT_ZIP_LIMITS, DEFLATE_LIMIT
 from dfota.settings import DEFAULT_DIFF_TIMEOUT, DEFAULT_SIZE_BUDGET_MB, EMPTY_BY_NATURE
 
 TABLE = "tool.dfota"
@@ -40,10 +41,18 @@ CHAIN_PARAMS: list[Param] = [
      "inverse": "archive-private"},
     _param("wait", float, None, "wait up to SECONDS for another run of this workspace to end "
                                 "[chain-wide; default: 0, say it is busy]"),
+    _param("max_entry_mb", int, None, "refuse a zip entry (source, target, package) that "
+                                      "declares more MiB [chain-wide; default: "
+                                      f"{DEFAULT_ZIP_LIMITS.max_entry_mb}]"),
+    _param("max_deflate_ratio", int, None, "refuse a deflated zip entry that declares more "
+                                           "than this many times its stored bytes [chain-wide; "
+                                           f"default: {DEFLATE_LIMIT}, deflate's own limit]"),
 ]
 CHAIN_DEFAULTS: dict[str, object] = {"out": "out", "archive": "archive", "state": "build",
                                      "source": "", "sdk": "", "config": "", "wait": 0.0,
                                      "archive_group_readable": True,
+                                     "max_entry_mb": DEFAULT_ZIP_LIMITS.max_entry_mb,
+                                     "max_deflate_ratio": DEFAULT_ZIP_LIMITS.max_deflate_ratio,
                                      "empty_by_nature": list(EMPTY_BY_NATURE)}
 TABLE_ONLY = ("empty_by_nature",)  # chain-wide settings only pyproject.toml can give
 FOLDERS = ("out", "archive", "state")

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import bsdiff4
 
 from dfota.core.tree import FILE
+from dfota.device.contents import Content, size_of, whole
 from dfota.device.interpreter import Function, Updater
 from dfota.device.storage import FsError, Loaded
 from dfota.device.values import Abort, Blob, Value, argc, as_text, parse_sha1, strtol10
@@ -26,8 +27,8 @@ _MAX_PATCH_OUTPUT = 1 << 31
 
 
 def load(run: Updater, name: str) -> Loaded | None:
-    """A file, or a partition named `MTD:...`, read whole as applypatch reads it; None (and a
-    line of log) when it cannot be."""
+    """A file, or a partition named `MTD:...`, read as applypatch reads it (whole: its bytes
+    are held only where a patch works on them); None (and a line of log) when it cannot be."""
     if name.startswith(("MTD:", "EMMC:")):
         return _load_partition(run, name)
     try:
@@ -62,7 +63,7 @@ def _load_partition(run: Updater, spec: str) -> Loaded | None:
             run.say(f"cannot read {size} bytes of {tokens[1]} or parse {sha1}")
             return None
         if actual == digest:
-            return Loaded(part.read(size) or b"", digest.hex(), 0o644, 0, 0)
+            return Loaded(part.view(size) or b"", digest.hex(), 0o644, 0, 0)
     run.say(f"partition {tokens[1]} matches none of {spec}")
     return None
 
@@ -240,7 +241,7 @@ def _source(run: Updater, job: PatchJob, current: Loaded | None) -> _Source | No
 
 
 def _patched(run: Updater, job: PatchJob,
-             found: _Source) -> tuple[bytes, bytes, bool] | None:
+             found: _Source) -> tuple[Content, bytes, bool] | None:
     """The patch applied, tried again once when a file's first try fails (see
     `_before_try`): (the output, its sha1, whether the source was backed up), None when it
     failed."""
@@ -296,13 +297,13 @@ def _before_try(run: Updater, job: PatchJob, found: _Source,
     return 0, True
 
 
-def _try(run: Updater, job: PatchJob, found: _Source) -> tuple[str, bytes, bytes]:
+def _try(run: Updater, job: PatchJob, found: _Source) -> tuple[str, Content, bytes]:
     """One try of the patch (see `_run_patch`), a file's output written beside it; outcome
     "stop" when that write fails for want of anything but room."""
     use = found.loaded
     outcome, out, out_sha1 = _run_patch(run, use.data, use.sha1, job.patches[found.patch])
     if job.to_partition:
-        if outcome == "ok" and len(out) > job.tgt_size:
+        if outcome == "ok" and size_of(out) > job.tgt_size:
             outcome = "failed"  # the output buffer holds tgt_size bytes
         return outcome, out, out_sha1
     if outcome != "ok":
@@ -318,7 +319,7 @@ def _try(run: Updater, job: PatchJob, found: _Source) -> tuple[str, bytes, bytes
     return outcome, out, out_sha1
 
 
-def _put_in_place(run: Updater, job: PatchJob, out: bytes, out_sha1: bytes) -> bool:
+def _put_in_place(run: Updater, job: PatchJob, out: Content, out_sha1: bytes) -> bool:
     """The patched bytes written to the partition, or the `.patch` file renamed over the
     target."""
     if job.to_partition:
@@ -338,7 +339,7 @@ def _put_in_place(run: Updater, job: PatchJob, out: bytes, out_sha1: bytes) -> b
 
 def _back_up(run: Updater, source: Loaded) -> bool:
     """Copy the source to /cache/saved.file with its mode and owner."""
-    if not _make_cache_space(run, len(source.data)):
+    if not _make_cache_space(run, size_of(source.data)):
         run.say("not enough free space on /cache")
         return False
     try:
@@ -350,11 +351,13 @@ def _back_up(run: Updater, source: Loaded) -> bool:
     return True
 
 
-def _run_patch(run: Updater, source: bytes, source_sha1: str,
-               patch: Blob) -> tuple[str, bytes, bytes]:
+def _run_patch(run: Updater, source: Content, source_sha1: str,
+               patch: Blob) -> tuple[str, Content, bytes]:
     """("ok", output, its sha1), ("failed", ...) or ("unknown", ...) for a patch format the
-    device does not know. IMGDIFF2 is known to the device but not to the host."""
-    data = patch.data
+    device does not know. IMGDIFF2 is known to the device but not to the host. The source,
+    the patch and the output are held whole only while the patch is applied (a large output
+    is then kept in the package's spill file)."""
+    data = whole(patch.data) if patch.data is not None else None
     if data is None or len(data) < 8 or data[:8] not in (b"BSDIFF40", b"IMGDIFF2"):
         return "unknown", b"", b""
     if data[:8] == b"IMGDIFF2":
@@ -368,11 +371,13 @@ def _run_patch(run: Updater, source: bytes, source_sha1: str,
     key = (source_sha1, hashlib.sha1(data).hexdigest())
     if key not in run.package.patched:
         try:
-            out = bsdiff4.patch(source, data)
-            run.package.patched[key] = (out, hashlib.sha1(out).digest())
+            out = bsdiff4.patch(whole(source), data)
         except (ValueError, OSError, MemoryError, OverflowError, RuntimeError) as exc:
             run.say(f"bsdiff patch failed: {exc}")
             return "failed", b"", b""
+        digest = hashlib.sha1(out)
+        run.package.patched[key] = (run.package.spill.keep(out, digest.hexdigest()),
+                                    digest.digest())
     return ("ok", *run.package.patched[key])
 
 

@@ -11,6 +11,7 @@ updater sets, after the change is made.
 from __future__ import annotations
 
 from dfota.core.tree import DIR, FILE, SYMLINK
+from dfota.device.contents import Content, prefix, sha1_of, size_of
 from dfota.device.host import HostSide
 from dfota.device.items import (
     NOT_FOLLOWED,
@@ -82,14 +83,14 @@ class Device(HostSide):
         return fs.free()
 
     def load(self, path: str) -> Loaded:
-        """A regular file read whole, links followed."""
+        """A regular file read, links followed (its bytes as held or left where they lie)."""
         node = self.stat(path)
         if node.kind != FILE:
             raise FsError("EISDIR", path)
         if self.reads is not None:
             self._read(data_item(node))
             self._read(owner_item(node))
-        return Loaded(node.data, node.sha1(), node.mode, node.uid, node.gid)
+        return Loaded(node.content, node.sha1(), node.mode, node.uid, node.gid)
 
     def listdir(self, path: str) -> list[str]:
         node = self.stat(path)
@@ -115,7 +116,7 @@ class Device(HostSide):
 
     # --- mutations (each reports one step through `hook` once done) ------------------------
 
-    def write_file(self, path: str, data: bytes, *, new_mode: int,
+    def write_file(self, path: str, data: Content, *, new_mode: int,
                    meta: tuple[int, int, int] | None = None, sha1: str | None = None) -> None:
         """open(O_CREAT|O_TRUNC|O_WRONLY) through links, then write: a new file gets
         `new_mode` root:root, an existing one keeps its metadata unless `meta` (mode, uid,
@@ -129,22 +130,22 @@ class Device(HostSide):
             node = self._made(where.parent, where.name, FILE, new_mode)
         elif node.kind == DIR:
             raise FsError("EISDIR", path)
+        size = size_of(data)
         if self.reads is not None:
             self._read(data_item(node))  # not set: what it had decides the room needed
-            if len(data) > node.size:
-                self._read(room_item(node.fs, len(data) - node.size))
+            if size > node.size:
+                self._read(room_item(node.fs, size - node.size))
         room = node.fs.free() + node.size  # once truncated
         # the same bytes again (a re-run after a power loss rewrites what is there) change
         # nothing: no undo to keep, no digest to forget
-        if not (len(data) <= room and node.size == len(data)
-                and (node.data is data or node.data == data)):
+        if not (size <= room and node.size == size and _holds(node, data, sha1)):
             self._set_data(node, b"")
-            self._set_data(node, data if len(data) <= room else data[:room],
-                           sha1 if len(data) <= room else None)
+            self._set_data(node, data if size <= room else prefix(data, room),
+                           sha1 if size <= room else None)
         if meta is not None:
             self._chown(node, meta[1], meta[2], meta[0])
         self._done(f"write {path}")
-        if len(data) > room:
+        if size > room:
             raise FsError("ENOSPC", path)
 
     def mkdir(self, path: str, mode: int) -> None:
@@ -242,17 +243,14 @@ class Device(HostSide):
             self._remember(node, "uid", "gid", "mode")
             node.uid, node.gid, node.mode = new
 
-    def write_partition(self, name: str, data: bytes, digest: bytes | None = None) -> bool:
+    def write_partition(self, name: str, data: Content, digest: bytes | None = None) -> bool:
         """Write `data` (sha1 `digest`, when known); False when it does not fit."""
         part = self.partitions[name]
-        self._set(partition_item(part), data if part.size is None or len(data) <= part.size
-                  else data[: part.size])
-        fits = part.size is None or len(data) <= part.size
-        self._remember(part, "data", "digests")
-        if fits:
-            part.write(data, digest)
-        else:
-            part.write(data[: part.size])
+        fits = part.size is None or size_of(data) <= part.size
+        written = data if fits or part.size is None else prefix(data, part.size)
+        self._set(partition_item(part), written)
+        self._remember(part, "content", "digests")
+        part.write(written, digest if fits else None)
         self._done(f"write partition {name}")
         return fits
 
@@ -263,6 +261,16 @@ class Device(HostSide):
         node = parent.children[name] = FsNode(kind, Meta(mode, 0, inherited_gid(parent)),
                                               parent.fs, parent, name)
         return node
+
+
+def _holds(node: FsNode, data: Content, sha1: str | None) -> bool:
+    """Whether a file of `data`'s size holds those bytes already."""
+    current = node.content
+    if current is data:
+        return True
+    if isinstance(current, bytes) and isinstance(data, bytes):
+        return current == data
+    return node.sha1() == (sha1 or sha1_of(data))
 
 
 def _inside(node: FsNode, ancestor: FsNode) -> bool:

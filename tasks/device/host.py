@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
+from dfota.device.contents import Content, size_of, whole
 from dfota.device.paths import Paths
 from dfota.device.storage import (
     Filesystem,
@@ -57,7 +58,7 @@ class HostSide(Paths):
         *,
         capacities: Mapping[str, int | None] | None = None,
         mounted: Iterable[str] = ("/cache",),
-        partitions: Mapping[str, bytes | Partition] | None = None,
+        partitions: Mapping[str, Content | Partition] | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> None:
         """`capacities` maps each mount point to its size in bytes (None: no limit);
@@ -79,14 +80,14 @@ class HostSide(Paths):
             self.mounts[point] = holder.mount
         self._host_mkdirs("/tmp")
         self.partitions: dict[str, Partition] = {
-            name: p if isinstance(p, Partition) else Partition(bytes(p))
+            name: p if isinstance(p, Partition) else Partition(p)
             for name, p in (partitions or {}).items()
         }
         self.properties = dict(properties or {})
 
     @classmethod
     def from_system(cls: type[_D], entries: Mapping[str, EntrySpec],
-                    partitions: Mapping[str, bytes | Partition] | None = None, *,
+                    partitions: Mapping[str, Content | Partition] | None = None, *,
                     sha1s: Mapping[str, str] | None = None, **setup: Unpack[SetUp]) -> _D:
         """A module whose /system holds `entries` (paths relative to /system); missing
         parent directories are made 0755 root:root. `capacities` adds other mount points.
@@ -180,7 +181,7 @@ class HostSide(Paths):
         twin.rootfs = fs_copy(self.rootfs, None)
         twin.root = twin.rootfs.root
         twin.initially_mounted = self.initially_mounted
-        twin.partitions = {n: Partition(p.data, p.size, dict(p.digests))
+        twin.partitions = {n: Partition(p.content, p.size, dict(p.digests))
                            for n, p in self.partitions.items()}
         twin.properties = dict(self.properties)
         twin.hook = None
@@ -231,11 +232,11 @@ class HostSide(Paths):
         digests behave alike under the same script. Only the directories changed since the
         last call are hashed again."""
         return (self.root.digest(), tuple(m.active for m in self.mounts.values()),
-                tuple((name, p.size, p.digest(len(p.data)))
+                tuple((name, p.size, p.digest(size_of(p.content)))
                       for name, p in self.partitions.items()))
 
     def partition_sha1s(self) -> dict[str, str]:
-        return {name: (p.digest(len(p.data)) or b"").hex()
+        return {name: (p.digest(size_of(p.content)) or b"").hex()
                 for name, p in sorted(self.partitions.items())}
 
     def state(self) -> DeviceState:
@@ -243,11 +244,16 @@ class HostSide(Paths):
 
     def host_read(self, path: str) -> bytes | None:
         """A file's content with every filesystem visible (links followed); None if absent."""
+        content = self.host_content(path)
+        return None if content is None else whole(content)
+
+    def host_content(self, path: str) -> Content | None:
+        """`host_read`, the bytes as held or left where they lie."""
         try:
             node = self.stat(path, every_mount=True)
         except FsError:
             return None
-        return node.data if node.kind == FILE else None
+        return node.content if node.kind == FILE else None
 
     def read_in(self, mount_point: str, path: str) -> bytes | None:
         """A file read as the running system sees it: `mount_point`'s filesystem is `/`."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dfota.device.contents import Content, Spill
 from dfota.device.fs import Device
 from dfota.device.storage import FsError, FsNode
 from dfota.device.values import Abort, Blob, Value
@@ -48,10 +49,18 @@ class Package:
     root: Node | None = None
     failure: tuple[int, str] | None = None
     # patch outputs with their sha1, by (source sha1, patch sha1): replays reuse them
-    patched: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict,
-                                                                 repr=False)
+    patched: dict[tuple[str, str], tuple[Content, bytes]] = field(default_factory=dict,
+                                                                   repr=False)
     # the file entries `package_extract_dir` takes, by zip prefix
     extracted: dict[bytes, tuple[ZipEntry, ...]] = field(default_factory=dict, repr=False)
+    spill: Spill = field(default_factory=Spill, repr=False)  # where large outputs are kept
+
+    def close(self) -> None:
+        """Let go of the package's file and of the outputs kept."""
+        if self.zip is not None:
+            self.zip.close()
+        self.spill.close()
+        self.patched.clear()
 
 
 # an edify function: (the run, the name it was called by, its arguments unevaluated)

@@ -55,7 +55,7 @@ def item_value(item: Item) -> object:
     if kind == "c":
         return obj.children.get(detail)
     if kind in ("d", "p"):
-        return obj.data
+        return obj.content  # bytes, or `Stored` (equal to the same bytes)
     if kind == "o":
         return (obj.uid, obj.gid, obj.mode)
     if kind == "l":
@@ -79,7 +79,7 @@ def changed_items(obj: object, attrs: Sequence[str]) -> list[Item]:
     """The items a change of `obj`'s `attrs` changes."""
     if isinstance(obj, FsNode):
         items = []
-        if "_data" in attrs:
+        if "_data" in attrs or "_stored" in attrs:
             items.append(data_item(obj))
         if "mode" in attrs:
             items.append(owner_item(obj))

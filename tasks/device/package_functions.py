@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dfota.core.tree import DIR
+from dfota.device.contents import Content
 from dfota.device.interpreter import Function, Updater
 from dfota.device.storage import FsError
 from dfota.device.values import Abort, Blob, Value, argc, as_text
@@ -131,6 +132,7 @@ def fn_write_raw_image(run: Updater, name: str, args: Sequence[Node]) -> Value:
     if part not in run.dev.partitions:
         run.say(f'{name}: no mtd partition named "{part}"')
         return b""
+    data: Content
     if isinstance(contents, Blob):
         if contents.data is None:
             raise Abort(f"{name}: no data to write (the updater would crash)")

@@ -7,11 +7,11 @@ counterpart in the module's updater does, messages and all (docs `device-updater
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from dfota.core.tree import FILE
 from dfota.device.applypatch import load
+from dfota.device.contents import sha1_of
 from dfota.device.interpreter import Function, Updater
 from dfota.device.storage import FsError
 from dfota.device.values import (
@@ -114,9 +114,9 @@ def fn_file_getprop(run: Updater, name: str, args: Sequence[Node]) -> Value:
         raise Abort(f'{name}: failed to stat "{path}": {exc.code}') from None
     if node.kind != FILE:
         raise Abort(f"{name}: failed to read {path}")
-    data = run.dev.content(node)
-    if len(data) > 65536:
+    if node.size > 65536:
         raise Abort(f"{path} too large for {name} (max 65536)")
+    data = run.dev.content(node)
     for raw in data.split(b"\0", 1)[0].split(b"\n"):
         line = raw.lstrip(SPACE)
         if not line or line.startswith(b"#") or b"=" not in line:
@@ -141,7 +141,7 @@ def fn_sha1_check(run: Updater, name: str, args: Sequence[Node]) -> Value:
     data = first.data if isinstance(first, Blob) else first
     if data is None:
         return b""
-    digest = hashlib.sha1(data).digest()
+    digest = bytes.fromhex(sha1_of(data))
     if len(values) == 1:
         return digest.hex().encode()
     for value in values[1:]:

@@ -4,18 +4,21 @@ A filesystem is a tree of nodes (regular files with their bytes, directories, sy
 mode and owner, and a capacity in bytes that regular files' contents count against (directories
 and symlinks take no room). A node keeps the digest of all it is and holds, summed so that a
 change costs only the directories above it. Raw partitions are named byte strings that read as
-erased (0xff) past what was last written, up to their size.
+erased (0xff) past what was last written, up to their size. Contents (`dfota.device.contents`)
+may be held in memory or left where they lie.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from dfota.core.errors import shown_path
 from dfota.core.tree import DIR, FILE, SYMLINK
+from dfota.device.contents import Content, Stored, filled, prefix, sha1_of, size_of, whole
+
+__all__ = ["Stored"]  # a content left where it lies: its home is `dfota.device.contents`
 
 _UNLIMITED = 1 << 62
 
@@ -164,10 +167,13 @@ class FsNode:
 
     @property
     def data(self) -> bytes:
-        """A file's bytes (read now if they were `Stored`)."""
-        if self._stored is not None:
-            self._data, self._stored = self._stored.get(), None
-        return self._data
+        """A file's bytes whole (read now if they are `Stored`; a small file's are kept)."""
+        return self._data if self._stored is None else self._stored.get()
+
+    @property
+    def content(self) -> Content:
+        """A file's bytes, as held or left where they lie."""
+        return self._data if self._stored is None else self._stored
 
     @property
     def size(self) -> int:
@@ -176,39 +182,16 @@ class FsNode:
 
     def sha1(self) -> str:
         if self._sha1 is None:
-            self._sha1 = hashlib.sha1(self.data).hexdigest()
+            self._sha1 = sha1_of(self.content)
         return self._sha1
 
-    def set_data(self, data: bytes | Stored, sha1: str | None = None) -> None:
-        """`sha1`: the data's sha1 when the writer knows it (a patch output, say); given for
-        `Stored` bytes."""
-        size = data.size if isinstance(data, Stored) else len(data)
+    def set_data(self, data: Content, sha1: str | None = None) -> None:
+        """`sha1`: the data's sha1 when the writer knows it (a patch output, say)."""
+        size = size_of(data)
         self.fs.used += size - self.size
         self._data, self._stored = (b"", data) if isinstance(data, Stored) else (data, None)
         self._sha1 = sha1
         self.touch()
-
-
-class Stored:
-    """A file's bytes left where they are (a zip's entry, say) until the module first uses
-    them: `load` reads them (and checks they are still what was hashed). Every copy of a
-    device shares one, so they are read once."""
-
-    __slots__ = ("_data", "load", "size")
-
-    def __init__(self, size: int, load: Callable[[], bytes], data: bytes | None = None) -> None:
-        """`data`: the bytes, when read already."""
-        self.size = size
-        self.load = load
-        self._data = data
-
-    def get(self) -> bytes:
-        if self._data is None:
-            data = self.load()
-            if len(data) != self.size:
-                raise ValueError(f"stored bytes: {len(data)} read, {self.size} expected")
-            self._data = data
-        return self._data
 
 
 # A directory's digest sums its children's shares modulo 2**2048, so that a change costs the
@@ -238,39 +221,49 @@ class Mount:
 class Partition:
     """A raw partition: what was last written, and its size (None: no limit)."""
 
-    data: bytes
+    content: Content
     size: int | None = None
     # sha1 of the first n bytes, by n: the same image is checked at every power-loss replay
     digests: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def data(self) -> bytes:
+        """What was last written, whole."""
+        return whole(self.content)
+
     def digest(self, count: int) -> bytes | None:
         """sha1 of what `read(count)` gives, or None past the partition's end."""
         if count not in self.digests:
-            data = self.read(count)
-            if data is None:
+            view = self.view(count)
+            if view is None:
                 return None
-            self.digests[count] = hashlib.sha1(data).digest()
+            self.digests[count] = bytes.fromhex(sha1_of(view))
         return self.digests[count]
 
-    def write(self, data: bytes, digest: bytes | None = None) -> None:
+    def write(self, data: Content, digest: bytes | None = None) -> None:
         """`digest`: sha1 of `data`, when the writer knows it."""
-        self.data = data
-        self.digests = {len(data): digest} if digest is not None else {}
+        self.content = data
+        self.digests = {size_of(data): digest} if digest is not None else {}
 
-    def read(self, count: int) -> bytes | None:
+    def view(self, count: int) -> Content | None:
         """The first `count` bytes as the flash reads them; None past the partition's end."""
-        if count <= len(self.data):
-            return self.data[:count]
+        held = size_of(self.content)
+        if count <= held:
+            return prefix(self.content, count) if count < held else self.content
         if self.size is None or count > self.size:
             return None
-        return self.data + b"\xff" * (count - len(self.data))
+        return filled(self.content, count, b"\xff")
 
+    def read(self, count: int) -> bytes | None:
+        """`view(count)` whole."""
+        view = self.view(count)
+        return None if view is None else whole(view)
 
 
 class Loaded(NamedTuple):  # a tuple: made for every read a script does
-    """A file or partition read whole, with the metadata apply_patch copies."""
+    """A file or partition as read, with the metadata apply_patch copies."""
 
-    data: bytes
+    data: Content
     sha1: str
     mode: int
     uid: int

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from dfota.core.tree import FILE
+from dfota.device.contents import Content
 from dfota.device.items import Item, changed_items, child_item, item_value, listing_item
 from dfota.device.storage import FsNode
 
@@ -109,7 +110,7 @@ class Trials:
         if self.reads is not None:
             self.reads.append((item, value, True))
 
-    def _set_data(self, node: FsNode, data: bytes, sha1: str | None = None) -> None:
+    def _set_data(self, node: FsNode, data: Content, sha1: str | None = None) -> None:
         self._remember(node, "_data", "_stored", "_sha1")
         self._remember(node.fs, "used")
         node.set_data(data, sha1)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dfota.core.errors import DfotaError, bad_zip_name
 from dfota.device import applypatch, file_functions, package_functions, script_functions
+from dfota.device.contents import same_content, whole
 from dfota.device.fs import Device
 from dfota.device.interpreter import Function, Package, Units, Updater
 from dfota.device.values import Abort, Blob, Value, as_text
@@ -84,14 +85,13 @@ class UpdateResult:
 
 
 def load_package(path: Path) -> Package:
+    """The package read as the updater reads it (its file open until `Package.close`)."""
     try:
-        data = Path(path).read_bytes()
+        archive = DeviceZip(Path(path))
     except FileNotFoundError as exc:
         raise DfotaError("file not found", path) from exc
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    try:
-        archive = DeviceZip(data)
     except ZipFormatError as exc:
         return Package(path, failure=(3, f"not a usable zip: {exc}"))
     # the device takes a name's bytes as they are; the host reads them as UTF-8, as every
@@ -101,13 +101,15 @@ def load_package(path: Path) -> Package:
             try:
                 found.name.decode("utf-8")
             except UnicodeDecodeError:
+                archive.close()
                 raise bad_zip_name(found.name, path) from None
     entry = archive.find(SCRIPT_NAME.encode())
     if entry is None:
         return Package(path, archive, failure=(4, f"no {SCRIPT_NAME} in the package"))
-    script, ok = archive.read(entry)
+    content, ok = archive.read(entry)
     if not ok:
         return Package(path, archive, failure=(5, f"cannot read {SCRIPT_NAME}"))
+    script = whole(content)
     try:
         root = parse(script, DEVICE_FUNCTIONS)
     except EdifySyntaxError as exc:
@@ -160,17 +162,21 @@ def _result(run: Updater | None, exit_code: int, message: str,
 def precheck(package: Path, device: Device) -> UpdateResult | None:
     """The module's own checks before it starts recovery; None when they pass."""
     try:
-        archive = DeviceZip(Path(package).read_bytes())
+        archive = DeviceZip(Path(package))
     except ZipFormatError as exc:
         return UpdateResult(BAD_PACKAGE, -1, f"not a usable zip: {exc}")
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", package) from exc
-    if archive.find(SCRIPT_NAME.encode()) is None:
-        return UpdateResult(BAD_PACKAGE, -1, f"no {SCRIPT_NAME} in the package")
-    entry = archive.find(VERSION_NAME.encode())
-    shipped, ok = archive.read(entry) if entry is not None else (b"", False)
     running = device.read_in("/system", DEVICE_VERSION)
-    if not ok or running is None or shipped != running:
+    try:
+        if archive.find(SCRIPT_NAME.encode()) is None:
+            return UpdateResult(BAD_PACKAGE, -1, f"no {SCRIPT_NAME} in the package")
+        entry = archive.find(VERSION_NAME.encode())
+        shipped, ok = archive.read(entry) if entry is not None else (b"", False)
+        same = running is not None and same_content(shipped, running)
+    finally:
+        archive.close()
+    if not ok or running is None or not same:
         why = ("the package has no readable quectel-project-version" if not ok
                else f"the module has no /system/{DEVICE_VERSION}" if running is None
                else "quectel-project-version differs from the module's")

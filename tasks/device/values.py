@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dfota.device.contents import Content
 from dfota.formats.edify_parse import Node
 
 SPACE = b" \t\n\v\f\r"
@@ -19,9 +20,10 @@ _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 @dataclass(frozen=True)
 class Blob:
-    """A binary value (a file or entry read whole); None when the read failed."""
+    """A binary value (a file or an entry, as held or left where it lies); None when the read
+    failed."""
 
-    data: bytes | None
+    data: Content | None
 
 
 Value = bytes | Blob

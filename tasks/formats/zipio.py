@@ -7,7 +7,8 @@ Conventions (those of Info-ZIP `zip -qry0` and of Android's releasetools):
 - entries are written in byte-sorted name order with one fixed timestamp and no extra fields,
   so the same items always give the same bytes.
 Reading refuses what could escape the extraction folder or mislead a reader: absolute names,
-`..` components, duplicate names, and sizes the file cannot hold.
+`..` components, duplicate names, sizes the file cannot hold, and entries over the limits
+(`dfota.formats.ziplimits`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dfota.core.atomic import atomic_path
 from dfota.core.errors import DfotaError, bad_zip_name, quoted
 from dfota.core.runlog import SILENT, Meter
 from dfota.core.tree import DIR, FILE, SYMLINK
+from dfota.formats.ziplimits import ZipLimits, check_declared, zip_limits
 from dfota.state.store import file_stamp
 
 if TYPE_CHECKING:
@@ -38,8 +40,6 @@ FIXED_DATE_TIME = (2009, 1, 1, 0, 0, 0)
 _UNIX = 3
 _MSDOS_DIR_ATTR = 0x10
 _COPY_CHUNK = 1 << 20
-# deflate cannot expand data more than about 1032:1; anything beyond is a lie in the header
-_MAX_DEFLATE_RATIO = 1032
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +279,10 @@ def open_zip(path: Path) -> zipfile.ZipFile:
 class ZipSource:
     """A zip opened once for reading, checked as a whole before any entry is used."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: ZipLimits | None = None) -> None:
+        """`limits`: what an entry may declare (default: the command's, `zip_limits`)."""
         self.path = path
+        self.limits = limits or zip_limits()
         self._sha1s: dict[str, str] = {}  # by entry, once hashed
         self._raw: IO[bytes] | None = None  # the file, for hashing stored entries in place
         try:
@@ -308,11 +310,7 @@ class ZipSource:
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise DfotaError(f"entry {quoted(name)} uses an unsupported compression method "
                                  f"{info.compress_type}", self.path)
-            limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
-                     else info.compress_size * _MAX_DEFLATE_RATIO + 1024)
-            if info.file_size > limit:
-                raise DfotaError(f"entry {quoted(name)} declares {info.file_size} bytes that its "
-                                 f"{info.compress_size} stored bytes cannot hold", self.path)
+            check_declared(name, info, self.limits, self.path)
             declared += info.compress_size
             kind, mode = member_kind_and_mode(info)
             members[name] = Member(name, kind, mode, info.file_size, info)

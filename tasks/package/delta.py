@@ -68,6 +68,7 @@ from dfota.package.writer import (
     render_script,
     script_steps,
     whole_entry,
+    without_zip64,
 )
 from dfota.report.summary import write_summary
 from dfota.settings import DeltaSettings, PackageInputs, Workspace
@@ -443,8 +444,9 @@ def _write_package(delta: _Delta, items: list[ZipItem]) -> int:
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    write_zip(ws.pending_zip, items, compress=True, meter=delta.log,
-              open_zips={target.path: target.zipfile})
+    with without_zip64():  # the module's reader takes none
+        write_zip(ws.pending_zip, items, compress=True, meter=delta.log,
+                  open_zips={target.path: target.zipfile})
     # the published package (of the previous pair) goes: only a proven one is ever there
     for stale in (ws.update_zip, ws.update_report):
         stale.unlink(missing_ok=True)

@@ -8,8 +8,11 @@ leading 0 is decimal, and nothing is written before every source has passed its 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import jinja2
@@ -286,3 +289,20 @@ def render_script(script: Script) -> bytes:
     env.filters["mode"] = edify.mode
     text = env.get_template("updater-script.j2").render(s=script)
     return text.encode("utf-8")
+
+
+_CLASSIC_LIMIT = 0xFFFFFFFF - 1  # sizes and offsets a zip holds without ZIP64
+_ZIP64_SWITCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_zip64() -> Iterator[None]:
+    """Zips written meanwhile use ZIP64 only for what 32 bits cannot hold: the module's zip
+    reader takes no ZIP64, and Python's zipfile uses it from 2 GiB on (a signed limit)."""
+    with _ZIP64_SWITCH:
+        was = zipfile.ZIP64_LIMIT
+        zipfile.ZIP64_LIMIT = _CLASSIC_LIMIT  # type: ignore[misc]
+        try:
+            yield
+        finally:
+            zipfile.ZIP64_LIMIT = was  # type: ignore[misc]

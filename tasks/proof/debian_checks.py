@@ -6,18 +6,19 @@ kept in the state's records, by their bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dfota.build.targetfiles import BOOT_IMAGE, system_path
 from dfota.core.errors import DfotaError, shown_path
-from dfota.device.storage import Stored
+from dfota.device.contents import Content, Stored, file_sha1, write_to
 from dfota.formats.zipio import ZipSource
 from dfota.state.store import Records
 
@@ -118,16 +119,20 @@ class BspatchProof:
         for index, name in enumerate(sorted(pkg.names("patch/"))):
             member = (BOOT_IMAGE if name == "patch/boot.img.p"
                       else system_path(name[len("patch/system/"):-len(".p")]))
-            patch = pkg.read(name)
+            patch = pkg.read(name)  # a patch's work: held while it is hashed
             # every part of the key from the bytes (not from a record): the proof is of them
             wanted = target.sha1(member)
             key = self.keys[name] = (f"{base.sha1(member)}-{hashlib.sha1(patch).hexdigest()}-"
                                      f"{wanted}")
             if key in proven:
                 continue
-            old = stored[member].get() if member in stored else base.read(member)
+            # the source is read (in pieces) where bspatch runs, one at a time per thread
+            old: Content = stored[member] if member in stored else \
+                Stored(base.members[member].size, functools.partial(_read, base, member))
             self.jobs.append((name, self._pool.submit(
-                _bspatch, name, Path(self._folder.name, str(index)), old, patch, wanted)))
+                _bspatch, name, Path(self._folder.name, str(index)), old,
+                Stored(len(patch), functools.partial(_read, pkg, name)), wanted)))
+            del patch
 
     def settle(self) -> None:
         """Wait until no bspatch runs (before a fork, say)."""
@@ -160,17 +165,26 @@ class BspatchProof:
         self._folder.cleanup()
 
 
-def _bspatch(name: str, stem: Path, old: bytes, patch: bytes, wanted: str) -> str | None:
+def _read(src: ZipSource, name: str) -> Iterator[bytes]:
+    return iter((src.read(name),))
+
+
+def _bspatch(name: str, stem: Path, old: Content, patch: Content, wanted: str) -> str | None:
     """Debian's bspatch on one patch (on a thread): None when it gives the bytes whose sha1
-    is `wanted`, else what is wrong."""
+    is `wanted`, else what is wrong. Its files are written and hashed in pieces, and removed
+    once it is done."""
     old_file, patch_file = stem.with_suffix(".old"), stem.with_suffix(".patch")
-    old_file.write_bytes(old)
-    patch_file.write_bytes(patch)
     new_file = stem.with_suffix(".new")
-    done = subprocess.run(["bspatch", str(old_file), str(new_file), str(patch_file)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"{shown_path(name)}: bspatch failed: {done.stderr.strip()}"
-    if hashlib.sha1(new_file.read_bytes()).hexdigest() != wanted:
-        return f"{shown_path(name)}: bspatch gives other bytes than the target's"
-    return None
+    try:
+        write_to(old, old_file)
+        write_to(patch, patch_file)
+        done = subprocess.run(["bspatch", str(old_file), str(new_file), str(patch_file)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"{shown_path(name)}: bspatch failed: {done.stderr.strip()}"
+        if file_sha1(new_file) != wanted:
+            return f"{shown_path(name)}: bspatch gives other bytes than the target's"
+        return None
+    finally:
+        for made in (old_file, patch_file, new_file):
+            made.unlink(missing_ok=True)

@@ -8,8 +8,9 @@ file is hashed from the bytes read, never from a record.
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections.abc import Mapping
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
 
 from dfota.build.targetfiles import (
     BOOT_IMAGE,
@@ -22,9 +23,10 @@ from dfota.build.targetfiles import (
 from dfota.core.errors import DfotaError, quoted, shown_path
 from dfota.core.tree import FILE, SYMLINK, Entry, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
+from dfota.device.contents import KEEP, PIECE, Content, Stored, checked
 from dfota.device.fs import Device
 from dfota.device.host import EntrySpec, entry_key
-from dfota.device.storage import Partition, Stored
+from dfota.device.storage import Partition
 from dfota.formats.filelists import FileLists
 from dfota.formats.zipio import ZipSource
 
@@ -47,9 +49,10 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
     image is read once, its sha1 taken from the bytes read.
 
     `stored`: given, the files' bytes are hashed as they are read but not kept: the device
-    reads a file again when it first uses it (a few of thousands, for a package), from the
-    zip, which must stay open meanwhile, and it must still have that sha1. `stored` is
-    filled with every file's and image's `Stored`, by member."""
+    reads a file again, in pieces, each time it uses its bytes (a few of thousands, for a
+    package), from the zip, which must stay open meanwhile, and it must still have that
+    sha1. `stored` is filled with every file's and image's `Stored`, by member. An image
+    larger than `KEEP` is left in the zip too."""
     contents: dict[str, bytes | Stored] = {}
     for name in src.names(SYSTEM + "/"):
         if src.members[name].kind != FILE:
@@ -57,9 +60,7 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
         if stored is None:
             contents[name] = src.read_hashed(name)
         else:
-            src.sha1(name)  # read, its CRC checked, hashed
-            contents[name] = stored[name] = Stored(src.members[name].size,
-                                                   functools.partial(_read_again, src, name))
+            contents[name] = stored[name] = _left_in(src, name)
     tree = system_tree(src)
     entries: dict[str, EntrySpec] = {}
     for path, entry in tree.items():
@@ -71,23 +72,43 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
                    if MINOR_PREFIX + image in src.members})
     partitions: dict[str, Partition] = {}
     for part, name in images.items():
-        data = src.read_hashed(name)
+        image: Content = src.read_hashed(name) if src.members[name].size <= KEEP \
+            else _left_in(src, name)
         if stored is not None:
-            stored[name] = Stored(len(data), functools.partial(_read_again, src, name), data)
+            stored[name] = image if isinstance(image, Stored) else \
+                Stored(len(image), functools.partial(_read_again, src, name), data=image)
         # its sha1 known: the device and each copy of it do not hash the image again
-        partitions[part] = Partition(data, None, {len(data): bytes.fromhex(src.sha1(name))})
+        partitions[part] = Partition(image, None,
+                                     {src.members[name].size: bytes.fromhex(src.sha1(name))})
     device = Device.from_system(entries, partitions, sha1s={
         p: e.sha1 for p, e in tree.items() if e.kind == FILE},
         system_capacity=volumes.system, cache_capacity=volumes.cache)
     return device, tree
 
 
-def _read_again(src: ZipSource, name: str) -> bytes:
-    """A member's bytes read again: still those hashed."""
-    data = src.read(name)
-    if hashlib.sha1(data).hexdigest() != src.sha1(name):
-        raise DfotaError(f"entry {quoted(name)} changed while it was being verified", src.path)
-    return data
+def _left_in(src: ZipSource, name: str) -> Stored:
+    """A member hashed now (read in pieces, its CRC checked) and read again, in pieces, each
+    time it is used."""
+    return Stored(src.members[name].size, functools.partial(_read_again, src, name),
+                  sha1=src.sha1(name))
+
+
+def _read_again(src: ZipSource, name: str) -> Iterator[bytes]:
+    """A member's bytes read again in pieces: still those hashed."""
+    def changed() -> Exception:
+        return DfotaError(f"entry {quoted(name)} changed while it was being verified",
+                          src.path)
+
+    return checked(_member_pieces(src, name), src.sha1(name), changed)
+
+
+def _member_pieces(src: ZipSource, name: str) -> Iterator[bytes]:
+    try:
+        with src.open(name) as member:
+            while piece := member.read(PIECE):
+                yield piece
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise DfotaError(f"entry {quoted(name)} is corrupt ({exc})", src.path) from exc
 
 
 def tree_differences(actual: Mapping[str, Entry], expected: Mapping[str, Entry]) -> list[str]:

@@ -22,6 +22,7 @@ from dfota.core.errors import DfotaError, shown_path
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
+from dfota.device.contents import joined
 from dfota.device.fs import Device
 from dfota.device.interpreter import Package
 from dfota.device.storage import Stored
@@ -131,10 +132,10 @@ def _tamper_target(device: Device, pkg: ZipSource) -> str | None:
     if not patched:
         return None
     path = "/system/" + patched[0][len("patch/system/"):-len(".p")]
-    data = device.host_read(path)
+    data = device.host_content(path)
     if data is None:
         return None
-    device.put(path, FILE, 0o644, 0, 0, data + b"\n# changed by hand\n")
+    device.put(path, FILE, 0o644, 0, 0, joined([data, b"\n# changed by hand\n"]))
     return path
 
 
@@ -211,6 +212,7 @@ def _prove(run: _Run, stack: contextlib.ExitStack, keep: Callable[[], None],
                                                run.records, source.stored)) \
         if isinstance(entries, ZipSource) else None
     pkg = load_package(run.inputs.package)
+    stack.callback(pkg.close)
     source.device.digest()  # once: each copy keeps it
     clean, marks = source.device.copy(), Marks()
     keep()  # the package, the copy the whole run changes
