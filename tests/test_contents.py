@@ -14,6 +14,7 @@ import pytest
 
 from dfota.core.errors import DfotaError
 from dfota.core.tree import FILE
+from dfota.device import contents
 from dfota.device.contents import KEEP, Spill, Stored, joined, prefix, same_content, whole
 from dfota.device.fs import Device
 from dfota.device.storage import Partition
@@ -154,3 +155,19 @@ def test_the_same_bytes_left_where_they_lie_are_not_written_again() -> None:
         dev.write_file("/system/big", b"x", new_mode=0o600)
         assert dev._journal
     assert dev.host_content("/system/big") is stored
+
+
+def test_small_entries_are_held_only_up_to_the_budget(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `HOLD` bytes held, even a small entry is read again when used: memory does not
+    follow the package's size."""
+    monkeypatch.setattr(contents, "HOLD", 150_000)
+    contents.start_holding()
+    path = _package(tmp_path / "p.zip", {f"f{n}": bytes([n]) * 60_000 for n in range(4)})
+    archive = DeviceZip(path)
+    read = [archive.read(e)[0] for e in archive.entries]
+    assert [isinstance(c, Stored) for c in read] == [False, False, True, True]
+    assert [whole(c) for c in read] == [bytes([n]) * 60_000 for n in range(4)]
+    assert not any(c._data is not None for c in read if isinstance(c, Stored))
+    archive.close()
+    contents.start_holding()

@@ -4,8 +4,9 @@ pieces each time they are used.
 
 A content is `bytes` or `Stored`, and never changes once made. What the updater asks of most
 contents is their size and sha1, both known without holding them: only a patch's work (its
-source, its patch and its output) is held whole, one patch at a time (`whole`). Outputs larger
-than `KEEP` go to a temporary file of their run (`Spill`).
+source, its patch and its output) is held whole, one patch at a time (`whole`). Small contents
+are held once read, up to `HOLD` bytes in all; others are read again when used, and outputs not
+held go to a temporary file of their run (`Spill`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,22 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
 PIECE = 1 << 20  # bytes read or hashed at a time
-KEEP = 1 << 20  # a content up to this size may be held in memory
+KEEP = 1 << 20  # a content up to this size may be held in memory ...
+HOLD = 64 << 20  # ... while all those held by this process stay under this
+_held = [0]
+
+
+def start_holding() -> None:
+    """A new run begins: what earlier runs held is gone, or soon will be."""
+    _held[0] = 0
+
+
+def may_hold(size: int) -> bool:
+    """Whether a content of `size` bytes may be held in memory (then it counts as held)."""
+    if size > KEEP or _held[0] + size > HOLD:
+        return False
+    _held[0] += size
+    return True
 
 Pieces = Callable[[], Iterator[bytes]]
 
@@ -55,7 +71,7 @@ class Stored:
         if self._data is not None:
             return self._data
         data = b"".join(self.pieces())
-        if self.size <= KEEP:
+        if may_hold(self.size):
             self._data = data
         return data
 
@@ -193,8 +209,9 @@ class Spill:
         self._files: dict[int, tuple[int, int]] = {}  # pid -> (fd, size)
 
     def keep(self, data: bytes, sha1: str | None = None) -> Content:
-        """`data` as a content: itself when small, else written out and read back when used."""
-        if len(data) <= KEEP:
+        """`data` as a content: itself when it may be held, else written out and read back
+        when used."""
+        if may_hold(len(data)):
             return data
         pid = os.getpid()
         if pid not in self._files:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfota.core.errors import DfotaError, quoted
-from dfota.device.contents import KEEP, PIECE, Content, Stored, checked
+from dfota.device.contents import KEEP, PIECE, Content, Stored, checked, may_hold
 
 _INFLATE_BUFFER = 32 * 1024
 _INPUT = 16 * 1024  # compressed bytes handed to the inflater at a time
@@ -151,7 +151,7 @@ class DeviceZip:
         if entry.method == 0:
             available = max(0, min(entry.size, self._bytes.size - entry.offset))
             ok = available == entry.size
-            if available <= KEEP:
+            if may_hold(available):
                 return self._bytes.read(entry.offset, available), ok
             digest = hashlib.sha1()
             for piece in self._range(entry.offset, available):
@@ -174,7 +174,7 @@ class DeviceZip:
             if size <= KEEP:
                 held += piece
         ok = ended and size == entry.size
-        if size <= KEEP:
+        if size <= KEEP and may_hold(size):
             return bytes(held), ok
         sha1 = self._sha1s[entry] = digest.hexdigest()
         return Stored(size, lambda: self._again(entry, size, sha1), sha1=sha1), ok

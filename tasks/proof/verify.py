@@ -22,7 +22,7 @@ from dfota.core.errors import DfotaError, shown_path
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.contents import joined
+from dfota.device.contents import joined, start_holding
 from dfota.device.fs import Device
 from dfota.device.interpreter import Package
 from dfota.device.storage import Stored
@@ -157,6 +157,7 @@ def verify_package(inputs: VerifyInputs, log: RunLog, *, permission_replays: int
 
     `records`: where the patches Debian's bspatch proved are kept (`bspatch_check`)."""
     started = time.monotonic()
+    start_holding()
     report = VerifyReport(str(inputs.package))
     with contextlib.ExitStack() as stack:
         # what runs in other processes starts as soon as it can and is waited for where its
