@@ -28,9 +28,10 @@ def start_holding() -> None:
     _held[0] = 0
 
 
-def may_hold(size: int) -> bool:
-    """Whether a content of `size` bytes may be held in memory (then it counts as held)."""
-    if size > KEEP or _held[0] + size > HOLD:
+def may_hold(size: int, most: int = KEEP) -> bool:
+    """Whether a content of `size` bytes (at most `most`) may be held in memory (then it
+    counts as held)."""
+    if size > most or _held[0] + size > HOLD:
         return False
     _held[0] += size
     return True

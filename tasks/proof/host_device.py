@@ -23,7 +23,7 @@ from dfota.build.targetfiles import (
 from dfota.core.errors import DfotaError, quoted, shown_path
 from dfota.core.tree import FILE, SYMLINK, Entry, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.contents import KEEP, PIECE, Content, Stored, checked
+from dfota.device.contents import HOLD, PIECE, Content, Stored, checked, may_hold
 from dfota.device.fs import Device
 from dfota.device.host import EntrySpec, entry_key
 from dfota.device.storage import Partition
@@ -52,7 +52,8 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
     reads a file again, in pieces, each time it uses its bytes (a few of thousands, for a
     package), from the zip, which must stay open meanwhile, and it must still have that
     sha1. `stored` is filled with every file's and image's `Stored`, by member. An image
-    larger than `KEEP` is left in the zip too."""
+    is read whole while the run's budget of bytes held allows (`contents.HOLD`), else left
+    in the zip too."""
     contents: dict[str, bytes | Stored] = {}
     for name in src.names(SYSTEM + "/"):
         if src.members[name].kind != FILE:
@@ -72,8 +73,9 @@ def device_from_targetfiles(src: ZipSource, minor: Mapping[str, str],
                    if MINOR_PREFIX + image in src.members})
     partitions: dict[str, Partition] = {}
     for part, name in images.items():
-        image: Content = src.read_hashed(name) if src.members[name].size <= KEEP \
-            else _left_in(src, name)
+        # an image is held while the run's budget allows (a kernel's patch reads it whole)
+        image: Content = src.read_hashed(name) \
+            if stored is None or may_hold(src.members[name].size, HOLD) else _left_in(src, name)
         if stored is not None:
             stored[name] = image if isinstance(image, Stored) else \
                 Stored(len(image), functools.partial(_read_again, src, name), data=image)
