@@ -17,7 +17,7 @@ from dfota.build.targetfiles import SYSTEM_MANIFEST
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE
-from dfota.device.storage import Stored
+from dfota.device.contents import Stored
 from dfota.device.updater import apply_package, load_package
 from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource

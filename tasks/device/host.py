@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
-from dfota.device.contents import Content, size_of, whole
+from dfota.device.contents import Content, Stored, size_of, whole
 from dfota.device.paths import Paths
 from dfota.device.storage import (
     Filesystem,
@@ -21,7 +21,6 @@ from dfota.device.storage import (
     Meta,
     Mount,
     Partition,
-    Stored,
 )
 
 if TYPE_CHECKING:

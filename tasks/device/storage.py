@@ -18,8 +18,6 @@ from dfota.core.errors import shown_path
 from dfota.core.tree import DIR, FILE, SYMLINK
 from dfota.device.contents import Content, Stored, filled, prefix, sha1_of, size_of, whole
 
-__all__ = ["Stored"]  # a content left where it lies: its home is `dfota.device.contents`
-
 _UNLIMITED = 1 << 62
 
 

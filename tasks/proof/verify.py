@@ -22,10 +22,9 @@ from dfota.core.errors import DfotaError, shown_path
 from dfota.core.runlog import RunLog
 from dfota.core.tree import FILE, Tree
 from dfota.core.volumes import DEFAULT_VOLUMES, Volumes
-from dfota.device.contents import joined, start_holding
+from dfota.device.contents import Stored, joined, start_holding
 from dfota.device.fs import Device
 from dfota.device.interpreter import Package
-from dfota.device.storage import Stored
 from dfota.device.units import MarkRecorder, Marks
 from dfota.device.updater import UpdateResult, load_package, precheck
 from dfota.device.updater import apply_package as host_apply
