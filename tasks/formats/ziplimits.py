@@ -26,7 +26,7 @@ class ZipLimits:
     its stored bytes. The defaults take every entry the module's zip reader can (it reads no
     ZIP64: under 4 GiB) and every ratio deflate can make."""
 
-    max_entry_mb: int = 4096
+    max_entry_mb: int = 4095
     max_deflate_ratio: int = DEFLATE_LIMIT
 
 
