@@ -107,3 +107,8 @@ def test_a_lowered_limit_refuses_the_entry_in_one_line(sample_sdk: Path, on_disk
     assert wrong.returncode == 1
     assert wrong.stderr.strip() == ("error: --max-deflate-ratio 2000: must be at most 1032 "
                                     "(deflate cannot expand data more)")
+    over = _dfota(project, "targetfiles", "--max-entry-mb", "4096")
+    assert over.returncode == 1
+    assert over.stderr.strip() == ("error: --max-entry-mb 4096: must be at most 4095 (the "
+                                   "module's zip reader takes no ZIP64: no entry of 4 GiB or "
+                                   "more)")

@@ -41,6 +41,7 @@ from dfota.formats.bootimg import build_boot_image
 from dfota.formats.elf import build_abl_elf
 from dfota.formats.ubi import list_volumes
 from dfota.formats.zipio import ZipSource, path_item, write_zip
+from dfota.formats.ziplimits import ZipLimits
 from tests.test_volumes import replace_sdk_image, small_ubifs, ubinize
 from tests.workspace import Run, Workspace, snapshot
 
@@ -583,8 +584,10 @@ def test_file_larger_than_4_gib_is_written_as_zip64(tmp_path: Path) -> None:
     zip writer that `doit targetfiles` uses (`path_item` streamed by `write_zip`).
     Outcome: a zip whose entry declares the full size with ZIP64 fields (Info-ZIP lists it
     with its true length), whose stored bytes end with the marker at the right offset, and
-    that the project's zip reader accepts. The end-to-end doit run is not repeated at this
-    size: it would copy 4 GiB three times (staging, archive, out/) for no other code path."""
+    that the project's zip reader accepts when its entry limit allows; with the chain's
+    default limit (the module's zip reader takes no ZIP64) it refuses the entry with one line.
+    The end-to-end doit run is not repeated at this size: it would copy 4 GiB twice (the
+    archive, then its check) for no other code path."""
     size = 4 * 1024**3 + 4096
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
@@ -599,7 +602,10 @@ def test_file_larger_than_4_gib_is_written_as_zip64(tmp_path: Path) -> None:
         assert re.search(rf"\buncompressed size: +{size} bytes", listing)
         assert "PKWARE 64-bit sizes" in listing  # the ZIP64 extra field
         assert "Unix file attributes (100644 octal)" in listing
-        with ZipSource(dest) as zs:
+        with pytest.raises(DfotaError, match=rf"entry 'SYSTEM/usr/big.bin' declares {size} "
+                           r"bytes, over the limit of 4095 MiB \(max_entry_mb\)"):
+            ZipSource(dest)
+        with ZipSource(dest, ZipLimits(max_entry_mb=5 * 1024)) as zs:
             info = zs.members["SYSTEM/usr/big.bin"].info
             assert zs.members["SYSTEM/usr/big.bin"].size == size
             assert info.file_size == size and info.compress_size == size

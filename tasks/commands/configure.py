@@ -41,7 +41,7 @@ from dfota.commands.params import (
 )
 from dfota.core.errors import DfotaError
 from dfota.core.volumes import Volumes
-from dfota.formats.ziplimits import DEFLATE_LIMIT, ZipLimits
+from dfota.formats.ziplimits import DEFLATE_LIMIT, MODULE_ENTRY_MB, ZipLimits
 from dfota.settings import (
     MB,
     SAMPLE_CONFIG,
@@ -225,12 +225,17 @@ def _workspace(values: Mapping[str, object], project: ProjectFile, sample: bool,
 
 
 def _zip_limits(values: Mapping[str, object]) -> ZipLimits:
-    """`max_entry_mb` (at least 1) and `max_deflate_ratio` (1 to deflate's own limit)."""
+    """`max_entry_mb` (1 to what the module's zip reader takes) and `max_deflate_ratio` (1 to
+    deflate's own limit)."""
     ratio = _number(values, "max_deflate_ratio", int, 1, False)
     if ratio > DEFLATE_LIMIT:
         raise DfotaError(f"--max-deflate-ratio {ratio}: must be at most {DEFLATE_LIMIT} "
                          "(deflate cannot expand data more)")
-    return ZipLimits(_number(values, "max_entry_mb", int, 1, False), ratio)
+    entry = _number(values, "max_entry_mb", int, 1, False)
+    if entry > MODULE_ENTRY_MB:
+        raise DfotaError(f"--max-entry-mb {entry}: must be at most {MODULE_ENTRY_MB} (the "
+                         "module's zip reader takes no ZIP64: no entry of 4 GiB or more)")
+    return ZipLimits(entry, ratio)
 
 
 def _version_reference(value: str, folder: Path) -> str:

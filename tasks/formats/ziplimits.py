@@ -18,6 +18,8 @@ from dfota.core.errors import DfotaError, quoted
 # deflate cannot expand data more than about 1032:1; anything beyond is a lie in the header
 DEFLATE_LIMIT = 1032
 MIB = 1 << 20
+# the module's zip reader takes no ZIP64: every entry of a package is under 4 GiB
+MODULE_ENTRY_MB = 4095
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,7 @@ class ZipLimits:
     its stored bytes. The defaults take every entry the module's zip reader can (it reads no
     ZIP64: under 4 GiB) and every ratio deflate can make."""
 
-    max_entry_mb: int = 4095
+    max_entry_mb: int = MODULE_ENTRY_MB
     max_deflate_ratio: int = DEFLATE_LIMIT
 
 
