@@ -10,6 +10,7 @@ and the command pipe (`ui_print` texts, progress values).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from dfota.device.updater import (
     UPDATER_DIED,
     UpdateResult,
     apply_package,
+    load_package,
 )
 from dfota.formats.zipio import ZipSource
 from dfota.proof.host_device import device_from_targetfiles
@@ -241,8 +243,10 @@ def model_run(source_zip: Path, package: Path,
               volumes: Volumes = DEFAULT_VOLUMES) -> tuple[Outcome, int]:
     """The model's outcome and its result code."""
     device = model_device(source_zip, volumes)
-    result = apply_package(package, device)
-    return model_outcome(device, result), result.code
+    # closed here, not when collected: a test may unmount the folder the package is in
+    with contextlib.closing(load_package(package)) as opened:
+        result = apply_package(opened, device)
+        return model_outcome(device, result), result.code
 
 
 def differences(model: Outcome, code: int, real: Outcome) -> list[str]:

@@ -24,7 +24,7 @@ from dfota.build.archive import (
     Batch,
     member_sha1s,
 )
-from dfota.core.errors import DfotaError
+from dfota.core.errors import DfotaError, shown_path
 from dfota.formats.zipio import ZipItem, ZipSource
 from dfota.formats.zipwrite import Layout, Traffic, Written
 from dfota.state.store import Records
@@ -139,7 +139,8 @@ def out_is_target(archive: Archive, out_tmp: Path, key: str, staged: Path | None
 
 def traffic_line(traffic: Traffic) -> str:
     """What writing the zip moved, for the run's log."""
-    names = ", ".join(traffic.written[:50]) + (" ..." if len(traffic.written) > 50 else "")
+    names = ", ".join(shown_path(name) for name in traffic.written[:50]) \
+        + (" ..." if len(traffic.written) > 50 else "")
     return (f"targetfiles: entries read {traffic.bytes_read} bytes, hashed "
             f"{traffic.bytes_hashed}, wrote {traffic.bytes_written}, copied by the kernel "
             f"{traffic.bytes_copied} ({traffic.copied} entries); written: {names}")

@@ -354,14 +354,15 @@ class ZipSource:
         if info.compress_type == zipfile.ZIP_STORED:
             # read in place, its CRC checked: zipfile's reader costs more than the copy
             data = self._pread(info.file_size, self.data_offset(name), name)
-            self._check_crc(name, zlib.crc32(data))
+            self.check_crc(name, zlib.crc32(data))
             return data
         try:
             return self._zf.read(info)
         except _CORRUPT as exc:
             raise DfotaError(f"entry {quoted(name)} is corrupt ({exc})", self.path) from exc
 
-    def _check_crc(self, name: str, crc: int) -> None:
+    def check_crc(self, name: str, crc: int) -> None:
+        """`crc`, computed over the bytes of member `name`, is the one its entry declares."""
         if crc != self.members[name].info.CRC:
             raise DfotaError(f"entry {quoted(name)} is corrupt (Bad CRC-32 for file "
                              f"{quoted(name)})",
@@ -445,7 +446,7 @@ class ZipSource:
             digest.update(chunk)
             crc = zlib.crc32(chunk, crc)
             at, left = at + len(chunk), left - len(chunk)
-        self._check_crc(name, crc)
+        self.check_crc(name, crc)
         return digest.hexdigest()
 
     def known_sha1s(self) -> dict[str, str]:

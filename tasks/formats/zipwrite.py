@@ -252,8 +252,7 @@ class _Writer:
                 self.traffic.bytes_hashed += len(chunk)
             self.out.write(chunk)
             self.traffic.bytes_read += len(chunk)
-        if crc != found.CRC:
-            raise DfotaError(f"entry {quoted(member)} is corrupt (Bad CRC-32)", src.path)
+        src.check_crc(member, crc)
         self.sha1s[item.name] = digest.hexdigest() if digest is not None else item.sha1
         self._done(item.name, info)
 
