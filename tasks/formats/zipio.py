@@ -111,18 +111,25 @@ class ZipWriting(TypedDict, total=False):
     durable: bool  # False: not synced to disk (`atomic_path`)
 
 
-def write_zip(dest: Path, items: Iterable[ZipItem], **how: Unpack[ZipWriting]) -> None:
-    """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
-    `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
-    where the caller has their zip open already. A file item with a `sha1` is hashed again
-    as it is copied, unless `vouch` knows the file as it is (then its `file_stamp` must not
-    move while it is copied). `durable=False`: not synced to disk (`atomic_path`)."""
+def in_zip_order(items: Iterable[ZipItem], dest: Path) -> list[ZipItem]:
+    """`items` sorted by name's bytes, as every zip of the project is written; two items of
+    one name are refused."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
         if item.name in seen:
             raise DfotaError(f"two entries named {quoted(item.name)} would be written", dest)
         seen.add(item.name)
+    return ordered
+
+
+def write_zip(dest: Path, items: Iterable[ZipItem], **how: Unpack[ZipWriting]) -> None:
+    """Write `items` to `dest` atomically, sorted by name, stored unless `compress`;
+    `meter` shows the progress. Members are copied from `open_zips` (`ZipSource.zipfile`)
+    where the caller has their zip open already. A file item with a `sha1` is hashed again
+    as it is copied, unless `vouch` knows the file as it is (then its `file_stamp` must not
+    move while it is copied). `durable=False`: not synced to disk (`atomic_path`)."""
+    ordered = in_zip_order(items, dest)
     with contextlib.ExitStack() as sources, \
             atomic_path(dest, durable=how.get("durable", True)) as tmp, \
             zipfile.ZipFile(tmp, "w", allowZip64=True) as out:

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple, TypedDict, cast
 from dfota.core.errors import DfotaError, quoted
 from dfota.core.runlog import SILENT, Meter
 from dfota.core.tree import DIR, SYMLINK
-from dfota.formats.zipio import ZipItem, ZipSource, entry_info
+from dfota.formats.zipio import ZipItem, ZipSource, entry_info, in_zip_order
 from dfota.state.store import file_stamp
 
 if TYPE_CHECKING:
@@ -319,12 +319,7 @@ def write_stored_zip(dest: Path, items: Iterable[ZipItem],
     input is a DfotaError naming it; a failure to write (a full disk) is the OSError, for the
     caller to name its folder."""
     layout, meter = how.get("layout"), how.get("meter", SILENT)
-    ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
-    seen: set[str] = set()
-    for item in ordered:
-        if item.name in seen:
-            raise DfotaError(f"two entries named {quoted(item.name)} would be written", dest)
-        seen.add(item.name)
+    ordered = in_zip_order(items, dest)
     traffic = Traffic()
     with open(dest, "wb") as f:
         out = _Out(f, traffic)
