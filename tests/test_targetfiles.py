@@ -254,15 +254,26 @@ def test_delta_makes_ahead_what_it_asks_for_and_targetfiles_alone_does_not(
     assert ws.run(*chain).returncode == 0
     assert _tasks_run(state)[5:] == ["_targetfiles_inputs"]
 
-    # the next build's source is this one, built here: its sha1s are in its manifest already,
-    # and its kernel is the SDK's
+    # a one-file change on the same source: its sha1s and the kernel's patch are kept
+    # already, the base is not even opened; delta still checks the patch it takes
     version_file = ws.rootfs / "etc/quectel-project-version"
     version_file.write_text(version_file.read_text().replace("2022-07-15,09:30",
+                                                             "2022-07-15,09:45"))
+    assert ws.run(*chain).returncode == 0
+    ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
+    assert ahead.rstrip().endswith(": nothing"), ahead
+    log = sorted((state / "logs").glob("*-delta.log"))[-1].read_text()
+    assert "patches: 1 files, 1 from the cache, 0 whole by rule, 0 to diff" in log, log
+    assert len(_tasks_run(state)) == 10
+
+    # the next build's source is this one, built here: its sha1s are in its manifest already,
+    # and its kernel is the SDK's
+    version_file.write_text(version_file.read_text().replace("2022-07-15,09:45",
                                                              "2022-07-16,10:00"))
     chain.remove("--source")
     chain.remove(str(ws.source))
     assert ws.run(*chain).returncode == 0
-    ran = _tasks_run(state)[6:]  # the two in the middle side by side
+    ran = _tasks_run(state)[10:]  # the two in the middle side by side
     assert (ran[0], sorted(ran[1:3]), ran[3:]) == ("_targetfiles_inputs",
                                                    ["_delta_ahead", "targetfiles"], ["delta"])
     assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]

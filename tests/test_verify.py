@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -178,6 +180,41 @@ def test_a_wrong_record_of_the_target_can_fail_verify_never_pass_it(
                                          target_recorded=True), quiet())
     failed = next(c for c in report.checks if not c.ok)
     assert failed.name == "result equals the target" and entry["path"] in failed.detail
+
+
+@pytest.mark.parametrize("which", ["patched", "untouched"])
+def test_the_source_sha1s_an_earlier_verify_kept_can_fail_it_never_pass_it(
+        tmp_path: Path, which: str) -> None:
+    settings = pair(tmp_path)
+    build_delta(settings, quiet())
+    records = Records(tmp_path / "records", "tool")
+    base = Path(settings.base)
+    inputs = VerifyInputs(settings.workspace.pending_zip, base, settings.workspace.target_zip,
+                          parse_mode(settings.mode), lists_in(settings.config_dir),
+                          base_sha256=hashlib.sha256(base.read_bytes()).hexdigest())
+    assert verify_package(inputs, quiet(), records=records).ok
+    kept = records.get(verify_module.SOURCE_SHA1S, inputs.base_sha256)
+    patched = {"SYSTEM/" + n[len("patch/system/"):-len(".p")] for n in
+               zipfile.ZipFile(settings.workspace.pending_zip).namelist()
+               if n.startswith("patch/system/")}
+    with ZipSource(base) as src, ZipSource(settings.workspace.target_zip) as target:
+        # what verify kept is what the bytes give
+        assert kept == {n: src.sha1(n) for n in kept} and patched <= kept.keys()
+        name = next(n for n in sorted(kept) if n.startswith("SYSTEM/") and (
+            n in patched if which == "patched" else
+            n in target.members and target.sha1(n) == kept[n]))
+    assert verify_package(inputs, quiet(), records=records).ok  # taken again: the same
+    records.put(verify_module.SOURCE_SHA1S, inputs.base_sha256, {**kept, name: "0" * 40})
+    try:
+        failed = next(c for c in verify_package(inputs, quiet(), records=records).checks
+                      if not c.ok)
+    except DfotaError as exc:  # the bytes of a file the package reads, checked as read
+        assert "changed while it was being verified" in str(exc) and which == "patched"
+    else:
+        assert name[len("SYSTEM/"):] in failed.detail
+    # kept by the zip's sha256: another zip's record is not taken
+    other = dataclasses.replace(inputs, base_sha256="f" * 64)
+    assert verify_package(other, quiet(), records=records).ok
 
 
 def test_a_failing_package_is_moved_aside_with_its_report(tmp_path: Path) -> None:

@@ -187,10 +187,54 @@ def _zip_with(path: Path, *names: str) -> Path:
     (("SYSTEM/../../etc/passwd",), "would escape its folder"),
     (("/etc/passwd",), "absolute or empty name"),
     (("SYSTEM//x",), "would escape its folder"),
+    (("SYSTEM/./x",), "would escape its folder"),
+    (("./x",), "would escape its folder"),
+    (("SYSTEM/..",), "would escape its folder"),
+    (("SYSTEM/x/.",), "would escape its folder"),
+    (("SYSTEM/x//",), "would escape its folder"),
+    (("..",), "would escape its folder"),
+    (("/",), "absolute or empty name"),
 ])
 def test_escaping_names_are_refused(tmp_path: Path, names: tuple[str, ...], message: str) -> None:
     with pytest.raises(DfotaError, match=message):
         ZipSource(_zip_with(tmp_path / "bad.zip", *names))
+
+
+def test_names_with_dots_inside_a_component_are_taken(tmp_path: Path) -> None:
+    names = ("SYSTEM/.hidden", "SYSTEM/a..b/", "SYSTEM/x.", "...")
+    with ZipSource(_zip_with(tmp_path / "dots.zip", *names)) as src:
+        assert set(src.members) == {"SYSTEM/.hidden", "SYSTEM/a..b", "SYSTEM/x.", "..."}
+
+
+def _zip_with_links(path: Path, links: tuple[str, ...], names: tuple[str, ...]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, b"target")
+        for name in names:
+            zf.writestr(zipfile.ZipInfo(name), b"data")
+    return path
+
+
+@pytest.mark.parametrize(("links", "names", "above"), [
+    (("SYSTEM/l",), ("SYSTEM/l/x",), "SYSTEM/l"),
+    (("SYSTEM/a", "SYSTEM/l", "SYSTEM/z"), ("SYSTEM/b", "SYSTEM/l/x/y"), "SYSTEM/l"),
+    (("SYSTEM/l", "SYSTEM/l/m"), ("SYSTEM/k",), "SYSTEM/l"),  # a link below a link
+    (("SYSTEM/l", "SYSTEM/l/m"), ("SYSTEM/l/m/x",), "SYSTEM/l"),  # the outermost named
+])
+def test_entries_below_a_symlink_are_refused(tmp_path: Path, links: tuple[str, ...],
+                                             names: tuple[str, ...], above: str) -> None:
+    with pytest.raises(DfotaError, match=f"lies below the symlink '{above}'"):
+        ZipSource(_zip_with_links(tmp_path / "links.zip", links, names))
+
+
+def test_entries_beside_a_symlink_are_taken(tmp_path: Path) -> None:
+    # names that share the link's name as a prefix but are not below it
+    names = ("SYSTEM/l2", "SYSTEM/l.d/x", "SYSTEM/l-x/y", "SYSTEM/k/l/x")
+    with ZipSource(_zip_with_links(tmp_path / "beside.zip", ("SYSTEM/l",), names)) as src:
+        assert src.members["SYSTEM/l"].kind == "symlink"
+        assert len(src.members) == 5
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -261,13 +262,33 @@ def member_kind_and_mode(info: zipfile.ZipInfo) -> tuple[str, int]:
 
 def _check_name(raw: str, path: Path) -> str:
     name = raw[:-1] if raw.endswith("/") else raw
-    parts = name.split("/")
     if not name or raw.startswith("/") or "\0" in raw:
         raise DfotaError(f"entry {quoted(raw)} has an absolute or empty name", path)
-    if any(p in ("..", ".", "") for p in parts):
+    wrapped = f"/{name}/"  # a component '..', '.' or '' is one of these between slashes
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise DfotaError(f"entry {quoted(raw)} would escape its folder ('..', '.' or '//' in name)",
                          path)
     return name
+
+
+def _check_below_links(members: Mapping[str, Member], path: Path) -> None:
+    """No entry lies below a symlink entry: extracting it would write through the link."""
+    links = sorted(n + "/" for n, m in members.items() if m.kind == SYMLINK)
+    if not links:
+        return
+    names = sorted(members)
+    # an entry below a link sorts right after the link's name and '/'
+    if not any(i < len(names) and names[i].startswith(link)
+               for link, i in ((link, bisect.bisect_left(names, link)) for link in links)):
+        return
+    linked = {link[:-1] for link in links}
+    for name in members:  # the first in the zip's order, below its outermost link
+        parts = name.split("/")
+        above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                      if p in linked), None)
+        if above is not None:
+            raise DfotaError(f"entry {quoted(name)} lies below the symlink "
+                             f"{quoted(above)}", path)
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -321,14 +342,7 @@ class ZipSource:
             declared += info.compress_size
             kind, mode = member_kind_and_mode(info)
             members[name] = Member(name, kind, mode, info.file_size, info)
-        links = {n for n, m in members.items() if m.kind == SYMLINK}
-        for name in members if links else ():
-            parts = name.split("/")
-            above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
-                          if p in links), None)
-            if above is not None:  # extracting it would write through the link
-                raise DfotaError(f"entry {quoted(name)} lies below the symlink "
-                                 f"{quoted(above)}", self.path)
+        _check_below_links(members, self.path)
         if declared > file_size:
             raise DfotaError(f"entries declare {declared} bytes of data but the file holds "
                              f"{file_size}; it is truncated or forged", self.path)

@@ -9,6 +9,8 @@ does not change:
   (`MEMBER_SHA1S`);
 - the kernel's patch, from the base's boot image to the SDK's (the target's), in the patch
   cache, diffed in a worker while the sha1s are taken.
+What an earlier run kept (the record, a patch of the kernel in the cache) is not made again:
+then the base is not even opened.
 The base is the one delta takes: `--base`, else the source the inputs manifest was made with.
 Nothing here is trusted more than delta's own work: the sha1s are keyed by the zip's bytes,
 and a patch from the cache is applied and checked again when delta takes it. A failure here
@@ -51,6 +53,8 @@ def make(work: AheadWork) -> str:
     from dfota.package.patches import DiffOptions, PatchJob, PatchRun
 
     started, done = time.monotonic(), []
+    if work.base_sha256 is None and work.boot_image is None:  # the base need not be opened
+        return f"made ahead for delta in {time.monotonic() - started:.1f} s: nothing"
     try:
         with ZipSource(work.base_zip) as base, contextlib.ExitStack() as stack:
             boot, run = work.boot_image, None
@@ -87,6 +91,7 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
     from dfota.build.assemble import recorded_source
     from dfota.build.targetfiles import zip_version
     from dfota.formats.zipio import ZipSource
+    from dfota.package.patches import in_cache
     from dfota.package.plan import Part, parse_mode
 
     ws = delta.workspace
@@ -101,13 +106,18 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
     with ZipSource(base) as zf:
         key = zip_version(zf).key
     sha256 = None if archive.built_here(key, base) else archive.sha256_of(base)
-    if sha256 is not None and state.records.holds(MEMBER_SHA1S, sha256):
-        sha256 = None  # kept by an earlier run
     boot = atomic.read_json_object(ws.inputs_manifest).get("boot_image")
     path, sha1 = (boot.get("path"), boot.get("sha1")) if isinstance(boot, dict) else (None, None)
     if Part.KERNEL not in parse_mode(delta.mode) or not isinstance(path, str) or \
             not isinstance(sha1, str):
         path = sha1 = None
+    if sha256 is not None and state.records.holds(MEMBER_SHA1S, sha256):
+        kept = state.records.get(MEMBER_SHA1S, sha256)  # by an earlier run
+        base_boot = kept.get(BOOT_IMAGE) if isinstance(kept, dict) else None
+        if sha1 is not None and isinstance(base_boot, str) and \
+                (base_boot == sha1 or in_cache(state.patches, base_boot, sha1)):
+            path = sha1 = None  # the same kernel, or its patch made by an earlier run
+        sha256 = None
     return AheadWork(base, sha256, Path(path) if path else None, sha1 or "", state.records,
                      state.patches, delta.diff_timeout)
 

@@ -167,7 +167,7 @@ class PatchRun:
             raise ValueError("two patch jobs have the same name")
         groups: dict[str, list[PatchJob]] = {}
         for job in jobs:
-            key = f"{job.source.sha1}-{job.target.sha1}-{self._tag}"
+            key = patch_key(job.source.sha1, job.target.sha1, self._tag)
             self._names[job.name] = key
             groups.setdefault(key, []).append(job)
         known = {key for key in self._results} | {w.key for _, w, _ in self._queue} | {
@@ -308,6 +308,18 @@ def _rule_reason(job: PatchJob, memory_limit: int, reader: BlobReader) -> str:
         return (f"diff would need ~{math.ceil(need / (1 << 20))} MB of memory "
                 f"(limit {memory_limit >> 20} MB)")
     return ""
+
+
+def patch_key(source_sha1: str, target_sha1: str, tag: str) -> str:
+    """The patch cache's name for the diff from one content to another by engine `tag`."""
+    return f"{source_sha1}-{target_sha1}-{tag}"
+
+
+def in_cache(cache: BlobCache, source_sha1: str, target_sha1: str) -> bool:
+    """The cache holds an outcome of this diff (a patch, or its size that was too large);
+    unchecked: who takes it checks it."""
+    key = patch_key(source_sha1, target_sha1, engine_tag())
+    return any(cache.path(key + end).is_file() for end in (".p", ".big"))
 
 
 def _from_cache(cache: BlobCache, key: str, job: PatchJob,

@@ -2,7 +2,9 @@
 its state differs from the one a package must leave.
 
 /system comes from SYSTEM/, the partitions from the boot image and the MULTIFOTA images; each
-file is hashed from the bytes read, never from a record.
+file is hashed from the bytes read, unless the zip learned its sha1 from an earlier verify's
+hashing of the very same zip (by its sha256); the bytes the package reads are checked against
+that sha1 as they are read.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
     proved = VerifyInputs(package, inputs.base_zip, inputs.target_zip, parts, lists,
                           target_recorded=archive.built_here(str(summary["target"]),
                                                              inputs.target_zip),
-                          volumes=Volumes.from_json(summary.get("volumes")))
+                          volumes=Volumes.from_json(summary.get("volumes")),
+                          base_sha256=archive.sha256_of(inputs.base_zip))
     report = verify_package(proved, log, permission_replays=settings.permission_replays,
                             records=state.records)
     summary["verify"] = verified = report.to_json()
@@ -164,7 +165,8 @@ def verify_named(settings: VerifySettings, log: RunLog, state: State
     lists = lists_in(settings.config_dir)
     proved = VerifyInputs(package, base_zip, target_zip, parts, lists,
                           target_recorded=archive.built_here(target, target_zip),
-                          volumes=Volumes.from_json(summary.get("volumes")))
+                          volumes=Volumes.from_json(summary.get("volumes")),
+                          base_sha256=archive.sha256_of(base_zip))
     report = verify_package(proved, log, permission_replays=settings.permission_replays,
                             records=state.records)
     digest = sha256_file(package)

@@ -43,6 +43,9 @@ from dfota.proof.host_device import (
 from dfota.proof.replays import Replays, forks, replay_points, replay_power_losses
 from dfota.state.store import Records
 
+# the sha1s of a base's members that verify hashed from its bytes, by the zip's sha256
+SOURCE_SHA1S = "verify-source-sha1s"
+
 
 @dataclass
 class Check:
@@ -89,7 +92,12 @@ class VerifyInputs:
     file the package writes on the modeled module.
 
     `volumes`: the module's system volume and /cache the package was made for: a write the
-    room does not allow fails on the host as on the module."""
+    room does not allow fails on the host as on the module.
+
+    `base_sha256`: the base zip's sha256 (by the digest cache's rules): the sha1s an earlier
+    verify hashed from the bytes of that very zip serve again (`SOURCE_SHA1S`, in the
+    `records` of `verify_package`); none of `delta`'s records is taken. Every file the
+    package reads is still checked against its sha1 as it is read."""
 
     package: Path
     base_zip: Path
@@ -98,6 +106,7 @@ class VerifyInputs:
     lists: FileLists
     target_recorded: bool = False
     volumes: Volumes = DEFAULT_VOLUMES
+    base_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,7 @@ def verify_package(inputs: VerifyInputs, log: RunLog, *, permission_replays: int
         # check comes: `unzip -tq` now, Debian's bspatch once the pre-check passed
         unzip = stack.enter_context(InfoZipTest(inputs.package))
         keep = stack.enter_context(_lasting())
-        source = _open_source(stack, inputs)
+        source = _open_source(stack, inputs, records)
         keep()  # the zips' members, the trees, the source module
 
         report.add("unzip -tq", unzip.result(), "No errors")
@@ -179,14 +188,19 @@ def verify_package(inputs: VerifyInputs, log: RunLog, *, permission_replays: int
     return report
 
 
-def _open_source(stack: contextlib.ExitStack, inputs: VerifyInputs) -> _Source:
+def _open_source(stack: contextlib.ExitStack, inputs: VerifyInputs,
+                 records: Records | None) -> _Source:
     """The base and target zips, open until the end of `stack`; the source module modeled
     from the base, and what the package must make of it."""
     base = stack.enter_context(ZipSource(inputs.base_zip))
     target = stack.enter_context(ZipSource(inputs.target_zip))
     minor = minor_partitions(target, inputs.lists)
     stored: dict[str, Stored] = {}
+    kept = records if inputs.base_sha256 else None
+    learned = kept is not None and base.learn_sha1s(kept.get(SOURCE_SHA1S, inputs.base_sha256))
     device, source_tree = device_from_targetfiles(base, minor, inputs.volumes, stored=stored)
+    if kept is not None and not learned:  # hashed from the bytes just now
+        kept.put(SOURCE_SHA1S, inputs.base_sha256, base.known_sha1s())
     expected = expected_system(source_tree,
                                system_tree(target, recorded_sha1s=inputs.target_recorded),
                                inputs.parts, inputs.lists)
