@@ -113,8 +113,7 @@ class ZipWriting(TypedDict, total=False):
 
 
 def in_zip_order(items: Iterable[ZipItem], dest: Path) -> list[ZipItem]:
-    """`items` sorted by name's bytes, as every zip of the project is written; two items of
-    one name are refused."""
+    """`items` in the order every zip of the project has (by name's bytes), one per name."""
     ordered = sorted(items, key=lambda i: i.arcname.encode("utf-8"))
     seen: set[str] = set()
     for item in ordered:
