@@ -383,7 +383,7 @@ def test_before_and_after_at_small_scale(tmp_path: Path) -> None:
             "before-cross-verify.log", "before-chain-1.log", "before-big-verify-1.log"} <= \
         before_logs
     assert not (tmp_path / "bench" / "before-code").exists()
-    assert "before-code" not in _git("worktree", "list")
+    assert str(tmp_path / "bench" / "before-code") not in _git("worktree", "list")
     written = report.read_text()
     assert "## Before and after" in written and verdict(table.comparisons) in written
     for row in format_comparisons(table.comparisons).splitlines():
