@@ -26,7 +26,8 @@ from dfota.package.plan import parse_mode
 from dfota.package.writer import SCRIPT_ENTRY
 from dfota.proof import debian_checks, host_device, replays
 from dfota.proof import verify as verify_module
-from dfota.proof.publish import verify_delta, verify_needed
+from dfota.proof.publish import verify_delta
+from dfota.proof.published import verify_needed
 from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.settings import DeltaSettings, VerifySettings
 from dfota.state.store import Records
