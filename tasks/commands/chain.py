@@ -123,7 +123,7 @@ def verify(conf: Configuration) -> TaskDict:
 
 
 def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog) -> None:
-    from dfota.build.assemble import write_inputs_manifest
+    from dfota.build.inputs import write_inputs_manifest
 
     known = read_record(settings.workspace.record).versions
     with settings.workspace.open_state() as state:

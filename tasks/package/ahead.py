@@ -84,7 +84,7 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
     """What the next delta asks for, from what the inputs manifest says (the base, unless
     `--base` names another: the source it was made with; the SDK's boot image)."""
     from dfota.build.archive import archive_of
-    from dfota.build.assemble import recorded_source
+    from dfota.build.inputs import recorded_source
     from dfota.build.targetfiles import zip_version
     from dfota.formats.zipio import ZipSource
     from dfota.package.plan import Part, parse_mode
