@@ -87,7 +87,7 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
     from dfota.build.inputs import recorded_source
     from dfota.build.targetfiles import zip_version
     from dfota.formats.zipio import ZipSource
-    from dfota.package.plan import Part, parse_mode
+    from dfota.package.mode import Part, parse_mode
 
     ws = delta.workspace
     archive = archive_of(ws, state)

@@ -21,7 +21,7 @@ from dfota.core.volumes import Volumes
 from dfota.formats.filelists import lists_in
 from dfota.formats.version import parse_version
 from dfota.formats.zipio import ZipSource
-from dfota.package.plan import Part, parse_mode
+from dfota.package.mode import Part, parse_mode
 from dfota.package.writer import VERSION_ENTRY
 from dfota.proof.published import read_summary
 from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
