@@ -48,11 +48,12 @@ def tool_digest() -> str:
     """The tool's own code and templates: a change to them makes every output out of date
     and every record of `dfota.state.store` one to rebuild."""
     digest = hashlib.sha1(__version__.encode())
-    code = [p for p in PACKAGE_DIR.rglob("*.py")
-            if p.relative_to(PACKAGE_DIR).parts[0] not in NOT_IN_OUTPUTS]
-    templates = [p for p in TEMPLATES.glob("*.j2")]
-    for path in sorted(code) + sorted(templates):
-        name = path.relative_to(PACKAGE_DIR if path in code else TEMPLATES.parent).as_posix()
+    code = sorted(p for p in PACKAGE_DIR.rglob("*.py")
+                  if p.relative_to(PACKAGE_DIR).parts[0] not in NOT_IN_OUTPUTS)
+    templates = sorted(TEMPLATES.glob("*.j2"))
+    for path, home in [*((p, PACKAGE_DIR) for p in code), *((p, TEMPLATES.parent)
+                                                             for p in templates)]:
+        name = path.relative_to(home).as_posix()
         digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -14,7 +14,7 @@ from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import bytes_item, write_zip
 from dfota.package import plan
 from dfota.package.delta import build_delta
-from dfota.package.plan import parse_mode
+from dfota.package.mode import parse_mode
 from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.settings import DeltaSettings
 from tests.builders import (

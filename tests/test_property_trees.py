@@ -36,7 +36,8 @@ from dfota.formats.filelists import (
 )
 from dfota.formats.version import VERSION_FILE
 from dfota.package.delta import build_delta
-from dfota.package.plan import DEVICE_NAME_MAX, DEVICE_PATH_MAX, parse_mode
+from dfota.package.mode import parse_mode
+from dfota.package.plan import DEVICE_NAME_MAX, DEVICE_PATH_MAX
 from dfota.package.writer import PLACEHOLDER
 from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.settings import DeltaSettings

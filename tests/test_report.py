@@ -27,7 +27,8 @@ from dfota.device.updater import load_package
 from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource
 from dfota.package.delta import build_delta
-from dfota.package.plan import expected_system, parse_mode
+from dfota.package.mode import parse_mode
+from dfota.package.plan import expected_system
 from dfota.proof.host_device import device_from_targetfiles, minor_partitions
 from dfota.proof.publish import verify_delta
 from dfota.proof.replays import Replays, replay_power_losses

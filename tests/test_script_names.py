@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.formats.edify_parse import DEVICE_FUNCTIONS, Literal, Node, children, parse
 from dfota.formats.filelists import ChmodRule
-from dfota.package.plan import Change, Kind, Part, Span
+from dfota.package.mode import Part
+from dfota.package.plan import Change, Kind, Span
 from dfota.package.writer import TargetSystem, Writes, render_script, script_steps
 
 _NAME_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\0/")

@@ -14,7 +14,7 @@ from dfota.core.volumes import DEFAULT_VOLUMES, MB, Volumes
 from dfota.device.updater import NO_SPACE, apply_package
 from dfota.formats.filelists import lists_in
 from dfota.package.delta import build_delta
-from dfota.package.plan import parse_mode
+from dfota.package.mode import parse_mode
 from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.settings import DeltaSettings
 from tests.builders import base_system, binary, edited, f, next_system

@@ -286,7 +286,7 @@ def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
     """The rootfs is walked once per command: the inputs step keeps its scan in a record by
     the inputs manifest (rewritten only when it changed), which the build takes when the
     inputs step ran before it in the same command (not under `doit -s targetfiles`)."""
-    from dfota.build import assemble
+    from dfota.build import assemble, inputs
     from dfota.build.manifest import scan_rootfs as walk
 
     walks: list[Path] = []
@@ -296,15 +296,16 @@ def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
         return walk(rootfs, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(assemble, "scan_rootfs", counted)
+    monkeypatch.setattr(inputs, "scan_rootfs", counted)
     state = ws.root / "state"
     settings = TargetfilesSettings(WorkspaceFolders(ws.out, state, ws.archive), ws.sdk,
                                    str(ws.source))
     with settings.workspace.open_state() as opened:
-        assemble.write_inputs_manifest(settings, [], opened)
-    (record,) = (state / "records" / assemble.SCAN_RECORD).iterdir()
+        inputs.write_inputs_manifest(settings, [], opened)
+    (record,) = (state / "records" / inputs.SCAN_RECORD).iterdir()
     written = file_stamp(record.stat())
     with settings.workspace.open_state() as opened:  # the same inputs: nothing written
-        assemble.write_inputs_manifest(settings, [], opened)
+        inputs.write_inputs_manifest(settings, [], opened)
     assert len(walks) == 2 and file_stamp(record.stat()) == written
     log = RunLog(None, "targetfiles", stream=io.StringIO())
     first = assemble.build_targetfiles(settings, log, [], inputs_recorded=True)
@@ -313,6 +314,34 @@ def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(
     again = assemble.build_targetfiles(settings, log, [])  # not told: it walks
     assert len(walks) == 3
     assert (first.sha256, first.warnings) == (again.sha256, again.warnings)
+
+
+def test_what_the_scan_says_beside_the_tree_is_an_input_of_the_target(ws: Workspace) -> None:
+    """The kept scan is taken by its key alone (a run with nothing to do builds no JSON of
+    it): a FIFO that cannot be packed, or a second name of a rootfs file made outside the
+    rootfs, leaves the tree as it was yet changes what targetfiles warns of or refuses, so it
+    changes the inputs manifest and the scan kept for it."""
+    from dfota.build import inputs
+
+    settings = TargetfilesSettings(WorkspaceFolders(ws.out, ws.root / "state", ws.archive),
+                                   ws.sdk, str(ws.source))
+
+    def manifest_and_scan() -> tuple[str, FolderScan | None]:
+        with settings.workspace.open_state() as opened:
+            inputs.write_inputs_manifest(settings, [], opened)
+            return (settings.workspace.inputs_manifest.read_text(),
+                    inputs.recorded_scan(settings, opened))
+
+    first, _ = manifest_and_scan()
+    assert manifest_and_scan()[0] == first
+    os.mkfifo(ws.rootfs / "etc" / "fifo")
+    with_fifo, scan = manifest_and_scan()
+    assert with_fifo != first and scan is not None
+    assert any("etc/fifo: FIFO cannot be packed" in w for w in scan.warnings), scan.warnings
+    os.link(ws.rootfs / "etc" / "passwd", ws.root / "passwd-outside")
+    with_link, scan = manifest_and_scan()
+    assert with_link != with_fifo and scan is not None
+    assert scan.outside_links == ((("etc/passwd",), 2),)
 
 
 def error_line(run: Run) -> str:

@@ -30,7 +30,8 @@ from dfota.build.targetfiles import BOOT_IMAGE, system_tree
 from dfota.core.errors import EXIT_FAILED, EXIT_LOST, EXIT_REFUSED, worst_upgrade
 from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource
-from dfota.package.plan import Part, expected_system
+from dfota.package.mode import Part
+from dfota.package.plan import expected_system
 from dfota.proof.host_device import tree_differences
 from dfota.upgrade.at_port import parse_urc
 from dfota.upgrade.serve import parse_range

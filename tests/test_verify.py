@@ -24,11 +24,12 @@ from dfota.device.updater import apply_package, load_package
 from dfota.formats.filelists import lists_in
 from dfota.formats.zipio import ZipSource
 from dfota.package.delta import build_delta
-from dfota.package.plan import parse_mode
+from dfota.package.mode import parse_mode
 from dfota.package.writer import SCRIPT_ENTRY
 from dfota.proof import debian_checks, host_device, replays
 from dfota.proof import verify as verify_module
-from dfota.proof.publish import verify_delta, verify_needed
+from dfota.proof.publish import verify_delta
+from dfota.proof.published import verify_needed
 from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.settings import DeltaSettings, VerifySettings
 from dfota.state.store import Records

@@ -29,7 +29,7 @@ from dfota.formats.filelists import lists_in
 from dfota.formats.ubi import PEB_SIZE, list_volumes
 from dfota.formats.ubifs import read_ubifs
 from dfota.package.delta import build_delta
-from dfota.package.plan import parse_mode
+from dfota.package.mode import parse_mode
 from dfota.proof.verify import VerifyInputs, verify_package
 from dfota.tools.sample import rootfs as sample_rootfs
 from dfota.tools.sample import ubi_images, versions

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import shutil
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dfota import __version__
-from dfota.build.archive import ZIP_NAME, Archive, archive_of
-from dfota.build.manifest import known_crc, scan_rootfs, sha1_of, write_if_changed
+from dfota.build.archive import ZIP_NAME, archive_of
+from dfota.build.inputs import recorded_scan, recorded_source, resolve_source
+from dfota.build.manifest import known_crc, scan_rootfs, sha1_of
 from dfota.build.sdk_image import ImageTreeReader, image_volumes
 from dfota.build.target_archive import (
     SOURCE_SHA1S,
@@ -46,14 +46,13 @@ from dfota.build.targetfiles import (
 )
 from dfota.core import atomic, owner
 from dfota.core.errors import DfotaError, shown_path
-from dfota.core.runlog import SILENT, Meter, RunLog
-from dfota.core.tree import Entry, FolderScan, check_outside_links, digest_tree
+from dfota.core.runlog import RunLog
+from dfota.core.tree import FolderScan, check_outside_links, digest_tree
 from dfota.core.volumes import Volumes
 from dfota.formats.version import VERSION_FILE, ProjectVersion
 from dfota.formats.zipio import ZipItem, ZipSource
 from dfota.formats.zipwrite import Traffic, write_stored_zip
 from dfota.settings import (
-    SAMPLE_BASE,
     TargetfilesSettings,
     public_name,
 )
@@ -62,29 +61,6 @@ from dfota.state.workspace import read_record
 
 TOOL = f"quecopen-dfota {__version__}"
 STAGING_PREFIX = "targetfiles."
-SOURCE_RECORD = "targetfiles-source"  # the source found for an inputs manifest, by its digest
-SCAN_RECORD = "rootfs-scan"  # the rootfs walk an inputs manifest was made from, by its digest
-
-
-def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: str | None,
-                   known: Collection[str]) -> Path:
-    """The source targetfiles.zip: the one asked for, else the newest version this workspace
-    built or imported (`known`) other than the target.
-
-    With none, only the sample SDK falls back to the sample's base; a user's SDK never does
-    (its versions must not be built on the sample's).
-    """
-    if settings.source:
-        return archive.resolve(settings.source, "source")
-    candidates = [v for v in archive.versions() if v.key != target_key and v.key in known]
-    if candidates:
-        archive.check_intact(candidates[-1])
-        return candidates[-1].zip_path
-    if settings.sdk_is_sample:
-        return SAMPLE_BASE
-    raise DfotaError("this workspace has no version to build on: run `doit import_base "
-                     "--firmware DIR` once, or give `--source` a targetfiles.zip or an "
-                     "archived version", settings.workspace.archive_dir)
 
 
 def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: bool
@@ -116,94 +92,6 @@ def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
         return None
     return ImageTreeReader(sdk.sysfs_ubi, state.records,
                            sha1_of(state.digests, sdk.sysfs_ubi))
-
-
-def _inputs_key(manifest: Mapping[str, object]) -> str:
-    return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
-                    meter: Meter = SILENT) -> tuple[dict[str, object], FolderScan]:
-    """Everything the target is made from, by content: what `doit targetfiles` depends on;
-    and the rootfs scan it was made from. `known`: the versions this workspace built or
-    imported (the default source is one of them). The source found is kept in `state` for
-    this manifest (`recorded_source`): it is resolved once per run."""
-    sdk = locate_sdk(settings.sdk)
-    cache = state.digests
-    scan = scan_rootfs(sdk.rootfs, cache, meter)
-    target = rootfs_version(sdk.rootfs, scan)
-    archive = archive_of(settings.workspace, state)
-    source = resolve_source(settings, archive, target.key, known)
-    manifest = {
-        "boot_image": {"path": str(sdk.boot_image), "sha1": sha1_of(cache, sdk.boot_image)},
-        "abl": {"path": str(sdk.abl), "sha1": sha1_of(cache, sdk.abl)},
-        "rootfs": {"path": str(sdk.rootfs), "tree_sha1": digest_tree(scan.entries),
-                   "entries": len(scan.entries)},
-        # by content only: the sample's base and its archived copy are the same source (its
-        # sha256 as the archive records it: archiving it then needs no other hashing)
-        "source_sha256": archive.sha256_of(source),
-        "target_version": target.key,
-        "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
-        "metadata_from_image": settings.metadata_from_image,
-    }
-    key = _inputs_key(manifest)
-    if state.records.get(SOURCE_RECORD, key) != str(source):  # a run with nothing to do writes none
-        state.records.put(SOURCE_RECORD, key, str(source), alone=True)
-    return manifest, scan
-
-
-def _scan_json(scan: FolderScan) -> dict[str, object]:
-    return {"entries": [[e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.sha1, e.link]
-                        for e in scan.entries.values()],
-            "empty_dirs": list(scan.empty_dirs), "warnings": list(scan.warnings),
-            "outside_links": [[list(names), count] for names, count in scan.outside_links]}
-
-
-def _scan_from_json(value: object) -> FolderScan | None:
-    """The scan `_scan_json` wrote; None for anything else."""
-    if not isinstance(value, dict):
-        return None
-    try:
-        entries = {row[0]: Entry(*row) for row in value["entries"]}
-        return FolderScan(entries, tuple(value["empty_dirs"]), tuple(value["warnings"]),
-                          tuple((tuple(names), count) for names, count in value["outside_links"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def write_inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state: State,
-                          meter: Meter = SILENT) -> None:
-    """Write the inputs manifest and keep the rootfs scan it was made from for it, which
-    `build_targetfiles` then takes instead of walking the rootfs again (each unless it is
-    kept as it is already: a run with nothing to do writes nothing)."""
-    manifest, scan = inputs_manifest(settings, known, state, meter)
-    state.records.put(SCAN_RECORD, _inputs_key(manifest), _scan_json(scan), alone=True,
-                      if_changed=True)
-    write_if_changed(settings.workspace.inputs_manifest, manifest)
-
-
-def _recorded(settings: TargetfilesSettings, state: State, name: str
-              ) -> tuple[dict[str, object], object]:
-    """The inputs manifest as it is now, and what `write_inputs_manifest` kept for it under
-    `name` (None: nothing)."""
-    manifest = atomic.read_json_object(settings.workspace.inputs_manifest)
-    return manifest, state.records.get(name, _inputs_key(manifest)) if manifest else None
-
-
-def recorded_source(settings: TargetfilesSettings, state: State) -> tuple[Path, str] | None:
-    """The source `write_inputs_manifest` found for the inputs manifest as it is now, and
-    its sha256 then; None when it kept none for it."""
-    manifest, found = _recorded(settings, state, SOURCE_RECORD)
-    sha256 = manifest.get("source_sha256")
-    if not isinstance(found, str) or not isinstance(sha256, str):
-        return None
-    return Path(found), sha256
-
-
-def recorded_scan(settings: TargetfilesSettings, state: State) -> FolderScan | None:
-    """The rootfs scan `write_inputs_manifest` made the inputs manifest as it is now from;
-    None when it kept none for it."""
-    return _scan_from_json(_recorded(settings, state, SCAN_RECORD)[1])
 
 
 @dataclass(frozen=True, slots=True)

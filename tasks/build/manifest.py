@@ -80,6 +80,13 @@ def _cached_sha1(cache: DigestCache) -> Callable[[str, os.stat_result], str]:
     return sha1
 
 
+def _known_sha1(cache: DigestCache) -> Callable[[str, os.stat_result], str | None]:
+    def known(path: str, st: os.stat_result) -> str | None:
+        return cache.known(path, st, "sha1")
+
+    return known
+
+
 def known_crc(cache: DigestCache) -> Callable[[Path, os.stat_result, str], int | None]:
     """The CRC-32 `cache` keeps for a file as it is now, when it also knows it to hold the
     sha1 asked for (the zip writer's `known_crc`)."""
@@ -102,7 +109,7 @@ def scan_rootfs(rootfs: Path, cache: DigestCache | None = None,
     st = rootfs.stat()
     return scan_folder(rootfs, skip_top=KEPT_FROM_SOURCE, build_owner=(st.st_uid, st.st_gid),
                        hash_file=_cached_sha1(cache) if cache else None,
-                       cached=cache.cached if cache else None, meter=meter)
+                       known=_known_sha1(cache) if cache else None, meter=meter)
 
 
 def write_if_changed(path: Path, data: dict[str, object]) -> bool:

@@ -123,7 +123,7 @@ def verify(conf: Configuration) -> TaskDict:
 
 
 def _targetfiles_inputs(settings: TargetfilesSettings, log: RunLog) -> None:
-    from dfota.build.assemble import write_inputs_manifest
+    from dfota.build.inputs import write_inputs_manifest
 
     known = read_record(settings.workspace.record).versions
     with settings.workspace.open_state() as state:
@@ -243,7 +243,8 @@ def package_inputs(ws: Workspace) -> PackageInputs:
 
 
 def _verify(settings: VerifySettings, log: RunLog) -> None:
-    from dfota.proof.publish import verify_delta, verify_needed
+    from dfota.proof.publish import verify_delta
+    from dfota.proof.published import verify_needed
 
     ws = settings.workspace
     with ws.open_state() as state:
@@ -259,7 +260,7 @@ def _verify(settings: VerifySettings, log: RunLog) -> None:
 
 
 def _published_is_proven(ws: Workspace) -> bool:
-    from dfota.proof.publish import published_is_proven
+    from dfota.proof.published import published_is_proven
 
     with ws.open_state() as state:
         return published_is_proven(ws, digests=state.digests)

@@ -289,7 +289,7 @@ def _size(options: Mapping[str, object], key: str) -> int | None:
 
 def delta_settings(workspace: Workspace, options: Mapping[str, object],
                    project: ProjectFile, sample: bool) -> tuple[DeltaSettings, list[str]]:
-    from dfota.package.plan import parse_mode
+    from dfota.package.mode import parse_mode
 
     config_dir, warnings = _lists_folder(str(options.get("config") or ""), sample, project)
     mode = str(options["mode"])

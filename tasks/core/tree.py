@@ -141,7 +141,7 @@ class FolderScanning(TypedDict, total=False):
     skip_top: Iterable[str]  # top-level entries left out (default: none)
     build_owner: tuple[int, int] | None  # (uid, gid) recorded as root
     hash_file: Callable[[str, os.stat_result], str] | None  # default: `sha1_file`
-    cached: Callable[[str, os.stat_result], bool] | None  # `hash_file` has it already
+    known: Callable[[str, os.stat_result], str | None] | None  # a sha1 kept (None: to hash)
     meter: Meter
     seen: Callable[[str], None] | None
 
@@ -151,8 +151,9 @@ def scan_folder(root: Path, **how: Unpack[FolderScanning]) -> FolderScan:
 
     `skip_top` names top-level entries left out (with everything under them). Entries owned by
     the `build_owner` uid (or gid) are recorded as owned by root (0), others as they are.
-    `hash_file` may serve hashes from a cache (hash each file once), which `cached` tells in
-    advance; `meter` shows the progress of the hashing still to do (nothing when none is).
+    `known` gives the sha1 a cache keeps for a file as the walk saw it (asked once per file);
+    the others are hashed by `hash_file`, with `meter` showing the progress of that hashing
+    (nothing when there is none).
     Device nodes, FIFOs and sockets cannot live in a zip: they are skipped with a warning.
     A tree that changes under the walk (an entry gone, a link swapped for a folder) is
     refused: `<path>: changed while it was being read; run again`. `seen` is called with each
@@ -161,18 +162,13 @@ def scan_folder(root: Path, **how: Unpack[FolderScanning]) -> FolderScan:
     if not root.is_dir():
         raise DfotaError("is not a folder", root)
     root = root.resolve()  # the folder itself may be a link; nothing below it is followed
-    build_owner, cached = how.get("build_owner"), how.get("cached")
-    hasher = how.get("hash_file") or sha1_file
+    build_owner = how.get("build_owner")
     entries: Tree = {}
     warnings: list[str] = []
     # paths as text, the loop kept lean: every `doit` walks the rootfs (thousands of entries)
     top = os.fspath(root)
     walked = list(_walk(root, set(how.get("skip_top", ())), how.get("seen")))
-    files = {rel: f"{top}/{rel}" for rel, st in walked if stat.S_ISREG(st.st_mode)}
-    to_hash = {rel for rel, st in walked if rel in files
-               and not (cached and cached(files[rel], st))}
-    meter = how.get("meter", SILENT) if to_hash else SILENT
-    bar = meter.progress(f"hashing {root.name}", len(to_hash))
+    sha1s = _file_sha1s(top, walked, how, f"hashing {root.name}")
     owner_uid, owner_gid = build_owner if build_owner is not None else (-1, -1)
     linked: dict[tuple[int, int], list[str]] = {}
     for rel, st in walked:
@@ -182,12 +178,9 @@ def scan_folder(root: Path, **how: Unpack[FolderScanning]) -> FolderScan:
         uid = 0 if st.st_uid == owner_uid else st.st_uid
         gid = 0 if st.st_gid == owner_gid else st.st_gid
         if stat.S_ISREG(mode):
-            sha1 = hasher(files[rel], st)
-            entries[rel] = Entry(rel, FILE, mode & 0o7777, uid, gid, st.st_size, sha1)
+            entries[rel] = Entry(rel, FILE, mode & 0o7777, uid, gid, st.st_size, sha1s[rel])
             if st.st_nlink > 1:
                 linked.setdefault((st.st_dev, st.st_ino), []).append(rel)
-            if rel in to_hash:
-                bar.advance()
         elif stat.S_ISDIR(mode):
             entries[rel] = Entry(rel, DIR, mode & 0o7777, uid, gid)
         elif stat.S_ISLNK(mode):
@@ -199,12 +192,34 @@ def scan_folder(root: Path, **how: Unpack[FolderScanning]) -> FolderScan:
         else:
             warnings.append(f"{shown_path(root / rel)}: {_special_kind(mode)} cannot be packed; "
                             "left out")
-    bar.finish()
     entries = dict(sorted(entries.items()))
-    nlinks = {rel: st.st_nlink for rel, st in walked if rel in files}
+    nlinks = {rel: st.st_nlink for rel, st in walked if rel in sha1s}
     outside = tuple((tuple(names), nlinks[names[0]]) for names in linked.values()
                     if nlinks[names[0]] > len(names))
     return FolderScan(entries, tuple(empty_dirs(entries)), tuple(warnings), outside)
+
+
+def _file_sha1s(top: str, walked: list[tuple[str, os.stat_result]], how: FolderScanning,
+                title: str) -> dict[str, str]:
+    """The sha1 of every regular file of a walk: kept (`known`, asked once each), else hashed
+    (`hash_file`, its progress shown by `meter`)."""
+    known = how.get("known")
+    sha1s: dict[str, str] = {}
+    to_hash = []
+    for rel, st in walked:
+        if stat.S_ISREG(st.st_mode):
+            found = known(f"{top}/{rel}", st) if known is not None else None
+            if found is None:
+                to_hash.append((rel, st))
+            sha1s[rel] = found or ""
+    if to_hash:
+        hasher = how.get("hash_file") or sha1_file
+        bar = how.get("meter", SILENT).progress(title, len(to_hash))
+        for rel, st in to_hash:
+            sha1s[rel] = hasher(f"{top}/{rel}", st)
+            bar.advance()
+        bar.finish()
+    return sha1s
 
 
 def check_outside_links(scan: FolderScan, root: Path, allow: bool = False) -> list[str]:

@@ -88,11 +88,11 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
     """What the next delta asks for, from what the inputs manifest says (the base, unless
     `--base` names another: the source it was made with; the SDK's boot image)."""
     from dfota.build.archive import archive_of
-    from dfota.build.assemble import recorded_source
+    from dfota.build.inputs import recorded_source
     from dfota.build.targetfiles import zip_version
     from dfota.formats.zipio import ZipSource
+    from dfota.package.mode import Part, parse_mode
     from dfota.package.patches import in_cache
-    from dfota.package.plan import Part, parse_mode
 
     ws = delta.workspace
     archive = archive_of(ws, state)

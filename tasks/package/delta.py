@@ -41,14 +41,13 @@ from dfota.formats.version import VERSION_FILE, ProjectVersion
 from dfota.formats.zipio import ZipItem, ZipSource, bytes_item, member_item, path_item, write_zip
 from dfota.package.ahead import MEMBER_SHA1S
 from dfota.package.blobs import Blob
+from dfota.package.mode import Part, parse_mode
 from dfota.package.patches import DiffOptions, PatchJob, PatchOutcome, PatchRun
 from dfota.package.plan import (
     Change,
     Kind,
-    Part,
     Span,
     expected_system,
-    parse_mode,
     plan_changes,
     refuse_unwritable,
 )

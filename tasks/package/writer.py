@@ -21,7 +21,8 @@ from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.formats import edify
 from dfota.formats.filelists import ChmodRule
 from dfota.formats.version import VERSION_FILE
-from dfota.package.plan import Change, Kind, Part, Span, covers
+from dfota.package.mode import Part
+from dfota.package.plan import Change, Kind, Span, covers
 from dfota.settings import TEMPLATES
 
 SCRIPT_ENTRY = "META-INF/com/google/android/updater-script"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dfota.build.archive import archive_of, recorded_sha256, sha256_file
+from dfota.build.archive import archive_of, sha256_file
 from dfota.core import atomic
 from dfota.core.errors import CheckFailed, DfotaError, shown_path
 from dfota.core.runlog import RunLog
@@ -21,49 +21,13 @@ from dfota.core.volumes import Volumes
 from dfota.formats.filelists import lists_in
 from dfota.formats.version import parse_version
 from dfota.formats.zipio import ZipSource
-from dfota.package.plan import Part, parse_mode
+from dfota.package.mode import Part, parse_mode
 from dfota.package.writer import VERSION_ENTRY
+from dfota.proof.published import read_summary
 from dfota.proof.verify import VerifyInputs, VerifyReport, verify_package
 from dfota.report.summary import write_report, write_summary
 from dfota.settings import PackageInputs, VerifySettings, Workspace
-from dfota.state.store import DigestCache, State
-
-
-def _read_summary(workspace: Workspace) -> dict[str, object]:
-    try:
-        summary = json.loads(workspace.update_summary.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DfotaError("no readable package summary: run `doit delta` first",
-                         workspace.update_summary) from exc
-    if not isinstance(summary, dict):
-        raise DfotaError("not a package summary: not a JSON object", workspace.update_summary)
-    return summary
-
-
-def verify_needed(workspace: Workspace, digests: DigestCache | None = None) -> bool:
-    """False when the last `doit delta` found nothing to update (and wrote no package), or when
-    its package was already proven and published (`published_is_proven`)."""
-    summary = _read_summary(workspace)
-    if not summary.get("changed", True):
-        return False
-    done = summary.get("verify")
-    return not (isinstance(done, dict) and done.get("ok") and not workspace.pending_zip.exists()
-                and published_is_proven(workspace, summary, digests))
-
-
-def published_is_proven(workspace: Workspace, summary: Mapping[str, object] | None = None,
-                        digests: DigestCache | None = None) -> bool:
-    """`out/update.zip`, when there is one, has the sha256 of the package that was proven
-    (by `digests` while the file is as it was when hashed; None: hashed now)."""
-    if not workspace.update_zip.is_file():
-        return True
-    if summary is None:
-        try:
-            summary = _read_summary(workspace)
-        except DfotaError:
-            return False
-    # by the stat-keyed cache: any write to the file changes its stat, so it is hashed again
-    return recorded_sha256(digests, workspace.update_zip) == summary.get("package_sha256")
+from dfota.state.store import State
 
 
 def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
@@ -77,7 +41,7 @@ def verify_delta(settings: VerifySettings, log: RunLog, inputs: PackageInputs,
         with settings.workspace.open_state() as opened:
             return verify_delta(settings, log, inputs, opened)
     workspace = settings.workspace
-    summary = _read_summary(workspace)
+    summary = read_summary(workspace)
     changed = not workspace.pending_zip.is_file() and workspace.update_zip.is_file()
     package = workspace.update_zip if changed else workspace.pending_zip
     if not package.is_file():

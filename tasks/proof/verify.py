@@ -31,7 +31,8 @@ from dfota.device.updater import apply_package as host_apply
 from dfota.formats.filelists import FileLists
 from dfota.formats.version import VERSION_FILE
 from dfota.formats.zipio import ZipSource
-from dfota.package.plan import Part, expected_system
+from dfota.package.mode import Part
+from dfota.package.plan import expected_system
 from dfota.package.writer import VERSION_ENTRY
 from dfota.proof.debian_checks import BspatchProof, InfoZipTest
 from dfota.proof.host_device import (

@@ -158,11 +158,14 @@ class DigestCache:
     def known(self, path: str | os.PathLike[str], st: os.stat_result,
               algorithm: str) -> str | None:
         """The digest kept for `path` as `st` shows it, if any."""
-        entry = _entry(self._all().get(os.fsdecode(path)))
-        if entry is None or entry[:4] != file_stamp(st):
+        # checked as it is read (a rootfs scan asks for thousands): a stamp equal to the
+        # file's, a digest that is text; anything else in the file is as good as no entry
+        entry = self._all().get(os.fsdecode(path))
+        if type(entry) is not list or len(entry) != 5 or entry[:4] != file_stamp(st) or \
+                type(entry[4]) is not dict:
             return None
-        digests: dict[str, str] = entry[4]  # checked by `_entry`
-        return digests.get(algorithm)
+        found = entry[4].get(algorithm)
+        return found if type(found) is str else None
 
     def cached(self, path: str | os.PathLike[str], st: os.stat_result,
                algorithm: str = "sha1") -> bool:
