@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -23,6 +24,7 @@ from dfota.cli import (
     exit_code,
     tasks_first,
 )
+from dfota.core.runlog import RunLog
 from dfota.package.writer import SCRIPT_ENTRY
 from tests.workspace import PROJECT, SAMPLE_LISTS, Workspace
 
@@ -279,3 +281,16 @@ def test_verify_proves_a_package_named_without_moving_it(ws: Workspace) -> None:
     missing = dfota(ws, "verify", "--package", str(ws.root / "none.zip"), *ws.folders)
     assert missing.returncode == EXIT_INPUT
     assert missing.stderr.strip() == f"error: {ws.root / 'none.zip'}: no such package"
+
+
+def test_a_run_with_nothing_to_say_leaves_no_log_file(tmp_path: Path) -> None:
+    """Each task's run has its log file; one that wrote nothing (an up-to-date check's
+    always-run step, say) is removed when closed, so a nightly job does not pile them up."""
+    said = RunLog(tmp_path, "delta", stream=io.StringIO())
+    quiet = RunLog(tmp_path, "_targetfiles_inputs")
+    said.say("delta: done")
+    said.close()
+    quiet.close()
+    assert [p.name.split("-", 1)[1] for p in tmp_path.iterdir()] == ["delta.log"]
+    assert quiet.path is None and said.path is not None
+    assert said.path.read_text() == "delta: done\n"

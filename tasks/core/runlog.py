@@ -115,5 +115,9 @@ class RunLog:
 
     def close(self) -> None:
         if self._file is not None:
+            empty = self._file.tell() == 0
             self._file.close()
             self._file = None
+            if empty and self.path is not None:  # a run with nothing to say leaves no file
+                self.path.unlink(missing_ok=True)
+                self.path = None
