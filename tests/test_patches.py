@@ -22,9 +22,23 @@ from dfota.core.errors import DfotaError
 from dfota.core.tree import FILE
 from dfota.formats.zipio import bytes_item, write_zip
 from dfota.package.blobs import Blob
-from dfota.package.bsdiff import MAGIC, apply_patch_bytes, bsdiff40, compressed_kind, engine_tag
-from dfota.package.patches import DiffOptions, PatchJob, PatchOutcome, PatchRun, make_patches
-from dfota.state.store import BlobCache
+from dfota.package.bsdiff import (
+    MAGIC,
+    applier_tag,
+    apply_patch_bytes,
+    bsdiff40,
+    compressed_kind,
+    engine_tag,
+)
+from dfota.package.patches import (
+    PROVEN_RECORD,
+    DiffOptions,
+    PatchJob,
+    PatchOutcome,
+    PatchRun,
+    make_patches,
+)
+from dfota.state.store import BlobCache, Records
 from dfota.tools.bench.pair import bench_boot_image, bench_rootfs_pair
 from dfota.tools.bench.plan import bench_plan
 
@@ -339,6 +353,52 @@ def test_bad_too_big_marker_is_ignored(tmp_path: Path) -> None:
     assert not out.cached
     assert_patched(out, source, target, tmp_path)
     assert cache_files(cache) == [f"{key}.p"]
+
+
+def proven_pair(tmp: Path, tool: str = "tool-a") -> tuple[Pair, Path, Records, bytes]:
+    """A pair diffed once with records of `tool`: its patch checked and its proof kept."""
+    source = binary(46, 60_000)
+    pair = Pair(tmp, {"bin/app": (source, edited(source, 47))})
+    records = Records(tmp / "records", tool)
+    first = make_patches(pair.jobs(), cache=BlobCache(tmp / "cache", records))["system/bin/app"]
+    assert first.patch is not None and not first.cached
+    return pair, first.patch, records, first.patch.read_bytes()
+
+
+def test_a_patch_checked_once_is_taken_by_the_proof_of_its_bytes(tmp_path: Path) -> None:
+    pair, patch_file, records, patch = proven_pair(tmp_path)
+    source, target = pair.files["bin/app"]
+    assert records.get(PROVEN_RECORD, applier_tag()) == [
+        f"{patch_file.name} {hashlib.sha256(patch).hexdigest()} {len(target)}"]
+    # the source is gone: only the proof can tell the cached patch is right
+    pair.source_zip.unlink()
+    lines: list[str] = []
+    again = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache", records),
+                         progress=lines.append)["system/bin/app"]
+    assert again.cached and lines == ["patches: 1 files, 1 from the cache, 0 whole by rule, "
+                                      "0 to diff"]
+    assert assert_patched(again, source, target, tmp_path) == patch
+    # without the records, or with those of another version of the tool, it is checked
+    for cache in (BlobCache(tmp_path / "cache"),
+                  BlobCache(tmp_path / "cache", Records(tmp_path / "records", "tool-b"))):
+        (tmp_path / "cache").mkdir(exist_ok=True)
+        patch_file.write_bytes(patch)
+        out = make_patches(pair.jobs(), cache=cache)["system/bin/app"]
+        assert not out.cached and out.is_fallback  # checked, then diffed: the source is gone
+
+
+@pytest.mark.parametrize("damage", ["other content", "garbage"])
+def test_a_proven_patch_whose_bytes_changed_is_checked_again(tmp_path: Path,
+                                                            damage: str) -> None:
+    pair, patch_file, records, patch = proven_pair(tmp_path)
+    source, target = pair.files["bin/app"]
+    patch_file.write_bytes(bsdiff4.diff(source, edited(source, 48)) if damage == "other content"
+                           else random.Random(49).randbytes(len(patch)))
+    lines: list[str] = []
+    again = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache", records),
+                         progress=lines.append)["system/bin/app"]
+    assert not again.cached and len(diff_lines(lines)) == 1
+    assert assert_patched(again, source, target, tmp_path) == patch
 
 
 def test_failing_diffs_fall_back_to_whole_and_the_rest_goes_on(tmp_path: Path) -> None:

@@ -54,6 +54,12 @@ def engine_tag() -> str:
     return f"detools-{importlib.metadata.version('detools')}-bsdiff"
 
 
+def applier_tag() -> str:
+    """What applies the patches for the checks and its version (a proof of a patch holds
+    for it)."""
+    return f"bsdiff4-{importlib.metadata.version('bsdiff4')}"
+
+
 def apply_patch_bytes(source: bytes, patch: bytes) -> bytes:
     """Apply a BSDIFF40 patch; ValueError if it is not one or does not fit the source."""
     if patch[: len(MAGIC)] != MAGIC:

@@ -73,9 +73,12 @@ def _diff_and_check(task: DiffTask) -> dict[str, Any]:
         problem = f"does not apply ({exc})"
     if problem:
         return {"status": "mismatch", "message": problem}
-    if not too_big_reason(len(patch), len(target)):
-        task.patch_tmp.write_bytes(patch)
-    return {"status": "ok", "patch_size": len(patch)}
+    if too_big_reason(len(patch), len(target)):
+        return {"status": "ok", "patch_size": len(patch)}
+    task.patch_tmp.write_bytes(patch)
+    # the bytes checked: the parent keeps their proof
+    return {"status": "ok", "patch_size": len(patch),
+            "patch_sha256": hashlib.sha256(patch).hexdigest()}
 
 
 def _limit_memory(need: int) -> None:

@@ -16,7 +16,9 @@ one pair per worker, so only the pair at fault falls back.
 Every patch is applied to its source and checked against the target's sha1 before it is used,
 and again whenever it is taken from the cache (the state's blob cache, dfota.state.store). It holds
 `<source sha1>-<target sha1>-<engine>.p` (a verified patch) or `.big` (the size of a patch that
-was too large).
+was too large). A check passed is kept in the state's records (`patch-proven`, under the tool's
+version and the applier's, `applier_tag`) by the patch's name and the sha256 of its bytes: a
+patch read from the cache whose bytes hash to a kept proof is not applied again.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dfota.package.bsdiff import (
     MAX_PATCH_PERCENT,
     MIN_PATCH_SIZE,
     Engine,
+    applier_tag,
     apply_patch_bytes,
     compressed_kind,
     diff_memory,
@@ -52,9 +55,11 @@ from dfota.package.bsdiff import (
     too_big_reason,
 )
 from dfota.package.diff_worker import DiffTask
-from dfota.state.store import BlobCache
+from dfota.state.store import BlobCache, Records
 
 _PRELOAD_MAX = 32 << 20  # bytes of one side read by the parent for a worker
+PROVEN_RECORD = "patch-proven"  # its name among the state's records
+_PROVEN_MAX = 4096  # the proofs kept, newest first
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class PatchRun:
         self._queue: deque[tuple[int, _Work, bool]] = deque()
         self._running: dict[Any, _Running] = {}
         self._to_diff = self._diffed = 0
+        self._proofs = _Proofs(cache.records)
 
     def __enter__(self) -> PatchRun:
         return self
@@ -179,7 +185,8 @@ class PatchRun:
                 continue
             job = group[0]
             reason = _rule_reason(job, self.memory_limit, self._reader)
-            hit = None if reason else _from_cache(self.cache, key, job, self._reader)
+            hit = None if reason else _from_cache(self.cache, key, job, self._reader,
+                                                  self._proofs)
             if reason:
                 by_rule += len(group)
                 self._results[key] = (None, reason, 0, 0.0, False)
@@ -210,6 +217,7 @@ class PatchRun:
             deadline = min(r.started for r in self._running.values()) + self.timeout
             self._collect_finished(set(wait(list(self._running),
                                             max(0.0, deadline - time.monotonic()))))
+        self._proofs.save()
         outcomes = {}
         for name, key in self._names.items():
             patch, reason, size, seconds, cached = self._results[key]
@@ -289,7 +297,8 @@ class PatchRun:
                     # the pair that stopped the batch is found by trying each alone
                     self._queue.appendleft((int(task.result.stem), item, True))
                     continue
-                patch, reason, size = (_collect(item, task, self.cache, self._scratch())
+                patch, reason, size = (_collect(item, task, self.cache, self._scratch(),
+                                                self._proofs)
                                        if task.result.exists() else (None, lost, 0))
                 self._results[item.key] = (patch, reason, size, now - entry.started, False)
                 self._diffed += 1
@@ -322,12 +331,58 @@ def in_cache(cache: BlobCache, source_sha1: str, target_sha1: str) -> bool:
     return any(cache.path(key + end).is_file() for end in (".p", ".big"))
 
 
-def _from_cache(cache: BlobCache, key: str, job: PatchJob,
-                reader: BlobReader) -> tuple[Path | None, str, int] | None:
+class _Proofs:
+    """The patches checked (in this run or an earlier one): `<patch> <sha256 of its bytes>
+    <target size>`, in one record under the applier's tag (and, as every record, the tool's
+    version). Without `records`, none is kept."""
+
+    def __init__(self, records: Records | None) -> None:
+        self.records = records
+        self._known: set[str] | None = None  # read when first asked
+        self.new: list[str] = []
+
+    def _earlier(self) -> list[str]:
+        kept = self.records.get(PROVEN_RECORD, applier_tag()) if self.records is not None else None
+        return [p for p in kept if isinstance(p, str)] if isinstance(kept, list) else []
+
+    def holds(self, proof: str) -> bool:
+        if self._known is None:
+            self._known = set(self._earlier())
+        return proof in self._known
+
+    def add(self, proof: str) -> None:
+        if self.records is not None and not self.holds(proof):
+            self.new.append(proof)
+            assert self._known is not None
+            self._known.add(proof)
+
+    def save(self) -> None:
+        """Keep the proofs added, before those on disk now (another run may have written)."""
+        if self.records is None or not self.new:
+            return
+        new, self.new = self.new[::-1], []
+        newer = set(new)
+        older = [p for p in self._earlier() if p not in newer]
+        self.records.put(PROVEN_RECORD, applier_tag(), (new + older)[:_PROVEN_MAX], alone=True)
+
+
+def _proof(name: str, patch: bytes, target: Blob) -> str:
+    return f"{name} {hashlib.sha256(patch).hexdigest()} {target.size}"
+
+
+def _from_cache(cache: BlobCache, key: str, job: PatchJob, reader: BlobReader,
+                proofs: _Proofs) -> tuple[Path | None, str, int] | None:
     """(patch, whole reason, patch size) from a checked cache entry; a bad entry is deleted."""
     patch = cache.read_bytes(f"{key}.p")
     if patch is not None:
-        if _cached_patch_fits(patch, job, reader):
+        if too_big_reason(len(patch), job.target.size):
+            fits = False
+        else:  # the very bytes checked before, or checked now
+            proof = _proof(f"{key}.p", patch, job.target)
+            fits = proofs.holds(proof) or _cached_patch_fits(patch, job, reader)
+            if fits:
+                proofs.add(proof)
+        if fits:
             return cache.path(f"{key}.p"), "", len(patch)
         cache.drop(f"{key}.p")
     big = cache.read_bytes(f"{key}.big")
@@ -341,8 +396,6 @@ def _from_cache(cache: BlobCache, key: str, job: PatchJob,
 
 
 def _cached_patch_fits(patch: bytes, job: PatchJob, reader: BlobReader) -> bool:
-    if too_big_reason(len(patch), job.target.size):
-        return False
     try:
         source = reader.read(job.source)
     except READ_ERRORS:
@@ -388,9 +441,10 @@ def _batchable(item: _Work) -> bool:
     return max(first.source.size, first.target.size) <= _BATCH_PAIR_MAX
 
 
-def _collect(item: _Work, task: DiffTask, cache: BlobCache,
-             run_dir: Path) -> tuple[Path | None, str, int]:
-    """Read the result a worker left for one pair; move a good patch into the cache."""
+def _collect(item: _Work, task: DiffTask, cache: BlobCache, run_dir: Path,
+             proofs: _Proofs) -> tuple[Path | None, str, int]:
+    """Read the result a worker left for one pair; move a good patch (checked by the worker,
+    a proof of its bytes kept) into the cache."""
     job = item.jobs[0]
     try:
         result = json.loads(task.result.read_text("utf-8"))
@@ -414,6 +468,9 @@ def _collect(item: _Work, task: DiffTask, cache: BlobCache,
         marker.write_text(f"patch-size {size}\n", "ascii")
         cache.put(f"{item.key}.big", marker)
         return None, reason, size
+    patch_sha256 = result.get("patch_sha256")
+    if isinstance(patch_sha256, str):
+        proofs.add(f"{item.key}.p {patch_sha256} {job.target.size}")
     return cache.put(f"{item.key}.p", task.patch_tmp), "", size
 
 

@@ -315,9 +315,11 @@ class BlobCache:
     """Content-addressed blobs in one folder (the patch cache): a blob's name says what it
     is made from, so a blob found under its name is taken (and checked by its user); a lost
     or torn one is made again. Writers work in a scratch folder of their own inside it and
-    rename their results into place."""
+    rename their results into place. `records`: where the checks of its blobs are kept
+    (dfota.package.patches), if anywhere."""
 
     folder: Path
+    records: Records | None = None
 
     def prepare(self) -> None:
         """Make the folder; remove the scratch folders of runs whose process is gone."""
@@ -376,7 +378,7 @@ class State:
         self.digests = DigestCache(folder / DIGESTS_NAME, racy_ns,
                                    [(folder / name, alg) for name, alg in LEGACY_DIGESTS])
         self.records = Records(folder / RECORDS_NAME, tool)
-        self.patches = BlobCache(folder / PATCH_CACHE_NAME)
+        self.patches = BlobCache(folder / PATCH_CACHE_NAME, self.records)
 
     def __enter__(self) -> State:
         return self
