@@ -130,7 +130,11 @@ sha1 and engine version; a second run with nothing changed does nothing. The oth
   (tests: a wrong sha1 of a patched file stops verify, of an untouched one fails "result equals
   the target"). `_delta_ahead` makes nothing that an earlier run kept: with the base's sha1s in
   their record and the kernel's patch in the cache it does not even open the base (`delta` still
-  checks that patch when it takes it). A zip's names and its entries below a symlink are checked
+  checks that patch when it takes it). A patch checked once (by its worker, or by `delta` taking
+  it from the cache) is not applied again: `<state>/records/patch-proven/` keeps its name, the
+  sha256 of its bytes and the target's size under the tool's and bsdiff4's versions, and the
+  bytes read from the cache must hash to it (the one-file chain's `delta`, its 77 cached
+  patches: about 0.70 -> 0.51 s of user CPU). A zip's names and its entries below a symlink are checked
   with substring tests and a bisect over the sorted names, not a walk of every prefix (an open
   of the 5,500-entry targetfiles.zip: 0.04 -> 0.025 s; nine opens per chain). On the benchmark
   pair the one-file chain went from 2.17 to about 1.9 s of user CPU. What is left is mostly
