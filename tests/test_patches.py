@@ -387,6 +387,20 @@ def test_a_patch_checked_once_is_taken_by_the_proof_of_its_bytes(tmp_path: Path)
         assert not out.cached and out.is_fallback  # checked, then diffed: the source is gone
 
 
+def test_a_cached_patch_checked_again_keeps_its_proof(tmp_path: Path) -> None:
+    source = binary(50, 60_000)
+    pair = Pair(tmp_path, {"bin/app": (source, edited(source, 51))})
+    first = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache"))["system/bin/app"]
+    assert first.patch is not None  # made with no records: no proof kept
+    records = Records(tmp_path / "records", "tool-a")
+    assert records.get(PROVEN_RECORD, applier_tag()) is None
+    again = make_patches(pair.jobs(), cache=BlobCache(tmp_path / "cache", records))
+    assert again["system/bin/app"].cached
+    patch = first.patch.read_bytes()
+    assert records.get(PROVEN_RECORD, applier_tag()) == [
+        f"{first.patch.name} {hashlib.sha256(patch).hexdigest()} {len(pair.files['bin/app'][1])}"]
+
+
 @pytest.mark.parametrize("damage", ["other content", "garbage"])
 def test_a_proven_patch_whose_bytes_changed_is_checked_again(tmp_path: Path,
                                                             damage: str) -> None:

@@ -17,8 +17,8 @@ Every patch is applied to its source and checked against the target's sha1 befor
 and again whenever it is taken from the cache (the state's blob cache, dfota.state.store). It holds
 `<source sha1>-<target sha1>-<engine>.p` (a verified patch) or `.big` (the size of a patch that
 was too large). A check passed is kept in the state's records (`patch-proven`, under the tool's
-version and the applier's, `applier_tag`) by the patch's name and the sha256 of its bytes: a
-patch read from the cache whose bytes hash to a kept proof is not applied again.
+version and the applier's, `applier_tag`) by the patch's name, the sha256 of its bytes and the
+target's size: a patch read from the cache whose bytes hash to a kept proof is not applied again.
 """
 
 from __future__ import annotations

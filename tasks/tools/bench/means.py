@@ -134,15 +134,16 @@ sha1 and engine version; a second run with nothing changed does nothing. The oth
   it from the cache) is not applied again: `<state>/records/patch-proven/` keeps its name, the
   sha256 of its bytes and the target's size under the tool's and bsdiff4's versions, and the
   bytes read from the cache must hash to it (the one-file chain's `delta`, its 77 cached
-  patches: about 0.70 -> 0.51 s of user CPU). A zip's names and its entries below a symlink are checked
-  with substring tests and a bisect over the sorted names, not a walk of every prefix (an open
-  of the 5,500-entry targetfiles.zip: 0.04 -> 0.025 s; nine opens per chain). On the benchmark
-  pair the one-file chain went from 2.17 to about 1.9 s of user CPU. What is left is mostly
-  the design's: the new targetfiles.zip is a full zip (232 MB copied by the kernel from the
-  previous one, about 0.25 s), `verify` proves the new package whole (471 power-loss replays,
-  the apply, Debian's `bspatch`), and each of the four task processes imports its modules and
-  opens and checks the 5,500-entry zips it reads again (Python's zip reader alone costs about
-  0.015 s per open).
+  patches: about 0.70 -> 0.51 s of user CPU). A zip's names and its entries below a symlink
+  are checked with substring tests and a bisect over the sorted names, not a walk of every
+  prefix (an open of the 5,500-entry targetfiles.zip: 0.04 -> 0.025 s; nine opens per chain).
+  On the benchmark pair the one-file chain went from 2.17 to about 1.9 s of user CPU (a later
+  sample, 7 chains each alternating, before and after the patches' proofs: 2.00 -> 1.89 s). What
+  is left is mostly the design's: the new targetfiles.zip is a full zip (232 MB copied by the
+  kernel from the previous one, about 0.25 s), `verify` proves the new package whole (471
+  power-loss replays, the apply, Debian's `bspatch`), and each of the four task processes
+  imports its modules and opens and checks the 5,500-entry zips it reads again (Python's zip
+  reader alone costs about 0.015 s per open).
 - doit's check of file dependencies compares size, time and inode instead of an md5 of each file
   (which read each 200 MB `targetfiles.zip` twice per task): every file the tool writes is
   renamed into place.
