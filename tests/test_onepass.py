@@ -114,9 +114,14 @@ def test_an_archived_zip_changed_on_disk_is_caught_before_it_is_used(
         f.seek(at)
         f.write(b"X")
     os.utime(archived, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    # delta will not take it as the target
+    # delta (after targetfiles, not up to date with it) stops naming the archive
     delta = ws.run("delta", *ws.folders)
-    assert delta.returncode != 0 and "is not the target this workspace built" in delta.stderr
+    assert delta.returncode == 1 and "up to date" not in delta.stdout
+    assert f"archived version {NEXT_KEY} does not match its manifest's sha256: the archive was " \
+        "altered" in delta.stderr
+    # and delta alone will not take it as the target
+    alone = ws.run("-s", "delta", *ws.folders)
+    assert alone.returncode != 0 and "is not the target this workspace built" in alone.stderr
     # nor the next build as its source, nor as the zip it copies members from
     _bump(ws)
     as_source = ws.doit(default_source=True)

@@ -148,15 +148,20 @@ def _targetfiles(conf: Configuration, log: RunLog, inputs_recorded: bool) -> dic
 
 
 def _still_archived(ws: Workspace, values: dict[str, Any]) -> bool:
-    """The last build's target is still in the archive (else rebuild and re-archive it)."""
-    key = values.get("target_key")
+    """The last build's target is still in the archive, and the archived zip and
+    out/targetfiles.zip (one file, or a copy) still hold the bytes built: hashed again only
+    when a file's size, times or inode moved. Else targetfiles runs and meets what changed."""
+    key, sha256 = values.get("target_key"), values.get("sha256")
     if not key:
         return False
     try:
-        version = archive_of(ws).get(key)
-    except DfotaError:
+        with ws.open_state() as state:
+            archive = archive_of(ws, state)
+            version = archive.get(key)
+            return version is not None and version.sha256 == sha256 and all(
+                archive.sha256_of(path) == sha256 for path in (version.zip_path, ws.target_zip))
+    except (DfotaError, OSError):
         return False
-    return version is not None and version.sha256 == values.get("sha256")
 
 
 def target_volumes(record: WorkspaceRecord) -> Volumes | None:
