@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -310,6 +311,13 @@ def test_each_step_before_and_after_is_set_against_the_noise_of_its_repeats() ->
                   ("abc1234 \"before\"", "def5678"))
     report = render_report(table)
     assert "## Before and after" in report and rows[3] in report
+    # a code that failed did other work: its time is not compared
+    refused = Comparison(dataclasses.replace(beyond.before, returncode=1), beyond.after)
+    assert refused.failed == "before" and not refused.slower
+    assert format_comparisons([refused]).splitlines()[2].endswith(
+        "| 1.25x | 10% | 1.50x | not compared: before failed |")
+    assert verdict([within, refused]) == ("No step is slower by more than its noise. Not "
+                                          "compared: doit verify (before failed).")
     assert ("Before (abc1234 \"before\") and after (def5678): Slower by more than the noise: "
             "doit verify") in report
     assert "## Before and after" not in render_report(_table())

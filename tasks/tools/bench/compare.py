@@ -44,9 +44,22 @@ class Comparison:
         return max(spread(self.before), spread(self.after))
 
     @property
+    def failed(self) -> str:
+        """Which code's runs failed ("before", "after", "both"), or "": a failed run did other
+        work (it stopped early, say), so its time is not compared."""
+        before, after = self.before.returncode != 0, self.after.returncode != 0
+        return "both" if before and after else "before" if before else "after" if after else ""
+
+    @property
     def slower(self) -> bool:
-        """Slower by more than the noise."""
-        return self.ratio - 1 > self.noise
+        """Slower by more than the noise (never said of a step that failed)."""
+        return not self.failed and self.ratio - 1 > self.noise
+
+    @property
+    def slower_text(self) -> str:
+        if self.failed:
+            return f"not compared: {self.failed} failed"
+        return "YES" if self.slower else "no"
 
 
 def _runs(m: Measure) -> str:
@@ -59,14 +72,16 @@ def format_comparisons(comparisons: Sequence[Comparison]) -> str:
              "|---|---:|---|---:|---|---:|---:|---:|---|"]
     lines += [f"| {c.step} | {c.before.seconds:.1f} | {_runs(c.before)} | {c.after.seconds:.1f} "
               f"| {_runs(c.after)} | {c.ratio:.2f}x | {c.noise:.0%} | {c.cpu_ratio:.2f}x "
-              f"| {'YES' if c.slower else 'no'} |" for c in comparisons]
+              f"| {c.slower_text} |" for c in comparisons]
     return "\n".join(lines)
 
 
 def verdict(comparisons: Sequence[Comparison]) -> str:
     """One line: which steps are slower by more than their noise, if any."""
     slower = [c for c in comparisons if c.slower]
+    failed = "".join(f" Not compared: {c.step} ({c.failed} failed)." for c in comparisons
+                     if c.failed)
     if not slower:
-        return "No step is slower by more than its noise."
+        return "No step is slower by more than its noise." + failed
     return "Slower by more than the noise: " + "; ".join(
-        f"{c.step} ({c.ratio:.2f}x, noise {c.noise:.0%})" for c in slower) + "."
+        f"{c.step} ({c.ratio:.2f}x, noise {c.noise:.0%})" for c in slower) + "." + failed
