@@ -72,10 +72,7 @@ def _copy_vouched(src: Path, dest: Path, digests: DigestCache | None, sha256: st
         stamp = file_stamp(st)
         if digests is None or not digests.vouches(src.absolute(), st, "sha256", sha256):
             return False
-        with open(dest, "wb") as out:  # a failed write is the archive's (see _staging)
-            while os.sendfile(out.fileno(), inp.fileno(), None, 1 << 30):
-                pass
-            os.fsync(out.fileno())
+        atomic.copy_synced(inp, dest, src)  # a failed write is the archive's (see _staging)
         if file_stamp(os.fstat(inp.fileno())) != stamp:
             raise DfotaError("changed while it was being archived; run again", src)
     return True

@@ -9,12 +9,8 @@ unchanged file is hashed once.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
-import stat
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +18,7 @@ from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core import atomic
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import SILENT, Meter
-from dfota.core.tree import FolderScan, changed_error, scan_folder
+from dfota.core.tree import FolderScan, scan_folder, sha1_and_crc
 from dfota.state.store import DigestCache
 
 CRC32 = "crc32"  # beside "sha1" in the digest cache: a rootfs file's CRC-32, as 8 hex digits
@@ -42,30 +38,6 @@ def sha1_of(cache: DigestCache, path: Path) -> str:
         return found
 
     return cache.digest(real, st, "sha1", compute)
-
-
-def sha1_and_crc(path: str, expect: os.stat_result) -> tuple[str, int]:
-    """`sha1_file` of the file a walk saw as `expect`, and its CRC-32 from the same read (the
-    zip writer then writes its header before its data, reading it once)."""
-    digest, crc = hashlib.sha1(), 0
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
-            raise changed_error(path) from exc
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    try:
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (expect.st_dev,
-                                                                          expect.st_ino):
-                raise changed_error(path)
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                crc = zlib.crc32(chunk, crc)
-    except OSError as exc:
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    return digest.hexdigest(), crc
 
 
 def _cached_sha1(cache: DigestCache) -> Callable[[str, os.stat_result], str]:

@@ -24,6 +24,7 @@ from dfota.build.archive import (
     Batch,
     member_sha1s,
 )
+from dfota.core import atomic
 from dfota.core.errors import DfotaError, shown_path
 from dfota.formats.zipio import ZipItem, ZipSource
 from dfota.formats.zipwrite import Layout, Traffic, Written
@@ -113,14 +114,8 @@ def link_or_copy(archived: Path, out_tmp: Path, archive: Archive, sha256: str) -
     except OSError as exc:
         if exc.errno not in _NO_LINK:
             raise
-    with open(archived, "rb") as inp, open(out_tmp, "wb") as out:
-        left = os.fstat(inp.fileno()).st_size
-        while left:  # in the kernel (copy_file_range stops at file systems' borders)
-            moved = os.sendfile(out.fileno(), inp.fileno(), None, min(left, 1 << 30))
-            if moved == 0:
-                raise DfotaError("changed while it was being copied; run again", archived)
-            left -= moved
-        os.fsync(out.fileno())
+    with open(archived, "rb") as inp:
+        atomic.copy_synced(inp, out_tmp, archived)
     os.chmod(out_tmp, archive.file_mode)
     archive.note_copy(out_tmp, sha256)
 

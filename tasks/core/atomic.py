@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dfota.core import owner
 from dfota.core.errors import DfotaError
@@ -113,3 +113,17 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_synced(inp: BinaryIO, dest: Path, name: Path) -> None:
+    """The open file `inp`, whole, copied by the kernel to the new file `dest` (sendfile:
+    across file systems too) and synced; `inp` cut short meanwhile is an error naming
+    `name`."""
+    with open(dest, "wb") as out:
+        left = os.fstat(inp.fileno()).st_size
+        while left:
+            moved = os.sendfile(out.fileno(), inp.fileno(), None, min(left, 1 << 30))
+            if moved == 0:
+                raise DfotaError("changed while it was being copied; run again", name)
+            left -= moved
+        os.fsync(out.fileno())

@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,18 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
     that is no longer that regular file (swapped for a link to a host file, a FIFO, another
     file) is refused instead of read.
     """
-    digest = hashlib.sha1()
+    return _read_hashed(path, expect, with_crc=False)[0]
+
+
+def sha1_and_crc(path: str | Path, expect: os.stat_result) -> tuple[str, int]:
+    """`sha1_file` of the file a walk saw as `expect`, and its CRC-32 from the same read (the
+    zip writer then writes its header before its data, reading it once)."""
+    return _read_hashed(path, expect, with_crc=True)
+
+
+def _read_hashed(path: str | Path, expect: os.stat_result | None,
+                 with_crc: bool) -> tuple[str, int]:
+    digest, crc = hashlib.sha1(), 0
     flags = os.O_RDONLY | (os.O_NOFOLLOW | os.O_NONBLOCK if expect is not None else 0)
     try:
         fd = os.open(path, flags)
@@ -100,9 +112,11 @@ def sha1_file(path: str | Path, expect: os.stat_result | None = None) -> str:
                     raise changed_error(path)
             while chunk := f.read(_HASH_CHUNK):
                 digest.update(chunk)
+                if with_crc:
+                    crc = zlib.crc32(chunk, crc)
     except OSError as exc:
         raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    return digest.hexdigest()
+    return digest.hexdigest(), crc
 
 
 # what reading an entry a walk has just seen raises when the tree changed meanwhile: gone
