@@ -12,6 +12,7 @@ and target are staged, then renamed into the archive together, then out/ renamed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 from collections.abc import Iterable, Mapping
@@ -85,8 +86,6 @@ def learn_source_sha1s(src: ZipSource, records: Records, sha256: str,
 def with_known_sha1s(items: Iterable[ZipItem], src: ZipSource) -> list[ZipItem]:
     """The items, each member of `src` with the sha1 known for it (the zip writer then
     copies it from the layout when that holds the same, instead of reading it)."""
-    import dataclasses
-
     known = src.known_sha1s()
     return [dataclasses.replace(i, sha1=known[i.source_member])
             if i.source_zip == src.path and i.source_member in known and not i.sha1 else i
