@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -190,9 +191,12 @@ def test_table_lists_steps_and_ratios_against_their_goals() -> None:
         assert part in report
 
 
-def test_parallel_throughput_is_between_one_and_the_cores() -> None:
+def test_parallel_throughput_is_a_ratio_of_two_timed_runs() -> None:
+    """A measure of the machine, which the benchmark reports: a busy machine moves it either
+    way (a second core taken during the lone run gives more than the cores), so only that
+    it is a positive number is asserted here."""
     found = parallel_throughput(loops=300_000, repeat=1)
-    assert 0.5 < found <= len(os.sched_getaffinity(0)) + 0.5
+    assert math.isfinite(found) and found > 0
 
 
 def test_disk_sync_rate_writes_syncs_and_leaves_nothing(tmp_path: Path) -> None:
