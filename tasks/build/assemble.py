@@ -18,9 +18,14 @@ from pathlib import Path
 
 from dfota import __version__
 from dfota.build.archive import ZIP_NAME, archive_of
-from dfota.build.inputs import recorded_scan, recorded_source, resolve_source
+from dfota.build.inputs import (
+    recorded_scan,
+    recorded_source,
+    resolve_source,
+    start_image_tree,
+)
 from dfota.build.manifest import known_crc, scan_rootfs, sha1_of
-from dfota.build.sdk_image import ImageTreeReader, image_volumes
+from dfota.build.sdk_image import image_volumes
 from dfota.build.target_archive import (
     SOURCE_SHA1S,
     choose_layout,
@@ -84,16 +89,6 @@ def against_sdk_image(sdk: SdkOutput, scan: FolderScan, metadata_from_image: boo
     return scan, warnings, volumes
 
 
-def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
-                     state: State) -> ImageTreeReader | None:
-    """The reader of the SDK image's tree, for the drift warnings: from the record, or read
-    in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
-    if sdk.sysfs_ubi is None or settings.metadata_from_image:
-        return None
-    return ImageTreeReader(sdk.sysfs_ubi, state.records,
-                           sha1_of(state.digests, sdk.sysfs_ubi))
-
-
 @dataclass(frozen=True, slots=True)
 class TargetfilesResult:
     zip_path: Path
@@ -144,7 +139,8 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     from dfota.formats.elf import read_abl_elf
 
     sdk = locate_sdk(settings.sdk)
-    image = start_image_tree(settings, sdk, state)  # read beside all that follows
+    # read beside all that follows (the inputs step, when it ran, started it: this waits)
+    image = start_image_tree(settings, sdk, state)
     read_boot_image(sdk.boot_image)
     read_abl_elf(sdk.abl)
     scan = recorded_scan(settings, state) if inputs_recorded else None

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from dfota.build.archive import Archive, archive_of
 from dfota.build.manifest import scan_rootfs, sha1_of, write_if_changed
-from dfota.build.targetfiles import locate_sdk, rootfs_version
+from dfota.build.sdk_image import ImageTreeReader
+from dfota.build.targetfiles import SdkOutput, locate_sdk, rootfs_version
 from dfota.core import atomic
 from dfota.core.errors import DfotaError
 from dfota.core.runlog import SILENT, Meter
@@ -47,6 +48,16 @@ def resolve_source(settings: TargetfilesSettings, archive: Archive, target_key: 
                      "archived version", settings.workspace.archive_dir)
 
 
+def start_image_tree(settings: TargetfilesSettings, sdk: SdkOutput,
+                     state: State) -> ImageTreeReader | None:
+    """The reader of the SDK image's tree, for the drift warnings: from the record, or read
+    in a worker from now on (seconds of decompressing, beside the hashing and zipping)."""
+    if sdk.sysfs_ubi is None or settings.metadata_from_image:
+        return None
+    return ImageTreeReader(sdk.sysfs_ubi, state.records,
+                           sha1_of(state.digests, sdk.sysfs_ubi))
+
+
 def _inputs_key(manifest: Mapping[str, object]) -> str:
     return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -67,6 +78,9 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
     this manifest (`recorded_source`): it is resolved once per run."""
     sdk = locate_sdk(settings.sdk)
     cache = state.digests
+    # the image's tree for targetfiles' drift check, read beside the rest of this (when the
+    # record does not hold it): targetfiles then waits less for it, or not at all
+    start_image_tree(settings, sdk, state)
     scan = scan_rootfs(sdk.rootfs, cache, meter)
     target = rootfs_version(sdk.rootfs, scan)
     archive = archive_of(settings.workspace, state)

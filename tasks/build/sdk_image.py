@@ -3,8 +3,11 @@ module's volumes it gives, kept in a record (dfota.state.store).
 
 Reading the image takes seconds of decompressing and it seldom changes between builds: its
 tree is kept by the image's sha1 and the UBI reader's code, and read again only when either
-changes, in a worker process that starts as soon as the image is hashed. This module is light
-(the UBI reader is imported only to read): every `doit` run passes through it.
+changes, in a worker process that starts as soon as the image is hashed (by the inputs step,
+before the rootfs is hashed). Readers of one workspace take turns (`<records>/sdk-image-tree.
+reading`, flock): a worker that finds the tree recorded when its turn comes reads nothing, so
+the build, which starts its own, waits for the one the inputs step started. This module is
+light (the UBI reader is imported only to read): every `doit` run passes through it.
 
 The sizes (`image_volumes`): the room of the UBIFS in volume rootfs (the module's /system)
 and in volume cachefs (its /cache), from the same reading. An image without either volume,
@@ -14,6 +17,8 @@ optional in an SDK, but one that is there is what the module will run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -86,16 +91,29 @@ def read_and_record(sysfs_ubi: Path, records: Records, key: str) -> tuple[Tree, 
     return read.entries, volumes
 
 
+def _read_in_turn(sysfs_ubi: Path, records: Records, key: str) -> None:
+    """`read_and_record`, unless the tree is recorded by the time no other reader of this
+    workspace reads (the lock goes with the process)."""
+    folder = records.folder / RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f"{RECORD}.reading"), "a+b") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        if recorded_image(records, key) is None:
+            read_and_record(sysfs_ubi, records, key)
+
+
 def _worker(sysfs_ubi: Path, records: Records, key: str, report: Connection) -> None:
-    """`read_and_record` in a worker; says None, or the one-line message of what stopped it."""
+    """`_read_in_turn` in a worker; says None, or the one-line message of what stopped it
+    (to nobody, when the one that started it went on without asking: the inputs step)."""
+    said: str | None = None
     try:
-        read_and_record(sysfs_ubi, records, key)
+        _read_in_turn(sysfs_ubi, records, key)
     except DfotaError as exc:
-        report.send(str(exc))
+        said = str(exc)
     except KeyboardInterrupt:
-        pass  # Ctrl-C reached the whole process group: the parent says what happened
-    else:
-        report.send(None)
+        return  # Ctrl-C reached the whole process group: the parent says what happened
+    with contextlib.suppress(BrokenPipeError):
+        report.send(said)
 
 
 class ImageTreeReader:
