@@ -4,20 +4,23 @@ silently."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import shutil
 import struct
 import subprocess
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from ubireader.utils import guess_peb_size
 
 from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, sha1_bytes
-from dfota.formats.ubi import PEB_SIZE, list_volumes
+from dfota.formats.ubi import PEB_SIZE, guessed_peb_size, list_volumes
 from dfota.formats.ubifs import SpecialNode, read_ubifs
 from dfota.tools.sample import images as sample_images
 from dfota.tools.sample import nodes, ubi_images, versions
@@ -377,3 +380,53 @@ def test_not_a_ubi_image(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> N
     other.write_bytes(b"ANDROID!" + bytes(PEB_SIZE))
     _fails(capfd, other, r"is not a UBI image \(no UBI header at its start\)")
     _fails(capfd, tmp_path / "absent.ubi", "file not found")
+
+
+def _rewritten_data_node(image: bytes, dest: Path, field: int, value: bytes) -> Path:
+    """The first data node of file `a` with a field rewritten and its CRC made right again:
+    damage that only the checks after the CRC can see."""
+    at = image.index(b"MARKER-0123456789") - 48  # common header, then the data node's own
+    assert image[at:at + 4] == struct.pack("<I", 0x06101831) and image[at + 20] == 1
+    node = bytearray(image[at:at + struct.unpack_from("<I", image, at + 16)[0]])
+    node[field:field + len(value)] = value
+    node[4:8] = struct.pack("<I", zlib.crc32(node[8:]) ^ 0xFFFFFFFF)
+    return patched_bytes(image, dest, at, bytes(node))
+
+
+def patched_bytes(image: bytes, dest: Path, at: int, new: bytes) -> Path:
+    dest.write_bytes(image[:at] + new + image[at + len(new):])
+    return dest
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    (20, b"\x00", r"a: the index points at a node that is not its data \(LEB \d+ offset \d+\)"),
+    (24, struct.pack("<I", 99), r"a: the index points at another file's data \(LEB \d+ "),
+    (40, struct.pack("<I", 5000), r"a: data block 0 claims 5000 bytes"),
+    (40, struct.pack("<I", 100), r"a: data block 0 does not decompress to its 100 bytes "
+                                 r"\(compression type 0\)"),
+], ids=["not a data node", "another file", "too big", "wrong size"])
+def test_data_node_intact_but_wrong_names_the_file(plain: Path, tmp_path: Path, field: int,
+                                                   value: bytes, message: str,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    bad = _rewritten_data_node(plain.read_bytes(), tmp_path / "node.ubi", field, value)
+    _fails(capfd, bad, rf"volume rootfs: {message}")
+
+
+def test_peb_size_guess_is_ubi_readers(small: Path, tmp_path: Path) -> None:
+    # ubi_reader searches by 5 MiB chunks: a header across two is missed, and positions
+    # after the first chunk are counted from the first header seen
+    chunk = 5 * 1024 * 1024
+    rng = random.Random(11)
+    across = bytearray(rng.randbytes(2 * chunk + 300))
+    for at in (100, chunk - 2, chunk + 100, 2 * chunk + 50):
+        across[at:at + 4] = b"UBI#"
+    scattered = bytearray(rng.randbytes(chunk + 70_000))
+    for at in [*range(7, len(scattered) - 4, 131072), *rng.sample(range(len(scattered)), 40)]:
+        scattered[at:at + 4] = b"UBI#"
+    files = {"small.ubi": small.read_bytes(), "across": bytes(across),
+             "scattered": bytes(scattered), "none": rng.randbytes(3000)}
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            assert guessed_peb_size(data) == guess_peb_size(str(path)), name

@@ -22,8 +22,10 @@ import contextlib
 import io
 import mmap
 import os
+import re
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,6 @@ from ubireader.ubi import defines as ubi_defs
 from ubireader.ubi.headers import ec_hdr, vid_hdr
 from ubireader.ubifs import defines as fs_defs
 from ubireader.ubifs import nodes as fs_nodes
-from ubireader.utils import guess_peb_size
 
 from dfota.core.errors import DfotaError
 
@@ -47,6 +48,7 @@ _LAYOUT_VOLUME_ID = 0x7FFFEFFF
 _VTBL_REC_SZ = ubi_defs.UBI_VTBL_REC_SZ
 _VTBL_BYTES = ubi_defs.UBI_MAX_VOLUMES * _VTBL_REC_SZ
 _HDR_SZ = ubi_defs.UBI_EC_HDR_SZ  # EC and VID headers are both 64 bytes
+_EC_MAGIC_SEARCH = re.compile(ubi_defs.UBI_EC_HDR_MAGIC)  # as ubi_reader searches it
 
 # UBIFS common header: magic, crc, sqnum, len, type, group
 NODE_HEADER = struct.Struct("<4sIQIBB2x")
@@ -115,6 +117,14 @@ def mapped_image(image: Path) -> Iterator[mmap.mmap]:
 
 
 @contextlib.contextmanager
+def mapped_view(image: Path) -> Iterator[memoryview]:
+    """The image mapped read-only, as a memoryview: its slices copy nothing. No slice may
+    outlive the block (kept in a name an error's traceback holds, one stops the unmapping)."""
+    with mapped_image(image) as data, memoryview(data) as view:
+        yield view
+
+
+@contextlib.contextmanager
 def quiet_ubi_reader(image: Path, doing: str) -> Iterator[None]:
     """Run ubi_reader silenced; whatever it raises or exits with becomes one DfotaError."""
     chatter = io.StringIO()
@@ -150,8 +160,8 @@ def _choose_peb_size(image: Path, file_size: int, f: BinaryIO, wanted: int | Non
     if wanted is not None:
         candidates = [wanted]
     else:
-        with quiet_ubi_reader(image, "guess the erase-block size"):
-            guessed = guess_peb_size(str(image))
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            guessed = guessed_peb_size(data)
         candidates = [PEB_SIZE] if guessed is None else [guessed, PEB_SIZE]
     for size in candidates:
         if fits(size):
@@ -163,6 +173,21 @@ def _choose_peb_size(image: Path, file_size: int, f: BinaryIO, wanted: int | Non
     raise DfotaError(f"has no UBI header at offset {size}: not a UBI image of "
                      f"{size}-byte erase blocks", image)
 
+
+def guessed_peb_size(data: mmap.mmap) -> int | None:
+    """ubi_reader's `guess_peb_size` (the gap between UBI headers seen most often), the same
+    result searched in place: by chunks (a header across two is missed), each header's
+    position counted as ubi_reader counts it, the first gap of the highest count."""
+    positions: list[int] = []
+    shift = 0
+    for chunk in range(0, len(data) + 1, ubi_defs.FILE_CHUNK_SZ):
+        for found in _EC_MAGIC_SEARCH.finditer(data, chunk, chunk + ubi_defs.FILE_CHUNK_SZ):
+            start = found.start() - chunk
+            positions.append(start + shift if shift else start)
+            shift = shift or start
+        shift += ubi_defs.FILE_CHUNK_SZ
+    gaps = Counter(positions[i] - positions[i - 1] for i in range(len(positions)))
+    return max(gaps, key=gaps.__getitem__) if gaps else None
 
 
 def _check_headers(image: Path, f: BinaryIO, peb: int, count: int) -> None:
@@ -306,6 +331,25 @@ def _superblock(image: Path, volume: str, offset: int | None,
                          f"({sb.leb_cnt} LEBs of at most {sb.max_leb_cnt}, fanout "
                          f"{sb.fanout}, {sb.jhead_cnt} journal heads)", image)
     return geometry
+
+
+def choose_volume(image: Path, volumes: list[VolumeBlocks], wanted: str | None
+                  ) -> VolumeBlocks:
+    """The volume named `wanted` (None: the one with the lowest id), holding data."""
+    if not volumes:
+        raise DfotaError("holds no volume", image)
+    if wanted is None:
+        chosen = volumes[0]
+    else:
+        named = [v for v in volumes if v.info.name == wanted]
+        if not named:
+            raise DfotaError(f"has no volume {wanted!r} (volumes: "
+                             + ", ".join(v.info.name for v in volumes) + ")", image)
+        chosen = named[0]
+    if chosen.info.empty:
+        raise DfotaError(f"volume {chosen.info.name} is empty: it holds no file system",
+                         image)
+    return chosen
 
 
 def list_volumes(image: Path, *, peb_size: int | None = None) -> list[UbiVolume]:

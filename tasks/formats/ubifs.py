@@ -15,15 +15,17 @@ dumped from a running device may hold journal entries that are not in it.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import cast
 
+from lzallright import LZOCompressor
 from ubireader import ubi_io
 from ubireader.ubifs import defines as fs_defs
 from ubireader.ubifs import misc as fs_misc
@@ -35,18 +37,27 @@ from dfota.core.tree import DIR, FILE, SYMLINK, Entry, Tree
 from dfota.formats.ubi import (
     NODE_HEADER,
     UbiVolume,
-    VolumeBlocks,
-    mapped_image,
+    choose_volume,
+    mapped_view,
     open_ubi,
     quiet_ubi_reader,
 )
 
 _CH = NODE_HEADER  # the common header every UBIFS node starts with
-_DENT = struct.Struct(fs_defs.UBIFS_DENT_NODE_FORMAT)
+# directory entry after the common header: key (parent inode number, name hash), inode
+# number, unused, type, name length, cookie
+_DENT = struct.Struct("<I12xQBBHI")
+assert _DENT.size == struct.calcsize(fs_defs.UBIFS_DENT_NODE_FORMAT)
 # data node after the common header: key (inode number, type and block number, 8 unused
 # bytes), size, compression type, compressed size
 _DATA = struct.Struct("<II8xIHH")
 assert _DATA.size == struct.calcsize(fs_defs.UBIFS_DATA_NODE_FORMAT)
+_DATA_NODE = struct.Struct(_CH.format + _DATA.format[1:])  # both, unpacked at once
+_DATA_MIN = _DATA_NODE.size
+# inode node after the common header: key (inode number, 12 bytes unused), size, uid, gid,
+# mode, flags, data length (the rest: times, link count, extended attributes, unused)
+_INO = struct.Struct("<I12x8xQ24x12x4xIIIII44x")
+assert _INO.size == fs_defs.UBIFS_INO_NODE_SZ
 _IDX = struct.Struct("<HH")  # index node after the common header: child count, level
 _BRANCH = struct.Struct("<IIIII")  # branch: LEB, offset, length, key (8 bytes)
 assert _BRANCH.size == fs_defs.UBIFS_BRANCH_SZ + 8 - fs_defs.UBIFS_SK_LEN
@@ -55,6 +66,9 @@ _KEY_BLOCK_MASK = fs_defs.UBIFS_S_KEY_BLOCK_MASK
 _KEY_INO_MASK = fs_defs.UBIFS_S_KEY_HASH_MASK
 _KEY_TYPE_SHIFT = fs_defs.UBIFS_S_KEY_BLOCK_BITS
 _ROOT_INO = fs_defs.UBIFS_ROOT_INO
+_DATA_KEY = fs_defs.UBIFS_DATA_KEY
+_FILE, _FILE_BLOCK = itemgetter(0), itemgetter(0, 1)  # of a _DataRef
+_LZO, _LZO_DECOMPRESS = fs_defs.UBIFS_COMPR_LZO, LZOCompressor.decompress  # ubi_reader's
 _ITYPES = {  # directory-entry type -> file type bits of the inode mode
     fs_defs.UBIFS_ITYPE_REG: stat.S_IFREG, fs_defs.UBIFS_ITYPE_DIR: stat.S_IFDIR,
     fs_defs.UBIFS_ITYPE_LNK: stat.S_IFLNK, fs_defs.UBIFS_ITYPE_BLK: stat.S_IFBLK,
@@ -78,13 +92,8 @@ class SpecialNode:
     minor: int = 0
 
 
-class _DataRef(NamedTuple):
-    inum: int
-    block: int  # block number inside the file (4 KiB each)
-    lnum: int
-    offs: int
-
-
+# a data node: its file's inode number, block number in the file (4 KiB each), LEB, offset
+_DataRef = tuple[int, int, int, int]
 # a regular file: its size and its data nodes, by block
 _FileData = tuple[int, tuple[_DataRef, ...]]
 
@@ -118,10 +127,9 @@ class UbifsTree:
         if path not in self._files:
             raise DfotaError(f"{shown_path(path)} is not a regular file of volume "
                              f"{self.volume}", self.image)
-        size, refs = self._files[path]
-        with mapped_image(self.image) as data:
-            reader = _LebReader(self.image, self.volume, self._lebs, self._leb_size, data)
-            yield from reader.file_chunks(path, size, refs)
+        with mapped_view(self.image) as view:
+            reader = _LebReader(self.image, self.volume, self._lebs, self._leb_size, view)
+            yield from reader.file_chunks(path, self._files[path])
 
     def read(self, path: str) -> bytes:
         return b"".join(self.chunks(path))
@@ -136,12 +144,13 @@ def _is_utf8(path: str) -> bool:
 
 
 class _LebReader:
-    """Nodes of one volume, read from the image mapped in memory, CRC checked. A node is
-    addressed by its position in the image: the callers unpack what they need in place
-    (tens of thousands of nodes: copying each and parsing it into objects cost seconds)."""
+    """Nodes of one volume, read in place from the image mapped in memory, CRC checked. A node
+    is addressed by its position in the image: the callers unpack what they need in place
+    (tens of thousands of nodes: copying each and parsing it into objects cost seconds). A
+    slice of `data` never outlives a call: the image cannot be unmapped while one lives."""
 
     def __init__(self, image: Path, volume: str, lebs: Mapping[int, int], leb_size: int,
-                 data: mmap.mmap) -> None:
+                 data: memoryview) -> None:
         self.image, self.volume, self.lebs, self.leb_size = image, volume, lebs, leb_size
         self.data = data
 
@@ -175,16 +184,18 @@ class _LebReader:
             raise self.fail(f"{where()} fails its CRC (damaged)")
         return node_type, pos, length
 
-    def file_chunks(self, path: str, size: int, refs: tuple[_DataRef, ...]) -> Iterator[bytes]:
+    def file_chunks(self, path: str, file: _FileData) -> Iterator[bytes]:
+        size, refs = file
         done = 0
-        for ref in refs:
-            start = ref.block * _BLOCK
+        for inum, block, lnum, offs in refs:
+            start = block * _BLOCK
             if start < done:
-                raise self.fail(f"{shown_path(path)}: data block {ref.block} appears twice")
+                raise self.fail(f"{shown_path(path)}: data block {block} appears twice")
             if start > done:  # a hole reads as zeros
                 yield bytes(start - done)
                 done = start
-            data = self.data_block(path, ref)
+            data = self.data_block(inum, block, lnum, offs) \
+                or self.checked_data_block(path, (inum, block, lnum, offs))  # says what is wrong
             if done + len(data) > size:
                 raise self.fail(f"{shown_path(path)}: data beyond the file's size {size}")
             done += len(data)
@@ -192,24 +203,56 @@ class _LebReader:
         if done < size:
             yield bytes(size - done)
 
-    def data_block(self, path: str, ref: _DataRef) -> bytes:
+    def data_block(self, inum: int, block: int, lnum: int, offs: int) -> bytes | None:
+        """The content of a data node that passes every check of `checked_data_block`, all
+        at once; None if one fails (`checked_data_block` then says which)."""
+        start, view = self.lebs.get(lnum), self.data
+        if start is None or offs < 0 or offs + _DATA_MIN > self.leb_size \
+                or start + offs + _DATA_MIN > len(view):
+            return None
+        pos = start + offs
+        magic, crc, _sqnum, length, node_type, _group, high, low, size, compr_type, _plain = \
+            _DATA_NODE.unpack_from(view, pos)
+        if magic != fs_defs.UBIFS_NODE_MAGIC or node_type != fs_defs.UBIFS_DATA_NODE \
+                or length < _DATA_MIN or offs + length > self.leb_size \
+                or pos + length > len(view) or high & _KEY_INO_MASK != inum \
+                or low & _KEY_BLOCK_MASK != block or size > _BLOCK \
+                or zlib.crc32(view[pos + 8:pos + length]) ^ 0xFFFFFFFF != crc:
+            return None
+        data: bytes | None
+        if compr_type == _LZO:  # ubi_reader's call, less two calls of Python
+            try:
+                data = _LZO_DECOMPRESS(view[pos + _DATA_MIN:pos + length], output_size_hint=size)
+            except Exception:  # as ubi_reader: checked_data_block says it
+                return None
+        else:
+            data = _decompressed(compr_type, size, view[pos + _DATA_MIN:pos + length])
+        return data if data is not None and len(data) == size else None
+
+    def checked_data_block(self, path: str, ref: _DataRef) -> bytes:
+        inum, block, lnum, offs = ref
         node_type, pos, length = self.node(
-            ref.lnum, ref.offs, lambda: f"{shown_path(path)}, data block {ref.block}")
+            lnum, offs, lambda: f"{shown_path(path)}, data block {block}")
         if node_type != fs_defs.UBIFS_DATA_NODE or length < _CH.size + _DATA.size:
             raise self.fail(f"{shown_path(path)}: the index points at a node that is not its "
-                            f"data (LEB {ref.lnum} offset {ref.offs})")
+                            f"data (LEB {lnum} offset {offs})")
         high, low, size, compr_type, _plain = _DATA.unpack_from(self.data, pos + _CH.size)
-        if (high & _KEY_INO_MASK, low & _KEY_BLOCK_MASK) != (ref.inum, ref.block):
+        if (high & _KEY_INO_MASK, low & _KEY_BLOCK_MASK) != (inum, block):
             raise self.fail(f"{shown_path(path)}: the index points at another file's data "
-                            f"(LEB {ref.lnum} offset {ref.offs})")
+                            f"(LEB {lnum} offset {offs})")
         if size > _BLOCK:
-            raise self.fail(f"{shown_path(path)}: data block {ref.block} claims {size} bytes")
-        payload = self.data[pos + _CH.size + _DATA.size:pos + length]
-        data = fs_misc.decompress(compr_type, size, payload)
+            raise self.fail(f"{shown_path(path)}: data block {block} claims {size} bytes")
+        data = _decompressed(compr_type, size, self.data[pos + _DATA_MIN:pos + length])
         if data is None or len(data) != size:
-            raise self.fail(f"{shown_path(path)}: data block {ref.block} does not decompress "
+            raise self.fail(f"{shown_path(path)}: data block {block} does not decompress "
                             f"to its {size} bytes (compression type {compr_type})")
         return data
+
+
+def _decompressed(compr_type: int, size: int, payload: memoryview) -> bytes | None:
+    # ubi_reader's decompress takes any buffer; stored data comes back as it is
+    data = fs_misc.decompress(compr_type, size, cast("bytes", payload))
+    return None if data is None else data if type(data) is bytes else bytes(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +273,7 @@ class _Inode:
 class _Index:
     inodes: dict[int, _Inode] = field(default_factory=dict)
     dents: dict[int, list[tuple[bytes, int, int]]] = field(default_factory=dict)
-    data: dict[int, list[_DataRef]] = field(default_factory=dict)
+    data: list[_DataRef] = field(default_factory=list)  # as the index lists them
 
 
 class _IndexWalk:
@@ -278,31 +321,38 @@ class _IndexWalk:
             raise self.reader.fail(f"UBIFS index node at LEB {lnum} offset {offs} is too "
                                    f"short for its {child_cnt} branches")
         first = body + _IDX.size
-        for i in reversed(range(child_cnt)):
-            b_lnum, b_offs, _len, high, low = _BRANCH.unpack_from(data, first + i * branch_size)
-            if level == 0 and low >> _KEY_TYPE_SHIFT == fs_defs.UBIFS_DATA_KEY:
-                # read (and CRC checked) with the file's content, not here
-                inum = high & _KEY_INO_MASK
-                self.index.data.setdefault(inum, []).append(
-                    _DataRef(inum, low & _KEY_BLOCK_MASK, b_lnum, b_offs))
-            else:
-                self.stack.append((b_lnum, b_offs))
+        # (the unpacking iterator holds its slice of the image: never kept in a name)
+        branch = _BRANCH if branch_size == _BRANCH.size else \
+            struct.Struct(f"{_BRANCH.format}{branch_size - _BRANCH.size}x")
+        found = list(branch.iter_unpack(data[first:first + child_cnt * branch_size]))
+        found.reverse()
+        if level == 0:  # data nodes are read, and CRC checked, with the file's content
+            refs = [(high & _KEY_INO_MASK, low & _KEY_BLOCK_MASK, b_lnum, b_offs)
+                    for b_lnum, b_offs, _len, high, low in found
+                    if low >> _KEY_TYPE_SHIFT == _DATA_KEY]
+            self.index.data.extend(refs)
+            if len(refs) == len(found):
+                return
+            found = [b for b in found if b[4] >> _KEY_TYPE_SHIFT != _DATA_KEY]
+        self.stack.extend([b[:2] for b in found])
 
     def inode(self, _lnum: int, _offs: int, pos: int, length: int) -> None:
-        ino = fs_nodes.ino_node(self.data[pos + _CH.size:pos + length])
-        if len(ino.data) != ino.data_len:
-            raise self.reader.fail(f"inode {ino.key['ino_num']} has a bad data length")
-        self.index.inodes[ino.key["ino_num"]] = _Inode(ino.mode, ino.uid, ino.gid,
-                                                       ino.size, ino.flags, ino.data)
+        body = pos + _CH.size
+        if length < _CH.size + _INO.size:  # ubi_reader says what is wrong
+            fs_nodes.ino_node(bytes(self.data[body:pos + length]))
+        inum, size, uid, gid, mode, flags, data_len = _INO.unpack_from(self.data, body)
+        data = bytes(self.data[body + _INO.size:pos + length])
+        if len(data) != data_len:
+            raise self.reader.fail(f"inode {inum & _KEY_INO_MASK} has a bad data length")
+        self.index.inodes[inum & _KEY_INO_MASK] = _Inode(mode, uid, gid, size, flags, data)
 
     def dent(self, lnum: int, offs: int, pos: int, length: int) -> None:
         data, body = self.data, pos + _CH.size
-        key, inum, _pad, itype, nlen, _cookie = _DENT.unpack_from(data, body)
-        name = data[body + _DENT.size:min(body + _DENT.size + nlen, pos + length)]
+        parent, inum, _pad, itype, nlen, _cookie = _DENT.unpack_from(data, body)
+        name = bytes(data[body + _DENT.size:min(body + _DENT.size + nlen, pos + length)])
         if len(name) != nlen:
             raise self.reader.fail(f"directory entry at LEB {lnum} offset {offs} is cut")
-        parent = fs_misc.parse_key(key)["ino_num"]
-        self.index.dents.setdefault(parent, []).append((name, inum, itype))
+        self.index.dents.setdefault(parent & _KEY_INO_MASK, []).append((name, inum, itype))
 
     def xent(self, _lnum: int, _offs: int, _pos: int, _length: int) -> None:
         """An extended attribute's entry: not part of the tree."""
@@ -336,8 +386,8 @@ class _TreeBuild:
         self.special: list[SpecialNode] = []
         self.files: dict[str, _FileData] = {}
         self.hashes: dict[int, str] = {}
-        self.refs_of = {inum: tuple(sorted(refs, key=lambda r: r.block))
-                        for inum, refs in index.data.items()}
+        self.refs_of = {inum: tuple(refs) for inum, refs in
+                        groupby(sorted(index.data, key=_FILE_BLOCK), key=_FILE)}
         self.visited_dirs = {_ROOT_INO}
         self.seen_paths: set[str] = set()
         self.stack: list[tuple[int, str]] = [(_ROOT_INO, "")]
@@ -396,11 +446,10 @@ class _TreeBuild:
                                    target)
 
     def regular(self, path: str, inum: int, ino: _Inode) -> None:
-        refs = self.refs_of.get(inum, ())
-        self.files[path] = (ino.size, refs)
+        file = self.files[path] = (ino.size, self.refs_of.get(inum, ()))
         if inum not in self.hashes:
             digest = hashlib.sha1()
-            for chunk in self.reader.file_chunks(path, ino.size, refs):
+            for chunk in self.reader.file_chunks(path, file):
                 digest.update(chunk)
             self.hashes[inum] = digest.hexdigest()
         self.entries[path] = Entry(path, FILE, stat.S_IMODE(ino.mode), ino.uid, ino.gid,
@@ -423,7 +472,7 @@ def read_ubifs(image: Path, volume: str | None = None, *,
     Every node read is CRC checked, file contents included (their sha1 is in the entries).
     """
     with open_ubi(image, peb_size) as (found, all_volumes):
-        chosen = _choose_volume(image, all_volumes, volume)
+        chosen = choose_volume(image, all_volumes, volume)
         name = chosen.info.name
         with quiet_ubi_reader(image, f"read the UBIFS of volume {name}"):
             vol = found.images[0].volumes[name]
@@ -439,28 +488,10 @@ def read_ubifs(image: Path, volume: str | None = None, *,
                          f"{sb.leb_cnt} erase blocks of its file system: the image is "
                          "truncated or damaged", image)
 
-    with mapped_image(image) as data:
-        reader = _LebReader(image, name, chosen.lebs, chosen.leb_size, data)
+    with mapped_view(image) as view:
+        reader = _LebReader(image, name, chosen.lebs, chosen.leb_size, view)
         reader.node(0, 0, lambda: "superblock")  # ubi_reader does not check its CRC
         index = _IndexWalk(reader).walk((master.root_lnum, master.root_offs))
         files = _TreeBuild(reader, index).build()
         return UbifsTree(image, name, files.entries, files.special, chosen.lebs,
                          chosen.leb_size, files.data, tuple(v.info for v in all_volumes))
-
-
-def _choose_volume(image: Path, volumes: list[VolumeBlocks], wanted: str | None
-                   ) -> VolumeBlocks:
-    if not volumes:
-        raise DfotaError("holds no volume", image)
-    if wanted is None:
-        chosen = volumes[0]
-    else:
-        named = [v for v in volumes if v.info.name == wanted]
-        if not named:
-            raise DfotaError(f"has no volume {wanted!r} (volumes: "
-                             + ", ".join(v.info.name for v in volumes) + ")", image)
-        chosen = named[0]
-    if chosen.info.empty:
-        raise DfotaError(f"volume {chosen.info.name} is empty: it holds no file system",
-                         image)
-    return chosen
