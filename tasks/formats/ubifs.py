@@ -25,7 +25,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import cast
 
-from lzallright import LZOCompressor
 from ubireader import ubi_io
 from ubireader.ubifs import defines as fs_defs
 from ubireader.ubifs import misc as fs_misc
@@ -68,7 +67,6 @@ _KEY_TYPE_SHIFT = fs_defs.UBIFS_S_KEY_BLOCK_BITS
 _ROOT_INO = fs_defs.UBIFS_ROOT_INO
 _DATA_KEY = fs_defs.UBIFS_DATA_KEY
 _FILE, _FILE_BLOCK = itemgetter(0), itemgetter(0, 1)  # of a _DataRef
-_LZO, _LZO_DECOMPRESS = fs_defs.UBIFS_COMPR_LZO, LZOCompressor.decompress  # ubi_reader's
 _ITYPES = {  # directory-entry type -> file type bits of the inode mode
     fs_defs.UBIFS_ITYPE_REG: stat.S_IFREG, fs_defs.UBIFS_ITYPE_DIR: stat.S_IFDIR,
     fs_defs.UBIFS_ITYPE_LNK: stat.S_IFLNK, fs_defs.UBIFS_ITYPE_BLK: stat.S_IFBLK,
@@ -219,14 +217,7 @@ class _LebReader:
                 or low & _KEY_BLOCK_MASK != block or size > _BLOCK \
                 or zlib.crc32(view[pos + 8:pos + length]) ^ 0xFFFFFFFF != crc:
             return None
-        data: bytes | None
-        if compr_type == _LZO:  # ubi_reader's call, less two calls of Python
-            try:
-                data = _LZO_DECOMPRESS(view[pos + _DATA_MIN:pos + length], output_size_hint=size)
-            except Exception:  # as ubi_reader: checked_data_block says it
-                return None
-        else:
-            data = _decompressed(compr_type, size, view[pos + _DATA_MIN:pos + length])
+        data = _decompressed(compr_type, size, view[pos + _DATA_MIN:pos + length])
         return data if data is not None and len(data) == size else None
 
     def checked_data_block(self, path: str, ref: _DataRef) -> bytes:
