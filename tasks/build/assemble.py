@@ -223,7 +223,6 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
         choice, layout_warnings = choose_layout(
             archive, (read_record(settings.workspace.record).target_key, source_version.key))
         warnings.add(layout_warnings)
-        settings.workspace.state_dir.mkdir(parents=True, exist_ok=True)
         remove_staging_leftovers(settings.workspace.state_dir)
         # out/targetfiles.zip is claimed (a temporary name beside it) before anything is
         # archived and renamed into place last: an out/ that cannot be written archives
@@ -232,6 +231,20 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
         batch = stack.enter_context(archive.batch())
         out = stack.enter_context(atomic.atomic_path(settings.workspace.target_zip,
                                                      archive.file_mode))
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        source_new = archived_source is None
+        # a source new to the archive is staged while the zip is written (the kernel's copy
+        # and the disk's sync: waits, not CPU)
+        def stage_source() -> None:
+            if source_new:
+                batch.stage(source_version.key, source_path, {
+                    "origin": "source",
+                    "imported_from": public_name(source_path, settings.workspace.root),
+                    "version": source_version.to_json(), "created": created,
+                    "tool": TOOL, "source": None}, sha256=source_sha256)
+
+        source_staged = atomic.Background(stage_source, "stage the source")
+        stack.callback(source_staged.join)
         staging = batch.staging(target_version.key)
         with archive.writing():
             written = write_stored_zip(staging / ZIP_NAME, items,
@@ -239,17 +252,10 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
                                        known_crc=known_crc(cache),
                                        sources={source_path: src}, meter=log)
         synced = atomic.background_sync(staging / ZIP_NAME)
-        source_new = archived_source is None
+        source_staged.wait()
         archive.admit(source_version.key, source_sha256)
         target_new = archive.admit(target_version.key, written.sha256)
         warnings.add(image_warnings())  # with --strict, a warning stops the archiving
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if source_new:
-            batch.stage(source_version.key, source_path, {
-                "origin": "source",
-                "imported_from": public_name(source_path, settings.workspace.root),
-                "version": source_version.to_json(), "created": created,
-                "tool": TOOL, "source": None}, sha256=source_sha256)
         synced()
         if target_new:
             batch.stage_written(target_version.key, staging, {
@@ -297,7 +303,8 @@ def _images_hashed(items: Iterable[ZipItem], sdk: SdkOutput, cache: DigestCache
 
 def remove_staging_leftovers(state_dir: Path) -> None:
     """Staging folders that a killed run left in the state folder (each holds a whole zip);
-    never one of a run still going (dfota.core.owner)."""
+    never one of a run still going (dfota.core.owner). The folder is made if need be."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     for leftover in state_dir.glob(STAGING_PREFIX + "*"):
         if leftover.is_dir() and not leftover.is_symlink() and owner.is_leftover(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -78,13 +78,21 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
     this manifest (`recorded_source`): it is resolved once per run."""
     sdk = locate_sdk(settings.sdk)
     cache = state.digests
+    archive = archive_of(settings.workspace, state)
     # the image's tree for targetfiles' drift check, read beside the rest of this (when the
     # record does not hold it): targetfiles then waits less for it, or not at all
     start_image_tree(settings, sdk, state)
-    scan = scan_rootfs(sdk.rootfs, cache, meter)
+    # a source the user named is hashed beside the rootfs walk (reading and hashing let the
+    # interpreter go); the default one is known once the target's version is
+    named = archive.resolve(settings.source, "source") if settings.source else None
+    hashing = atomic.Background(lambda: named and archive.sha256_of(named), "hash the source")
+    try:
+        scan = scan_rootfs(sdk.rootfs, cache, meter)
+    finally:
+        hashing.join()
+    named_sha256 = hashing.wait()
     target = rootfs_version(sdk.rootfs, scan)
-    archive = archive_of(settings.workspace, state)
-    source = resolve_source(settings, archive, target.key, known)
+    source = named or resolve_source(settings, archive, target.key, known)
     manifest = {
         "boot_image": {"path": str(sdk.boot_image), "sha1": sha1_of(cache, sdk.boot_image)},
         "abl": {"path": str(sdk.abl), "sha1": sha1_of(cache, sdk.abl)},
@@ -92,7 +100,7 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
                    "entries": len(scan.entries), "notes_sha1": _notes_sha1(scan)},
         # by content only: the sample's base and its archived copy are the same source (its
         # sha256 as the archive records it: archiving it then needs no other hashing)
-        "source_sha256": archive.sha256_of(source),
+        "source_sha256": named_sha256 or archive.sha256_of(source),
         "target_version": target.key,
         "sysfs_ubi_sha1": sha1_of(cache, sdk.sysfs_ubi) if sdk.sysfs_ubi else None,
         "metadata_from_image": settings.metadata_from_image,

@@ -11,10 +11,12 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from dfota.core import owner
 from dfota.core.errors import DfotaError
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -85,26 +87,46 @@ def write_text(dest: Path, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
-def background_sync(path: Path) -> Callable[[], None]:
-    """Start syncing `path` to disk in a thread (the wait is the disk's, not the CPU's: the
-    caller goes on meanwhile); the function returned waits for it, raising what it met."""
-    failed: list[OSError] = []
+class Background(Generic[T]):
+    """`work` in a thread from now on (a wait for the disk or the kernel, or hashing, which
+    lets the interpreter go: the caller goes on meanwhile)."""
 
-    def run() -> None:
+    def __init__(self, work: Callable[[], T], name: str) -> None:
+        self._done: list[T] = []
+        self._failed: list[Exception] = []
+        self._work = work
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._done.append(self._work())
+        except Exception as exc:  # raised in the caller's thread by `wait`
+            self._failed.append(exc)
+
+    def wait(self) -> T:
+        """Wait for the work: what it returned, or what it raised."""
+        self._thread.join()
+        if self._failed:
+            raise self._failed.pop()
+        return self._done[0]
+
+    def join(self) -> None:
+        """Wait for the work, whatever it met (the caller is failing already)."""
+        self._thread.join()
+
+
+def background_sync(path: Path) -> Callable[[], None]:
+    """Start syncing `path` to disk in a thread; the function returned waits for it, raising
+    what it met."""
+
+    def sync() -> None:
         try:
             fsync_path(path)
         except OSError as exc:
-            failed.append(exc)
+            raise DfotaError(f"cannot write file ({exc.strerror})", path) from exc
 
-    thread = threading.Thread(target=run, name=f"sync {path.name}")
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failed:
-            raise DfotaError(f"cannot write file ({failed[0].strerror})", path) from failed[0]
-
-    return wait
+    return Background(sync, f"sync {path.name}").wait
 
 
 def fsync_path(path: Path) -> None:

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -132,20 +133,29 @@ class DigestCache:
         self._legacy = tuple(legacy)
         self._opened = time.time_ns()
         self._entries: dict[str, Any] | None = None  # read when first asked
+        self._reading = threading.Lock()  # a thread may ask beside the caller (a hashing)
         self._touched: set[str] = set()  # paths hashed, served or noted by this cache
         self._dirty = False
 
     def _all(self) -> dict[str, Any]:
         if self._entries is None:
-            self._entries = _read_digests(self.path) if self.path is not None else {}
-            if self.path is not None and not self._entries and not self.path.exists():
-                for old, algorithm in self._legacy:
-                    for key, entry in _read_legacy(old, algorithm).items():
-                        self._merge(key, entry)
+            with self._reading:
+                if self._entries is None:
+                    self._entries = self._read()
         return self._entries
 
+    def _read(self) -> dict[str, Any]:
+        entries = _read_digests(self.path) if self.path is not None else {}
+        if self.path is not None and not entries and not self.path.exists():
+            for old, algorithm in self._legacy:
+                for key, entry in _read_legacy(old, algorithm).items():
+                    self._merge_into(entries, key, entry)
+        return entries
+
     def _merge(self, key: str, entry: list[Any]) -> None:
-        entries = self._all()
+        self._merge_into(self._all(), key, entry)
+
+    def _merge_into(self, entries: dict[str, Any], key: str, entry: list[Any]) -> None:
         known = _entry(entries.get(key))
         if known is not None and known[:4] == entry[:4]:
             if any(known[4].get(a) != d for a, d in entry[4].items()):
