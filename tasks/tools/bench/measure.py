@@ -167,6 +167,7 @@ def measure_any(step: str, argv: Sequence[str], log: Path, *, cwd: Path = PROJEC
     measure."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
+    os.sync()  # untimed: what an earlier command left to the page cache is not this one's
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(result), *map(str, argv)],
                                 cwd=cwd, stdout=out, stderr=subprocess.STDOUT,

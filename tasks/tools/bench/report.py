@@ -176,6 +176,10 @@ absolute times.{_compared_line(table)}
   alone (2.00x: two whole cores; a shared machine gives less), before the steps and after
   them, and the rate at which 256 MB written to the run's disk are synced. The archive's
   versions are synced to the disk; the shell procedure leaves its zip to the page cache.
+- Before each command, untimed, every dirty page on the machine is written out (`sync`): no
+  command pays for the writeback of what an earlier one left to the page cache (the shell
+  procedure's tree and zip went on being written while the `doit targetfiles` after it synced
+  its own).
 - The one-file change edits one rootfs file (24-byte patches) and bumps `Package Time`
   (a changed version must be a new version); the target is still built on the same base, so
   every other patch can come from the cache.
