@@ -20,7 +20,7 @@ from ubireader.utils import guess_peb_size
 from dfota.build.targetfiles import KEPT_FROM_SOURCE
 from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, sha1_bytes
-from dfota.formats.ubi import PEB_SIZE, guessed_peb_size, list_volumes
+from dfota.formats.ubi import PEB_SIZE, guessed_peb_size, list_volumes, mapped_view
 from dfota.formats.ubifs import SpecialNode, read_ubifs
 from dfota.tools.sample import images as sample_images
 from dfota.tools.sample import nodes, ubi_images, versions
@@ -430,3 +430,14 @@ def test_peb_size_guess_is_ubi_readers(small: Path, tmp_path: Path) -> None:
         path.write_bytes(content)
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             assert guessed_peb_size(data) == guess_peb_size(str(path)), name
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_error_while_a_slice_of_the_image_lives_is_the_one_raised(plain: Path) -> None:
+    # Ctrl-C inside a decompressor: its frame, in the traceback, still holds its input
+    with pytest.raises(_Interrupted), mapped_view(plain) as view:
+        held = view[0:8]
+        raise _Interrupted(bytes(held))

@@ -104,24 +104,38 @@ def opened_image(image: Path) -> Iterator[BinaryIO]:
         yield f
 
 
+def _mapped(image: Path) -> mmap.mmap:
+    with opened_image(image) as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise DfotaError(f"cannot read file ({exc})", image) from exc
+
+
 @contextlib.contextmanager
 def mapped_image(image: Path) -> Iterator[mmap.mmap]:
     """The image mapped read-only (a UBIFS is read node by node all over it)."""
-    with opened_image(image) as f:
-        try:
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
-            raise DfotaError(f"cannot read file ({exc})", image) from exc
-    with data:
+    with _mapped(image) as data:
         yield data
 
 
 @contextlib.contextmanager
 def mapped_view(image: Path) -> Iterator[memoryview]:
     """The image mapped read-only, as a memoryview: its slices copy nothing. No slice may
-    outlive the block (kept in a name an error's traceback holds, one stops the unmapping)."""
-    with mapped_image(image) as data, memoryview(data) as view:
+    outlive the block: one alive stops the unmapping. An error in flight may hold one in its
+    traceback (Ctrl-C inside a decompressor): the mapping then goes with the traceback, and
+    the error goes on (not "cannot close exported pointers")."""
+    data = _mapped(image)
+    view = memoryview(data)
+    try:
         yield view
+    except BaseException:
+        with contextlib.suppress(BufferError):
+            view.release()
+            data.close()
+        raise
+    view.release()
+    data.close()
 
 
 @contextlib.contextmanager
