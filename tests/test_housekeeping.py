@@ -228,6 +228,32 @@ def test_a_signal_inside_a_fork_hook_interrupts_the_task_just_after_it() -> None
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done
 
 
+_SIGNAL_WHILE_A_WORKER_STARTS = """
+import os, signal, time
+from dfota.commands.action import _stop_on_terminate
+from dfota.core.workers import starting
+_stop_on_terminate()
+with starting():  # a worker started, not yet recorded by the one that ends it
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    print("recorded", flush=True)
+try:
+    time.sleep(10)
+except KeyboardInterrupt:
+    print("interrupted after it", flush=True)
+"""
+
+
+def test_a_stop_while_a_worker_starts_interrupts_the_task_once_it_is_recorded() -> None:
+    """doit's SIGTERM between a worker's start and its recording would leave a worker that
+    the task's unwinding does not end (it went on, and wrote into a removed folder): the
+    stop comes again once the worker is recorded."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_A_WORKER_STARTS],
+                          capture_output=True, text=True, timeout=60, cwd=PROJECT)
+    assert done.stdout.splitlines() == ["recorded", "interrupted after it"], done
+    assert "Traceback" not in done.stderr, done
+
+
 def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Project) -> None:
     """Ctrl-C while targetfiles zips and `_delta_ahead` works beside it, each in a task
     process: doit ends them (SIGTERM), each unwinds like Ctrl-C (no staging folder or

@@ -23,6 +23,7 @@ from doit.exceptions import TaskFailed
 
 from dfota.core.errors import CheckFailed, DfotaError
 from dfota.core.runlog import RunLog
+from dfota.core.workers import starting_now
 from dfota.settings import tool_digest
 
 TaskDict = dict[str, Any]
@@ -56,7 +57,8 @@ def _in_fork_hook(frame: FrameType | None) -> bool:
 
 
 def _again_later(signum: int) -> None:
-    """The same signal to this process once the current fork hook has returned."""
+    """The same signal to this process once the current fork hook, or the start of a worker
+    (`dfota.core.workers.starting`), is over."""
     timer = threading.Timer(_AGAIN_AFTER, os.kill, (os.getpid(), signum))
     timer.daemon = True
     timer.start()
@@ -72,7 +74,7 @@ def _stop_on_terminate() -> None:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
-        if _in_fork_hook(frame):
+        if _in_fork_hook(frame) or starting_now():
             _again_later(signum)
             return
         if os.getpid() != task_process:  # a worker's copy of the handler

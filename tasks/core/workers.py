@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 # the thread a multiprocessing queue starts to send what is put on it: doit's task processes
 # (DOIT_CONFIG's num_process) each have one, which sends their results to doit
 _QUEUE_FEEDER = "QueueFeederThread"
+
+_starting: list[int] = []  # the process (its pid) for each worker start under way in it
+
+
+@contextlib.contextmanager
+def starting() -> Iterator[None]:
+    """A worker being started and recorded by the caller, which ends the workers it recorded
+    when it unwinds: a stop that lands meanwhile (doit's SIGTERM, Ctrl-C in a task process)
+    comes again once this is over (dfota.commands.action), so no worker goes unrecorded."""
+    _starting.append(os.getpid())
+    try:
+        yield
+    finally:
+        _starting.pop()
+
+
+def starting_now() -> bool:
+    """This process is starting a worker (a worker forked meanwhile is not)."""
+    return os.getpid() in _starting
 
 
 def fork_is_safe() -> bool:

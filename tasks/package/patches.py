@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dfota.core.errors import DfotaError, quoted, shown_path
-from dfota.core.workers import worker_context
+from dfota.core.workers import starting, worker_context
 from dfota.package import diff_worker
 from dfota.package.blobs import READ_ERRORS, Blob, BlobReader, check_blob, describe_error
 from dfota.package.bsdiff import (
@@ -267,8 +267,9 @@ class PatchRun:
             process = worker_context([diff_worker.__name__, "detools"]).Process(
                 target=diff_worker.diff_tasks, args=([t for _, t in batch],), daemon=True,
                 name=f"diff {batch[0][0].jobs[0].name}")
-            process.start()
-            self._running[process.sentinel] = _Running(process, batch, time.monotonic())
+            with starting():  # a stop meanwhile waits: `close` must know every worker
+                process.start()
+                self._running[process.sentinel] = _Running(process, batch, time.monotonic())
 
     def _progress_line(self, work: _Work, patch: Path | None, reason: str, size: int) -> str:
         first = work.jobs[0]
