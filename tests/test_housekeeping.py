@@ -199,10 +199,27 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
-_SIGNAL_IN_A_FORK_HOOK = """
-import logging, signal, sys, time
-from dfota.commands.action import _stop_on_terminate
-_stop_on_terminate()
+def _stopped_task(body: str, first_line: str) -> None:
+    """`body` run in a process set up as doit's task processes are (`_stop_on_terminate`),
+    where a stop lands at a moment `body` arranges: it prints `first_line` once that moment
+    is over, then the stop interrupts it, once, with no traceback."""
+    script = ("import os, signal, sys, time\n"
+              "from dfota.commands.action import _stop_on_terminate\n"
+              "_stop_on_terminate()\n" + body
+              + f"print({first_line!r}, flush=True)\n"
+              "try:\n    time.sleep(10)\n"
+              "except KeyboardInterrupt:\n    print('interrupted after it', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=PROJECT)
+    assert done.stdout.splitlines() == [first_line, "interrupted after it"], done
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done
+
+
+def test_a_signal_inside_a_fork_hook_interrupts_the_task_just_after_it() -> None:
+    """Raised inside Python's fork hooks, KeyboardInterrupt would only be printed (with a
+    traceback) and lost: the task process takes the signal again once the hook returned."""
+    _stopped_task("""
+import logging
 handler = signal.getsignal(signal.SIGTERM)
 
 class Lock:  # logging's lock, released by its fork hook: the signal lands right there
@@ -211,47 +228,19 @@ class Lock:  # logging's lock, released by its fork hook: the signal lands right
 
 logging._lock = Lock()
 (getattr(logging, "_releaseLock", None) or logging._afterFork)()
-print("the hook returned", flush=True)
-try:
-    time.sleep(10)
-except KeyboardInterrupt:
-    print("interrupted after it", flush=True)
-"""
-
-
-def test_a_signal_inside_a_fork_hook_interrupts_the_task_just_after_it() -> None:
-    """Raised inside Python's fork hooks, KeyboardInterrupt would only be printed (with a
-    traceback) and lost: the task process takes the signal again once the hook returned."""
-    done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_FORK_HOOK], capture_output=True,
-                          text=True, timeout=60, cwd=PROJECT)
-    assert done.stdout.splitlines() == ["the hook returned", "interrupted after it"], done
-    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done
-
-
-_SIGNAL_WHILE_A_WORKER_STARTS = """
-import os, signal, time
-from dfota.commands.action import _stop_on_terminate
-from dfota.core.workers import starting
-_stop_on_terminate()
-with starting():  # a worker started, not yet recorded by the one that ends it
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.2)
-    print("recorded", flush=True)
-try:
-    time.sleep(10)
-except KeyboardInterrupt:
-    print("interrupted after it", flush=True)
-"""
+""", "the hook returned")
 
 
 def test_a_stop_while_a_worker_starts_interrupts_the_task_once_it_is_recorded() -> None:
     """doit's SIGTERM between a worker's start and its recording would leave a worker that
     the task's unwinding does not end (it went on, and wrote into a removed folder): the
     stop comes again once the worker is recorded."""
-    done = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_A_WORKER_STARTS],
-                          capture_output=True, text=True, timeout=60, cwd=PROJECT)
-    assert done.stdout.splitlines() == ["recorded", "interrupted after it"], done
-    assert "Traceback" not in done.stderr, done
+    _stopped_task("""
+from dfota.core.workers import starting
+with starting():  # a worker started, not yet recorded by the one that ends it
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+""", "recorded")
 
 
 def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Project) -> None:

@@ -94,9 +94,8 @@ def read_and_record(sysfs_ubi: Path, records: Records, key: str) -> tuple[Tree, 
 def _read_in_turn(sysfs_ubi: Path, records: Records, key: str) -> None:
     """`read_and_record`, unless the tree is recorded by the time no other reader of this
     workspace reads (the lock goes with the process)."""
-    folder = records.folder / RECORD
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f"{RECORD}.reading"), "a+b") as turn:
+    records.folder.mkdir(parents=True, exist_ok=True)
+    with open(records.folder / f"{RECORD}.reading", "a+b") as turn:
         fcntl.flock(turn, fcntl.LOCK_EX)
         if recorded_image(records, key) is None:
             read_and_record(sysfs_ubi, records, key)
