@@ -23,7 +23,7 @@ from dfota.core.tree import FolderScan, scan_folder
 from dfota.formats.bootimg import build_boot_image
 from dfota.formats.zipio import ZipSource
 from dfota.package.ahead import MEMBER_SHA1S
-from dfota.settings import EMPTY_BY_NATURE, TargetfilesSettings, tool_digest
+from dfota.settings import EMPTY_BY_NATURE, DeltaSettings, TargetfilesSettings, tool_digest
 from dfota.settings import Workspace as WorkspaceFolders
 from dfota.state.store import Records, file_stamp
 from dfota.tools.bench.alternatives import SHELL_PROCEDURE
@@ -279,6 +279,31 @@ def test_delta_makes_ahead_what_it_asks_for_and_targetfiles_alone_does_not(
     assert list((state / "records" / MEMBER_SHA1S).iterdir()) == [kept]
     ahead = sorted((state / "logs").glob("*-_delta_ahead.log"))[-1].read_text()
     assert ahead.rstrip().endswith(": nothing"), ahead
+
+
+def test_the_ahead_work_opens_no_zip_when_an_earlier_run_made_it(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_delta_ahead` where a command ran delta without it (`doit -s delta`), with the base's
+    sha1s and the kernel's patch kept by an earlier run: it plans nothing, and opens no zip
+    to learn that (the base's sha256 comes from the digest cache)."""
+    from dfota.formats import zipio
+    from dfota.package import ahead
+
+    config = Path(__file__).resolve().parent.parent / "sample_sdk/config"
+    chain = ["targetfiles", "--sdk", str(ws.sdk), "--source", str(ws.source), *ws.folders,
+             "delta", *ws.folders, "--config", str(config)]
+    assert ws.run(*chain).returncode == 0
+    folders = WorkspaceFolders(ws.out, ws.root / "state", ws.archive)
+    settings = TargetfilesSettings(folders, ws.sdk, str(ws.source))
+
+    def refused(path: Path, *_: object) -> None:
+        raise AssertionError(f"opened {path}")
+
+    monkeypatch.setattr(zipio, "ZipSource", refused)
+    with folders.open_state() as state:
+        work = ahead.plan(DeltaSettings(folders, config), settings, state)
+    assert (work.base_zip, work.base_sha256, work.boot_image) == (ws.source, None, None)
+    assert ahead.make(work).endswith(": nothing")
 
 
 def test_the_build_takes_the_rootfs_scan_the_inputs_step_kept(

@@ -156,7 +156,7 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
     image_warnings: Callable[[], list[str]]
     image_sizes: Callable[[], Volumes | None]
     if image is not None:
-        # the image only gives warnings and sizes: it is asked for once the zip is written
+        # the image only gives warnings and sizes
         reader, entries = image, scan.entries
 
         def image_warnings() -> list[str]:
@@ -168,8 +168,14 @@ def build_targetfiles(settings: TargetfilesSettings, log: RunLog, known: Collect
 
         def image_sizes() -> Volumes | None:
             return volumes
-    result = _assemble(_Run(settings, log, sdk, state, known, warnings), scan, target_version,
-                       image_warnings, source)
+    # the rootfs against the SDK's image, compared beside the assembly (once the image's
+    # reader is done, in a fresh workspace)
+    drift = atomic.Background(image_warnings, "compare with the SDK image")
+    try:
+        result = _assemble(_Run(settings, log, sdk, state, known, warnings), scan,
+                           target_version, drift.wait, source)
+    finally:
+        drift.join()
     return dataclasses.replace(result, volumes=image_sizes())
 
 
@@ -190,7 +196,7 @@ def _assemble(run: _Run, scan: FolderScan, target_version: ProjectVersion,
               image_warnings: Callable[[], list[str]],
               source: tuple[Path, str] | None) -> TargetfilesResult:
     """build_targetfiles once the rootfs is scanned; `image_warnings` (the rootfs against
-    the SDK's image) is asked for once the zip is written, before anything is archived.
+    the SDK's image) is waited for once the zip is written, before anything is archived.
     `source`: the source the inputs manifest was made with, and its sha256 then (None:
     found here)."""
     settings, log, sdk, state, warnings = run.settings, run.log, run.sdk, run.state, run.warnings

@@ -103,22 +103,24 @@ def plan(delta: DeltaSettings, targetfiles: TargetfilesSettings, state: State) -
         if found is None:
             raise DfotaError("names no source that was found for it", ws.inputs_manifest)
         base = found[0]
-    with ZipSource(base) as zf:
-        key = zip_version(zf).key
-    sha256 = None if archive.built_here(key, base) else archive.sha256_of(base)
+    sha256 = archive.sha256_of(base)
     boot = atomic.read_json_object(ws.inputs_manifest).get("boot_image")
     path, sha1 = (boot.get("path"), boot.get("sha1")) if isinstance(boot, dict) else (None, None)
     if Part.KERNEL not in parse_mode(delta.mode) or not isinstance(path, str) or \
             not isinstance(sha1, str):
         path = sha1 = None
-    if sha256 is not None and state.records.holds(MEMBER_SHA1S, sha256):
+    hash_base: str | None = None  # the key to keep the base's sha1s under, if needed
+    if state.records.holds(MEMBER_SHA1S, sha256):
         kept = state.records.get(MEMBER_SHA1S, sha256)  # by an earlier run
         base_boot = kept.get(BOOT_IMAGE) if isinstance(kept, dict) else None
         if sha1 is not None and isinstance(base_boot, str) and \
                 (base_boot == sha1 or in_cache(state.patches, base_boot, sha1)):
             path = sha1 = None  # the same kernel, or its patch made by an earlier run
-        sha256 = None
-    return AheadWork(base, sha256, Path(path) if path else None, sha1 or "", state.records,
+    else:  # a base built here needs no record: its manifest has its sha1s
+        with ZipSource(base) as zf:
+            key = zip_version(zf).key
+        hash_base = None if archive.built_here(key, base) else sha256
+    return AheadWork(base, hash_base, Path(path) if path else None, sha1 or "", state.records,
                      state.patches, delta.diff_timeout)
 
 
