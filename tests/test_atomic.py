@@ -53,6 +53,26 @@ def python(code: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, **popen)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's sync_file_range")
+def test_the_disk_is_asked_to_write_a_large_file_as_it_is_written(tmp_path: Path) -> None:
+    """The advice that lets a zip's final sync wait less is really given on Linux (a wrong
+    binding of the C call would be refused by the kernel), and refused for a pipe."""
+    path = tmp_path / "big.bin"
+    data = os.urandom(3 * atomic.WRITEBACK_BYTES // 2)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        assert atomic.start_writeback(f.fileno(), 0, len(data))
+        assert atomic.start_writeback(f.fileno(), atomic.WRITEBACK_BYTES, 1 << 40)
+    assert path.read_bytes() == data
+    read_end, write_end = os.pipe()
+    try:
+        assert not atomic.start_writeback(write_end, 0, 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_a_write_removes_the_leftovers_of_dead_writers_never_a_live_writers(
         tmp_path: Path) -> None:
     """Fed: beside file.json, the temporary files of a writer still running (another process),

@@ -85,12 +85,15 @@ def inputs_manifest(settings: TargetfilesSettings, known: Collection[str], state
     # a source the user named is hashed beside the rootfs walk (reading and hashing let the
     # interpreter go); the default one is known once the target's version is
     named = archive.resolve(settings.source, "source") if settings.source else None
-    hashing = atomic.Background(lambda: named and archive.sha256_of(named), "hash the source")
-    try:
-        scan = scan_rootfs(sdk.rootfs, cache, meter)
-    finally:
-        hashing.join()
-    named_sha256 = hashing.wait()
+    if named is None:
+        scan, named_sha256 = scan_rootfs(sdk.rootfs, cache, meter), None
+    else:
+        hashing = atomic.Background(lambda: archive.sha256_of(named), "hash the source")
+        try:
+            scan = scan_rootfs(sdk.rootfs, cache, meter)
+        finally:
+            hashing.join()
+        named_sha256 = hashing.wait()
     target = rootfs_version(sdk.rootfs, scan)
     source = named or resolve_source(settings, archive, target.key, known)
     manifest = {
