@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypedDict, cast
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypedDict, cast
 
 from dfota.core.atomic import atomic_path
 from dfota.core.errors import DfotaError, bad_zip_name, quoted
@@ -259,9 +259,8 @@ def _reason(exc: Exception) -> str:
     return str(getattr(exc, "strerror", None) or exc)
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One entry of a zip being read."""
+class Member(NamedTuple):
+    """One entry of a zip being read (a tuple: a targetfiles.zip has thousands to make)."""
 
     name: str  # without a trailing '/'
     kind: str
