@@ -19,10 +19,12 @@ from dfota.core.runlog import RunLog
 from dfota.formats.edify_parse import DEVICE_FUNCTIONS, Call, Literal, calls, parse
 from dfota.formats.elf import build_abl_elf
 from dfota.formats.filelists import REQUIRED_LISTS
+from dfota.formats.zipdeflate import EarlierStreams
 from dfota.formats.zipio import ZipSource
+from dfota.package import writer
 from dfota.package.ahead import MEMBER_SHA1S
 from dfota.package.delta import build_delta
-from dfota.package.writer import PLACEHOLDER, SCRIPT_ENTRY
+from dfota.package.writer import PLACEHOLDER, SCRIPT_ENTRY, earlier_streams
 from dfota.settings import DeltaSettings
 from dfota.settings import Workspace as Folders
 from tests.builders import (
@@ -31,6 +33,7 @@ from tests.builders import (
     base_system,
     binary,
     boot_image,
+    edited,
     f,
     next_system,
     write_targetfiles,
@@ -416,3 +419,49 @@ def test_a_noota_folder_turned_into_a_file_is_refused(tmp_path: Path) -> None:
     settings = pair(tmp_path, target={**target, "etc/webui": f("now a file")})
     with pytest.raises(DfotaError, match=r"^SYSTEM/etc/webui: the target makes it a file"):
         build_delta(settings, quiet())
+
+
+def test_the_last_packages_streams_are_offered_only_while_it_is_the_one_noted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pair(tmp_path)
+    ws = settings.workspace
+
+    def offered() -> Path | None:
+        with ws.open_state() as state, earlier_streams(ws, state) as streams:
+            return streams.zip.path if streams is not None else None
+
+    assert offered() is None  # no package yet
+    build_delta(settings, quiet())
+    assert offered() == ws.pending_zip
+    ws.pending_zip.replace(ws.update_zip)  # as `doit verify` publishes it
+    assert offered() == ws.update_zip
+    with monkeypatch.context() as m:
+        m.setattr(writer, "DEFLATER", "another zlib")
+        assert offered() is None
+    with ws.update_zip.open("ab") as package:  # other bytes than the ones noted
+        package.write(b"\0")
+    assert offered() is None
+
+
+def test_a_package_after_a_change_is_the_package_made_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    changed = next_system()
+    changed["usr/lib/newdir/libnew.so"] = f(binary(9, 7000), 0o755)
+    changed["bin/busybox"] = f(edited(changed["bin/busybox"].data, 7), 0o755)
+    build_delta(pair(tmp_path / "a"), quiet())  # the package before the change
+    taken: list[str] = []
+
+    class Spied(EarlierStreams):
+        def __init__(self, earlier: ZipSource) -> None:
+            super().__init__(earlier)
+            self.taken = taken
+
+    monkeypatch.setattr(writer, "EarlierStreams", Spied)
+    again = pair(tmp_path / "a", target=changed)
+    build_delta(again, quiet())
+    assert "system/usr/lib/newdir/libnew.so" not in taken
+    assert "patch/system/bin/busybox.p" not in taken
+    assert "multifota/abl.elf" in taken
+    fresh = pair(tmp_path / "b", target=changed)
+    build_delta(fresh, quiet())
+    assert again.workspace.pending_zip.read_bytes() == fresh.workspace.pending_zip.read_bytes()

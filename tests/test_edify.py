@@ -78,6 +78,14 @@ def test_quote_refuses_text_that_is_not_utf8() -> None:
         quote(name)
 
 
+@given(st.text(st.characters(codec="utf-8", exclude_characters="\0")))
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+def test_a_quoted_text_parses_back_as_its_utf8_bytes(value: str) -> None:
+    # a plain text is quoted as it is, any other escaped; the lexer reads both back
+    assert p(f"f({quote(value)}, {quote(value + chr(34))})") == \
+        Call("f", (lit(value), lit(value + chr(34))))
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(0o755, "0755"), (0o4755, "04755"), (0o644, "0644"), (0o7, "07"), (0, "0")],

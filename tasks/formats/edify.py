@@ -8,6 +8,7 @@ from dfota.core.errors import DfotaError
 
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _SIMPLE = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+_PLAIN = re.compile(r'[^\x00-\x1f\x7f"\\]*')  # nothing to escape (and no NUL)
 
 
 def _escape(char: str) -> str:
@@ -24,12 +25,15 @@ def quote(value: str) -> str:
 
     Non-ASCII text stays as its UTF-8 bytes; the device lexer copies them through.
     """
-    if "\0" in value:
+    plain = _PLAIN.fullmatch(value) is not None
+    if not plain and "\0" in value:
         raise DfotaError(f"an edify string cannot hold a NUL byte: {value!r}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise DfotaError(f"an edify string must be valid UTF-8: {value!r}") from None
+    if plain:
+        return f'"{value}"'
     return '"' + "".join(_escape(char) for char in value) + '"'
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from dfota.core.errors import DfotaError
 
@@ -137,8 +137,7 @@ _BINARY: dict[str, type[Or | And | Eq | Ne | Concat]] = {
     "||": Or, "&&": And, "==": Eq, "!=": Ne, "+": Concat}
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):  # a tuple: a script has thousands
     kind: str  # "string", "eof", a keyword, or the operator's text
     line: int
     start: int
@@ -154,6 +153,10 @@ def _describe_byte(byte: int) -> str:
 
 def _string(script: bytes, pos: int, line: int) -> tuple[bytes, int, int] | None:
     """The string opening at `pos` as (value, end, line); None when it is never closed."""
+    close = script.find(b'"', pos + 1)
+    if close >= 0 and script.find(b"\\", pos + 1, close) < 0:  # no escape: the bytes as they are
+        value = script[pos + 1 : close]
+        return value.split(b"\0", 1)[0], close + 1, line + value.count(b"\n")
     out = bytearray()
     i = pos + 1
     size = len(script)

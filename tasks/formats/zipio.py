@@ -13,7 +13,6 @@ Reading refuses what could escape the extraction folder or mislead a reader: abs
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import hashlib
@@ -25,13 +24,19 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypedDict
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypedDict, cast
 
 from dfota.core.atomic import atomic_path
 from dfota.core.errors import DfotaError, bad_zip_name, quoted
 from dfota.core.runlog import SILENT, Meter
 from dfota.core.tree import DIR, FILE, SYMLINK
-from dfota.formats.ziplimits import ZipLimits, check_declared, zip_limits
+from dfota.formats.ziplimits import (
+    ZipLimits,
+    check_below_links,
+    check_declared,
+    check_name,
+    zip_limits,
+)
 from dfota.state.store import file_stamp
 
 if TYPE_CHECKING:
@@ -100,6 +105,10 @@ def entry_info(item: ZipItem, size: int, compress: bool) -> zipfile.ZipInfo:
 
 # (file, its fstat, the sha1 it should have) -> the caller knows the file has that content
 Vouch = Callable[[Path, os.stat_result, str], bool]
+# an entry's whole bytes -> a compressor for zipfile that gives back a deflate stream made
+# before for them, or None (`dfota.formats.zipdeflate`)
+Reuse = Callable[[bytes], Any]
+_REUSE_MAX = 16 << 20  # an entry up to this size is read whole to look for its stream
 
 
 class ZipWriting(TypedDict, total=False):
@@ -110,6 +119,7 @@ class ZipWriting(TypedDict, total=False):
     open_zips: Mapping[Path, zipfile.ZipFile] | None  # zips the caller has open already
     vouch: Vouch | None  # knows a file as it is: it need not be hashed again
     durable: bool  # False: not synced to disk (`atomic_path`)
+    reuse: Reuse | None  # deflate streams made before (`dfota.formats.zipdeflate`)
 
 
 def in_zip_order(items: Iterable[ZipItem], dest: Path) -> list[ZipItem]:
@@ -149,6 +159,7 @@ class _ZipWriter:
                  sources: contextlib.ExitStack) -> None:
         self.out, self.sources = out, sources
         self.compress, self.vouch = how.get("compress", False), how.get("vouch")
+        self.reuse = how.get("reuse")
         self.opened: dict[Path, zipfile.ZipFile] = dict(how.get("open_zips") or {})
 
     def write(self, item: ZipItem) -> None:
@@ -160,7 +171,7 @@ class _ZipWriter:
         elif item.data is not None:
             out.writestr(entry_info(item, len(item.data), compress), item.data)
         elif item.source_path is not None:
-            _write_path(out, item, compress, self.vouch)
+            self.write_path(item)
         elif item.source_zip is not None and item.source_member is not None:
             self.copy_member(item, item.source_zip, item.source_member)
         else:
@@ -176,72 +187,80 @@ class _ZipWriter:
         except _CORRUPT as exc:
             raise DfotaError(f"entry {quoted(member)} is corrupt ({exc})", source) from exc
         with src:
-            _stream(self.out, entry_info(item, info.file_size, self.compress), src,
-                    lambda exc: DfotaError(f"entry {quoted(member)} is corrupt ({exc})",
-                                           source))
+            self.stream(entry_info(item, info.file_size, self.compress), src,
+                        lambda exc: DfotaError(f"entry {quoted(member)} is corrupt ({exc})",
+                                               source))
+
+    def write_path(self, item: ZipItem) -> None:
+        """Copy a regular file. Never blocks on a FIFO; with `item.sha1`, the bytes written
+        must be the bytes checked before (a file swapped meanwhile, for a link to a host file
+        say, is refused rather than packed): hashed again, or vouched for by the caller and
+        unchanged."""
+        path = item.source_path
+        assert path is not None
+        def changed() -> DfotaError:
+            return DfotaError("changed while the zip was being written; run again", path)
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if item.sha1 and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone since checked
+                raise changed() from exc
+            raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
+        with os.fdopen(fd, "rb") as src:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise changed() if item.sha1 else DfotaError("is not a regular file", path)
+            vouched = bool(item.sha1) and self.vouch is not None and \
+                self.vouch(path, st, item.sha1)
+            digest = hashlib.sha1() if item.sha1 and not vouched else None
+            self.stream(entry_info(item, st.st_size, self.compress), src,
+                        lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path),
+                        digest)
+            if vouched and file_stamp(os.fstat(fd)) != file_stamp(st):
+                raise changed()
+        if digest is not None and digest.hexdigest() != item.sha1:
+            raise changed()
+
+    def stream(self, info: zipfile.ZipInfo, src: IO[bytes],
+               read_error: Callable[[Exception], DfotaError], digest: Any = None) -> None:
+        """Copy `src` into a new entry, feeding `digest` (a hashlib object) when given. A
+        deflated entry of at most `_REUSE_MAX` is read whole first, to take the stream
+        `reuse` has for its bytes, if any.
+
+        A failure to read is the source's fault (`read_error`); a failure to write (a full disk)
+        is left to the caller, which names the zip being written.
+        """
+        whole = self.reuse is not None and info.compress_type == zipfile.ZIP_DEFLATED and \
+            info.file_size <= _REUSE_MAX
+        with self.out.open(info, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
+            while True:
+                try:
+                    chunk = src.read(_REUSE_MAX + 1 if whole else _COPY_CHUNK)
+                except _CORRUPT as exc:
+                    raise read_error(exc) from exc
+                if not chunk:
+                    break
+                if whole and self.reuse is not None and len(chunk) <= _REUSE_MAX:
+                    replay = self.reuse(chunk)
+                    if replay is not None:  # in place of the compressor zipfile chose
+                        cast(Any, dst)._compressor = replay
+                whole = False
+                if digest is not None:
+                    digest.update(chunk)
+                dst.write(chunk)
 
 
 # what reading a damaged zip member can raise
 _CORRUPT = (zipfile.BadZipFile, OSError, EOFError, zlib.error)
 
 
-def _write_path(out: zipfile.ZipFile, item: ZipItem, compress: bool,
-                vouch: Vouch | None) -> None:
-    """Copy a regular file. Never blocks on a FIFO; with `item.sha1`, the bytes written must be
-    the bytes checked before (a file swapped meanwhile, for a link to a host file say, is
-    refused rather than packed): hashed again, or vouched for by the caller and unchanged."""
-    path = item.source_path
-    assert path is not None
-    def changed() -> DfotaError:
-        return DfotaError("changed while the zip was being written; run again", path)
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if item.sha1 and exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone since checked
-            raise changed() from exc
-        raise DfotaError(f"cannot read file ({exc.strerror})", path) from exc
-    with os.fdopen(fd, "rb") as src:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise changed() if item.sha1 else DfotaError("is not a regular file", path)
-        vouched = bool(item.sha1) and vouch is not None and vouch(path, st, item.sha1)
-        digest = hashlib.sha1() if item.sha1 and not vouched else None
-        _stream(out, entry_info(item, st.st_size, compress), src,
-                lambda exc: DfotaError(f"cannot read file ({_reason(exc)})", path), digest)
-        if vouched and file_stamp(os.fstat(fd)) != file_stamp(st):
-            raise changed()
-    if digest is not None and digest.hexdigest() != item.sha1:
-        raise changed()
-
-
 def _reason(exc: Exception) -> str:
     return str(getattr(exc, "strerror", None) or exc)
 
 
-def _stream(out: zipfile.ZipFile, info: zipfile.ZipInfo, src: IO[bytes],
-            read_error: Callable[[Exception], DfotaError], digest: Any = None) -> None:
-    """Copy `src` into a new entry, feeding `digest` (a hashlib object) when given.
-
-    A failure to read is the source's fault (`read_error`); a failure to write (a full disk)
-    is left to the caller, which names the zip being written.
-    """
-    with out.open(info, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
-        while True:
-            try:
-                chunk = src.read(_COPY_CHUNK)
-            except _CORRUPT as exc:
-                raise read_error(exc) from exc
-            if not chunk:
-                break
-            if digest is not None:
-                digest.update(chunk)
-            dst.write(chunk)
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One entry of a zip being read."""
+class Member(NamedTuple):
+    """One entry of a zip being read (a tuple: a targetfiles.zip has thousands to make)."""
 
     name: str  # without a trailing '/'
     kind: str
@@ -257,37 +276,6 @@ def member_kind_and_mode(info: zipfile.ZipInfo) -> tuple[str, int]:
     if stat.S_ISLNK(unix):
         return SYMLINK, 0o777
     return FILE, stat.S_IMODE(unix) if unix else 0o644
-
-
-def _check_name(raw: str, path: Path) -> str:
-    name = raw[:-1] if raw.endswith("/") else raw
-    if not name or raw.startswith("/") or "\0" in raw:
-        raise DfotaError(f"entry {quoted(raw)} has an absolute or empty name", path)
-    wrapped = f"/{name}/"  # a component '..', '.' or '' is one of these between slashes
-    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
-        raise DfotaError(f"entry {quoted(raw)} would escape its folder ('..', '.' or '//' in name)",
-                         path)
-    return name
-
-
-def _check_below_links(members: Mapping[str, Member], path: Path) -> None:
-    """No entry lies below a symlink entry: extracting it would write through the link."""
-    links = sorted(n + "/" for n, m in members.items() if m.kind == SYMLINK)
-    if not links:
-        return
-    names = sorted(members)
-    # an entry below a link sorts right after the link's name and '/'
-    if not any(i < len(names) and names[i].startswith(link)
-               for link, i in ((link, bisect.bisect_left(names, link)) for link in links)):
-        return
-    linked = {link[:-1] for link in links}
-    for name in members:  # the first in the zip's order, below its outermost link
-        parts = name.split("/")
-        above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
-                      if p in linked), None)
-        if above is not None:
-            raise DfotaError(f"entry {quoted(name)} lies below the symlink "
-                             f"{quoted(above)}", path)
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -331,7 +319,7 @@ class ZipSource:
         file_size = self.path.stat().st_size
         declared = 0
         for info in self._zf.infolist():
-            name = _check_name(info.filename, self.path)
+            name = check_name(info.filename, self.path)
             if name in members:
                 raise DfotaError(f"entry {quoted(name)} appears twice", self.path)
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -341,7 +329,8 @@ class ZipSource:
             declared += info.compress_size
             kind, mode = member_kind_and_mode(info)
             members[name] = Member(name, kind, mode, info.file_size, info)
-        _check_below_links(members, self.path)
+        check_below_links(members, {n for n, m in members.items() if m.kind == SYMLINK},
+                          self.path)
         if declared > file_size:
             raise DfotaError(f"entries declare {declared} bytes of data but the file holds "
                              f"{file_size}; it is truncated or forged", self.path)

@@ -1,4 +1,5 @@
-"""What an entry of a zip the chain reads may declare: the limits are settings (chain-wide,
+"""What an entry of a zip the chain reads may declare: a name that stays in the extraction
+folder, and sizes within the limits, which are settings (chain-wide,
 `max_entry_mb` and `max_deflate_ratio`), given to every zip this process reads once the
 command's configuration is read (`use_zip_limits`).
 
@@ -9,7 +10,9 @@ the entry, what it declares and the limit.
 
 from __future__ import annotations
 
+import bisect
 import zipfile
+from collections.abc import Collection, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,3 +60,36 @@ def check_declared(name: str, info: zipfile.ZipInfo, limits: ZipLimits, path: Pa
     if info.file_size > limits.max_entry_mb * MIB:
         raise DfotaError(f"entry {quoted(name)} declares {info.file_size} bytes, over the "
                          f"limit of {limits.max_entry_mb} MiB (max_entry_mb)", path)
+
+
+def check_name(raw: str, path: Path) -> str:
+    """Entry `raw`'s name without its trailing '/', refused when absolute, empty or when it
+    would escape the extraction folder."""
+    name = raw[:-1] if raw.endswith("/") else raw
+    if not name or raw.startswith("/") or "\0" in raw:
+        raise DfotaError(f"entry {quoted(raw)} has an absolute or empty name", path)
+    wrapped = f"/{name}/"  # a component '..', '.' or '' is one of these between slashes
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+        raise DfotaError(f"entry {quoted(raw)} would escape its folder ('..', '.' or '//' in name)",
+                         path)
+    return name
+
+
+def check_below_links(names: Collection[str], linked: Set[str], path: Path) -> None:
+    """No entry of `names` (in the zip's order) lies below one of the symlink entries
+    `linked`: extracting it would write through the link."""
+    links = sorted(n + "/" for n in linked)
+    if not links:
+        return
+    ordered = sorted(names)
+    # an entry below a link sorts right after the link's name and '/'
+    if not any(i < len(ordered) and ordered[i].startswith(link)
+               for link, i in ((link, bisect.bisect_left(ordered, link)) for link in links)):
+        return
+    for name in names:  # the first in the zip's order, below its outermost link
+        parts = name.split("/")
+        above = next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                      if p in linked), None)
+        if above is not None:
+            raise DfotaError(f"entry {quoted(name)} lies below the symlink "
+                             f"{quoted(above)}", path)

@@ -62,7 +62,9 @@ from dfota.package.writer import (
     PartitionWrite,
     TargetSystem,
     Writes,
+    earlier_streams,
     empty_new_dirs,
+    note_package,
     patch_entry,
     render_script,
     script_steps,
@@ -145,6 +147,7 @@ class _Delta:
     inputs: PackageInputs
     build_warnings: tuple[str, ...]
     started: float
+    state: State
 
     @property
     def span(self) -> Span:
@@ -208,7 +211,7 @@ def build_delta(settings: DeltaSettings, log: RunLog, built: TargetBuild = NOT_R
                                    base_sha256, archive.sha256_of(target_path))
             result = _build(_Delta(settings, log, parts, lists, base, target,
                                    (source_version, target_version), recorded, inputs,
-                                   tuple(built.warnings), started), state)
+                                   tuple(built.warnings), started, state), state)
             if not recorded[0] and not known:
                 state.records.put(MEMBER_SHA1S, base_sha256, base.known_sha1s())
             return result
@@ -308,6 +311,7 @@ def _build_on(delta: _Delta, diffs: PatchRun, progress: _DiffProgress,
     warnings += [f"/system/{shown_path(d)}: empty directory, carried by a placeholder file "
                  "(other tools "
                  "lose it; note 2.2.2.4)" for d in empty_new_dirs(changes, target_tree)]
+    note_package(settings.workspace, delta.state, str(summary["package_sha256"]))
     summary["warnings"] = warnings
     summary["build_warnings"] = list(delta.build_warnings)
     summary["diff_timeouts"] = sum(1 for o in diffed.outcomes.values()
@@ -443,9 +447,11 @@ def _write_package(delta: _Delta, items: list[ZipItem]) -> int:
         raise DfotaError(f"the package would hold {len(items)} entries; the module's zip "
                          f"reader takes at most {MAX_ENTRIES}: split the update (--mode)",
                          target.path)
-    with without_zip64():  # the module's reader takes none
+    # the module's reader takes no ZIP64; an entry the previous package holds is written
+    # with its deflated bytes there, not deflated again
+    with without_zip64(), earlier_streams(ws, delta.state) as reuse:
         write_zip(ws.pending_zip, items, compress=True, meter=delta.log,
-                  open_zips={target.path: target.zipfile})
+                  open_zips={target.path: target.zipfile}, reuse=reuse)
     # the published package (of the previous pair) goes: only a proven one is ever there
     for stale in (ws.update_zip, ws.update_report):
         stale.unlink(missing_ok=True)

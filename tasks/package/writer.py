@@ -17,19 +17,25 @@ from dataclasses import dataclass, field
 
 import jinja2
 
+from dfota.core.errors import DfotaError
 from dfota.core.tree import DIR, FILE, SYMLINK, Entry
 from dfota.formats import edify
 from dfota.formats.filelists import ChmodRule
 from dfota.formats.version import VERSION_FILE
+from dfota.formats.zipdeflate import DEFLATER, EarlierStreams
+from dfota.formats.zipio import ZipSource
 from dfota.package.mode import Part
 from dfota.package.plan import Change, Kind, Span, covers
-from dfota.settings import TEMPLATES
+from dfota.settings import TEMPLATES, Workspace
+from dfota.state.store import State
 
 SCRIPT_ENTRY = "META-INF/com/google/android/updater-script"
 BINARY_ENTRY = "META-INF/com/google/android/update-binary"
 VERSION_ENTRY = "quectel-project-version"
 PLACEHOLDER = ".dfota_keep"  # carries an empty directory; deleted by the script
 MAX_ENTRIES = 65535  # the module's zip reader has no ZIP64
+# record: a workspace's last package (by where `delta` writes it) -> its sha256 and deflater
+PACKAGE_DEFLATER = "package-deflater"
 
 
 def device_path(rel: str) -> str:
@@ -307,3 +313,28 @@ def without_zip64() -> Iterator[None]:
             yield
         finally:
             zipfile.ZIP64_LIMIT = was  # type: ignore[misc]
+
+
+def note_package(ws: Workspace, state: State, sha256: str) -> None:
+    """The package just written at `ws.pending_zip`, with these bytes, was deflated by this
+    process's `DEFLATER`: the next package may take its streams (`earlier_streams`)."""
+    state.records.put(PACKAGE_DEFLATER, str(ws.pending_zip),
+                      {"sha256": sha256, "deflater": DEFLATER})
+
+
+@contextlib.contextmanager
+def earlier_streams(ws: Workspace, state: State) -> Iterator[EarlierStreams | None]:
+    """The deflate streams of the workspace's last package, unverified or published since,
+    when it is still the one `note_package` noted and the deflater is this process's."""
+    kept = state.records.get(PACKAGE_DEFLATER, str(ws.pending_zip))
+    source = None
+    if isinstance(kept, dict) and kept.get("deflater") == DEFLATER:
+        with contextlib.suppress(DfotaError):  # gone or damaged: every entry deflated again
+            earlier = next((p for p in (ws.pending_zip, ws.update_zip) if p.is_file() and
+                            state.digests.file_digest(p, "sha256") == kept.get("sha256")), None)
+            source = ZipSource(earlier) if earlier is not None else None
+    if source is None:
+        yield None
+        return
+    with source:
+        yield EarlierStreams(source)
