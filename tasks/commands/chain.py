@@ -190,9 +190,10 @@ def _no_diff_timeout(ws: Workspace) -> bool:
 
 
 def _delta_ahead(delta: DeltaSettings, targetfiles: TargetfilesSettings, log: RunLog) -> None:
-    from dfota.package.ahead import make_ahead
+    from dfota.package.ahead import load_delta_code, make_ahead
 
     log.detail(make_ahead(delta, targetfiles))
+    load_delta_code(delta.workspace)
 
 
 def _delta(conf: Configuration, log: RunLog) -> None:
