@@ -199,13 +199,15 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
-def _stopped_task(body: str, first_line: str) -> None:
-    """`body` run in a process set up as doit's task processes are (`_stop_on_terminate`),
-    where a stop lands at a moment `body` arranges: it prints `first_line` once that moment
-    is over, then the stop interrupts it, once, with no traceback."""
+def _stopped_task(body: str, first_line: str,
+                  setup: str = "_stop_on_terminate()\n") -> None:
+    """`body` run in a process set up as doit's task processes are (`_stop_on_terminate`;
+    `setup` says otherwise), where a stop lands at a moment `body` arranges: it prints
+    `first_line` once that moment is over, then the stop interrupts it, once, with no
+    traceback."""
     script = ("import os, signal, sys, time\n"
-              "from dfota.commands.action import _stop_on_terminate\n"
-              "_stop_on_terminate()\n" + body
+              "from dfota.commands.action import _ctrl_c_after_starts, _stop_on_terminate\n"
+              + setup + body
               + f"print({first_line!r}, flush=True)\n"
               "try:\n    time.sleep(10)\n"
               "except KeyboardInterrupt:\n    print('interrupted after it', flush=True)\n")
@@ -241,6 +243,19 @@ with starting():  # a worker started, not yet recorded by the one that ends it
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.2)
 """, "recorded")
+
+
+def test_ctrl_c_while_a_worker_starts_in_doits_own_process_waits_until_it_is_recorded(
+        ) -> None:
+    """A command without task processes (`-n 0`) runs its tasks in doit's own process: Ctrl-C
+    between a worker's start and its recording comes again once the worker is recorded
+    there too, and is Python's KeyboardInterrupt otherwise."""
+    _stopped_task("""
+from dfota.core.workers import starting
+with starting():  # a worker started, not yet recorded by the one that ends it
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+""", "recorded", setup="held = _ctrl_c_after_starts()\nheld.__enter__()\n")
 
 
 def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Project) -> None:

@@ -1,5 +1,6 @@
 """How every task's action runs: its title, the run's log, the project's error as one line and
-a failed task of a kind the exit code tells apart, Ctrl-C in doit's task processes.
+a failed task of a kind the exit code tells apart, Ctrl-C in doit's task processes and in
+its own.
 
 The modules that do the work are imported by the action that needs them, when it runs: a run
 with every task up to date imports none of them (half a second of a doit start).
@@ -7,6 +8,7 @@ with every task up to date imports none of them (half a second of a doit start).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -14,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -91,6 +93,31 @@ def _stop_on_terminate() -> None:
         signal.signal(signum, stop)
 
 
+@contextlib.contextmanager
+def _ctrl_c_after_starts() -> Iterator[None]:
+    """In doit's own process (a command without task processes, `-n 0`): Ctrl-C raises
+    KeyboardInterrupt as Python's own handler does, except inside a fork hook or the start of
+    a worker, where it comes again once that is over (as in a task process). Only where
+    Python's handler is the one in place, in the main thread."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    own = os.getpid()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == own and (_in_fork_hook(frame) or starting_now()):
+            _again_later(signum)
+            return
+        raise KeyboardInterrupt  # a worker's copy of it too: Python's own behaviour
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def guarded(name: str, log_dir: Path | None,
             step: Callable[[RunLog], object]) -> Callable[[], object]:
     """Run `step` with the run's log, after the task's title (a hidden task has none); the
@@ -100,11 +127,13 @@ def guarded(name: str, log_dir: Path | None,
     def action() -> object:
         if not name.startswith("_"):  # the stream doit's reporter writes to (never captured)
             print(f".  {name}", file=sys.__stdout__, flush=True)
-        if multiprocessing.parent_process() is not None:  # a task process of doit's
+        in_doit = multiprocessing.parent_process() is None
+        if not in_doit:  # a task process of doit's
             _stop_on_terminate()
         log = RunLog(log_dir, name)
         try:
-            result = step(log)
+            with _ctrl_c_after_starts() if in_doit else contextlib.nullcontext():
+                result = step(log)
         except DfotaError as exc:
             log.detail(f"error: {exc}")
             print(f"error: {exc}", file=sys.stderr, flush=True)
