@@ -284,6 +284,7 @@ def test_ctrl_c_beside_the_ahead_work_unwinds_every_task_process(project: Projec
     assert project.archived() == []
     again = project.ok("targetfiles", "--source", str(project.base))
     assert "busy" not in again.stderr
+    assert "taken over" not in again.stderr, "the interrupted command let go of its lock"
 
 
 def test_option_errors_and_the_version(project: Project) -> None:

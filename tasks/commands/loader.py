@@ -100,6 +100,7 @@ class Reporter(ConsoleReporter):
     published: Path | None = None  # where verify publishes
     parallel = False  # the tasks run in doit's task processes (DOIT_CONFIG's num_process)
     failure_kinds: list[str] | None = None  # where the kinds of failure go
+    lock: WorkspaceLock | None = None  # the workspace's, when the command took it
     failures: list[dict[str, Any]]  # doit's: {"task": ..., "exception": ...}
 
     @classmethod
@@ -138,7 +139,9 @@ class Reporter(ConsoleReporter):
             done = "verify" in self.succeeded and self.published is not None
             print(f"interrupted after publishing {self.published}" if done
                   else "interrupted: nothing published", file=sys.stderr, flush=True)
-            os._exit(EXIT_INTERRUPTED)  # the workers ended with their pools; the lock with us
+            if self.lock is not None:  # let go: the next run has no leftovers to warn of
+                self.lock.release()
+            os._exit(EXIT_INTERRUPTED)  # the workers ended with their pools
         if not self.ran and not self.failures:
             self.write(self.up_to_date_line + "\n")
         self.failures = [f for f in self.failures
@@ -247,7 +250,7 @@ class DfotaLoader(DodoTaskLoader):
         selected = list(getattr(cmd, "sel_tasks", None) or pos_args) if starting else []
         conf = _configuration(pos_args, selected, starting)
         if _writes(cmd, selected):
-            self.lock = _lock(conf, cmd, pos_args or selected)
+            self.lock = self.reporter.lock = _lock(conf, cmd, pos_args or selected)
         single = bool(self.options.get("single"))
         if not (starting and runs(conf, selected, "delta")) or single:
             with contextlib.suppress(AttributeError):  # -n given: as the user says
