@@ -10,6 +10,7 @@ import lzma
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -616,3 +617,34 @@ def test_the_engine_writes_bsdiff4s_bytes_on_the_projects_data() -> None:
               (binary(7, 50_000), edited(binary(7, 50_000), 8))]
     for source, target in pairs:
         assert bsdiff40(source, target) == bsdiff4.diff(source, target)
+
+
+@pytest.mark.slow  # the diff it interrupts runs on in C for seconds
+def test_ctrl_c_ends_a_diff_worker_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C reaches a command's whole process group: a diff worker it lands in ends without
+    a word (its parent unwinds and says what happened), where multiprocessing would print
+    the worker's name and a traceback."""
+    script = """
+import hashlib, multiprocessing, os, signal, sys, time
+from pathlib import Path
+from dfota.package.blobs import Blob
+from dfota.package.diff_worker import DiffTask, diff_tasks
+folder = Path(sys.argv[1])
+data = os.urandom(2 << 20)
+blobs = []
+for name, content in (("source", data), ("target", data[::-1])):
+    (folder / name).write_bytes(content)
+    blobs.append(Blob.on_disk(folder / name, hashlib.sha1(content).hexdigest(), len(content)))
+task = DiffTask(*blobs, folder / "patch", folder / "result.json", 1 << 30, None)
+worker = multiprocessing.get_context("fork").Process(target=diff_tasks, args=([task],),
+                                                     name="diff target")
+worker.start()
+time.sleep(0.3)  # diffing by then, for seconds: random bytes against their reverse
+os.kill(worker.pid, signal.SIGINT)
+worker.join(60)
+print(worker.exitcode, (folder / "result.json").exists())
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["0", "False"], done
+    assert "Traceback" not in done.stderr and "Process diff" not in done.stderr, done.stderr

@@ -5,6 +5,7 @@ the run (`dfota.package.patches`) to collect. Its address space is capped at the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,17 +38,23 @@ class DiffTask:
 
 def diff_tasks(tasks: Sequence[DiffTask]) -> None:
     """Diff each pair in turn, check the patch, leave it in `patch_tmp` and a JSON result in
-    `result`."""
-    _limit_memory(max(task.memory for task in tasks))
-    for task in tasks:
-        result: dict[str, Any]
-        try:
-            result = _diff_and_check(task)
-        except Exception as exc:  # MemoryError included: report it, the parent decides
-            result = {"status": "failed", "message": describe_error(exc)}
-        tmp = task.result.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result), "utf-8")
-        os.replace(tmp, task.result)
+    `result`. Ctrl-C ends it without a word (no traceback): it reached the whole process
+    group, and the parent, which ends its workers as it unwinds, says what happened."""
+    with contextlib.suppress(KeyboardInterrupt):
+        _limit_memory(max(task.memory for task in tasks))
+        for task in tasks:
+            _diff_one(task)
+
+
+def _diff_one(task: DiffTask) -> None:
+    result: dict[str, Any]
+    try:
+        result = _diff_and_check(task)
+    except Exception as exc:  # MemoryError included: report it, the parent decides
+        result = {"status": "failed", "message": describe_error(exc)}
+    tmp = task.result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result), "utf-8")
+    os.replace(tmp, task.result)
 
 
 def _diff_and_check(task: DiffTask) -> dict[str, Any]:
