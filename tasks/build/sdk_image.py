@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from dfota.core.errors import DfotaError
 from dfota.core.tree import Entry, Tree
 from dfota.core.volumes import FROM_IMAGE, Volumes
-from dfota.core.workers import OneShot
+from dfota.core.workers import OneShot, quiet_on_ctrl_c
 from dfota.state.store import Records
 
 if TYPE_CHECKING:  # the UBI reader is imported only to read
@@ -101,6 +101,7 @@ def _read_in_turn(sysfs_ubi: Path, records: Records, key: str) -> None:
             read_and_record(sysfs_ubi, records, key)
 
 
+@quiet_on_ctrl_c
 def _worker(sysfs_ubi: Path, records: Records, key: str, report: Connection) -> None:
     """`_read_in_turn` in a worker; says None, or the one-line message of what stopped it
     (to nobody, when the one that started it went on without asking: the inputs step)."""
@@ -109,8 +110,6 @@ def _worker(sysfs_ubi: Path, records: Records, key: str, report: Connection) -> 
         _read_in_turn(sysfs_ubi, records, key)
     except DfotaError as exc:
         said = str(exc)
-    except KeyboardInterrupt:
-        return  # Ctrl-C reached the whole process group: the parent says what happened
     with contextlib.suppress(BrokenPipeError):
         report.send(said)
 

@@ -58,6 +58,15 @@ def _in_fork_hook(frame: FrameType | None) -> bool:
     return frame is not None and frame.f_code in _FORK_HOOKS
 
 
+def _deferred(signum: int, frame: FrameType | None) -> bool:
+    """A signal landing inside a fork hook or the start of a worker comes again once that is
+    over (True: it was put off)."""
+    if _in_fork_hook(frame) or starting_now():
+        _again_later(signum)
+        return True
+    return False
+
+
 def _again_later(signum: int) -> None:
     """The same signal to this process once the current fork hook, or the start of a worker
     (`dfota.core.workers.starting`), is over."""
@@ -76,8 +85,7 @@ def _stop_on_terminate() -> None:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
-        if _in_fork_hook(frame) or starting_now():
-            _again_later(signum)
+        if _deferred(signum, frame):
             return
         if os.getpid() != task_process:  # a worker's copy of the handler
             if signum == signal.SIGINT:
@@ -106,8 +114,7 @@ def _ctrl_c_after_starts() -> Iterator[None]:
     own = os.getpid()
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() == own and (_in_fork_hook(frame) or starting_now()):
-            _again_later(signum)
+        if os.getpid() == own and _deferred(signum, frame):
             return
         raise KeyboardInterrupt  # a worker's copy of it too: Python's own behaviour
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+from typing import ParamSpec
 
 # the thread a multiprocessing queue starts to send what is put on it: doit's task processes
 # (DOIT_CONFIG's num_process) each have one, which sends their results to doit
@@ -38,6 +40,22 @@ def fork_is_safe() -> bool:
     (a forked child that never uses the queue needs none of them)."""
     current = threading.current_thread()
     return all(t is current or t.name == _QUEUE_FEEDER for t in threading.enumerate())
+
+
+P = ParamSpec("P")
+
+
+def quiet_on_ctrl_c(target: Callable[P, None]) -> Callable[P, None]:
+    """A worker's `target` that ends without a word on Ctrl-C, which reaches the command's
+    whole process group: the parent, which ends its workers as it unwinds, says what happened
+    (multiprocessing would print the worker's name and a traceback)."""
+
+    @functools.wraps(target)
+    def quiet(*args: P.args, **kwargs: P.kwargs) -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            target(*args, **kwargs)
+
+    return quiet
 
 
 def worker_context(preload: Sequence[str] = ()) -> ForkContext | ForkServerContext | SpawnContext:

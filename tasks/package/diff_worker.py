@@ -5,7 +5,6 @@ the run (`dfota.package.patches`) to collect. Its address space is capped at the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dfota.core.workers import quiet_on_ctrl_c
 from dfota.package.blobs import READ_ERRORS, Blob, BlobReader, describe_error
 from dfota.package.bsdiff import Engine, apply_patch_bytes, bsdiff40, too_big_reason
 
@@ -36,25 +36,20 @@ class DiffTask:
     target_data: bytes | None = None
 
 
+@quiet_on_ctrl_c
 def diff_tasks(tasks: Sequence[DiffTask]) -> None:
     """Diff each pair in turn, check the patch, leave it in `patch_tmp` and a JSON result in
-    `result`. Ctrl-C ends it without a word (no traceback): it reached the whole process
-    group, and the parent, which ends its workers as it unwinds, says what happened."""
-    with contextlib.suppress(KeyboardInterrupt):
-        _limit_memory(max(task.memory for task in tasks))
-        for task in tasks:
-            _diff_one(task)
-
-
-def _diff_one(task: DiffTask) -> None:
-    result: dict[str, Any]
-    try:
-        result = _diff_and_check(task)
-    except Exception as exc:  # MemoryError included: report it, the parent decides
-        result = {"status": "failed", "message": describe_error(exc)}
-    tmp = task.result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result), "utf-8")
-    os.replace(tmp, task.result)
+    `result`."""
+    _limit_memory(max(task.memory for task in tasks))
+    for task in tasks:
+        result: dict[str, Any]
+        try:
+            result = _diff_and_check(task)
+        except Exception as exc:  # MemoryError included: report it, the parent decides
+            result = {"status": "failed", "message": describe_error(exc)}
+        tmp = task.result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result), "utf-8")
+        os.replace(tmp, task.result)
 
 
 def _diff_and_check(task: DiffTask) -> dict[str, Any]:
